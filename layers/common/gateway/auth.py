@@ -1,0 +1,146 @@
+"""API-key authentication.
+
+Keys look like ``sk-mlp-<43 url-safe chars>`` (256 bits of entropy). Only the SHA-256 of a key
+is stored; a lookup is one indexed query (which also bumps ``last_used_at`` at most once a
+minute) and its result is cached in the warm container for ``auth_cache_ttl_s`` seconds, so a
+revoked key stops working everywhere within that many seconds. The admin key comes from config
+and is compared in constant time.
+
+The user's tier is deliberately NOT trusted from this cache for billing decisions: the reserve
+statement reads the current tier, so a subscription change applies on the very next request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import Depends, Request
+
+from . import db
+from .config import get_settings
+from .errors import Forbidden, Unauthorized
+
+KEY_RANDOM_BYTES = 32
+VISIBLE_PREFIX_CHARS = 8  # characters after the fixed prefix shown in listings
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: UUID
+    key_id: UUID | None
+    tier: str                    # as of the last lookup (a hint; billing re-reads it)
+    key_rpm: int | None = None   # optional per-key limit (account routes)
+
+
+def generate_api_key() -> tuple[str, str, str]:
+    """A new key: (secret shown once, its hash, its visible prefix)."""
+    prefix = get_settings().api_key_prefix
+    secret = prefix + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+    return secret, hash_key(secret), secret[: len(prefix) + VISIBLE_PREFIX_CHARS]
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class _TTLCache:
+    """Tiny bounded LRU with per-entry expiry (per warm container)."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._data: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._maxsize = maxsize
+
+    def get(self, key: str) -> tuple[bool, Principal | None]:
+        item = self._data.get(key)
+        if item is None:
+            return False, None
+        expires, value = item
+        if expires < time.monotonic():
+            self._data.pop(key, None)
+            return False, None
+        return True, value
+
+    def put(self, key: str, value: Principal | None, ttl: float) -> None:
+        self._data[key] = (time.monotonic() + ttl, value)
+        self._data.move_to_end(key)
+        while len(self._data) > self._maxsize:
+            self._data.popitem(last=False)
+
+    def invalidate(self, key: str | None = None) -> None:
+        if key is None:
+            self._data.clear()
+        else:
+            self._data.pop(key, None)
+
+
+_cache = _TTLCache()
+
+LOOKUP_SQL = """
+WITH k AS (
+    SELECT k.id AS key_id, k.user_id, k.revoked_at, k.last_used_at, u.tier
+    FROM api_keys k JOIN users u ON u.id = k.user_id
+    WHERE k.key_hash = %(h)s
+), touch AS (
+    UPDATE api_keys SET last_used_at = now()
+    WHERE id = (SELECT key_id FROM k) AND revoked_at IS NULL
+      AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
+)
+SELECT key_id, user_id, revoked_at, tier FROM k
+"""
+
+
+async def authenticate_key(secret: str) -> Principal:
+    settings = get_settings()
+    if not secret.startswith(settings.api_key_prefix) or len(secret) > 200:
+        raise Unauthorized("Invalid API key. Keys start with " + settings.api_key_prefix)
+    h = hash_key(secret)
+    hit, principal = _cache.get(h)
+    if not hit:
+        row = await db.fetchone(LOOKUP_SQL, {"h": h})
+        principal = None
+        if row is not None and row["revoked_at"] is None:
+            principal = Principal(user_id=row["user_id"], key_id=row["key_id"], tier=row["tier"])
+        _cache.put(h, principal, settings.auth_cache_ttl_s)
+    if principal is None:
+        raise Unauthorized("Invalid or revoked API key.")
+    return principal
+
+
+def forget_key(key_hash: str | None = None) -> None:
+    """Drop a key (or everything) from this container's cache, e.g. right after revoking it."""
+    _cache.invalidate(key_hash)
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key")
+    return token.strip()
+
+
+async def require_api_key(request: Request) -> Principal:
+    principal = await authenticate_key(bearer_token(request))
+    request.state.principal = principal
+    return principal
+
+
+def is_admin_key(token: str) -> bool:
+    expected = get_settings().admin_api_key
+    return bool(expected) and hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
+
+
+async def require_admin(request: Request) -> None:
+    if not is_admin_key(bearer_token(request)):
+        raise Forbidden("This route needs the admin key.", code="admin_required")
+
+
+ApiKeyPrincipal = Annotated[Principal, Depends(require_api_key)]
+AdminOnly = Annotated[None, Depends(require_admin)]

@@ -1,0 +1,325 @@
+"""The credit ledger: every movement of credit is one ``ledger_entries`` row with a unique
+reference; ``balances.balance`` is the cached sum of a user's ledger and ``balances.reserved``
+the sum of their open ``reservations``. Available credit = balance - reserved.
+
+Hot path (see shared design "money path"): ``reserve`` and ``settle``/``release`` are ONE
+statement each. The conditional UPDATE on the user's balance row takes the row lock that
+serialises concurrent requests of one user, so available credit can never go below zero
+through reservations, and no decision is ever made on a stale read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from .. import db
+from ..errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded
+from .pricing import ZERO, to_credit
+
+CREDIT_KINDS = frozenset({"grant", "purchase", "usage", "refund", "adjustment", "subscription_credit", "welcome"})
+
+
+def period_start(now: dt.datetime | None = None) -> dt.date:
+    now = now or dt.datetime.now(dt.UTC)
+    return dt.date(now.year, now.month, 1)
+
+
+def next_period_start(now: dt.datetime | None = None) -> dt.date:
+    start = period_start(now)
+    return dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+
+
+# --------------------------------------------------------------------------- credit
+@dataclass(frozen=True, slots=True)
+class CreditResult:
+    applied: bool          # False when the reference had already been applied (idempotent replay)
+    balance: Decimal
+    reserved: Decimal
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.reserved
+
+
+async def credit(user_id: UUID | str, amount: Decimal, kind: str, reference: str, *,
+                 description: str | None = None, allow_negative: bool = False) -> CreditResult:
+    """Add (or, with a negative amount, deduct) credit exactly once per ``reference``.
+
+    A deduction that would take available credit below zero is refused (InsufficientCredits)
+    unless ``allow_negative`` (e.g. a Stripe refund of credit already spent: it is recorded,
+    never silently dropped).
+    """
+    if not isinstance(amount, Decimal):
+        raise TypeError("amount must be a Decimal")
+    if kind not in CREDIT_KINDS:
+        raise BadRequest(f"unknown ledger kind {kind!r}")
+    if not reference:
+        raise BadRequest("a ledger reference is required")
+    if amount != to_credit(amount):
+        raise BadRequest("amount has more than 8 decimal places")
+    async with db.transaction() as conn:
+        cur = await conn.execute(
+            "SELECT balance, reserved FROM balances WHERE user_id = %s FOR UPDATE", (user_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFound("user not found", code="user_not_found")
+        balance, reserved = row
+        cur = await conn.execute(
+            """INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING id""",
+            (user_id, amount, kind, reference, description))
+        if await cur.fetchone() is None:
+            return CreditResult(applied=False, balance=balance, reserved=reserved)
+        if amount < 0 and not allow_negative and balance - reserved + amount < 0:
+            raise InsufficientCredits("deduction exceeds the available balance",
+                                      balance=str(balance - reserved), required=str(-amount))
+        cur = await conn.execute(
+            "UPDATE balances SET balance = balance + %s, updated_at = now() WHERE user_id = %s "
+            "RETURNING balance, reserved", (amount, user_id))
+        new = await cur.fetchone()
+        assert new is not None
+        return CreditResult(applied=True, balance=new[0], reserved=new[1])
+
+
+# --------------------------------------------------------------------------- reserve
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    request_id: str
+    user_id: UUID | str
+    amount: Decimal
+    tier: str = "free"      # the user's tier as of this statement (fresh, never from a cache)
+
+
+# The quota is looked up from the user's CURRENT tier inside the statement: %(quotas)s maps
+# tier -> monthly quota (-1 = unlimited); %(default_quota)s applies to tiers not in the map.
+RESERVE_SQL = """
+WITH q AS (
+    SELECT u.id AS user_id, u.tier,
+           COALESCE((%(quotas)s::jsonb ->> u.tier)::integer, %(default_quota)s::integer) AS quota
+    FROM users u WHERE u.id = %(user_id)s
+), b AS (
+    UPDATE balances SET
+        reserved = reserved + %(hold)s,
+        period_requests = CASE WHEN period_start < %(period)s THEN 1 ELSE period_requests + 1 END,
+        period_start = GREATEST(period_start, %(period)s),
+        updated_at = now()
+    FROM q
+    WHERE balances.user_id = q.user_id
+      AND balances.balance - balances.reserved >= %(hold)s
+      AND (q.quota < 0
+           OR (CASE WHEN balances.period_start < %(period)s THEN 0 ELSE balances.period_requests END) < q.quota)
+    RETURNING balances.user_id, q.tier
+), r AS (
+    INSERT INTO reservations (request_id, user_id, api_key_id, model, amount)
+    SELECT %(request_id)s, user_id, %(api_key_id)s, %(model)s, %(hold)s FROM b
+    RETURNING request_id
+)
+SELECT r.request_id, b.tier FROM r, b
+"""
+
+
+async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota: int | None = None,
+                  quotas: Mapping[str, int | None] | None = None, api_key_id: UUID | str | None = None,
+                  model: str = "") -> Reservation:
+    """Hold ``hold`` credit and count one request against the monthly quota, atomically.
+
+    The quota is ``quotas[current tier]`` when ``quotas`` is given (None = unlimited), else
+    ``quota`` for everyone (None = unlimited). Raises InsufficientCredits (402) or
+    QuotaExceeded (429); the follow-up read only picks the message, it never decides.
+    """
+    if hold < 0:
+        raise ValueError("hold must be >= 0")
+    period = period_start()
+    quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
+    default_quota = -1 if quota is None else quota
+    if quotas is not None and quota is None:
+        default_quota = quota_map.get("free", -1)
+    row = await db.fetchone(RESERVE_SQL, {
+        "hold": hold, "period": period, "user_id": user_id, "quotas": json.dumps(quota_map),
+        "default_quota": default_quota, "request_id": request_id, "api_key_id": api_key_id, "model": model})
+    if row is not None:
+        return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
+    state = await db.fetchone(
+        "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier FROM balances b "
+        "JOIN users u ON u.id = b.user_id WHERE b.user_id = %s", (user_id,))
+    if state is None:
+        raise NotFound("user not found", code="user_not_found")
+    used = 0 if state["period_start"] < period else state["period_requests"]
+    limit = quota_map.get(state["tier"], default_quota)
+    if limit >= 0 and used >= limit:
+        reset = next_period_start()
+        raise QuotaExceeded(f"Monthly request quota of {limit} requests is exhausted; it resets on "
+                            f"{reset.isoformat()}.", quota=limit, used=used, resets_at=reset.isoformat())
+    available = state["balance"] - state["reserved"]
+    raise InsufficientCredits(
+        f"Insufficient credits: this request needs up to ${hold} but ${max(available, ZERO)} is available.",
+        balance=str(available), required=str(hold))
+
+
+CANCEL_SQL = """
+WITH r AS (
+    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount
+)
+UPDATE balances SET reserved = balances.reserved - r.amount,
+    period_requests = CASE WHEN period_start = %(period)s THEN GREATEST(period_requests - 1, 0)
+                           ELSE period_requests END,
+    updated_at = now()
+FROM r WHERE balances.user_id = r.user_id
+"""
+
+
+async def cancel(request_id: str) -> bool:
+    """Undo a reservation as if the request never happened (refused before any work: rate
+    limit, tier check). No usage record, no ledger row, the quota count given back."""
+    return bool(await db.execute(CANCEL_SQL, {"request_id": request_id, "period": period_start()}))
+
+
+# --------------------------------------------------------------------------- settle / release
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    user_id: UUID | str
+    model_requested: str
+    status: str                      # ok | partial | failed | cancelled | orphaned
+    api_key_id: UUID | str | None = None
+    model_served: str | None = None
+    provider: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    prompt_price: Decimal = ZERO
+    completion_price: Decimal = ZERO
+    cache_read_price: Decimal | None = None
+    request_price: Decimal = ZERO
+    markup: Decimal = ZERO
+    byok: bool = False
+    provider_cost: Decimal = ZERO
+    charge: Decimal = ZERO
+    latency_ms: int | None = None
+    ttfb_ms: int | None = None
+    error_code: str | None = None
+    estimated: bool = False
+    stream: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SETTLE_SQL = """
+WITH r AS (
+    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount
+), b AS (
+    UPDATE balances SET
+        balance = balance - %(charge)s,
+        reserved = balances.reserved - r.amount,
+        period_requests = CASE WHEN %(uncount)s AND period_start = %(period)s
+                               THEN GREATEST(period_requests - 1, 0) ELSE period_requests END,
+        updated_at = now()
+    FROM r WHERE balances.user_id = r.user_id
+    RETURNING balances.balance, balances.reserved, r.amount AS hold
+), l AS (
+    INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
+    SELECT r.user_id, -%(charge)s::numeric, 'usage', %(request_id)s, %(description)s FROM r
+    WHERE %(charge)s::numeric > 0
+    RETURNING id
+), u AS (
+    INSERT INTO usage_records (request_id, user_id, api_key_id, model_requested, model_served, provider,
+        prompt_tokens, completion_tokens, cached_tokens, prompt_price, completion_price, cache_read_price,
+        request_price, markup, byok, provider_cost, charge, hold, latency_ms, ttfb_ms, status, error_code,
+        estimated, stream)
+    SELECT %(request_id)s, r.user_id, %(api_key_id)s, %(model_requested)s, %(model_served)s, %(provider)s,
+        %(prompt_tokens)s, %(completion_tokens)s, %(cached_tokens)s, %(prompt_price)s, %(completion_price)s,
+        %(cache_read_price)s, %(request_price)s, %(markup)s, %(byok)s, %(provider_cost)s, %(charge)s, r.amount,
+        %(latency_ms)s, %(ttfb_ms)s, %(status)s, %(error_code)s, %(estimated)s, %(stream)s FROM r
+    RETURNING id
+)
+SELECT b.balance, b.reserved, b.hold, (SELECT count(*) FROM l) AS ledger_rows FROM b
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    settled: bool           # False if the reservation was already settled/released (idempotent)
+    balance: Decimal = ZERO
+    reserved: Decimal = ZERO
+    hold: Decimal = ZERO
+
+    @property
+    def overrun(self) -> bool:
+        return self.settled and self.balance - self.reserved < 0
+
+
+async def settle(record: UsageRecord) -> Settlement:
+    """Close a reservation: charge ``record.charge``, release the rest, write the ledger row and
+    the usage record, all in one statement. A second call for the same request is a no-op.
+
+    If the charge exceeds the hold (a provider reported more than the worst case) it is charged
+    anyway: the hold is a guard, the usage is the truth (``Settlement.overrun`` tells).
+    """
+    if record.charge < 0:
+        raise ValueError("charge must be >= 0")
+    params = {
+        "request_id": record.request_id, "charge": record.charge, "period": period_start(),
+        "uncount": record.status in ("failed", "orphaned") and record.charge == 0,
+        "description": f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
+                       f"{record.completion_tokens} tokens",
+        "api_key_id": record.api_key_id, "model_requested": record.model_requested,
+        "model_served": record.model_served, "provider": record.provider,
+        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
+        "cached_tokens": record.cached_tokens, "prompt_price": record.prompt_price,
+        "completion_price": record.completion_price, "cache_read_price": record.cache_read_price,
+        "request_price": record.request_price, "markup": record.markup, "byok": record.byok,
+        "provider_cost": record.provider_cost, "latency_ms": record.latency_ms, "ttfb_ms": record.ttfb_ms,
+        "status": record.status, "error_code": record.error_code, "estimated": record.estimated,
+        "stream": record.stream,
+    }
+    row = await db.fetchone(SETTLE_SQL, params)
+    if row is None:
+        return Settlement(settled=False)
+    return Settlement(settled=True, balance=row["balance"], reserved=row["reserved"], hold=row["hold"])
+
+
+async def release(record: UsageRecord) -> Settlement:
+    """Failure before any output: charge nothing, free the hold, still record the attempt."""
+    record.charge = ZERO
+    return await settle(record)
+
+
+async def release_orphans(older_than_minutes: int) -> list[str]:
+    """Release reservations left by containers that died mid-request."""
+    rows = await db.fetchall(
+        "SELECT request_id, user_id, api_key_id, model FROM reservations "
+        "WHERE created_at < now() - make_interval(mins => %s) ORDER BY created_at", (older_than_minutes,))
+    released = []
+    for r in rows:
+        result = await release(UsageRecord(request_id=r["request_id"], user_id=r["user_id"],
+                                           api_key_id=r["api_key_id"], model_requested=r["model"] or "unknown",
+                                           status="orphaned", error_code="orphaned_reservation"))
+        if result.settled:
+            released.append(r["request_id"])
+    return released
+
+
+# --------------------------------------------------------------------------- checks
+INVARIANT_SQL = """
+SELECT b.user_id, b.balance, COALESCE(l.total, 0) AS ledger_sum, b.reserved, COALESCE(r.total, 0) AS reserved_sum
+FROM balances b
+LEFT JOIN (SELECT user_id, sum(amount) AS total FROM ledger_entries GROUP BY user_id) l USING (user_id)
+LEFT JOIN (SELECT user_id, sum(amount) AS total FROM reservations GROUP BY user_id) r USING (user_id)
+WHERE b.balance <> COALESCE(l.total, 0) OR b.reserved <> COALESCE(r.total, 0)
+"""
+
+
+async def invariant_violations() -> list[dict[str, Any]]:
+    """Users whose cached balance or reserved amount disagrees with their rows (should be none)."""
+    return await db.fetchall(INVARIANT_SQL)
+
+
+async def get_balance(user_id: UUID | str) -> dict[str, Any] | None:
+    return await db.fetchone(
+        "SELECT balance, reserved, balance - reserved AS available, period_start, period_requests "
+        "FROM balances WHERE user_id = %s", (user_id,))

@@ -1,0 +1,64 @@
+"""Prices and charges. Money is ``Decimal``; floats never enter.
+
+THE rounding rule (the only one): an amount of credit (a hold, a charge, a fee) is computed
+exactly from per-token prices and then rounded ONCE, up (toward +infinity), to 1e-8 USD —
+``to_credit()``. Per-token prices and provider costs are kept exact (NUMERIC(30,18)).
+Rounding up means a hold always covers its worst case and we never under-charge a fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
+
+CREDIT_QUANTUM = Decimal("0.00000001")
+ZERO = Decimal(0)
+ONE = Decimal(1)
+
+
+def to_credit(amount: Decimal) -> Decimal:
+    """Round an exact amount to credit precision (1e-8 USD), toward +infinity."""
+    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_CEILING)
+
+
+def parse_price(value: str | int | Decimal | None) -> Decimal | None:
+    """Parse a per-token price string exactly (OpenRouter sends strings like "0.00000015")."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float):
+        raise TypeError("prices must not be floats")
+    d = Decimal(str(value))
+    if not d.is_finite():
+        raise ValueError(f"invalid price {value!r}")
+    return d
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    prompt: Decimal
+    completion: Decimal
+    request: Decimal = ZERO
+    cache_read: Decimal | None = None
+
+    def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
+        """Exact provider cost. ``cached_tokens`` are part of ``prompt_tokens`` billed at the cache price."""
+        cached = max(0, min(cached_tokens, prompt_tokens))
+        cache_price = self.cache_read if self.cache_read is not None else self.prompt
+        return (Decimal(prompt_tokens - cached) * self.prompt + Decimal(cached) * cache_price
+                + Decimal(completion_tokens) * self.completion + self.request)
+
+
+def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
+    """What the user pays for a provider cost: cost x (1 + markup), or only the platform fee on BYOK."""
+    if cost <= 0:
+        return ZERO
+    if byok:
+        return to_credit(cost * byok_fee)
+    return to_credit(cost * (ONE + markup))
+
+
+def hold_for(price: ModelPrice, prompt_tokens_estimate: int, max_output_tokens: int, markup: Decimal,
+             *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
+    """Worst-case charge reserved before the upstream call (prompt at full, uncached price)."""
+    worst = price.provider_cost(prompt_tokens_estimate, max_output_tokens, 0)
+    return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

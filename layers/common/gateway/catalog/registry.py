@@ -1,0 +1,95 @@
+"""Active models and their prices, as the query path sees them.
+
+Loaded from ``model_pricing`` (the source of truth for billing) and kept in the warm container
+for ``TTL`` seconds, so resolving a model costs no round trip on the hot path. Concurrent
+reloads are collapsed into one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .. import db
+from ..billing.pricing import ModelPrice
+from ..config import Tier
+
+TTL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    name: str
+    provider: str
+    upstream_model: str
+    owned_by: str
+    context_length: int
+    max_completion_tokens: int
+    price: ModelPrice
+    is_free: bool
+    markup: Decimal | None
+    input_modalities: tuple[str, ...]
+
+    def allowed_for(self, tier: Tier) -> bool:
+        if tier.models == "all":
+            return True
+        if self.is_free:
+            return True
+        cap = tier.max_price_per_token
+        return cap is not None and self.price.prompt <= cap and self.price.completion <= cap
+
+    def markup_for(self, tier: Tier) -> Decimal:
+        return self.markup if self.markup is not None else tier.markup
+
+
+_models: dict[str, ModelInfo] = {}
+_loaded_at = 0.0
+_lock: asyncio.Lock | None = None
+_lock_loop: asyncio.AbstractEventLoop | None = None
+
+SELECT_ACTIVE = """
+SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
+       completion_price, request_price, input_cache_read_price, is_free, markup, input_modalities
+FROM model_pricing WHERE active
+"""
+
+
+def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
+    return ModelInfo(
+        id=r["id"], name=r["name"], provider=r["provider"], upstream_model=r["upstream_model"],
+        owned_by=r["owned_by"], context_length=r["context_length"], max_completion_tokens=r["max_completion_tokens"],
+        price=ModelPrice(prompt=r["prompt_price"], completion=r["completion_price"], request=r["request_price"],
+                         cache_read=r["input_cache_read_price"]),
+        is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)))
+
+
+async def _reload() -> None:
+    global _models, _loaded_at
+    rows = await db.fetchall(SELECT_ACTIVE)
+    _models = {r["id"]: _row_to_model(r) for r in rows}
+    _loaded_at = time.monotonic()
+
+
+async def models() -> dict[str, ModelInfo]:
+    global _lock, _lock_loop
+    if time.monotonic() - _loaded_at < TTL and _models:
+        return _models
+    loop = asyncio.get_running_loop()
+    if _lock is None or _lock_loop is not loop:
+        _lock, _lock_loop = asyncio.Lock(), loop
+    async with _lock:
+        if time.monotonic() - _loaded_at >= TTL or not _models:
+            await _reload()
+    return _models
+
+
+async def get_model(model_id: str) -> ModelInfo | None:
+    return (await models()).get(model_id)
+
+
+def invalidate() -> None:
+    global _loaded_at
+    _loaded_at = 0.0

@@ -1,0 +1,216 @@
+"""Settings: validated once per cold start (pydantic-settings).
+
+Locally values come from the environment / ``.env``. In AWS (``SECRETS_SSM_PATH`` set) every
+SecureString under that path is loaded through Powertools parameters (cached, decrypted) and
+overrides the environment, e.g. ``/mlp/prod/database_url`` → ``database_url``.
+A deployed stage refuses empty or placeholder secrets at cold start instead of failing later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from decimal import Decimal
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_STAGES = frozenset({"local", "test"})
+PLACEHOLDERS = frozenset({"", "changeme", "change-me", "placeholder", "todo", "xxx", "secret", "none", "null"})
+
+
+class Tier(BaseModel):
+    """One row of the tier table. ``monthly_quota`` None = unlimited."""
+
+    name: str
+    rpm: int = Field(gt=0)
+    monthly_quota: int | None = Field(default=None, ge=0)
+    markup: Decimal = Field(default=Decimal("0.10"), ge=0)
+    # Model access: "all", or "free_or_cap" = models marked free or whose prompt AND completion
+    # price per token are at or below ``max_price_per_token``.
+    models: Literal["all", "free_or_cap"] = "all"
+    max_price_per_token: Decimal | None = None
+    stripe_price_id: str | None = None
+    included_credit: Decimal = Decimal("0")
+
+
+DEFAULT_TIERS: dict[str, dict[str, Any]] = {
+    "free": {"rpm": 10, "monthly_quota": 50, "models": "free_or_cap",
+             "max_price_per_token": "0.000001"},
+    "pro": {"rpm": 60, "monthly_quota": 1000, "included_credit": "5"},
+    "premium": {"rpm": 120, "monthly_quota": 2500, "included_credit": "15"},
+    "team": {"rpm": 300, "monthly_quota": 5000, "included_credit": "50"},
+    "enterprise": {"rpm": 1000, "monthly_quota": None, "markup": "0.05"},
+}
+TIER_ALIASES = {"hobby": "free"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      case_sensitive=False)
+
+    stage: str = "local"
+    service_name: str = Field(default="multi-llm", validation_alias="POWERTOOLS_SERVICE_NAME")
+    secrets_ssm_path: str | None = None
+
+    # Postgres
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_pool_max: int = 10
+    db_connect_timeout_s: float = 5.0
+    db_statement_timeout_ms: int = 5000
+
+    # Upstash Redis (REST)
+    upstash_redis_rest_url: str = "http://127.0.0.1:8079"
+    upstash_redis_rest_token: str = "local-upstash-token"
+    upstash_timeout_s: float = 0.5
+    ratelimit_fail_open: bool = True
+    ratelimit_prefix: str = "mlp"
+
+    # HTTP surface
+    admin_api_key: str = "local-admin-key"
+    api_key_prefix: str = "sk-mlp-"
+    auth_cache_ttl_s: float = 5.0
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = 5_000_000
+
+    # Providers
+    openrouter_api_key: str = ""
+    openai_api_key: str = ""
+    anthropic_api_key: str = ""
+    gemini_api_key: str = ""
+    compat_api_key: str = ""
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_base_url: str = "https://api.anthropic.com/v1"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    compat_base_url: str = "http://127.0.0.1:11434/v1"
+    upstream_connect_timeout_s: float = 5.0
+    upstream_read_timeout_s: float = 60.0
+    # JSON object: model id -> list of fallback model ids tried in order.
+    model_fallbacks: dict[str, list[str]] = {}
+
+    # Billing
+    default_markup: Decimal = Decimal("0.10")
+    byok_platform_fee: Decimal = Decimal("0.05")
+    welcome_credit: Decimal = Decimal("10")
+    tiers_json: str | None = None  # JSON object overriding/adding tiers; see DEFAULT_TIERS
+    reservation_orphan_minutes: int = 15
+
+    # Identity / secrets for later route families
+    jwt_hs256_secret: str = ""
+    jwt_jwks_url: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    byok_master_keys: str = ""  # "v1:<64 hex>,v2:<64 hex>" — last is current
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return json.loads(v)
+            return [o.strip() for o in v.split(",") if o.strip()]
+        return v
+
+    @property
+    def deployed(self) -> bool:
+        return self.stage not in LOCAL_STAGES
+
+    @model_validator(mode="after")
+    def _refuse_placeholders_when_deployed(self) -> Settings:
+        if not self.deployed:
+            return self
+        required = {
+            "database_url": self.database_url,
+            "upstash_redis_rest_url": self.upstash_redis_rest_url,
+            "upstash_redis_rest_token": self.upstash_redis_rest_token,
+            "admin_api_key": self.admin_api_key,
+        }
+        bad = [name for name, value in required.items() if _is_placeholder(value)]
+        if self.admin_api_key.startswith("local-") or self.upstash_redis_rest_token.startswith("local-"):
+            bad.append("admin_api_key/upstash_redis_rest_token (local default)")
+        fields = type(self).model_fields
+        bad += [f"{name} (local default)" for name in ("database_url", "upstash_redis_rest_url")
+                if name not in bad and getattr(self, name) == fields[name].default]
+        if len(self.admin_api_key) < 24:
+            bad.append("admin_api_key (shorter than 24 characters)")
+        if bad:
+            raise ValueError(f"stage {self.stage!r} refuses empty or placeholder secrets: {', '.join(bad)}")
+        return self
+
+    @model_validator(mode="after")
+    def _validate_tiers(self) -> Settings:
+        """A bad TIERS_JSON fails at cold start, not on the first request that reads the tier table."""
+        try:
+            _tiers(self.tiers_json, str(self.default_markup))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"TIERS_JSON is invalid: {exc}") from None
+        return self
+
+    @property
+    def tiers(self) -> dict[str, Tier]:
+        return _tiers(self.tiers_json, str(self.default_markup))
+
+    def tier(self, name: str) -> Tier:
+        tiers = self.tiers
+        name = TIER_ALIASES.get(name, name)
+        return tiers.get(name) or tiers["free"]
+
+
+def _is_placeholder(value: str | None) -> bool:
+    if value is None:
+        return True
+    v = value.strip().lower()
+    return v in PLACEHOLDERS or (v.startswith("<") and v.endswith(">")) or v.startswith("your-")
+
+
+@lru_cache(maxsize=8)
+def _tiers(tiers_json: str | None, default_markup: str) -> dict[str, Tier]:
+    table: dict[str, dict[str, Any]] = {k: dict(v) for k, v in DEFAULT_TIERS.items()}
+    if tiers_json:
+        for name, row in json.loads(tiers_json).items():
+            table[name] = {**table.get(name, {}), **row}
+    out: dict[str, Tier] = {}
+    for name, row in table.items():
+        row.setdefault("markup", default_markup)
+        out[name] = Tier(name=name, **row)
+    if "free" not in out:
+        raise ValueError("the tier table must define a 'free' tier")
+    return out
+
+
+def _load_ssm_secrets(path: str) -> dict[str, str]:
+    """All parameters under ``path`` (decrypted, cached by Powertools for 5 minutes)."""
+    from aws_lambda_powertools.utilities import parameters  # imports boto3: AWS path only
+
+    values = parameters.get_parameters(path, decrypt=True, recursive=False, max_age=300)
+    out: dict[str, str] = {}
+    for name, value in values.items():
+        key = name.rsplit("/", 1)[-1].lower().replace("-", "_")
+        out[key] = str(value)
+    return out
+
+
+def load_settings(**overrides: Any) -> Settings:
+    path = overrides.pop("secrets_ssm_path", None) or os.environ.get("SECRETS_SSM_PATH")
+    secrets: dict[str, Any] = {}
+    if path:
+        secrets = {k: v for k, v in _load_ssm_secrets(path).items() if k in Settings.model_fields}
+        secrets["secrets_ssm_path"] = path
+    return Settings(**{**secrets, **overrides})
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated on first use (cold start)."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    get_settings.cache_clear()

@@ -1,0 +1,201 @@
+"""The FastAPI app factory every function uses.
+
+``create_app`` returns an app with: the one error mapping (typed errors, validation errors,
+unknown routes and unhandled exceptions all answer in the OpenAI error shape), a request id
+(``X-Request-Id`` honoured when well-formed, else the API Gateway request id, else generated;
+always echoed back), security headers, the CORS allowlist from config and the body size limit
+(413). The middleware is plain ASGI so streamed responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from .config import get_settings
+from .errors import GatewayError, PayloadTooLarge, error_body
+from .observability import logger
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"cache-control", b"no-store"),
+]
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id") or "")
+
+
+def server_request_id(request: Request) -> str:
+    """A request id the client did not choose (safe as a billing reference): the API Gateway
+    request id or one we generated; a new one if the client supplied ``X-Request-Id``."""
+    state = request.scope.get("state", {})
+    if state.get("request_id_source") in ("aws", "generated"):
+        return str(state["request_id"])
+    return "req_" + uuid.uuid4().hex
+
+
+def _pick_request_id(scope: Scope) -> tuple[str, str]:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID_RE.match(candidate):
+                return candidate, "client"
+            break
+    event = scope.get("aws.event") or {}
+    aws_id = (event.get("requestContext") or {}).get("requestId")
+    if isinstance(aws_id, str) and _REQUEST_ID_RE.match(aws_id):
+        return aws_id, "aws"
+    return "req_" + uuid.uuid4().hex, "generated"
+
+
+class GatewayMiddleware:
+    """Request id, security headers and the request body size limit (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id, source = _pick_request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["request_id_source"] = source
+        rid_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                headers.append(rid_header)
+                headers.extend(SECURITY_HEADERS)
+                message["headers"] = headers
+            await send(message)
+
+        limit = self.max_body_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await _send_error(send_with_headers, PayloadTooLarge(
+                        f"Request body exceeds the limit of {limit} bytes."))
+                    return
+                break
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send_with_headers)
+
+
+async def _send_error(send: Send, err: GatewayError) -> None:
+    import json
+
+    body = json.dumps(err.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_response(err: GatewayError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    if exc.status >= 500:
+        logger.warning("request failed", extra={"request_id": request_id_of(request), "code": exc.code,
+                                                 "status": exc.status})
+    return error_response(exc)
+
+
+def _loc(loc: Iterable[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] or parts
+    return ".".join(parts)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+               for e in exc.errors()]
+    if details and details[0]["type"] == "json_invalid":
+        message = "Request body is not valid JSON."
+    else:
+        message = "Invalid request: " + "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
+    return JSONResponse(error_body(message, type="invalid_request_error", code="invalid_request",
+                                   param=details[0]["loc"] if details else None, details=details),
+                        status_code=400)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = {404: f"No route for {request.method} {request.url.path}.",
+               405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
+        exc.status_code, str(exc.detail))
+    return JSONResponse(error_body(message, type="invalid_request_error", code=code),
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request_id_of(request)
+    logger.exception("unhandled error", extra={"request_id": request_id})
+    return JSONResponse(error_body(f"Internal server error (request id {request_id}).", type="api_error",
+                                   code="internal_error"), status_code=500)
+
+
+def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: Any) -> FastAPI:
+    settings = get_settings()
+    fastapi_kwargs.setdefault("docs_url", None if settings.deployed else "/docs")
+    fastapi_kwargs.setdefault("redoc_url", None)
+    fastapi_kwargs.setdefault("openapi_url", None if settings.deployed else "/openapi.json")
+    app = FastAPI(title=title, **fastapi_kwargs)
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)
+    if settings.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
+                           allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit",
+                                           "x-ratelimit-remaining", "x-ratelimit-reset"], max_age=600)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app

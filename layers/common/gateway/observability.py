@@ -1,0 +1,44 @@
+"""Powertools Logger, Metrics and Tracer: one instance each per process.
+
+Locally and in tests tracing is disabled (``POWERTOOLS_TRACE_DISABLED``) and metrics are only
+flushed inside a Lambda invocation. ``instrument(handler)`` wraps a Mangum handler in the order
+the Powertools docs show: logger (correlation id from the API Gateway event) outermost, then
+metrics (flushed once per invocation, cold-start metric), then tracer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+
+if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM")
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "multi-llm")
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM"), service=SERVICE)
+tracer = Tracer(service=SERVICE)
+
+__all__ = ["MetricUnit", "instrument", "logger", "metrics", "tracer"]
+
+
+def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
+    """Wrap a Lambda handler (a ``Mangum`` instance) with Powertools, in the documented order."""
+    def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+        return handler(event, context)
+
+    wrapped = tracer.capture_lambda_handler(lambda_handler, capture_response=False)
+    wrapped = metrics.log_metrics(wrapped, capture_cold_start_metric=True)
+    wrapped = logger.inject_lambda_context(wrapped, correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
+                                           clear_state=True)
+    return wrapped
+
+
+def in_lambda() -> bool:
+    return "AWS_LAMBDA_FUNCTION_NAME" in os.environ

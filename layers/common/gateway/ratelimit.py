@@ -1,0 +1,87 @@
+"""Per-tier request rate limits (upstash-ratelimit, sliding window of one minute).
+
+One Upstash call per request in the common case (the per-user limit from the tier table); a key
+with its own ``rpm`` adds a second, concurrent call. If Upstash does not answer within its
+timeout the request is allowed (fail open, logged and counted) unless ``RATELIMIT_FAIL_OPEN``
+is false, in which case it is refused with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
+
+from .config import get_settings
+from .errors import RateLimited, ServiceUnavailable
+from .observability import MetricUnit, logger, metrics
+from .upstash import get_redis
+
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float          # epoch seconds when the current window ends
+    degraded: bool = False  # Upstash unreachable; decision made by the fail-open policy
+
+    def headers(self) -> dict[str, str]:
+        h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(max(0, self.remaining)),
+             "X-RateLimit-Reset": str(math.ceil(self.reset))}
+        if not self.allowed:
+            h["Retry-After"] = str(max(1, math.ceil(self.reset - time.time())))
+        return h
+
+
+_limiters: dict[tuple[int, int], Ratelimit] = {}
+
+
+def _limiter(rpm: int) -> Ratelimit:
+    redis = get_redis()
+    key = (id(redis), rpm)
+    rl = _limiters.get(key)
+    if rl is None:
+        if len(_limiters) > 64:
+            _limiters.clear()
+        rl = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=rpm, window=WINDOW_SECONDS, unit="s"),
+                       prefix=f"{get_settings().ratelimit_prefix}:rl:{rpm}")
+        _limiters[key] = rl
+    return rl
+
+
+async def _check(identifier: str, rpm: int) -> Decision:
+    settings = get_settings()
+    try:
+        r = await asyncio.wait_for(_limiter(rpm).limit(identifier), timeout=settings.upstash_timeout_s * 2)
+        return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
+    except Exception as exc:  # network, timeout, protocol: Upstash is unavailable
+        metrics.add_metric(name="RateLimiterUnavailable", unit=MetricUnit.Count, value=1)
+        logger.warning("rate limiter unavailable", extra={"error": type(exc).__name__,
+                                                          "fail_open": settings.ratelimit_fail_open})
+        return Decision(allowed=settings.ratelimit_fail_open, limit=rpm, remaining=rpm,
+                        reset=time.time() + WINDOW_SECONDS, degraded=True)
+
+
+async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None) -> Decision:
+    """Apply the user's tier limit (and the key's own limit, if it has one)."""
+    if key_id is not None and key_rpm:
+        user_d, key_d = await asyncio.gather(_check(f"user:{user_id}", rpm), _check(f"key:{key_id}", key_rpm))
+        return user_d if not user_d.allowed or (key_d.allowed and user_d.remaining <= key_d.remaining) else key_d
+    return await _check(f"user:{user_id}", rpm)
+
+
+def enforce(decision: Decision) -> None:
+    """Raise the right error for a refused decision."""
+    if decision.allowed:
+        return
+    if decision.degraded:
+        raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
+    metrics.add_metric(name="RateLimited", unit=MetricUnit.Count, value=1)
+    raise RateLimited(f"Rate limit of {decision.limit} requests per minute exceeded.",
+                      headers=decision.headers())

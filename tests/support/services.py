@@ -1,0 +1,50 @@
+"""Real services for integration and e2e tests: a throw-away Postgres database per run, the
+Upstash REST bridge on the real Redis, and the fake provider servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+
+import psycopg
+from psycopg import sql
+
+PG_SERVER = os.environ.get("TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+RESET_TABLES = ("usage_records", "ledger_entries", "reservations", "balances", "api_keys", "subscriptions",
+                "stripe_events", "users")
+
+
+def _admin_dsn() -> str:
+    return f"{PG_SERVER}/postgres"
+
+
+def ensure_services() -> None:
+    """Start PostgreSQL / Redis with the documented commands if they are not running."""
+    try:
+        psycopg.connect(_admin_dsn(), connect_timeout=3).close()
+    except psycopg.OperationalError:
+        subprocess.run("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                       shell=True, check=False)
+        time.sleep(2)
+
+
+def create_database(prefix: str = "mlp_test") -> str:
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"{PG_SERVER}/{name}"
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[-1]
+    with psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def reset_tables(url: str, extra: tuple[str, ...] = ()) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(RESET_TABLES + extra) + " RESTART IDENTITY CASCADE")
