@@ -84,6 +84,10 @@ class GatewayMiddleware:
         state["request_id"] = request_id
         state["request_id_source"] = source
         rid_header = (b"x-request-id", request_id.encode("latin-1"))
+        limit = self.max_body_bytes
+        too_large = False        # the body went over the limit while the app was reading it
+        started = False          # a response has started (it can no longer be replaced)
+        replaced = False         # the app's response was replaced by the 413
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -93,7 +97,20 @@ class GatewayMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        limit = self.max_body_bytes
+        async def send_checked(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # drop the body of the response we replaced
+            if message["type"] == "http.response.start":
+                started = True
+                if too_large and message.get("status") != 413:
+                    # The framework turned our PayloadTooLarge into something else (FastAPI maps any
+                    # error while parsing a body to 400): answer 413 regardless.
+                    replaced = True
+                    await _send_error(send_with_headers, _too_large(limit))
+                    return
+            await send_with_headers(message)
+
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -101,33 +118,58 @@ class GatewayMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _send_error(send_with_headers, PayloadTooLarge(
-                        f"Request body exceeds the limit of {limit} bytes."))
+                    await _send_error(send_with_headers, _too_large(limit))
                     return
                 break
 
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+                    too_large = True
+                    raise _too_large(limit)
             return message
 
-        await self.app(scope, limited_receive, send_with_headers)
+        try:
+            await self.app(scope, limited_receive, send_checked)
+        except Exception as exc:
+            if started:
+                raise  # e.g. a stream that broke mid-way: the server closes the connection
+            if too_large or isinstance(exc, PayloadTooLarge):
+                await _send_error(send_with_headers, _too_large(limit))
+                return
+            # Answer here (not only in Starlette's outermost handler) so that the 500 carries the
+            # request id and security headers like every other response. Logged once, not re-raised.
+            logger.exception("unhandled error", extra={"request_id": request_id})
+            await _send_json(send_with_headers, 500, _internal_error_body(request_id))
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+
+
+def _internal_error_body(request_id: str) -> dict[str, Any]:
+    return error_body(f"Internal server error (request id {request_id}).", type="api_error",
+                      code="internal_error")
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     extra_headers: dict[str, str] | None = None) -> None:
+    import json
+
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, err: GatewayError) -> None:
-    import json
-
-    body = json.dumps(err.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await _send_json(send, err.status, err.body(), err.headers)
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -175,8 +217,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     logger.exception("unhandled error", extra={"request_id": request_id})
-    return JSONResponse(error_body(f"Internal server error (request id {request_id}).", type="api_error",
-                                   code="internal_error"), status_code=500)
+    return JSONResponse(_internal_error_body(request_id), status_code=500)
 
 
 def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: Any) -> FastAPI:

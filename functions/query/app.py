@@ -1,0 +1,13 @@
+"""POST /v1/chat/completions — the OpenAI-compatible proxy with metering and billing.
+
+Behind API Gateway (Mangum) responses are buffered, streams included; the same ``app`` runs
+under uvicorn for true streaming on the Lambda Web Adapter deployment (run.sh).
+"""
+
+from gateway.chat.routes import router
+from gateway.http import create_app
+from gateway.observability import instrument
+from mangum import Mangum
+
+app = create_app("query", [router])
+handler = instrument(Mangum(app, lifespan="off"))

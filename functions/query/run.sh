@@ -1,0 +1,14 @@
+#!/bin/bash
+# Entry point of QueryStreamFunction (Handler: run.sh). The AWS Lambda Web Adapter layer's
+# /opt/bootstrap (AWS_LAMBDA_EXEC_WRAPPER) runs this script, waits until the app answers on
+# $PORT, then proxies Function URL invocations to it with response streaming.
+#
+# The Python runtime's own bootstrap does not run here, so put the CommonLayer (gateway +
+# dependencies, including uvicorn, unpacked under /opt/python), the function code and the
+# runtime directory (boto3) on the path ourselves.
+set -e
+TASK_ROOT="${LAMBDA_TASK_ROOT:-$(cd "$(dirname "$0")" && pwd)}"
+export PYTHONPATH="/opt/python:${TASK_ROOT}${LAMBDA_RUNTIME_DIR:+:$LAMBDA_RUNTIME_DIR}${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="${PATH}:${TASK_ROOT}/bin"
+cd "$TASK_ROOT"
+exec python -m uvicorn app:app --host 0.0.0.0 --port "${PORT:-8080}" --no-access-log

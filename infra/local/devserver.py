@@ -1,0 +1,312 @@
+"""The local stack (`make dev`): every function of template.yaml on one port.
+
+Routes are read from template.yaml (no second route list): each HttpApi event of each
+function is mounted at exactly its method and path, dispatching to that function's FastAPI
+``app`` — the same object Mangum wraps in Lambda. Around it the stack starts:
+- Postgres: ``DATABASE_URL`` if set, else the local server (database ``mlp_dev``), else an
+  embedded server (pgserver) under ``.local/pgdata``; migrations applied;
+- the Upstash REST bridge on the real Redis (unless ``UPSTASH_REDIS_REST_URL`` is set);
+- the fake provider servers (unless ``--real-providers``);
+- a dev user with credit and an API key, printed with curl / openai-SDK examples and written to
+  ``.local/dev-credentials.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import importlib.util
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from infra.local.servers import free_port
+from infra.local.template import http_routes, load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_DIR = ROOT / ".local"
+CREDENTIALS_FILE = LOCAL_DIR / "dev-credentials.json"
+DEV_EMAIL = "dev@example.com"
+DEV_CREDIT = Decimal("25")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+# --------------------------------------------------------------------------- routing
+def _path_regex(path: str) -> re.Pattern[str]:
+    """API Gateway path syntax → regex: ``{name}`` one segment, ``{name+}`` greedy."""
+    out = ""
+    for part in re.split(r"(\{[^}]+\})", path):
+        if part.startswith("{") and part.endswith("}"):
+            out += ".+" if part.endswith("+}") else "[^/]+"
+        else:
+            out += re.escape(part)
+    return re.compile("^" + out + "$")
+
+
+def load_function_app(code_uri: str, handler: str, cache: dict[str, Any]) -> Any:
+    module_file, _, _ = handler.partition(".")
+    path = (ROOT / code_uri / f"{module_file}.py").resolve()
+    key = str(path)
+    if key not in cache:
+        name = "fn_" + re.sub(r"\W", "_", str(path.relative_to(ROOT).with_suffix("")))
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec and spec.loader, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        cache[key] = module.app
+    return cache[key]
+
+
+class TemplateRouter:
+    """An ASGI app dispatching (method, path) to the function app template.yaml maps it to."""
+
+    def __init__(self, routes: list[tuple[str, str, Any]]) -> None:
+        self.exact: dict[tuple[str, str], Any] = {}
+        self.patterns: list[tuple[str, re.Pattern[str], Any]] = []
+        for method, path, app in routes:
+            if "{" in path:
+                self.patterns.append((method.upper(), _path_regex(path), app))
+            else:
+                self.exact[(method.upper(), path)] = app
+        self.paths = {p for _, p in self.exact}
+
+    def resolve(self, method: str, path: str) -> tuple[Any | None, bool]:
+        app = self.exact.get((method, path)) or self.exact.get(("ANY", path))
+        if app is not None:
+            return app, True
+        path_known = path in self.paths
+        for m, rx, candidate in self.patterns:
+            if rx.match(path):
+                if m in (method, "ANY"):
+                    return candidate, True
+                path_known = True
+        return None, path_known
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        method = scope.get("method", "GET")
+        app, path_known = self.resolve(method, scope["path"])
+        if app is None and method in ("OPTIONS", "HEAD") and path_known:
+            for m in ("GET", "POST", "PUT", "DELETE", "ANY"):
+                app, _ = self.resolve(m, scope["path"])
+                if app is not None:
+                    break
+        if app is None:
+            status, code = (405, "method_not_allowed") if path_known else (404, "not_found")
+            msg = (f"Method {method} is not allowed on {scope['path']}." if path_known
+                   else f"No route for {method} {scope['path']}.")
+            body = json.dumps({"error": {"message": msg, "type": "invalid_request_error", "code": code,
+                                         "param": None}}).encode()
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+
+def build_router(template_path: Path | None = None) -> TemplateRouter:
+    template = load_template(str(template_path or ROOT / "template.yaml"))
+    cache: dict[str, Any] = {}
+    routes = []
+    for method, path, _logical_id, code_uri, handler in http_routes(template):
+        if not handler.endswith(".handler"):
+            continue
+        routes.append((method, path, load_function_app(code_uri, handler, cache)))
+    return TemplateRouter(routes)
+
+
+# --------------------------------------------------------------------------- services
+def _can_connect(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def ensure_database(explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    server = os.environ.get("LOCAL_PG_SERVER", "postgresql://postgres@127.0.0.1:5432")
+    if _can_connect(f"{server}/postgres"):
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'mlp_dev'").fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier("mlp_dev")))
+        return f"{server}/mlp_dev"
+    print("No Postgres reachable: starting an embedded one (pgserver) in .local/pgdata", flush=True)
+    import pgserver  # type: ignore[import-not-found]
+
+    srv = pgserver.get_server(str(LOCAL_DIR / "pgdata"), cleanup_mode=None)
+    return str(srv.get_uri())
+
+
+def _spawn(args: list[str], url: str, ready_path: str = "/", env: dict[str, str] | None = None,
+           headers: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})})
+    atexit.register(lambda: proc.poll() is None and proc.terminate())
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{args[1]} exited with {proc.returncode}")
+        try:
+            httpx.get(url + ready_path, timeout=1, headers=headers)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{args[1]} did not start")
+
+
+def ensure_redis(redis_url: str) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        print("Redis not reachable; starting it with the documented command", flush=True)
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+                        "--save", "", "--appendonly", "no"], check=False)
+        time.sleep(1)
+
+
+def _load_credentials() -> dict[str, Any]:
+    try:
+        return dict(json.loads(CREDENTIALS_FILE.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def seed(previous: dict[str, Any]) -> tuple[str, str]:
+    """The dev user (with credit) and a working API key; reuses the previous key if still valid."""
+    from gateway import accounts, auth, db
+    from gateway.errors import Unauthorized
+
+    try:
+        row = await db.fetchone("SELECT id FROM users WHERE lower(email) = %s", (DEV_EMAIL,))
+        user_id = row["id"] if row else await accounts.create_user(DEV_EMAIL, tier="pro",
+                                                                     welcome_credit=DEV_CREDIT)
+        key = previous.get("api_key")
+        if key:
+            try:
+                principal = await auth.authenticate_key(key)
+                if principal.user_id != user_id:
+                    key = None
+            except Unauthorized:
+                key = None
+        if not key:
+            key = (await accounts.create_api_key(user_id, "dev")).secret
+        await db.execute(
+            """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+                   max_completion_tokens, prompt_price, completion_price, source)
+               VALUES ('compat/llama3.2', 'Local: Llama 3.2 (OpenAI-compatible server)', 'compat', 'llama3.2',
+                       'local', 131072, 8192, 0.0000001, 0.0000002, 'local')
+               ON CONFLICT (id) DO NOTHING""")
+        return str(user_id), key
+    finally:
+        await db.close_pool()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run every function of template.yaml locally on one port.")
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument("--real-providers", action="store_true",
+                        help="use the provider base URLs/keys from the environment instead of the fake servers")
+    parser.add_argument("--credentials-file", default=str(CREDENTIALS_FILE))
+    args = parser.parse_args(argv)
+    LOCAL_DIR.mkdir(exist_ok=True)
+    credentials_file = Path(args.credentials_file)
+    previous = _load_credentials() if credentials_file == CREDENTIALS_FILE else {}
+
+    os.environ.setdefault("STAGE", "local")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    admin_key = os.environ.get("ADMIN_API_KEY") or previous.get("admin_key") or "local-admin-" + secrets.token_hex(12)
+    os.environ["ADMIN_API_KEY"] = admin_key
+
+    database_url = ensure_database(os.environ.get("DATABASE_URL"))
+    os.environ["DATABASE_URL"] = database_url
+    from gateway.migrate import migrate
+
+    applied = migrate(database_url)
+    print(f"database ready ({len(applied)} migrations applied)", flush=True)
+
+    if not os.environ.get("UPSTASH_REDIS_REST_URL"):
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        ensure_redis(redis_url)
+        token = "local-upstash-" + secrets.token_hex(8)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        _spawn(["-m", "infra.local.upstash_bridge", "--port", str(port), "--redis-url", redis_url, "--token", token],
+               url, headers={"Authorization": f"Bearer {token}"})
+        os.environ.update({"UPSTASH_REDIS_REST_URL": url, "UPSTASH_REDIS_REST_TOKEN": token})
+
+    if not args.real_providers:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        _spawn(["-m", "infra.local.fake_providers", "--port", str(port)], base, "/__fake/requests")
+        os.environ.update({
+            "OPENAI_BASE_URL": f"{base}/openai/v1", "OPENROUTER_BASE_URL": f"{base}/openrouter/api/v1",
+            "ANTHROPIC_BASE_URL": f"{base}/anthropic/v1", "GEMINI_BASE_URL": f"{base}/gemini/v1beta",
+            "COMPAT_BASE_URL": f"{base}/compat/v1", "OPENAI_API_KEY": "sk-fake-openai",
+            "OPENROUTER_API_KEY": "sk-or-fake", "ANTHROPIC_API_KEY": "sk-ant-fake",
+            "GEMINI_API_KEY": "fake-gemini-key", "COMPAT_API_KEY": "fake-compat-key",
+            "FAKE_PROVIDERS_URL": base,
+        })
+
+    user_id, api_key = asyncio.run(seed(previous))
+    router = build_router()
+    base_url = f"http://{args.host}:{args.port}"
+    credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
+                   "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
+                   "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
+                   "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL")}
+    credentials_file.parent.mkdir(parents=True, exist_ok=True)
+    credentials_file.write_text(json.dumps(credentials, indent=2))
+    credentials_file.chmod(0o600)
+    print(f"""
+Multi-LLM gateway running at {base_url}  (routes from template.yaml: {len(router.exact) + len(router.patterns)})
+  dev API key : {api_key}
+  admin key   : {admin_key}
+  credentials : {credentials_file}
+
+  curl {base_url}/health -H "Authorization: Bearer {api_key}"
+  curl {base_url}/v1/chat/completions -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
+       -d '{{"model": "openai/gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='{api_key}'); \\
+print(c.chat.completions.create(model='openai/gpt-4o-mini', messages=[{{'role':'user','content':'Hi'}}]))"
+""", flush=True)
+
+    import uvicorn
+
+    uvicorn.run(router, host=args.host, port=args.port, log_level=os.environ.get("UVICORN_LOG_LEVEL", "warning"),
+                access_log=False, lifespan="on")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``POST /v1/chat/completions``: request schema, the billing pipeline and the route."""

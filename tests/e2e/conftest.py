@@ -1,0 +1,71 @@
+"""e2e: the local stack exactly as `make dev` runs it (a subprocess on a free port, with a
+fresh database), driven through HTTP and the official clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.local.servers import free_port
+from tests.support import services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Extra environment for the stack; other test modules may add to it before the fixture starts.
+STACK_ENV: dict[str, str] = {
+    "STAGE": "local",
+    "AUTH_CACHE_TTL_S": "1",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+}
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    services.ensure_services()
+    database_url = services.create_database("mlp_e2e")
+    port = free_port()
+    creds_file = tmp_path_factory.mktemp("stack") / "dev-credentials.json"
+    log_file = creds_file.with_name("stack.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "ANTHROPIC_", "GEMINI_",
+                                                                    "OPENROUTER_", "COMPAT_", "RATELIMIT_"))}
+    env.update(STACK_ENV)
+    env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
+                "PYTHONUNBUFFERED": "1"})
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
+                                 "--credentials-file", str(creds_file)], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("local stack exited:\n" + log_file.read_text()[-4000:])
+            if creds_file.exists():
+                try:
+                    creds = json.loads(creds_file.read_text())
+                    if httpx.get(creds["base_url"] + "/health", timeout=2).status_code in (200, 503):
+                        break
+                except (ValueError, httpx.HTTPError):
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("local stack did not start:\n" + log_file.read_text()[-4000:])
+            time.sleep(0.2)
+        creds["log_file"] = str(log_file)
+        yield creds
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+        services.drop_database(database_url)
