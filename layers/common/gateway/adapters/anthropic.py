@@ -1,0 +1,417 @@
+"""Anthropic Messages API (``POST {base_url}/messages``) behind the OpenAI chat format.
+
+Request: system/developer messages → top-level ``system``; user/assistant parts → content blocks
+(text, image base64/url, PDF document); assistant ``tool_calls`` → ``tool_use`` blocks; ``tool``
+messages → ``tool_result`` blocks in a user turn; consecutive same-role turns are merged (the API
+requires alternation). Response and stream events are translated back to OpenAI shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from gateway.adapters.base import (
+    SSEEvent,
+    SSEUpstreamStream,
+    Target,
+    Usage,
+    as_int,
+    completion_dict,
+    error_from_event,
+    join_url,
+    json_instruction,
+    load_json_event,
+    new_id,
+    now,
+    parse_data_url,
+    parse_tool_arguments,
+    post_json,
+    stop_list,
+)
+from gateway.adapters.tokens import estimate_prompt_tokens
+from gateway.errors import BadRequest, UpstreamError
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
+def map_stop_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return STOP_REASONS.get(reason, "stop")
+
+
+# --------------------------------------------------------------------------------------------
+# Request translation
+# --------------------------------------------------------------------------------------------
+
+
+def _with_cache_control(block: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    # OpenRouter-style prompt caching hints on OpenAI parts are honoured.
+    if isinstance(part.get("cache_control"), dict):
+        block["cache_control"] = part["cache_control"]
+    return block
+
+
+def _image_block(part: dict[str, Any]) -> dict[str, Any]:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise BadRequest("image_url.url is required", param="messages")
+    parsed = parse_data_url(url)
+    if parsed is not None:
+        media_type, data = parsed
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise BadRequest("image_url.url must be an http(s) URL or a base64 data URL", param="messages")
+
+
+def _file_block(part: dict[str, Any]) -> dict[str, Any]:
+    file = part.get("file") or {}
+    parsed = parse_data_url(str(file.get("file_data") or ""))
+    if parsed is None:
+        raise BadRequest("file parts must carry file_data as a base64 data URL for this model",
+                         param="messages")
+    media_type, data = parsed
+    return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def content_blocks(content: Any) -> list[dict[str, Any]]:
+    """OpenAI message content → Anthropic content blocks (empty text is dropped: the API rejects it)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content if isinstance(content, list) else [content]:
+        if isinstance(part, str):
+            if part:
+                blocks.append({"type": "text", "text": part})
+            continue
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind in ("text", "input_text", "output_text"):
+            text = part.get("text") or ""
+            if text:
+                blocks.append(_with_cache_control({"type": "text", "text": text}, part))
+        elif kind == "refusal":
+            if part.get("refusal"):
+                blocks.append({"type": "text", "text": part["refusal"]})
+        elif kind == "image_url":
+            blocks.append(_with_cache_control(_image_block(part), part))
+        elif kind == "file":
+            blocks.append(_with_cache_control(_file_block(part), part))
+        elif kind == "input_audio":
+            raise BadRequest("audio input is not supported by this model", param="messages")
+    return blocks
+
+
+def _tool_result_content(content: Any) -> Any:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    blocks = [b for b in content_blocks(content) if b["type"] in ("text", "image")]
+    return blocks or ""
+
+
+def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(system_blocks, messages)`` for the Messages API."""
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+
+    def push(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": list(blocks)})
+
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        role = msg.get("role")
+        content = msg.get("content")
+        if role in ("system", "developer"):
+            system.extend(b for b in content_blocks(content) if b["type"] == "text")
+        elif role == "user":
+            push("user", content_blocks(content))
+        elif role == "assistant":
+            blocks = [b for b in content_blocks(content) if b["type"] == "text"]
+            for call in msg.get("tool_calls") or []:
+                fn = call.get("function") or {}
+                blocks.append({
+                    "type": "tool_use",
+                    "id": call.get("id") or new_id("toolu_"),
+                    "name": fn.get("name") or "",
+                    "input": parse_tool_arguments(fn.get("arguments")),
+                })
+            push("assistant", blocks)
+        elif role in ("tool", "function"):
+            tool_use_id = msg.get("tool_call_id") or msg.get("name") or ""
+            push("user", [{"type": "tool_result", "tool_use_id": tool_use_id,
+                           "content": _tool_result_content(content)}])
+    return system, out
+
+
+def translate_tools(tools: Any) -> list[dict[str, Any]]:
+    out = []
+    for tool in tools or []:
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        fn = tool.get("function") or {}
+        entry: dict[str, Any] = {
+            "name": fn.get("name") or "",
+            "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+        }
+        if fn.get("description"):
+            entry["description"] = fn["description"]
+        out.append(entry)
+    return out
+
+
+def translate_tool_choice(tool_choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
+    choice: dict[str, Any] | None
+    if tool_choice is None:
+        choice = None
+    elif tool_choice == "auto":
+        choice = {"type": "auto"}
+    elif tool_choice == "none":
+        choice = {"type": "none"}
+    elif tool_choice == "required":
+        choice = {"type": "any"}
+    elif isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+        choice = {"type": "tool", "name": name} if name else {"type": "auto"}
+    else:
+        choice = None
+    if parallel_tool_calls is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    return choice
+
+
+def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    if (body.get("n") or 1) > 1:
+        raise BadRequest("n > 1 is not supported for this model", param="n")
+    system, messages = translate_messages(body.get("messages") or [])
+    instruction = json_instruction(body.get("response_format"))
+    if instruction:
+        system.append({"type": "text", "text": instruction})
+    out: dict[str, Any] = {
+        "model": target.upstream_model,
+        "messages": messages,
+        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+    }
+    if system:
+        if any("cache_control" in b for b in system):
+            out["system"] = system
+        else:
+            out["system"] = "\n\n".join(b["text"] for b in system)
+    temperature = body.get("temperature")
+    if temperature is not None:
+        out["temperature"] = min(float(temperature), 1.0)  # Anthropic's range is 0..1
+    elif body.get("top_p") is not None:
+        # Recent Claude models reject temperature and top_p together: temperature wins.
+        out["top_p"] = body["top_p"]
+    stops = stop_list(body.get("stop"))
+    if stops:
+        out["stop_sequences"] = stops
+    if body.get("user"):
+        out["metadata"] = {"user_id": str(body["user"])[:256]}
+    tools = translate_tools(body.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        if choice:
+            out["tool_choice"] = choice
+    if stream:
+        out["stream"] = True
+    return out
+
+
+def headers(target: Target) -> dict[str, str]:
+    return {"x-api-key": target.api_key, "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json"}
+
+
+def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                  stream: bool) -> httpx.Request:
+    payload = build_body(target, body, stream=stream)
+    return client.build_request("POST", join_url(target.base_url, "messages"), headers=headers(target),
+                                content=json.dumps(payload, separators=(",", ":")))
+
+
+# --------------------------------------------------------------------------------------------
+# Response translation
+# --------------------------------------------------------------------------------------------
+
+
+def usage_from_anthropic(u: Any, into: Usage | None = None) -> Usage:
+    """``input_tokens`` excludes cache reads/writes; all three are prompt tokens for us."""
+    usage = into or Usage()
+    if not isinstance(u, dict):
+        return usage
+    keys = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    if any(u.get(k) is not None for k in keys):
+        usage.prompt_tokens = sum(as_int(u.get(k)) for k in keys)
+        usage.cached_tokens = as_int(u.get("cache_read_input_tokens"))
+    if u.get("output_tokens") is not None:
+        usage.completion_tokens = as_int(u.get("output_tokens"))
+    return usage
+
+
+def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple[dict[str, Any], Usage]:
+    if not isinstance(data, dict) or data.get("type") == "error":
+        if isinstance(data, dict):
+            raise error_from_event("anthropic", data, api_key=target.api_key)
+        raise UpstreamError("The upstream provider (anthropic) returned an unexpected body.",
+                            provider="anthropic", retryable=True, status=502, code="upstream_bad_response")
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in data.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "tool_use":
+            tool_calls.append({
+                "id": block.get("id") or new_id("toolu_"),
+                "type": "function",
+                "function": {"name": block.get("name") or "",
+                             "arguments": json.dumps(block.get("input") or {}, ensure_ascii=False)},
+            })
+    message: dict[str, Any] = {"role": "assistant",
+                               "content": "".join(texts) if texts or not tool_calls else None,
+                               "refusal": None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    raw_usage = data.get("usage")
+    if isinstance(raw_usage, dict) and raw_usage:
+        usage = usage_from_anthropic(raw_usage)
+    else:
+        chars = sum(len(t) for t in texts) + sum(len(c["function"]["arguments"]) for c in tool_calls)
+        usage = Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=(chars + 3) // 4,
+                      reported=False)
+    finish = map_stop_reason(data.get("stop_reason")) or "stop"
+    out = completion_dict(id=data.get("id") or new_id(), created=now(), model=target.public_id,
+                          choices=[{"index": 0, "message": message, "finish_reason": finish,
+                                    "logprobs": None}],
+                          usage=usage.as_openai())
+    return out, usage
+
+
+class AnthropicAdapter:
+    provider = "anthropic"
+
+    async def complete(self, client: httpx.AsyncClient, target: Target,
+                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+        def request() -> httpx.Request:
+            return build_request(client, target, body, stream=False)
+
+        data = await post_json(client, request, self.provider, target.api_key)
+        return translate_response(target, body, data)
+
+    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> AnthropicStream:
+        return AnthropicStream(client, target, body)
+
+
+class AnthropicStream(SSEUpstreamStream):
+    provider = "anthropic"
+
+    def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> None:
+        super().__init__(client, target, body)
+        self._id = new_id()
+        self._created = now()
+        self._role_sent = False
+        self._tool_index: dict[int, int] = {}  # content block index → OpenAI tool_calls index
+
+    def _build_request(self) -> httpx.Request:
+        return build_request(self._client, self._target, self._body, stream=True)
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        if not self._role_sent:
+            delta = {"role": "assistant", **delta}
+            self._role_sent = True
+        return {
+            "id": self._id, "object": "chat.completion.chunk", "created": self._created,
+            "model": self._target.public_id,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
+
+    def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
+        if not event.data.strip():
+            return []
+        obj = load_json_event(self.provider, event.data)
+        if not isinstance(obj, dict):
+            return []
+        kind = obj.get("type") or event.event
+        if kind == "message_start":
+            message = obj.get("message") or {}
+            if message.get("id"):
+                self._id = message["id"]
+            self.usage = usage_from_anthropic(message.get("usage"))
+            return [self._chunk({"content": ""})]
+        if kind == "content_block_start":
+            block = obj.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                tool_idx = len(self._tool_index)
+                self._tool_index[as_int(obj.get("index"))] = tool_idx
+                name = block.get("name") or ""
+                self._out_chars += len(name)
+                return [self._chunk({"tool_calls": [{
+                    "index": tool_idx, "id": block.get("id") or new_id("toolu_"), "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                }]})]
+            if block.get("type") == "text" and block.get("text"):
+                self._out_chars += len(block["text"])
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = obj.get("delta") or {}
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                text = delta.get("text") or ""
+                self._out_chars += len(text)
+                return [self._chunk({"content": text})] if text else []
+            if dtype == "input_json_delta":
+                partial = delta.get("partial_json") or ""
+                call_idx = self._tool_index.get(as_int(obj.get("index")))
+                if call_idx is None or not partial:
+                    return []
+                self._out_chars += len(partial)
+                call = {"index": call_idx, "function": {"arguments": partial}}
+                return [self._chunk({"tool_calls": [call]})]
+            return []  # thinking_delta, signature_delta, citations_delta
+        if kind == "message_delta":
+            raw_usage = obj.get("usage")
+            if isinstance(raw_usage, dict):
+                self.usage = usage_from_anthropic(raw_usage, self.usage)
+                if raw_usage.get("output_tokens") is not None:
+                    self._final_usage = True
+            reason = (obj.get("delta") or {}).get("stop_reason")
+            if reason:
+                return [self._chunk({}, map_stop_reason(reason))]
+            return []
+        if kind == "message_stop":
+            self._done = True
+            return []
+        if kind == "error":
+            raise error_from_event(self.provider, obj, api_key=self._target.api_key)
+        return []  # ping, content_block_stop, unknown future events

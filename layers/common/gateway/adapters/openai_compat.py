@@ -1,0 +1,224 @@
+"""OpenAI, OpenRouter and any OpenAI-compatible server (Ollama, vLLM, Groq, Together, …).
+
+The request is forwarded nearly as is (``model`` replaced, ``None`` values and our own routing
+fields dropped); responses and chunks get ``model`` = our public id. Streaming always asks for
+``stream_options.include_usage`` so the usage arrives in the last chunk; that usage-only chunk is
+swallowed into ``.usage`` instead of being yielded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import httpx
+
+from gateway.adapters.base import (
+    SSEEvent,
+    SSEUpstreamStream,
+    Target,
+    Usage,
+    error_from_event,
+    join_url,
+    load_json_event,
+    new_id,
+    now,
+    post_json,
+    usage_from_openai,
+)
+from gateway.adapters.tokens import estimate_prompt_tokens
+from gateway.errors import UpstreamError
+
+# Our own request fields, never forwarded: ``models`` is OpenRouter's fallback list (we do our
+# own fallback), ``usage`` its deprecated accounting switch.
+DROP_ALWAYS = frozenset({"models", "usage"})
+# OpenRouter-only request fields that OpenAI and most compat servers reject.
+OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reasoning"})
+# Response/chunk fields we do not pass on (OpenRouter's upstream name; its cost accounting).
+DROP_FROM_OUTPUT = ("provider",)
+
+
+class OpenAICompatAdapter:
+    def __init__(self, provider: str, *, extra_headers: dict[str, str] | None = None) -> None:
+        self.provider = provider
+        self._extra_headers = extra_headers
+
+    # request ---------------------------------------------------------------------------------
+    def headers(self, target: Target) -> dict[str, str]:
+        h = {"content-type": "application/json"}
+        if target.api_key:
+            h["authorization"] = f"Bearer {target.api_key}"
+        if self.provider == "openrouter":
+            h.update(_openrouter_headers())
+        if self._extra_headers:
+            h.update(self._extra_headers)
+        return h
+
+    def build_body(self, target: Target, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in body.items():
+            if value is None or key in DROP_ALWAYS:
+                continue
+            if key in OPENROUTER_ONLY and self.provider != "openrouter":
+                continue
+            out[key] = value
+        out["model"] = target.upstream_model
+        if stream:
+            out["stream"] = True
+            opts = dict(out.get("stream_options") or {})
+            opts["include_usage"] = True
+            out["stream_options"] = opts
+        else:
+            out.pop("stream", None)
+            out.pop("stream_options", None)
+        if self.provider == "compat" and "max_completion_tokens" in out and "max_tokens" not in out:
+            # Ollama and older vLLM only know max_tokens.
+            out["max_tokens"] = out.pop("max_completion_tokens")
+        return out
+
+    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> httpx.Request:
+        return client.build_request(
+            "POST", join_url(target.base_url, "chat/completions"),
+            content=json.dumps(self.build_body(target, body, stream=stream), separators=(",", ":")),
+            headers=self.headers(target),
+        )
+
+    # non-streaming ---------------------------------------------------------------------------
+    async def complete(self, client: httpx.AsyncClient, target: Target,
+                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+        def request() -> httpx.Request:
+            return self.build_request(client, target, body, stream=False)
+
+        data = await post_json(client, request, self.provider, target.api_key)
+        return self.translate_response(target, body, data)
+
+    def translate_response(self, target: Target, body: dict[str, Any],
+                           data: Any) -> tuple[dict[str, Any], Usage]:
+        if not isinstance(data, dict):
+            raise UpstreamError(f"The upstream provider ({self.provider}) returned an unexpected body.",
+                                provider=self.provider, retryable=True, status=502,
+                                code="upstream_bad_response")
+        if data.get("error") or data.get("object") == "error":
+            # OpenRouter reports errors that happen after routing inside a 200 body.
+            raise error_from_event(self.provider, data, api_key=target.api_key)
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise UpstreamError(f"The upstream provider ({self.provider}) returned no choices.",
+                                provider=self.provider, retryable=True, status=502,
+                                code="upstream_bad_response")
+        usage = usage_from_openai(data.get("usage"))
+        if usage is None and isinstance(data.get("x_groq"), dict):
+            usage = usage_from_openai(data["x_groq"].get("usage"))
+        if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
+            usage = Usage(prompt_tokens=estimate_prompt_tokens(body),
+                          completion_tokens=_estimate_choices(choices), reported=False)
+        out = {k: v for k, v in data.items() if k not in DROP_FROM_OUTPUT}
+        out.setdefault("id", new_id())
+        out["object"] = "chat.completion"
+        out.setdefault("created", now())
+        out["model"] = target.public_id
+        out["usage"] = _usage_dict(usage, data.get("usage"))
+        return out, usage
+
+    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
+        return OpenAIStream(self, client, target, body)
+
+
+class OpenAIStream(SSEUpstreamStream):
+    def __init__(self, adapter: OpenAICompatAdapter, client: httpx.AsyncClient, target: Target,
+                 body: dict[str, Any]) -> None:
+        super().__init__(client, target, body)
+        self.provider = adapter.provider
+        self._adapter = adapter
+        self._finished = False  # saw a finish_reason
+
+    def _build_request(self) -> httpx.Request:
+        return self._adapter.build_request(self._client, self._target, self._body, stream=True)
+
+    def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
+        data = event.data.strip()
+        if not data:
+            return []
+        if data == "[DONE]":
+            self._done = True
+            return []
+        obj = load_json_event(self.provider, data)
+        if not isinstance(obj, dict):
+            return []
+        if obj.get("error") or obj.get("object") == "error" or event.event == "error":
+            raise error_from_event(self.provider, obj, api_key=self._target.api_key)
+        usage = obj.get("usage")
+        if usage is None and isinstance(obj.get("x_groq"), dict):
+            usage = obj["x_groq"].get("usage")
+        parsed = usage_from_openai(usage)
+        if parsed is not None:
+            self.usage = parsed
+            self._final_usage = True
+        choices = obj.get("choices")
+        if not choices:
+            return []  # the usage-only chunk (or a keep-alive object)
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason") == "error":
+                failure = {"error": {"message": "generation failed", "code": 502}}
+                raise error_from_event(self.provider, failure, api_key=self._target.api_key)
+            if choice.get("finish_reason"):
+                self._finished = True
+            delta = choice.get("delta") or {}
+            self._out_chars += len(delta.get("content") or "") + len(delta.get("reasoning") or "")
+            for call in delta.get("tool_calls") or []:
+                fn = (call or {}).get("function") or {}
+                self._out_chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+        chunk = {k: v for k, v in obj.items() if k not in DROP_FROM_OUTPUT and k != "usage" and k != "x_groq"}
+        chunk["object"] = "chat.completion.chunk"
+        chunk["model"] = self._target.public_id
+        return [chunk]
+
+    def _on_eof(self) -> None:
+        # Some compat servers (older Ollama/llama.cpp builds) end the body without "[DONE]".
+        # Accept that only when the generation visibly finished.
+        if self.provider == "compat" and self._finished:
+            self._done = True
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _openrouter_headers() -> dict[str, str]:
+    """Optional app attribution headers (``openrouter_http_referer`` / ``openrouter_app_title``)."""
+    try:
+        from gateway.config import get_settings
+
+        settings = get_settings()
+    except Exception:
+        return {}
+    out = {}
+    referer = getattr(settings, "openrouter_http_referer", "") or ""
+    title = getattr(settings, "openrouter_app_title", "") or ""
+    if referer:
+        out["HTTP-Referer"] = referer
+    if title:
+        out["X-Title"] = title
+    return out
+
+
+def _estimate_choices(choices: list[Any]) -> int:
+    chars = 0
+    for choice in choices:
+        msg = (choice or {}).get("message") or {}
+        content = msg.get("content")
+        chars += len(content) if isinstance(content, str) else 0
+        for call in msg.get("tool_calls") or []:
+            fn = (call or {}).get("function") or {}
+            chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
+    return math.ceil(chars / 4)
+
+
+def _usage_dict(usage: Usage, raw: Any) -> dict[str, Any]:
+    out = usage.as_openai()
+    if isinstance(raw, dict) and isinstance(raw.get("completion_tokens_details"), dict):
+        out["completion_tokens_details"] = raw["completion_tokens_details"]
+    return out
