@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK_ENV: dict[str, str] = {
     "STAGE": "local",
     "AUTH_CACHE_TTL_S": "1",
+    "CATALOG_TTL_S": "1",
     "POWERTOOLS_LOG_LEVEL": "WARNING",
 }
 
@@ -69,3 +70,24 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
         services.drop_database(database_url)
+
+
+def create_user(database_url: str, balance: str = "0", tier: str = "pro") -> dict[str, str]:
+    """A user with an API key written straight into the stack's database (same rows the
+    admin route / CLI write: user, balance, welcome ledger entry, hashed key)."""
+    import uuid
+
+    import psycopg
+    from gateway.auth import generate_api_key
+
+    secret, key_hash, prefix = generate_api_key()
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+        user_id = conn.execute("INSERT INTO users (email, tier) VALUES (%s, %s) RETURNING id",
+                               (f"e2e-{uuid.uuid4().hex[:10]}@example.com", tier)).fetchone()[0]  # type: ignore[index]
+        conn.execute("INSERT INTO balances (user_id, balance) VALUES (%s, %s)", (user_id, balance))
+        if balance != "0":
+            conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, %s, 'grant', %s)",
+                         (user_id, balance, f"e2e:{user_id}"))
+        conn.execute("INSERT INTO api_keys (user_id, key_hash, prefix, name) VALUES (%s, %s, %s, 'e2e')",
+                     (user_id, key_hash, prefix))
+    return {"user_id": str(user_id), "api_key": secret}

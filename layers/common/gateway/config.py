@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = 60.0
     # JSON object: model id -> list of fallback model ids tried in order.
     model_fallbacks: dict[str, list[str]] = {}
+    catalog_ttl_s: float = 60.0  # how long a warm container trusts its copy of model_pricing
 
     # Billing
     default_markup: Decimal = Decimal("0.10")

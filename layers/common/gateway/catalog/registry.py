@@ -1,7 +1,7 @@
 """Active models and their prices, as the query path sees them.
 
 Loaded from ``model_pricing`` (the source of truth for billing) and kept in the warm container
-for ``TTL`` seconds, so resolving a model costs no round trip on the hot path. Concurrent
+for ``CATALOG_TTL_S`` seconds (default 60), so resolving a model costs no round trip on the hot path. Concurrent
 reloads are collapsed into one.
 """
 
@@ -14,9 +14,7 @@ from decimal import Decimal
 
 from .. import db
 from ..billing.pricing import ModelPrice
-from ..config import Tier
-
-TTL = 60.0
+from ..config import Tier, get_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +73,14 @@ async def _reload() -> None:
 
 async def models() -> dict[str, ModelInfo]:
     global _lock, _lock_loop
-    if time.monotonic() - _loaded_at < TTL and _models:
+    ttl = get_settings().catalog_ttl_s
+    if time.monotonic() - _loaded_at < ttl and _models:
         return _models
     loop = asyncio.get_running_loop()
     if _lock is None or _lock_loop is not loop:
         _lock, _lock_loop = asyncio.Lock(), loop
     async with _lock:
-        if time.monotonic() - _loaded_at >= TTL or not _models:
+        if time.monotonic() - _loaded_at >= ttl or not _models:
             await _reload()
     return _models
 
