@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
                    "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
+                   "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
                    "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL")}
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     credentials_file.write_text(json.dumps(credentials, indent=2))

@@ -28,7 +28,7 @@ PROVIDERS = ("openai", "openrouter", "anthropic", "gemini", "compat")
 OPENROUTER_DEFAULT_COUNT = 300
 
 
-def per_token(per_million: str | float | int) -> str:
+def per_token(per_million: str | float | int | Decimal) -> str:
     """USD per million tokens -> OpenRouter's decimal string in USD per token ("0.15" -> "0.00000015")."""
     value = Decimal(str(per_million)) / Decimal(1_000_000)
     if value == 0:
@@ -195,7 +195,7 @@ def _popular_entry(spec: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def _special_entries() -> list[dict[str, Any]]:
-    auto = {
+    auto: dict[str, Any] = {
         "id": "openrouter/auto",
         "canonical_slug": "openrouter/auto",
         "hugging_face_id": None,

@@ -5,7 +5,9 @@ benchmarks, so the product runs with no internet. Start it with::
 
     python -m infra.local.fake_providers --host 127.0.0.1 --port 9100
 
-or in-process with ``infra.local.servers.start_in_thread(create_app())``.
+or in-process with ``infra.local.servers.start_in_thread(create_app())``. SDK clients: the
+``openai`` SDK takes the base URLs below as they are; the ``anthropic`` SDK wants
+``{server}/anthropic`` (it adds ``/v1`` itself).
 
 Base URLs (configure the gateway's provider base URLs with these; ``base_urls(server_url)``
 returns them as a dict)::
@@ -38,8 +40,8 @@ The reply text is the sentence ``"Hello from <provider> <model>."`` (provider = 
 openrouter, anthropic, gemini or compat) repeated word by word and cut to the number of words
 asked for (4 words by default, ``[[words:N]]`` to change it). Token accounting:
 
-* prompt tokens = ceil(characters of all message text, system prompt included / 4), at least 1
-  (directives count: they are part of the text);
+* prompt tokens = ceil(characters of all message text / 4), at least 1; the system prompt and
+  Anthropic ``tool_result`` text count, tool definitions do not, and directives do (they are text);
 * completion tokens = number of words emitted (a tool call counts
   ceil((len(name) + len(arguments_json)) / 4));
 * the output limit (OpenAI ``max_completion_tokens`` or ``max_tokens``, Anthropic ``max_tokens``,
@@ -59,7 +61,7 @@ Test directives
 Put them anywhere in the text of the LAST user message (so any client can trigger them):
 
 ``[[fail:CODE]]``        answer with that provider's real error body and status (400, 401, 402,
-                         403, 404, 408, 413, 429, 500, 502, 503, 504, 529 ... any code works);
+                         403, 404, 408, 413, 429, 500, 502, 503, 504, 529 ... any 4xx/5xx code);
                          429 carries a ``retry-after`` header.
 ``[[retry_after:S]]``    value of ``retry-after`` on a 429 (default ``1``).
 ``[[sleep:SECONDS]]``    wait before sending the response headers (for timeouts).
@@ -144,6 +146,7 @@ BASE_PATHS: dict[str, str] = {
 
 REQUEST_LOG_SIZE = 200
 TIMEOUT_MODEL_SLEEP = 120.0
+MAX_DELAY = 600.0  # cap for [[sleep]] / [[ttfb]] / [[chunk_delay]]
 DEFAULT_WORDS = 4
 TOOL_ARGS = {"x": 1}
 TOOL_ARGS_JSON = json.dumps(TOOL_ARGS)  # '{"x": 1}'
@@ -209,6 +212,11 @@ class Directives:
     reasoning: int = 0
 
 
+def _seconds(arg: str) -> float:
+    value = float(arg)
+    return min(max(value, 0.0), MAX_DELAY) if value == value else 0.0  # NaN -> 0
+
+
 def parse_directives(text: str, model: str = "") -> Directives:
     """Directives found in ``text`` plus the model-name triggers (``fail-CODE``, ``timeout``)."""
     d = Directives()
@@ -217,17 +225,19 @@ def parse_directives(text: str, model: str = "") -> Directives:
             arg = arg.strip()
             try:
                 if name == "fail":
-                    d.fail = int(arg)
+                    code = int(arg)
+                    if 400 <= code <= 599:
+                        d.fail = code
                 elif name == "retry_after":
                     d.retry_after = arg or "1"
                 elif name == "sleep":
-                    d.sleep = max(0.0, float(arg))
+                    d.sleep = _seconds(arg)
                 elif name == "ttfb":
-                    d.ttfb = max(0.0, float(arg))
+                    d.ttfb = _seconds(arg)
                 elif name == "words":
                     d.words = max(0, int(arg))
                 elif name == "chunk_delay":
-                    d.chunk_delay = max(0.0, float(arg))
+                    d.chunk_delay = _seconds(arg)
                 elif name == "cut":
                     d.cut = max(0, int(arg or 0))
                 elif name == "stream_error":
@@ -442,7 +452,9 @@ def _openai_error(provider: str, status: int, model: str, kind: str, key: str, m
                   headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
     if provider == "compat" and kind == "missing_key":
         return 401, headers, {"error": "Unauthorized"}
-    etype, code, param = ("server_error" if status >= 500 else "invalid_request_error"), None, None
+    etype = "server_error" if status >= 500 else "invalid_request_error"
+    code: str | int | None = None
+    param: str | None = None
     if kind == "missing_key":
         msg = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
@@ -1115,26 +1127,27 @@ class FakeProviders:
             return self._error(entry, provider, d.fail, model=chat.model, key=entry["key"] or "", d=d)
         plan = make_plan(chat, d)
         entry["status"] = 200
-        timing = {"sleep": d.sleep, "ttfb": d.ttfb, "chunk_delay": d.chunk_delay, "cut": d.cut}
+
+        def respond(headers: dict[str, str], **kw: Any) -> FakeResponse:
+            return FakeResponse(200, headers, sleep=d.sleep, ttfb=d.ttfb, chunk_delay=d.chunk_delay, cut=d.cut,
+                                **kw)
+
         if provider in ("openai", "openrouter", "compat"):
             cost = self._openrouter_cost(chat.model, plan) if provider == "openrouter" else None
             if chat.stream:
                 preamble = b": OPENROUTER PROCESSING\n\n" if provider == "openrouter" else b""
-                return FakeResponse(200, _SSE_HEADERS, frames=openai_frames(chat, plan, cost, d),
-                                    preamble=preamble, **timing)
-            return FakeResponse(200, _JSON_HEADERS, body=_dumps(openai_body(chat, plan, cost)), **timing)
+                return respond(_SSE_HEADERS, frames=openai_frames(chat, plan, cost, d), preamble=preamble)
+            return respond(_JSON_HEADERS, body=_dumps(openai_body(chat, plan, cost)))
         if provider == "anthropic":
             headers = {"request-id": "req_" + _new_id()}
             if chat.stream:
-                return FakeResponse(200, {**_SSE_HEADERS, **headers}, frames=anthropic_frames(chat, plan, d),
-                                    **timing)
-            return FakeResponse(200, {**_JSON_HEADERS, **headers}, body=_dumps(anthropic_body(chat, plan)),
-                                **timing)
+                return respond({**_SSE_HEADERS, **headers}, frames=anthropic_frames(chat, plan, d))
+            return respond({**_JSON_HEADERS, **headers}, body=_dumps(anthropic_body(chat, plan)))
         if chat.stream:
             sse = request.query_params.get("alt") == "sse"
             headers = {"content-type": "text/event-stream"} if sse else _JSON_HEADERS
-            return FakeResponse(200, headers, frames=gemini_frames(chat, plan, d, sse), **timing)
-        return FakeResponse(200, _JSON_HEADERS, body=_dumps(gemini_body(chat, plan)), **timing)
+            return respond(headers, frames=gemini_frames(chat, plan, d, sse))
+        return respond(_JSON_HEADERS, body=_dumps(gemini_body(chat, plan)))
 
     async def gemini_models_route(self, request: Request) -> FakeResponse | Response:
         rest = request.path_params["rest"]

@@ -93,7 +93,7 @@ def test_openai_sdk_non_stream(urls: dict[str, str], http: httpx.Client, provide
     model = "openai/gpt-4o-mini" if provider == "openrouter" else "gpt-4o-mini"
     client = oai(urls, provider)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
-    resp = client.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    resp = client.chat.completions.create(model=model, messages=messages)
     assert resp.object == "chat.completion"
     assert resp.id
     assert resp.model == model
@@ -128,7 +128,7 @@ def test_openai_sdk_non_stream(urls: dict[str, str], http: httpx.Client, provide
 def test_openai_sdk_stream_with_and_without_include_usage(urls: dict[str, str], provider: str) -> None:
     client = oai(urls, provider)
     messages = [{"role": "user", "content": "Stream please [[words:6]]"}]
-    chunks = list(client.chat.completions.create(model="m1", messages=messages, stream=True,  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model="m1", messages=messages, stream=True,
                                                  stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert len({c.id for c in chunks}) == 1
@@ -146,7 +146,7 @@ def test_openai_sdk_stream_with_and_without_include_usage(urls: dict[str, str], 
     assert last.usage.completion_tokens == 6
     assert all(c.usage is None for c in chunks[:-1])
 
-    chunks = list(client.chat.completions.create(model="m1", messages=messages, stream=True))  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model="m1", messages=messages, stream=True))
     assert all(c.usage is None for c in chunks)
     assert chunks[-1].choices[0].finish_reason == "stop"
 
@@ -205,18 +205,18 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 def test_openai_tool_call(urls: dict[str, str], provider: str) -> None:
     client = oai(urls, provider)
     messages = [{"role": "user", "content": "weather? [[tool:get_weather]]"}]
-    resp = client.chat.completions.create(model="m", messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    resp = client.chat.completions.create(model="m", messages=messages, tools=TOOLS)
     choice = resp.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
-    call = choice.message.tool_calls[0]  # type: ignore[index]
+    call = choice.message.tool_calls[0]
     assert call.type == "function" and call.id.startswith("call_")
-    assert call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"x": 1}  # type: ignore[union-attr]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"x": 1}
     assert resp.usage is not None
     assert resp.usage.completion_tokens == math.ceil((len("get_weather") + len('{"x": 1}')) / 4)
 
-    chunks = list(client.chat.completions.create(model="m", messages=messages, tools=TOOLS,  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model="m", messages=messages, tools=TOOLS,
                                                  stream=True))
     args = "".join(tc.function.arguments or "" for c in chunks if c.choices
                    for tc in (c.choices[0].delta.tool_calls or []) if tc.function)
@@ -227,7 +227,7 @@ def test_openai_tool_call(urls: dict[str, str], provider: str) -> None:
         ["tool_calls"]
 
     # Without tools in the request the directive is ignored.
-    resp = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    resp = client.chat.completions.create(model="m", messages=messages)
     assert resp.choices[0].finish_reason == "stop" and resp.choices[0].message.content
 
 
@@ -238,8 +238,8 @@ def test_usage_directives_openai(urls: dict[str, str]) -> None:
     usage = resp.usage
     assert usage is not None
     assert usage.prompt_tokens == prompt_tokens(text)
-    assert usage.prompt_tokens_details.cached_tokens == 40  # type: ignore[union-attr]
-    assert usage.completion_tokens_details.reasoning_tokens == 7  # type: ignore[union-attr]
+    assert usage.prompt_tokens_details.cached_tokens == 40
+    assert usage.completion_tokens_details.reasoning_tokens == 7
     assert usage.completion_tokens == 4 + 7
     assert usage.total_tokens == usage.prompt_tokens + 11
 
@@ -248,9 +248,9 @@ def test_usage_directives_openai(urls: dict[str, str]) -> None:
 def test_openai_nousage(urls: dict[str, str], provider: str) -> None:
     client = oai(urls, provider)
     messages = [{"role": "user", "content": "hi [[nousage]]"}]
-    resp = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    resp = client.chat.completions.create(model="m", messages=messages)
     assert resp.usage is None
-    chunks = list(client.chat.completions.create(model="m", messages=messages, stream=True,  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model="m", messages=messages, stream=True,
                                                  stream_options={"include_usage": True}))
     assert all(c.usage is None for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"Hello from {provider} m."
@@ -400,7 +400,7 @@ def test_sleep_and_ttfb(urls: dict[str, str], http: httpx.Client) -> None:
     url, headers, body = _chat_request(urls, "openai", "[[sleep:0.3]]")
     start = time.monotonic()
     assert http.post(url, headers=headers, json=body).status_code == 200
-    assert time.monotonic() - start >= 0.3
+    assert time.monotonic() - start >= 0.28
 
     url, headers, body = _chat_request(urls, "anthropic", "[[ttfb:0.4]]", stream=True)
     start = time.monotonic()
@@ -412,7 +412,7 @@ def test_sleep_and_ttfb(urls: dict[str, str], http: httpx.Client) -> None:
                 first_at = time.monotonic() - start
     assert r.status_code == 200
     assert headers_at < 0.3
-    assert first_at is not None and first_at >= 0.4
+    assert first_at is not None and first_at >= 0.38
 
 
 def test_chunk_delay(urls: dict[str, str], http: httpx.Client) -> None:
@@ -425,7 +425,7 @@ def test_chunk_delay(urls: dict[str, str], http: httpx.Client) -> None:
             if line.startswith("data:"):
                 stamps.append(time.monotonic() - start)
     assert len(stamps) == 5
-    assert stamps[-1] - stamps[0] >= 0.4
+    assert stamps[-1] - stamps[0] >= 0.35  # 4 gaps of 0.1 s, timer slack
 
 
 @pytest.mark.parametrize("provider", ["openai", "openrouter", "anthropic", "gemini", "compat"])

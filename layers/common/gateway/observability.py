@@ -15,6 +15,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
@@ -25,7 +26,15 @@ logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM"), service=SERVICE)
 tracer = Tracer(service=SERVICE)
 
-__all__ = ["MetricUnit", "instrument", "logger", "metrics", "tracer"]
+__all__ = ["MetricUnit", "count", "instrument", "logger", "metrics", "tracer"]
+
+_METRICS_ON = not is_metrics_disabled()
+
+
+def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
+    """Add a metric to the current set (a no-op when Powertools metrics are disabled)."""
+    if _METRICS_ON:
+        metrics.add_metric(name=name, unit=unit, value=value)
 
 
 def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:

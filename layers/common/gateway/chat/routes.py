@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 
 from ..auth import ApiKeyPrincipal
 from ..http import server_request_id
@@ -25,4 +26,5 @@ async def chat_completions(req: ChatRequest, request: Request, principal: ApiKey
         body = await service.open_stream(call)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={**STREAM_HEADERS, **call.rate_headers})
-    return JSONResponse(await service.complete(call), headers=call.rate_headers)
+    response, settle = await service.complete(call)
+    return JSONResponse(response, headers=call.rate_headers, background=BackgroundTask(settle))

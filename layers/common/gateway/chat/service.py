@@ -15,9 +15,10 @@ Money flow per request (see docs/money.md):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,7 +43,7 @@ from ..errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from ..observability import MetricUnit, logger, metrics
+from ..observability import MetricUnit, count, logger
 from .schema import ChatRequest
 
 PROVIDER_KEY_FIELDS = {"openai": "openai_api_key", "openrouter": "openrouter_api_key",
@@ -156,7 +157,7 @@ async def admit(call: Call) -> None:
         if not decision.allowed:
             ratelimit.enforce(decision)
         if isinstance(reserved, GatewayError):
-            metrics.add_metric(name=f"Rejected{reserved.status}", unit=MetricUnit.Count, value=1)
+            count(f"Rejected{reserved.status}")
         raise reserved
     tier = settings.tier(reserved.tier)
     try:
@@ -207,21 +208,20 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     """Settle (or release) and emit the request's metrics and one log line."""
     result = await ledger.settle(record)
     if result.settled and record.charge > result.hold:
-        metrics.add_metric(name="HoldOverrun", unit=MetricUnit.Count, value=1)
+        count("HoldOverrun")
         logger.warning("charge exceeded hold", extra={"request_id": call.request_id, "hold": str(result.hold),
                                                        "charge": str(record.charge)})
-    metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+    count("Requests")
     if record.status == "ok":
-        metrics.add_metric(name="PromptTokens", unit=MetricUnit.Count, value=record.prompt_tokens)
-        metrics.add_metric(name="CompletionTokens", unit=MetricUnit.Count, value=record.completion_tokens)
-        metrics.add_metric(name="ProviderCostMicroUSD", unit=MetricUnit.Count,
-                           value=float(record.provider_cost * 1_000_000))
-        metrics.add_metric(name="ChargeMicroUSD", unit=MetricUnit.Count, value=float(record.charge * 1_000_000))
-        metrics.add_metric(name="LatencyMs", unit=MetricUnit.Milliseconds, value=record.latency_ms or 0)
+        count("PromptTokens", record.prompt_tokens)
+        count("CompletionTokens", record.completion_tokens)
+        count("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000))
+        count("ChargeMicroUSD", float(record.charge * 1_000_000))
+        count("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)
         if record.ttfb_ms is not None:
-            metrics.add_metric(name="TimeToFirstByteMs", unit=MetricUnit.Milliseconds, value=record.ttfb_ms)
+            count("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds)
     else:
-        metrics.add_metric(name="UpstreamErrors", unit=MetricUnit.Count, value=1)
+        count("UpstreamErrors")
     logger.info("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
@@ -231,7 +231,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
 
 def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
     if err.retryable and index + 1 < len(call.candidates):
-        metrics.add_metric(name="Fallbacks", unit=MetricUnit.Count, value=1)
+        count("Fallbacks")
         return True
     return False
 
@@ -241,7 +241,9 @@ def _body_for(call: Call, c: Candidate) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- non-streaming
-async def complete(call: Call) -> dict[str, Any]:
+async def complete(call: Call) -> tuple[dict[str, Any], Callable[[], Awaitable[None]]]:
+    """Call upstream (with fallback). Returns the response and the settlement to run right
+    after the response is sent (in Lambda, Mangum runs it before the invocation returns)."""
     client = get_http_client()
     last: UpstreamError | None = None
     for i, c in enumerate(call.candidates):
@@ -258,8 +260,8 @@ async def complete(call: Call) -> dict[str, Any]:
             raise
         response["model"] = c.model.id
         response["usage"] = usage.as_openai()
-        await _finish(call, _record(call, "ok", candidate=c, usage=usage))
-        return response
+        record = _record(call, "ok", candidate=c, usage=usage)
+        return response, functools.partial(_shielded_finish, call, record)
     assert last is not None
     await _finish(call, _record(call, "failed", error=last))
     raise last
@@ -312,8 +314,9 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
 
 async def _relay(call: Call, c: Candidate, upstream: Any, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
+    """Forward chunks as they arrive; settle after the last byte (or on failure/disconnect)."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
-    status, error = "ok", None
+    status, error = "cancelled", None
     try:
         try:
             if first is not None:
@@ -322,20 +325,20 @@ async def _relay(call: Call, c: Candidate, upstream: Any, iterator: Any, first: 
                 async for chunk in iterator:
                     yield _sse(chunk)
         except UpstreamError as err:
-            status, error = "partial", err
-        except BaseException:
-            status = "cancelled"
-            raise
+            error = err
+        await upstream.aclose()  # finalises usage (estimates where the provider reported none)
+        if error is not None:
+            status = "partial"
+            yield _sse(error.body())
+            return
+        opts = call.req.stream_options
+        if opts is not None and opts.include_usage and upstream.usage is not None:
+            yield _sse({"id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": c.model.id, "choices": [], "usage": upstream.usage.as_openai()})
+        status = "ok"
+        yield DONE
     finally:
         with anyio.CancelScope(shield=True):
             await upstream.aclose()
-            usage = upstream.usage
-            await _finish(call, _record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
-    if error is not None:
-        yield _sse(error.body())
-        return
-    opts = call.req.stream_options
-    if opts is not None and opts.include_usage and usage is not None:
-        yield _sse({"id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                    "model": c.model.id, "choices": [], "usage": usage.as_openai()})
-    yield DONE
+            await _finish(call, _record(call, status, candidate=c, usage=upstream.usage, error=error,
+                                        ttfb_ms=ttfb_ms))

@@ -1,0 +1,153 @@
+"""Gateway overhead benchmark: the same chat request sent directly to the fake upstream and
+through the gateway (full path: auth, rate limit on Upstash via the REST bridge, reserve and
+settle in Postgres), at c=1 and c=16, plus time to first streamed byte.
+
+    make bench            # or: .venv/bin/python -m bench.run [--requests 1000]
+
+The stack is `infra.local.devserver` in its own process (one uvicorn worker, like `make dev`),
+which spawns the fake providers and the Upstash bridge as separate processes. Results are
+printed as a Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+
+from infra.local.servers import free_port
+from tests.support import services
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello [[words:16]]"}],
+        "max_tokens": 64}
+
+
+def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
+    services.ensure_services()
+    database_url = services.create_database("mlp_bench")
+    port = free_port()
+    creds_file = Path(f"/tmp/mlp-bench-{port}.json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "RATELIMIT_"))}
+    env.update({"DATABASE_URL": database_url, "STAGE": "local", "POWERTOOLS_LOG_LEVEL": "ERROR",
+                "TIERS_JSON": json.dumps({"enterprise": {"rpm": 10_000_000}})})
+    proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
+                             "--credentials-file", str(creds_file)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not creds_file.exists():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("stack did not start")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    creds = json.loads(creds_file.read_text())
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE users SET tier = 'enterprise' WHERE id = %s", (creds["user_id"],))
+        conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, 100000, 'grant', "
+                     "'bench-credit')", (creds["user_id"],))
+        conn.execute("UPDATE balances SET balance = balance + 100000 WHERE user_id = %s", (creds["user_id"],))
+    return proc, creds, database_url
+
+
+async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total: int, concurrency: int,
+                  stream: bool = False) -> dict[str, float]:
+    latencies: list[float] = []
+    ttfbs: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # warm-up (connections, caches, prepared statements)
+        for _ in range(20):
+            async with session.post(url, json=body, headers=headers) as r:
+                await r.read()
+        remaining = total
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                async with session.post(url, json=body, headers=headers) as r:
+                    if stream:
+                        first = True
+                        async for _chunk in r.content.iter_any():
+                            if first:
+                                ttfbs.append(time.perf_counter() - t0)
+                                first = False
+                    else:
+                        await r.read()
+                    if r.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - t0)
+
+        started = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    out = {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+           "rps": len(latencies) / elapsed, "errors": errors}
+    if ttfbs:
+        ttfbs.sort()
+        out["ttfb_p50"] = statistics.median(ttfbs) * 1000
+        out["ttfb_p99"] = ttfbs[int(len(ttfbs) * 0.99) - 1] * 1000
+    return out
+
+
+async def main_async(requests: int) -> None:
+    proc, creds, database_url = start_stack()
+    try:
+        fake = creds["fake_providers_url"]
+        direct = (f"{fake}/openai/v1/chat/completions", {"Authorization": "Bearer sk-fake-openai"})
+        gateway = (creds["base_url"] + "/v1/chat/completions", {"Authorization": f"Bearer {creds['api_key']}"})
+        rows = []
+        for c in (1, 16):
+            n = requests if c > 1 else max(200, requests // 4)
+            d = await measure(*direct, BODY, n, c)
+            g = await measure(*gateway, BODY, n, c)
+            rows.append((f"non-stream c={c}", d, g))
+        sbody = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+        for c in (1, 16):
+            n = requests if c > 1 else max(200, requests // 4)
+            d = await measure(*direct, sbody, n, c, stream=True)
+            g = await measure(*gateway, sbody, n, c, stream=True)
+            rows.append((f"stream c={c}", d, g))
+        with psycopg.connect(database_url) as conn:
+            bad = conn.execute(
+                "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, sum(amount) s FROM ledger_entries "
+                "GROUP BY 1) l USING (user_id) WHERE b.balance <> COALESCE(l.s, 0) OR b.reserved <> 0").fetchone()
+            usage_rows = conn.execute("SELECT count(*) FROM usage_records").fetchone()
+        print(f"\nrequests per row: {requests} (c=1 rows: {max(200, requests // 4)}); usage records written: "
+              f"{usage_rows[0] if usage_rows else 0}; ledger invariant violations: {bad[0] if bad else '?'}\n")
+        print("| case | direct p50 ms | gateway p50 ms | overhead p50 ms | direct p99 ms | gateway p99 ms | "
+              "gateway req/s | direct req/s | gateway TTFB p50 ms | direct TTFB p50 ms | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, d, g in rows:
+            print(f"| {name} | {d['p50']:.2f} | {g['p50']:.2f} | {g['p50'] - d['p50']:+.2f} | {d['p99']:.2f} | "
+                  f"{g['p99']:.2f} | {g['rps']:.0f} | {d['rps']:.0f} | {g.get('ttfb_p50', float('nan')):.2f} | "
+                  f"{d.get('ttfb_p50', float('nan')):.2f} | {int(g['errors'])} |")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+        services.drop_database(database_url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    asyncio.run(main_async(args.requests))
+
+
+if __name__ == "__main__":
+    main()
