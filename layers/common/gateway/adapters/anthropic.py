@@ -9,6 +9,7 @@ requires alternation). Response and stream events are translated back to OpenAI 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from gateway.adapters.base import (
     now,
     parse_data_url,
     parse_tool_arguments,
+    plain_call_id,
     post_json,
     stop_list,
 )
@@ -130,6 +132,17 @@ def _tool_result_content(content: Any) -> Any:
     return blocks or ""
 
 
+_BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def _tool_id(call_id: Any) -> str:
+    """Anthropic accepts ``[a-zA-Z0-9_-]+`` ids; ids issued by other providers are mapped onto
+    that alphabet deterministically (the same for the tool_use and its tool_result)."""
+    if not call_id:
+        return ""
+    return _BAD_ID_CHARS.sub("_", str(plain_call_id(call_id)))
+
+
 def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(system_blocks, messages)`` for the Messages API."""
     system: list[dict[str, Any]] = []
@@ -158,13 +171,13 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, A
                 fn = call.get("function") or {}
                 blocks.append({
                     "type": "tool_use",
-                    "id": call.get("id") or new_id("toolu_"),
+                    "id": _tool_id(call.get("id")) or new_id("toolu_"),
                     "name": fn.get("name") or "",
                     "input": parse_tool_arguments(fn.get("arguments")),
                 })
             push("assistant", blocks)
         elif role in ("tool", "function"):
-            tool_use_id = msg.get("tool_call_id") or msg.get("name") or ""
+            tool_use_id = _tool_id(msg.get("tool_call_id") or msg.get("name"))
             push("user", [{"type": "tool_result", "tool_use_id": tool_use_id,
                            "content": _tool_result_content(content)}])
     return system, out

@@ -10,6 +10,21 @@ call and the upstream answer back into OpenAI shapes:
 
 Shared here: the SSE parser (incremental, byte level), the mapping of upstream HTTP statuses and
 transport failures to our typed errors, and the streaming base class.
+
+Error table (``UpstreamError`` unless noted; ``retryable`` drives model fallback):
+
+=========================================  ======  =========  =====================================
+upstream                                   status  retryable  message
+=========================================  ======  =========  =====================================
+429                                        429     yes        generic (+ ``retry-after`` header)
+5xx, 529, ``overloaded``                   502     yes        provider message
+408, 504, timeouts (``UpstreamTimeout``)   504     yes        generic
+402 (provider account out of credit)       502     yes        generic
+connect error / reset / protocol error     502     yes        generic
+400/404/422/other 4xx                      400     no         provider message (keys scrubbed)
+401/403, Gemini ``API_KEY_INVALID``        502     no         "provider rejected the credentials"
+OpenRouter 403 moderation flag             400     no         provider message
+=========================================  ======  =========  =====================================
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from typing import Any, Protocol
 
 import httpx
 
+from gateway.adapters.tokens import estimate_prompt_tokens
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 try:  # the aiohttp transport re-raises some aiohttp errors unmapped
@@ -36,7 +52,7 @@ PROVIDERS = ("openai", "openrouter", "anthropic", "gemini", "compat")
 
 # Seconds we keep reading after the terminal event so the connection ends cleanly and goes back
 # to the pool (a half-read body makes aiohttp drop the connection).
-DRAIN_TIMEOUT_S = 0.5
+DRAIN_TIMEOUT_S = 0.2
 MAX_ERROR_BODY = 64 * 1024
 MAX_MESSAGE_CHARS = 500
 
@@ -137,10 +153,6 @@ def new_id(prefix: str = "chatcmpl-") -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-def drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
-
 def join_url(base_url: str, path: str) -> str:
     return base_url.rstrip("/") + "/" + path.lstrip("/")
 
@@ -193,6 +205,18 @@ def guess_mime(url: str, default: str = "image/jpeg") -> str:
     return _MIME_BY_EXT.get(ext, default)
 
 
+# Gemini's thought signatures ride in the tool-call ids we hand out (see gemini.py); other
+# providers must not see them (OpenAI caps ids at 40 chars, Anthropic allows [a-zA-Z0-9_-] only).
+THOUGHT_SEP = "__thought__"
+
+
+def plain_call_id(call_id: Any) -> Any:
+    """A tool-call id without a Gemini thought signature (other values returned unchanged)."""
+    if isinstance(call_id, str) and THOUGHT_SEP in call_id:
+        return call_id.split(THOUGHT_SEP, 1)[0]
+    return call_id
+
+
 def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
     """OpenAI tool-call ``arguments`` (a JSON string) → dict; non-objects wrapped, junk kept raw."""
     if isinstance(arguments, dict):
@@ -230,17 +254,6 @@ def json_instruction(response_format: Any) -> str | None:
             text += " that conforms to this JSON Schema:\n" + json.dumps(schema, separators=(",", ":"))
         return text + "."
     return None
-
-
-def chunk_dict(*, id: str, created: int, model: str, index: int = 0, delta: dict[str, Any] | None = None,
-               finish_reason: str | None = None) -> dict[str, Any]:
-    return {
-        "id": id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish_reason}],
-    }
 
 
 def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str, Any]],
@@ -317,9 +330,16 @@ def _is_bad_credentials(payload: Any, message: str) -> bool:
     return "api key not valid" in low or "api key expired" in low
 
 
+def _is_moderation_flag(payload: Any) -> bool:
+    """OpenRouter's 403 for flagged input carries ``error.metadata.reasons``."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    meta = err.get("metadata") if isinstance(err, dict) else None
+    return isinstance(meta, dict) and "reasons" in meta
+
+
 def error_from_status(provider: str, status: int, body: bytes | str | None,
                       headers: Mapping[str, str] | None = None, *, api_key: str = "") -> UpstreamError:
-    """Map a non-200 upstream answer to our typed error (see the table in the module docs)."""
+    """Map a non-200 upstream answer to our typed error (the table in the module docstring)."""
     payload = _parse_json(body)
     msg, kind = extract_error(payload)
     if msg is None and isinstance(body, (bytes, str)) and body and payload is None:
@@ -334,16 +354,13 @@ def error_from_status(provider: str, status: int, body: bytes | str | None,
         exc.upstream_message = upstream_message  # type: ignore[attr-defined]  # for logs only
         return exc
 
+    if status == 403 and provider == "openrouter" and _is_moderation_flag(payload):
+        exc = make(UpstreamError, "The request was flagged by the provider's moderation: "
+                                  f"{upstream_message or 'flagged'}",
+                   retryable=False, status=400, code="content_flagged")
+        exc.type = "invalid_request_error"
+        return exc
     if status in (401, 403) or (status == 400 and _is_bad_credentials(payload, upstream_message)):
-        if status == 403 and provider == "openrouter" and isinstance(payload, dict) \
-                and isinstance(payload.get("error"), dict) \
-                and isinstance(payload["error"].get("metadata"), dict) \
-                and "reasons" in payload["error"]["metadata"]:
-            exc = make(UpstreamError, f"The request was flagged by the provider's moderation: "
-                                      f"{upstream_message or 'flagged'}",
-                       retryable=False, status=400, code="content_flagged")
-            exc.type = "invalid_request_error"
-            return exc
         return make(UpstreamError, CREDENTIALS_MESSAGE, retryable=False, status=502,
                     code="upstream_auth_failed")
     if status == 429:
@@ -399,7 +416,7 @@ def error_from_event(provider: str, payload: Any, *, api_key: str = "") -> Upstr
                                json.dumps({"error": {"message": msg or "", "type": kind}}), api_key=api_key)
     if mapped.status >= 500 or mapped.status == 429:
         detail = scrub(msg or "", api_key) if mapped.status != 429 else ""
-        mapped.message = (f"The upstream provider ({provider}) reported an error while streaming"
+        mapped.message = (f"The upstream provider ({provider}) reported an error while generating"
                           + (f": {detail}" if detail else "."))
         mapped.args = (mapped.message,)
     return mapped
@@ -715,10 +732,10 @@ class SSEUpstreamStream:
             except UpstreamError:
                 raise
             except Exception as exc:
-                if not is_transport_error(exc):
-                    raise
                 if self._closed:  # aclose() from another task while we were reading
                     return
+                if not is_transport_error(exc):
+                    raise
                 raise error_from_transport(self.provider, exc, mid_stream=True) from exc
             await _drain(events)
         finally:
@@ -727,8 +744,6 @@ class SSEUpstreamStream:
 
     def _finalize_usage(self) -> None:
         """Make ``usage`` final: fill in estimates for what the provider did not report."""
-        from gateway.adapters.tokens import estimate_prompt_tokens
-
         est_completion = (self._out_chars + 3) // 4
         u = self.usage
         if u is None:

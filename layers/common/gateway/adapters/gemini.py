@@ -19,6 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from gateway.adapters.base import (
+    THOUGHT_SEP,
     SSEEvent,
     SSEUpstreamStream,
     Target,
@@ -39,8 +40,6 @@ from gateway.adapters.base import (
 )
 from gateway.adapters.tokens import estimate_prompt_tokens
 from gateway.errors import BadRequest, UpstreamError
-
-THOUGHT_SEP = "__thought__"
 
 FINISH_REASONS = {
     "STOP": "stop",

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from gateway.adapters.base import (
+    THOUGHT_SEP,
     SSEEvent,
     SSEUpstreamStream,
     Target,
@@ -24,6 +25,7 @@ from gateway.adapters.base import (
     load_json_event,
     new_id,
     now,
+    plain_call_id,
     post_json,
     usage_from_openai,
 )
@@ -64,6 +66,8 @@ class OpenAICompatAdapter:
                 continue
             out[key] = value
         out["model"] = target.upstream_model
+        if "messages" in out:
+            out["messages"] = _plain_call_ids(out["messages"])
         if stream:
             out["stream"] = True
             opts = dict(out.get("stream_options") or {})
@@ -75,6 +79,10 @@ class OpenAICompatAdapter:
         if self.provider == "compat" and "max_completion_tokens" in out and "max_tokens" not in out:
             # Ollama and older vLLM only know max_tokens.
             out["max_tokens"] = out.pop("max_completion_tokens")
+        elif self.provider == "openai" and "max_tokens" in out:
+            # max_tokens is deprecated at OpenAI and rejected by reasoning models (o-series, gpt-5).
+            limit = out.pop("max_tokens")
+            out.setdefault("max_completion_tokens", limit)
         return out
 
     def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
@@ -185,6 +193,30 @@ class OpenAIStream(SSEUpstreamStream):
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def _has_signature(msg: Any) -> bool:
+    if not isinstance(msg, dict):
+        return False
+    ids = [msg.get("tool_call_id")] + [c.get("id") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
+    return any(isinstance(i, str) and THOUGHT_SEP in i for i in ids)
+
+
+def _plain_call_ids(messages: Any) -> Any:
+    """Strip Gemini thought signatures from tool-call ids (only copies when there is one)."""
+    if not isinstance(messages, list) or not any(_has_signature(m) for m in messages):
+        return messages
+    out = []
+    for msg in messages:
+        if isinstance(msg, dict) and (msg.get("tool_calls") or msg.get("tool_call_id")):
+            msg = dict(msg)
+            if msg.get("tool_call_id"):
+                msg["tool_call_id"] = plain_call_id(msg["tool_call_id"])
+            if isinstance(msg.get("tool_calls"), list):
+                msg["tool_calls"] = [{**c, "id": plain_call_id(c.get("id"))} if isinstance(c, dict) else c
+                                     for c in msg["tool_calls"]]
+        out.append(msg)
+    return out
 
 
 def _openrouter_headers() -> dict[str, str]:
