@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -49,7 +50,9 @@ TIER_ALIASES = {"hobby": "free"}
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
-                                      case_sensitive=False)
+                                      case_sensitive=False,
+                                      # a failed validation must not print secrets (they are inputs)
+                                      hide_input_in_errors=True)
 
     stage: str = "local"
     service_name: str = Field(default="multi-llm", validation_alias="POWERTOOLS_SERVICE_NAME")
@@ -92,6 +95,16 @@ class Settings(BaseSettings):
     model_fallbacks: dict[str, list[str]] = {}
     catalog_ttl_s: float = 60.0  # how long a warm container trusts its copy of model_pricing
 
+    # Models catalogue: GET /v1/models and discovery (docs/models.md)
+    models_auth: Literal["public", "key"] = "public"  # "key": listing needs an API key or the admin key
+    catalog_cache_ttl_s: int = Field(default=3600, ge=60)     # rendered catalogue in Upstash
+    catalog_local_ttl_s: float = Field(default=30.0, ge=0)    # ... and in each warm container
+    catalog_cache_prefix: str = ""  # Redis key prefix; empty = "<RATELIMIT_PREFIX>:catalog"
+    catalog_fetch_timeout_s: float = Field(default=20.0, gt=0)  # per provider model-list request
+    # A source whose list shrinks below this share of its last good list is treated as failed
+    # (a truncated answer must not deactivate half the catalogue); `refresh-models --force` overrides.
+    catalog_min_source_ratio: float = Field(default=0.5, ge=0, le=1)
+
     # Billing
     default_markup: Decimal = Decimal("0.10")
     byok_platform_fee: Decimal = Decimal("0.05")
@@ -105,9 +118,28 @@ class Settings(BaseSettings):
     jwt_issuer: str = ""
     jwt_audience: str = ""
     byok_master_keys: str = ""  # "v1:<64 hex>,v2:<64 hex>" — last is current
+    jwt_leeway_s: int = Field(default=30, ge=0, le=600)   # clock skew allowed on exp/nbf/iat
+    jwt_jwks_cache_s: int = Field(default=600, ge=0)      # how long a fetched JWKS is trusted
+    key_create_per_hour: int = Field(default=20, ge=1)    # API keys a user may create per hour
+    max_keys_per_user: int = Field(default=100, ge=1)     # active (unrevoked) API keys per user
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
     stripe_api_base: str = ""
+
+    # Stripe billing (docs/billing.md). Tier prices: ``stripe_price_id`` in TIERS_JSON.
+    billing_min_credit_purchase: Decimal = Field(default=Decimal("5"), gt=0)      # USD
+    billing_max_credit_purchase: Decimal = Field(default=Decimal("1000"), gt=0)   # USD
+    billing_success_url: str = "http://127.0.0.1:8080/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    billing_cancel_url: str = "http://127.0.0.1:8080/billing/cancelled"
+    billing_portal_return_url: str = "http://127.0.0.1:8080/billing"
+    # past_due subscriptions: "keep" the paid tier while Stripe retries the payment, or
+    # "restrict" them to the free tier until the invoice is paid.
+    billing_past_due_policy: Literal["keep", "restrict"] = "keep"
+    stripe_portal_configuration_id: str = ""   # bpc_…; empty = the account's default portal
+    stripe_timeout_s: float = 10.0
+    stripe_max_network_retries: int = 2
+    stripe_webhook_tolerance_s: int = 300
+    stripe_webhook_lock_timeout_ms: int = 3000  # a webhook waits this long for a row lock, then 5xx
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
@@ -144,6 +176,22 @@ class Settings(BaseSettings):
         if bad:
             raise ValueError(f"stage {self.stage!r} refuses empty or placeholder secrets: {', '.join(bad)}")
         return self
+
+    @field_validator("byok_master_keys")
+    @classmethod
+    def _check_master_keys(cls, v: str) -> str:
+        """Format only ("name:<64 hex>", comma-separated, unique names); never echoes key material."""
+        if v.strip():
+            names = []
+            for item in v.split(","):
+                name, sep, key = item.strip().partition(":")
+                if not sep or not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", name) or not re.fullmatch(
+                        r"[0-9a-fA-F]{64}", key.strip()):
+                    raise ValueError("BYOK_MASTER_KEYS must be 'version:<64 hex chars>' items separated by commas")
+                names.append(name)
+            if len(set(names)) != len(names):
+                raise ValueError("BYOK_MASTER_KEYS has a duplicate version name")
+        return v
 
     @model_validator(mode="after")
     def _validate_tiers(self) -> Settings:

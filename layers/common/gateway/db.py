@@ -19,14 +19,14 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import Settings, get_settings
 from .observability import logger
 
 # The newest migration the code expects (``infra/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0001"
+EXPECTED_SCHEMA_VERSION = "0004"
 
 _pool: AsyncConnectionPool | None = None
 _pool_loop: asyncio.AbstractEventLoop | None = None
@@ -60,7 +60,11 @@ async def get_pool() -> AsyncConnectionPool:
             pool = AsyncConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=max(1, settings.db_pool_max),
                                        open=False, name="gateway", timeout=settings.db_connect_timeout_s,
                                        max_idle=300, reconnect_timeout=30)
-            await pool.open(wait=True, timeout=settings.db_connect_timeout_s)
+            try:
+                await pool.open(wait=True, timeout=settings.db_connect_timeout_s)
+            except BaseException:
+                await pool.close()  # stop its workers; the next call tries again with a new pool
+                raise
             _pool = pool
     assert _pool is not None
     return _pool
@@ -88,7 +92,21 @@ async def transaction() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 
 
 def _is_connection_failure(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    # A pool timeout (database unreachable or pool exhausted) is not a dead connection: retrying
+    # it would only double the wait.
+    if isinstance(exc, PoolTimeout):
+        return False
     return isinstance(exc, psycopg.OperationalError) and (conn is None or conn.closed or conn.broken)
+
+
+async def _drop_dead_connections() -> None:
+    """After one dead connection, check the idle ones too: a thawed container's or a failed-over
+    database's connections all die together, and the retry must not pick another dead one."""
+    try:
+        pool = await get_pool()
+        await pool.check()
+    except Exception as exc:  # the retry reports the real failure
+        logger.warning("database pool check failed", extra={"error": type(exc).__name__})
 
 
 async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
@@ -114,6 +132,7 @@ async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
         except psycopg.OperationalError as exc:
             if attempt == 1 and _is_connection_failure(exc, conn_used):
                 logger.warning("database connection lost; retrying once", extra={"error": type(exc).__name__})
+                await _drop_dead_connections()
                 continue
             raise
     raise AssertionError("unreachable")

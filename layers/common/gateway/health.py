@@ -29,7 +29,10 @@ async def _check_database() -> dict[str, Any]:
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__}
     version = row["version"] if row else None
-    current = version == db.EXPECTED_SCHEMA_VERSION
+    # At or ahead of what this code expects: a deploy migrates first, and the functions still
+    # running the previous code stay healthy on the newer (backward-compatible) schema.
+    current = (isinstance(version, str) and version.isdigit()
+               and int(version) >= int(db.EXPECTED_SCHEMA_VERSION))
     return {"ok": current, "latency_ms": round((time.perf_counter() - started) * 1000, 2),
             "schema_version": version, "expected_schema_version": db.EXPECTED_SCHEMA_VERSION,
             **({} if current else {"error": "migrations not current: run `mlp migrate`"})}

@@ -52,14 +52,19 @@ def default_directory() -> Path:
 def discover(directory: Path | None = None) -> list[Migration]:
     directory = directory or default_directory()
     out = []
-    for path in sorted(directory.glob("*.sql")):
+    for path in directory.glob("*.sql"):
         version, _, name = path.stem.partition("_")
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()):
             raise ValueError(f"migration file {path.name} must start with a number")
         out.append(Migration(version=version, name=name or path.stem, path=path))
-    versions = [m.version for m in out]
-    if len(versions) != len(set(versions)):
-        raise ValueError(f"duplicate migration versions in {directory}")
+    # Numeric order ("2" before "10"); "0001" and "1" are the same version.
+    out.sort(key=lambda m: (int(m.version), m.path.name))
+    seen: dict[int, str] = {}
+    for m in out:
+        if int(m.version) in seen:
+            raise ValueError(f"duplicate migration version {m.version} in {directory}: "
+                             f"{seen[int(m.version)]} and {m.path.name}")
+        seen[int(m.version)] = m.path.name
     return out
 
 

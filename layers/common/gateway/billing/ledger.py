@@ -55,6 +55,13 @@ async def credit(user_id: UUID | str, amount: Decimal, kind: str, reference: str
     unless ``allow_negative`` (e.g. a Stripe refund of credit already spent: it is recorded,
     never silently dropped).
     """
+    _check_credit_args(amount, kind, reference)
+    async with db.transaction() as conn:
+        return await credit_in(conn, user_id, amount, kind, reference, description=description,
+                               allow_negative=allow_negative)
+
+
+def _check_credit_args(amount: Decimal, kind: str, reference: str) -> None:
     if not isinstance(amount, Decimal):
         raise TypeError("amount must be a Decimal")
     if kind not in CREDIT_KINDS:
@@ -63,28 +70,34 @@ async def credit(user_id: UUID | str, amount: Decimal, kind: str, reference: str
         raise BadRequest("a ledger reference is required")
     if amount != to_credit(amount):
         raise BadRequest("amount has more than 8 decimal places")
-    async with db.transaction() as conn:
-        cur = await conn.execute(
-            "SELECT balance, reserved FROM balances WHERE user_id = %s FOR UPDATE", (user_id,))
-        row = await cur.fetchone()
-        if row is None:
-            raise NotFound("user not found", code="user_not_found")
-        balance, reserved = row
-        cur = await conn.execute(
-            """INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
-               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING id""",
-            (user_id, amount, kind, reference, description))
-        if await cur.fetchone() is None:
-            return CreditResult(applied=False, balance=balance, reserved=reserved)
-        if amount < 0 and not allow_negative and balance - reserved + amount < 0:
-            raise InsufficientCredits("deduction exceeds the available balance",
-                                      balance=str(balance - reserved), required=str(-amount))
-        cur = await conn.execute(
-            "UPDATE balances SET balance = balance + %s, updated_at = now() WHERE user_id = %s "
-            "RETURNING balance, reserved", (amount, user_id))
-        new = await cur.fetchone()
-        assert new is not None
-        return CreditResult(applied=True, balance=new[0], reserved=new[1])
+
+
+async def credit_in(conn: Any, user_id: UUID | str, amount: Decimal, kind: str, reference: str, *,
+                    description: str | None = None, allow_negative: bool = False) -> CreditResult:
+    """``credit`` inside the caller's open transaction on ``conn`` (e.g. the Stripe webhook, which
+    records the event id in the same transaction as its effect). Same rules as ``credit``."""
+    _check_credit_args(amount, kind, reference)
+    cur = await conn.execute(
+        "SELECT balance, reserved FROM balances WHERE user_id = %s FOR UPDATE", (user_id,))
+    row = await cur.fetchone()
+    if row is None:
+        raise NotFound("user not found", code="user_not_found")
+    balance, reserved = row
+    cur = await conn.execute(
+        """INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
+           VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING id""",
+        (user_id, amount, kind, reference, description))
+    if await cur.fetchone() is None:
+        return CreditResult(applied=False, balance=balance, reserved=reserved)
+    if amount < 0 and not allow_negative and balance - reserved + amount < 0:
+        raise InsufficientCredits("deduction exceeds the available balance",
+                                  balance=str(balance - reserved), required=str(-amount))
+    cur = await conn.execute(
+        "UPDATE balances SET balance = balance + %s, updated_at = now() WHERE user_id = %s "
+        "RETURNING balance, reserved", (amount, user_id))
+    new = await cur.fetchone()
+    assert new is not None
+    return CreditResult(applied=True, balance=new[0], reserved=new[1])
 
 
 # --------------------------------------------------------------------------- reserve
@@ -98,8 +111,16 @@ class Reservation:
 
 # The quota is looked up from the user's CURRENT tier inside the statement: %(quotas)s maps
 # tier -> monthly quota (-1 = unlimited); %(default_quota)s applies to tiers not in the map.
+# Per-key spend cap (api_keys.spend_cap, lifetime USD): a capped key's row is locked FIRST and read
+# at its latest committed state (FOR UPDATE), the hold must fit in spend_cap - spent - reserved,
+# and it is added to the key's ``reserved``. Uncapped keys (and no key) are not touched. Settle
+# and cancel lock in the same order (key, then balance), so concurrent requests cannot deadlock.
 RESERVE_SQL = """
-WITH q AS (
+WITH kl AS MATERIALIZED (
+    SELECT id, spend_cap - spent - reserved AS headroom FROM api_keys
+    WHERE id = %(api_key_id)s AND spend_cap IS NOT NULL
+    FOR UPDATE
+), q AS (
     SELECT u.id AS user_id, u.tier,
            COALESCE((%(quotas)s::jsonb ->> u.tier)::integer, %(default_quota)s::integer) AS quota
     FROM users u WHERE u.id = %(user_id)s
@@ -109,12 +130,15 @@ WITH q AS (
         period_requests = CASE WHEN period_start < %(period)s THEN 1 ELSE period_requests + 1 END,
         period_start = GREATEST(period_start, %(period)s),
         updated_at = now()
-    FROM q
+    FROM q LEFT JOIN kl ON true
     WHERE balances.user_id = q.user_id
       AND balances.balance - balances.reserved >= %(hold)s
+      AND (kl.id IS NULL OR kl.headroom >= %(hold)s)
       AND (q.quota < 0
            OR (CASE WHEN balances.period_start < %(period)s THEN 0 ELSE balances.period_requests END) < q.quota)
-    RETURNING balances.user_id, q.tier
+    RETURNING balances.user_id, q.tier, kl.id AS capped_key_id
+), k AS (
+    UPDATE api_keys SET reserved = api_keys.reserved + %(hold)s FROM b WHERE api_keys.id = b.capped_key_id
 ), r AS (
     INSERT INTO reservations (request_id, user_id, api_key_id, model, amount)
     SELECT %(request_id)s, user_id, %(api_key_id)s, %(model)s, %(hold)s FROM b
@@ -146,8 +170,9 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     if row is not None:
         return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
     state = await db.fetchone(
-        "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier FROM balances b "
-        "JOIN users u ON u.id = b.user_id WHERE b.user_id = %s", (user_id,))
+        "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier, k.spend_cap, "
+        "k.spent AS key_spent, k.reserved AS key_reserved FROM balances b JOIN users u ON u.id = b.user_id "
+        "LEFT JOIN api_keys k ON k.id = %s AND k.spend_cap IS NOT NULL WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
     used = 0 if state["period_start"] < period else state["period_requests"]
@@ -156,6 +181,13 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         reset = next_period_start()
         raise QuotaExceeded(f"Monthly request quota of {limit} requests is exhausted; it resets on "
                             f"{reset.isoformat()}.", quota=limit, used=used, resets_at=reset.isoformat())
+    cap = state["spend_cap"]
+    if cap is not None and cap - state["key_spent"] - state["key_reserved"] < hold:
+        left = max(cap - state["key_spent"] - state["key_reserved"], ZERO)
+        raise InsufficientCredits(
+            f"This API key's spend cap of ${cap} is reached: this request needs up to ${hold} but ${left} of the "
+            "cap is left.", code="spend_cap_exceeded", spend_cap=str(cap), spent=str(state["key_spent"]),
+            required=str(hold))
     available = state["balance"] - state["reserved"]
     raise InsufficientCredits(
         f"Insufficient credits: this request needs up to ${hold} but ${max(available, ZERO)} is available.",
@@ -164,13 +196,17 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
 
 CANCEL_SQL = """
 WITH r AS (
-    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount
+    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
+), k AS (
+    UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0)
+    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.spend_cap IS NOT NULL
+    RETURNING api_keys.id
 )
 UPDATE balances SET reserved = balances.reserved - r.amount,
     period_requests = CASE WHEN period_start = %(period)s THEN GREATEST(period_requests - 1, 0)
                            ELSE period_requests END,
     updated_at = now()
-FROM r WHERE balances.user_id = r.user_id
+FROM r LEFT JOIN k ON true WHERE balances.user_id = r.user_id
 """
 
 
@@ -211,7 +247,12 @@ class UsageRecord:
 
 SETTLE_SQL = """
 WITH r AS (
-    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount
+    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
+), k AS (
+    -- a capped key: the hold leaves its ``reserved``, the charge joins its ``spent`` (key row first)
+    UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0), spent = api_keys.spent + %(charge)s
+    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.spend_cap IS NOT NULL
+    RETURNING api_keys.id
 ), b AS (
     UPDATE balances SET
         balance = balance - %(charge)s,
@@ -219,7 +260,7 @@ WITH r AS (
         period_requests = CASE WHEN %(uncount)s AND period_start = %(period)s
                                THEN GREATEST(period_requests - 1, 0) ELSE period_requests END,
         updated_at = now()
-    FROM r WHERE balances.user_id = r.user_id
+    FROM r LEFT JOIN k ON true WHERE balances.user_id = r.user_id
     RETURNING balances.balance, balances.reserved, r.amount AS hold
 ), l AS (
     INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
@@ -247,10 +288,16 @@ class Settlement:
     balance: Decimal = ZERO
     reserved: Decimal = ZERO
     hold: Decimal = ZERO
+    charge: Decimal = ZERO  # what was charged (may exceed ``hold``: see ``overrun``)
 
     @property
     def overrun(self) -> bool:
-        return self.settled and self.balance - self.reserved < 0
+        """The charge exceeded the hold (charged anyway; the usage record keeps both)."""
+        return self.settled and self.charge > self.hold
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.reserved
 
 
 async def settle(record: UsageRecord) -> Settlement:
@@ -280,7 +327,8 @@ async def settle(record: UsageRecord) -> Settlement:
     row = await db.fetchone(SETTLE_SQL, params)
     if row is None:
         return Settlement(settled=False)
-    return Settlement(settled=True, balance=row["balance"], reserved=row["reserved"], hold=row["hold"])
+    return Settlement(settled=True, balance=row["balance"], reserved=row["reserved"], hold=row["hold"],
+                      charge=record.charge)
 
 
 async def release(record: UsageRecord) -> Settlement:

@@ -1,0 +1,299 @@
+"""Settings: defaults, the tier table, the deployed-stage refusal of placeholder secrets, CORS
+parsing and the AWS path (SecureString parameters under SECRETS_SSM_PATH, via moto)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from gateway.config import DEFAULT_TIERS, Settings, get_settings, load_settings, reset_settings
+from pydantic import ValidationError
+
+# Every variable a test here may set; cleared so the process environment (or a session fixture
+# of another test module) cannot leak in.
+MANAGED_ENV = (
+    "STAGE", "SECRETS_SSM_PATH", "DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN",
+    "ADMIN_API_KEY", "TIERS_JSON", "DEFAULT_MARKUP", "CORS_ALLOW_ORIGINS", "DB_POOL_MAX", "AUTH_CACHE_TTL_S",
+    "MAX_BODY_BYTES", "STRIPE_SECRET_KEY", "RATELIMIT_PREFIX", "MODEL_FALLBACKS",
+)
+
+PROD_SECRETS = {
+    "DATABASE_URL": "postgresql://gateway:s3cr3t-pw@db.internal.example:5432/gateway",
+    "UPSTASH_REDIS_REST_URL": "https://eu1-fine-cat-12345.upstash.io",
+    "UPSTASH_REDIS_REST_TOKEN": "AX9kASQgYjM2ZDk0ZDMtOWE1Zi00",
+    "ADMIN_API_KEY": "adm-6f1c0b4e9a7d2c5b8e3f0a1d4c7b9e2f",
+}
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
+    for name in MANAGED_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STAGE", "test")
+    monkeypatch.chdir(tmp_path)  # no stray .env file is read
+    reset_settings()
+    yield monkeypatch
+    reset_settings()
+
+
+def _prod(monkeypatch: pytest.MonkeyPatch, **overrides: str | None) -> None:
+    monkeypatch.setenv("STAGE", "prod")
+    for name, value in {**PROD_SECRETS, **overrides}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+# ----------------------------------------------------------------------------------- defaults
+def test_defaults() -> None:
+    s = get_settings()
+    assert s.stage == "test"
+    assert not s.deployed
+    assert s.secrets_ssm_path is None
+    assert s.database_url == "postgresql://postgres@127.0.0.1:5432/postgres"
+    assert s.db_pool_max == 10
+    assert s.api_key_prefix == "sk-mlp-"
+    assert s.auth_cache_ttl_s == 5.0
+    assert s.cors_allow_origins == []
+    assert s.max_body_bytes == 5_000_000
+    assert s.default_markup == Decimal("0.10")
+    assert isinstance(s.default_markup, Decimal)
+    assert s.byok_platform_fee == Decimal("0.05")
+    assert s.welcome_credit == Decimal("10")
+    assert s.ratelimit_fail_open is True
+    assert s.model_fallbacks == {}
+    assert get_settings() is s  # cached per process ...
+    reset_settings()
+    assert get_settings() is not s  # ... until reset
+
+
+def test_environment_overrides_and_types(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_POOL_MAX", "20")
+    env.setenv("AUTH_CACHE_TTL_S", "0.25")
+    env.setenv("DEFAULT_MARKUP", "0.2")
+    env.setenv("MODEL_FALLBACKS", json.dumps({"openai/gpt-4o": ["anthropic/claude-sonnet-4"]}))
+    s = get_settings()
+    assert s.db_pool_max == 20
+    assert s.auth_cache_ttl_s == 0.25
+    assert s.default_markup == Decimal("0.2")
+    assert s.model_fallbacks == {"openai/gpt-4o": ["anthropic/claude-sonnet-4"]}
+
+
+def test_load_settings_overrides_beat_environment(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_POOL_MAX", "20")
+    assert load_settings(db_pool_max=3).db_pool_max == 3
+
+
+@pytest.mark.parametrize("stage", ["local", "test"])
+def test_local_stages_accept_local_defaults(env: pytest.MonkeyPatch, stage: str) -> None:
+    env.setenv("STAGE", stage)
+    env.setenv("ADMIN_API_KEY", "")
+    s = get_settings()
+    assert not s.deployed
+    assert s.upstash_redis_rest_token == "local-upstash-token"
+
+
+# ----------------------------------------------------------------------------------- tiers
+def test_default_tier_table() -> None:
+    tiers = get_settings().tiers
+    assert set(tiers) == set(DEFAULT_TIERS)
+    free = tiers["free"]
+    assert (free.rpm, free.monthly_quota, free.models) == (10, 50, "free_or_cap")
+    assert free.max_price_per_token == Decimal("0.000001")
+    assert free.markup == Decimal("0.10")
+    pro = tiers["pro"]
+    assert (pro.rpm, pro.monthly_quota, pro.included_credit, pro.models) == (60, 1000, Decimal("5"), "all")
+    assert tiers["premium"].monthly_quota == 2500
+    assert tiers["team"].rpm == 300
+    enterprise = tiers["enterprise"]
+    assert enterprise.monthly_quota is None  # unlimited
+    assert enterprise.markup == Decimal("0.05")  # explicit markup beats the default
+    for tier in tiers.values():
+        assert isinstance(tier.markup, Decimal)
+        assert isinstance(tier.included_credit, Decimal)
+
+
+def test_tier_lookup_alias_and_unknown() -> None:
+    s = get_settings()
+    assert s.tier("hobby").name == "free"
+    assert s.tier("hobby") == s.tier("free")
+    assert s.tier("pro").name == "pro"
+    assert s.tier("no-such-tier").name == "free"  # unknown names fall back to the safest tier
+
+
+def test_tiers_json_overrides_merge_and_add(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DEFAULT_MARKUP", "0.15")
+    env.setenv("TIERS_JSON", json.dumps({
+        "pro": {"rpm": 99},
+        "startup": {"rpm": 30, "monthly_quota": 200, "stripe_price_id": "price_123"},
+        "free": {"monthly_quota": 10},
+    }))
+    tiers = get_settings().tiers
+    assert tiers["pro"].rpm == 99
+    assert tiers["pro"].monthly_quota == 1000  # untouched fields keep their defaults
+    assert tiers["pro"].included_credit == Decimal("5")
+    assert tiers["startup"].monthly_quota == 200
+    assert tiers["startup"].stripe_price_id == "price_123"
+    assert tiers["startup"].markup == Decimal("0.15")  # DEFAULT_MARKUP applies where unset
+    assert tiers["enterprise"].markup == Decimal("0.05")
+    assert tiers["free"].monthly_quota == 10
+    assert tiers["free"].rpm == 10
+    assert get_settings().tier("hobby").monthly_quota == 10
+
+
+@pytest.mark.parametrize("bad", [
+    '{"pro": {"rpm": 0}}',              # rpm must be > 0
+    '{"pro": {"monthly_quota": -1}}',
+    '{"pro": {"models": "some"}}',
+    '{"pro": 5}',
+    "{not json",
+])
+def test_invalid_tiers_json_fails_at_load(env: pytest.MonkeyPatch, bad: str) -> None:
+    env.setenv("TIERS_JSON", bad)
+    with pytest.raises(ValidationError, match="TIERS_JSON"):
+        get_settings()
+
+
+# ----------------------------------------------------------------------------------- CORS
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("", []),
+    ("   ", []),
+    ("https://app.example.com", ["https://app.example.com"]),
+    ("https://a.example.com, https://b.example.com ,", ["https://a.example.com", "https://b.example.com"]),
+    ('["https://a.example.com", "http://localhost:3000"]', ["https://a.example.com", "http://localhost:3000"]),
+])
+def test_cors_origins_parsing(env: pytest.MonkeyPatch, raw: str, expected: list[str]) -> None:
+    env.setenv("CORS_ALLOW_ORIGINS", raw)
+    assert get_settings().cors_allow_origins == expected
+
+
+# ----------------------------------------------------------------------------------- deployed stage
+def test_deployed_stage_with_real_secrets(env: pytest.MonkeyPatch) -> None:
+    _prod(env)
+    s = get_settings()
+    assert s.deployed
+    assert s.stage == "prod"
+    assert s.admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]
+
+
+@pytest.mark.parametrize(("var", "value", "reported"), [
+    ("ADMIN_API_KEY", "", "admin_api_key"),
+    ("ADMIN_API_KEY", None, "admin_api_key"),                   # unset -> "local-admin-key"
+    ("ADMIN_API_KEY", "changeme", "admin_api_key"),
+    ("ADMIN_API_KEY", "<your admin key>", "admin_api_key"),
+    ("ADMIN_API_KEY", "your-admin-key-goes-here-please", "admin_api_key"),
+    ("ADMIN_API_KEY", "too-short-key-123", "admin_api_key (shorter than 24 characters)"),
+    ("ADMIN_API_KEY", "local-admin-key-but-it-is-long-enough", "local default"),
+    ("UPSTASH_REDIS_REST_TOKEN", "", "upstash_redis_rest_token"),
+    ("UPSTASH_REDIS_REST_TOKEN", None, "local default"),
+    ("UPSTASH_REDIS_REST_TOKEN", "PLACEHOLDER", "upstash_redis_rest_token"),
+    ("UPSTASH_REDIS_REST_URL", "TODO", "upstash_redis_rest_url"),
+    ("UPSTASH_REDIS_REST_URL", None, "upstash_redis_rest_url (local default)"),
+    ("DATABASE_URL", "", "database_url"),
+    ("DATABASE_URL", " none ", "database_url"),
+    ("DATABASE_URL", None, "database_url (local default)"),
+])
+def test_deployed_stage_refuses_placeholder_secrets(env: pytest.MonkeyPatch, var: str, value: str | None,
+                                                    reported: str) -> None:
+    _prod(env, **{var: value})
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    message = str(info.value)
+    assert "stage 'prod' refuses empty or placeholder secrets" in message
+    assert reported in message
+    # The message names what is wrong, never the secret values themselves.
+    for secret in PROD_SECRETS.values():
+        assert secret not in message
+
+
+def test_refusal_lists_every_bad_secret(env: pytest.MonkeyPatch) -> None:
+    env.setenv("STAGE", "staging")
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    message = str(info.value)
+    assert "stage 'staging'" in message
+    for name in ("database_url", "upstash_redis_rest_url", "admin_api_key", "upstash_redis_rest_token"):
+        assert name in message
+
+
+# ----------------------------------------------------------------------------------- AWS: SSM
+@pytest.fixture
+def ssm(env: pytest.MonkeyPatch) -> Iterator[object]:
+    boto3 = pytest.importorskip("boto3")
+    moto = pytest.importorskip("moto")
+    from aws_lambda_powertools.utilities import parameters
+
+    env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    parameters.clear_caches()
+    with moto.mock_aws():
+        yield boto3.client("ssm", region_name="us-east-1")
+    parameters.clear_caches()
+
+
+def _put(client: object, name: str, value: str) -> None:
+    client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)  # type: ignore[attr-defined]
+
+
+def test_ssm_secure_strings_are_loaded(env: pytest.MonkeyPatch, ssm: object) -> None:
+    for name, value in PROD_SECRETS.items():
+        _put(ssm, f"/mlp/prod/{name.lower()}", value)
+    _put(ssm, "/mlp/prod/STRIPE-SECRET-KEY", "sk_live_abc123")   # case and dashes are normalised
+    _put(ssm, "/mlp/prod/db_pool_max", "4")                     # non-secret settings work too
+    _put(ssm, "/mlp/prod/not_a_setting", "ignored")
+    _put(ssm, "/mlp/other/admin_api_key", "from-another-stage-000000000000")
+    env.setenv("STAGE", "prod")
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")  # SSM wins over env
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
+
+    s = load_settings()
+    assert s.deployed
+    assert s.secrets_ssm_path == "/mlp/prod"
+    assert s.database_url == PROD_SECRETS["DATABASE_URL"]
+    assert s.upstash_redis_rest_url == PROD_SECRETS["UPSTASH_REDIS_REST_URL"]
+    assert s.upstash_redis_rest_token == PROD_SECRETS["UPSTASH_REDIS_REST_TOKEN"]
+    assert s.admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]
+    assert s.stripe_secret_key == "sk_live_abc123"
+    assert s.db_pool_max == 4
+    assert not hasattr(s, "not_a_setting")
+
+    reset_settings()
+    assert get_settings().admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]  # the cold-start path too
+
+
+def test_ssm_path_as_override(ssm: object, env: pytest.MonkeyPatch) -> None:
+    for name, value in PROD_SECRETS.items():
+        _put(ssm, f"/mlp/prod/{name.lower()}", value)
+    env.setenv("STAGE", "prod")
+    s = load_settings(secrets_ssm_path="/mlp/prod")
+    assert s.secrets_ssm_path == "/mlp/prod"
+    assert s.admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]
+
+
+def test_ssm_missing_secret_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
+    for name, value in PROD_SECRETS.items():
+        if name != "ADMIN_API_KEY":
+            _put(ssm, f"/mlp/prod/{name.lower()}", value)
+    env.setenv("STAGE", "prod")
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
+    with pytest.raises(ValidationError, match=r"stage 'prod' refuses .*admin_api_key"):
+        load_settings()
+
+
+def test_ssm_placeholder_secret_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
+    for name, value in PROD_SECRETS.items():
+        _put(ssm, f"/mlp/prod/{name.lower()}", value)
+    _put(ssm, "/mlp/prod/upstash_redis_rest_token", "changeme")
+    env.setenv("STAGE", "prod")
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
+    with pytest.raises(ValidationError, match="upstash_redis_rest_token"):
+        load_settings()
+
+
+def test_settings_model_has_every_ssm_secret_name() -> None:
+    # The names an operator puts under /mlp/<stage>/ are the lower-case field names.
+    for name in PROD_SECRETS:
+        assert name.lower() in Settings.model_fields

@@ -1,0 +1,367 @@
+"""The app factory: one error shape for everything, request ids, security headers, the body size
+limit and the CORS allowlist — exercised in-process through httpx's ASGI transport (no network)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import APIRouter, FastAPI, Request
+from gateway import errors
+from gateway.config import reset_settings
+from gateway.http import create_app, request_id_of
+from pydantic import BaseModel, Field
+
+LIMIT = 1000
+ALLOWED_ORIGIN = "https://app.example.com"
+SECRET_TEXT = "db password is hunter2 at /var/secret"
+
+
+def _all_gateway_errors() -> list[type[errors.GatewayError]]:
+    out: list[type[errors.GatewayError]] = []
+    pending = [errors.GatewayError]
+    while pending:
+        cls = pending.pop()
+        out.append(cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(out, key=lambda c: c.__name__)
+
+
+ERROR_CLASSES = {cls.__name__: cls for cls in _all_gateway_errors()}
+
+
+class Body(BaseModel):
+    model: str = Field(min_length=1)
+    max_tokens: int = Field(default=16, gt=0)
+
+
+router = APIRouter()
+
+
+@router.get("/raise/{name}")
+async def raise_error(name: str) -> dict[str, str]:
+    raise ERROR_CLASSES[name]("custom message for " + name, param="some_param")
+
+
+@router.get("/quota")
+async def quota() -> dict[str, str]:
+    raise errors.InsufficientCredits(balance="0.5", required="1.25", headers={"Retry-After": "7"})
+
+
+@router.post("/echo")
+async def echo(body: Body, request: Request) -> dict[str, Any]:
+    return {"model": body.model, "max_tokens": body.max_tokens, "request_id": request_id_of(request)}
+
+
+@router.post("/raw")
+async def raw(request: Request) -> dict[str, int]:
+    return {"bytes": len(await request.body())}
+
+
+@router.get("/boom")
+async def boom() -> dict[str, str]:
+    raise RuntimeError(SECRET_TEXT)
+
+
+@router.get("/ok")
+async def ok(request: Request) -> dict[str, str]:
+    return {"request_id": request_id_of(request)}
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[FastAPI]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAX_BODY_BYTES", str(LIMIT))
+    mp.setenv("CORS_ALLOW_ORIGINS", f"{ALLOWED_ORIGIN},https://other-allowed.example.com")
+    reset_settings()
+    try:
+        yield create_app("t", [router])
+    finally:
+        mp.undo()
+        reset_settings()
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert {"message", "type", "code", "param"} <= set(err)
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str) and err["type"]
+    assert isinstance(err["code"], str) and err["code"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+# ----------------------------------------------------------------------------------- typed errors
+EXPECTED_STATUS = {
+    "GatewayError": 500, "InternalError": 500, "BadRequest": 400, "ValidationFailed": 400,
+    "ContextLengthExceeded": 400, "Unauthorized": 401, "InsufficientCredits": 402, "Forbidden": 403,
+    "NotFound": 404, "ModelNotFound": 404, "MethodNotAllowed": 405, "Conflict": 409, "PayloadTooLarge": 413,
+    "RateLimited": 429, "QuotaExceeded": 429, "UpstreamError": 502, "UpstreamTimeout": 504,
+    "ServiceUnavailable": 503,
+}
+
+
+def test_every_error_class_has_an_expected_status() -> None:
+    # A new GatewayError subclass must be added here (and thought about).
+    assert set(ERROR_CLASSES) == set(EXPECTED_STATUS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_STATUS))
+async def test_gateway_errors_map_to_status_and_openai_shape(client: httpx.AsyncClient, name: str) -> None:
+    cls = ERROR_CLASSES[name]
+    response = await client.get(f"/raise/{name}")
+    err = assert_error_shape(response, EXPECTED_STATUS[name], cls.code)
+    assert err["message"] == "custom message for " + name
+    assert err["type"] == cls.type
+    assert err["param"] == "some_param"
+    assert response.headers["x-request-id"]
+
+
+async def test_error_extra_fields_and_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/quota")
+    err = assert_error_shape(response, 402, "insufficient_credits")
+    assert err["type"] == "insufficient_quota"
+    assert err["message"] == "Insufficient credits for this request."
+    assert err["param"] is None
+    assert err["balance"] == "0.5"
+    assert err["required"] == "1.25"
+    assert response.headers["retry-after"] == "7"
+
+
+# ----------------------------------------------------------------------------------- validation
+async def test_valid_body_passes(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo", json={"model": "openai/gpt-4o", "max_tokens": 5})
+    assert response.status_code == 200
+    assert response.json()["model"] == "openai/gpt-4o"
+
+
+async def test_validation_error_is_400_with_details(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo", json={"model": "", "max_tokens": -1})
+    err = assert_error_shape(response, 400, "invalid_request")
+    assert err["type"] == "invalid_request_error"
+    assert err["message"].startswith("Invalid request: ")
+    locs = {d["loc"] for d in err["details"]}
+    assert locs == {"model", "max_tokens"}
+    assert err["param"] in locs
+    for d in err["details"]:
+        assert set(d) == {"loc", "msg", "type"}
+
+
+async def test_missing_body_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo", json={})
+    err = assert_error_shape(response, 400, "invalid_request")
+    assert err["param"] == "model"
+
+
+async def test_invalid_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo", content=b'{"model": "x",', headers={"content-type": "application/json"})
+    err = assert_error_shape(response, 400, "invalid_request")
+    assert err["message"] == "Request body is not valid JSON."
+    assert err["details"][0]["type"] == "json_invalid"
+
+
+# ----------------------------------------------------------------------------------- routing errors
+async def test_unknown_route_is_404_in_the_same_shape(client: httpx.AsyncClient) -> None:
+    response = await client.get("/nope/nothing")
+    err = assert_error_shape(response, 404, "not_found")
+    assert err["type"] == "invalid_request_error"
+    assert "/nope/nothing" in err["message"]
+    assert response.headers["x-request-id"]
+
+
+async def test_wrong_method_is_405_in_the_same_shape(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/ok")
+    err = assert_error_shape(response, 405, "method_not_allowed")
+    assert "DELETE" in err["message"]
+    assert "GET" in response.headers["allow"]
+
+
+# ----------------------------------------------------------------------------------- 500
+async def test_unhandled_exception_is_500_without_internals(client: httpx.AsyncClient) -> None:
+    response = await client.get("/boom", headers={"x-request-id": "trace-500-abc"})
+    err = assert_error_shape(response, 500, "internal_error")
+    assert err["type"] == "api_error"
+    assert SECRET_TEXT not in response.text
+    assert "hunter2" not in response.text
+    assert "RuntimeError" not in response.text
+    assert "Traceback" not in response.text
+    assert "trace-500-abc" in err["message"]
+    assert response.headers["x-request-id"] == "trace-500-abc"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_500_with_generated_request_id(client: httpx.AsyncClient) -> None:
+    response = await client.get("/boom")
+    assert_error_shape(response, 500, "internal_error")
+    rid = response.headers["x-request-id"]
+    assert rid.startswith("req_")
+    assert rid in response.json()["error"]["message"]
+
+
+# ----------------------------------------------------------------------------------- request id
+async def test_well_formed_request_id_is_honoured(client: httpx.AsyncClient) -> None:
+    rid = "client-Trace_01:abc.def-42"
+    response = await client.get("/ok", headers={"X-Request-Id": rid})
+    assert response.headers["x-request-id"] == rid
+    assert response.json()["request_id"] == rid
+
+
+@pytest.mark.parametrize("bad", ["has space", "x" * 129, "semi;colon", "<script>", "ünï"])
+async def test_malformed_request_id_is_replaced(client: httpx.AsyncClient, bad: str) -> None:
+    response = await client.get("/ok", headers={"X-Request-Id": bad.encode("utf-8")})
+    rid = response.headers["x-request-id"]
+    assert rid != bad
+    assert re.fullmatch(r"req_[0-9a-f]{32}", rid)
+    assert response.json()["request_id"] == rid
+
+
+async def test_request_id_generated_when_absent_and_unique(client: httpx.AsyncClient) -> None:
+    ids = set()
+    for _ in range(5):
+        response = await client.get("/ok")
+        rid = response.headers["x-request-id"]
+        assert re.fullmatch(r"req_[0-9a-f]{32}", rid)
+        assert response.json()["request_id"] == rid
+        ids.add(rid)
+    assert len(ids) == 5
+
+
+async def test_request_id_on_error_responses(client: httpx.AsyncClient) -> None:
+    response = await client.get("/raise/NotFound", headers={"x-request-id": "rid-404"})
+    assert response.headers["x-request-id"] == "rid-404"
+
+
+# ----------------------------------------------------------------------------------- security headers
+@pytest.mark.parametrize("path", ["/ok", "/raise/BadRequest", "/nope", "/boom"])
+async def test_security_headers_present(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    h = response.headers
+    assert h["x-content-type-options"] == "nosniff"
+    assert h["x-frame-options"] == "DENY"
+    assert h["referrer-policy"] == "no-referrer"
+    assert h["strict-transport-security"].startswith("max-age=")
+    assert "default-src 'none'" in h["content-security-policy"]
+    assert h["cache-control"] == "no-store"
+    assert h["x-request-id"]
+
+
+# ----------------------------------------------------------------------------------- 413
+async def test_body_within_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    response = await client.post("/raw", content=b"x" * LIMIT)
+    assert response.status_code == 200
+    assert response.json() == {"bytes": LIMIT}
+
+
+async def test_content_length_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post("/raw", content=b"x" * (LIMIT + 1))
+    err = assert_error_shape(response, 413, "payload_too_large")
+    assert str(LIMIT) in err["message"]
+    assert response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_content_length_over_the_limit_on_a_validated_route_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post("/echo", content=b'{"model": "' + b"x" * LIMIT + b'"}',
+                                 headers={"content-type": "application/json"})
+    assert_error_shape(response, 413, "payload_too_large")
+
+
+async def _chunks(total: int, size: int = 256) -> AsyncIterator[bytes]:
+    sent = 0
+    while sent < total:
+        n = min(size, total - sent)
+        sent += n
+        yield b"x" * n
+
+
+async def test_chunked_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    request = client.build_request("POST", "/raw", content=_chunks(LIMIT * 3))
+    assert "content-length" not in request.headers
+    assert request.headers["transfer-encoding"] == "chunked"
+    response = await client.send(request)
+    err = assert_error_shape(response, 413, "payload_too_large")
+    assert str(LIMIT) in err["message"]
+    assert response.headers["x-request-id"]
+
+
+async def test_chunked_json_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"model": "'
+        async for chunk in _chunks(LIMIT * 2):
+            yield chunk
+        yield b'"}'
+
+    request = client.build_request("POST", "/echo", content=body(), headers={"content-type": "application/json"})
+    response = await client.send(request)
+    assert_error_shape(response, 413, "payload_too_large")
+
+
+async def test_chunked_body_within_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    request = client.build_request("POST", "/raw", content=_chunks(LIMIT - 10, size=100))
+    response = await client.send(request)
+    assert response.status_code == 200
+    assert response.json() == {"bytes": LIMIT - 10}
+
+
+# ----------------------------------------------------------------------------------- CORS
+async def test_cors_allowed_origin_gets_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ok", headers={"origin": ALLOWED_ORIGIN})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+
+
+async def test_cors_preflight_for_allowed_origin(client: httpx.AsyncClient) -> None:
+    response = await client.options("/echo", headers={
+        "origin": ALLOWED_ORIGIN, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type"})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "POST" in response.headers["access-control-allow-methods"]
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+async def test_cors_other_origin_gets_no_headers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ok", headers={"origin": "https://evil.example.net"})
+    assert response.status_code == 200  # CORS is enforced by the browser; we just don't allow it
+    assert "access-control-allow-origin" not in response.headers
+    preflight = await client.options("/echo", headers={
+        "origin": "https://evil.example.net", "access-control-request-method": "POST"})
+    assert preflight.status_code == 400
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+async def test_no_cors_without_allowlist() -> None:
+    mp = pytest.MonkeyPatch()
+    mp.delenv("CORS_ALLOW_ORIGINS", raising=False)
+    reset_settings()
+    try:
+        bare = create_app("bare", [router])
+    finally:
+        mp.undo()
+        reset_settings()
+    transport = httpx.ASGITransport(app=bare, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        response = await c.get("/ok", headers={"origin": ALLOWED_ORIGIN})
+    assert response.status_code == 200
+    assert "access-control-allow-origin" not in response.headers
+
+
+# ----------------------------------------------------------------------------------- docs
+async def test_docs_only_outside_deployed_stages(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/openapi.json")).status_code == 200

@@ -1,0 +1,210 @@
+"""THE rounding rule, provider cost, the user's charge and the hold (Decimal only, floats refused)."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import ROUND_CEILING, Context, Decimal
+
+import pytest
+from gateway.billing.pricing import (
+    CREDIT_QUANTUM,
+    ZERO,
+    ModelPrice,
+    charge_for,
+    hold_for,
+    parse_price,
+    to_credit,
+)
+
+D = Decimal
+EXACT = Context(prec=200)
+
+
+def exact_ceil(amount: Decimal) -> Decimal:
+    """Reference implementation of the rule, in a context far wider than any amount we use."""
+    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_CEILING, context=EXACT)
+
+
+# ----------------------------------------------------------------------------------- rounding rule
+@pytest.mark.parametrize(("amount", "expected"), [
+    ("0", "0E-8"),
+    ("0.00000001", "0.00000001"),
+    ("0.000000001", "0.00000001"),            # any remainder rounds UP
+    ("0.0000000100000000001", "0.00000002"),
+    ("0.00000001999999999", "0.00000002"),
+    ("1.5", "1.50000000"),
+    ("12.345678901", "12.34567891"),
+    ("-0.000000015", "-0.00000001"),          # toward +infinity, also for negatives
+    ("99999999999.999999999", "100000000000.00000000"),
+])
+def test_to_credit_ceils_to_1e8(amount: str, expected: str) -> None:
+    result = to_credit(D(amount))
+    assert result == D(expected)
+    assert result.as_tuple().exponent == -8
+
+
+def test_to_credit_is_idempotent_and_monotonic() -> None:
+    values = [D(n) / D(10**k) for n in (0, 1, 3, 7, 10, 999, 123456789) for k in (0, 6, 8, 9, 12, 20)]
+    for v in values:
+        assert to_credit(to_credit(v)) == to_credit(v)
+        assert to_credit(v) >= v
+        assert to_credit(v) - v < CREDIT_QUANTUM
+    ordered = sorted(values)
+    rounded = [to_credit(v) for v in ordered]
+    assert rounded == sorted(rounded)
+
+
+# ----------------------------------------------------------------------------------- provider cost
+GPT4O = ModelPrice(prompt=D("0.0000025"), completion=D("0.00001"), cache_read=D("0.00000125"))
+
+
+def test_provider_cost_plain() -> None:
+    assert GPT4O.provider_cost(1000, 500) == D("0.0075")
+    assert GPT4O.provider_cost(0, 0) == 0
+
+
+def test_provider_cost_with_cached_tokens() -> None:
+    # 600 uncached prompt tokens at 2.5e-6 + 400 cached at 1.25e-6 + 500 completion at 1e-5
+    assert GPT4O.provider_cost(1000, 500, 400) == D("0.0015") + D("0.0005") + D("0.005")
+    # cached tokens are part of the prompt: never more than the prompt, never negative
+    assert GPT4O.provider_cost(1000, 0, 5000) == GPT4O.provider_cost(1000, 0, 1000) == D("0.00125")
+    assert GPT4O.provider_cost(1000, 0, -5) == GPT4O.provider_cost(1000, 0, 0)
+
+
+def test_provider_cost_without_cache_price_bills_cached_at_prompt_price() -> None:
+    llama = ModelPrice(prompt=D("0.00000013"), completion=D("0.0000004"))
+    assert llama.provider_cost(1000, 100, 900) == llama.provider_cost(1000, 100, 0) == D("0.00017")
+
+
+def test_provider_cost_includes_request_price() -> None:
+    p = ModelPrice(prompt=D("0.000001"), completion=D("0.000002"), request=D("0.005"))
+    assert p.provider_cost(10, 10) == D("0.00503")
+    assert p.provider_cost(0, 0) == D("0.005")
+
+
+def test_provider_cost_is_exact_beyond_default_decimal_precision() -> None:
+    # A price with more significant digits than the default 28-digit context keeps.
+    price = D("0.0000000100000000000000000000000000001")
+    p = ModelPrice(prompt=price, completion=price)
+    cost = p.provider_cost(3, 0)
+    assert cost == EXACT.multiply(D(3), price)
+    # ... and the tiny remainder above 3e-8 is not lost before the ceiling.
+    assert charge_for(cost, ZERO) == D("0.00000004")
+    assert to_credit(cost) == D("0.00000004")
+
+
+# ----------------------------------------------------------------------------------- charge
+def test_charge_applies_markup_and_rounds_once_up() -> None:
+    assert charge_for(D("0.0075"), D("0.10")) == D("0.00825")
+    assert charge_for(D("0.0075"), D("0")) == D("0.0075")
+    assert charge_for(D("0.0075"), D("0.05")) == D("0.007875")
+    # 1e-12 of cost still costs the smallest unit of credit
+    assert charge_for(D("0.000000000001"), D("0.10")) == D("0.00000001")
+    # rounding happens once on the product, not on the cost and again on the markup
+    cost = D("0.000000015")  # rounding it first would give 2e-8 -> 2.2e-8 -> 3e-8
+    assert charge_for(cost, D("0.10")) == exact_ceil(cost * D("1.10")) == D("0.00000002")
+
+
+def test_charge_byok_is_only_the_platform_fee() -> None:
+    assert charge_for(D("0.0075"), D("0.10"), byok=True, byok_fee=D("0.05")) == D("0.000375")
+    assert charge_for(D("0.0075"), D("0.10"), byok=True, byok_fee=ZERO) == 0
+    assert charge_for(D("0.0000001"), D("0.10"), byok=True, byok_fee=D("0.05")) == D("0.00000001")
+
+
+@pytest.mark.parametrize("cost", [D("0"), D("-0.5"), D("-0.000000001")])
+def test_charge_for_nothing_is_zero(cost: Decimal) -> None:
+    assert charge_for(cost, D("0.10")) == 0
+    assert charge_for(cost, D("0.10"), byok=True, byok_fee=D("0.05")) == 0
+
+
+def test_charge_matches_reference_on_a_grid() -> None:
+    costs = [D(n) * D(10) ** -k for n in (1, 7, 15, 333, 123456789) for k in (4, 8, 9, 12, 18)]
+    markups = [D("0"), D("0.05"), D("0.10"), D("0.333333"), D("1.5")]
+    for cost, markup in itertools.product(costs, markups):
+        charge = charge_for(cost, markup)
+        assert charge == exact_ceil(cost * (1 + markup))
+        assert charge >= cost * (1 + markup)
+        assert charge.as_tuple().exponent == -8
+
+
+# ----------------------------------------------------------------------------------- hold
+PRICES = [
+    GPT4O,
+    ModelPrice(prompt=D("0.000015"), completion=D("0.000075"), cache_read=D("0.0000015")),   # opus
+    ModelPrice(prompt=D("0.00000002"), completion=D("0.00000003")),                          # llama 8b
+    ModelPrice(prompt=D("0"), completion=D("0")),                                            # :free
+    ModelPrice(prompt=D("0.000000123456789012"), completion=D("0.000000987654321098"),
+               request=D("0.000123456789"), cache_read=D("0.000000012345678901")),
+    # a cache price above the prompt price must not let cached tokens exceed the hold
+    ModelPrice(prompt=D("0.000001"), completion=D("0.000002"), cache_read=D("0.00000125")),
+]
+MARKUPS = [D("0"), D("0.05"), D("0.10"), D("0.333333")]
+
+
+def test_hold_covers_every_possible_charge_of_the_request() -> None:
+    checked = 0
+    for price, markup, byok in itertools.product(PRICES, MARKUPS, (False, True)):
+        fee = D("0.05")
+        for prompt_est, max_out in itertools.product((0, 1, 7, 1000, 123457), (0, 1, 4096, 100000)):
+            hold = hold_for(price, prompt_est, max_out, markup, byok=byok, byok_fee=fee)
+            assert hold >= 0
+            assert hold.as_tuple().exponent == -8 or hold == 0
+            for prompt in {0, prompt_est // 3, prompt_est}:
+                for completion in {0, max_out // 2, max_out}:
+                    for cached in {0, prompt // 2, prompt}:
+                        cost = price.provider_cost(prompt, completion, cached)
+                        charge = charge_for(cost, markup, byok=byok, byok_fee=fee)
+                        assert charge <= hold, (price, markup, byok, prompt_est, max_out, prompt, completion,
+                                                cached)
+                        checked += 1
+    assert checked > 10_000
+
+
+def test_hold_equals_worst_case_charge() -> None:
+    hold = hold_for(GPT4O, 1000, 500, D("0.10"))
+    assert hold == charge_for(GPT4O.provider_cost(1000, 500, 0), D("0.10")) == D("0.00825")
+    assert hold_for(GPT4O, 1000, 500, D("0.10"), byok=True, byok_fee=D("0.05")) == D("0.000375")
+    assert hold_for(ModelPrice(prompt=ZERO, completion=ZERO), 10**6, 10**5, D("0.10")) == 0
+
+
+# ----------------------------------------------------------------------------------- parsing / floats
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("0.00000015", D("0.00000015")),
+    ("0", D("0")),
+    (3, D("3")),
+    (D("0.0000025"), D("0.0000025")),
+    ("1e-7", D("1e-7")),
+    (None, None),
+    ("", None),
+])
+def test_parse_price_is_exact(raw: str | int | Decimal | None, expected: Decimal | None) -> None:
+    assert parse_price(raw) == expected
+    if expected is not None:
+        assert isinstance(parse_price(raw), Decimal)
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-inf"])
+def test_parse_price_refuses_non_finite(raw: str) -> None:
+    with pytest.raises(ValueError):
+        parse_price(raw)
+
+
+def test_floats_are_refused_everywhere() -> None:
+    with pytest.raises(TypeError):
+        parse_price(0.0000025)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        to_credit(0.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ModelPrice(prompt=0.0000025, completion=D("0.00001"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        ModelPrice(prompt=D("0.0000025"), completion=D("0.00001"), cache_read=1e-6)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        charge_for(0.01, D("0.10"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        charge_for(0.0, D("0.10"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        charge_for(D("0.01"), 0.1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        charge_for(D("0.01"), D("0.1"), byok=True, byok_fee=0.05)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        hold_for(GPT4O, 10, 10, 0.1)  # type: ignore[arg-type]
