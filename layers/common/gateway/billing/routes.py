@@ -1,0 +1,210 @@
+"""Billing routes (functions/billing): Stripe Checkout, the Billing Portal and the caller's plan.
+
+- ``POST /v1/billing/checkout`` ``{"credits": "25.00"}`` (one-time credit purchase within
+  ``BILLING_MIN/MAX_CREDIT_PURCHASE``) or ``{"plan": "pro"}`` (a subscription to a tier with a
+  ``stripe_price_id``) → ``{"id", "url", "mode"}``. The user's Stripe Customer is created on
+  first use (idempotency key = user id) and reused; the session carries ``client_reference_id``
+  and ``metadata.user_id`` (and the subscription ``metadata.tier``) so webhooks find the user.
+  ``Idempotency-Key`` from the client (if sent) becomes the Stripe idempotency key, so a
+  retried request returns the same session.
+- ``POST /v1/billing/portal`` → ``{"id", "url"}`` of a Billing Portal session.
+- ``GET /v1/subscription`` → tier, status, period end, cancel_at_period_end, limits and the
+  monthly request quota used/remaining.
+
+Credit and tier changes happen only in the webhook (signed by Stripe), never here.
+Auth: ``Authorization: Bearer <API key | sign-in JWT>`` (the dashboard identity dependency).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import accounts, db
+from ..account.identity import UserPrincipal
+from ..config import Tier, get_settings
+from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UpstreamError
+from ..http import server_request_id
+from ..observability import logger
+from . import stripe_api
+from .ledger import next_period_start, period_start
+from .subscriptions import TERMINAL_STATUSES, current_subscription
+
+router = APIRouter()
+
+# Stripe statuses of a subscription that still exists for billing purposes: a second checkout
+# would double-bill, so plan changes go through the Billing Portal instead.
+LIVE_STATUSES = frozenset({"active", "trialing", "past_due", "unpaid", "paused"})
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+class CheckoutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    credits: Decimal | None = Field(default=None, gt=0, decimal_places=2, allow_inf_nan=False,
+                                    description="USD of prepaid credit to buy (one-time payment)")
+    plan: str | None = Field(default=None, min_length=1, max_length=64,
+                             description="tier to subscribe to, e.g. 'pro'")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CheckoutRequest:
+        if (self.credits is None) == (self.plan is None):
+            raise ValueError("send exactly one of 'credits' (USD amount) or 'plan' (tier name)")
+        return self
+
+
+def _iso(value: dt.datetime | dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+async def _user(user_id: UUID) -> dict[str, Any]:
+    user = await accounts.get_user(user_id)
+    if user is None:
+        raise NotFound("user not found", code="user_not_found")
+    return user
+
+
+async def _customer_for(user: dict[str, Any]) -> str:
+    """The user's Stripe Customer: stored, or created now and stored (first writer wins)."""
+    if user["stripe_customer_id"]:
+        return str(user["stripe_customer_id"])
+    customer = await stripe_api.create_customer(str(user["id"]), user.get("email"))
+    row = await db.fetchone(
+        "UPDATE users SET stripe_customer_id = %s WHERE id = %s AND stripe_customer_id IS NULL "
+        "RETURNING stripe_customer_id", (customer, user["id"]))
+    if row is None:
+        row = await db.fetchone("SELECT stripe_customer_id FROM users WHERE id = %s", (user["id"],))
+    return str(row["stripe_customer_id"]) if row and row["stripe_customer_id"] else customer
+
+
+def _client_key(request: Request) -> str:
+    key = request.headers.get("idempotency-key", "").strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise BadRequest(f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters.",
+                         param="Idempotency-Key")
+    return ("client:" + key) if key else ("request:" + server_request_id(request))
+
+
+def _redirect_url(name: str) -> str:
+    """A Stripe redirect URL from config; a deployed stage never sends customers to localhost."""
+    settings = get_settings()
+    url = str(getattr(settings, name))
+    if settings.deployed and ("127.0.0.1" in url or "localhost" in url):
+        logger.error("billing redirect URL not configured for this stage", extra={"setting": name})
+        raise ServiceUnavailable("Billing is not fully configured on this deployment.", code="billing_unconfigured")
+    return url
+
+
+def _plan(name: str) -> Tier:
+    settings = get_settings()
+    tier = settings.tiers.get(name)
+    if tier is None or not tier.stripe_price_id:
+        available = sorted(n for n, t in settings.tiers.items() if t.stripe_price_id)
+        raise BadRequest(f"The plan {name!r} cannot be bought; available plans: {', '.join(available) or 'none'}.",
+                         code="plan_not_available", param="plan")
+    return tier
+
+
+async def _ensure_no_live_subscription(user_id: UUID) -> None:
+    """Refuse a second subscription. The webhook-fed table may lag behind Stripe, so a
+    subscription it still believes live is checked against Stripe (billing path, not webhook)."""
+    rows = await db.fetchall(
+        "SELECT stripe_subscription_id FROM subscriptions WHERE user_id = %s AND status <> ALL(%s::text[]) "
+        "ORDER BY last_event_created DESC LIMIT 5", (user_id, list(TERMINAL_STATUSES)))
+    for row in rows:
+        try:
+            live = await stripe_api.retrieve_subscription(row["stripe_subscription_id"])
+        except UpstreamError as exc:
+            if exc.upstream_status == 404:
+                continue
+            raise
+        if live.get("status") in LIVE_STATUSES:
+            raise Conflict("You already have a subscription; change or cancel it in the billing portal "
+                           "(POST /v1/billing/portal).", code="subscription_exists")
+
+
+@router.post("/v1/billing/checkout")
+async def create_checkout(body: CheckoutRequest, request: Request, principal: UserPrincipal) -> dict[str, Any]:
+    settings = get_settings()
+    user_id = str(principal.user_id)
+    common: dict[str, Any] = {"client_reference_id": user_id, "success_url": _redirect_url("billing_success_url"),
+                              "cancel_url": _redirect_url("billing_cancel_url")}
+    credits: Decimal | None = None
+    plan: Tier | None = None
+    if body.credits is not None:
+        credits = body.credits
+        low, high = settings.billing_min_credit_purchase, settings.billing_max_credit_purchase
+        if not low <= credits <= high:
+            raise BadRequest(f"credits must be between {low} and {high} USD.", code="invalid_amount", param="credits",
+                             min=str(low), max=str(high))
+        cents = int((credits * 100).to_integral_exact())
+        params: dict[str, Any] = {
+            **common, "mode": "payment",
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": "usd", "unit_amount": cents,
+                "product_data": {"name": "API credit", "description": f"${credits:.2f} of prepaid API credit"}}}],
+            "metadata": {"user_id": user_id, "kind": "credits", "credits": f"{credits:.2f}"},
+            "payment_intent_data": {"metadata": {"user_id": user_id, "credits": f"{credits:.2f}"}},
+        }
+    else:
+        assert body.plan is not None
+        plan = _plan(body.plan)
+        await _ensure_no_live_subscription(principal.user_id)
+        params = {
+            **common, "mode": "subscription",
+            "line_items": [{"price": plan.stripe_price_id, "quantity": 1}],
+            "metadata": {"user_id": user_id, "kind": "subscription", "plan": plan.name},
+            "subscription_data": {"metadata": {"user_id": user_id, "tier": plan.name}},
+        }
+    user = await _user(principal.user_id)
+    customer = await _customer_for(user)
+    params["customer"] = customer
+    session = await stripe_api.create_checkout_session(
+        params, stripe_api.idempotency_key("checkout", user_id, _client_key(request)))
+    await db.execute(
+        "INSERT INTO checkout_sessions (id, user_id, mode, credits, plan, stripe_customer_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+        (session.id, principal.user_id, params["mode"], credits, plan.name if plan else None, customer))
+    return {"object": "checkout.session", "id": session.id, "url": session.url, "mode": params["mode"]}
+
+
+@router.post("/v1/billing/portal")
+async def create_portal(request: Request, principal: UserPrincipal) -> dict[str, Any]:
+    settings = get_settings()
+    user = await _user(principal.user_id)
+    customer = await _customer_for(user)
+    session = await stripe_api.create_portal_session(
+        customer, _redirect_url("billing_portal_return_url"),
+        stripe_api.idempotency_key("portal", str(principal.user_id), _client_key(request)),
+        configuration=settings.stripe_portal_configuration_id or None)
+    return {"object": "billing_portal.session", "id": session.id, "url": session.url}
+
+
+@router.get("/v1/subscription")
+async def get_subscription(principal: UserPrincipal) -> dict[str, Any]:
+    settings = get_settings()
+    user = await _user(principal.user_id)
+    async with db.connection() as conn:
+        sub = await current_subscription(conn, principal.user_id)
+    tier = settings.tier(user["tier"])
+    used = 0 if user["period_start"] < period_start() else int(user["period_requests"])
+    limit = tier.monthly_quota
+    return {
+        "object": "subscription",
+        "tier": tier.name,
+        "status": sub["status"] if sub else "none",
+        "subscription_id": sub["stripe_subscription_id"] if sub else None,
+        "current_period_end": _iso(sub["current_period_end"]) if sub else None,
+        "cancel_at_period_end": bool(sub["cancel_at_period_end"]) if sub else False,
+        "cancel_at": _iso(sub["cancel_at"]) if sub else None,
+        "payment_failed_at": _iso(sub["payment_failed_at"]) if sub else None,
+        "included_credit": str(tier.included_credit),
+        "rate_limit": {"requests_per_minute": tier.rpm},
+        "quota": {"limit": limit, "used": used, "remaining": None if limit is None else max(limit - used, 0),
+                  "resets_at": next_period_start().isoformat()},
+    }

@@ -1,0 +1,54 @@
+"""template.yaml pieces of billing: routes, the public Stripe webhook, its alarms (on the metric
+names the code emits) and the per-function stripe dependency."""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from typing import Any
+
+import pytest
+
+from gateway.billing import webhooks
+from infra.local.template import REPO_ROOT, http_api_events, http_routes, load_template
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(REPO_ROOT / "template.yaml")
+
+
+def test_billing_routes(template: dict[str, Any]) -> None:
+    routes = {(r.method, r.path): r.logical_id for r in http_routes(template)}
+    assert routes[("POST", "/v1/billing/checkout")] == "BillingFunction"
+    assert routes[("POST", "/v1/billing/portal")] == "BillingFunction"
+    assert routes[("GET", "/v1/subscription")] == "BillingFunction"
+    assert routes[("POST", "/webhooks/stripe")] == "WebhooksFunction"
+
+
+def test_stripe_webhook_route_is_public(template: dict[str, Any]) -> None:
+    events = [props for _id, _name, props in http_api_events(template) if props.get("Path") == "/webhooks/stripe"]
+    assert len(events) == 1
+    assert (events[0].get("Auth") or {}).get("Authorizer") in (None, "NONE")
+
+
+def test_webhook_alarms_watch_the_metrics_the_code_emits(template: dict[str, Any]) -> None:
+    source = inspect.getsource(webhooks)
+    globals_env = template["Globals"]["Function"]["Environment"]["Variables"]
+    alarms = {rid: r["Properties"] for rid, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for metric in ("WebhookFailures", "WebhookSignatureErrors"):
+        assert f'"{metric}"' in source
+        [props] = [p for p in alarms.values() if p.get("MetricName") == metric]
+        assert props["Namespace"] == globals_env["POWERTOOLS_METRICS_NAMESPACE"]
+        assert props["Dimensions"] == [{"Name": "service", "Value": globals_env["POWERTOOLS_SERVICE_NAME"]}]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def test_stripe_is_installed_where_it_is_used() -> None:
+    extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["billing"]
+    for function in ("billing", "webhooks"):
+        lines = [ln.strip() for ln in (REPO_ROOT / "functions" / function / "requirements.txt").read_text().splitlines()
+                 if ln.strip() and not ln.startswith("#")]
+        assert lines == extra, f"functions/{function}/requirements.txt must match the 'billing' extra"
+    layer = (REPO_ROOT / "layers/common/requirements.txt").read_text()
+    assert "stripe" not in layer, "stripe belongs to the billing functions, not the shared layer"
