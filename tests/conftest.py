@@ -14,3 +14,24 @@ for _name in ("DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKE
     os.environ.pop(_name, None)
 
 ADMIN_KEY = os.environ["ADMIN_API_KEY"]
+
+
+# ----------------------------------------------------------------------------- secrets never in logs
+# Every log record of the session is captured (tests/support/secret_log.py); at the end, no secret
+# a fixture created (API keys, provider keys, JWTs, master keys, the admin key, ...) may appear.
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_secrets_in_session_logs():  # type: ignore[no-untyped-def]
+    from gateway import accounts, auth
+    from tests.support import secret_log
+
+    secret_log.install()
+    secret_log.wrap_key_generator(auth)
+    secret_log.wrap_key_generator(accounts)
+    secret_log.register(ADMIN_KEY)
+    yield
+    leaks = secret_log.leaks()
+    secret_log.uninstall()
+    assert not leaks, f"{len(leaks)} secret(s) found in the session's logs:\n" + "\n".join(leaks[:20])

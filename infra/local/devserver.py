@@ -229,6 +229,26 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
         await db.close_pool()
 
 
+# Local Stripe prices for the fake (docs/billing.md): TIERS_JSON of a real deploy sets real ones.
+LOCAL_STRIPE_PRICES = {"pro": {"stripe_price_id": "price_local_pro"},
+                       "premium": {"stripe_price_id": "price_local_premium"},
+                       "team": {"stripe_price_id": "price_local_team"}}
+
+
+def start_fake_stripe(stack_url: str) -> str:
+    """Billing without Stripe: the fake Stripe API (infra/local/fake_stripe.py), which signs and
+    delivers webhook events to this stack when a checkout is completed through it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    webhook_secret = "whsec_local_" + secrets.token_hex(16)
+    _spawn(["-m", "infra.local.fake_stripe", "--port", str(port), "--webhook-url", f"{stack_url}/webhooks/stripe",
+            "--webhook-secret", webhook_secret], base, "/__fake/health")
+    os.environ.update({"STRIPE_API_BASE": base, "STRIPE_SECRET_KEY": "sk_test_local_fake",
+                       "STRIPE_WEBHOOK_SECRET": webhook_secret, "FAKE_STRIPE_URL": base})
+    os.environ.setdefault("TIERS_JSON", json.dumps(LOCAL_STRIPE_PRICES))
+    return base
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run every function of template.yaml locally on one port.")
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -278,6 +298,9 @@ def main(argv: list[str] | None = None) -> None:
             "FAKE_PROVIDERS_URL": base,
         })
 
+    if not os.environ.get("STRIPE_SECRET_KEY"):
+        start_fake_stripe(f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}")
+
     user_id, api_key = asyncio.run(seed(previous))
     router = build_router()
     base_url = f"http://{args.host}:{args.port}"
@@ -285,7 +308,14 @@ def main(argv: list[str] | None = None) -> None:
                    "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
                    "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
-                   "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL")}
+                   "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL"),
+                   "fake_stripe_url": os.environ.get("FAKE_STRIPE_URL"),
+                   "stripe_webhook_secret": os.environ.get("STRIPE_WEBHOOK_SECRET")
+                   if os.environ.get("FAKE_STRIPE_URL") else None}
+    fake_stripe = os.environ.get("FAKE_STRIPE_URL")
+    billing_hint = (f"  fake Stripe : {fake_stripe}  (POST /v1/billing/checkout, then pay it with: curl -X POST "
+                    f"{fake_stripe}/__fake/checkout/sessions/<id>/complete -d '{{\"deliver\": true}}')\n"
+                    if fake_stripe else "")
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     credentials_file.write_text(json.dumps(credentials, indent=2))
     credentials_file.chmod(0o600)
@@ -294,7 +324,7 @@ Multi-LLM gateway running at {base_url}  (routes from template.yaml: {len(router
   dev API key : {api_key}
   admin key   : {admin_key}
   credentials : {credentials_file}
-
+{billing_hint}
   curl {base_url}/health -H "Authorization: Bearer {api_key}"
   curl {base_url}/v1/chat/completions -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
        -d '{{"model": "openai/gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'

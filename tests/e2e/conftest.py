@@ -38,7 +38,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     creds_file = tmp_path_factory.mktemp("stack") / "dev-credentials.json"
     log_file = creds_file.with_name("stack.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "ANTHROPIC_", "GEMINI_",
-                                                                    "OPENROUTER_", "COMPAT_", "RATELIMIT_"))}
+                                                                    "OPENROUTER_", "COMPAT_", "RATELIMIT_",
+                                                                    "STRIPE_"))}
     env.update(STACK_ENV)
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
                 "PYTHONUNBUFFERED": "1"})

@@ -15,7 +15,7 @@ PG_SERVER = os.environ.get("TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:54
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 RESET_TABLES = ("usage_records", "ledger_entries", "reservations", "balances", "api_keys", "subscriptions",
-                "stripe_events", "users")
+                "stripe_events", "provider_keys", "users")
 
 
 def _admin_dsn() -> str:

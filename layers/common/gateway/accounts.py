@@ -43,11 +43,19 @@ async def create_user(email: str | None = None, *, tier: str = "free",
     return user_id
 
 
-async def create_api_key(user_id: UUID | str, name: str = "default") -> NewKey:
+async def create_api_key(user_id: UUID | str, name: str = "default", *, rpm: int | None = None,
+                         spend_cap: Decimal | None = None) -> NewKey:
+    """A new key for the user; optional per-key limits: ``rpm`` (requests per minute, on top of the
+    tier's) and ``spend_cap`` (USD the key may spend in total; enforced by the reserve statement)."""
+    if rpm is not None and rpm < 1:
+        raise BadRequest("rpm must be at least 1", param="rpm")
+    if spend_cap is not None and spend_cap < 0:
+        raise BadRequest("spend_cap must not be negative", param="spend_cap")
     secret, key_hash, prefix = generate_api_key()
     row = await db.fetchone(
-        "INSERT INTO api_keys (user_id, key_hash, prefix, name) SELECT id, %s, %s, %s FROM users WHERE id = %s "
-        "RETURNING id", (key_hash, prefix, name, user_id))
+        "INSERT INTO api_keys (user_id, key_hash, prefix, name, rpm, spend_cap) "
+        "SELECT id, %s, %s, %s, %s, %s FROM users WHERE id = %s RETURNING id",
+        (key_hash, prefix, name, rpm, spend_cap, user_id))
     if row is None:
         raise NotFound("user not found", code="user_not_found")
     return NewKey(key_id=row["id"], secret=secret, prefix=prefix, name=name)

@@ -8,6 +8,9 @@ and is compared in constant time.
 
 The user's tier is deliberately NOT trusted from this cache for billing decisions: the reserve
 statement reads the current tier, so a subscription change applies on the very next request.
+
+The same lookup returns the key's own ``rpm`` and the user's BYOK provider keys, still
+encrypted (``Principal.provider_keys``), so the query path needs no further query for them.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
 
@@ -32,11 +36,24 @@ VISIBLE_PREFIX_CHARS = 8  # characters after the fixed prefix shown in listings
 
 
 @dataclass(frozen=True, slots=True)
+class SealedProviderKey:
+    """A BYOK provider key as stored: AES-256-GCM ciphertext, opened lazily by ``account.byok``."""
+
+    provider: str
+    key_version: str
+    nonce: bytes
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     user_id: UUID
-    key_id: UUID | None
+    key_id: UUID | None          # None when signed in with a JWT (dashboard routes)
     tier: str                    # as of the last lookup (a hint; billing re-reads it)
     key_rpm: int | None = None   # optional per-key limit (account routes)
+    # The user's BYOK keys, still encrypted; carried by the cached key lookup so the query path
+    # needs no extra round trip (``gateway.account.byok.ByokKeys`` decrypts on first use).
+    provider_keys: tuple[SealedProviderKey, ...] = field(default=(), repr=False)
 
 
 def generate_api_key() -> tuple[str, str, str]:
@@ -79,12 +96,16 @@ class _TTLCache:
         else:
             self._data.pop(key, None)
 
+    def invalidate_where(self, predicate: Callable[[Principal | None], bool]) -> None:
+        for key in [k for k, (_, value) in self._data.items() if predicate(value)]:
+            self._data.pop(key, None)
+
 
 _cache = _TTLCache()
 
 LOOKUP_SQL = """
 WITH k AS (
-    SELECT k.id AS key_id, k.user_id, k.revoked_at, k.last_used_at, u.tier
+    SELECT k.id AS key_id, k.user_id, k.revoked_at, k.last_used_at, k.rpm, u.tier
     FROM api_keys k JOIN users u ON u.id = k.user_id
     WHERE k.key_hash = %(h)s
 ), touch AS (
@@ -92,8 +113,17 @@ WITH k AS (
     WHERE id = (SELECT key_id FROM k) AND revoked_at IS NULL
       AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
 )
-SELECT key_id, user_id, revoked_at, tier FROM k
+SELECT key_id, user_id, revoked_at, tier, rpm,
+       (SELECT json_agg(json_build_object('p', p.provider, 'v', p.key_version, 'n', encode(p.nonce, 'hex'),
+                                          'c', encode(p.ciphertext, 'hex')))
+        FROM provider_keys p WHERE p.user_id = k.user_id) AS provider_keys
+FROM k
 """
+
+
+def _sealed_keys(value: list[dict[str, str]] | None) -> tuple[SealedProviderKey, ...]:
+    return tuple(SealedProviderKey(provider=item["p"], key_version=item["v"], nonce=bytes.fromhex(item["n"]),
+                                   ciphertext=bytes.fromhex(item["c"])) for item in value or ())
 
 
 async def authenticate_key(secret: str) -> Principal:
@@ -106,7 +136,8 @@ async def authenticate_key(secret: str) -> Principal:
         row = await db.fetchone(LOOKUP_SQL, {"h": h})
         principal = None
         if row is not None and row["revoked_at"] is None:
-            principal = Principal(user_id=row["user_id"], key_id=row["key_id"], tier=row["tier"])
+            principal = Principal(user_id=row["user_id"], key_id=row["key_id"], tier=row["tier"],
+                                  key_rpm=row["rpm"], provider_keys=_sealed_keys(row["provider_keys"]))
         _cache.put(h, principal, settings.auth_cache_ttl_s)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.")
@@ -116,6 +147,12 @@ async def authenticate_key(secret: str) -> Principal:
 def forget_key(key_hash: str | None = None) -> None:
     """Drop a key (or everything) from this container's cache, e.g. right after revoking it."""
     _cache.invalidate(key_hash)
+
+
+def forget_user(user_id: UUID | str) -> None:
+    """Drop every cached key of one user (e.g. after their provider keys changed). Other warm
+    containers pick the change up when their entries expire (``auth_cache_ttl_s``)."""
+    _cache.invalidate_where(lambda p: p is not None and str(p.user_id) == str(user_id))
 
 
 def bearer_token(request: Request) -> str:

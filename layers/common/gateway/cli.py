@@ -8,7 +8,7 @@ errors), 2 bad usage.
 
 Adding a command: write ``def _add_<name>(sub)`` that creates its parser and sets
 ``func=<handler>`` (a sync ``(args) -> int``, or an ``async`` one wrapped in ``_run_async``), and
-append it to ``COMMANDS`` below. Room is left for ``rotate-master-key`` and ``refresh-models``.
+append it to ``COMMANDS`` below.
 """
 
 from __future__ import annotations
@@ -347,7 +347,7 @@ def _add_rotate_master_key(sub: SubParsers) -> None:
 
 
 # ----------------------------------------------------------------------------------- wiring
-# Order = order in --help. Later: _add_rotate_master_key, _add_refresh_models, ...
+# Order = order in --help.
 COMMANDS: list[Callable[[SubParsers], None]] = [
     _add_migrate,
     _add_create_user,

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     # "restrict" them to the free tier until the invoice is paid.
     billing_past_due_policy: Literal["keep", "restrict"] = "keep"
     stripe_portal_configuration_id: str = ""   # bpc_…; empty = the account's default portal
-    stripe_timeout_s: float = 10.0
+    stripe_timeout_s: float = 5.0             # per attempt; the billing function has 20 s
     stripe_max_network_retries: int = 2
     stripe_webhook_tolerance_s: int = 300
     stripe_webhook_lock_timeout_ms: int = 3000  # a webhook waits this long for a row lock, then 5xx

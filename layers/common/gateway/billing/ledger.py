@@ -181,14 +181,16 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         reset = next_period_start()
         raise QuotaExceeded(f"Monthly request quota of {limit} requests is exhausted; it resets on "
                             f"{reset.isoformat()}.", quota=limit, used=used, resets_at=reset.isoformat())
+    available = state["balance"] - state["reserved"]
     cap = state["spend_cap"]
-    if cap is not None and cap - state["key_spent"] - state["key_reserved"] < hold:
+    # A capped key with enough balance was refused by its cap (or by a cap that has just been
+    # freed by a concurrent settle: the statement decided, this read only words the refusal).
+    if cap is not None and (available >= hold or cap - state["key_spent"] - state["key_reserved"] < hold):
         left = max(cap - state["key_spent"] - state["key_reserved"], ZERO)
         raise InsufficientCredits(
             f"This API key's spend cap of ${cap} is reached: this request needs up to ${hold} but ${left} of the "
             "cap is left.", code="spend_cap_exceeded", spend_cap=str(cap), spent=str(state["key_spent"]),
             required=str(hold))
-    available = state["balance"] - state["reserved"]
     raise InsufficientCredits(
         f"Insufficient credits: this request needs up to ${hold} but ${max(available, ZERO)} is available.",
         balance=str(available), required=str(hold))

@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from .. import ratelimit
+from ..account import byok
 from ..adapters.base import Target, Usage, get_adapter
 from ..adapters.http_client import get_http_client
 from ..adapters.tokens import estimate_prompt_tokens
@@ -97,8 +98,11 @@ def route(model: ModelInfo, settings: Settings, byok_keys: Mapping[str, str]) ->
 
 
 async def byok_keys_for(principal: Principal) -> Mapping[str, str]:
-    """The caller's own provider keys (account issue: BYOK). Empty until that lands."""
-    return {}
+    """The caller's own provider keys (BYOK). No I/O: the cached key lookup carries them sealed;
+    one is decrypted only when a request is routed to its provider (then cached per container)."""
+    if not principal.provider_keys:
+        return {}
+    return byok.keys_for(principal.user_id, principal.provider_keys)
 
 
 async def plan(request_id: str, principal: Principal, req: ChatRequest) -> Call:

@@ -1,0 +1,130 @@
+"""API-key management for the caller's own keys: list, create (the secret is returned once), revoke.
+
+Revocation takes effect at once in this container (its auth cache entry is dropped) and in every
+other warm container within ``AUTH_CACHE_TTL_S`` seconds (default 5): cached lookups expire and
+the next one sees ``revoked_at``.
+
+Creation is rate limited per user (``KEY_CREATE_PER_HOUR``, a one-hour sliding window in Upstash)
+and capped at ``MAX_KEYS_PER_USER`` active keys. A key that has its own limits (rpm or spend cap)
+is a *restricted* key: it cannot create or revoke keys or change provider keys, otherwise it
+could mint itself an unlimited sibling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
+
+from .. import accounts, db
+from ..auth import Principal
+from ..config import get_settings
+from ..errors import Conflict, Forbidden, RateLimited, ServiceUnavailable
+from ..observability import count, logger
+from ..ratelimit import Decision
+from ..upstash import get_redis
+from .money import money
+
+KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved"
+CREATE_WINDOW_S = 3600
+
+
+def public_key(row: dict[str, Any]) -> dict[str, Any]:
+    """A key as its owner may see it: never the secret or its hash."""
+    capped = row["spend_cap"] is not None
+    return {"object": "api_key", "id": str(row["id"]), "name": row["name"], "prefix": row["prefix"],
+            "status": "revoked" if row["revoked_at"] else "active", "created_at": row["created_at"],
+            "last_used_at": row["last_used_at"], "revoked_at": row["revoked_at"], "rpm": row["rpm"],
+            "spend_cap": money(row["spend_cap"]) if capped else None,
+            "spent": money(row["spent"]) if capped else None,
+            "reserved": money(row["reserved"]) if capped else None}
+
+
+async def list_keys(user_id: UUID | str, *, include_revoked: bool = True) -> list[dict[str, Any]]:
+    rows = await db.fetchall(
+        f"SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = %s AND (%s OR revoked_at IS NULL) "
+        "ORDER BY created_at DESC, id", (user_id, include_revoked))
+    return [public_key(r) for r in rows]
+
+
+async def get_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | None:
+    row = await db.fetchone(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s AND user_id = %s", (key_id, user_id))
+    return public_key(row) if row else None
+
+
+async def ensure_can_manage(principal: Principal) -> None:
+    """Restricted keys (with an rpm or spend cap) may not manage keys; JWT sessions and plain keys may."""
+    if principal.key_id is None:
+        return
+    row = await db.fetchone("SELECT rpm, spend_cap FROM api_keys WHERE id = %s", (principal.key_id,))
+    if row is not None and (row["rpm"] is not None or row["spend_cap"] is not None):
+        raise Forbidden("This API key has its own limits (rpm or spend cap) and cannot manage keys. Use an "
+                        "unrestricted key or sign in to the dashboard.", code="restricted_key")
+
+
+_limiters: dict[tuple[int, int, str], Ratelimit] = {}
+
+
+async def _creation_decision(user_id: UUID | str) -> Decision:
+    settings = get_settings()
+    limit = settings.key_create_per_hour
+    redis = get_redis()
+    cache_key = (id(redis), limit, settings.ratelimit_prefix)
+    rl = _limiters.get(cache_key)
+    if rl is None:
+        if len(_limiters) > 16:
+            _limiters.clear()
+        rl = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=limit, window=CREATE_WINDOW_S, unit="s"),
+                       prefix=f"{settings.ratelimit_prefix}:rl:keycreate")
+        _limiters[cache_key] = rl
+    try:
+        r = await asyncio.wait_for(rl.limit(f"user:{user_id}"), timeout=settings.upstash_timeout_s * 2)
+        return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
+    except Exception as exc:  # Upstash unavailable: same fail-open policy as the request limiter
+        count("RateLimiterUnavailable")
+        logger.warning("key-creation limiter unavailable", extra={"error": type(exc).__name__,
+                                                                  "fail_open": settings.ratelimit_fail_open})
+        return Decision(allowed=settings.ratelimit_fail_open, limit=limit, remaining=limit,
+                        reset=time.time() + CREATE_WINDOW_S, degraded=True)
+
+
+async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None,
+                     spend_cap: Decimal | None = None) -> tuple[accounts.NewKey, dict[str, Any]]:
+    """Create a key for the user (input already validated). Raises 429 / 409 before writing anything."""
+    settings = get_settings()
+    decision = await _creation_decision(user_id)
+    if not decision.allowed:
+        if decision.degraded:
+            raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
+        count("KeyCreationRateLimited")
+        raise RateLimited(f"You can create at most {decision.limit} API keys per hour.",
+                          code="key_creation_rate_limited", headers=decision.headers())
+    row = await db.fetchone("SELECT count(*) AS n FROM api_keys WHERE user_id = %s AND revoked_at IS NULL",
+                            (user_id,))
+    if row is not None and row["n"] >= settings.max_keys_per_user:
+        raise Conflict(f"You already have {row['n']} active API keys (the maximum is "
+                       f"{settings.max_keys_per_user}); revoke one first.", code="too_many_keys")
+    new = await accounts.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap)
+    created = await get_key(user_id, new.key_id)
+    assert created is not None
+    logger.info("api key created", extra={"user_id": str(user_id), "key_id": str(new.key_id)})
+    return new, created
+
+
+async def revoke_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | None:
+    """Revoke one of the user's keys (idempotent). None if the user has no such key."""
+    if await accounts.revoke_api_key(key_id, user_id=user_id):
+        logger.info("api key revoked", extra={"user_id": str(user_id), "key_id": str(key_id)})
+    return await get_key(user_id, key_id)
+
+
+async def key_reservation_drift() -> list[dict[str, Any]]:
+    """Capped keys whose ``reserved`` disagrees with their open reservations (should be none)."""
+    return await db.fetchall(
+        "SELECT k.id, k.user_id, k.reserved, COALESCE(r.total, 0) AS reserved_sum FROM api_keys k "
+        "LEFT JOIN (SELECT api_key_id, sum(amount) AS total FROM reservations GROUP BY api_key_id) r "
+        "ON r.api_key_id = k.id WHERE k.spend_cap IS NOT NULL AND k.reserved <> COALESCE(r.total, 0)")

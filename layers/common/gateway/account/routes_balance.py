@@ -1,0 +1,45 @@
+"""``GET /v1/balance``, ``GET /v1/usage``, ``GET /v1/usage/summary`` (API key or sign-in token)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from . import usage
+from .identity import UserPrincipal
+
+router = APIRouter()
+
+
+@router.get("/v1/balance")
+async def get_balance(principal: UserPrincipal) -> dict[str, Any]:
+    return await usage.balance(principal)
+
+
+@router.get("/v1/usage")
+async def list_usage(
+    principal: UserPrincipal,
+    limit: int = Query(20, ge=1, le=usage.MAX_PAGE, description="records per page"),
+    cursor: str | None = Query(None, max_length=256, description="`next_cursor` of the previous page"),
+    from_: str | None = Query(None, alias="from", max_length=64, description="inclusive lower bound"),
+    to: str | None = Query(None, max_length=64, description="exclusive upper bound (a bare date: that whole day)"),
+    model: str | None = Query(None, min_length=1, max_length=200),
+    api_key_id: UUID | None = Query(None),
+) -> dict[str, Any]:
+    return await usage.list_usage(principal.user_id, limit=limit, cursor=cursor, from_=from_, to=to, model=model,
+                                  api_key_id=api_key_id)
+
+
+@router.get("/v1/usage/summary")
+async def usage_summary(
+    principal: UserPrincipal,
+    group_by: Literal["day", "model"] = Query("day"),
+    from_: str | None = Query(None, alias="from", max_length=64, description="default: start of this month"),
+    to: str | None = Query(None, max_length=64),
+    model: str | None = Query(None, min_length=1, max_length=200),
+    api_key_id: UUID | None = Query(None),
+) -> dict[str, Any]:
+    return await usage.summary(principal.user_id, group_by=group_by, from_=from_, to=to, model=model,
+                               api_key_id=api_key_id)

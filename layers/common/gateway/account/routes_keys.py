@@ -1,0 +1,98 @@
+"""``/v1/keys`` (the caller's API keys) and ``/v1/provider-keys/{provider}`` (BYOK), with an API key
+or a sign-in token. Every statement is scoped to the caller's user id; another user's key id
+answers 404, exactly like an unknown one."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ..errors import NotFound
+from . import byok, keys
+from .identity import UserPrincipal
+
+router = APIRouter()
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("default", min_length=1, max_length=100)
+    rpm: int | None = Field(None, ge=1, le=100_000, description="requests per minute for this key")
+    spend_cap: Decimal | None = Field(None, ge=0, le=1_000_000, decimal_places=8,
+                                      description="USD this key may spend in total")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        if not v or not v.isprintable():
+            raise ValueError("name must be printable text")
+        return v
+
+
+class PutProviderKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: SecretStr = Field(description="the provider's API key; stored encrypted, shown only as last 4")
+
+
+@router.get("/v1/keys")
+async def list_keys(principal: UserPrincipal, include_revoked: bool = Query(True)) -> dict[str, Any]:
+    return {"object": "list", "data": await keys.list_keys(principal.user_id, include_revoked=include_revoked)}
+
+
+@router.post("/v1/keys", status_code=201)
+async def create_key(body: CreateKey, principal: UserPrincipal) -> dict[str, Any]:
+    await keys.ensure_can_manage(principal)
+    new, created = await keys.create_key(principal.user_id, body.name, rpm=body.rpm, spend_cap=body.spend_cap)
+    return {**created, "key": new.secret}  # the only time the secret is ever returned
+
+
+@router.delete("/v1/keys/{key_id}")
+async def revoke_key(key_id: UUID, principal: UserPrincipal) -> dict[str, Any]:
+    await keys.ensure_can_manage(principal)
+    revoked = await keys.revoke_key(principal.user_id, key_id)
+    if revoked is None:
+        raise NotFound("No such API key.", code="key_not_found", param="key_id")
+    return revoked
+
+
+@router.get("/v1/provider-keys")
+async def list_provider_keys(principal: UserPrincipal) -> dict[str, Any]:
+    return {"object": "list", "data": await byok.list_for(principal.user_id), "providers": list(byok.PROVIDERS)}
+
+
+@router.put("/v1/provider-keys/{provider}")
+async def put_provider_key(provider: str, body: PutProviderKey, principal: UserPrincipal,
+                           response: Response) -> dict[str, Any]:
+    provider = byok.validate_provider(provider)
+    await keys.ensure_can_manage(principal)
+    existed = await byok.get(principal.user_id, provider) is not None
+    stored = await byok.put(principal.user_id, provider, body.api_key.get_secret_value())
+    if stored is None:
+        raise NotFound("Account not found.", code="user_not_found")
+    response.status_code = 200 if existed else 201
+    return stored
+
+
+@router.get("/v1/provider-keys/{provider}")
+async def get_provider_key(provider: str, principal: UserPrincipal) -> dict[str, Any]:
+    stored = await byok.get(principal.user_id, provider)
+    if stored is None:
+        raise NotFound(f"No {byok.validate_provider(provider)} key is stored.", code="provider_key_not_found",
+                       param="provider")
+    return stored
+
+
+@router.delete("/v1/provider-keys/{provider}")
+async def delete_provider_key(provider: str, principal: UserPrincipal) -> dict[str, Any]:
+    provider = byok.validate_provider(provider)
+    await keys.ensure_can_manage(principal)
+    if not await byok.delete(principal.user_id, provider):
+        raise NotFound(f"No {provider} key is stored.", code="provider_key_not_found", param="provider")
+    return {"object": "provider_key", "provider": provider, "deleted": True}

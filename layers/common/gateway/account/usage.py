@@ -1,0 +1,200 @@
+"""What the caller sees of their money: balance + quota, usage records (cursor-paginated,
+newest first) and usage totals per day or model. Every query is scoped by the caller's user id
+(the first condition of each statement); nothing here takes a user id from the request."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Any, Literal
+from uuid import UUID
+
+from .. import db
+from ..auth import Principal
+from ..billing import ledger
+from ..config import get_settings
+from ..errors import BadRequest, NotFound
+from .money import money
+
+UTC = dt.UTC
+MAX_PAGE = 100
+_OFFSET_AS_SPACE = re.compile(r" (\d{2}:?\d{2})$")  # "+00:00" whose "+" became a space in a query string
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_time(value: str | None, param: str, *, end_of_day: bool = False) -> dt.datetime | None:
+    """ISO 8601 date or date-time (naive = UTC) or Unix seconds. A bare date as an upper bound
+    (``end_of_day``) means the end of that day, so ``to=2025-01-31`` includes the 31st."""
+    if value is None or not value.strip():
+        return None
+    v = _OFFSET_AS_SPACE.sub(r"+\1", value.strip())
+    try:
+        if re.fullmatch(r"\d{9,11}", v):
+            return dt.datetime.fromtimestamp(int(v), UTC)
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            d = dt.date.fromisoformat(v)
+            start = dt.datetime(d.year, d.month, d.day, tzinfo=UTC)
+            return start + dt.timedelta(days=1) if end_of_day else start
+        parsed = dt.datetime.fromisoformat(v)
+    except (ValueError, OverflowError, OSError):
+        parsed = None
+    if parsed is None:
+        raise BadRequest(f"`{param}` must be an ISO 8601 date or date-time (e.g. 2025-01-31 or "
+                         f"2025-01-31T12:00:00Z) or a Unix timestamp.", param=param)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _range(from_: str | None, to: str | None) -> tuple[dt.datetime | None, dt.datetime | None]:
+    start = parse_time(from_, "from")
+    end = parse_time(to, "to", end_of_day=True)
+    if start is not None and end is not None and start >= end:
+        raise BadRequest("`from` must be before `to`.", param="from")
+    return start, end
+
+
+def encode_cursor(created_at: dt.datetime, row_id: int) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, _, row_id = raw.partition("|")
+        parsed = dt.datetime.fromisoformat(ts)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, int(row_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise BadRequest("Invalid `cursor`: pass back the `next_cursor` of the previous page.",
+                         param="cursor") from None
+
+
+def _filters(user_id: UUID | str, start: dt.datetime | None, end: dt.datetime | None, model: str | None,
+             api_key_id: UUID | None) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions (fixed text, chosen here) and their parameters; the user comes first, always."""
+    conds = ["user_id = %(user_id)s"]
+    params: dict[str, Any] = {"user_id": user_id}
+    if start is not None:
+        conds.append("created_at >= %(start)s")
+        params["start"] = start
+    if end is not None:
+        conds.append("created_at < %(end)s")
+        params["end"] = end
+    if model:
+        conds.append("(model_requested = %(model)s OR model_served = %(model)s)")
+        params["model"] = model
+    if api_key_id is not None:
+        conds.append("api_key_id = %(api_key_id)s")
+        params["api_key_id"] = api_key_id
+    return conds, params
+
+
+# --------------------------------------------------------------------------- balance
+async def balance(principal: Principal) -> dict[str, Any]:
+    row = await db.fetchone(
+        "SELECT u.tier, b.balance, b.reserved, b.period_start, b.period_requests, "
+        "k.id AS key_id, k.name AS key_name, k.rpm AS key_rpm, k.spend_cap, k.spent, k.reserved AS key_reserved "
+        "FROM users u JOIN balances b ON b.user_id = u.id "
+        "LEFT JOIN api_keys k ON k.id = %(key_id)s AND k.user_id = u.id "
+        "WHERE u.id = %(user_id)s", {"user_id": principal.user_id, "key_id": principal.key_id})
+    if row is None:
+        raise NotFound("Account not found.", code="user_not_found")
+    settings = get_settings()
+    tier = settings.tier(row["tier"])
+    period = ledger.period_start()
+    used = row["period_requests"] if row["period_start"] >= period else 0
+    limit = tier.monthly_quota
+    body: dict[str, Any] = {
+        "object": "balance",
+        "balance": money(row["balance"] - row["reserved"]),   # available to spend now
+        "reserved": money(row["reserved"]),                    # held by requests in flight
+        "total": money(row["balance"]),                        # balance + reserved (the ledger sum)
+        "currency": "USD",
+        "tier": tier.name,
+        "rate_limit": {"requests_per_minute": tier.rpm},
+        "quota": {"period_start": period.isoformat(), "resets_at": ledger.next_period_start().isoformat(),
+                  "requests_used": used, "requests_limit": limit,
+                  "requests_remaining": None if limit is None else max(limit - used, 0)},
+    }
+    if row["key_id"] is not None:
+        capped = row["spend_cap"] is not None
+        body["api_key"] = {
+            "id": str(row["key_id"]), "name": row["key_name"], "rpm": row["key_rpm"],
+            "spend_cap": money(row["spend_cap"]) if capped else None,
+            "spent": money(row["spent"]) if capped else None,
+            "remaining": money(max(row["spend_cap"] - row["spent"] - row["key_reserved"], Decimal(0)))
+            if capped else None}
+    return body
+
+
+# --------------------------------------------------------------------------- usage records
+def _record(r: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "usage_record", "id": r["request_id"], "created_at": r["created_at"],
+            "api_key_id": str(r["api_key_id"]) if r["api_key_id"] else None, "model": r["model_requested"],
+            "model_served": r["model_served"], "provider": r["provider"], "status": r["status"],
+            "stream": r["stream"], "byok": r["byok"], "prompt_tokens": r["prompt_tokens"],
+            "completion_tokens": r["completion_tokens"], "cached_tokens": r["cached_tokens"],
+            "total_tokens": r["prompt_tokens"] + r["completion_tokens"], "charge": money(r["charge"]),
+            "estimated": r["estimated"], "latency_ms": r["latency_ms"], "error_code": r["error_code"]}
+
+
+async def list_usage(user_id: UUID | str, *, limit: int = 20, cursor: str | None = None, from_: str | None = None,
+                     to: str | None = None, model: str | None = None, api_key_id: UUID | None = None
+                     ) -> dict[str, Any]:
+    start, end = _range(from_, to)
+    conds, params = _filters(user_id, start, end, model, api_key_id)
+    if cursor:
+        params["cursor_ts"], params["cursor_id"] = decode_cursor(cursor)
+        conds.append("(created_at, id) < (%(cursor_ts)s, %(cursor_id)s)")
+    params["n"] = max(1, min(limit, MAX_PAGE)) + 1
+    rows = await db.fetchall(
+        "SELECT id, request_id, created_at, api_key_id, model_requested, model_served, provider, status, stream, "
+        "byok, prompt_tokens, completion_tokens, cached_tokens, charge, estimated, latency_ms, error_code "
+        "FROM usage_records WHERE " + " AND ".join(conds) + " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
+        params)
+    has_more = len(rows) >= params["n"]
+    rows = rows[: params["n"] - 1]
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if has_more and rows else None
+    return {"object": "list", "data": [_record(r) for r in rows], "has_more": has_more, "next_cursor": next_cursor}
+
+
+GROUPS = {"day": "(created_at AT TIME ZONE 'UTC')::date", "model": "COALESCE(model_served, model_requested)"}
+
+
+async def summary(user_id: UUID | str, *, group_by: Literal["day", "model"] = "day", from_: str | None = None,
+                  to: str | None = None, model: str | None = None, api_key_id: UUID | None = None
+                  ) -> dict[str, Any]:
+    start, end = _range(from_, to)
+    if start is None:
+        p = ledger.period_start()
+        start = dt.datetime(p.year, p.month, 1, tzinfo=UTC)  # default: the current month
+        if end is not None and start >= end:
+            raise BadRequest("`to` is before the start of the current month; pass `from` as well.", param="to")
+    conds, params = _filters(user_id, start, end, model, api_key_id)
+    rows = await db.fetchall(
+        f"SELECT {GROUPS[group_by]} AS key, count(*) AS requests, "
+        "count(*) FILTER (WHERE status NOT IN ('ok', 'partial')) AS failed_requests, "
+        "COALESCE(sum(prompt_tokens), 0)::bigint AS prompt_tokens, "
+        "COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, "
+        "COALESCE(sum(cached_tokens), 0)::bigint AS cached_tokens, COALESCE(sum(charge), 0) AS charge "
+        "FROM usage_records WHERE " + " AND ".join(conds) + " GROUP BY 1 ORDER BY 1", params)
+    totals = {"requests": 0, "failed_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
+    total_charge = Decimal(0)
+    data = []
+    for r in rows:
+        key = r["key"].isoformat() if isinstance(r["key"], dt.date) else r["key"]
+        counts = {k: int(r[k]) for k in totals}
+        item: dict[str, Any] = {group_by: key, **counts,
+                                "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"],
+                                "charge": money(r["charge"])}
+        data.append(item)
+        for k in totals:
+            totals[k] += counts[k]
+        total_charge += r["charge"]
+    return {"object": "usage_summary", "group_by": group_by, "from": start, "to": end, "data": data,
+            "total": {**totals, "total_tokens": totals["prompt_tokens"] + totals["completion_tokens"],
+                      "charge": money(total_charge)}}
