@@ -32,15 +32,19 @@ class ModelInfo:
     input_modalities: tuple[str, ...]
 
     def allowed_for(self, tier: Tier) -> bool:
-        if tier.models == "all":
-            return True
-        if self.is_free:
-            return True
-        cap = tier.max_price_per_token
-        return cap is not None and self.price.prompt <= cap and self.price.completion <= cap
+        return tier_allows(tier, self.is_free, self.price.prompt, self.price.completion)
 
     def markup_for(self, tier: Tier) -> Decimal:
         return self.markup if self.markup is not None else tier.markup
+
+
+def tier_allows(tier: Tier, is_free: bool, prompt_price: Decimal, completion_price: Decimal) -> bool:
+    """May ``tier`` use a model with these provider prices? (The one rule; the catalogue's ``tier``
+    filter uses it too.)"""
+    if tier.models == "all" or is_free:
+        return True
+    cap = tier.max_price_per_token
+    return cap is not None and prompt_price <= cap and completion_price <= cap
 
 
 _models: dict[str, ModelInfo] = {}
