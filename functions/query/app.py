@@ -4,10 +4,11 @@ Behind API Gateway (Mangum) responses are buffered, streams included; the same `
 under uvicorn for true streaming on the Lambda Web Adapter deployment (run.sh).
 """
 
+from mangum import Mangum
+
 from gateway.chat.routes import router
 from gateway.http import create_app
 from gateway.observability import instrument
-from mangum import Mangum
 
 app = create_app("query", [router])
 handler = instrument(Mangum(app, lifespan="off"))

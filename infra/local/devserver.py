@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -164,9 +165,20 @@ def ensure_database(explicit: str | None) -> str:
     return str(srv.get_uri())
 
 
+def _die_with_parent() -> None:
+    """Child processes get SIGTERM when the dev server dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _spawn(args: list[str], url: str, ready_path: str = "/", env: dict[str, str] | None = None,
            headers: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            preexec_fn=_die_with_parent)
     atexit.register(lambda: proc.poll() is None and proc.terminate())
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -79,6 +79,7 @@ def create_user(database_url: str, balance: str = "0", tier: str = "pro") -> dic
     import uuid
 
     import psycopg
+
     from gateway.auth import generate_api_key
 
     secret, key_hash, prefix = generate_api_key()

@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gateway.adapters import Target, create_http_client, get_adapter, get_http_client
 from gateway.adapters.http_client import aclose_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
-
 from infra.local.fake_providers import base_urls, create_app
 from infra.local.servers import start_in_thread
 

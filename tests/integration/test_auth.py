@@ -13,12 +13,12 @@ from decimal import Decimal
 import httpx
 import pytest
 from fastapi import APIRouter
+
 from gateway import accounts, auth, db
 from gateway.auth import AdminOnly, ApiKeyPrincipal
 from gateway.config import get_settings, reset_settings
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from gateway.http import create_app
-
 from tests.conftest import ADMIN_KEY
 
 pytestmark = pytest.mark.integration

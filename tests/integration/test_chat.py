@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gateway import db, upstash
 from gateway.billing import ledger
 from gateway.billing.pricing import ModelPrice, charge_for, hold_for

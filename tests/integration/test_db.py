@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+
 from gateway import db
 from gateway.config import get_settings, reset_settings
-
 from infra.local.servers import free_port
 
 pytestmark = pytest.mark.integration

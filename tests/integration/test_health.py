@@ -16,10 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gateway import db, upstash
 from gateway.config import reset_settings
 from gateway.migrate import discover
-
 from infra.local.servers import free_port
 from tests.conftest import ADMIN_KEY
 

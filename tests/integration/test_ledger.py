@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from gateway import db
 from gateway.billing import ledger
 from gateway.billing.ledger import UsageRecord

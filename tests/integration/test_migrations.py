@@ -12,8 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from gateway.migrate import ChecksumMismatch, current_version, default_directory, discover, migrate
 
+from gateway.migrate import ChecksumMismatch, current_version, default_directory, discover, migrate
 from tests.support import services
 
 pytestmark = pytest.mark.integration

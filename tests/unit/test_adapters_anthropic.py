@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gateway.adapters import get_adapter
 from gateway.adapters.anthropic import build_body, translate_response
 from gateway.adapters.base import Target

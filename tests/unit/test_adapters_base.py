@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+
 from gateway.adapters import base
 from gateway.adapters.base import (
     CREDENTIALS_MESSAGE,

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from gateway.adapters import get_adapter
 from gateway.adapters.base import Target
 from gateway.adapters.openai_compat import OpenAICompatAdapter

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from gateway.adapters.tokens import (
     IMAGE_TOKENS,
     MESSAGE_OVERHEAD,

@@ -9,8 +9,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from gateway.config import DEFAULT_TIERS, Settings, get_settings, load_settings, reset_settings
 from pydantic import ValidationError
+
+from gateway.config import DEFAULT_TIERS, Settings, get_settings, load_settings, reset_settings
 
 # Every variable a test here may set; cleared so the process environment (or a session fixture
 # of another test module) cannot leak in.

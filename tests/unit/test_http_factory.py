@@ -10,10 +10,11 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Request
+from pydantic import BaseModel, Field
+
 from gateway import errors
 from gateway.config import reset_settings
 from gateway.http import create_app, request_id_of
-from pydantic import BaseModel, Field
 
 LIMIT = 1000
 ALLOWED_ORIGIN = "https://app.example.com"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from gateway import db
 from gateway.migrate import Migration, default_directory, discover
 

@@ -6,6 +6,7 @@ import itertools
 from decimal import ROUND_CEILING, Context, Decimal
 
 import pytest
+
 from gateway.billing.pricing import (
     CREDIT_QUANTUM,
     ZERO,

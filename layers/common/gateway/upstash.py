@@ -79,6 +79,17 @@ def get_redis() -> AsyncRedis:
 
 
 def reset_redis() -> None:
+    """Forget the client (tests, settings changes); its HTTP session is closed in the background."""
     global _client, _client_loop
-    _client = None
-    _client_loop = None
+    old, _client, _client_loop = _client, None, None
+    executor = getattr(old, "_http", None)
+    if isinstance(executor, AiohttpExecutor):
+        try:
+            task = asyncio.get_running_loop().create_task(executor.close())
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+        except RuntimeError:  # no running loop: nothing can own the session any more
+            pass
+
+
+_closing: set[asyncio.Task[None]] = set()
