@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
-from ..auth import ApiKeyPrincipal
+from ..auth import require_api_key
 from ..http import server_request_id
 from . import service
 from .schema import ChatRequest
@@ -16,10 +18,19 @@ from .schema import ChatRequest
 router = APIRouter()
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": ChatRequest.model_json_schema()}}}}
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(req: ChatRequest, request: Request, principal: ApiKeyPrincipal) -> Any:
+@router.post("/v1/chat/completions", response_model=None, openapi_extra=_OPENAPI)
+async def chat_completions(request: Request) -> Any:
+    # The key is checked before the body is parsed, and the body is validated straight from
+    # bytes (one pass in pydantic-core) rather than through FastAPI's dict-then-model path.
+    principal = await require_api_key(request)
+    try:
+        req = ChatRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
     call = await service.plan(server_request_id(request), principal, req)
     await service.admit(call)
     if req.stream:
