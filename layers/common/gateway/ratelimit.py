@@ -17,7 +17,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
-from .observability import MetricUnit, logger, metrics
+from .observability import count, logger
 from .upstash import get_redis
 
 WINDOW_SECONDS = 60
@@ -39,41 +39,44 @@ class Decision:
         return h
 
 
-_limiters: dict[tuple[int, int], Ratelimit] = {}
+_limiters: dict[tuple[int, str, int, int], Ratelimit] = {}
 
 
-def _limiter(rpm: int) -> Ratelimit:
+def _limiter(name: str, max_requests: int, window_s: int) -> Ratelimit:
     redis = get_redis()
-    key = (id(redis), rpm)
+    key = (id(redis), name, max_requests, window_s)
     rl = _limiters.get(key)
     if rl is None:
         if len(_limiters) > 64:
             _limiters.clear()
-        rl = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=rpm, window=WINDOW_SECONDS, unit="s"),
-                       prefix=f"{get_settings().ratelimit_prefix}:rl:{rpm}")
+        rl = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=max_requests, window=window_s, unit="s"),
+                       prefix=f"{get_settings().ratelimit_prefix}:rl:{name}:{max_requests}")
         _limiters[key] = rl
     return rl
 
 
-async def _check(identifier: str, rpm: int) -> Decision:
+async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SECONDS, name: str = "req") -> Decision:
+    """One sliding-window decision (one Upstash call), with the fail-open/closed policy applied
+    when Upstash does not answer in time. ``name`` separates independent limits."""
     settings = get_settings()
     try:
-        r = await asyncio.wait_for(_limiter(rpm).limit(identifier), timeout=settings.upstash_timeout_s * 2)
+        r = await asyncio.wait_for(_limiter(name, max_requests, window_s).limit(identifier),
+                                   timeout=settings.upstash_timeout_s * 2)
         return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
     except Exception as exc:  # network, timeout, protocol: Upstash is unavailable
-        metrics.add_metric(name="RateLimiterUnavailable", unit=MetricUnit.Count, value=1)
-        logger.warning("rate limiter unavailable", extra={"error": type(exc).__name__,
+        count("RateLimiterUnavailable")
+        logger.warning("rate limiter unavailable", extra={"error": type(exc).__name__, "limit": name,
                                                           "fail_open": settings.ratelimit_fail_open})
-        return Decision(allowed=settings.ratelimit_fail_open, limit=rpm, remaining=rpm,
-                        reset=time.time() + WINDOW_SECONDS, degraded=True)
+        return Decision(allowed=settings.ratelimit_fail_open, limit=max_requests, remaining=max_requests,
+                        reset=time.time() + window_s, degraded=True)
 
 
 async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None) -> Decision:
     """Apply the user's tier limit (and the key's own limit, if it has one)."""
     if key_id is not None and key_rpm:
-        user_d, key_d = await asyncio.gather(_check(f"user:{user_id}", rpm), _check(f"key:{key_id}", key_rpm))
+        user_d, key_d = await asyncio.gather(limit(f"user:{user_id}", rpm), limit(f"key:{key_id}", key_rpm))
         return user_d if not user_d.allowed or (key_d.allowed and user_d.remaining <= key_d.remaining) else key_d
-    return await _check(f"user:{user_id}", rpm)
+    return await limit(f"user:{user_id}", rpm)
 
 
 def enforce(decision: Decision) -> None:
@@ -82,6 +85,6 @@ def enforce(decision: Decision) -> None:
         return
     if decision.degraded:
         raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
-    metrics.add_metric(name="RateLimited", unit=MetricUnit.Count, value=1)
+    count("RateLimited")
     raise RateLimited(f"Rate limit of {decision.limit} requests per minute exceeded.",
                       headers=decision.headers())

@@ -12,21 +12,16 @@ could mint itself an unlimited sibling.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
-
-from .. import accounts, db
+from .. import accounts, db, ratelimit
 from ..auth import Principal
 from ..config import get_settings
 from ..errors import Conflict, Forbidden, RateLimited, ServiceUnavailable
 from ..observability import count, logger
 from ..ratelimit import Decision
-from ..upstash import get_redis
 from .money import money
 
 KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved"
@@ -66,30 +61,9 @@ async def ensure_can_manage(principal: Principal) -> None:
                         "unrestricted key or sign in to the dashboard.", code="restricted_key")
 
 
-_limiters: dict[tuple[int, int, str], Ratelimit] = {}
-
-
 async def _creation_decision(user_id: UUID | str) -> Decision:
-    settings = get_settings()
-    limit = settings.key_create_per_hour
-    redis = get_redis()
-    cache_key = (id(redis), limit, settings.ratelimit_prefix)
-    rl = _limiters.get(cache_key)
-    if rl is None:
-        if len(_limiters) > 16:
-            _limiters.clear()
-        rl = Ratelimit(redis=redis, limiter=SlidingWindow(max_requests=limit, window=CREATE_WINDOW_S, unit="s"),
-                       prefix=f"{settings.ratelimit_prefix}:rl:keycreate")
-        _limiters[cache_key] = rl
-    try:
-        r = await asyncio.wait_for(rl.limit(f"user:{user_id}"), timeout=settings.upstash_timeout_s * 2)
-        return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
-    except Exception as exc:  # Upstash unavailable: same fail-open policy as the request limiter
-        count("RateLimiterUnavailable")
-        logger.warning("key-creation limiter unavailable", extra={"error": type(exc).__name__,
-                                                                  "fail_open": settings.ratelimit_fail_open})
-        return Decision(allowed=settings.ratelimit_fail_open, limit=limit, remaining=limit,
-                        reset=time.time() + CREATE_WINDOW_S, degraded=True)
+    return await ratelimit.limit(f"user:{user_id}", get_settings().key_create_per_hour, window_s=CREATE_WINDOW_S,
+                                 name="keycreate")
 
 
 async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None,
