@@ -60,8 +60,9 @@ async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SE
     when Upstash does not answer in time. ``name`` separates independent limits."""
     settings = get_settings()
     try:
-        r = await asyncio.wait_for(_limiter(name, max_requests, window_s).limit(identifier),
-                                   timeout=settings.upstash_timeout_s * 2)
+        # bounded by the Upstash client's own total timeout (UPSTASH_TIMEOUT_S, gateway.upstash);
+        # no asyncio.wait_for here: its timer bookkeeping costs ~0.1 ms per call on this path
+        r = await _limiter(name, max_requests, window_s).limit(identifier)
         return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
     except Exception as exc:  # network, timeout, protocol: Upstash is unavailable
         count("RateLimiterUnavailable")
