@@ -228,13 +228,7 @@ def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: 
     fastapi_kwargs.setdefault("openapi_url", None if settings.deployed else "/openapi.json")
     app = FastAPI(title=title, **fastapi_kwargs)
     for router in routers:
-        # Our routers carry no prefix or router-level dependencies, so their routes are added to
-        # the app as they are: FastAPI's include_router wraps them in a lazily matched
-        # sub-router that costs ~0.18 ms per request (measured, BENCHMARKS.md).
-        if router.prefix or router.dependencies:
-            app.include_router(router)
-        else:
-            app.router.routes.extend(router.routes)
+        app.include_router(router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
