@@ -6,6 +6,7 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import openai
 import psycopg
 import pytest
@@ -126,3 +127,35 @@ def test_mid_stream_failure_raises_in_sdk(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.APIError):
         for _ in stream:
             pass
+
+
+def test_client_disconnect_stops_the_stream_and_charges_what_was_produced(local_stack: dict[str, Any]) -> None:
+    user = create_user(local_stack["database_url"], balance="5")
+    body = {"model": "openai/gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": "long [[words:200]] [[chunk_delay:0.05]]"}]}
+    received = 0
+    with httpx.stream("POST", local_stack["base_url"] + "/v1/chat/completions", json=body, timeout=10,
+                      headers={"Authorization": f"Bearer {user['api_key']}"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                received += 1
+            if received == 3:
+                break  # the client goes away after 3 chunks
+    # 200 words at 0.05 s would take 10 s: a record within 3 s means the gateway stopped reading
+    deadline = time.monotonic() + 3
+    row = None
+    with psycopg.connect(local_stack["database_url"], autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT status, completion_tokens, charge FROM usage_records WHERE user_id = %s",
+                               (user["user_id"],)).fetchone()
+            if row:
+                break
+            time.sleep(0.05)
+        assert row is not None, "no usage record: the stream was not cut when the client left"
+        status, completion_tokens, charge = row
+        assert status == "cancelled"
+        assert 0 < completion_tokens < 200 and charge > 0
+        balance, reserved = conn.execute("SELECT balance, reserved FROM balances WHERE user_id = %s",
+                                         (user["user_id"],)).fetchone()  # type: ignore[misc]
+        assert reserved == 0 and balance == Decimal("5") - charge

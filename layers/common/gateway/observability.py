@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
@@ -50,7 +50,7 @@ def _tracing_enabled() -> bool:
 
 tracer: Any = Tracer(service=SERVICE) if _tracing_enabled() else _NoopTracer()
 
-__all__ = ["MetricUnit", "count", "instrument", "logger", "metrics", "tracer"]
+__all__ = ["MetricUnit", "count", "emit", "instrument", "logger", "metrics", "tracer"]
 
 _METRICS_ON = not is_metrics_disabled()
 
@@ -59,6 +59,19 @@ def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> N
     """Add a metric to the current set (a no-op when Powertools metrics are disabled)."""
     if _METRICS_ON:
         metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]]) -> None:
+    """Publish metrics under their own dimensions (e.g. per provider) as ONE EMF record now,
+    independent of the function-wide set flushed at the end of the invocation."""
+    if not _METRICS_ON:
+        return
+    m = EphemeralMetrics(namespace=metrics.namespace, service=SERVICE)
+    for key, value in dimensions.items():
+        m.add_dimension(name=key, value=value)
+    for name, amount, unit in values:
+        m.add_metric(name=name, unit=unit, value=amount)
+    m.flush_metrics()
 
 
 def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
