@@ -18,6 +18,7 @@ from gateway.billing import ledger
 from gateway.billing.pricing import ModelPrice, charge_for, hold_for
 from gateway.catalog import registry
 from gateway.config import reset_settings
+from tests.support.account import upstream_requests
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -50,10 +51,6 @@ def _auth(user: Any) -> dict[str, str]:
 
 def _msg(text: str = "Hello there") -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def upstream_requests(fake: Any) -> list[dict[str, Any]]:
-    return list(httpx.get(fake.url + "/__fake/requests").json())
 
 
 async def _state(user_id: Any) -> dict[str, Any]:
@@ -453,3 +450,19 @@ async def test_200_parallel_requests_against_credit_for_10(client: Any, make_use
     assert state["balance"]["balance"] == start + total
     assert await ledger.invariant_violations() == []
     await db.close_pool()
+
+
+async def test_metrics_are_dimensioned_by_provider(client: Any, make_user: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    user = await make_user("5")
+    capsys.readouterr()
+    r = await client.post("/v1/chat/completions", headers=_auth(user),
+                          json={"model": "anthropic/claude-3.5-haiku", "messages": _msg("[[words:3]]")})
+    assert r.status_code == 200
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    by_provider = [rec for rec in records if rec.get("provider") == "anthropic"]
+    assert len(by_provider) == 1
+    rec = by_provider[0]
+    assert ["provider", "service"] in rec["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
+    assert rec["Requests"] == [1.0] and rec["CompletionTokens"] == [3.0] and rec["ChargeMicroUSD"][0] > 0
+    assert user.api_key not in json.dumps(records)

@@ -25,7 +25,8 @@ class NewKey:
 
 async def create_user(email: str | None = None, *, tier: str = "free",
                       welcome_credit: Decimal | None = None) -> UUID:
-    """Create a user with a zero balance row, then grant the welcome credit (once, by reference)."""
+    """Create a user, their balance row and the welcome credit (reference ``welcome:<id>``) in one
+    transaction: a user never exists without the credit they were promised."""
     if email is not None and ("@" not in email or len(email) > 320):
         raise BadRequest("invalid email address", param="email")
     try:
@@ -35,11 +36,11 @@ async def create_user(email: str | None = None, *, tier: str = "free",
             assert row is not None
             user_id: UUID = row[0]
             await conn.execute("INSERT INTO balances (user_id) VALUES (%s)", (user_id,))
+            if welcome_credit and welcome_credit > 0:
+                await ledger.credit_in(conn, user_id, welcome_credit, "welcome", f"welcome:{user_id}",
+                                       description="welcome credit")
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict("a user with this email already exists", code="user_exists", param="email") from exc
-    if welcome_credit and welcome_credit > 0:
-        await ledger.credit(user_id, welcome_credit, "welcome", f"welcome:{user_id}",
-                            description="welcome credit")
     return user_id
 
 

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
 from fastapi import Depends, Request
@@ -67,14 +67,18 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-class _TTLCache:
-    """Tiny bounded LRU with per-entry expiry (per warm container)."""
+V = TypeVar("V")
+
+
+class TTLCache(Generic[V]):
+    """Tiny bounded LRU with per-entry expiry (per warm container): the API-key lookups here and
+    the JWT ``sub`` -> user lookups in ``account.identity``."""
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self._data: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._maxsize = maxsize
 
-    def get(self, key: str) -> tuple[bool, Principal | None]:
+    def get(self, key: str) -> tuple[bool, V | None]:
         item = self._data.get(key)
         if item is None:
             return False, None
@@ -82,9 +86,10 @@ class _TTLCache:
         if expires < time.monotonic():
             self._data.pop(key, None)
             return False, None
+        self._data.move_to_end(key)
         return True, value
 
-    def put(self, key: str, value: Principal | None, ttl: float) -> None:
+    def put(self, key: str, value: V, ttl: float) -> None:
         self._data[key] = (time.monotonic() + ttl, value)
         self._data.move_to_end(key)
         while len(self._data) > self._maxsize:
@@ -96,12 +101,12 @@ class _TTLCache:
         else:
             self._data.pop(key, None)
 
-    def invalidate_where(self, predicate: Callable[[Principal | None], bool]) -> None:
+    def invalidate_where(self, predicate: Callable[[V], bool]) -> None:
         for key in [k for k, (_, value) in self._data.items() if predicate(value)]:
             self._data.pop(key, None)
 
 
-_cache = _TTLCache()
+_cache: TTLCache[Principal | None] = TTLCache()
 
 LOOKUP_SQL = """
 WITH k AS (

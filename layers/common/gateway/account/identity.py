@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import OrderedDict
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -28,7 +27,7 @@ import jwt
 from fastapi import Depends, Request
 
 from .. import db
-from ..auth import Principal, authenticate_key, bearer_token
+from ..auth import Principal, TTLCache, authenticate_key, bearer_token
 from ..config import Settings, get_settings
 from ..errors import ServiceUnavailable, Unauthorized
 from ..observability import count, logger
@@ -208,29 +207,7 @@ SELECT id, tier FROM u
 """
 
 
-class _SubCache:
-    def __init__(self, maxsize: int = 10_000) -> None:
-        self._data: OrderedDict[str, tuple[float, UUID, str]] = OrderedDict()
-        self._maxsize = maxsize
-
-    def get(self, sub: str) -> tuple[UUID, str] | None:
-        item = self._data.get(sub)
-        if item is None or item[0] < time.monotonic():
-            self._data.pop(sub, None)
-            return None
-        return item[1], item[2]
-
-    def put(self, sub: str, user_id: UUID, tier: str, ttl: float) -> None:
-        self._data[sub] = (time.monotonic() + ttl, user_id, tier)
-        self._data.move_to_end(sub)
-        while len(self._data) > self._maxsize:
-            self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        self._data.clear()
-
-
-_subs = _SubCache()
+_subs: TTLCache[tuple[UUID, str]] = TTLCache()  # sub -> (user id, tier)
 
 
 def _email_from(claims: dict[str, Any]) -> str | None:
@@ -263,18 +240,18 @@ async def user_for_sub(sub: str, email: str | None = None) -> tuple[UUID, str, b
 async def authenticate_jwt(token: str) -> Principal:
     claims = await verify_jwt(token)
     sub = claims["sub"]
-    hit = _subs.get(sub)
-    if hit is None:
-        user_id, tier, _ = await user_for_sub(sub, _email_from(claims))
-        _subs.put(sub, user_id, tier, get_settings().auth_cache_ttl_s)
+    hit, cached = _subs.get(sub)
+    if hit and cached is not None:
+        user_id, tier = cached
     else:
-        user_id, tier = hit
+        user_id, tier, _ = await user_for_sub(sub, _email_from(claims))
+        _subs.put(sub, (user_id, tier), get_settings().auth_cache_ttl_s)
     return Principal(user_id=user_id, key_id=None, tier=tier)
 
 
 def reset_caches() -> None:
     _jwks.reset()
-    _subs.clear()
+    _subs.invalidate()
 
 
 # --------------------------------------------------------------------------- dependency

@@ -20,8 +20,10 @@ from gateway.adapters.base import (
     Target,
     Usage,
     as_int,
+    bad_response,
     completion_dict,
     error_from_event,
+    estimated_usage,
     join_url,
     json_instruction,
     load_json_event,
@@ -33,8 +35,7 @@ from gateway.adapters.base import (
     post_json,
     stop_list,
 )
-from gateway.adapters.tokens import estimate_prompt_tokens
-from gateway.errors import BadRequest, UpstreamError
+from gateway.errors import BadRequest
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -295,8 +296,7 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
     if not isinstance(data, dict) or data.get("type") == "error":
         if isinstance(data, dict):
             raise error_from_event("anthropic", data, api_key=target.api_key)
-        raise UpstreamError("The upstream provider (anthropic) returned an unexpected body.",
-                            provider="anthropic", retryable=True, status=502, code="upstream_bad_response")
+        raise bad_response("anthropic", "returned an unexpected body")
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for block in data.get("content") or []:
@@ -320,8 +320,7 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
         usage = usage_from_anthropic(raw_usage)
     else:
         chars = sum(len(t) for t in texts) + sum(len(c["function"]["arguments"]) for c in tool_calls)
-        usage = Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=(chars + 3) // 4,
-                      reported=False)
+        usage = estimated_usage(body, chars)
     finish = map_stop_reason(data.get("stop_reason")) or "stop"
     out = completion_dict(id=data.get("id") or new_id(), created=now(), model=target.public_id,
                           choices=[{"index": 0, "message": message, "finish_reason": finish,

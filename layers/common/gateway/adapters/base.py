@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from gateway.adapters.tokens import estimate_prompt_tokens
+from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 try:  # the aiohttp transport re-raises some aiohttp errors unmapped
@@ -256,6 +256,22 @@ def json_instruction(response_format: Any) -> str | None:
     return None
 
 
+def bad_response(provider: str, problem: str) -> UpstreamError:
+    """A 200 answer we cannot use (retryable: another model may do better)."""
+    return UpstreamError(f"The upstream provider ({provider}) {problem}.", provider=provider, retryable=True,
+                         status=502, code="upstream_bad_response")
+
+
+def _chars_to_tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)  # ceil
+
+
+def estimated_usage(body: dict[str, Any], out_chars: int) -> Usage:
+    """Usage when the provider reported none: the prompt estimate and ~4 output chars per token."""
+    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=_chars_to_tokens(out_chars),
+                 reported=False)
+
+
 def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str, Any]],
                     usage: dict[str, Any]) -> dict[str, Any]:
     return {"id": id, "object": "chat.completion", "created": created, "model": model,
@@ -435,9 +451,7 @@ def load_json_event(provider: str, data: str) -> Any:
     try:
         return json.loads(data)
     except ValueError:
-        raise UpstreamError(f"The upstream provider ({provider}) sent malformed stream data.",
-                            provider=provider, retryable=True, status=502,
-                            code="upstream_bad_response") from None
+        raise bad_response(provider, "sent malformed stream data") from None
 
 
 def _chain(exc: BaseException) -> Iterable[BaseException]:
@@ -541,8 +555,7 @@ async def post_json(client: httpx.AsyncClient, request_factory: Callable[[], htt
     try:
         return json.loads(raw)
     except ValueError:
-        raise UpstreamError(f"The upstream provider ({provider}) returned invalid JSON.", provider=provider,
-                            retryable=True, status=502, code="upstream_bad_response") from None
+        raise bad_response(provider, "returned invalid JSON") from None
 
 
 async def read_error(response: httpx.Response) -> bytes:
@@ -744,16 +757,14 @@ class SSEUpstreamStream:
 
     def _finalize_usage(self) -> None:
         """Make ``usage`` final: fill in estimates for what the provider did not report."""
-        est_completion = (self._out_chars + 3) // 4
         u = self.usage
         if u is None:
-            self.usage = Usage(prompt_tokens=estimate_prompt_tokens(self._body),
-                               completion_tokens=est_completion, reported=False)
+            self.usage = estimated_usage(self._body, self._out_chars)
         elif not self._final_usage and not self._usage_is_cumulative:
             u.reported = False
             if u.prompt_tokens <= 0:
                 u.prompt_tokens = estimate_prompt_tokens(self._body)
-            u.completion_tokens = max(u.completion_tokens, est_completion)
+            u.completion_tokens = max(u.completion_tokens, _chars_to_tokens(self._out_chars))
 
 
 async def _drain(events: AsyncIterator[SSEEvent]) -> None:

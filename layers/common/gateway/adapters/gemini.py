@@ -25,9 +25,11 @@ from gateway.adapters.base import (
     Target,
     Usage,
     as_int,
+    bad_response,
     completion_dict,
     content_text,
     error_from_event,
+    estimated_usage,
     guess_mime,
     join_url,
     load_json_event,
@@ -38,8 +40,7 @@ from gateway.adapters.base import (
     post_json,
     stop_list,
 )
-from gateway.adapters.tokens import estimate_prompt_tokens
-from gateway.errors import BadRequest, UpstreamError
+from gateway.errors import BadRequest
 
 FINISH_REASONS = {
     "STOP": "stop",
@@ -388,8 +389,7 @@ def _candidate_output(candidate: dict[str, Any]) -> tuple[str, list[dict[str, An
 
 def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple[dict[str, Any], Usage]:
     if not isinstance(data, dict):
-        raise UpstreamError("The upstream provider (gemini) returned an unexpected body.", provider="gemini",
-                            retryable=True, status=502, code="upstream_bad_response")
+        raise bad_response("gemini", "returned an unexpected body")
     if data.get("error"):
         raise error_from_event("gemini", data, api_key=target.api_key)
     choices = []
@@ -410,8 +410,7 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
                         "finish_reason": "content_filter" if blocked else "stop", "logprobs": None})
     usage, thoughts = usage_from_gemini(data.get("usageMetadata"))
     if usage is None:
-        usage = Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=(out_chars + 3) // 4,
-                      reported=False)
+        usage = estimated_usage(body, out_chars)
     out = completion_dict(id=data.get("responseId") or new_id(), created=now(), model=target.public_id,
                           choices=choices, usage=usage.as_openai(reasoning_tokens=thoughts or None))
     return out, usage

@@ -9,7 +9,6 @@ swallowed into ``.usage`` instead of being yielded.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import httpx
@@ -20,7 +19,9 @@ from gateway.adapters.base import (
     SSEUpstreamStream,
     Target,
     Usage,
+    bad_response,
     error_from_event,
+    estimated_usage,
     join_url,
     load_json_event,
     new_id,
@@ -29,8 +30,6 @@ from gateway.adapters.base import (
     post_json,
     usage_from_openai,
 )
-from gateway.adapters.tokens import estimate_prompt_tokens
-from gateway.errors import UpstreamError
 
 # Our own request fields, never forwarded: ``models`` is OpenRouter's fallback list (we do our
 # own fallback), ``usage`` its deprecated accounting switch.
@@ -105,23 +104,18 @@ class OpenAICompatAdapter:
     def translate_response(self, target: Target, body: dict[str, Any],
                            data: Any) -> tuple[dict[str, Any], Usage]:
         if not isinstance(data, dict):
-            raise UpstreamError(f"The upstream provider ({self.provider}) returned an unexpected body.",
-                                provider=self.provider, retryable=True, status=502,
-                                code="upstream_bad_response")
+            raise bad_response(self.provider, "returned an unexpected body")
         if data.get("error") or data.get("object") == "error":
             # OpenRouter reports errors that happen after routing inside a 200 body.
             raise error_from_event(self.provider, data, api_key=target.api_key)
         choices = data.get("choices")
         if not isinstance(choices, list):
-            raise UpstreamError(f"The upstream provider ({self.provider}) returned no choices.",
-                                provider=self.provider, retryable=True, status=502,
-                                code="upstream_bad_response")
+            raise bad_response(self.provider, "returned no choices")
         usage = usage_from_openai(data.get("usage"))
         if usage is None and isinstance(data.get("x_groq"), dict):
             usage = usage_from_openai(data["x_groq"].get("usage"))
         if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
-            usage = Usage(prompt_tokens=estimate_prompt_tokens(body),
-                          completion_tokens=_estimate_choices(choices), reported=False)
+            usage = estimated_usage(body, _output_chars(choices))
         out = {k: v for k, v in data.items() if k not in DROP_FROM_OUTPUT}
         out.setdefault("id", new_id())
         out["object"] = "chat.completion"
@@ -195,11 +189,15 @@ class OpenAIStream(SSEUpstreamStream):
 # --------------------------------------------------------------------------------------------
 
 
+def _signed(call_id: Any) -> bool:
+    return isinstance(call_id, str) and THOUGHT_SEP in call_id
+
+
 def _has_signature(msg: Any) -> bool:
     if not isinstance(msg, dict):
         return False
-    ids = [msg.get("tool_call_id")] + [c.get("id") for c in msg.get("tool_calls") or [] if isinstance(c, dict)]
-    return any(isinstance(i, str) and THOUGHT_SEP in i for i in ids)
+    return _signed(msg.get("tool_call_id")) or any(
+        isinstance(c, dict) and _signed(c.get("id")) for c in msg.get("tool_calls") or ())
 
 
 def _plain_call_ids(messages: Any) -> Any:
@@ -237,7 +235,7 @@ def _openrouter_headers() -> dict[str, str]:
     return out
 
 
-def _estimate_choices(choices: list[Any]) -> int:
+def _output_chars(choices: list[Any]) -> int:
     chars = 0
     for choice in choices:
         msg = (choice or {}).get("message") or {}
@@ -246,7 +244,7 @@ def _estimate_choices(choices: list[Any]) -> int:
         for call in msg.get("tool_calls") or []:
             fn = (call or {}).get("function") or {}
             chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-    return math.ceil(chars / 4)
+    return chars
 
 
 def _usage_dict(usage: Usage, raw: Any) -> dict[str, Any]:

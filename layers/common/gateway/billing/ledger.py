@@ -83,15 +83,18 @@ async def credit_in(conn: Any, user_id: UUID | str, amount: Decimal, kind: str, 
     if row is None:
         raise NotFound("user not found", code="user_not_found")
     balance, reserved = row
+    if amount < 0 and not allow_negative and balance - reserved + amount < 0:
+        cur = await conn.execute("SELECT 1 FROM ledger_entries WHERE reference = %s", (reference,))
+        if await cur.fetchone() is not None:  # a replay of a deduction already applied
+            return CreditResult(applied=False, balance=balance, reserved=reserved)
+        raise InsufficientCredits("deduction exceeds the available balance",
+                                  balance=str(balance - reserved), required=str(-amount))
     cur = await conn.execute(
         """INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
            VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING id""",
         (user_id, amount, kind, reference, description))
     if await cur.fetchone() is None:
         return CreditResult(applied=False, balance=balance, reserved=reserved)
-    if amount < 0 and not allow_negative and balance - reserved + amount < 0:
-        raise InsufficientCredits("deduction exceeds the available balance",
-                                  balance=str(balance - reserved), required=str(-amount))
     cur = await conn.execute(
         "UPDATE balances SET balance = balance + %s, updated_at = now() WHERE user_id = %s "
         "RETURNING balance, reserved", (amount, user_id))
@@ -118,7 +121,7 @@ class Reservation:
 RESERVE_SQL = """
 WITH kl AS MATERIALIZED (
     SELECT id, spend_cap - spent - reserved AS headroom FROM api_keys
-    WHERE id = %(api_key_id)s AND spend_cap IS NOT NULL
+    WHERE id = %(api_key_id)s AND user_id = %(user_id)s AND spend_cap IS NOT NULL
     FOR UPDATE
 ), q AS (
     SELECT u.id AS user_id, u.tier,
@@ -159,6 +162,8 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     """
     if hold < 0:
         raise ValueError("hold must be >= 0")
+    if hold != to_credit(hold):
+        raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
     period = period_start()
     quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
     default_quota = -1 if quota is None else quota
@@ -172,7 +177,8 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     state = await db.fetchone(
         "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier, k.spend_cap, "
         "k.spent AS key_spent, k.reserved AS key_reserved FROM balances b JOIN users u ON u.id = b.user_id "
-        "LEFT JOIN api_keys k ON k.id = %s AND k.spend_cap IS NOT NULL WHERE b.user_id = %s", (api_key_id, user_id))
+        "LEFT JOIN api_keys k ON k.id = %s AND k.user_id = b.user_id AND k.spend_cap IS NOT NULL "
+        "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
     used = 0 if state["period_start"] < period else state["period_requests"]
@@ -201,7 +207,7 @@ WITH r AS (
     DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
 ), k AS (
     UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0)
-    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.spend_cap IS NOT NULL
+    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.user_id = r.user_id AND api_keys.spend_cap IS NOT NULL
     RETURNING api_keys.id
 )
 UPDATE balances SET reserved = balances.reserved - r.amount,
@@ -253,7 +259,7 @@ WITH r AS (
 ), k AS (
     -- a capped key: the hold leaves its ``reserved``, the charge joins its ``spent`` (key row first)
     UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0), spent = api_keys.spent + %(charge)s
-    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.spend_cap IS NOT NULL
+    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.user_id = r.user_id AND api_keys.spend_cap IS NOT NULL
     RETURNING api_keys.id
 ), b AS (
     UPDATE balances SET
@@ -311,6 +317,8 @@ async def settle(record: UsageRecord) -> Settlement:
     """
     if record.charge < 0:
         raise ValueError("charge must be >= 0")
+    if record.charge != to_credit(record.charge):
+        raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
     params = {
         "request_id": record.request_id, "charge": record.charge, "period": period_start(),
         "uncount": record.status in ("failed", "orphaned") and record.charge == 0,

@@ -44,7 +44,7 @@ from ..errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from ..observability import MetricUnit, count, logger
+from ..observability import MetricUnit, count, emit, logger
 from .schema import ChatRequest
 
 PROVIDER_KEY_FIELDS = {"openai": "openai_api_key", "openrouter": "openrouter_api_key",
@@ -85,7 +85,7 @@ def route(model: ModelInfo, settings: Settings, byok_keys: Mapping[str, str]) ->
     if provider in byok_keys:
         return Target(provider, model.upstream_model, model.id, getattr(settings, PROVIDER_URL_FIELDS[provider]),
                       byok_keys[provider]), True
-    key = getattr(settings, PROVIDER_KEY_FIELDS.get(provider, ""), "") if provider in PROVIDER_KEY_FIELDS else ""
+    key = getattr(settings, PROVIDER_KEY_FIELDS[provider], "") if provider in PROVIDER_KEY_FIELDS else ""
     if key or provider == "compat":
         return Target(provider, model.upstream_model, model.id, getattr(settings, PROVIDER_URL_FIELDS[provider]),
                       key), False
@@ -155,7 +155,10 @@ async def admit(call: Call) -> None:
                                   api_key_id=p.key_id, model=call.candidates[0].model.id)
     limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
     reserved, decision = await asyncio.gather(reserve_coro, limit_coro, return_exceptions=True)
-    if isinstance(decision, BaseException):
+    if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
+        if not isinstance(reserved, BaseException):
+            with anyio.CancelScope(shield=True):
+                await ledger.cancel(call.request_id)
         raise decision
     if isinstance(reserved, BaseException):
         if not decision.allowed:
@@ -215,17 +218,21 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         count("HoldOverrun")
         logger.warning("charge exceeded hold", extra={"request_id": call.request_id, "hold": str(result.hold),
                                                        "charge": str(record.charge)})
+    # function-wide counts (alarms) + one EMF record dimensioned by provider (dashboards)
     count("Requests")
+    values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
     if record.status == "ok":
-        count("PromptTokens", record.prompt_tokens)
-        count("CompletionTokens", record.completion_tokens)
-        count("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000))
-        count("ChargeMicroUSD", float(record.charge * 1_000_000))
-        count("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)
+        values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
+                   ("CompletionTokens", record.completion_tokens, MetricUnit.Count),
+                   ("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000), MetricUnit.Count),
+                   ("ChargeMicroUSD", float(record.charge * 1_000_000), MetricUnit.Count),
+                   ("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)]
         if record.ttfb_ms is not None:
-            count("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds)
+            values.append(("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds))
     else:
         count("UpstreamErrors")
+        values.append(("UpstreamErrors", 1, MetricUnit.Count))
+    emit({"provider": record.provider or "none"}, values)
     logger.info("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
@@ -240,10 +247,6 @@ def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
     return False
 
 
-def _body_for(call: Call, c: Candidate) -> dict[str, Any]:
-    return call.body
-
-
 # --------------------------------------------------------------------------- non-streaming
 async def complete(call: Call) -> tuple[dict[str, Any], Callable[[], Awaitable[None]]]:
     """Call upstream (with fallback). Returns the response and the settlement to run right
@@ -253,7 +256,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], Callable[[], Awaitable[N
     for i, c in enumerate(call.candidates):
         call.attempts.append(c.model.id)
         try:
-            response, usage = await get_adapter(c.target.provider).complete(client, c.target, _body_for(call, c))
+            response, usage = await get_adapter(c.target.provider).complete(client, c.target, call.body)
         except UpstreamError as err:
             last = err
             if _should_fall_back(err, i, call):
@@ -262,12 +265,12 @@ async def complete(call: Call) -> tuple[dict[str, Any], Callable[[], Awaitable[N
         except BaseException:
             await _shielded_finish(call, _record(call, "cancelled", candidate=c))
             raise
-        response["model"] = c.model.id
-        response["usage"] = usage.as_openai()
+        # the adapter already set ``model`` (target.public_id == model id) and ``usage``
+        # (including provider details such as reasoning tokens)
         record = _record(call, "ok", candidate=c, usage=usage)
         return response, functools.partial(_shielded_finish, call, record)
     assert last is not None
-    await _finish(call, _record(call, "failed", error=last))
+    await _shielded_finish(call, _record(call, "failed", error=last))
     raise last
 
 
@@ -291,7 +294,7 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
     last: UpstreamError | None = None
     for i, c in enumerate(call.candidates):
         call.attempts.append(c.model.id)
-        upstream = get_adapter(c.target.provider).stream(client, c.target, _body_for(call, c))
+        upstream = get_adapter(c.target.provider).stream(client, c.target, call.body)
         try:
             await upstream.open()
             iterator = upstream.__aiter__()
@@ -310,9 +313,15 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
                 await upstream.aclose()
                 await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
             raise
-        return _relay(call, c, upstream, iterator, first)
+        relay = _relay(call, c, upstream, iterator, first)
+        # Start the generator now: once it is suspended inside its try/finally, settlement is
+        # guaranteed even if the response never iterates it (client gone before the first
+        # send: Starlette then drops the body iterator unstarted; the loop's asyncgen finaliser
+        # closes a started one). An unstarted generator's finally never runs.
+        await relay.__anext__()
+        return relay
     assert last is not None
-    await _finish(call, _record(call, "failed", error=last))
+    await _shielded_finish(call, _record(call, "failed", error=last))
     raise last
 
 
@@ -322,6 +331,7 @@ async def _relay(call: Call, c: Candidate, upstream: Any, iterator: Any, first: 
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     try:
+        yield b""  # consumed by open_stream (priming), never sent
         try:
             if first is not None:
                 yield _sse(first)
