@@ -201,7 +201,15 @@ def ensure_redis(redis_url: str) -> None:
         print("Redis not reachable; starting it with the documented command", flush=True)
         subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
                         "--save", "", "--appendonly", "no"], check=False)
-        time.sleep(1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis.from_url(redis_url, socket_connect_timeout=2).ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 def _load_credentials() -> dict[str, Any]:

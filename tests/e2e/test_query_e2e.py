@@ -37,7 +37,11 @@ def failing_model(local_stack: dict[str, Any]) -> str:
                    max_completion_tokens, prompt_price, completion_price, source)
                VALUES ('e2e/fail-500', 'always fails', 'openai', 'fail-500-model', 'e2e', 8192, 1024,
                        0.000001, 0.000002, 'e2e') ON CONFLICT (id) DO NOTHING""")
-    time.sleep(1.2)  # the stack's catalogue cache (CATALOG_TTL_S=1)
+    # the stack's catalogue cache (CATALOG_TTL_S=1) picks the row up: wait until it is served
+    deadline = time.monotonic() + 10
+    while httpx.get(local_stack["openai_base_url"] + "/models/e2e/fail-500", timeout=5).status_code != 200:
+        assert time.monotonic() < deadline, "e2e/fail-500 never appeared in the stack's catalogue"
+        time.sleep(0.1)
     return "e2e/fail-500"
 
 

@@ -6,7 +6,6 @@ family is covered as soon as it is added to the template. No AWS access, no Dock
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -628,7 +627,6 @@ def test_samconfig_environments() -> None:
 # ----------------------------------------------------------------------------- lint
 
 
-@pytest.mark.skipif(importlib.util.find_spec("cfnlint") is None, reason="cfn-lint not installed")
 def test_cfn_lint() -> None:
     result = subprocess.run(
         [

@@ -1,8 +1,6 @@
-"""GET /v1/models and GET /v1/models/{model_id} through the ModelsFunction app (functions/models/app.py).
-
-Warm-path server time is measured two ways and printed (run with ``-s`` to see it):
-in-process ASGI end to end (middleware + routing + handler), and the Lambda handler itself
-(Mangum + Powertools) invoked with an API Gateway HTTP API v2 event.
+"""GET /v1/models and GET /v1/models/{model_id} through the ModelsFunction app (functions/models/app.py),
+in-process (ASGI) and through the Lambda handler itself (Mangum + Powertools) invoked with an API
+Gateway HTTP API v2 event. Warm-path timings live in BENCHMARKS.md, not here.
 """
 
 # ruff: noqa: F811  (test arguments named after the catalog_env fixture imported below)
@@ -12,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -22,12 +19,15 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from gateway import db
 from gateway.catalog import cache, discovery, render
 from gateway.catalog.cache import STATS
 from gateway.catalog.render import Catalogue
 from gateway.config import reset_settings
+from infra.local.servers import free_port
 from tests.conftest import ADMIN_KEY
 from tests.support.catalog import CatalogEnv, catalog_env  # noqa: F401  (the fixture)
 
@@ -216,25 +216,23 @@ async def test_warm_get_is_served_from_the_cache(synced: CatalogEnv, client: htt
     first = await client.get("/v1/models")
     assert first.headers["x-catalog-cache"] == "postgres"
     rebuilds = STATS.rebuilds
-
-    async def no_database(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("a warm GET must not touch Postgres")
-
-    monkeypatch.setattr(render.db, "fetchall", no_database)
-    handler_ms: list[float] = []
-    e2e_ms: list[float] = []
-    for _ in range(300):
-        t0 = time.perf_counter()
-        r = await client.get("/v1/models")
-        e2e_ms.append((time.perf_counter() - t0) * 1000)
-        assert r.status_code == 200 and r.headers["x-catalog-cache"] == "local"
-        handler_ms.append(float(r.headers["server-timing"].split("dur=")[1].split(";")[0]))
-    assert r.content == first.content and STATS.rebuilds == rebuilds
-    p50, p99 = statistics.median(e2e_ms), statistics.quantiles(e2e_ms, n=100)[98]
-    h50 = statistics.median(handler_ms)
-    print(f"\nwarm GET /v1/models (301 models, {len(r.content)} bytes): handler p50 {h50:.3f} ms; "
-          f"in-process ASGI end-to-end p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-    assert h50 < 5 and p50 < 50  # generous bounds: the point is no I/O on the warm path
+    # Postgres gone (a real, refused connection): a warm GET must not need it.
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nope")
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT_S", "1")
+    reset_settings()
+    await db.close_pool()
+    try:
+        for _ in range(20):
+            r = await client.get("/v1/models")
+            assert r.status_code == 200 and r.headers["x-catalog-cache"] == "local"
+            assert r.content == first.content
+        assert STATS.rebuilds == rebuilds
+        with pytest.raises(psycopg.OperationalError):  # Postgres really was out of reach
+            await db.fetchone("SELECT 1")
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        await db.close_pool()
 
 
 class FakeContext:
@@ -266,18 +264,14 @@ def http_api_event(path: str, query: str = "") -> dict[str, Any]:
     }
 
 
-def test_warm_lambda_invocation_time(synced: CatalogEnv, capsys: pytest.CaptureFixture[str]) -> None:
+def test_warm_lambda_invocation(synced: CatalogEnv) -> None:
     """The ModelsFunction handler (Mangum + Powertools) answering from the warm container."""
     snapshot = render.build_snapshot(synced.sql(render.SELECT_CATALOGUE))
     default = cache.default_cache()
     default._current, default._checked_at = Catalogue(snapshot), time.monotonic()
     handler = load_function("app").handler
-    timings = []
-    for _ in range(200):
-        t0 = time.perf_counter()
-        response = handler(http_api_event("/v1/models"), FakeContext())
-        timings.append((time.perf_counter() - t0) * 1000)
-        assert response["statusCode"] == 200
+    response = handler(http_api_event("/v1/models"), FakeContext())
+    assert response["statusCode"] == 200
     body = json.loads(response["body"])
     assert len(body["data"]) == 301
     assert response["headers"]["x-catalog-cache"] == "local"
@@ -290,7 +284,3 @@ def test_warm_lambda_invocation_time(synced: CatalogEnv, capsys: pytest.CaptureF
     assert json.loads(gzip.decompress(base64.b64decode(packed["body"]))) == body
     one = handler(http_api_event("/v1/models/anthropic/claude-sonnet-4"), FakeContext())
     assert one["statusCode"] == 200 and json.loads(one["body"])["id"] == "anthropic/claude-sonnet-4"
-    capsys.readouterr()
-    with capsys.disabled():
-        print(f"\nwarm Lambda handler GET /v1/models: p50 {statistics.median(timings):.3f} ms, "
-              f"p99 {statistics.quantiles(timings, n=100)[98]:.3f} ms")

@@ -82,10 +82,8 @@ async def test_statement_timeout(fresh_pool: None, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "200")
     reset_settings()
     await db.close_pool()
-    started = time.perf_counter()
     with pytest.raises(psycopg.errors.QueryCanceled):
-        await db.fetchone("SELECT pg_sleep(3)")
-    assert time.perf_counter() - started < 2
+        await db.fetchone("SELECT pg_sleep(3)")  # cancelled by the 200 ms statement timeout
 
 
 async def test_unreachable_database_fails_fast_without_retry(fresh_pool: None,

@@ -1,7 +1,7 @@
 """The local Upstash REST bridge against a real Redis, driven by the real upstash-redis and
 upstash-ratelimit clients (no mocks).
 
-Needs Redis at ``REDIS_URL`` (default redis://127.0.0.1:6379/0); skipped when it is unreachable.
+Needs the real Redis (tests/support/services.py: ``TEST_REDIS_URL``, default redis://127.0.0.1:6379/0).
 """
 
 from __future__ import annotations
@@ -9,37 +9,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
 import secrets
-import sys
 import uuid
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 import redis
+from upstash_ratelimit import FixedWindow, Ratelimit, SlidingWindow, TokenBucket
+from upstash_ratelimit.asyncio import Ratelimit as AsyncRatelimit
+from upstash_redis import Redis
+from upstash_redis.asyncio import Redis as AsyncRedis
+from upstash_redis.errors import UpstashError
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # repo root is not installed as a package in the venv
-    sys.path.insert(0, str(ROOT))
-
-from upstash_ratelimit import FixedWindow, Ratelimit, SlidingWindow, TokenBucket  # noqa: E402
-from upstash_ratelimit.asyncio import Ratelimit as AsyncRatelimit  # noqa: E402
-from upstash_redis import Redis  # noqa: E402
-from upstash_redis.asyncio import Redis as AsyncRedis  # noqa: E402
-from upstash_redis.errors import UpstashError  # noqa: E402
-
-from infra.local.servers import free_port, start_in_thread  # noqa: E402
-from infra.local.upstash_bridge import (  # noqa: E402
+from infra.local.servers import free_port, start_in_thread
+from infra.local.upstash_bridge import (
     UpstashBridge,
     _strip_upstash_shebang,
     create_app,
 )
+from tests.support.services import REDIS_URL
 
 pytestmark = pytest.mark.integration
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 ENCODINGS = [pytest.param("base64", id="base64"), pytest.param(None, id="plain")]
 SHEBANG_SCRIPT = """#!lua flags=allow-key-locking
 local v = redis.call("INCRBY", KEYS[1], ARGV[1])
@@ -55,10 +47,7 @@ def _sha1(text: str) -> str:
 @pytest.fixture(scope="module")
 def raw() -> redis.Redis:
     client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    client.ping()  # Redis is part of the test stack: unreachable is a failure, not a skip
     yield client
     client.close()
 

@@ -34,6 +34,7 @@ from gateway.config import reset_settings
 from infra.local.servers import RunningServer, start_in_thread
 from tests.conftest import ADMIN_KEY
 from tests.support import secret_log
+from tests.support.services import template_router
 
 ISSUER = "https://id.test.example/"
 AUDIENCE = "mlp-dashboard"
@@ -63,9 +64,7 @@ def provider_secret(prefix: str = "sk-byok-") -> str:
 # --------------------------------------------------------------------------- the app
 @pytest.fixture(scope="session")
 def gateway_router(stack: str, fake_upstream: RunningServer) -> Any:
-    from infra.local.devserver import build_router
-
-    return build_router()
+    return template_router()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import pytest
 from gateway.config import reset_settings
 from infra.local import fake_stripe
 from infra.local.servers import RunningServer, start_in_thread
+from tests.support.services import template_router
 
 PRICES = {"pro": "price_test_pro", "premium": "price_test_premium", "team": "price_test_team"}
 TIERS_JSON = json.dumps({name: {"stripe_price_id": price} for name, price in PRICES.items()})
@@ -126,19 +127,6 @@ def billing(database_url: str, upstash_bridge: RunningServer, fake_stripe_server
     webhooks.STATS.clear()
     yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=os.environ["DATABASE_URL"])
     stripe_api.reset_client()
-
-
-_router: Any = None
-
-
-def template_router() -> Any:
-    """Every function of template.yaml mounted at its routes, as the local stack does."""
-    global _router
-    if _router is None:
-        from infra.local.devserver import build_router
-
-        _router = build_router()
-    return _router
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 import uuid
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -23,13 +24,22 @@ def _admin_dsn() -> str:
 
 
 def ensure_services() -> None:
-    """Start PostgreSQL / Redis with the documented commands if they are not running."""
+    """Start PostgreSQL with the documented command if it is not running, and wait until it accepts."""
     try:
         psycopg.connect(_admin_dsn(), connect_timeout=3).close()
+        return
     except psycopg.OperationalError:
         subprocess.run("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
                        shell=True, check=False)
-        time.sleep(2)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(_admin_dsn(), connect_timeout=3).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def create_database(prefix: str = "mlp_test") -> str:
@@ -48,3 +58,18 @@ def drop_database(url: str) -> None:
 def reset_tables(url: str, extra: tuple[str, ...] = ()) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(RESET_TABLES + extra) + " RESTART IDENTITY CASCADE")
+
+
+_router: Any = None
+
+
+def template_router() -> Any:
+    """Every function of template.yaml mounted at its routes, as the local stack does
+    (infra.local.devserver.build_router); built once per session, so every test drives the same
+    function modules."""
+    global _router
+    if _router is None:
+        from infra.local.devserver import build_router
+
+        _router = build_router()
+    return _router

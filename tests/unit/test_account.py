@@ -79,11 +79,10 @@ def test_lazy_mapping_decrypts_on_access_only(keys_env: Any, monkeypatch: pytest
         mapping["anthropic"]
 
 
-def test_local_stage_falls_back_to_the_public_dev_key_but_a_deployed_stage_does_not(
-        keys_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_stage_falls_back_to_the_public_dev_key_but_a_deployed_stage_does_not(keys_env: Any) -> None:
     keys_env(None)
     assert byok.master_keys().current == "local-dev"
-    monkeypatch.setattr(byok, "get_settings", lambda: Settings.model_construct(stage="prod", byok_master_keys=""))
+    keys_env(None, stage="prod")
     with pytest.raises(ServiceUnavailable) as exc:
         byok.master_keys()
     assert exc.value.code == "byok_not_configured"
