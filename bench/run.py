@@ -104,6 +104,23 @@ async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total
     return out
 
 
+async def measure_get(url: str, total: int) -> dict[str, float]:
+    """Sequential GETs (the warm catalogue)."""
+    latencies: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):
+            async with session.get(url) as r:
+                await r.read()
+        for _ in range(total):
+            t0 = time.perf_counter()
+            async with session.get(url) as r:
+                await r.read()
+                assert r.status == 200
+            latencies.append(time.perf_counter() - t0)
+    latencies.sort()
+    return {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000}
+
+
 async def best_of(repeat: int, *args: Any, **kwargs: Any) -> dict[str, float]:
     """Run a measurement ``repeat`` times and keep the run with the median p50 (the machine is a
     shared 2-vCPU VM: single runs vary by ±20%)."""
@@ -129,6 +146,8 @@ async def main_async(requests: int, repeat: int) -> None:
             d = await best_of(repeat, *direct, sbody, n, c, stream=True)
             g = await best_of(repeat, *gateway, sbody, n, c, stream=True)
             rows.append((f"stream c={c}", d, g))
+        models = await measure_get(creds["base_url"] + "/v1/models", 300)
+        one = await measure_get(creds["base_url"] + "/v1/models/openai/gpt-4o-mini", 300)
         with psycopg.connect(database_url) as conn:
             bad = conn.execute(
                 "SELECT count(*) FROM balances b LEFT JOIN (SELECT user_id, sum(amount) s FROM ledger_entries "
@@ -144,6 +163,9 @@ async def main_async(requests: int, repeat: int) -> None:
             print(f"| {name} | {d['p50']:.2f} | {g['p50']:.2f} | {g['p50'] - d['p50']:+.2f} | {d['p99']:.2f} | "
                   f"{g['p99']:.2f} | {g['rps']:.0f} | {d['rps']:.0f} | {g.get('ttfb_p50', float('nan')):.2f} | "
                   f"{d.get('ttfb_p50', float('nan')):.2f} | {int(g['errors'])} |")
+        print(f"\nwarm GET /v1/models (whole catalogue, client accepts gzip): p50 {models['p50']:.2f} ms, "
+              f"p99 {models['p99']:.2f} ms; GET /v1/models/openai/gpt-4o-mini: p50 {one['p50']:.2f} ms, "
+              f"p99 {one['p99']:.2f} ms (c=1, 300 requests)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)

@@ -53,7 +53,9 @@ async def test_concurrent_misses_rebuild_once(catalog_env: CatalogEnv) -> None:
     assert len({cat.version for cat, _ in results}) == 1
     sources = [s for _, s in results]
     assert sources.count("postgres") == 1
-    assert STATS.lock_waits == 24  # one per other container; its other callers shared its wait
+    # at most one wait per other container (its other callers share it); a container whose first
+    # read comes after the rebuild was published reads Redis and does not wait at all
+    assert STATS.lock_waits <= 24
     assert set(sources) <= {"postgres", "redis", "local"}
 
 

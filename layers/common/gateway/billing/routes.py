@@ -33,7 +33,7 @@ from ..http import server_request_id
 from ..observability import logger
 from . import stripe_api
 from .ledger import next_period_start, period_start
-from .subscriptions import TERMINAL_STATUSES, current_subscription
+from .subscriptions import TERMINAL_STATUSES, current_subscription, paid_tier
 
 router = APIRouter()
 
@@ -102,8 +102,8 @@ def _redirect_url(name: str) -> str:
 
 def _plan(name: str) -> Tier:
     settings = get_settings()
-    tier = settings.tiers.get(name)
-    if tier is None or not tier.stripe_price_id:
+    tier = paid_tier(name, settings)
+    if tier is None:
         available = sorted(n for n, t in settings.tiers.items() if t.stripe_price_id)
         raise BadRequest(f"The plan {name!r} cannot be bought; available plans: {', '.join(available) or 'none'}.",
                          code="plan_not_available", param="plan")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -71,11 +71,11 @@ def idempotency_key(*parts: str) -> str:
     return f"mlp-{parts[0]}-{digest}"
 
 
-async def _call(operation: str, fn: Callable[[], Awaitable[T]]) -> T:
+async def _call(operation: str, call: Awaitable[T]) -> T:
     import stripe
 
     try:
-        return await fn()
+        return await call
     except stripe.IdempotencyError as exc:
         raise Conflict("This Idempotency-Key was already used with different parameters.",
                        code="idempotency_key_reused") from exc
@@ -119,14 +119,14 @@ async def create_customer(user_id: str, email: str | None) -> str:
     params: dict[str, Any] = {"metadata": {"user_id": user_id}}
     if email:
         params["email"] = email
-    customer = await _call("create_customer", lambda: client.v1.customers.create_async(
+    customer = await _call("create_customer", client.v1.customers.create_async(
         params=params, options={"idempotency_key": idempotency_key("customer", user_id)}))  # type: ignore[arg-type]
     return str(customer.id)
 
 
 async def create_checkout_session(params: dict[str, Any], key: str) -> SessionUrl:
     client = get_client()
-    session = await _call("create_checkout_session", lambda: client.v1.checkout.sessions.create_async(
+    session = await _call("create_checkout_session", client.v1.checkout.sessions.create_async(
         params=params, options={"idempotency_key": key}))  # type: ignore[arg-type]
     return SessionUrl(id=str(session.id), url=str(session.url))
 
@@ -137,13 +137,12 @@ async def create_portal_session(customer_id: str, return_url: str, key: str,
     params: dict[str, Any] = {"customer": customer_id, "return_url": return_url}
     if configuration:
         params["configuration"] = configuration
-    session = await _call("create_portal_session", lambda: client.v1.billing_portal.sessions.create_async(
+    session = await _call("create_portal_session", client.v1.billing_portal.sessions.create_async(
         params=params, options={"idempotency_key": key}))  # type: ignore[arg-type]
     return SessionUrl(id=str(session.id), url=str(session.url))
 
 
 async def retrieve_subscription(subscription_id: str) -> dict[str, Any]:
     client = get_client()
-    sub = await _call("retrieve_subscription",
-                      lambda: client.v1.subscriptions.retrieve_async(subscription_id))
+    sub = await _call("retrieve_subscription", client.v1.subscriptions.retrieve_async(subscription_id))
     return _plain(sub)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from psycopg.rows import dict_row
+
 from ..config import Settings, Tier, get_settings
 
 TERMINAL_STATUSES = ("canceled", "incomplete_expired")
@@ -93,8 +95,6 @@ LIMIT 1
 
 async def current_subscription(conn: Any, user_id: UUID | str) -> dict[str, Any] | None:
     """The subscription that decides the user's tier (else their most recent one)."""
-    from psycopg.rows import dict_row
-
     settings = get_settings()
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(CURRENT_SUBSCRIPTION_SQL, {

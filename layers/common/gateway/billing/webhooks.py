@@ -182,10 +182,13 @@ async def process(event: dict[str, Any]) -> Outcome:
                 await conn.execute("UPDATE stripe_events SET outcome = %s, detail = %s, user_id = %s WHERE id = %s",
                                    (outcome.name, (outcome.detail or "")[:500] or None, outcome.user_id, event["id"]))
                 return outcome
-        except psycopg.OperationalError:
+        except psycopg.OperationalError as exc:
             # A pooled connection that died while the container was frozen: the transaction
-            # rolled back, so running it again on a fresh connection is safe.
-            if attempt == 1 and conn_used is not None and (conn_used.closed or conn_used.broken):
+            # rolled back, so running it again on a fresh connection is safe (same rule as db.run).
+            if attempt == 1 and db._is_connection_failure(exc, conn_used):
+                logger.warning("database connection lost; retrying the event once",
+                               extra={"event_id": event["id"], "error": type(exc).__name__})
+                await db._drop_dead_connections()
                 continue
             raise
     raise AssertionError("unreachable")

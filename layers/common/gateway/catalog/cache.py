@@ -131,55 +131,61 @@ class CatalogCache:
             return catalogue, source
 
     async def _load(self, settings: Settings) -> tuple[Catalogue, str]:
-        snapshot_key, version_key, lock_key = keys(settings)
         try:
-            redis = get_redis()
-            current = self._current
-            if current is not None:
-                version = await _redis(redis.get(version_key))
-                if version == current.version:
-                    STATS.redis_unchanged += 1
-                    return current, "redis"
-            text = await _redis(redis.get(snapshot_key))
-            if text:
-                try:
-                    catalogue = Catalogue(render.decode_snapshot(text))
-                    STATS.redis_hits += 1
-                    return catalogue, "redis"
-                except (ValueError, KeyError, TypeError) as exc:
-                    logger.warning("catalogue cache entry unreadable; rebuilding", extra={"error": str(exc)})
-            STATS.misses += 1
-            return await self._rebuild_locked(settings, redis, snapshot_key, lock_key)
-        except _RedisDown as exc:
-            logger.warning("catalogue cache unavailable; building from Postgres", extra={"error": str(exc)})
-            count("CatalogCacheUnavailable")
             try:
+                return await self._load_via_redis(settings)
+            except _RedisDown as exc:
+                _cache_unavailable(exc)
                 return Catalogue(await self._build()), "postgres"
-            except Exception:
-                if self._current is not None:
-                    logger.exception("catalogue rebuild failed; serving the stale copy")
-                    return self._current, "stale"
-                raise
         except Exception:
+            # Redis and/or Postgres failed: the last good copy beats an error.
             if self._current is not None:
                 logger.exception("catalogue refresh failed; serving the stale copy")
                 return self._current, "stale"
             raise ServiceUnavailable("The model catalogue is temporarily unavailable.",
                                      code="catalog_unavailable") from None
 
+    async def _load_via_redis(self, settings: Settings) -> tuple[Catalogue, str]:
+        snapshot_key, version_key, lock_key = keys(settings)
+        redis = get_redis()
+        current = self._current
+        if current is not None:
+            version = await _redis(redis.get(version_key))
+            if version == current.version:
+                STATS.redis_unchanged += 1
+                return current, "redis"
+        text = await _redis(redis.get(snapshot_key))
+        if text:
+            try:
+                catalogue = Catalogue(render.decode_snapshot(text))
+                STATS.redis_hits += 1
+                return catalogue, "redis"
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("catalogue cache entry unreadable; rebuilding", extra={"error": str(exc)})
+        STATS.misses += 1
+        return await self._rebuild_locked(settings, redis, snapshot_key, lock_key)
+
     async def _build(self) -> dict[str, Any]:
         snapshot = await self._loader()
         STATS.rebuilds += 1
         return snapshot
+
+    async def _build_and_store(self, settings: Settings, redis: Any) -> tuple[Catalogue, str]:
+        """Build from Postgres and write it back; a failed write still serves what was built
+        (rather than building it a second time in the Redis-down fallback)."""
+        snapshot = await self._build()
+        try:
+            await _write(redis, settings, snapshot)
+        except _RedisDown as exc:
+            _cache_unavailable(exc)
+        return Catalogue(snapshot), "postgres"
 
     async def _rebuild_locked(self, settings: Settings, redis: Any, snapshot_key: str,
                               lock_key: str) -> tuple[Catalogue, str]:
         token = uuid.uuid4().hex
         if await _redis(redis.set(lock_key, token, nx=True, px=LOCK_TTL_MS)):
             try:
-                snapshot = await self._build()
-                await _write(redis, settings, snapshot)
-                return Catalogue(snapshot), "postgres"
+                return await self._build_and_store(settings, redis)
             finally:
                 try:
                     await _redis(redis.eval(_UNLOCK_SCRIPT, keys=[lock_key], args=[token]))
@@ -193,9 +199,7 @@ class CatalogCache:
             if text:
                 return Catalogue(render.decode_snapshot(text)), "redis"
         logger.warning("catalogue rebuild by another container did not finish; rebuilding here")
-        snapshot = await self._build()
-        await _write(redis, settings, snapshot)
-        return Catalogue(snapshot), "postgres"
+        return await self._build_and_store(settings, redis)
 
     async def publish(self, snapshot: dict[str, Any]) -> Catalogue:
         """Store a fresh snapshot in Redis (and this container). Raises if Redis fails."""
@@ -204,6 +208,11 @@ class CatalogCache:
         catalogue = Catalogue(snapshot)
         self._current, self._checked_at = catalogue, time.monotonic()
         return catalogue
+
+
+def _cache_unavailable(exc: Exception) -> None:
+    logger.warning("catalogue cache unavailable; building from Postgres", extra={"error": str(exc)})
+    count("CatalogCacheUnavailable")
 
 
 async def _write(redis: Any, settings: Settings, snapshot: dict[str, Any]) -> None:

@@ -301,14 +301,17 @@ class SyncPlan:
     per_source: dict[str, SourceStats] = field(default_factory=dict)
 
 
+def _source_stats(results: Mapping[str, SourceResult]) -> dict[str, SourceStats]:
+    return {name: SourceStats(ok=r.ok, fetched=r.count, error=r.error, elapsed_ms=r.elapsed_ms,
+                              skipped=len(r.skipped)) for name, r in results.items()}
+
+
 def plan_sync(existing: Mapping[str, Mapping[str, Any]], results: Mapping[str, SourceResult], *,
               openrouter_routable: bool, configured: Iterable[str] = (), max_changes_logged: int = 50) -> SyncPlan:
     """Decide every insert/update/(de)activation. ``existing``: all model_pricing rows by id.
     ``configured``: the sources a full run asks; one of them missing from ``results`` (a run
     restricted to some sources) counts as unknown, like a failed one."""
-    plan = SyncPlan(per_source={name: SourceStats(ok=r.ok, fetched=r.count, error=r.error,
-                                                  elapsed_ms=r.elapsed_ms, skipped=len(r.skipped))
-                                for name, r in results.items()})
+    plan = SyncPlan(per_source=_source_stats(results))
     orr = results.get("openrouter")
     or_ok = bool(orr and orr.ok)
     or_models = {m.id: m for m in orr.models} if orr and orr.ok else {}
@@ -561,8 +564,7 @@ async def discover(*, trigger: str = "manual", trigger_id: str | None = None, so
         sync_id = row["id"] if row else None
         await _record_sources(results)
 
-    plan = SyncPlan(per_source={n: SourceStats(ok=r.ok, fetched=r.count, error=r.error, elapsed_ms=r.elapsed_ms,
-                                               skipped=len(r.skipped)) for n, r in results.items()})
+    plan = SyncPlan(per_source=_source_stats(results))
     error: str | None = None
     if status != "failed":
         if progress:

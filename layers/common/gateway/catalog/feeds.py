@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Any
 
-ZERO = Decimal(0)
-ONE = Decimal(1)
-_EXACT = Context(prec=100)
+from ..billing.pricing import ONE, ZERO
+
+_EXACT = Context(prec=100)  # wide enough that price x (1 - discount) is exact
 
 # pricing key -> model_pricing column. Anything else numeric goes to ``pricing_extra``.
 PRICE_COLUMNS: dict[str, str] = {

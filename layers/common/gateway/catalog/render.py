@@ -24,18 +24,17 @@ import json
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Context, Decimal, localcontext
+from decimal import Decimal, localcontext
 from typing import Any
 
 from .. import db
+from ..billing.pricing import ONE
 from ..config import Tier
-from .feeds import PRICE_COLUMNS, PRICE_KEYS_ORDER, format_amount
+from .feeds import _EXACT, PRICE_COLUMNS, PRICE_KEYS_ORDER, format_amount
 from .registry import tier_allows
 
 SNAPSHOT_FORMAT = 1
 _ENCODING_PREFIX = "z1:"
-_EXACT = Context(prec=100)
-ONE = Decimal(1)
 
 SELECT_CATALOGUE = f"""
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens,

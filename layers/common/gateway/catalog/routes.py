@@ -43,20 +43,16 @@ class Caller:
 
 
 async def resolve_caller(request: Request, *, refresh: bool) -> Caller:
-    settings = get_settings()
-    caller = Caller("anonymous")
-    if request.headers.get("authorization"):
-        token = bearer_token(request)
-        if is_admin_key(token):
-            return Caller("admin")
-        if refresh:  # no need to look the key up: only the admin key may refresh
-            raise Forbidden("refresh=true needs the admin key.", code="admin_required", param="refresh")
-        caller = Caller("user", await authenticate_key(token))
-    if refresh:
+    token = bearer_token(request) if request.headers.get("authorization") else None
+    if token is not None and is_admin_key(token):
+        return Caller("admin")
+    if refresh:  # only the admin key may refresh: no need to look any other key up
         raise Forbidden("refresh=true needs the admin key.", code="admin_required", param="refresh")
-    if settings.models_auth == "key" and caller.kind == "anonymous":
+    if token is not None:
+        return Caller("user", await authenticate_key(token))
+    if get_settings().models_auth == "key":
         raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    return caller
+    return Caller("anonymous")
 
 
 def _named_tier(name: str) -> Tier:
