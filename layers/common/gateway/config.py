@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     tiers_json: str | None = None  # JSON object overriding/adding tiers; see DEFAULT_TIERS
     reservation_orphan_minutes: int = 15
 
-    # Identity / secrets for later route families
+    # Identity (JWT sign-in), BYOK master keys, API keys
     jwt_hs256_secret: str = ""
     jwt_jwks_url: str = ""
     jwt_issuer: str = ""

@@ -91,7 +91,7 @@ async def transaction() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         yield conn
 
 
-def _is_connection_failure(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+def is_connection_failure(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
     # A pool timeout (database unreachable or pool exhausted) is not a dead connection: retrying
     # it would only double the wait.
     if isinstance(exc, PoolTimeout):
@@ -99,7 +99,7 @@ def _is_connection_failure(exc: BaseException, conn: psycopg.AsyncConnection[Any
     return isinstance(exc, psycopg.OperationalError) and (conn is None or conn.closed or conn.broken)
 
 
-async def _drop_dead_connections() -> None:
+async def drop_dead_connections() -> None:
     """After one dead connection, check the idle ones too: a thawed container's or a failed-over
     database's connections all die together, and the retry must not pick another dead one."""
     try:
@@ -130,9 +130,9 @@ async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
                         return cur.rowcount
                     return None
         except psycopg.OperationalError as exc:
-            if attempt == 1 and _is_connection_failure(exc, conn_used):
+            if attempt == 1 and is_connection_failure(exc, conn_used):
                 logger.warning("database connection lost; retrying once", extra={"error": type(exc).__name__})
-                await _drop_dead_connections()
+                await drop_dead_connections()
                 continue
             raise
     raise AssertionError("unreachable")

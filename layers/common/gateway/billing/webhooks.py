@@ -185,10 +185,10 @@ async def process(event: dict[str, Any]) -> Outcome:
         except psycopg.OperationalError as exc:
             # A pooled connection that died while the container was frozen: the transaction
             # rolled back, so running it again on a fresh connection is safe (same rule as db.run).
-            if attempt == 1 and db._is_connection_failure(exc, conn_used):
+            if attempt == 1 and db.is_connection_failure(exc, conn_used):
                 logger.warning("database connection lost; retrying the event once",
                                extra={"event_id": event["id"], "error": type(exc).__name__})
-                await db._drop_dead_connections()
+                await db.drop_dead_connections()
                 continue
             raise
     raise AssertionError("unreachable")
