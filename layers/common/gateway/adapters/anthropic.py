@@ -18,6 +18,7 @@ from gateway.adapters.base import (
     SSEEvent,
     SSEUpstreamStream,
     Target,
+    TranslatingAdapter,
     Usage,
     as_int,
     bad_response,
@@ -32,7 +33,6 @@ from gateway.adapters.base import (
     parse_data_url,
     parse_tool_arguments,
     plain_call_id,
-    post_json,
     stop_list,
 )
 from gateway.errors import BadRequest
@@ -329,21 +329,6 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
     return out, usage
 
 
-class AnthropicAdapter:
-    provider = "anthropic"
-
-    async def complete(self, client: httpx.AsyncClient, target: Target,
-                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
-        def request() -> httpx.Request:
-            return build_request(client, target, body, stream=False)
-
-        data = await post_json(client, request, self.provider, target.api_key)
-        return translate_response(target, body, data)
-
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> AnthropicStream:
-        return AnthropicStream(client, target, body)
-
-
 class AnthropicStream(SSEUpstreamStream):
     provider = "anthropic"
 
@@ -427,3 +412,10 @@ class AnthropicStream(SSEUpstreamStream):
         if kind == "error":
             raise error_from_event(self.provider, obj, api_key=self._target.api_key)
         return []  # ping, content_block_stop, unknown future events
+
+
+class AnthropicAdapter(TranslatingAdapter):
+    provider = "anthropic"
+    build_request = staticmethod(build_request)
+    translate_response = staticmethod(translate_response)
+    stream_class = AnthropicStream

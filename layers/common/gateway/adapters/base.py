@@ -788,3 +788,32 @@ def usage_from_openai(u: Any) -> Usage | None:
     return Usage(prompt_tokens=as_int(u.get("prompt_tokens")),
                  completion_tokens=as_int(u.get("completion_tokens")),
                  cached_tokens=cached, reported=True)
+
+
+class TranslatingAdapter:
+    """An adapter for a provider with its own wire format: the subclass names the module's
+    ``build_request`` / ``translate_response`` functions and its stream class."""
+
+    provider = "?"
+    stream_class: type[SSEUpstreamStream] = SSEUpstreamStream
+
+    @staticmethod
+    def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> httpx.Request:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def translate_response(target: Target, body: dict[str, Any],
+                           data: Any) -> tuple[dict[str, Any], Usage]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def complete(self, client: httpx.AsyncClient, target: Target,
+                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+        def request() -> httpx.Request:
+            return self.build_request(client, target, body, stream=False)
+
+        data = await post_json(client, request, self.provider, target.api_key)
+        return self.translate_response(target, body, data)
+
+    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> SSEUpstreamStream:
+        return self.stream_class(client, target, body)

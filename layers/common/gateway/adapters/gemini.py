@@ -23,6 +23,7 @@ from gateway.adapters.base import (
     SSEEvent,
     SSEUpstreamStream,
     Target,
+    TranslatingAdapter,
     Usage,
     as_int,
     bad_response,
@@ -37,7 +38,6 @@ from gateway.adapters.base import (
     now,
     parse_data_url,
     parse_tool_arguments,
-    post_json,
     stop_list,
 )
 from gateway.errors import BadRequest
@@ -416,21 +416,6 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
     return out, usage
 
 
-class GeminiAdapter:
-    provider = "gemini"
-
-    async def complete(self, client: httpx.AsyncClient, target: Target,
-                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
-        def request() -> httpx.Request:
-            return build_request(client, target, body, stream=False)
-
-        data = await post_json(client, request, self.provider, target.api_key)
-        return translate_response(target, body, data)
-
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> GeminiStream:
-        return GeminiStream(client, target, body)
-
-
 class GeminiStream(SSEUpstreamStream):
     """Each SSE ``data:`` is a GenerateContentResponse fragment; usageMetadata is cumulative.
 
@@ -512,3 +497,10 @@ class GeminiStream(SSEUpstreamStream):
         if self._blocked or len(self._finished) >= self._candidates:
             self._done = True
             self._final_usage = self.usage is not None
+
+
+class GeminiAdapter(TranslatingAdapter):
+    provider = "gemini"
+    build_request = staticmethod(build_request)
+    translate_response = staticmethod(translate_response)
+    stream_class = GeminiStream
