@@ -313,3 +313,17 @@ def test_console_script_runs_a_command(database_url: str) -> None:
                           check=False, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "balances match the ledger" in proc.stdout
+
+
+async def test_create_key_with_limits_and_doctor_checks_key_drift(cli: Cli, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user(balance="10")
+    r = await cli("create-key", "--user-id", str(user.user_id), "--name", "ci", "--rpm", "30", "--spend-cap", "2.5")
+    assert r.code == 0, r
+    row = await db.fetchone("SELECT id, rpm, spend_cap FROM api_keys WHERE user_id = %s AND name = 'ci'",
+                            (user.user_id,))
+    assert row is not None and row["rpm"] == 30 and row["spend_cap"] == Decimal("2.5")
+    assert (await cli("create-key", "--user-id", str(user.user_id), "--spend-cap", "0")).code == 1
+    assert "capped keys' reserved amounts match" in (await cli("doctor")).out
+    await db.execute("UPDATE api_keys SET reserved = 1 WHERE id = %s", (row["id"],))
+    r = await cli("doctor", "--no-release")
+    assert r.code == 1 and "FAIL 1 capped key" in r.out and str(row["id"]) in r.out

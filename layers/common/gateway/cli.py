@@ -163,7 +163,9 @@ def _add_create_user(sub: SubParsers) -> None:
 async def _cmd_create_key(args: argparse.Namespace) -> int:
     from . import accounts
 
-    key = await accounts.create_api_key(args.user_id, args.name)
+    if args.spend_cap is not None and args.spend_cap <= 0:
+        raise CliError("--spend-cap must be positive")
+    key = await accounts.create_api_key(args.user_id, args.name, rpm=args.rpm, spend_cap=args.spend_cap)
     _out(key.secret)
     _info(f"created key {key.key_id} ({key.prefix}…, name {key.name!r}) for user {args.user_id}. "
           "The key is shown once: store it now.")
@@ -174,6 +176,9 @@ def _add_create_key(sub: SubParsers) -> None:
     p = sub.add_parser("create-key", help="create an API key (prints the secret, once)")
     p.add_argument("--user-id", required=True, type=_uuid)
     p.add_argument("--name", default="default")
+    p.add_argument("--rpm", type=_positive_int, default=None, help="this key's own requests per minute")
+    p.add_argument("--spend-cap", type=_decimal, default=None, metavar="USD",
+                   help="USD this key may spend in total (enforced atomically with each reservation)")
     p.set_defaults(func=_run_async(_cmd_create_key))
 
 
@@ -268,6 +273,17 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
                  f"reserved {v['reserved']} vs reservations {v['reserved_sum']}")
     else:
         _out("ok   balances match the ledger and reserved matches open reservations")
+
+    from .account.keys import key_reservation_drift
+
+    drift = await key_reservation_drift()
+    if drift:
+        problems += 1
+        _out(f"FAIL {len(drift)} capped key(s) whose reserved amount disagrees with their open reservations:")
+        for d in drift:
+            _out(f"       key {d['id']} (user {d['user_id']}): reserved {d['reserved']} vs {d['reserved_sum']}")
+    else:
+        _out("ok   capped keys' reserved amounts match their open reservations")
 
     overdrawn = await db.fetchall(
         "SELECT user_id, balance - reserved AS available FROM balances WHERE balance - reserved < 0 "
