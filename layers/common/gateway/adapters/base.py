@@ -791,19 +791,18 @@ def usage_from_openai(u: Any) -> Usage | None:
 
 
 class TranslatingAdapter:
-    """An adapter for a provider with its own wire format: the subclass names the module's
-    ``build_request`` / ``translate_response`` functions and its stream class."""
+    """One provider call = ``build_request`` → ``post_json`` → ``translate_response``; a stream is
+    ``stream_class``. Subclasses supply the two translations (methods, or a module's functions
+    as staticmethods) and the stream class."""
 
     provider = "?"
     stream_class: type[SSEUpstreamStream] = SSEUpstreamStream
 
-    @staticmethod
-    def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
                       stream: bool) -> httpx.Request:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @staticmethod
-    def translate_response(target: Target, body: dict[str, Any],
+    def translate_response(self, target: Target, body: dict[str, Any],
                            data: Any) -> tuple[dict[str, Any], Usage]:  # pragma: no cover - abstract
         raise NotImplementedError
 

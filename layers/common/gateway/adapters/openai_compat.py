@@ -18,6 +18,7 @@ from gateway.adapters.base import (
     SSEEvent,
     SSEUpstreamStream,
     Target,
+    TranslatingAdapter,
     Usage,
     bad_response,
     error_from_event,
@@ -27,7 +28,6 @@ from gateway.adapters.base import (
     new_id,
     now,
     plain_call_id,
-    post_json,
     usage_from_openai,
 )
 
@@ -40,7 +40,7 @@ OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reas
 DROP_FROM_OUTPUT = ("provider",)
 
 
-class OpenAICompatAdapter:
+class OpenAICompatAdapter(TranslatingAdapter):
     def __init__(self, provider: str, *, extra_headers: dict[str, str] | None = None) -> None:
         self.provider = provider
         self._extra_headers = extra_headers
@@ -92,15 +92,7 @@ class OpenAICompatAdapter:
             headers=self.headers(target),
         )
 
-    # non-streaming ---------------------------------------------------------------------------
-    async def complete(self, client: httpx.AsyncClient, target: Target,
-                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
-        def request() -> httpx.Request:
-            return self.build_request(client, target, body, stream=False)
-
-        data = await post_json(client, request, self.provider, target.api_key)
-        return self.translate_response(target, body, data)
-
+    # non-streaming (complete() comes from TranslatingAdapter) ----------------------------------
     def translate_response(self, target: Target, body: dict[str, Any],
                            data: Any) -> tuple[dict[str, Any], Usage]:
         if not isinstance(data, dict):
