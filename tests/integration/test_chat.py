@@ -466,3 +466,23 @@ async def test_metrics_are_dimensioned_by_provider(client: Any, make_user: Any,
     assert ["provider", "service"] in rec["_aws"]["CloudWatchMetrics"][0]["Dimensions"]
     assert rec["Requests"] == [1.0] and rec["CompletionTokens"] == [3.0] and rec["ChargeMicroUSD"][0] > 0
     assert user.api_key not in json.dumps(records)
+
+
+async def test_prompt_cache_writes_are_billed_at_the_cache_write_price(client: Any, make_user: Any) -> None:
+    user = await make_user("5")
+    r = await client.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "anthropic/claude-3.5-haiku",
+        "messages": _msg("cache me " + "x" * 400 + " [[words:4]] [[cache_write:40]]")})
+    assert r.status_code == 200, r.text
+    usage = r.json()["usage"]
+    row = await _model_row("anthropic/claude-3.5-haiku")
+    assert row["input_cache_write_price"] == row["prompt_price"] * Decimal("1.25")  # seeded by migration 0005
+    rec = (await _state(user.user_id))["usage"][0]
+    assert rec["cache_write_tokens"] == 40 and rec["cache_write_price"] == row["input_cache_write_price"]
+    price = ModelPrice(prompt=row["prompt_price"], completion=row["completion_price"],
+                       cache_read=row["input_cache_read_price"], cache_write=row["input_cache_write_price"])
+    expected = charge_for(price.provider_cost(usage["prompt_tokens"], usage["completion_tokens"], 0, 40),
+                          Decimal("0.10"))
+    assert rec["charge"] == expected
+    assert expected > charge_for(price.provider_cost(usage["prompt_tokens"], usage["completion_tokens"]),
+                                 Decimal("0.10"))

@@ -209,3 +209,27 @@ def test_floats_are_refused_everywhere() -> None:
         charge_for(D("0.01"), D("0.1"), byok=True, byok_fee=0.05)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         hold_for(GPT4O, 10, 10, 0.1)  # type: ignore[arg-type]
+
+
+def test_cache_writes_are_billed_at_the_cache_write_price() -> None:
+    price = ModelPrice(prompt=Decimal("0.000003"), completion=Decimal("0.000015"),
+                       cache_read=Decimal("0.0000003"), cache_write=Decimal("0.00000375"))
+    # 100 prompt tokens: 20 read from the cache, 30 written to it, 50 plain; 10 output tokens
+    cost = price.provider_cost(100, 10, cached_tokens=20, cache_write_tokens=30)
+    assert cost == (50 * Decimal("0.000003") + 20 * Decimal("0.0000003") + 30 * Decimal("0.00000375")
+                    + 10 * Decimal("0.000015"))
+    # cache writes can never exceed the uncached part of the prompt
+    assert price.provider_cost(10, 0, cached_tokens=8, cache_write_tokens=50) == (
+        8 * Decimal("0.0000003") + 2 * Decimal("0.00000375"))
+    # without a cache-write price they cost the prompt price
+    plain = ModelPrice(prompt=Decimal("0.000003"), completion=Decimal("0.000015"))
+    assert plain.provider_cost(100, 10, cache_write_tokens=30) == plain.provider_cost(100, 10)
+
+
+def test_hold_covers_a_prompt_written_entirely_to_the_cache() -> None:
+    price = ModelPrice(prompt=Decimal("0.000003"), completion=Decimal("0.000015"), cache_write=Decimal("0.00000375"))
+    markup = Decimal("0.10")
+    hold = hold_for(price, 1000, 100, markup)
+    for written in (0, 500, 1000):
+        assert charge_for(price.provider_cost(1000, 100, 0, written), markup) <= hold
+    assert charge_for(price.provider_cost(1000, 100, 0, 1000), markup) == hold

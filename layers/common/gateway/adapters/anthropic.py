@@ -287,6 +287,7 @@ def usage_from_anthropic(u: Any, into: Usage | None = None) -> Usage:
     if any(u.get(k) is not None for k in keys):
         usage.prompt_tokens = sum(as_int(u.get(k)) for k in keys)
         usage.cached_tokens = as_int(u.get("cache_read_input_tokens"))
+        usage.cache_write_tokens = as_int(u.get("cache_creation_input_tokens"))
     if u.get("output_tokens") is not None:
         usage.completion_tokens = as_int(u.get("output_tokens"))
     return usage

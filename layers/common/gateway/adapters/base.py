@@ -67,6 +67,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache
     reported: bool = True  # False when we had to estimate (provider reported none)
 
     @property

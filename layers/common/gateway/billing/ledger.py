@@ -237,9 +237,11 @@ class UsageRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     prompt_price: Decimal = ZERO
     completion_price: Decimal = ZERO
     cache_read_price: Decimal | None = None
+    cache_write_price: Decimal | None = None
     request_price: Decimal = ZERO
     markup: Decimal = ZERO
     byok: bool = False
@@ -277,12 +279,14 @@ WITH r AS (
     RETURNING id
 ), u AS (
     INSERT INTO usage_records (request_id, user_id, api_key_id, model_requested, model_served, provider,
-        prompt_tokens, completion_tokens, cached_tokens, prompt_price, completion_price, cache_read_price,
-        request_price, markup, byok, provider_cost, charge, hold, latency_ms, ttfb_ms, status, error_code,
+        prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, prompt_price, completion_price,
+        cache_read_price, cache_write_price, request_price, markup, byok, provider_cost, charge, hold, latency_ms,
+        ttfb_ms, status, error_code,
         estimated, stream)
     SELECT %(request_id)s, r.user_id, %(api_key_id)s, %(model_requested)s, %(model_served)s, %(provider)s,
-        %(prompt_tokens)s, %(completion_tokens)s, %(cached_tokens)s, %(prompt_price)s, %(completion_price)s,
-        %(cache_read_price)s, %(request_price)s, %(markup)s, %(byok)s, %(provider_cost)s, %(charge)s, r.amount,
+        %(prompt_tokens)s, %(completion_tokens)s, %(cached_tokens)s, %(cache_write_tokens)s, %(prompt_price)s,
+        %(completion_price)s, %(cache_read_price)s, %(cache_write_price)s, %(request_price)s, %(markup)s,
+        %(byok)s, %(provider_cost)s, %(charge)s, r.amount,
         %(latency_ms)s, %(ttfb_ms)s, %(status)s, %(error_code)s, %(estimated)s, %(stream)s FROM r
     RETURNING id
 )
@@ -327,7 +331,8 @@ async def settle(record: UsageRecord) -> Settlement:
         "api_key_id": record.api_key_id, "model_requested": record.model_requested,
         "model_served": record.model_served, "provider": record.provider,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-        "cached_tokens": record.cached_tokens, "prompt_price": record.prompt_price,
+        "cached_tokens": record.cached_tokens, "cache_write_tokens": record.cache_write_tokens,
+        "cache_write_price": record.cache_write_price, "prompt_price": record.prompt_price,
         "completion_price": record.completion_price, "cache_read_price": record.cache_read_price,
         "request_price": record.request_price, "markup": record.markup, "byok": record.byok,
         "provider_cost": record.provider_cost, "latency_ms": record.latency_ms, "ttfb_ms": record.ttfb_ms,

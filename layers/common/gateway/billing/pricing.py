@@ -52,17 +52,24 @@ class ModelPrice:
     completion: Decimal
     request: Decimal = ZERO
     cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
 
     def __post_init__(self) -> None:
         _no_float(*(getattr(self, f.name) for f in fields(self)))
 
-    def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
-        """Exact provider cost. ``cached_tokens`` are part of ``prompt_tokens`` billed at the cache price."""
+    def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                      cache_write_tokens: int = 0) -> Decimal:
+        """Exact provider cost. ``cached_tokens`` (read from the prompt cache) and
+        ``cache_write_tokens`` (written to it) are parts of ``prompt_tokens`` billed at the cache
+        read / write prices where the model has them."""
         cached = max(0, min(cached_tokens, prompt_tokens))
-        cache_price = self.cache_read if self.cache_read is not None else self.prompt
+        written = max(0, min(cache_write_tokens, prompt_tokens - cached))
+        read_price = self.cache_read if self.cache_read is not None else self.prompt
+        write_price = self.cache_write if self.cache_write is not None else self.prompt
         with localcontext(_EXACT):
-            return (Decimal(prompt_tokens - cached) * self.prompt + Decimal(cached) * cache_price
-                    + Decimal(completion_tokens) * self.completion + self.request)
+            return (Decimal(prompt_tokens - cached - written) * self.prompt + Decimal(cached) * read_price
+                    + Decimal(written) * write_price + Decimal(completion_tokens) * self.completion
+                    + self.request)
 
 
 def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
@@ -78,8 +85,9 @@ def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: 
 
 def hold_for(price: ModelPrice, prompt_tokens_estimate: int, max_output_tokens: int, markup: Decimal,
              *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
-    """Worst-case charge reserved before the upstream call (prompt at full, uncached price — or at
-    the cache price if a model's cache price were ever the higher one)."""
+    """Worst-case charge reserved before the upstream call: the whole prompt at the highest of the
+    prompt, cache-read and cache-write prices."""
     worst = max(price.provider_cost(prompt_tokens_estimate, max_output_tokens, 0),
-                price.provider_cost(prompt_tokens_estimate, max_output_tokens, prompt_tokens_estimate))
+                price.provider_cost(prompt_tokens_estimate, max_output_tokens, prompt_tokens_estimate),
+                price.provider_cost(prompt_tokens_estimate, max_output_tokens, 0, prompt_tokens_estimate))
     return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

@@ -197,13 +197,15 @@ def _record(call: Call, status: str, *, candidate: Candidate | None = None, usag
         record.provider = candidate.target.provider
         record.prompt_price, record.completion_price = m.price.prompt, m.price.completion
         record.cache_read_price, record.request_price = m.price.cache_read, m.price.request
+        record.cache_write_price = m.price.cache_write
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
         record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        record.cached_tokens = usage.cached_tokens
+        record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
         record.estimated = not usage.reported
-        cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                                   usage.cache_write_tokens)
         if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
             cost = ZERO
         record.provider_cost = cost
