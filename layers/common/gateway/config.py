@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = 300
     stripe_webhook_lock_timeout_ms: int = 3000  # a webhook waits this long for a row lock, then 5xx
 
+    # Customer console (docs/console.md): the OIDC app client its pages sign in with (Cognito's
+    # hosted UI or another provider); template.yaml writes these to SSM. Empty = sign-in not set up.
+    console_client_id: str = ""
+    console_authorize_url: str = ""
+    console_token_url: str = ""
+    console_signup_url: str = ""    # optional (Cognito: <domain>/signup); empty = the authorize URL
+    console_logout_url: str = ""    # optional (Cognito: <domain>/logout)
+    console_stream_url: str = ""    # optional: QueryStreamUrl, so the playground streams through the Function URL
+    console_low_balance: Decimal = Field(default=Decimal("2"), ge=0)  # USD; below it the console warns
+
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _split_origins(cls, v: Any) -> Any:

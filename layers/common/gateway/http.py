@@ -72,9 +72,11 @@ def _pick_request_id(scope: Scope) -> tuple[str, str]:
 class GatewayMiddleware:
     """Request id, security headers and the request body size limit (pure ASGI)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int,
+                 security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.security_headers = security_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +96,7 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.append(rid_header)
-                headers.extend(SECURITY_HEADERS)
+                headers.extend(self.security_headers)
                 message["headers"] = headers
             await send(message)
 
@@ -221,7 +223,10 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_internal_error_body(request_id), status_code=500)
 
 
-def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: Any) -> FastAPI:
+def create_app(title: str, routers: Iterable[APIRouter] = (),
+               security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS, **fastapi_kwargs: Any) -> FastAPI:
+    """``security_headers`` are added to every response (the API's strict defaults; the console
+    serves pages and sets its own policy and caching)."""
     settings = get_settings()
     fastapi_kwargs.setdefault("docs_url", None if settings.deployed else "/docs")
     fastapi_kwargs.setdefault("redoc_url", None)
@@ -239,5 +244,5 @@ def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: 
                            allow_headers=["authorization", "content-type", "x-request-id"],
                            expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit",
                                            "x-ratelimit-remaining", "x-ratelimit-reset"], max_age=600)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
     return app
