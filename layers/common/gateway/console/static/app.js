@@ -519,7 +519,7 @@
           h('td', null, k.name), h('td', null, h('code', null, k.prefix + '…')),
           scoped ? h('td', null, k.scope || 'full') : null,
           h('td', null, h('span', { class: 'tag ' + k.status }, k.status)),
-          h('td', null, limits), h('td', null, when(k.created_at)), h('td', null, when(k.last_used_at)),
+          h('td', null, limits), h('td', null, when(k.created_at)), h('td', { class: 'last-used' }, when(k.last_used_at)),
           h('td', null, revoke));
       });
       const headers = ['Name', 'Key', scoped ? 'Scope' : null, 'Status', 'Limits', 'Created', 'Last used', 'Action'].filter(Boolean);
@@ -664,7 +664,7 @@
       field('From', from), field('To', to), field('Chart', group), field('Show', metric), field('Model', model), field('API key', key),
       h('div', null, apply));
     const chartBox = h('div');
-    const totals = h('p', { class: 'muted' });
+    const totals = h('p', { class: 'muted', id: 'usage-totals' });
     const tableBox = h('div');
     const more = h('button', { type: 'button', class: 'ghost', hidden: true }, 'Load more');
     const exportBtn = h('button', { type: 'button', class: 'ghost' }, 'Export CSV');
@@ -693,7 +693,7 @@
         stack[r.day][name] = (stack[r.day][name] || 0) + value(r);
       }
       const max = Math.max(0, ...days.map((d) => Object.values(stack[d] || {}).reduce((a, b) => a + b, 0)));
-      const W = 760, H = 240, L = 56, B = 28, T = 10;
+      const W = 760, H = 240, L = 78, B = 28, T = 10;
       const bw = (W - L - 8) / Math.max(days.length, 1);
       const fmt = (v) => (metric.value === 'charge' ? '$' + (v >= 1 ? v.toFixed(2) : v.toPrecision(2)) : Math.round(v).toLocaleString('en-US'));
       const total = rows.reduce((a, r) => a + value(r), 0);
@@ -702,7 +702,7 @@
       for (let i = 0; i <= 4; i++) {
         const y = T + (H - B - T) * (1 - i / 4);
         svg.appendChild(s('line', { x1: L, x2: W - 4, y1: y, y2: y, stroke: '#e2e5eb' }));
-        svg.appendChild(s('text', { x: L - 6, y: y + 4, 'text-anchor': 'end' }, max ? fmt((max * i) / 4) : i === 0 ? '0' : ''));
+        svg.appendChild(s('text', { x: L - 6, y: y + 4, 'text-anchor': 'end' }, i === 0 ? '0' : max ? fmt((max * i) / 4) : ''));
       }
       days.forEach((d, i) => {
         let y = H - B;
