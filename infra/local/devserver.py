@@ -8,8 +8,9 @@ function is mounted at exactly its method and path, dispatching to that function
 - the Upstash REST bridge on the real Redis (unless ``UPSTASH_REDIS_REST_URL`` is set);
 - the fake provider servers (unless ``--real-providers``);
 - the fake Stripe API with its hosted Checkout / Billing Portal pages (unless ``STRIPE_SECRET_KEY``);
-- the local OIDC identity provider for the console's sign-up / sign-in (unless ``JWT_JWKS_URL``
-  or ``CONSOLE_CLIENT_ID`` is set), wired into the JWT settings exactly as template.yaml wires Cognito;
+- the local OIDC identity provider for the console's sign-up / sign-in (unless sign-in is already
+  configured: ``JWT_JWKS_URL``, ``JWT_HS256_SECRET`` or ``CONSOLE_CLIENT_ID``), wired into the JWT
+  settings exactly as template.yaml wires Cognito;
 - a dev user with credit and an API key, printed with curl / openai-SDK examples and written to
   ``.local/dev-credentials.json``, plus the console URL.
 """
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.setdefault(name, f"{stack_url}/console/{page}")
     if not os.environ.get("STRIPE_SECRET_KEY"):
         start_fake_stripe(stack_url)
-    if not (os.environ.get("JWT_JWKS_URL") or os.environ.get("CONSOLE_CLIENT_ID")):
+    if not any(os.environ.get(name) for name in ("JWT_JWKS_URL", "JWT_HS256_SECRET", "CONSOLE_CLIENT_ID")):
         idp_state = LOCAL_DIR / "idp-state.json" if credentials_file == CREDENTIALS_FILE else None
         start_identity_provider(stack_url, idp_state)
 

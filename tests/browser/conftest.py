@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import local_stack  # noqa: F401  (the same stack fixture as the e2e tests)
+from tests.e2e.conftest import start_local_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("BROWSER_EXECUTABLE", "/usr/bin/chromium")
@@ -25,7 +25,18 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def console_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The local stack as `make dev` runs it, with the local identity provider: without the JWT
+    settings other e2e modules add to STACK_ENV (they sign their own HS256 tokens)."""
+    with start_local_stack(tmp_path_factory, drop_env=("JWT_",)) as creds:
+        assert creds["idp_url"], "the stack did not start the local identity provider"
+        yield creds
+
+
+# Module scope on purpose: the sync API runs an event loop in this thread while it is open, which
+# would break the asyncio tests that run after this directory.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"chromium not found at {CHROMIUM}: `apt-get install chromium` (.ci/run does it), "

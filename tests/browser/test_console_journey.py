@@ -59,9 +59,9 @@ class Journey:
 
 
 @pytest.fixture(scope="module")
-def journey(local_stack: dict[str, Any], browser: Any) -> Any:
-    tab = open_tab(browser, local_stack["base_url"])
-    yield Journey(local_stack, tab)
+def journey(console_stack: dict[str, Any], browser: Any) -> Any:
+    tab = open_tab(browser, console_stack["base_url"])
+    yield Journey(console_stack, tab)
     tab.context.close()
 
 
@@ -303,6 +303,7 @@ def test_keyboard_only_navigation_and_key_creation(journey: Journey) -> None:
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r".*/console/keys$"))
     assert page.evaluate("() => document.activeElement.tagName") == "H1"  # focus moved to the new page
+    page.get_by_role("button", name="Create key").wait_for()  # the page has loaded its data
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.name") == "name"
     page.keyboard.type("keyboard key")
