@@ -34,7 +34,7 @@ from tests.browser.conftest import DESKTOP, PHONE, Tab, open_tab
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 PASSWORD = "correct horse battery staple"
-PAGES = ["", "/usage", "/keys", "/provider-keys", "/billing", "/models", "/playground"]
+PAGES = ["", "/welcome", "/usage", "/keys", "/provider-keys", "/billing", "/models", "/playground"]
 
 
 class Journey:
