@@ -152,3 +152,13 @@ def test_fake_form_decoding() -> None:
         "line_items": [{"price_data": {"unit_amount": "2550", "product_data": {"name": "API credit"}},
                         "quantity": "1"}, {"price": "price_x"}]}
 
+
+def test_subscribed_events_are_the_handled_ones_everywhere() -> None:
+    """The endpoint's events in docs/billing.md (the curl that creates it), the fake Stripe's
+    enabled events and the webhook's handlers are one list."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "billing.md").read_text()
+    documented = set(re.findall(r'enabled_events\[\]=([a-z_.]+)"', docs))
+    assert documented == set(webhooks.HANDLERS) == set(fs.ENABLED_EVENTS)
