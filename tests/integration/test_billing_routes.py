@@ -245,8 +245,8 @@ async def test_restricted_key_gets_403_on_checkout_and_portal(gateway: Any, bill
 
 async def test_sessions_are_usd_only(gateway: Any, billing: Billing, make_user: Any,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Adaptive Pricing (local-currency presentment) is off on every session, and a plan whose
-    Stripe price is not in USD is refused before a session exists."""
+    """Every session is pinned to USD (currency=usd, Adaptive Pricing off: no local-currency
+    presentment), and a plan whose Stripe price is not in USD is refused before a session exists."""
     from gateway.billing import stripe_api
     from gateway.config import reset_settings
 
@@ -254,7 +254,7 @@ async def test_sessions_are_usd_only(gateway: Any, billing: Billing, make_user: 
     for body in ({"credits": 10}, {"plan": "pro"}):
         assert (await gateway.post("/v1/billing/checkout", json=body, headers=_auth(user))).status_code == 200
     sent = [r["params"] for r in billing.stripe.requests("/v1/checkout/sessions", "POST")]
-    assert [p["adaptive_pricing"] for p in sent] == [{"enabled": "false"}] * 2
+    assert [(p["currency"], p["adaptive_pricing"]) for p in sent] == [("usd", {"enabled": "false"})] * 2
     assert [r["path"] for r in billing.stripe.requests(method="GET")] == [f"/v1/prices/{PRICES['pro']}"]
 
     billing.stripe.fake.add_price("price_test_premium_eur", 4500, currency="eur")

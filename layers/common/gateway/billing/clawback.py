@@ -134,12 +134,14 @@ async def _reconcile_refunds(conn: Any, payment_intent: str, pay: dict[str, Any]
             shortfall = -min(r["shortfall"], -delta)   # given back: first what had gone below zero
             result.restored -= delta
         await conn.execute("UPDATE stripe_refunds SET deducted = deducted + %s, shortfall = shortfall + %s, "
-                           "user_id = COALESCE(user_id, %s), updated_at = now() WHERE charge_id = %s",
-                           (delta, shortfall, user_id, r["charge_id"]))
+                           "updated_at = now() WHERE charge_id = %s", (delta, shortfall, r["charge_id"]))
         r["deducted"] += delta
         result.shortfall += max(shortfall, ZERO)
     if result.restored > 0:
         metrics.add_metric(name="RefundFailedRestored", unit=MetricUnit.Count, value=1)
+    # Whose refunds these are (for the account's history and its deletion), once the payment is known.
+    await conn.execute("UPDATE stripe_refunds SET user_id = %s WHERE payment_intent = %s AND user_id IS NULL",
+                       (user_id, payment_intent))
     await conn.execute("UPDATE stripe_refund_items SET user_id = %s WHERE charge_id = ANY(%s::text[]) "
                        "AND user_id IS NULL", (user_id, [c["charge_id"] for c in charges]))
     return sum((r["deducted"] for r in charges), ZERO)

@@ -15,8 +15,9 @@ Credit and tier changes happen only in the webhook (signed by Stripe), never her
 Auth: ``Authorization: Bearer <API key | sign-in JWT>`` (the dashboard identity dependency);
 checkout and the portal (where plans change) need a full-scope key or a sign-in token, never a
 restricted key (403 ``insufficient_scope``). Sessions are USD only: credit is priced in USD, a plan
-whose Stripe price is in another currency is refused (503 ``billing_unconfigured``), and Adaptive
-Pricing (local-currency presentment) is switched off on every session.
+whose Stripe price is in another currency is refused (503 ``billing_unconfigured``), and every
+session is created with ``currency=usd`` and Adaptive Pricing (local-currency presentment) off, so
+neither multi-currency prices nor Stripe's conversion can make the customer pay another currency.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ async def create_checkout(body: CheckoutRequest, request: Request, principal: Us
     user_id = str(principal.user_id)
     common: dict[str, Any] = {"client_reference_id": user_id, "success_url": _redirect_url("billing_success_url"),
                               "cancel_url": _redirect_url("billing_cancel_url"),
-                              "adaptive_pricing": {"enabled": False}}
+                              "currency": "usd", "adaptive_pricing": {"enabled": False}}
     credits: Decimal | None = None
     plan: Tier | None = None
     if body.credits is not None:
