@@ -257,6 +257,7 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
 LOCAL_STRIPE_PRICES = {"pro": {"stripe_price_id": "price_local_pro"},
                        "premium": {"stripe_price_id": "price_local_premium"},
                        "team": {"stripe_price_id": "price_local_team"}}
+LOCAL_PRICE_CENTS = {"pro": 2000, "premium": 4900, "team": 9900}  # monthly USD prices the fake knows
 
 
 def start_fake_stripe(stack_url: str) -> str:
@@ -267,8 +268,10 @@ def start_fake_stripe(stack_url: str) -> str:
     base = f"http://127.0.0.1:{port}"
     webhook_secret = "whsec_local_" + secrets.token_hex(16)
     plans = [f"--plan={name}={row['stripe_price_id']}" for name, row in LOCAL_STRIPE_PRICES.items()]
+    prices = [f"--price={row['stripe_price_id']}={LOCAL_PRICE_CENTS[tier]}:usd"
+              for tier, row in LOCAL_STRIPE_PRICES.items()]
     _spawn(["-m", "infra.local.fake_stripe_pages", "--port", str(port), "--webhook-url", f"{stack_url}/webhooks/stripe",
-            "--webhook-secret", webhook_secret, *plans], base, "/__fake/health")
+            "--webhook-secret", webhook_secret, *plans, *prices], base, "/__fake/health")
     os.environ.update({"STRIPE_API_BASE": base, "STRIPE_SECRET_KEY": "sk_test_local_fake",
                        "STRIPE_WEBHOOK_SECRET": webhook_secret, "FAKE_STRIPE_URL": base})
     os.environ.setdefault("TIERS_JSON", json.dumps(LOCAL_STRIPE_PRICES))

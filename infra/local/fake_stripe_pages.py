@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from infra.local.fake_stripe import FakeStripe, event, price
+from infra.local.fake_stripe import FakeStripe, event, price, price_arg
 from infra.local.idp import form_fields
 
 
@@ -62,7 +62,7 @@ class HostedFakeStripe(FakeStripe):
         previous: dict[str, Any] = {}
         if price_id is not None and price_id != item["price"]["id"]:
             previous["items"] = {"object": "list", "data": [dict(item)]}
-            item["price"] = price(price_id)
+            item["price"] = dict(self.prices.get(price_id) or price(price_id))
             sub["metadata"] = {**sub.get("metadata", {}), "tier": self.plan_of(price_id)}
         if cancel_at_period_end is not None and cancel_at_period_end != sub["cancel_at_period_end"]:
             previous["cancel_at_period_end"] = sub["cancel_at_period_end"]
@@ -184,9 +184,11 @@ def hosted_routes(fake: HostedFakeStripe) -> list[Route]:
 
 
 def create_app(public_url: str, plans: dict[str, str], webhook_url: str | None = None,
-               webhook_secret: str | None = None) -> Starlette:
+               webhook_secret: str | None = None, prices: dict[str, tuple[int, str]] | None = None) -> Starlette:
     fake = HostedFakeStripe(webhook_url=webhook_url, webhook_secret=webhook_secret, public_url=public_url.rstrip("/"),
                             plans=plans)
+    for price_id, (unit_amount, currency) in (prices or {}).items():
+        fake.add_price(price_id, unit_amount, currency)
     app = Starlette(routes=hosted_routes(fake) + fake.routes())
     app.state.fake = fake
     return app
@@ -201,9 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--webhook-url")
     parser.add_argument("--webhook-secret")
     parser.add_argument("--plan", action="append", default=[], help="tier=price_id (repeat)")
+    parser.add_argument("--price", action="append", default=[], type=price_arg,
+                        help="a recurring price: price_id=unit_amount[:currency] (repeat)")
     args = parser.parse_args(argv)
     plans = dict(p.split("=", 1) for p in args.plan)
-    app = create_app(f"http://{args.host}:{args.port}", plans, args.webhook_url, args.webhook_secret)
+    app = create_app(f"http://{args.host}:{args.port}", plans, args.webhook_url, args.webhook_secret,
+                     dict(args.price))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -298,3 +298,21 @@ def test_settings_model_has_every_ssm_secret_name() -> None:
     # The names an operator puts under /mlp/<stage>/ are the lower-case field names.
     for name in PROD_SECRETS:
         assert name.lower() in Settings.model_fields
+
+
+@pytest.mark.parametrize("issuer,audience,ok", [("https://id.example/", "dashboard", True),
+                                                ("", "dashboard", False), ("https://id.example/", "", False),
+                                                (" ", " ", False)])
+def test_deployed_stage_refuses_jwks_without_issuer_and_audience(env: pytest.MonkeyPatch, issuer: str,
+                                                                 audience: str, ok: bool) -> None:
+    """A JWKS verifies every token its identity provider signs, for any application: a deployed
+    stage pins whose tokens (issuer) for what (audience)."""
+    _prod(env, JWT_JWKS_URL="https://id.example/.well-known/jwks.json", JWT_ISSUER=issuer, JWT_AUDIENCE=audience)
+    if ok:
+        assert get_settings().jwt_issuer == issuer
+    else:
+        with pytest.raises(ValidationError, match="JWT_JWKS_URL without JWT_ISSUER and JWT_AUDIENCE"):
+            get_settings()
+    env.setenv("STAGE", "test")   # locally a bare JWKS is fine (tests, the dev stack)
+    reset_settings()
+    assert get_settings().jwt_jwks_url

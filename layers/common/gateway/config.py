@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     jwt_leeway_s: int = Field(default=30, ge=0, le=600)   # clock skew allowed on exp/nbf/iat
     jwt_jwks_cache_s: int = Field(default=600, ge=0)      # how long a fetched JWKS is trusted
     key_create_per_hour: int = Field(default=20, ge=1)    # API keys a user may create per hour
+    # Sign-up with a JWT (docs/account.md): the welcome credit of a new identity with a verified,
+    # new email (separate from WELCOME_CREDIT of admin/CLI users), and new identities per source
+    # address per hour.
+    jwt_welcome_credit: Decimal = Field(default=Decimal("10"), ge=0)
+    jwt_provision_per_hour: int = Field(default=20, ge=1)
     max_keys_per_user: int = Field(default=100, ge=1)     # active (unrevoked) API keys per user
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
@@ -185,6 +190,14 @@ class Settings(BaseSettings):
             bad.append("admin_api_key (shorter than 24 characters)")
         if bad:
             raise ValueError(f"stage {self.stage!r} refuses empty or placeholder secrets: {', '.join(bad)}")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_open_jwks_when_deployed(self) -> Settings:
+        """A JWKS verifies every token the identity provider signs, for any of its applications:
+        a deployed stage must pin the issuer and the audience."""
+        if self.deployed and self.jwt_jwks_url and not (self.jwt_issuer.strip() and self.jwt_audience.strip()):
+            raise ValueError(f"stage {self.stage!r} refuses JWT_JWKS_URL without JWT_ISSUER and JWT_AUDIENCE")
         return self
 
     @field_validator("byok_master_keys")
