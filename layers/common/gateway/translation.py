@@ -1,0 +1,138 @@
+"""What the alternative API surfaces share (``messages`` = Anthropic Messages, ``responses`` = the
+OpenAI Responses API, ``embeddings``): the result of translating a request into the internal chat
+body, the response header that names what was not forwarded, SSE framing, and reading the
+internal stream back as chunk dicts.
+
+The internal request is an OpenAI ``chat.completions`` body (``gateway.chat.schema.ChatRequest``);
+the pipeline answers with an OpenAI ``chat.completion`` dict or a stream of
+``chat.completion.chunk`` dicts ending with a usage chunk (``choices: []``). Every surface
+translates into and out of those shapes with pure functions; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Response header listing the request parameters a surface accepted but could not forward to the
+# model that served it (comma separated, e.g. ``top_k, thinking blocks``). Also worth a log line.
+DROPPED_PARAMS_HEADER = "x-dropped-params"
+MAX_DROPPED_HEADER_CHARS = 1024
+
+
+@dataclass(slots=True)
+class Translation:
+    """A surface request turned into the internal chat body, plus what could not be carried."""
+
+    body: dict[str, Any]
+    dropped: list[str] = field(default_factory=list)
+
+    def drop(self, name: str) -> None:
+        if name not in self.dropped:
+            self.dropped.append(name)
+
+    def headers(self) -> dict[str, str]:
+        """``{DROPPED_PARAMS_HEADER: "a, b"}`` when something was dropped, else ``{}``."""
+        return dropped_header(self.dropped)
+
+
+def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
+    names = list(dict.fromkeys(dropped))
+    if not names:
+        return {}
+    value = ", ".join(names)
+    if len(value) > MAX_DROPPED_HEADER_CHARS:
+        value = value[: MAX_DROPPED_HEADER_CHARS - 1] + "…"
+    return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def sse_event(event: str, data: dict[str, Any]) -> bytes:
+    """One named server-sent event (``event: NAME`` + ``data: JSON``)."""
+    return b"event: " + event.encode() + b"\ndata: " + dumps(data).encode() + b"\n\n"
+
+
+async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The pipeline's chat SSE bytes (``data: {chunk}`` ... ``data: [DONE]``) back as dicts.
+
+    Lets a surface sit on top of the existing streaming pipeline unchanged: an in-stream error
+    comes through as ``{"error": {...}}``; ``[DONE]`` and empty priming bytes are skipped.
+    """
+    from gateway.adapters.base import SSEDecoder  # the shared incremental SSE parser
+
+    decoder = SSEDecoder()
+    async for piece in stream:
+        if not piece:
+            continue
+        for event in decoder.feed(piece):
+            obj = _chunk_of(event.data)
+            if obj is not None:
+                yield obj
+    for event in decoder.close():
+        obj = _chunk_of(event.data)
+        if obj is not None:
+            yield obj
+
+
+def _chunk_of(data: str) -> dict[str, Any] | None:
+    data = data.strip()
+    if not data or data == "[DONE]":
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return {"error": {"message": "The stream carried malformed data.", "type": "api_error",
+                          "code": "upstream_bad_response"}}
+    return obj if isinstance(obj, dict) else None
+
+
+def usage_numbers(usage: Any) -> tuple[int, int, int, int, int]:
+    """``(prompt, completion, cached, cache_write, reasoning)`` from an OpenAI ``usage`` dict or a
+    ``gateway.adapters.base.Usage`` (prompt includes cached and cache-write tokens)."""
+    if usage is None:
+        return 0, 0, 0, 0, 0
+    if not isinstance(usage, dict):
+        return (int(usage.prompt_tokens), int(usage.completion_tokens), int(usage.cached_tokens),
+                int(usage.cache_write_tokens), 0)
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+            _int(prompt_details.get("cached_tokens")),
+            _int(prompt_details.get("cache_write_tokens") or usage.get("cache_write_tokens")),
+            _int(completion_details.get("reasoning_tokens")))
+
+
+def reasoning_tokens(usage: Any) -> int:
+    return usage_numbers(usage)[4] if isinstance(usage, dict) else 0
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def message_reasoning(message: dict[str, Any]) -> str:
+    """The reasoning text a chat message or delta carries (OpenRouter ``reasoning``, DeepSeek-style
+    ``reasoning_content``), or ``""``."""
+    for key in ("reasoning", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def first_choice(obj: dict[str, Any]) -> dict[str, Any]:
+    choices = obj.get("choices") or []
+    return choices[0] if choices and isinstance(choices[0], dict) else {}
