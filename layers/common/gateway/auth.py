@@ -4,7 +4,8 @@ Keys look like ``sk-mlp-<43 url-safe chars>`` (256 bits of entropy). Only the SH
 is stored; a lookup is one indexed query (which also bumps ``last_used_at`` at most once a
 minute) and its result is cached in the warm container for ``auth_cache_ttl_s`` seconds, so a
 revoked key stops working everywhere within that many seconds. The admin key comes from config
-and is compared in constant time.
+and is compared in constant time. A key is accepted as ``Authorization: Bearer <key>`` or as
+``x-api-key: <key>`` (Anthropic's header) wherever a key is accepted; both at once must agree.
 
 The user's tier is deliberately NOT trusted from this cache for billing decisions: the reserve
 statement reads the current tier, so a subscription change applies on the very next request.
@@ -177,12 +178,27 @@ def require_full_scope(principal: Principal, action: str) -> None:
                         code="insufficient_scope")
 
 
+MISSING_KEY_MESSAGE = "Missing API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+
+
+def has_credential(request: Request) -> bool:
+    """The request carries an ``Authorization`` or ``x-api-key`` header (well-formed or not)."""
+    return bool(request.headers.get("authorization") or request.headers.get("x-api-key"))
+
+
 def bearer_token(request: Request) -> str:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key")
-    return token.strip()
+    """The caller's credential: ``Authorization: Bearer <token>`` or ``x-api-key: <token>`` (what the
+    anthropic SDK and Claude Code send). Both at once must agree: two different credentials are a 401
+    ``conflicting_credentials`` rather than a guess at which account to act for and bill."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else ""
+    api_key = request.headers.get("x-api-key", "").strip()
+    if bearer and api_key and not hmac.compare_digest(bearer.encode("utf-8"), api_key.encode("utf-8")):
+        raise Unauthorized("Two different credentials: 'Authorization: Bearer' and 'x-api-key' must carry the same "
+                           "key when both are sent.", code="conflicting_credentials")
+    if not (bearer or api_key):
+        raise Unauthorized(MISSING_KEY_MESSAGE, code="missing_api_key")
+    return bearer or api_key
 
 
 async def require_api_key(request: Request) -> Principal:

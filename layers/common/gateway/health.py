@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from . import db
-from .auth import authenticate_key, bearer_token, is_admin_key
+from .auth import authenticate_key, bearer_token, has_credential, is_admin_key
 from .config import get_settings
 from .upstash import get_redis
 
@@ -50,7 +50,7 @@ async def _check_redis() -> dict[str, Any]:
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     caller: dict[str, Any] = {}
-    if request.headers.get("authorization"):
+    if has_credential(request):
         token = bearer_token(request)
         if is_admin_key(token):
             caller = {"caller": "admin"}

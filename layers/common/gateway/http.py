@@ -241,7 +241,8 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
     if settings.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-                           allow_headers=["authorization", "content-type", "x-request-id"],
+                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id",
+                                          "anthropic-version", "anthropic-beta"],
                            expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit",
                                            "x-ratelimit-remaining", "x-ratelimit-reset"], max_age=600)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from ..auth import Principal, authenticate_key, bearer_token, is_admin_key
+from ..auth import MISSING_KEY_MESSAGE, Principal, authenticate_key, bearer_token, has_credential, is_admin_key
 from ..config import TIER_ALIASES, Tier, get_settings
 from ..errors import BadRequest, Forbidden, ModelNotFound, Unauthorized
 from . import cache
@@ -43,7 +43,7 @@ class Caller:
 
 
 async def resolve_caller(request: Request, *, refresh: bool) -> Caller:
-    token = bearer_token(request) if request.headers.get("authorization") else None
+    token = bearer_token(request) if has_credential(request) else None
     if token is not None and is_admin_key(token):
         return Caller("admin")
     if refresh:  # only the admin key may refresh: no need to look any other key up
@@ -51,7 +51,7 @@ async def resolve_caller(request: Request, *, refresh: bool) -> Caller:
     if token is not None:
         return Caller("user", await authenticate_key(token))
     if get_settings().models_auth == "key":
-        raise Unauthorized("Missing API key. Send 'Authorization: Bearer <key>'.", code="missing_api_key")
+        raise Unauthorized(MISSING_KEY_MESSAGE, code="missing_api_key")
     return Caller("anonymous")
 
 
