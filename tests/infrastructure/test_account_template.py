@@ -8,6 +8,8 @@ ACCOUNT_ROUTES = {
     ("GET", "/v1/balance"): "BalanceFunction",
     ("GET", "/v1/usage"): "BalanceFunction",
     ("GET", "/v1/usage/summary"): "BalanceFunction",
+    ("GET", "/v1/key"): "BalanceFunction",
+    ("GET", "/v1/credits"): "BalanceFunction",
     ("GET", "/v1/keys"): "KeysFunction",
     ("POST", "/v1/keys"): "KeysFunction",
     ("DELETE", "/v1/keys/{key_id}"): "KeysFunction",

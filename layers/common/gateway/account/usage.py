@@ -15,6 +15,7 @@ from uuid import UUID
 from .. import db
 from ..auth import Principal
 from ..billing import ledger
+from ..billing.pricing import to_credit
 from ..config import get_settings
 from ..errors import BadRequest, NotFound
 from .money import money
@@ -198,3 +199,75 @@ async def summary(user_id: UUID | str, *, group_by: Literal["day", "model"] = "d
     return {"object": "usage_summary", "group_by": group_by, "from": start, "to": end, "data": data,
             "total": {**totals, "total_tokens": totals["prompt_tokens"] + totals["completion_tokens"],
                       "charge": money(total_charge)}}
+
+
+# --------------------------------------------------------------------------- OpenRouter-style views
+def _windows(now: dt.datetime | None = None) -> dict[str, dt.datetime]:
+    """Start of the current UTC day, week (Monday) and month."""
+    now = now or dt.datetime.now(UTC)
+    day = dt.datetime(now.year, now.month, now.day, tzinfo=UTC)
+    return {"day": day, "week": day - dt.timedelta(days=now.weekday()),
+            "month": dt.datetime(now.year, now.month, 1, tzinfo=UTC)}
+
+
+KEY_INFO_SQL = """
+SELECT k.name, k.rpm, k.spend_cap, k.spent, k.reserved, u.tier,
+       COALESCE(sum(r.charge), 0) AS usage,
+       COALESCE(sum(r.charge) FILTER (WHERE r.created_at >= %(day)s), 0) AS usage_daily,
+       COALESCE(sum(r.charge) FILTER (WHERE r.created_at >= %(week)s), 0) AS usage_weekly,
+       COALESCE(sum(r.charge) FILTER (WHERE r.created_at >= %(month)s), 0) AS usage_monthly,
+       COALESCE(sum(r.provider_cost) FILTER (WHERE r.byok), 0) AS byok_usage,
+       COALESCE(sum(r.provider_cost) FILTER (WHERE r.byok AND r.created_at >= %(day)s), 0) AS byok_usage_daily,
+       COALESCE(sum(r.provider_cost) FILTER (WHERE r.byok AND r.created_at >= %(week)s), 0) AS byok_usage_weekly,
+       COALESCE(sum(r.provider_cost) FILTER (WHERE r.byok AND r.created_at >= %(month)s), 0) AS byok_usage_monthly
+FROM api_keys k JOIN users u ON u.id = k.user_id
+LEFT JOIN usage_records r ON r.user_id = k.user_id AND r.api_key_id = k.id
+WHERE k.user_id = %(user_id)s AND k.id = %(key_id)s
+GROUP BY k.id, u.tier
+"""
+
+
+async def key_info(principal: Principal, now: dt.datetime | None = None) -> dict[str, Any]:
+    """OpenRouter's ``GET /api/v1/key`` data for the calling key. Amounts are Decimals (USD): the
+    route writes them as exact JSON numbers. ``usage*`` is what we charged through this key (UTC
+    day / week from Monday / month); ``byok_usage*`` the provider cost of its BYOK requests (paid to
+    the provider by the customer, at list price); ``limit`` the key's spend cap (lifetime, so
+    ``limit_reset`` is null)."""
+    if principal.key_id is None:
+        raise NotFound("This view is about an API key; call it with one.", code="api_key_required")
+    row = await db.fetchone(KEY_INFO_SQL, {"user_id": principal.user_id, "key_id": principal.key_id,
+                                           **_windows(now)})
+    if row is None:
+        raise NotFound("API key not found.", code="key_not_found")
+    tier = get_settings().tier(row["tier"])
+    cap = row["spend_cap"]
+    remaining = None if cap is None else max(cap - row["spent"] - row["reserved"], Decimal(0))
+    rpm = min(tier.rpm, row["rpm"]) if row["rpm"] else tier.rpm
+    data: dict[str, Any] = {"label": row["name"], "limit": cap, "limit_remaining": remaining, "limit_reset": None,
+                            "include_byok_in_limit": False}
+    for window in ("", "_daily", "_weekly", "_monthly"):
+        data[f"usage{window}"] = row[f"usage{window}"]
+    for window in ("", "_daily", "_weekly", "_monthly"):
+        data[f"byok_usage{window}"] = to_credit(row[f"byok_usage{window}"])
+    data.update({"is_free_tier": tier.name == "free", "is_provisioning_key": False, "is_management_key": False,
+                 "creator_user_id": str(principal.user_id), "expires_at": None,
+                 "rate_limit": {"requests": rpm, "interval": "1m"}})
+    return data
+
+
+CREDITS_SQL = """
+SELECT b.balance,
+       COALESCE((SELECT -sum(l.amount) FROM ledger_entries l WHERE l.user_id = b.user_id AND l.kind = 'usage'), 0)
+           AS used
+FROM balances b WHERE b.user_id = %s
+"""
+
+
+async def credits(user_id: UUID | str) -> dict[str, Decimal]:
+    """OpenRouter's ``GET /api/v1/credits`` data: ``total_usage`` = every usage charge in the ledger,
+    ``total_credits`` = balance + total_usage, so ``total_credits - total_usage`` is exactly the
+    ledger balance (credit held for requests in flight is not usage yet: see ``/v1/balance``)."""
+    row = await db.fetchone(CREDITS_SQL, (user_id,))
+    if row is None:
+        raise NotFound("Account not found.", code="user_not_found")
+    return {"total_credits": row["balance"] + row["used"], "total_usage": row["used"]}

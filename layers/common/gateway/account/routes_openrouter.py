@@ -1,0 +1,40 @@
+"""OpenRouter-compatible account views for tools written against OpenRouter:
+``GET /v1/key`` (this API key's label, limit, usage, rate limit; an API key is required) and
+``GET /v1/credits`` (the account's total credits and usage; API key or sign-in token).
+
+Both answer OpenRouter's ``{"data": {...}}`` shape with amounts as JSON numbers, as OpenRouter
+does (its SDKs read numbers, a string would break them): the numbers are written from the Decimal
+exactly (``money.dumps_exact``), never through a float. Every other route of ours keeps exact
+decimal strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from ..auth import require_api_key
+from . import usage
+from .identity import UserPrincipal
+from .money import dumps_exact
+
+router = APIRouter()
+
+
+class ExactJSONResponse(JSONResponse):
+    """JSON with Decimals as exact numbers."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps_exact(content).encode("utf-8")
+
+
+@router.get("/v1/key", response_class=ExactJSONResponse)
+async def current_key(request: Request) -> ExactJSONResponse:
+    principal = await require_api_key(request)
+    return ExactJSONResponse({"data": await usage.key_info(principal)})
+
+
+@router.get("/v1/credits", response_class=ExactJSONResponse)
+async def credits(principal: UserPrincipal) -> ExactJSONResponse:
+    return ExactJSONResponse({"data": await usage.credits(principal.user_id)})
