@@ -21,6 +21,8 @@ returns them as a dict)::
                                             GET /models, GET /models/{model}
     compat      {server}/compat/v1          POST /chat/completions, GET /models  (Ollama/vLLM style)
 
+plus embeddings, the OpenAI Responses API and Anthropic count_tokens (``fake_surfaces``).
+
 Authentication is checked as the real services do, and any key is accepted except keys that
 start with ``invalid`` (those get the provider's "invalid key" error):
 
@@ -1344,9 +1346,11 @@ class FakeProviders:
 
 def create_app() -> Starlette:
     """A fresh fake-provider app (its state is ``app.state.fake``, a :class:`FakeProviders`)."""
+    from infra.local import fake_surfaces  # embeddings, Responses, count_tokens (same state)
+
     _install_log_filter()
     fake = FakeProviders()
-    app = Starlette(routes=fake.routes())
+    app = Starlette(routes=fake_surfaces.routes(fake) + fake.routes())
     app.state.fake = fake
     return app
 
