@@ -70,6 +70,19 @@ def test_schema_keeps_unknown_block_types_and_new_block_fields() -> None:
     assert dumped["messages"][0]["content"][1]["citations"] == [{"type": "char_location", "cited_text": "a"}]
 
 
+def test_schema_errors_become_a_400_in_anthropic_shape() -> None:
+    from gateway.translation import bad_request
+
+    with pytest.raises(ValidationError) as info:
+        MessagesRequest.model_validate_json(b'{"model": "m", "max_tokens": 0, "messages": []}')
+    err = bad_request(info.value)
+    assert err.status == 400 and err.param == "messages" and "max_tokens" in err.message
+    assert T.error_body(err)["error"]["type"] == "invalid_request_error"
+    with pytest.raises(ValidationError) as info:
+        MessagesRequest.model_validate_json(b"{not json")
+    assert bad_request(info.value).message == "Request body is not valid JSON."
+
+
 # =============================================================================== to_chat
 def test_claude_code_style_conversation() -> None:
     r = req(

@@ -17,6 +17,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from gateway.errors import BadRequest
+
 # Response header listing the request parameters a surface accepted but could not forward to the
 # model that served it (comma separated, e.g. ``top_k, thinking blocks``). Also worth a log line.
 DROPPED_PARAMS_HEADER = "x-dropped-params"
@@ -47,6 +51,17 @@ def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
     if len(value) > MAX_DROPPED_HEADER_CHARS:
         value = value[: MAX_DROPPED_HEADER_CHARS - 1] + "…"
     return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
+
+
+def bad_request(exc: ValidationError) -> BadRequest:
+    """A request body that failed its schema as our 400 (``param`` = the first bad field), for the
+    surfaces that answer errors in their own shape (Anthropic's on ``/v1/messages``)."""
+    errors = exc.errors(include_url=False, include_context=False)
+    details = [(".".join(str(p) for p in e.get("loc", ())), str(e.get("msg", ""))) for e in errors]
+    if errors and errors[0].get("type") == "json_invalid":
+        return BadRequest("Request body is not valid JSON.")
+    message = "Invalid request: " + "; ".join(f"{loc}: {msg}" if loc else msg for loc, msg in details[:5])
+    return BadRequest(message, param=details[0][0] if details and details[0][0] else None)
 
 
 def new_id(prefix: str) -> str:

@@ -24,10 +24,11 @@ call) and :func:`count_tokens_estimate` for the others.
 
 Interface for the route (``gateway/messages/routes.py``, to be wired)::
 
-    req = MessagesRequest.model_validate_json(body)            # 400 → error_response(...)
+    req = MessagesRequest.model_validate_json(body)   # ValidationError → error_response(bad_request(exc))
     if mode_for(candidate.provider) == "native":
         t = native_body(req, upstream_model); headers, dropped_betas = native_headers(request.headers)
-        ... POST {anthropic_base_url}/messages, relay bytes (stream: NativeStreamMeter.feed each chunk)
+        ... POST {anthropic_base_url}/messages, relay bytes (stream: NativeStreamMeter.feed each chunk);
+        hold from estimate_input_tokens(req) + max_tokens; bill usage_from_anthropic(...) / meter.usage
     else:
         t = to_chat(req)                                          # t.body: internal chat body
         completion, usage = pipeline(t.body)  →  to_message(completion, usage=usage)
