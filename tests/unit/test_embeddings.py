@@ -18,6 +18,7 @@ from gateway.embeddings.schema import (
     embeddings_response,
     encode,
     estimate_input_tokens,
+    hold_tokens,
     text_tokens,
 )
 from gateway.errors import BadRequest, UpstreamError
@@ -78,6 +79,15 @@ def test_hold_estimate_per_item_with_cap() -> None:
     assert estimate_input_tokens(req(input=[[1] * 50, [2] * 5]), per_item_cap=8) == 13
     huge = req(input=["word " * 100_000] * 3)
     assert estimate_input_tokens(huge, per_item_cap=8192) == 3 * 8192  # bounded by the model's input limit
+
+
+def test_hold_is_an_upper_bound_even_for_adversarial_text() -> None:
+    noise = "x9$#~`|^" * 500  # symbols tokenize far worse than 4 characters per token
+    r = req(input=[noise, "日本語", "a"])
+    assert hold_tokens(r, per_item_cap=8192) == 4000 + 9 + 1  # UTF-8 bytes: a tokenizer's worst case
+    assert hold_tokens(r, per_item_cap=8192) > estimate_input_tokens(r)
+    assert hold_tokens(r, per_item_cap=100) == 100 + 9 + 1
+    assert hold_tokens(req(input=[[5] * 30]), per_item_cap=8192) == 30
 
 
 # =============================================================================== response

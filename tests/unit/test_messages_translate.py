@@ -310,6 +310,15 @@ def test_native_body_refuses_premium_options_and_strips_org_fields() -> None:
     assert t.dropped == ["workspace_id", "user_profile_id"]
 
 
+def test_native_body_clamps_max_tokens_to_the_limit_the_hold_used() -> None:
+    r = req(max_tokens=128000, thinking={"type": "enabled", "budget_tokens": 100000})
+    t = T.native_body(r, "claude-x", max_tokens_limit=64000)
+    assert t.body["max_tokens"] == 64000 and t.body["thinking"]["budget_tokens"] == 63999
+    assert t.dropped == ["max_tokens above 64000"]
+    small = T.native_body(req(max_tokens=100), "claude-x", max_tokens_limit=64000)
+    assert small.body["max_tokens"] == 100 and small.dropped == []
+
+
 def test_native_body_strips_thinking_another_model_produced() -> None:
     t = T.native_body(req(messages=[
         {"role": "user", "content": "hi"},

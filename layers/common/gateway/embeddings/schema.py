@@ -1,5 +1,7 @@
-"""The OpenAI embeddings request (``POST /v1/embeddings``), its response shape and the input-token
-estimate the hold is computed from. Pure functions; the provider translations are in ``translate``.
+"""The OpenAI embeddings request (``POST /v1/embeddings``), its response shape, the input-token upper
+bound the hold is computed from (:func:`hold_tokens`) and the realistic estimate billed when a
+provider reports no usage (:func:`estimate_input_tokens`). Pure functions; the provider
+translations are in ``translate``.
 
 Limits are OpenAI's: at most 2048 inputs per request, no empty string, token-id inputs as lists of
 non-negative integers. ``encoding_format`` defaults to ``float`` on the wire (the openai SDK sends
@@ -88,6 +90,18 @@ def estimate_input_tokens(req: EmbeddingsRequest, *, per_item_cap: int | None = 
         if per_item_cap is not None:
             n = min(n, per_item_cap)
         total += n
+    return total
+
+
+def hold_tokens(req: EmbeddingsRequest, *, per_item_cap: int) -> int:
+    """An upper bound of the input tokens a provider can bill, for the hold: a byte-level tokenizer
+    never makes more tokens than UTF-8 bytes, so each text counts its byte length (token ids count
+    exactly), each item at most ``per_item_cap`` (the model's input limit). :func:`estimate_input_tokens`
+    is the realistic count, used to bill when a provider reports none."""
+    total = 0
+    for item in req.items():
+        n = len(item) if isinstance(item, list) else len(item.encode("utf-8"))
+        total += min(max(n, 1), per_item_cap)
     return total
 
 

@@ -28,7 +28,8 @@ Interface for the route (``gateway/messages/routes.py``, to be wired)::
     if mode_for(candidate.provider) == "native":
         t = native_body(req, upstream_model); headers, dropped_betas = native_headers(request.headers)
         ... POST {anthropic_base_url}/messages, relay bytes (stream: NativeStreamMeter.feed each chunk);
-        hold from estimate_input_tokens(req) + max_tokens; bill usage_from_anthropic(...) / meter.usage
+        (native_body(..., max_tokens_limit=model max): the hold = estimate_input_tokens(req) + that limit;
+        bill usage_from_anthropic(response["usage"]) or meter.usage)
     else:
         t = to_chat(req)                                          # t.body: internal chat body
         completion, usage = pipeline(t.body)  →  to_message(completion, usage=usage)
@@ -390,10 +391,12 @@ def _tool_choice(req: MessagesRequest | CountTokensRequest, body: dict[str, Any]
 
 
 # =============================================================================== native path
-def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str) -> Translation:
+def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, *,
+                max_tokens_limit: int | None = None) -> Translation:
     """The client's request for Anthropic itself: ``model`` replaced; refused (400) what costs more
     than our price (module docstring); ``workspace_id``/``user_profile_id`` stripped (they address our
-    own organisation)."""
+    own organisation). ``max_tokens_limit`` (the model's output maximum the hold was computed with)
+    clamps ``max_tokens`` — and a thinking budget with it — so the hold stays an upper bound."""
     _refuse_unpriced(req)
     if req.speed == "fast":
         raise BadRequest("speed: \"fast\" is premium-priced and not available through this gateway.",
@@ -417,6 +420,12 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str) 
                 t.drop("thinking blocks without a signature")
                 msg["content"] = kept
     body["model"] = upstream_model
+    if max_tokens_limit is not None and body.get("max_tokens", 0) > max_tokens_limit:
+        body["max_tokens"] = max_tokens_limit
+        t.drop(f"max_tokens above {max_tokens_limit}")
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict) and (thinking.get("budget_tokens") or 0) >= max_tokens_limit:
+            thinking["budget_tokens"] = max_tokens_limit - 1
     t.body = body
     return t
 
