@@ -585,3 +585,16 @@ def test_count_tokens_estimate_grows_with_the_prompt_and_survives_native_only_co
     native_only = CountTokensRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "document", "source": {"type": "url", "url": "https://x/" + "y" * 400 + ".pdf"}}]}]})
     assert T.count_tokens_estimate(native_only)["input_tokens"] >= 100
+
+
+def test_hold_estimate_is_the_context_length_when_only_anthropic_sees_the_size() -> None:
+    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
+    by_url = {"type": "document", "source": {"type": "url", "url": "https://x/big.pdf"}}
+    in_result = {"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}
+    for block in (pdf, by_url, in_result):
+        r = req(messages=[{"role": "user", "content": [block, {"type": "text", "text": "read it"}]}])
+        assert T.estimate_input_tokens(r, context_length=200_000) == 200_000
+    plain = req(messages=[{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x" * 400}}]}])
+    assert 100 <= T.estimate_input_tokens(plain, context_length=200_000) < 200_000

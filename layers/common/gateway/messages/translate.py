@@ -26,10 +26,11 @@ Interface for the route (``gateway/messages/routes.py``, to be wired)::
 
     req = MessagesRequest.model_validate_json(body)   # ValidationError → error_response(bad_request(exc))
     if mode_for(candidate.provider) == "native":
-        t = native_body(req, upstream_model); headers, dropped_betas = native_headers(request.headers)
-        ... POST {anthropic_base_url}/messages, relay bytes (stream: NativeStreamMeter.feed each chunk);
-        (native_body(..., max_tokens_limit=model max): the hold = estimate_input_tokens(req) + that limit;
-        bill usage_from_anthropic(response["usage"]) or meter.usage)
+        t = native_body(req, upstream_model, max_tokens_limit=model.max_completion_tokens)
+        headers, dropped_betas = native_headers(request.headers)
+        hold from estimate_input_tokens(req, context_length=model.context_length) and that limit
+        POST {anthropic_base_url}/messages and relay the bytes (a stream: NativeStreamMeter.feed each chunk);
+        bill usage_from_anthropic(response["usage"]) or the meter's usage
     else:
         t = to_chat(req)                                          # t.body: internal chat body
         completion, usage = pipeline(t.body)  →  to_message(completion, usage=usage)
@@ -721,11 +722,34 @@ def count_tokens_estimate(req: CountTokensRequest | MessagesRequest) -> dict[str
     return {"input_tokens": estimate_input_tokens(req)}
 
 
-def estimate_input_tokens(req: CountTokensRequest | MessagesRequest) -> int:
-    """The prompt estimate used for holds: the chat estimator over the translated body; a request the
-    translation cannot express (native-only blocks) counts its JSON length at 4 characters per token."""
+def estimate_input_tokens(req: CountTokensRequest | MessagesRequest, *, context_length: int | None = None) -> int:
+    """The prompt estimate for a hold on either path: the chat estimator over the translated body (a
+    request only the native path can express counts its JSON length at 4 characters per token).
+    Content whose size only Anthropic sees (PDFs, whose pages cost text and image tokens, and
+    documents or images fetched by URL or file id) makes the estimate ``context_length`` when given:
+    the most any prompt of the model can bill."""
+    if context_length is not None and any(_unsized(block) for block in _blocks(req)):
+        return context_length
     try:
         return estimate_prompt_tokens(to_chat(req).body)
     except BadRequest:
         raw = req.model_dump_json(by_alias=True, exclude_none=True)
         return math.ceil(len(raw) / CHARS_PER_TOKEN)
+
+
+def _blocks(req: CountTokensRequest | MessagesRequest) -> list[Any]:
+    out: list[Any] = []
+    for msg in req.messages:
+        for block in msg.content if isinstance(msg.content, list) else []:
+            out.append(block)
+            if isinstance(block, ToolResultBlock) and isinstance(block.content, list):
+                out.extend(block.content)
+    return out
+
+
+def _unsized(block: Any) -> bool:
+    if isinstance(block, DocumentBlock):
+        return block.source.type in ("base64", "url", "file")
+    if isinstance(block, ImageBlock):
+        return block.source.type == "file"
+    return isinstance(block, OtherBlock) and block.type == "container_upload"
