@@ -16,15 +16,7 @@ from gateway import accounts, db
 from gateway.account.money import dumps_exact, json_number
 from gateway.account.usage import _windows
 from gateway.billing import ledger
-from tests.support.account import (  # noqa: F401  (fixtures)
-    api,
-    bearer,
-    chat_body,
-    gateway_router,
-    hs256,
-    hs256_env,
-    set_env,
-)
+from tests.support.account import api, bearer, chat_body, gateway_router, hs256, hs256_env, set_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -15,9 +14,9 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from infra.local.fake_providers import base_urls, create_app
+from infra.local.fake_providers import base_urls
 from infra.local.fake_surfaces import fake_vector
-from infra.local.servers import start_in_thread
+from infra.local.servers import RunningServer
 from tests.support.sdk_replay import sse_json
 
 KEY = "sk-test-surfaces-123"
@@ -25,18 +24,11 @@ TOOL = {"type": "function", "name": "lookup", "description": "Look up", "strict"
         "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    running = start_in_thread(create_app())
-    try:
-        yield running.url
-    finally:
-        running.stop()
-
-
-@pytest.fixture(autouse=True)
-def _reset(server: str) -> None:
-    httpx.post(f"{server}/__fake/reset").raise_for_status()
+@pytest.fixture()
+def server(fake_upstream: RunningServer) -> str:
+    """The session's fake providers (tests/integration/conftest.py), from default state."""
+    httpx.post(f"{fake_upstream.url}/__fake/reset").raise_for_status()
+    return fake_upstream.url
 
 
 @pytest.fixture()

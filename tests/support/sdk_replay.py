@@ -73,3 +73,14 @@ def chat_stream(*deltas: dict[str, Any], finish: str = "stop", usage: dict[str, 
     if usage is not None:
         chunks.append({**head, "choices": [], "usage": usage})
     return chunks
+
+
+# Two streamed tool calls as the pipeline emits them: the first in pieces, the second in one chunk.
+TWO_TOOL_CALLS: list[dict[str, Any]] = [
+    {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather",
+                                                                                   "arguments": ""}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
+]

@@ -24,7 +24,7 @@ from gateway.errors import (
 from gateway.messages import translate as T
 from gateway.messages.schema import CountTokensRequest, MessagesRequest
 from tests.support.chat_contract import assert_chat_body
-from tests.support.sdk_replay import aiter_list, anthropic_client, chat_stream, collect, sse_json
+from tests.support.sdk_replay import TWO_TOOL_CALLS, aiter_list, anthropic_client, chat_stream, collect, sse_json
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8/5+hHgAHggJ/PchI7wAAAABJRU5ErkJggg=="
 PDF = "JVBERi0xLjQKJeLjz9MK"
@@ -464,12 +464,7 @@ async def test_stream_read_by_the_anthropic_sdk_helper() -> None:
     raw = await events_for(chat_stream(
         {"role": "assistant", "content": ""}, {"reasoning": "Think"}, {"reasoning": "ing."},
         {"content": "Calling."},
-        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                         "function": {"name": "get_weather", "arguments": ""}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
-        {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                         "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
+        *TWO_TOOL_CALLS,
         finish="tool_calls", usage=STREAM_USAGE))
     client = anthropic_client(raw)
     with client.messages.stream(model="openai/gpt-4o-mini", max_tokens=100,

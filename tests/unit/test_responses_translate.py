@@ -16,7 +16,7 @@ from gateway.errors import BadRequest, RateLimited
 from gateway.responses import translate as T
 from gateway.responses.schema import ResponsesRequest
 from tests.support.chat_contract import assert_chat_body
-from tests.support.sdk_replay import aiter_list, chat_stream, collect, openai_client, sse_json
+from tests.support.sdk_replay import TWO_TOOL_CALLS, aiter_list, chat_stream, collect, openai_client, sse_json
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city", "strict": True,
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -280,12 +280,7 @@ async def test_text_stream_event_sequence() -> None:
 async def test_stream_read_by_the_sdk_stream_helper() -> None:
     raw = await events_for(chat_stream(
         {"role": "assistant", "content": ""}, {"reasoning": "Think"}, {"reasoning": "ing"}, {"content": "Calling."},
-        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                         "function": {"name": "get_weather", "arguments": ""}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]},
-        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
-        {"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                         "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}]},
+        *TWO_TOOL_CALLS,
         finish="tool_calls", usage=USAGE), req(stream=True, tools=[WEATHER]))
     assert_typed_events(raw)
     client = openai_client(raw)

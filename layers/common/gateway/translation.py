@@ -17,9 +17,22 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.errors import BadRequest
+
+
+class StrictModel(BaseModel):
+    """Request fields: an unknown one is a 400 (a typo never silently changes behaviour)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OpenModel(BaseModel):
+    """Content blocks and items: fields the provider adds over time are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow")
+
 
 # Response header listing the request parameters a surface accepted but could not forward to the
 # model that served it (comma separated, e.g. ``top_k, thinking blocks``). Also worth a log line.
@@ -151,3 +164,26 @@ def message_reasoning(message: dict[str, Any]) -> str:
 def first_choice(obj: dict[str, Any]) -> dict[str, Any]:
     choices = obj.get("choices") or []
     return choices[0] if choices and isinstance(choices[0], dict) else {}
+
+
+class ChunkFolder:
+    """Folds the internal chunk stream into a surface's events: keeps the usage chunk and the finish
+    reason, hands each delta to :meth:`on_delta` (which returns the frames to send)."""
+
+    def __init__(self) -> None:
+        self.finish: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def on_delta(self, delta: dict[str, Any]) -> list[bytes]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        choice = first_choice(chunk)
+        if not choice:
+            return []
+        frames = self.on_delta(choice.get("delta") or {})
+        if choice.get("finish_reason"):
+            self.finish = choice["finish_reason"]
+        return frames

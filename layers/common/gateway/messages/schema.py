@@ -15,61 +15,55 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from gateway.translation import OpenModel, StrictModel
 
 MODEL_ID = Annotated[str, Field(min_length=1, max_length=200)]
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class CacheControl(_Strict):
+class CacheControl(StrictModel):
     type: Literal["ephemeral"]
     ttl: Literal["5m", "1h"] | None = None
 
 
 # ------------------------------------------------------------------------------------ sources
-class Base64Source(_Strict):
+class Base64Source(StrictModel):
     type: Literal["base64"]
     media_type: str = Field(min_length=1, max_length=100)
     data: str = Field(min_length=1)
 
 
-class URLSource(_Strict):
+class URLSource(StrictModel):
     type: Literal["url"]
     url: str = Field(min_length=1, max_length=8192)
 
 
-class FileSource(_Strict):
+class FileSource(StrictModel):
     type: Literal["file"]
     file_id: str = Field(min_length=1)
 
 
-class TextSource(_Strict):
+class TextSource(StrictModel):
     type: Literal["text"]
     media_type: Literal["text/plain"] = "text/plain"
     data: str
 
 
-class ContentSource(_Strict):
+class ContentSource(StrictModel):
     type: Literal["content"]
     content: str | list[dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------------- blocks
-class TextBlock(_Open):
+class TextBlock(OpenModel):
     type: Literal["text"]
     text: str
     cache_control: CacheControl | None = None
 
 
-class ImageBlock(_Open):
+class ImageBlock(OpenModel):
     type: Literal["image"]
     source: Annotated[Base64Source | URLSource | FileSource, Field(discriminator="type")]
     cache_control: CacheControl | None = None
@@ -81,7 +75,7 @@ class ImageBlock(_Open):
         return self
 
 
-class DocumentBlock(_Open):
+class DocumentBlock(OpenModel):
     type: Literal["document"]
     source: Annotated[Base64Source | URLSource | FileSource | TextSource | ContentSource,
                       Field(discriminator="type")]
@@ -90,7 +84,7 @@ class DocumentBlock(_Open):
     context: str | None = None
 
 
-class ToolUseBlock(_Open):
+class ToolUseBlock(OpenModel):
     type: Literal["tool_use"]
     id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=256)
@@ -98,7 +92,7 @@ class ToolUseBlock(_Open):
     cache_control: CacheControl | None = None
 
 
-class OtherBlock(_Open):
+class OtherBlock(OpenModel):
     """A block type this module does not model (server tool blocks, search results, …)."""
 
     type: str = Field(min_length=1, max_length=100)
@@ -117,7 +111,7 @@ ToolResultContent = Annotated[
 ]
 
 
-class ToolResultBlock(_Open):
+class ToolResultBlock(OpenModel):
     type: Literal["tool_result"]
     tool_use_id: str = Field(min_length=1, max_length=256)
     content: str | list[ToolResultContent] | None = None
@@ -125,13 +119,13 @@ class ToolResultBlock(_Open):
     cache_control: CacheControl | None = None
 
 
-class ThinkingBlock(_Open):
+class ThinkingBlock(OpenModel):
     type: Literal["thinking"]
     thinking: str
     signature: str | None = None
 
 
-class RedactedThinkingBlock(_Open):
+class RedactedThinkingBlock(OpenModel):
     type: Literal["redacted_thinking"]
     data: str
 
@@ -147,13 +141,13 @@ ContentBlock = Annotated[
 ]
 
 
-class Message(_Strict):
+class Message(StrictModel):
     role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
 # -------------------------------------------------------------------------------------- tools
-class Tool(_Open):
+class Tool(OpenModel):
     """A custom tool (``type`` absent or ``"custom"``, with ``input_schema``) or an Anthropic-defined
     one (``type`` like ``bash_20250124`` or ``web_search_20250305``, its own parameters)."""
 
@@ -175,7 +169,7 @@ class Tool(_Open):
         return self
 
 
-class ToolChoice(_Strict):
+class ToolChoice(StrictModel):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = Field(default=None, min_length=1)
     disable_parallel_tool_use: bool | None = None
@@ -187,7 +181,7 @@ class ToolChoice(_Strict):
         return self
 
 
-class Thinking(_Strict):
+class Thinking(StrictModel):
     type: Literal["enabled", "disabled", "adaptive", "between_tools"]
     budget_tokens: int | None = Field(default=None, ge=1)
     display: Literal["summarized", "omitted"] | None = None
@@ -199,22 +193,22 @@ class Thinking(_Strict):
         return self
 
 
-class OutputFormat(_Strict):
+class OutputFormat(StrictModel):
     type: Literal["json_schema"]
     schema_: dict[str, Any] = Field(alias="schema")
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
     format: OutputFormat | None = None
 
 
-class Metadata(_Strict):
+class Metadata(StrictModel):
     user_id: str | None = Field(default=None, max_length=256)
 
 
 # ------------------------------------------------------------------------------------ requests
-class _Common(_Strict):
+class _Common(StrictModel):
     """Fields shared by ``/v1/messages`` and ``/v1/messages/count_tokens``."""
 
     model: MODEL_ID

@@ -85,6 +85,7 @@ from gateway.adapters.base import SSEDecoder, Usage, parse_tool_arguments
 from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import (
+    ChunkFolder,
     Translation,
     first_choice,
     message_reasoning,
@@ -593,20 +594,26 @@ async def to_events(chunks: AsyncIterable[dict[str, Any]], *, model: str, messag
         yield frame
     usage: Any = final_usage() if final_usage is not None else None
     yield sse_event("message_delta", {"type": "message_delta",
-                                      "delta": {"stop_reason": stop_reason(state.finish), "stop_sequence": None},
+                                      "delta": {"stop_reason": state.stop_reason, "stop_sequence": None},
                                       "usage": anthropic_usage(usage if usage is not None else state.usage)})
     yield sse_event("message_stop", {"type": "message_stop"})
 
 
-class _EventState:
+class _EventState(ChunkFolder):
     """Which content block is open; OpenAI deltas open and close Anthropic blocks in order."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.index = -1
         self.open: str | None = None  # "thinking" | "text" | "tool_use"
         self.tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index → block index
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
+
+    @property
+    def stop_reason(self) -> str:
+        finish = self.finish
+        if finish in (None, "stop") and self.tool_blocks:
+            finish = "tool_calls"
+        return stop_reason(finish)
 
     def _start(self, kind: str, block: dict[str, Any]) -> list[bytes]:
         frames = self.close_block()
@@ -626,14 +633,8 @@ class _EventState:
         return sse_event("content_block_delta", {"type": "content_block_delta",
                                                  "index": self.index if index is None else index, "delta": delta})
 
-    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        choice = first_choice(chunk)
-        if not choice:
-            return []
+    def on_delta(self, delta: dict[str, Any]) -> list[bytes]:
         frames: list[bytes] = []
-        delta = choice.get("delta") or {}
         reasoning = message_reasoning(delta)
         if reasoning:
             if self.open != "thinking":
@@ -646,10 +647,6 @@ class _EventState:
             frames.append(self._delta({"type": "text_delta", "text": text}))
         for call in delta.get("tool_calls") or []:
             frames += self._tool_delta(call)
-        if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
-            if self.finish == "stop" and self.tool_blocks:
-                self.finish = "tool_calls"
         return frames
 
     def _tool_delta(self, call: dict[str, Any]) -> list[bytes]:

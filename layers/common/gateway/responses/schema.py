@@ -11,34 +11,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator
+
+from gateway.translation import OpenModel, StrictModel
 
 MODEL_ID = Annotated[str, Field(min_length=1, max_length=200)]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
 # ---------------------------------------------------------------------------------- content parts
-class InputText(_Open):
+class InputText(OpenModel):
     type: Literal["input_text"]
     text: str
 
 
-class InputImage(_Open):
+class InputImage(OpenModel):
     type: Literal["input_image"]
     image_url: str | None = None
     file_id: str | None = None
     detail: Literal["auto", "low", "high", "original"] | None = None
 
 
-class InputFile(_Open):
+class InputFile(OpenModel):
     type: Literal["input_file"]
     file_data: str | None = None
     file_id: str | None = None
@@ -46,19 +40,19 @@ class InputFile(_Open):
     filename: str | None = None
 
 
-class OutputText(_Open):
+class OutputText(OpenModel):
     """Assistant text in the history (an earlier response's ``output_text``)."""
 
     type: Literal["output_text"]
     text: str
 
 
-class OutputRefusal(_Open):
+class OutputRefusal(OpenModel):
     type: Literal["refusal"]
     refusal: str
 
 
-class OtherPart(_Open):
+class OtherPart(OpenModel):
     type: str
 
 
@@ -79,30 +73,30 @@ ContentPart = Annotated[
 
 
 # ------------------------------------------------------------------------------------ input items
-class MessageItem(_Open):
+class MessageItem(OpenModel):
     type: Literal["message"] = "message"
     role: Literal["user", "assistant", "system", "developer"]
     content: str | list[ContentPart]
 
 
-class FunctionCallItem(_Open):
+class FunctionCallItem(OpenModel):
     type: Literal["function_call"]
     call_id: str = Field(min_length=1, max_length=256)
     name: str = Field(min_length=1, max_length=256)
     arguments: str
 
 
-class FunctionCallOutputItem(_Open):
+class FunctionCallOutputItem(OpenModel):
     type: Literal["function_call_output"]
     call_id: str = Field(min_length=1, max_length=256)
     output: str | list[ContentPart]
 
 
-class ReasoningItem(_Open):
+class ReasoningItem(OpenModel):
     type: Literal["reasoning"]
 
 
-class OtherItem(_Open):
+class OtherItem(OpenModel):
     """``item_reference``, hosted tool calls and their outputs, MCP items, …"""
 
     type: str
@@ -128,7 +122,7 @@ InputItem = Annotated[
 
 
 # ------------------------------------------------------------------------------------------ tools
-class FunctionTool(_Open):
+class FunctionTool(OpenModel):
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     description: str | None = None
@@ -136,7 +130,7 @@ class FunctionTool(_Open):
     strict: bool | None = None
 
 
-class OtherTool(_Open):
+class OtherTool(OpenModel):
     """A built-in or hosted tool (``web_search``, ``file_search``, ``code_interpreter``, ``mcp``, …)."""
 
     type: str
@@ -149,18 +143,18 @@ Tool = Annotated[
 ]
 
 
-class ToolChoiceFunction(_Strict):
+class ToolChoiceFunction(StrictModel):
     type: Literal["function"]
     name: str = Field(min_length=1)
 
 
-class ToolChoiceAllowed(_Strict):
+class ToolChoiceAllowed(StrictModel):
     type: Literal["allowed_tools"]
     mode: Literal["auto", "required"]
     tools: list[dict[str, Any]]
 
 
-class ToolChoiceOther(_Open):
+class ToolChoiceOther(OpenModel):
     type: str
 
 
@@ -173,15 +167,15 @@ ToolChoice = Annotated[
 
 
 # ---------------------------------------------------------------------------- text and reasoning
-class FormatText(_Strict):
+class FormatText(StrictModel):
     type: Literal["text"]
 
 
-class FormatJSONObject(_Strict):
+class FormatJSONObject(StrictModel):
     type: Literal["json_object"]
 
 
-class FormatJSONSchema(_Strict):
+class FormatJSONSchema(StrictModel):
     type: Literal["json_schema"]
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
     schema_: dict[str, Any] = Field(alias="schema")
@@ -189,12 +183,12 @@ class FormatJSONSchema(_Strict):
     strict: bool | None = None
 
 
-class TextConfig(_Strict):
+class TextConfig(StrictModel):
     format: Annotated[FormatText | FormatJSONObject | FormatJSONSchema, Field(discriminator="type")] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class Reasoning(_Strict):
+class Reasoning(StrictModel):
     effort: ReasoningEffort | None = None
     summary: Literal["auto", "concise", "detailed"] | None = None
     generate_summary: Literal["auto", "concise", "detailed"] | None = None
@@ -202,12 +196,12 @@ class Reasoning(_Strict):
     mode: str | None = None
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_obfuscation: bool | None = None
 
 
 # ---------------------------------------------------------------------------------------- request
-class ResponsesRequest(_Strict):
+class ResponsesRequest(StrictModel):
     model: MODEL_ID
     input: Annotated[str, Field(min_length=1)] | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None

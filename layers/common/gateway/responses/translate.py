@@ -62,6 +62,7 @@ from typing import Any
 from gateway.adapters.base import Usage
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import (
+    ChunkFolder,
     Translation,
     first_choice,
     message_reasoning,
@@ -419,18 +420,17 @@ async def to_events(chunks: AsyncIterable[dict[str, Any]], req: ResponsesRequest
     yield s.event("response.completed" if status == "completed" else "response.incomplete", response=final)
 
 
-class _StreamState:
+class _StreamState(ChunkFolder):
     """The open output item (one at a time, in order) and the finished ones."""
 
     def __init__(self, req: ResponsesRequest, model: str, response_id: str, created_at: int) -> None:
+        super().__init__()
         self.req, self.model, self.response_id, self.created_at = req, model, response_id, created_at
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.item: dict[str, Any] | None = None  # the open item as it will be when done
         self.part: dict[str, Any] | None = None  # the open content part of a message item
         self.calls: dict[int, int] = {}  # chat tool_calls index → output index
-        self.finish: str | None = None
-        self.usage: dict[str, Any] | None = None
 
     def event(self, kind: str, **fields: Any) -> bytes:
         frame = sse_event(kind, {"type": kind, "sequence_number": self.seq, **fields})
@@ -485,13 +485,7 @@ class _StreamState:
             done = self.event("response.refusal.done", **ids, content_index=content_index, refusal=part["refusal"])
         return [done, self.event("response.content_part.done", **ids, content_index=content_index, part=part)]
 
-    def on_chunk(self, chunk: dict[str, Any]) -> list[bytes]:
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
-        choice = first_choice(chunk)
-        if not choice:
-            return []
-        delta = choice.get("delta") or {}
+    def on_delta(self, delta: dict[str, Any]) -> list[bytes]:
         frames: list[bytes] = []
         reasoning = message_reasoning(delta)
         if reasoning:
@@ -502,8 +496,6 @@ class _StreamState:
                 frames += self._text(kind, text)
         for call in delta.get("tool_calls") or []:
             frames += self._call(call)
-        if choice.get("finish_reason"):
-            self.finish = choice["finish_reason"]
         return frames
 
     def _reasoning(self, text: str) -> list[bytes]:
