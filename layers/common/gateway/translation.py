@@ -62,7 +62,7 @@ def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
         return {}
     value = ", ".join(names)
     if len(value) > MAX_DROPPED_HEADER_CHARS:
-        value = value[: MAX_DROPPED_HEADER_CHARS - 1] + "…"
+        value = value[: MAX_DROPPED_HEADER_CHARS - 3] + "..."
     return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
 
 

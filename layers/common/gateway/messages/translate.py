@@ -113,7 +113,6 @@ MAX_CHAT_STOP_SEQUENCES = 4
 
 # Server tools billed per use on top of tokens (not in our prices): refused on both paths.
 UNPRICED_TOOL_PREFIXES = ("web_search_", "code_execution_")
-# Anthropic-defined client tools: token-priced, native only (no equivalent in the chat format).
 # Betas forwarded on the native path: features billed as plain tokens. Anything else is dropped
 # (and named in x-dropped-params) until its price is known: ``context-1m-*`` (long-context premium),
 # ``fast-mode-*``, ``files-api-*`` (our organisation's files), ``code-execution-*``, ``skills-*``.
