@@ -157,7 +157,8 @@ def _load(path: str) -> Any:
 
 
 @pytest.mark.parametrize("path, routes", [
-    ("functions/balance/app.py", {("GET", "/v1/balance"), ("GET", "/v1/usage"), ("GET", "/v1/usage/summary")}),
+    ("functions/balance/app.py", {("GET", "/v1/balance"), ("GET", "/v1/usage"), ("GET", "/v1/usage/summary"),
+                                  ("GET", "/v1/key"), ("GET", "/v1/credits")}),
     ("functions/keys/app.py", {("GET", "/v1/keys"), ("POST", "/v1/keys"), ("DELETE", "/v1/keys/{key_id}"),
                                ("GET", "/v1/provider-keys"), ("PUT", "/v1/provider-keys/{provider}"),
                                ("GET", "/v1/provider-keys/{provider}"), ("DELETE", "/v1/provider-keys/{provider}")}),
