@@ -16,22 +16,19 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 
+from bench.harness import BODY, best_of, measure_get
 from infra.local.servers import free_port
 from tests.support import services
 
 ROOT = Path(__file__).resolve().parents[1]
-BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello [[words:16]]"}],
-        "max_tokens": 64}
 
 
 def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
@@ -58,74 +55,6 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
                      "'bench-credit')", (creds["user_id"],))
         conn.execute("UPDATE balances SET balance = balance + 100000 WHERE user_id = %s", (creds["user_id"],))
     return proc, creds, database_url
-
-
-async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total: int, concurrency: int,
-                  stream: bool = False) -> dict[str, float]:
-    latencies: list[float] = []
-    ttfbs: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        # warm-up (connections, caches, prepared statements)
-        for _ in range(20):
-            async with session.post(url, json=body, headers=headers) as r:
-                await r.read()
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                t0 = time.perf_counter()
-                async with session.post(url, json=body, headers=headers) as r:
-                    if stream:
-                        first = True
-                        async for _chunk in r.content.iter_any():
-                            if first:
-                                ttfbs.append(time.perf_counter() - t0)
-                                first = False
-                    else:
-                        await r.read()
-                    if r.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    out = {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-           "rps": len(latencies) / elapsed, "errors": errors}
-    if ttfbs:
-        ttfbs.sort()
-        out["ttfb_p50"] = statistics.median(ttfbs) * 1000
-        out["ttfb_p99"] = ttfbs[int(len(ttfbs) * 0.99) - 1] * 1000
-    return out
-
-
-async def measure_get(url: str, total: int) -> dict[str, float]:
-    """Sequential GETs (the warm catalogue)."""
-    latencies: list[float] = []
-    async with aiohttp.ClientSession() as session:
-        for _ in range(20):
-            async with session.get(url) as r:
-                await r.read()
-        for _ in range(total):
-            t0 = time.perf_counter()
-            async with session.get(url) as r:
-                await r.read()
-                assert r.status == 200
-            latencies.append(time.perf_counter() - t0)
-    latencies.sort()
-    return {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000}
-
-
-async def best_of(repeat: int, *args: Any, **kwargs: Any) -> dict[str, float]:
-    """Run a measurement ``repeat`` times and keep the run with the median p50 (the machine is a
-    shared 2-vCPU VM: single runs vary by ±20%)."""
-    runs = sorted([await measure(*args, **kwargs) for _ in range(repeat)], key=lambda r: r["p50"])
-    return runs[len(runs) // 2]
 
 
 async def main_async(requests: int, repeat: int) -> None:
