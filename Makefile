@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install services lint typecheck pytest sam-validate bench clean
+.PHONY: dev test install services lint typecheck pytest sam-validate bench bench-peers bench-lambda clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ pytest:
 
 bench: install services
 	$(BIN)/python -m bench.run
+
+## make bench-peers — our gateway next to LiteLLM, Portkey, a naive billing gateway and a bare
+## passthrough (installed on first use into .local/peers/), same fake upstream; prints the issue-15 table.
+bench-peers: install services
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
+## make bench-lambda — each function's Mangum handler invoked in-process with API Gateway v2 events,
+## the streaming function under uvicorn, cold starts; billed ms and cost per million requests.
+bench-lambda: install services
+	$(BIN)/python -m bench.lambda_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-sam .aws-sam .local .pytest_cache .mypy_cache .ruff_cache
