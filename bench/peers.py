@@ -40,14 +40,18 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.harness import chat_body, cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
+from bench import profile
+from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
 from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
+from bench.workload import chat_body
 from infra.local.servers import free_port
 
 PEERS_DIR = ROOT / ".local" / "peers"
@@ -192,7 +196,8 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
 
 
 # --------------------------------------------------------------------------- measuring
-async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_slow16: int) -> Result:
+async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_slow16: int,
+                   profile_to: Path | None = None) -> Result:
     proc: Proc = spawn(peer.key, peer.argv, env=peer.env, cwd=peer.cwd)
     try:
         spawn_s = wait_until(proc, peer.url, body=chat_body(), headers=peer.headers, timeout=120)
@@ -207,7 +212,11 @@ async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_s
         c1 = await measure(peer.url, peer.headers, plain, n, 1, warmup=0)
         cpu_ms = (cpu_seconds(descendants(proc.pid)) - cpu0) * 1000 / n
         upstash_per_req = (svc.upstash_commands() - upstash0) / n
+        spy = start_profiler(proc.pid, profile_to) if profile_to else None
         c16 = await measure(peer.url, peer.headers, plain, n16, 16)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            spy.wait(timeout=60)
         direct_stream = await measure(direct, direct_headers, streamed, n, 1, stream=True)
         stream = await measure(peer.url, peer.headers, streamed, n, 1, stream=True)
         slow = chat_body(upstream_delay_s=0.1)
@@ -218,6 +227,17 @@ async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_s
                       upstash_per_req)
     finally:
         proc.stop()
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    exe = profile.py_spy()
+    if exe is None:
+        print("!! --profile: py-spy not found (pip install py-spy into .local/peers/tools-venv)", flush=True)
+        return None
+    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(output),
+                            "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the load starts
+    return spy
 
 
 # --------------------------------------------------------------------------- report
@@ -278,8 +298,9 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
             try:
                 peer = build_peer(key, svc, args)
                 print(f"… {peer.title}", flush=True)
+                profile_to = args.peers_dir / "ours-c16.pyspy.txt" if args.profile and key == "ours" else None
                 results.append(await run_peer(peer, svc, args.requests, args.requests16, args.slow_requests,
-                                              args.slow_requests16))
+                                              args.slow_requests16, profile_to))
             except (PeerUnavailable, RuntimeError) as exc:
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
                 skipped[key] = " … ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
@@ -291,6 +312,9 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
                          f"at c=16; 100 ms upstream: {args.slow_requests} at c=1, {args.slow_requests16} at c=16."}
         print()
         print(report(results, skipped, meta))
+        raw = args.peers_dir / "ours-c16.pyspy.txt"
+        if args.profile and raw.exists():
+            print("\n" + profile.summary(raw) + f"\n(raw stacks: {raw})")
     finally:
         svc.close()
 
@@ -305,6 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     parser.add_argument("--litellm", default="litellm[proxy]", help="pip requirement for LiteLLM")
     parser.add_argument("--portkey", default="@portkey-ai/gateway", help="npm package spec for Portkey")
+    parser.add_argument("--profile", action="store_true", help="py-spy our query function during its c=16 run")
     args = parser.parse_args(argv)
     args.peers_dir.mkdir(parents=True, exist_ok=True)
     load_before = load_average()

@@ -24,7 +24,8 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import BODY, best_of, measure_get
+from bench.harness import best_of, measure_get
+from bench.workload import BODY
 from infra.local.servers import free_port
 from tests.support import services
 

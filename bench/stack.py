@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from bench.harness import cpu_seconds
 from infra.local.servers import free_port
 from tests.support import services
 
@@ -163,6 +164,14 @@ class Services:
                                "WHERE datname = current_database()").fetchone()
         assert row is not None
         return float(row[0] or 0), int(row[1] or 0)
+
+    def backend_cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds used so far by each Postgres backend serving the bench database (other than
+        this query's own connection): the server side of our statements, from /proc."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            pids = [int(r[0]) for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+        return {pid: cpu_seconds([pid]) for pid in pids}
 
     def close(self) -> None:
         for proc in reversed(self.procs):
