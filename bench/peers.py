@@ -207,7 +207,7 @@ async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_s
 
         direct_c1 = await measure(direct, direct_headers, plain, n, 1)
         pids = descendants(proc.pid)
-        await warm_up(peer.url, peer.headers, plain)
+        await warm_up(peer.url, peer.headers, plain, 100)  # JIT (V8), caches, pools
         cpu0, upstash0 = cpu_seconds(pids), svc.upstash_commands()
         c1 = await measure(peer.url, peer.headers, plain, n, 1, warmup=0)
         cpu_ms = (cpu_seconds(descendants(proc.pid)) - cpu0) * 1000 / n

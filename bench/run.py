@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from bench.harness import best_of, measure_get
+from bench.stack import UNLIMITED_TIERS, grant_bench_credit
 from bench.workload import BODY
 from infra.local.servers import free_port
 from tests.support import services
@@ -39,7 +40,7 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
     creds_file = Path(f"/tmp/mlp-bench-{port}.json")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "RATELIMIT_"))}
     env.update({"DATABASE_URL": database_url, "STAGE": "local", "POWERTOOLS_LOG_LEVEL": "ERROR",
-                "TIERS_JSON": json.dumps({"enterprise": {"rpm": 10_000_000}})})
+                "TIERS_JSON": UNLIMITED_TIERS})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                              "--credentials-file", str(creds_file)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -50,11 +51,7 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
         time.sleep(0.2)
     time.sleep(0.5)
     creds = json.loads(creds_file.read_text())
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE users SET tier = 'enterprise' WHERE id = %s", (creds["user_id"],))
-        conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, 100000, 'grant', "
-                     "'bench-credit')", (creds["user_id"],))
-        conn.execute("UPDATE balances SET balance = balance + 100000 WHERE user_id = %s", (creds["user_id"],))
+    grant_bench_credit(database_url, creds["user_id"])
     return proc, creds, database_url
 
 
