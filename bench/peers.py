@@ -212,17 +212,18 @@ async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_s
         c1 = await measure(peer.url, peer.headers, plain, n, 1, warmup=0)
         cpu_ms = (cpu_seconds(descendants(proc.pid)) - cpu0) * 1000 / n
         upstash_per_req = (svc.upstash_commands() - upstash0) / n
-        spy = start_profiler(proc.pid, profile_to) if profile_to else None
         c16 = await measure(peer.url, peer.headers, plain, n16, 16)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
-            spy.wait(timeout=60)
         direct_stream = await measure(direct, direct_headers, streamed, n, 1, stream=True)
         stream = await measure(peer.url, peer.headers, streamed, n, 1, stream=True)
         slow = chat_body(upstream_delay_s=0.1)
         slow_c1 = await measure(peer.url, peer.headers, slow, n_slow, 1, warmup=2)
         slow_c16 = await measure(peer.url, peer.headers, slow, n_slow16, 16, warmup=2)
         rss = rss_mib(descendants(proc.pid))
+        spy = start_profiler(proc.pid, profile_to) if profile_to else None
+        if spy is not None:  # an extra c=16 run: sampling slows the process, so none of the above is profiled
+            await measure(peer.url, peer.headers, plain, n16, 16, warmup=0)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            spy.wait(timeout=60)
         return Result(peer, spawn_s, c1, direct_c1, c16, stream, direct_stream, slow_c1, slow_c16, cpu_ms, rss,
                       upstash_per_req)
     finally:
@@ -329,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     parser.add_argument("--litellm", default="litellm[proxy]", help="pip requirement for LiteLLM")
     parser.add_argument("--portkey", default="@portkey-ai/gateway", help="npm package spec for Portkey")
-    parser.add_argument("--profile", action="store_true", help="py-spy our query function during its c=16 run")
+    parser.add_argument("--profile", action="store_true",
+                        help="after its measurements, py-spy our query function during one more c=16 run")
     args = parser.parse_args(argv)
     args.peers_dir.mkdir(parents=True, exist_ok=True)
     load_before = load_average()

@@ -1,7 +1,8 @@
 """Where a gateway process spends its CPU: py-spy samples summarised by package.
 
 bench/peers.py ``--profile`` records our query function with py-spy (``--format raw``: one line
-per distinct stack, ``frame;frame;…;leaf count``) during its c=16 run and prints ``summary()``:
+per distinct stack, ``frame;frame;…;leaf count``) during an extra c=16 run after its measured ones
+(sampling pauses the process, so profiled runs are never the reported ones) and prints ``summary()``:
 self time by package (the leaf frame's package or, for our code, module) and inclusive time of
 the parts of the request path.
 """
