@@ -41,10 +41,10 @@ import platform
 import secrets
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,49 +242,77 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
 
 
 # --------------------------------------------------------------------------- report
-def _row(name: str, results: list[Result], cell: Callable[[Result], str]) -> str:
-    return f"| {name} | " + " | ".join(cell(r) for r in results) + " |"
+FIGURES = ("overhead p50, c=1 (ms)", "overhead p99, c=1 (ms)", "requests/s, c=16", "CPU ms per request, c=1",
+           "streaming first-byte overhead (ms)", "streaming total overhead (ms)", "RSS after load (MiB)",
+           "spawn to first answer (s)", "100 ms upstream: p50 c=1 minus bare (ms)",
+           "100 ms upstream: p50 c=16 minus bare (ms)", "Upstash commands per request (c=1)")
 
 
-def _failed(*runs: dict[str, float]) -> str | None:
-    bad = sum(int(r["errors"]) for r in runs)
-    return f"failed ({bad} non-200)" if bad else None
+def figures(r: Result, bare: Result | None) -> dict[str, float | str]:
+    """One round's figures for one gateway; a figure whose requests got non-200 answers is the
+    string "failed (N non-200)" (timings of error answers mean nothing)."""
 
+    def failed(*runs: dict[str, float]) -> str | None:
+        bad = sum(int(run["errors"]) for run in runs)
+        return f"failed ({bad} non-200)" if bad else None
 
-def report(results: list[Result], skipped: dict[str, str], meta: dict[str, str]) -> str:
-    """The issue-15 table: one column per gateway. A figure whose requests got non-200 answers
-    shows "failed" instead of a number (timings of error answers mean nothing)."""
-    bare = next((r for r in results if r.peer.key == "bare"), None)
-
-    def vs_bare(r: Result, slow: str) -> str:
+    def vs_bare(slow: str) -> float | str:
         if bare is None:
             return "n/a (no bare run)"
         mine, ref = getattr(r, slow), getattr(bare, slow)
-        return _failed(mine, ref) or f"{mine['p50'] - ref['p50']:+.2f}"
+        return failed(mine, ref) or mine["p50"] - ref["p50"]
 
+    return dict(zip(FIGURES, (
+        failed(r.c1) or r.c1["p50"] - r.direct_c1["p50"],
+        failed(r.c1) or r.c1["p99"] - r.direct_c1["p99"],
+        failed(r.c16) or r.c16["rps"],
+        failed(r.c1) or r.cpu_ms,
+        failed(r.stream) or r.stream["ttfb_p50"] - r.direct_stream["ttfb_p50"],
+        failed(r.stream) or r.stream["p50"] - r.direct_stream["p50"],
+        r.rss, r.spawn_s, vs_bare("slow_c1"), vs_bare("slow_c16"), r.upstash_per_req), strict=True))
+
+
+def median_figures(rounds: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """Per figure, the median over the rounds (or why it has none)."""
+    out: dict[str, float | str] = {}
+    for name in FIGURES:
+        values = [r[name] for r in rounds]
+        numbers = [v for v in values if isinstance(v, float | int)]
+        out[name] = statistics.median(numbers) if len(numbers) == len(values) else next(
+            v for v in values if isinstance(v, str))
+    return out
+
+
+def _fmt(name: str, value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if name.startswith("requests/s"):
+        return f"{value:,.0f}"
+    if name.startswith("100 ms"):
+        return f"{value:+.2f}"
+    return f"{value:.1f}" if name.startswith("RSS") else f"{value:.2f}"
+
+
+def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict[str, str]) -> str:
+    """The issue-15 table: one column per gateway, each cell the median over the rounds."""
+    keys = [k for k, rs in results.items() if rs]
+    per_round: dict[str, list[dict[str, float | str]]] = {k: [] for k in keys}
+    for i in range(max((len(results[k]) for k in keys), default=0)):
+        bare = results["bare"][i] if len(results.get("bare", [])) > i else None
+        for k in keys:
+            if len(results[k]) > i:
+                per_round[k].append(figures(results[k][i], bare))
+    table = {k: median_figures(per_round[k]) for k in keys}
     lines = [f"Measured {meta['when']} on {meta['host']}; load average before {meta['load_before']}, "
              f"after {meta['load_after']}. {meta['sizes']}", "",
-             "| figure | " + " | ".join(r.peer.title for r in results) + " |",
-             "|---|" + "---|" * len(results)]
-    lines += [
-        _row("overhead p50 / p99, c=1 (ms)", results, lambda r: _failed(r.c1) or
-             f"{r.c1['p50'] - r.direct_c1['p50']:.2f} / {r.c1['p99'] - r.direct_c1['p99']:.2f}"),
-        _row("requests/s, c=16", results, lambda r: _failed(r.c16) or f"{r.c16['rps']:,.0f}"),
-        _row("CPU ms per request, c=1", results, lambda r: _failed(r.c1) or f"{r.cpu_ms:.2f}"),
-        _row("streaming first-byte overhead (ms)", results, lambda r: _failed(r.stream) or
-             f"{r.stream['ttfb_p50'] - r.direct_stream['ttfb_p50']:.2f}"),
-        _row("streaming total overhead (ms)", results, lambda r: _failed(r.stream) or
-             f"{r.stream['p50'] - r.direct_stream['p50']:.2f}"),
-        _row("RSS after load (MiB)", results, lambda r: f"{r.rss:.1f}"),
-        _row("spawn to first answer (s)", results, lambda r: f"{r.spawn_s:.2f}"),
-        _row("100 ms upstream: p50 c=1 minus bare (ms)", results, lambda r: vs_bare(r, "slow_c1")),
-        _row("100 ms upstream: p50 c=16 minus bare (ms)", results, lambda r: vs_bare(r, "slow_c16")),
-        _row("Upstash commands per request (c=1)", results, lambda r: f"{r.upstash_per_req:.2f}"),
-    ]
-    lines += ["", "Raw p50 (ms): " + "; ".join(
-        f"{r.peer.key} c=1 {r.c1['p50']:.2f} (direct {r.direct_c1['p50']:.2f}), stream {r.stream['p50']:.2f} "
-        f"(direct {r.direct_stream['p50']:.2f}), 100 ms c=1 {r.slow_c1['p50']:.1f} c=16 {r.slow_c16['p50']:.1f}"
-        for r in results)]
+             "| figure | " + " | ".join(results[k][0].peer.title for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(_fmt(name, table[k][name]) for k in keys) + " |" for name in FIGURES]
+    lines += ["", "Overhead p50 at c=1 in each round (ms): " + "; ".join(
+        f"{k} " + ", ".join(_fmt("", r["overhead p50, c=1 (ms)"]) for r in per_round[k]) for k in keys)]
+    lines += ["Requests/s at c=16 in each round: " + "; ".join(
+        f"{k} " + ", ".join(_fmt("requests/s", r["requests/s, c=16"]) for r in per_round[k]) for k in keys)]
+    lines += ["Load average (1 min) at the start of each round: " + meta["round_loads"]]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     return "\n".join(lines)
@@ -292,28 +320,38 @@ def report(results: list[Result], skipped: dict[str, str], meta: dict[str, str])
 
 async def main_async(args: argparse.Namespace, svc: Services, load_before: str) -> None:
     keys = [k.strip() for k in args.peers.split(",") if k.strip()]
-    results: list[Result] = []
+    results: dict[str, list[Result]] = {k: [] for k in keys}
     skipped: dict[str, str] = {}
+    round_loads: list[str] = []
+    raw = args.peers_dir / "ours-c16.pyspy.txt"
+    raw.unlink(missing_ok=True)
     try:
-        for key in keys:
-            try:
-                peer = build_peer(key, svc, args)
-                print(f"… {peer.title}", flush=True)
-                profile_to = args.peers_dir / "ours-c16.pyspy.txt" if args.profile and key == "ours" else None
-                results.append(await run_peer(peer, svc, args.requests, args.requests16, args.slow_requests,
-                                              args.slow_requests16, profile_to))
-            except (PeerUnavailable, RuntimeError) as exc:
-                lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-                skipped[key] = " … ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
-                print(f"!! skipping {key}: {skipped[key]}", flush=True)
+        for round_no in range(args.rounds):
+            round_loads.append(f"{os.getloadavg()[0]:.2f}")
+            # rotate the order each round, so no gateway always runs first or last
+            order = keys[round_no % len(keys):] + keys[:round_no % len(keys)]
+            for key in order:
+                if key in skipped:
+                    continue
+                try:
+                    peer = build_peer(key, svc, args)
+                    print(f"… round {round_no + 1}/{args.rounds}: {peer.title}", flush=True)
+                    profile_to = raw if args.profile and key == "ours" and not raw.exists() else None
+                    results[key].append(await run_peer(peer, svc, args.requests, args.requests16,
+                                                       args.slow_requests, args.slow_requests16, profile_to))
+                except (PeerUnavailable, RuntimeError) as exc:
+                    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+                    skipped[key] = " … ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
+                    print(f"!! skipping {key}: {skipped[key]}", flush=True)
         meta = {"when": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                 "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "load_before": load_before,
-                "load_after": load_average(),
-                "sizes": f"Requests per gateway: {args.requests} at c=1 (non-stream and stream), {args.requests16} "
-                         f"at c=16; 100 ms upstream: {args.slow_requests} at c=1, {args.slow_requests16} at c=16."}
+                "load_after": load_average(), "round_loads": ", ".join(round_loads),
+                "sizes": f"{args.rounds} rounds, gateways in rotating order; per gateway and round: {args.requests} "
+                         f"requests at c=1 (non-stream and stream), {args.requests16} at c=16; 100 ms upstream: "
+                         f"{args.slow_requests} at c=1, {args.slow_requests16} at c=16. Each cell is the median "
+                         "over the rounds."}
         print()
         print(report(results, skipped, meta))
-        raw = args.peers_dir / "ours-c16.pyspy.txt"
         if args.profile and raw.exists():
             print("\n" + profile.summary(raw) + f"\n(raw stacks: {raw})")
     finally:
@@ -323,6 +361,7 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list out of {', '.join(ALL_PEERS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all gateways; cells are medians")
     parser.add_argument("--requests", type=int, default=1000, help="requests per c=1 run")
     parser.add_argument("--requests16", type=int, default=2000, help="requests per c=16 run")
     parser.add_argument("--slow-requests", type=int, default=50, help="c=1 requests with the 100 ms upstream")
