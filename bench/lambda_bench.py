@@ -54,7 +54,6 @@ from bench.stack import ROOT, Services, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
 from infra.local.template import load_template, serverless_functions
-from tests.support.billing import signature_header
 
 MEMORY_SIZES = (256, 512, 1024, 1769)
 PLATFORM_LOG_BYTES = 350      # START/END/REPORT lines Lambda writes per invocation (assumed)
@@ -97,9 +96,12 @@ class Case:
     route: str
     headers: dict[str, str]
     body: Callable[[], str | None] = lambda: None
+    sign: Callable[[str], str] | None = None  # Stripe-Signature for the body
 
 
 def cases(svc: Services) -> list[Case]:
+    from tests.support.billing import signature_header  # imports the gateway: only once the environment is set
+
     key = {"authorization": f"Bearer {svc.api_key}"}
 
     def webhook() -> str:
@@ -117,7 +119,8 @@ def cases(svc: Services) -> list[Case]:
         Case("BillingFunction", "GET", "/v1/subscription", "/v1/subscription", key),
         Case("AdminFunction", "GET", f"/v1/admin/users/{svc.user_id}", "/v1/admin/users/{user_id}",
              {"authorization": f"Bearer {ADMIN_KEY}"}),
-        Case("WebhooksFunction", "POST", "/webhooks/stripe", "/webhooks/stripe", {}, webhook),
+        Case("WebhooksFunction", "POST", "/webhooks/stripe", "/webhooks/stripe", {}, webhook,
+             lambda body: signature_header(body, WEBHOOK_SECRET)),
     ]
 
 
@@ -147,8 +150,8 @@ def invoke_series(handler: Callable[..., dict[str, Any]], case: Case, memory_mb:
     for i in range(warmup + n):
         body = case.body()
         headers = dict(case.headers)
-        if case.function == "WebhooksFunction" and body is not None:
-            headers["stripe-signature"] = signature_header(body, WEBHOOK_SECRET)
+        if case.sign is not None and body is not None:
+            headers["stripe-signature"] = case.sign(body)
         event = http_api_event(case.method, case.path, headers=headers, body=body, route=case.route)
         context = FakeContext(case.function, memory_mb, timeout_s)
         new_trace_id()
@@ -168,6 +171,8 @@ def invoke_series(handler: Callable[..., dict[str, Any]], case: Case, memory_mb:
 
 
 def run_buffered(svc: Services, n: int, tracing: bool) -> tuple[list[Series], dict[str, float]]:
+    if "gateway.observability" in sys.modules:  # its tracer was chosen at import, under another environment
+        raise RuntimeError("the gateway was imported before the Lambda environment was set")
     os.environ.update(lambda_env(svc, tracing=tracing))
     from gateway import db  # after the environment is set
     from gateway.config import reset_settings

@@ -8,7 +8,6 @@ run talks to. ``gateway_env()`` is the environment our functions need to use the
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -180,14 +179,17 @@ class Services:
 
 
 def _seed(database_url: str) -> tuple[str, str]:
-    os.environ["DATABASE_URL"] = database_url
-    from gateway.config import reset_settings
-    from infra.local.devserver import seed
-
-    reset_settings()
-    user_id, api_key = asyncio.run(seed({}))
+    """The dev user and key (infra/local/devserver.seed), in a child process: importing the gateway
+    fixes its observability settings (tracer on/off), and the Lambda benchmark has to import it
+    later, under a Lambda environment."""
+    code = "import asyncio, json; from infra.local.devserver import seed; print(json.dumps(asyncio.run(seed({}))))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"seeding the bench database failed: {done.stderr.strip()[-500:]}")
+    user_id, api_key = json.loads(done.stdout.strip().splitlines()[-1])
     grant_bench_credit(database_url, user_id)
-    return user_id, api_key
+    return str(user_id), str(api_key)
 
 
 def start_services(prefix: str = "mlp_bench") -> Services:
