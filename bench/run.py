@@ -40,7 +40,10 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
     creds_file = Path(f"/tmp/mlp-bench-{port}.json")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "RATELIMIT_"))}
     env.update({"DATABASE_URL": database_url, "STAGE": "local", "POWERTOOLS_LOG_LEVEL": "ERROR",
-                "TIERS_JSON": UNLIMITED_TIERS})
+                "TIERS_JSON": UNLIMITED_TIERS,
+                # its own keys in the shared Redis: the default prefix's rendered catalogue would be
+                # served to every other local stack on the machine (e2e runs included)
+                "RATELIMIT_PREFIX": f"mlpbench-{port}"})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                              "--credentials-file", str(creds_file)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

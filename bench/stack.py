@@ -127,6 +127,8 @@ class Services:
     user_id: str
     api_key: str
     procs: list[Proc]
+    # our keys in the shared Redis (rate limits, the rendered catalogue): never another run's
+    redis_prefix: str = field(default_factory=lambda: "mlpbench-" + secrets.token_hex(4))
 
     @property
     def openai_base(self) -> str:
@@ -139,7 +141,7 @@ class Services:
                                     "RATELIMIT_", "POWERTOOLS_", "AWS_LAMBDA_", "DATABASE_URL", "TIERS_JSON"))}
         env.update({"STAGE": "local", "DATABASE_URL": self.database_url, "TIERS_JSON": UNLIMITED_TIERS,
                     "UPSTASH_REDIS_REST_URL": self.upstash_url, "UPSTASH_REDIS_REST_TOKEN": self.upstash_token,
-                    "RATELIMIT_PREFIX": "mlpbench", "OPENAI_BASE_URL": self.openai_base,
+                    "RATELIMIT_PREFIX": self.redis_prefix, "OPENAI_BASE_URL": self.openai_base,
                     "OPENAI_API_KEY": "sk-fake-openai", "POWERTOOLS_LOG_LEVEL": "ERROR",
                     "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
                     "POWERTOOLS_SERVICE_NAME": "multi-llm-gateway", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM"})
