@@ -1,4 +1,5 @@
-"""Pieces every benchmark shares: the request, the load generator and process measurements.
+"""Pieces every benchmark shares: the load generator and process measurements (the request
+itself is bench/workload.py).
 
 Load: ``measure`` sends the same chat request ``total`` times over ``concurrency`` keep-alive
 connections (aiohttp) and returns latency percentiles, throughput and, for streams, the time to

@@ -1,15 +1,18 @@
 """Peer comparison (issue 15): our gateway next to other gateways, one after another, with the same
-harness, against the same fake OpenAI upstream.
+harness, against the same fake OpenAI upstream; ``--rounds`` passes (default 3) in a rotating order,
+each printed figure the median over the rounds (the machine is shared: single passes vary a lot).
 
     make bench-peers                       # = .venv/bin/python -m bench.peers
-    .venv/bin/python -m bench.peers --peers ours,bare --requests 300    # a quick look
+    .venv/bin/python -m bench.peers --peers ours,bare --rounds 1 --requests 300    # a quick look
+    .venv/bin/python -m bench.peers --profile    # + py-spy of our query function (bench/profile.py)
 
 Gateways (``--peers``, in this order by default):
   ours         the query function alone, served as functions/query/run.sh serves it (uvicorn,
                one process), with full billing: API key, Upstash rate limit through the REST
                bridge, reserve and settle in Postgres
   ours-all     every function of template.yaml in one process (the local stack's router)
-  litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database, no master key)
+  litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database; a generated master key, which
+               recent versions require)
   portkey      Portkey gateway (npm ``@portkey-ai/gateway``, Node, NODE_ENV=production, no billing)
   naive        a straightforward FastAPI gateway with the same billing steps (bench/refgateways.py)
   bare         an aiohttp passthrough, no auth, no billing (bench/refgateways.py)
@@ -27,7 +30,8 @@ Figures per gateway, each measured right after the same figures straight to the 
   streaming first-byte / total  overhead of the first body byte / the whole stream, c=1
   RSS after load (MiB)          the gateway's process tree after all runs
   spawn to first answer (s)     from exec to the first 200 on /v1/chat/completions
-  100 ms upstream, c=1 / c=16   p50 minus the bare passthrough's p50 in the same run
+  100 ms upstream, c=1 / c=16   p50 minus the bare passthrough's p50 in the same round
+  Upstash commands per request  counted by the bridge over the c=1 run
 """
 
 from __future__ import annotations
