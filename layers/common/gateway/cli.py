@@ -256,11 +256,12 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
         _out("skip orphan reservations (--no-release)")
     else:
         minutes = args.release_orphans_older_than or get_settings().reservation_orphan_minutes
-        released = await ledger.release_orphans(minutes)
-        if released:
-            _out(f"fixed released {len(released)} orphan reservation(s) older than {minutes} min:")
-            for request_id in released:
-                _out(f"       {request_id}")
+        closed = await ledger.settle_orphans(minutes)
+        if closed:
+            _out(f"fixed closed {len(closed)} orphan reservation(s) older than {minutes} min "
+                 "(charged their hold when sent upstream, else released):")
+            for orphan in closed:
+                _out(f"       {orphan.request_id} charged {orphan.charged}")
         else:
             _out(f"ok   no orphan reservations older than {minutes} min")
 
@@ -270,7 +271,8 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
         _out(f"FAIL {len(violations)} user(s) whose cached balance/reserved disagree with their rows:")
         for v in violations:
             _out(f"       user {v['user_id']}: balance {v['balance']} vs ledger {v['ledger_sum']}; "
-                 f"reserved {v['reserved']} vs reservations {v['reserved_sum']}")
+                 f"reserved {v['reserved']} vs reservations {v['reserved_sum']}; "
+                 f"in flight {v['in_flight']} vs {v['reservations']}")
     else:
         _out("ok   balances match the ledger and reserved matches open reservations")
 

@@ -110,7 +110,14 @@ class Settings(BaseSettings):
     byok_platform_fee: Decimal = Decimal("0.05")
     welcome_credit: Decimal = Decimal("10")
     tiers_json: str | None = None  # JSON object overriding/adding tiers; see DEFAULT_TIERS
-    reservation_orphan_minutes: int = 15
+    # Money safety on the query path (docs/money.md). An open reservation older than this is an
+    # orphan (longer than any request lives: QueryStreamFunction's timeout is 15 minutes).
+    reservation_orphan_minutes: int = Field(default=20, ge=16)
+    max_in_flight_per_user: int = Field(default=32, ge=1)  # a user's requests holding credit at once
+    request_deadline_s: float = Field(default=840.0, gt=0)  # upstream budget of a request (Web Adapter, local)
+    buffered_deadline_s: float = Field(default=27.0, gt=0)  # ... behind API Gateway, which gives up at 30 s
+    deadline_margin_s: float = Field(default=10.0, ge=0)  # kept before the Lambda timeout to settle
+    settle_retry_s: float = Field(default=5.0, ge=0)  # transient database errors on settle are retried this long
 
     # Identity (JWT sign-in), BYOK master keys, API keys
     jwt_hs256_secret: str = ""

@@ -26,7 +26,7 @@ from .observability import logger
 
 # The newest migration the code expects (``infra/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0005"
+EXPECTED_SCHEMA_VERSION = "0006"
 
 _pool: AsyncConnectionPool | None = None
 _pool_loop: asyncio.AbstractEventLoop | None = None
