@@ -18,19 +18,15 @@ def template() -> dict[str, Any]:
     return load_template(REPO_ROOT / "template.yaml")
 
 
-@pytest.fixture(scope="module")
-def functions(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return serverless_functions(template)
-
-
-@pytest.fixture(scope="module")
-def schedule(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def sweeper_schedule(functions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     events = [e for e in (functions["SweeperFunction"].get("Events") or {}).values() if e["Type"] == "ScheduleV2"]
     assert len(events) == 1, "SweeperFunction needs exactly one ScheduleV2 event"
     return dict(events[0]["Properties"])
 
 
-def test_sweeper_is_scheduled_every_5_minutes(functions: dict[str, dict[str, Any]], schedule: dict[str, Any]) -> None:
+def test_sweeper_is_scheduled_every_5_minutes(template: dict[str, Any]) -> None:
+    functions = serverless_functions(template)
+    schedule = sweeper_schedule(functions)
     fn = functions["SweeperFunction"]
     assert fn["CodeUri"] == "functions/sweeper/" and fn["Handler"] == "app.handler"
     assert (REPO_ROOT / "functions" / "sweeper" / "app.py").is_file()
@@ -42,9 +38,9 @@ def test_sweeper_is_scheduled_every_5_minutes(functions: dict[str, dict[str, Any
     assert fn["Policies"] == [{"Ref": "SecretsReadPolicy"}]
 
 
-def test_sweeper_retries_then_dead_letters_with_an_alarm(template: dict[str, Any],
-                                                        functions: dict[str, dict[str, Any]],
-                                                        schedule: dict[str, Any]) -> None:
+def test_sweeper_retries_then_dead_letters_with_an_alarm(template: dict[str, Any]) -> None:
+    functions = serverless_functions(template)
+    schedule = sweeper_schedule(functions)
     retry = schedule["RetryPolicy"]
     assert 1 <= retry["MaximumRetryAttempts"] <= 185
     assert 60 <= retry["MaximumEventAgeInSeconds"] < 300, "retries give up before the next run is due"
@@ -62,8 +58,8 @@ def test_sweeper_retries_then_dead_letters_with_an_alarm(template: dict[str, Any
     assert {"Ref": "AlarmTopic"} in alarms[0]["AlarmActions"]
 
 
-def test_orphans_are_older_than_any_request_can_live(functions: dict[str, dict[str, Any]]) -> None:
-    longest = max(props["Timeout"] for props in functions.values())
+def test_orphans_are_older_than_any_request_can_live(template: dict[str, Any]) -> None:
+    longest = max(props["Timeout"] for props in serverless_functions(template).values())
     assert Settings().reservation_orphan_minutes * 60 > longest, "the sweeper must never close a live request"
 
 
@@ -76,7 +72,8 @@ def test_hold_overrun_alarm(template: dict[str, Any]) -> None:
 
 
 def test_streaming_function_lives_15_minutes_and_its_deadline_leaves_time_to_settle(
-        functions: dict[str, dict[str, Any]]) -> None:
+        template: dict[str, Any]) -> None:
+    functions = serverless_functions(template)
     stream = functions["QueryStreamFunction"]
     assert stream["Timeout"] == 900  # Function URL response streaming: at most 15 minutes
     deadline = float(stream["Environment"]["Variables"]["REQUEST_DEADLINE_S"])

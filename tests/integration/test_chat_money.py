@@ -55,6 +55,20 @@ def balance(database_url: str, user_id: Any) -> dict[str, Any]:
     return direct(database_url, "SELECT * FROM balances WHERE user_id = %s", user_id)[0]
 
 
+async def ask(api: httpx.AsyncClient, user: Any, model: str, text: str, **extra: Any) -> httpx.Response:
+    return await api.post("/v1/chat/completions", headers=_auth(user),
+                          json={"model": model, "messages": _msg(text), **extra})
+
+
+async def one_request(api: httpx.AsyncClient, make_user: Any, database_url: str, model: str, text: str,
+                      status: int = 200, **extra: Any) -> tuple[Any, httpx.Response, dict[str, Any]]:
+    """A new user with $5 makes one request: (the user, the response, its usage record)."""
+    user = await make_user("5")
+    r = await ask(api, user, model, text, **extra)
+    assert r.status_code == status, r.text
+    return user, r, records(database_url, user.user_id)[0]
+
+
 async def wait_for(check: Any, timeout: float = 15.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -153,8 +167,7 @@ async def test_served_image_request_is_charged_within_its_hold(api: Any, make_us
 
 async def test_cjk_text_is_held_at_a_token_per_character(api: Any, make_user: Any, database_url: str) -> None:
     user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "anthropic/claude-3.5-haiku", "max_tokens": 5, "messages": _msg("你好世界" * 2_500)})
+    r = await ask(api, user, "anthropic/claude-3.5-haiku", "你好世界" * 2_500, max_tokens=5)
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["prompt_tokens"] >= 10_000  # a token per CJK character
     rec = records(database_url, user.user_id)[0]
@@ -183,11 +196,9 @@ async def test_output_limit_is_clamped_to_the_model_and_injected_when_absent(api
                                                                              fake_upstream: Any,
                                                                              database_url: str) -> None:
     user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "anthropic/claude-3.5-haiku", "max_tokens": 64_000, "messages": _msg()})
+    r = await ask(api, user, "anthropic/claude-3.5-haiku", "Hello there", max_tokens=64_000)
     assert r.status_code == 200
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "google/gemini-2.5-flash", "messages": _msg()})
+    r = await ask(api, user, "google/gemini-2.5-flash", "Hello there")
     assert r.status_code == 200
     anthropic, = [q["body"] for q in upstream_requests(fake_upstream, "anthropic")]
     gemini, = [q["body"] for q in upstream_requests(fake_upstream, "gemini")]
@@ -202,16 +213,14 @@ async def test_output_limit_is_clamped_to_the_model_and_injected_when_absent(api
 async def test_model_not_on_the_plan_is_403_even_without_credit(api: Any, make_user: Any,
                                                                 fake_upstream: Any) -> None:
     user = await make_user("1", tier="free")
-    r = await api.post("/v1/chat/completions", headers=_auth(user),
-                          json={"model": "anthropic/claude-opus-4", "messages": _msg()})
+    r = await ask(api, user, "anthropic/claude-opus-4", "Hello there")
     assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
     assert upstream_requests(fake_upstream) == []
 
 
 async def test_money_in_error_bodies_is_a_plain_decimal_string(api: Any, make_user: Any) -> None:
     user = await make_user("0")
-    r = await api.post("/v1/chat/completions", headers=_auth(user),
-                          json={"model": "openai/gpt-4o-mini", "messages": _msg()})
+    r = await ask(api, user, "openai/gpt-4o-mini", "Hello there")
     assert r.status_code == 402
     err = r.json()["error"]
     assert err["balance"] == "0.00000000" and PLAIN_MONEY.match(err["required"]), err
@@ -238,8 +247,7 @@ async def test_an_overrun_emits_hold_overrun_with_the_user_dimension(
     user = await make_user("5")
     capsys.readouterr()
     # OpenRouter reports a cost above every catalogue price (e.g. a surcharge): billed, and reported
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "meta-llama/llama-3.1-8b-instruct", "max_tokens": 5, "messages": _msg("[[cost:0.5]]")})
+    r = await ask(api, user, "meta-llama/llama-3.1-8b-instruct", "[[cost:0.5]]", max_tokens=5)
     assert r.status_code == 200
     rec = records(database_url, user.user_id)[0]
     assert rec["charge"] > rec["hold"]
@@ -284,22 +292,15 @@ async def test_openrouter_routing_is_capped_at_the_catalogue_price(api: Any, mak
 
 async def test_openrouter_is_billed_at_least_its_reported_cost(api: Any, make_user: Any,
                                                                database_url: str) -> None:
-    user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "meta-llama/llama-3.1-8b-instruct", "messages": _msg("[[cost:0.25]]")})
-    assert r.status_code == 200
-    rec = records(database_url, user.user_id)[0]
+    _, _, rec = await one_request(api, make_user, database_url, "meta-llama/llama-3.1-8b-instruct", "[[cost:0.25]]")
     assert rec["reported_cost"] == D("0.25") and rec["provider_cost"] == D("0.25")
     assert rec["charge"] == charge_for(D("0.25"), MARKUP) == D("0.275")
 
 
 async def test_openrouter_cache_writes_are_billed(api: Any, make_user: Any, models: None,
                                                   database_url: str) -> None:
-    user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "test/or-haiku", "messages": _msg("cache " + "x" * 800 + " [[cache_write:150]]")})
-    assert r.status_code == 200, r.text
-    rec = records(database_url, user.user_id)[0]
+    _, r, rec = await one_request(api, make_user, database_url, "test/or-haiku",
+                                  "cache " + "x" * 800 + " [[cache_write:150]]")
     price = await price_of("test/or-haiku")
     assert rec["cache_write_tokens"] == 150
     expected = charged(price, r.json()["usage"], cache_write_tokens=150)
@@ -327,11 +328,7 @@ async def test_anthropic_one_hour_cache_writes_cost_twice_the_input_price(api: A
 
 async def test_request_fee_is_charged_when_the_provider_reports_no_tokens(api: Any, make_user: Any,
                                                                           models: None, database_url: str) -> None:
-    user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "test/fee-haiku", "messages": _msg("[[zero_usage]]")})
-    assert r.status_code == 200
-    rec = records(database_url, user.user_id)[0]
+    _, _, rec = await one_request(api, make_user, database_url, "test/fee-haiku", "[[zero_usage]]")
     assert rec["prompt_tokens"] == 0 and rec["completion_tokens"] == 0
     assert rec["charge"] == charge_for(D("0.01"), MARKUP) == D("0.011")
 
@@ -341,8 +338,7 @@ async def test_non_streaming_call_past_the_deadline_is_504_and_charged_what_the_
         api: Any, make_user: Any, setting: Any, database_url: str) -> None:
     setting(request_deadline_s=0.5)
     user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "openai/gpt-4o-mini", "max_tokens": 300, "messages": _msg("slow [[ttfb:3]]")})
+    r = await ask(api, user, "openai/gpt-4o-mini", "slow [[ttfb:3]]", max_tokens=300)
     assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
     rec = records(database_url, user.user_id)[0]
     # a non-streaming generation is billed whole by the provider: the output limit, estimated
@@ -493,11 +489,8 @@ async def test_a_billed_answer_that_cannot_be_used_is_still_settled(api: Any, ma
 
 async def test_a_response_that_cannot_be_rendered_is_still_settled(api: Any, make_user: Any,
                                                                    database_url: str) -> None:
-    user = await make_user("5")
-    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "openai/gpt-4o-mini", "messages": _msg("[[nan]] [[words:5]]")})
-    assert r.status_code == 500
-    rec = records(database_url, user.user_id)[0]
+    user, _, rec = await one_request(api, make_user, database_url, "openai/gpt-4o-mini", "[[nan]] [[words:5]]",
+                                     status=500)
     assert rec["status"] == "failed" and rec["error_code"] == "response_render_failed"
     assert rec["completion_tokens"] == 5 and rec["charge"] > 0  # the provider billed it
     assert balance(database_url, user.user_id)["reserved"] == 0
@@ -530,8 +523,7 @@ async def test_settle_retries_a_database_that_comes_back(api: Any, make_user: An
                                                          flaky_database: TcpProxy, database_url: str) -> None:
     user = await make_user("5")
     setting(settle_retry_s=15)
-    request = asyncio.ensure_future(api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "openai/gpt-4o-mini", "messages": _msg("[[ttfb:0.6]] [[words:7]]")}))
+    request = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:0.6]] [[words:7]]"))
     await _cut_once_reserved(flaky_database, database_url, user.user_id)
     threading.Timer(1.0, flaky_database.restore).start()  # back while the settle is retrying
     r = await request
@@ -545,8 +537,7 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
         api: Any, make_user: Any, setting: Any, flaky_database: TcpProxy, database_url: str) -> None:
     user = await make_user("5")
     setting(settle_retry_s=0.2)
-    request = asyncio.ensure_future(api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "openai/gpt-4o-mini", "messages": _msg("[[ttfb:0.6]] [[words:7]]")}))
+    request = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:0.6]] [[words:7]]"))
     await _cut_once_reserved(flaky_database, database_url, user.user_id)
     r = await request
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 7  # served meanwhile
@@ -555,8 +546,7 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
     flaky_database.restore()
     # the next request of this container settles itself and then the deferred one
     while True:
-        r = await api.post("/v1/chat/completions", headers=_auth(user),
-                              json={"model": "openai/gpt-4o-mini", "messages": _msg("[[words:2]]")})
+        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
         if r.status_code == 200:
             break
         assert r.status_code == 503, r.text
