@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # Extra environment for the stack; other test modules may add to it before the fixture starts.
 STACK_ENV: dict[str, str] = {
     "STAGE": "local",
+    # Own Redis keys (rate limits, the catalogue cache): other local stacks on the same Redis (make
+    # dev, make bench) use the default prefix and would serve this stack their catalogue.
+    "RATELIMIT_PREFIX": "mlp-e2e-" + os.urandom(4).hex(),
     "AUTH_CACHE_TTL_S": "1",
     "CATALOG_TTL_S": "1",
     "POWERTOOLS_LOG_LEVEL": "WARNING",

@@ -281,7 +281,7 @@ async def test_openrouter_routing_is_capped_at_the_catalogue_price(api: Any, mak
     sent = upstream_requests(fake_upstream, "openrouter")[-1]["body"]["provider"]
     assert sent["order"] == ["DeepInfra"] and sent["allow_fallbacks"] is False
     # USD per million tokens: llama-3.1-8b is $0.02 / $0.03 per million in the catalogue
-    assert sent["max_price"] == {"prompt": "0.02", "completion": "0.03", "request": "0", "image": "0"}
+    assert sent["max_price"] == {"prompt": "0.02", "completion": "0.03", "request": "0"}
     # an endpoint above the cap is not served, and nothing is charged
     r = await api.post("/v1/chat/completions", headers=_auth(user), json={
         "model": "meta-llama/llama-3.1-8b-instruct", "provider": prefs, "messages": _msg("[[endpoint_price:2]]")})
@@ -555,6 +555,17 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
     assert rows[0]["status"] == "ok" and rows[0]["estimated"] is False  # the real usage, not a guess
     assert balance(database_url, user.user_id)["reserved"] == 0
     assert not service._deferred
+
+
+async def test_a_call_still_running_after_a_second_marks_its_reservation_as_sent(
+        api: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    slow = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:2]] [[words:2]]"))
+    marked = await wait_for(lambda: direct(database_url, "SELECT upstream_at FROM reservations WHERE user_id = %s "
+                                                       "AND upstream_at IS NOT NULL", user.user_id))
+    assert len(marked) == 1  # while the provider is still answering
+    assert (await slow).status_code == 200
+    assert direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id) == []
 
 
 async def test_sweeper_charges_orphans_that_reached_upstream_and_releases_the_others(

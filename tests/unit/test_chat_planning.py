@@ -74,11 +74,11 @@ def test_openrouter_price_cap() -> None:
     price = ModelPrice(prompt=D("0.000003"), completion=D("0.000015"), request=D("0.0004"), image=D("0.0048"))
     prefs = openrouter_preferences({"order": ["Anthropic"], "allow_fallbacks": False}, price)
     assert prefs == {"order": ["Anthropic"], "allow_fallbacks": False,
-                     "max_price": {"prompt": "3", "completion": "15", "request": "0.0004", "image": "0.0048"}}
-    lower = openrouter_preferences({"max_price": {"prompt": 1, "completion": "99", "image": "-2"}}, price)
+                     "max_price": {"prompt": "3", "completion": "15", "request": "0.0004"}}
+    lower = openrouter_preferences({"max_price": {"prompt": 1, "completion": "99", "image": "-2"}}, price, images=True)
     assert lower["max_price"] == {"prompt": "1", "completion": "15", "request": "0.0004", "image": "0"}
     assert openrouter_preferences(None, ModelPrice(prompt=D(0), completion=D(0)))["max_price"] == \
-        {"prompt": "0", "completion": "0", "request": "0", "image": "0"}
+        {"prompt": "0", "completion": "0", "request": "0"}
     with pytest.raises(BadRequest):
         openrouter_preferences({"max_price": {"prompt": "cheap"}}, price)
 

@@ -1,7 +1,7 @@
 """The chat pipeline: resolve → admit (rate limit ‖ reserve) → call upstream with fallback →
-settle. Two Postgres round trips on the client's path (reserve, settle) plus one alongside the
-upstream call (marking the reservation as sent), and one Upstash call per request; the API key
-and the model catalogue come from the warm container's caches.
+settle. Two Postgres round trips (reserve, settle), plus one alongside an upstream call that is
+still running after a second (marking the reservation as sent), and one Upstash call per request;
+the API key and the model catalogue come from the warm container's caches.
 
 Money flow per request (docs/money.md):
 1. hold = worst case over every candidate model: an upper bound of the prompt (``adapters.tokens``,
@@ -13,7 +13,8 @@ Money flow per request (docs/money.md):
    flight in ONE statement that also reads the user's current tier; the Upstash rate-limit call
    runs concurrently with it;
 3. call upstream within the request deadline (the Lambda's remaining time minus a margin, 27 s
-   behind API Gateway); the reservation is marked as sent upstream meanwhile;
+   behind API Gateway); a call still running after ``MARK_SENT_AFTER_S`` marks its reservation
+   as sent upstream (what the orphan sweeper needs to charge instead of release);
 4. settle the real charge from the provider's usage (never below the cost it reports; estimated
    only where it reports none) in ONE statement, retried on transient database errors and
    deferred in the container if the database stays away. In Lambda the settle finishes before the
@@ -74,6 +75,12 @@ SHARED_CONTEXT_PROVIDERS = frozenset({"openai", "openrouter", "anthropic", "comp
 # (which charges what the provider billed) always fires first.
 READ_TIMEOUT_SLACK_S = 5.0
 PER_MILLION = Decimal(1_000_000)
+# An upstream call still running after this long marks its reservation as sent (one statement,
+# concurrent with the call). Orphans come from calls that outlive their container (a Lambda timeout
+# or crash mid-generation, a database gone for the settle): long calls. A call that ends sooner is
+# settled by its own request (or, through a database outage, from this container's deferred
+# settlements) and never pays for the extra statement.
+MARK_SENT_AFTER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -103,7 +110,8 @@ class Call:
     attempts: list[str] = field(default_factory=list)
     client_gone: bool = False      # set by the response when the client disconnects
     timed_out: bool = False        # the deadline stopped the upstream call
-    mark: asyncio.Task[None] | None = None
+    mark: asyncio.TimerHandle | None = None
+    marking: asyncio.Task[None] | None = None
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -187,17 +195,16 @@ def output_limit(req: ChatRequest, model: ModelInfo, prompt_estimate: int) -> in
     return model.max_completion_tokens
 
 
-def _per_million(price: Decimal) -> str:
-    return format((price * PER_MILLION).normalize(), "f")
-
-
-def openrouter_preferences(client: Any, price: ModelPrice) -> dict[str, Any]:
+def openrouter_preferences(client: Any, price: ModelPrice, *, images: bool = False) -> dict[str, Any]:
     """The client's ``provider`` preferences with ``max_price`` capped at our catalogue price
-    (USD per million tokens; per request / image): OpenRouter then never routes to an endpoint
-    that costs more than the hold counts. A lower cap of the client's is kept."""
+    (USD per million tokens; per request, and per image when the request has images): OpenRouter
+    then never routes to an endpoint that costs more than the hold counts. A lower cap of the
+    client's is kept."""
     prefs = dict(client) if isinstance(client, dict) else {}
     ours = {"prompt": price.prompt * PER_MILLION, "completion": price.completion * PER_MILLION,
-            "request": price.request, "image": price.image}
+            "request": price.request}
+    if images:
+        ours["image"] = price.image
     given = prefs.get("max_price")
     theirs: dict[str, Any] = given if isinstance(given, dict) else {}
     cap = {}
@@ -214,13 +221,14 @@ def openrouter_preferences(client: Any, price: ModelPrice) -> dict[str, Any]:
     return prefs
 
 
-def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit: int) -> dict[str, Any]:
+def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit: int, size: PromptSize
+                   ) -> dict[str, Any]:
     """The request as sent to one model: the output limit injected (``max_tokens``; each adapter
     names it as its provider does) and, through OpenRouter, the price cap."""
     out = {**body, "max_tokens": limit}
     out.pop("max_completion_tokens", None)
     if target.provider == "openrouter":
-        out["provider"] = openrouter_preferences(body.get("provider"), model.price)
+        out["provider"] = openrouter_preferences(body.get("provider"), model.price, images=size.images > 0)
     return out
 
 
@@ -263,7 +271,7 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
         target, is_byok = route(m, settings, byok_keys)
         limit = output_limit(req, m, size.estimate(m.id))
         candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
-                                    body=candidate_body(body, target, m, limit)))
+                                    body=candidate_body(body, target, m, limit, size)))
         hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit, m.markup_for(tier),
                                   images=size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
     loop_now = asyncio.get_running_loop().time()
@@ -414,15 +422,21 @@ async def _mark_sent(request_id: str) -> None:
 
 
 def _sending(call: Call) -> None:
-    """The request is about to reach a provider: record it on the reservation, concurrently."""
+    """The request is about to reach a provider: if it is still running after
+    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
     if call.mark is None:
-        call.mark = asyncio.ensure_future(_mark_sent(call.request_id))
+        def mark() -> None:
+            call.marking = asyncio.ensure_future(_mark_sent(call.request_id))
+
+        call.mark = asyncio.get_running_loop().call_later(MARK_SENT_AFTER_S, mark)
 
 
 async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     """Settle (or release) and emit the request's metrics and one log line."""
-    if call.mark is not None and not call.mark.done():
-        await call.mark
+    if call.mark is not None:
+        call.mark.cancel()
+    if call.marking is not None and not call.marking.done():
+        await call.marking
     result = await _settle(record)
     if result is not None and result.overrun:
         count("HoldOverrun")
