@@ -290,9 +290,10 @@ def main(argv: list[str] | None = None) -> None:
 
     database_url = ensure_database(os.environ.get("DATABASE_URL"))
     os.environ["DATABASE_URL"] = database_url
+    direct_url = os.environ.get("DATABASE_DIRECT_URL") or database_url  # DATABASE_URL may be a pooler
     from gateway.migrate import migrate
 
-    applied = migrate(database_url)
+    applied = migrate(direct_url)
     print(f"database ready ({len(applied)} migrations applied)", flush=True)
 
     if not os.environ.get("UPSTASH_REDIS_REST_URL"):
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     router = build_router()
     base_url = f"http://{args.host}:{args.port}"
     credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
-                   "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
+                   "admin_key": admin_key, "user_id": user_id, "database_url": direct_url,
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
                    "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
                    "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL"),
