@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from infra.local.servers import free_port
-from tests.support import services
+from tests.support import pgbouncer, services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,7 @@ STACK_ENV: dict[str, str] = {
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     services.ensure_services()
     database_url = services.create_database("mlp_e2e")
+    bouncer = pgbouncer.start() if pgbouncer.via_pgbouncer() else None
     port = free_port()
     creds_file = tmp_path_factory.mktemp("stack") / "dev-credentials.json"
     log_file = creds_file.with_name("stack.log")
@@ -43,6 +44,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     env.update(STACK_ENV)
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
                 "PYTHONUNBUFFERED": "1"})
+    if bouncer is not None:  # the functions through PgBouncer (transaction mode), migrations direct
+        env.update({"DATABASE_URL": bouncer.pooled(database_url), "DATABASE_DIRECT_URL": database_url,
+                    "DATABASE_POOLED": "true"})
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                                  "--credentials-file", str(creds_file)], cwd=ROOT, env=env, stdout=log,
@@ -70,6 +74,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             proc.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
+        if bouncer is not None:
+            bouncer.stop()
         services.drop_database(database_url)
 
 

@@ -125,7 +125,7 @@ def billing(database_url: str, upstash_bridge: RunningServer, fake_stripe_server
     reset_settings()
     stripe_api.reset_client()
     webhooks.STATS.clear()
-    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=os.environ["DATABASE_URL"])
+    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=database_url)
     stripe_api.reset_client()
 
 
