@@ -282,7 +282,6 @@ def main(argv: list[str] | None = None) -> None:
     previous = _load_credentials() if credentials_file == CREDENTIALS_FILE else {}
 
     os.environ.setdefault("STAGE", "local")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     admin_key = os.environ.get("ADMIN_API_KEY") or previous.get("admin_key") or "local-admin-" + secrets.token_hex(12)
