@@ -439,21 +439,34 @@ def test_web_adapter_functions_stream_via_function_url(functions: dict[str, dict
 # ----------------------------------------------------------------------------- IAM
 
 
-def test_every_function_reads_only_its_stage_secrets(
+def test_every_function_reads_only_its_audiences_secrets(
     template: dict[str, Any], functions: dict[str, dict[str, Any]]
 ) -> None:
+    """Least privilege by audience: the SSM parameters a function may read are exactly
+    /mlp/${Stage}/<audience> for the audiences in its SECRETS_AUDIENCES, which gateway.config reads."""
+    from gateway.config import SECRET_AUDIENCES
+
     for name, props in functions.items():
+        audiences = props["Environment"]["Variables"]["SECRETS_AUDIENCES"].split(",")
+        assert "core" in audiences and set(audiences) <= set(SECRET_AUDIENCES), name
         statements, _others = function_policy_statements(template, props)
         ssm = [s for s in statements if any(str(a).startswith("ssm:") for a in as_list(s.get("Action")))]
-        assert ssm, f"{name}: no SSM read policy"
-        actions = {a for s in ssm for a in as_list(s["Action"])}
-        assert {"ssm:GetParametersByPath", "ssm:GetParameter", "ssm:GetParameters"} <= actions, name
+        assert {a for s in ssm for a in as_list(s["Action"])} == {"ssm:GetParameters", "ssm:GetParameter"}, name
+        readable = set()
         for stmt in ssm:
             for resource in as_list(stmt.get("Resource")):
                 text = resource.get("Fn::Sub") if isinstance(resource, dict) else resource
-                assert isinstance(text, str) and ":parameter/mlp/${Stage}" in text, (
-                    f"{name}: SSM access must be scoped to /mlp/${{Stage}}/, got {resource!r}"
-                )
+                prefix = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/mlp/${Stage}/"
+                assert isinstance(text, str) and text.startswith(prefix), (name, resource)
+                readable.add(text.removeprefix(prefix))
+        assert readable == set(audiences), f"{name}: may read {sorted(readable)}, reads {sorted(audiences)}"
+
+
+def test_only_the_stripe_functions_read_the_stripe_secrets(functions: dict[str, dict[str, Any]]) -> None:
+    billing = {name for name, props in functions.items()
+               if "billing" in props["Environment"]["Variables"]["SECRETS_AUDIENCES"].split(",")}
+    assert billing == {"BillingFunction", "WebhooksFunction"}
+    assert functions["HealthFunction"]["Environment"]["Variables"]["SECRETS_AUDIENCES"] == "core"
 
 
 def test_no_wildcard_policies(template: dict[str, Any], functions: dict[str, dict[str, Any]]) -> None:
