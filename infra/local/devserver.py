@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     base_url = f"http://{args.host}:{args.port}"
     credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
                    "admin_key": admin_key, "user_id": user_id, "database_url": direct_url,
+                   "functions_database_url": database_url,
+                   "database_pooled": os.environ.get("DATABASE_POOLED", "").lower() == "true",
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
                    "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
                    "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL"),

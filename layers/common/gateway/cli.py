@@ -374,6 +374,34 @@ def _add_rotate_master_key(sub: SubParsers) -> None:
     p.set_defaults(func=_run_async(_cmd_rotate_master_key))
 
 
+# ----------------------------------------------------------------------------------- smoke
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    import os
+
+    from .smoke import Smoke
+
+    api_key = args.api_key or os.environ.get("MLP_SMOKE_API_KEY", "")
+    if not api_key:
+        raise CliError("an API key is needed: --api-key or MLP_SMOKE_API_KEY (a dedicated smoke user's key)")
+    return Smoke(base_url=args.base_url, stream_url=args.stream_url, api_key=api_key, model=args.model,
+                 wait_s=args.wait, out=_out).run()
+
+
+def _add_smoke(sub: SubParsers) -> None:
+    p = sub.add_parser("smoke", help="check a deployed stage end to end (health, chats billed once, webhook)",
+                       description="From the outside, with the API key of a dedicated smoke user (a little "
+                                   "credit, no other traffic): /health; a chat and a streamed chat on the API URL "
+                                   "and on the streaming URL, each billed exactly once; a forged Stripe webhook "
+                                   "refused. Exit 1 if any check fails. Talks to the URLs only (no database).")
+    p.add_argument("--base-url", required=True, help="the stack's ApiUrl output")
+    p.add_argument("--stream-url", required=True, help="the stack's QueryStreamUrl output")
+    p.add_argument("--api-key", default=None, help="default: $MLP_SMOKE_API_KEY")
+    p.add_argument("--model", default="openai/gpt-4o-mini", help="a cheap model to call (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the settlements to show (default: %(default)s)")
+    p.set_defaults(func=_cmd_smoke)
+
+
 # ----------------------------------------------------------------------------------- wiring
 # Order = order in --help.
 COMMANDS: list[Callable[[SubParsers], None]] = [
@@ -385,6 +413,7 @@ COMMANDS: list[Callable[[SubParsers], None]] = [
     _add_doctor,
     _add_refresh_models,
     _add_rotate_master_key,
+    _add_smoke,
 ]
 
 
