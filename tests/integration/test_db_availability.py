@@ -215,3 +215,19 @@ async def test_escaped_backslash_before_u0000_is_not_a_nul(gateway: httpx.AsyncC
                                   content=b'{"name": "literal \\\\u0000 text"}')
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "literal \\u0000 text"
+
+
+@pytest.mark.parametrize(("message", "reason"), [
+    ('connection to server at "10.1.2.3", port 5432 failed: Connection refused', "connection refused"),
+    ('connection to server at "db.example.com" failed: timeout expired', "connect timeout"),
+    ('FATAL:  password authentication failed for user "app"', "authentication failed"),
+    ('FATAL:  database "nope" does not exist', "database does not exist"),
+    ("SSL error: certificate verify failed", "TLS certificate verification failed"),
+    ('prepared statement "_pg3_0" does not exist', "OperationalError"),
+])
+def test_reasons_never_name_hosts_or_users(message: str, reason: str) -> None:
+    import psycopg
+
+    described = db.describe(psycopg.OperationalError(message))
+    assert described == reason
+    assert "10.1.2.3" not in described and "app" not in described.split()

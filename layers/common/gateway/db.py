@@ -103,7 +103,8 @@ _REASONS = (
     ("too many connections", "too many connections"),
     ("remaining connection slots", "too many connections"),
     ("could not translate host name", "host name not found"),
-    ("does not exist", "database or role does not exist"),
+    ('database "', "database does not exist"),  # FATAL:  database "x" does not exist
+    ('role "', "role does not exist"),
     ("server closed the connection", "server closed the connection"),
     ("the database system is starting up", "database starting up"),
     ("the database system is shutting down", "database shutting down"),
