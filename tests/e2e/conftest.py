@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ STACK_ENV: dict[str, str] = {
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with start_local_stack(tmp_path_factory) as creds:
+        yield creds
+
+
+@contextmanager
+def start_local_stack(tmp_path_factory: pytest.TempPathFactory,
+                      drop_env: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """The stack in a subprocess with STACK_ENV minus the names starting with ``drop_env``."""
     services.ensure_services()
     database_url = services.create_database("mlp_e2e")
     bouncer = pgbouncer.start() if pgbouncer.via_pgbouncer() else None
@@ -41,7 +50,7 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "ANTHROPIC_", "GEMINI_",
                                                                     "OPENROUTER_", "COMPAT_", "RATELIMIT_",
                                                                     "STRIPE_"))}
-    env.update(STACK_ENV)
+    env.update({k: v for k, v in STACK_ENV.items() if not k.startswith(drop_env or ("\0",))})
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
                 "PYTHONUNBUFFERED": "1"})
     if bouncer is not None:  # the functions through PgBouncer (transaction mode), migrations direct

@@ -403,3 +403,29 @@ def test_deployed_stage_refuses_connections_without_tls(env: pytest.MonkeyPatch,
 def test_local_stage_accepts_plain_connections(env: pytest.MonkeyPatch) -> None:
     env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable")
     assert get_settings().database_url.endswith("sslmode=disable")
+
+
+@pytest.mark.parametrize("issuer,audience,ok", [("https://id.example/", "dashboard", True),
+                                                ("", "dashboard", False), ("https://id.example/", "", False),
+                                                (" ", " ", False)])
+def test_deployed_stage_refuses_jwks_without_issuer_and_audience(env: pytest.MonkeyPatch, issuer: str,
+                                                                 audience: str, ok: bool) -> None:
+    """A JWKS verifies every token its identity provider signs, for any application: a deployed
+    stage pins whose tokens (issuer) for what (audience)."""
+    _prod(env, JWT_JWKS_URL="https://id.example/.well-known/jwks.json", JWT_ISSUER=issuer, JWT_AUDIENCE=audience)
+    if ok:
+        assert get_settings().jwt_issuer == issuer
+    else:
+        with pytest.raises(ValidationError, match="JWT_JWKS_URL without JWT_ISSUER and JWT_AUDIENCE"):
+            get_settings()
+    env.setenv("STAGE", "test")   # locally a bare JWKS is fine (tests, the dev stack)
+    reset_settings()
+    assert get_settings().jwt_jwks_url
+
+
+def test_identity_audience_is_the_stacks_own_parameter() -> None:
+    from gateway.config import secret_parameter_names
+
+    assert secret_parameter_names("/mlp/prod/", ["core", "identity"]) == ["/mlp/prod/core", "/mlp/prod/identity"]
+    assert secret_parameter_names("/mlp/prod", ["core", "identity"], "/mlp/prod/mlp-prod/identity") == [
+        "/mlp/prod/core", "/mlp/prod/mlp-prod/identity"]

@@ -44,7 +44,9 @@ def test_repo_migrations_follow_the_naming_convention() -> None:
         assert len(m.version) == 4 and m.version.isdigit(), m.path.name
         assert m.name and m.name != m.path.stem, m.path.name
     assert [m.version for m in migrations] == sorted(m.version for m in migrations)
-    assert [int(m.version) for m in migrations] == list(range(1, len(migrations) + 1)), "gap in versions"
+    # Numbers are handed out per branch (several are in flight at once), so a branch may have a gap
+    # until the others merge; duplicates and a missing start never pass.
+    assert int(migrations[0].version) == 1 and len({m.version for m in migrations}) == len(migrations)
 
 
 def _write(directory: Path, *names: str) -> None:

@@ -3,7 +3,9 @@
 Locally values come from the environment / ``.env``. In AWS (``SECRETS_SSM_PATH`` set) the
 secrets are split by audience into ONE SecureString each, a JSON object of settings:
 ``<path>core`` (database, Upstash, admin key, sign-in), ``<path>providers`` (provider API keys),
-``<path>billing`` (Stripe) and ``<path>byok`` (the BYOK master keys). A function reads only the
+``<path>billing`` (Stripe), ``<path>byok`` (the BYOK master keys) and ``identity`` (the sign-in
+settings the stack writes: issuer, JWKS, audience, console URLs; a String named by
+``IDENTITY_SSM_PARAMETER``, not secret, read after ``core`` so it wins). A function reads only the
 audiences in its ``SECRETS_AUDIENCES`` (and its IAM policy allows only those), in ONE
 ``GetParameters`` call per cold start; the values override the environment.
 A deployed stage refuses empty or placeholder secrets, and a database URL without TLS, at cold
@@ -28,7 +30,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 LOCAL_STAGES = frozenset({"local", "test"})
 # The SSM SecureStrings a function may read (docs/deploy.md "Secrets"); template.yaml grants
 # each function exactly the ones in its SECRETS_AUDIENCES (tests/infrastructure checks it).
-SECRET_AUDIENCES = ("core", "providers", "billing", "byok")
+SECRET_AUDIENCES = ("core", "providers", "billing", "byok", "identity")
 # sslmode values that allow a plaintext connection.
 NON_TLS_SSLMODES = frozenset({"disable", "allow", "prefer"})
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "placeholder", "todo", "xxx", "secret", "none", "null"})
@@ -146,6 +148,11 @@ class Settings(BaseSettings):
     jwt_leeway_s: int = Field(default=30, ge=0, le=600)   # clock skew allowed on exp/nbf/iat
     jwt_jwks_cache_s: int = Field(default=600, ge=0)      # how long a fetched JWKS is trusted
     key_create_per_hour: int = Field(default=20, ge=1)    # API keys a user may create per hour
+    # Sign-up with a JWT (docs/account.md): the welcome credit of a new identity with a verified,
+    # new email (separate from WELCOME_CREDIT of admin/CLI users), and new identities per source
+    # address per hour.
+    jwt_welcome_credit: Decimal = Field(default=Decimal("10"), ge=0)
+    jwt_provision_per_hour: int = Field(default=20, ge=1)
     max_keys_per_user: int = Field(default=100, ge=1)     # active (unrevoked) API keys per user
     stripe_secret_key: str = ""
     stripe_webhook_secret: str = ""
@@ -165,6 +172,16 @@ class Settings(BaseSettings):
     stripe_max_network_retries: int = 2
     stripe_webhook_tolerance_s: int = 300
     stripe_webhook_lock_timeout_ms: int = 3000  # a webhook waits this long for a row lock, then 5xx
+
+    # Customer console (docs/console.md): the OIDC app client its pages sign in with (Cognito's
+    # hosted UI or another provider); template.yaml writes these to SSM. Empty = sign-in not set up.
+    console_client_id: str = ""
+    console_authorize_url: str = ""
+    console_token_url: str = ""
+    console_signup_url: str = ""    # optional (Cognito: <domain>/signup); empty = the authorize URL
+    console_logout_url: str = ""    # optional (Cognito: <domain>/logout)
+    console_stream_url: str = ""    # optional: QueryStreamUrl, so the playground streams through the Function URL
+    console_low_balance: Decimal = Field(default=Decimal("2"), ge=0)  # USD; below it the console warns
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
@@ -224,6 +241,14 @@ class Settings(BaseSettings):
             insecure.append("upstash_redis_rest_url (not https://)")
         if insecure:
             raise ValueError(f"stage {self.stage!r} refuses connections without TLS: {', '.join(insecure)}")
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_open_jwks_when_deployed(self) -> Settings:
+        """A JWKS verifies every token the identity provider signs, for any of its applications:
+        a deployed stage must pin the issuer and the audience."""
+        if self.deployed and self.jwt_jwks_url and not (self.jwt_issuer.strip() and self.jwt_audience.strip()):
+            raise ValueError(f"stage {self.stage!r} refuses JWT_JWKS_URL without JWT_ISSUER and JWT_AUDIENCE")
         return self
 
     @field_validator("byok_master_keys")
@@ -325,9 +350,12 @@ def tls_problem(url: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- loading
-def secret_parameter_names(path: str, audiences: Sequence[str]) -> list[str]:
+def secret_parameter_names(path: str, audiences: Sequence[str], identity_name: str | None = None) -> list[str]:
+    """``<path><audience>``; the ``identity`` audience is the stack's own parameter when
+    ``identity_name`` (``IDENTITY_SSM_PARAMETER``, set by template.yaml) names it, so two stacks of
+    one stage share the operator's secrets but not the sign-in settings each stack writes."""
     base = path if path.endswith("/") else path + "/"
-    return [base + audience for audience in audiences]
+    return [identity_name if audience == "identity" and identity_name else base + audience for audience in audiences]
 
 
 def _audiences(value: str | None) -> list[str]:
@@ -345,7 +373,7 @@ def _load_ssm_secrets(path: str, audiences: Sequence[str]) -> dict[str, Any]:
     names whatever required value is missing."""
     from aws_lambda_powertools.utilities import parameters  # imports boto3: AWS path only
 
-    names = secret_parameter_names(path, audiences)
+    names = secret_parameter_names(path, audiences, os.environ.get("IDENTITY_SSM_PARAMETER"))
     values = parameters.get_parameters_by_name({n: {} for n in names}, decrypt=True, max_age=300,
                                                raise_on_error=False)
     missing = list(values.pop("_errors", None) or [])

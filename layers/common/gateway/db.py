@@ -45,7 +45,7 @@ from .observability import count, logger
 
 # The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0005"
+EXPECTED_SCHEMA_VERSION = "0007"
 
 _pool: AsyncConnectionPool[Any] | None = None
 _pool_loop: asyncio.AbstractEventLoop | None = None

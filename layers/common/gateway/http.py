@@ -96,9 +96,11 @@ def _pick_request_id(scope: Scope) -> tuple[str, str]:
 class GatewayMiddleware:
     """Request id, security headers, the request body size limit and the NUL refusal (pure ASGI)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int,
+                 security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.security_headers = security_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,7 +120,7 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.append(rid_header)
-                headers.extend(SECURITY_HEADERS)
+                headers.extend(self.security_headers)
                 message["headers"] = headers
             await send(message)
 
@@ -285,7 +287,10 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_internal_error_body(request_id), status_code=500)
 
 
-def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: Any) -> FastAPI:
+def create_app(title: str, routers: Iterable[APIRouter] = (),
+               security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS, **fastapi_kwargs: Any) -> FastAPI:
+    """``security_headers`` are added to every response (the API's strict defaults; the console
+    serves pages and sets its own policy and caching)."""
     settings = get_settings()
     fastapi_kwargs.setdefault("docs_url", None if settings.deployed else "/docs")
     fastapi_kwargs.setdefault("redoc_url", None)
@@ -302,5 +307,5 @@ def create_app(title: str, routers: Iterable[APIRouter] = (), **fastapi_kwargs: 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
                            allow_methods=list(CORS_ALLOW_METHODS), allow_headers=list(CORS_ALLOW_HEADERS),
                            expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
     return app

@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from .. import db
-from ..errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded
+from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded
 from .pricing import ZERO, to_credit
 
 CREDIT_KINDS = frozenset({"grant", "purchase", "usage", "refund", "adjustment", "subscription_credit", "welcome"})
@@ -127,6 +127,8 @@ WITH kl AS MATERIALIZED (
     SELECT u.id AS user_id, u.tier,
            COALESCE((%(quotas)s::jsonb ->> u.tier)::integer, %(default_quota)s::integer) AS quota
     FROM users u WHERE u.id = %(user_id)s
+      -- an open Stripe dispute blocks new reservations until it closes (docs/billing.md)
+      AND NOT EXISTS (SELECT 1 FROM stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed)
 ), b AS (
     UPDATE balances SET
         reserved = reserved + %(hold)s,
@@ -157,8 +159,9 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     """Hold ``hold`` credit and count one request against the monthly quota, atomically.
 
     The quota is ``quotas[current tier]`` when ``quotas`` is given (None = unlimited), else
-    ``quota`` for everyone (None = unlimited). Raises InsufficientCredits (402) or
-    QuotaExceeded (429); the follow-up read only picks the message, it never decides.
+    ``quota`` for everyone (None = unlimited). Raises InsufficientCredits (402), QuotaExceeded
+    (429) or Forbidden (403 ``payment_disputed``: an open Stripe dispute); the follow-up read only
+    picks the message, it never decides.
     """
     if hold < 0:
         raise ValueError("hold must be >= 0")
@@ -176,11 +179,15 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
     state = await db.fetchone(
         "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier, k.spend_cap, "
-        "k.spent AS key_spent, k.reserved AS key_reserved FROM balances b JOIN users u ON u.id = b.user_id "
+        "k.spent AS key_spent, k.reserved AS key_reserved, EXISTS (SELECT 1 FROM stripe_disputes d "
+        "WHERE d.user_id = b.user_id AND NOT d.closed) AS disputed FROM balances b JOIN users u ON u.id = b.user_id "
         "LEFT JOIN api_keys k ON k.id = %s AND k.user_id = b.user_id AND k.spend_cap IS NOT NULL "
         "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
+    if state["disputed"]:
+        raise Forbidden("A payment on this account is disputed: new requests are blocked until the dispute is "
+                        "resolved. Contact support.", code="payment_disputed")
     used = 0 if state["period_start"] < period else state["period_requests"]
     limit = quota_map.get(state["tier"], default_quota)
     if limit >= 0 and used >= limit:
