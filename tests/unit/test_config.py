@@ -429,3 +429,19 @@ def test_identity_audience_is_the_stacks_own_parameter() -> None:
     assert secret_parameter_names("/mlp/prod/", ["core", "identity"]) == ["/mlp/prod/core", "/mlp/prod/identity"]
     assert secret_parameter_names("/mlp/prod", ["core", "identity"], "/mlp/prod/mlp-prod/identity") == [
         "/mlp/prod/core", "/mlp/prod/mlp-prod/identity"]
+
+
+def test_redis_prefix_is_derived_from_the_database(env: pytest.MonkeyPatch) -> None:
+    """Two stacks on different databases sharing one Upstash database never share keys."""
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/stack_a")
+    a = get_settings().ratelimit_prefix
+    reset_settings()
+    env.setenv("DATABASE_URL", "postgresql://other@127.0.0.1:5432/stack_a?sslmode=disable")
+    assert get_settings().ratelimit_prefix == a  # same database, other user/options: same keys
+    reset_settings()
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/stack_b")
+    b = get_settings().ratelimit_prefix
+    assert a.startswith("mlp-") and b.startswith("mlp-") and a != b
+    reset_settings()
+    env.setenv("RATELIMIT_PREFIX", "explicit")
+    assert get_settings().ratelimit_prefix == "explicit"

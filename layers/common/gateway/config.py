@@ -14,6 +14,7 @@ start instead of failing later.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -96,7 +97,10 @@ class Settings(BaseSettings):
     # interval instead of +UPSTASH_TIMEOUT_S on every request.
     upstash_breaker_s: float = Field(default=10.0, ge=0)
     ratelimit_fail_open: bool = True
-    ratelimit_prefix: str = "mlp"
+    # Prefix of every Redis key (rate limits, the catalogue cache). Empty = "mlp-" + a short hash
+    # of the database (host, port, name), so stacks with different databases sharing one Upstash
+    # database (two stages, two local stacks) never serve each other's catalogue or limits.
+    ratelimit_prefix: str = ""
 
     # HTTP surface
     admin_api_key: str = "local-admin-key"
@@ -266,6 +270,14 @@ class Settings(BaseSettings):
             if len(set(names)) != len(names):
                 raise ValueError("BYOK_MASTER_KEYS has a duplicate version name")
         return v
+
+    @model_validator(mode="after")
+    def _default_redis_prefix(self) -> Settings:
+        if not self.ratelimit_prefix:
+            info = _conninfo(self.database_url)
+            ident = "|".join(info.get(k, "") for k in ("host", "port", "dbname"))
+            self.ratelimit_prefix = "mlp-" + hashlib.sha256(ident.encode()).hexdigest()[:10]
+        return self
 
     @model_validator(mode="after")
     def _validate_tiers(self) -> Settings:
