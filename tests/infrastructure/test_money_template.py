@@ -33,9 +33,10 @@ def test_sweeper_is_scheduled_every_5_minutes(template: dict[str, Any]) -> None:
     assert [e["Type"] for e in fn["Events"].values()] == ["ScheduleV2"]
     assert schedule["ScheduleExpression"] == "rate(5 minutes)"
     assert schedule.get("State", "ENABLED") == "ENABLED" and schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
-    assert schedule["Name"] == {"Fn::Sub": "mlp-${Stage}-orphan-sweeper"}
+    assert schedule["Name"] == {"Fn::Sub": "${AWS::StackName}-orphan-sweeper"}
     assert json.loads(schedule["Input"])["action"] == "sweep-orphans"
-    assert fn["Policies"] == [{"Ref": "SecretsReadPolicy"}]
+    assert fn["Policies"] == [{"Ref": "CoreSecretsPolicy"}]  # the database URL only
+    assert fn["Environment"]["Variables"]["SECRETS_AUDIENCES"] == "core"
 
 
 def test_sweeper_retries_then_dead_letters_with_an_alarm(template: dict[str, Any]) -> None:

@@ -498,15 +498,16 @@ async def test_a_response_that_cannot_be_rendered_is_still_settled(api: Any, mak
 
 @pytest.fixture
 async def flaky_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TcpProxy]:
-    """The gateway's database behind a proxy the test can cut."""
+    """The gateway's database behind a proxy the test can cut ("refuse") and restore ("forward")."""
     host, port = re.search(r"@([\d.]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
     proxy = TcpProxy(host, int(port))
     await db.close_pool()
-    monkeypatch.setenv("DATABASE_URL", proxy.url_for(database_url))
+    monkeypatch.setenv("DATABASE_URL", database_url.replace(f"{host}:{port}", proxy.url_host))
     monkeypatch.setenv("DB_CONNECT_TIMEOUT_S", "1")
     reset_settings()
     yield proxy
     await db.close_pool()
+    db.reset_breaker()
     proxy.close()
     monkeypatch.undo()
     reset_settings()
@@ -516,7 +517,7 @@ async def flaky_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> 
 async def _cut_once_reserved(proxy: TcpProxy, database_url: str, user_id: Any) -> None:
     """Cut the database once the request holds its reservation (it is then on its way upstream)."""
     await wait_for(lambda: direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user_id))
-    proxy.cut()
+    proxy.set_mode("refuse")
 
 
 async def test_settle_retries_a_database_that_comes_back(api: Any, make_user: Any, setting: Any,
@@ -525,7 +526,7 @@ async def test_settle_retries_a_database_that_comes_back(api: Any, make_user: An
     setting(settle_retry_s=15)
     request = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:0.6]] [[words:7]]"))
     await _cut_once_reserved(flaky_database, database_url, user.user_id)
-    threading.Timer(1.0, flaky_database.restore).start()  # back while the settle is retrying
+    threading.Timer(1.0, flaky_database.set_mode, ("forward",)).start()  # back while the settle retries
     r = await request
     assert r.status_code == 200
     rec = (await wait_for(lambda: records(database_url, user.user_id)))[0]
@@ -543,7 +544,7 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 7  # served meanwhile
     assert records(database_url, user.user_id) == []  # not settled yet: the database is away
     assert len(direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id)) == 1
-    flaky_database.restore()
+    flaky_database.set_mode("forward")
     # the next request of this container settles itself and then the deferred one
     while True:
         r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")

@@ -25,7 +25,7 @@ from psycopg_pool import PoolTimeout
 
 from .. import db
 from ..account.money import money
-from ..errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
+from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
 from .pricing import ZERO, to_credit
 
@@ -136,6 +136,8 @@ WITH kl AS MATERIALIZED (
     SELECT u.id AS user_id, u.tier,
            COALESCE((%(quotas)s::jsonb ->> u.tier)::integer, %(default_quota)s::integer) AS quota
     FROM users u WHERE u.id = %(user_id)s
+      -- an open Stripe dispute blocks new reservations until it closes (docs/billing.md)
+      AND NOT EXISTS (SELECT 1 FROM stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed)
 ), b AS (
     UPDATE balances SET
         reserved = reserved + %(hold)s,
@@ -171,8 +173,9 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     The quota is ``quotas[current tier]`` when ``quotas`` is given (None = unlimited), else
     ``quota`` for everyone (None = unlimited); ``max_in_flight`` caps the user's open
     reservations (None = no cap). A refusal is worded from a follow-up read (it never decides),
-    in this order: ``check_tier(current tier)`` (raises e.g. 403 when the model is not on the
-    plan), QuotaExceeded (429), too many in flight (429), InsufficientCredits (402).
+    in this order: Forbidden (403 ``payment_disputed``: an open Stripe dispute),
+    ``check_tier(current tier)`` (raises e.g. 403 when the model is not on the plan),
+    QuotaExceeded (429), too many in flight (429), InsufficientCredits (402).
     """
     if hold < 0:
         raise ValueError("hold must be >= 0")
@@ -191,11 +194,15 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
     state = await db.fetchone(
         "SELECT b.balance, b.reserved, b.in_flight, b.period_start, b.period_requests, u.tier, k.spend_cap, "
-        "k.spent AS key_spent, k.reserved AS key_reserved FROM balances b JOIN users u ON u.id = b.user_id "
+        "k.spent AS key_spent, k.reserved AS key_reserved, EXISTS (SELECT 1 FROM stripe_disputes d "
+        "WHERE d.user_id = b.user_id AND NOT d.closed) AS disputed FROM balances b JOIN users u ON u.id = b.user_id "
         "LEFT JOIN api_keys k ON k.id = %s AND k.user_id = b.user_id AND k.spend_cap IS NOT NULL "
         "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
+    if state["disputed"]:
+        raise Forbidden("A payment on this account is disputed: new requests are blocked until the dispute is "
+                        "resolved. Contact support.", code="payment_disputed")
     if check_tier is not None:
         check_tier(state["tier"])
     used = 0 if state["period_start"] < period else state["period_requests"]

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any
 
 from ..config import get_settings
-from ..observability import count, logger, metrics, tracer
+from ..observability import count, logger, metrics
 from . import ledger
 
 
@@ -37,7 +37,6 @@ _loop: asyncio.AbstractEventLoop | None = None
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # One event loop per container, kept across warm invocations (the pool is bound to it).
     global _loop

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..adapters.base import new_id, now
 
@@ -24,10 +24,10 @@ class RelayResponse(StreamingResponse):
 
     Starlette's StreamingResponse cancels the body iterator on ``http.disconnect``, which would
     close the upstream before its final usage (reasoning tokens are most of a bill and arrive
-    last). Here a watcher only sets ``call.client_gone``; the relay then stops formatting chunks
-    and keeps reading the upstream (bounded by the request deadline) until the provider's usage
-    arrives, and settles. A send that fails because the client is gone (OSError, ASGI 2.4) counts
-    as a disconnect too.
+    last). Here a watcher only sets ``call.client_gone``: the relay keeps reading the upstream
+    (bounded by the request deadline) until the provider's usage arrives, and settles. What it
+    still sends goes nowhere (the server drops it, or the send fails with OSError under ASGI 2.4,
+    which counts as a disconnect too); the response still ends with its final body message.
     """
 
     def __init__(self, call: ClientState, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
@@ -44,17 +44,22 @@ class RelayResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(self._watch(receive))
+        unreachable = False
+
+        async def emit(message: Message) -> None:
+            nonlocal unreachable
+            if unreachable:
+                return
+            try:
+                await send(message)
+            except OSError:
+                unreachable = self.call.client_gone = True
+
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await emit({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             async for chunk in self.body_iterator:
-                if self.call.client_gone:
-                    continue
-                try:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except OSError:
-                    self.call.client_gone = True
-            if not self.call.client_gone:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await emit({"type": "http.response.body", "body": chunk, "more_body": True})
+            await emit({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
 

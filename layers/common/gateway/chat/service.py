@@ -59,7 +59,7 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from ..observability import MetricUnit, count, emit, in_lambda, logger
+from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
 from .responses import assemble
 from .schema import ChatRequest
 
@@ -133,22 +133,11 @@ def budget_for(scope: Scope, settings: Settings | None = None) -> tuple[float, b
         remaining = context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_s
         return min(settings.buffered_deadline_s, remaining), True
     budget = settings.request_deadline_s
-    for name, value in scope.get("headers") or ():
-        if name == b"x-amzn-lambda-context":
-            deadline_ms = _header_deadline_ms(value)
-            if deadline_ms is not None:
-                budget = min(budget, deadline_ms / 1000 - time.time() - settings.deadline_margin_s)
-            break
+    lambda_context = adapter_context(scope)
+    deadline_ms = lambda_context.get("deadline", lambda_context.get("deadline_ms"))
+    if isinstance(deadline_ms, int | float) and not isinstance(deadline_ms, bool):
+        budget = min(budget, deadline_ms / 1000 - time.time() - settings.deadline_margin_s)
     return budget, False
-
-
-def _header_deadline_ms(value: bytes) -> float | None:
-    try:
-        context = json.loads(value)
-        deadline = context.get("deadline", context.get("deadline_ms"))
-        return float(deadline) if isinstance(deadline, int | float) and not isinstance(deadline, bool) else None
-    except (ValueError, AttributeError):
-        return None
 
 
 def deadline_error(call: Call) -> UpstreamTimeout:
@@ -313,10 +302,6 @@ async def admit(call: Call) -> None:
     if isinstance(reserved, BaseException):
         if not decision.allowed:
             ratelimit.enforce(decision)
-        if isinstance(reserved, ledger.TRANSIENT_DB_ERRORS):
-            count("DatabaseUnavailable")
-            raise ServiceUnavailable("The billing database is unavailable; retry shortly.",
-                                     code="database_unavailable", headers={"retry-after": "2"}) from reserved
         if isinstance(reserved, GatewayError):
             count(f"Rejected{reserved.status}")
         raise reserved
@@ -669,8 +654,8 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
 
 async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
-    """Forward chunks as they arrive; settle after the last byte (or on failure/deadline). A client
-    that left stops the forwarding, not the reading: the provider's final usage is what it bills."""
+    """Forward chunks as they arrive; settle before the last byte (or on failure/deadline). A client
+    that left does not stop the reading: the provider's final usage is what it bills."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     timer = _arm_deadline(call, upstream)
@@ -681,8 +666,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
                 yield _sse(first)
             if iterator is not None:
                 async for chunk in iterator:
-                    if not call.client_gone:
-                        yield _sse(chunk)
+                    yield _sse(chunk)
         except UpstreamError as err:
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
