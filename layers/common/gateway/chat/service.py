@@ -140,7 +140,7 @@ def budget_for(scope: Scope, settings: Settings | None = None) -> tuple[float, b
     return budget, False
 
 
-def deadline_error(call: Call) -> UpstreamTimeout:
+def deadline_error() -> UpstreamTimeout:
     return UpstreamTimeout("The upstream provider did not finish within the request deadline; what it produced "
                            "was charged. Use `stream: true` (the streaming endpoint allows long generations) or a "
                            "lower `max_tokens`.", code="upstream_timeout")
@@ -468,7 +468,7 @@ def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
 
 def _check_time_left(call: Call) -> None:
     if call.remaining() <= 0:
-        raise deadline_error(call)
+        raise deadline_error()
 
 
 # --------------------------------------------------------------------------- non-streaming
@@ -494,7 +494,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
         except TimeoutError:
             # A non-streaming answer only comes when the generation is done, and the provider bills
             # a generation it started: charge the output limit, marked estimated.
-            expired = deadline_error(call)
+            expired = deadline_error()
             await _shielded_finish(call, _record(call, "timeout", candidate=c, usage=limit_usage(call, c),
                                                  error=expired))
             raise expired from None
@@ -567,7 +567,7 @@ async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRec
     finally:
         timer.cancel()
     usage = upstream.usage
-    failure = deadline_error(call) if call.timed_out else error
+    failure = deadline_error() if call.timed_out else error
     if failure is not None:
         await _shielded_finish(call, _record(call, "timeout" if call.timed_out else "partial", candidate=c,
                                              usage=usage, error=failure))
@@ -619,7 +619,7 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
         except StopAsyncIteration:
             return c, upstream, None, None
         except TimeoutError:
-            expired = deadline_error(call)
+            expired = deadline_error()
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
                 await _finish(call, _record(call, "timeout", candidate=c, usage=upstream.usage, error=expired))
@@ -671,7 +671,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
         if call.timed_out:
-            status, error = "timeout", deadline_error(call)
+            status, error = "timeout", deadline_error()
         elif error is not None:
             status = "partial"
         else:
