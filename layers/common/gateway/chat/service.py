@@ -284,7 +284,8 @@ def _check_plan(call: Call, tier: Tier) -> None:
 
 async def admit(call: Call) -> None:
     """Rate limit ‖ reserve, then the tier checks against the user's CURRENT tier. A refusal
-    reads: rate limit 429, model not on the plan 403, quota 429, too many in flight 429, 402."""
+    reads: rate limit 429, disputed payment 403, model not on the plan 403, quota 429, too many
+    in flight 429, 402."""
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
