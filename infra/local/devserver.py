@@ -7,8 +7,12 @@ function is mounted at exactly its method and path, dispatching to that function
   embedded server (pgserver) under ``.local/pgdata``; migrations applied;
 - the Upstash REST bridge on the real Redis (unless ``UPSTASH_REDIS_REST_URL`` is set);
 - the fake provider servers (unless ``--real-providers``);
+- the fake Stripe API with its hosted Checkout / Billing Portal pages (unless ``STRIPE_SECRET_KEY``);
+- the local OIDC identity provider for the console's sign-up / sign-in (unless sign-in is already
+  configured: ``JWT_JWKS_URL``, ``JWT_HS256_SECRET`` or ``CONSOLE_CLIENT_ID``), wired into the JWT
+  settings exactly as template.yaml wires Cognito;
 - a dev user with credit and an API key, printed with curl / openai-SDK examples and written to
-  ``.local/dev-credentials.json``.
+  ``.local/dev-credentials.json``, plus the console URL.
 """
 
 from __future__ import annotations
@@ -253,19 +257,48 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
 LOCAL_STRIPE_PRICES = {"pro": {"stripe_price_id": "price_local_pro"},
                        "premium": {"stripe_price_id": "price_local_premium"},
                        "team": {"stripe_price_id": "price_local_team"}}
+LOCAL_PRICE_CENTS = {"pro": 2000, "premium": 4900, "team": 9900}  # monthly USD prices the fake knows
 
 
 def start_fake_stripe(stack_url: str) -> str:
-    """Billing without Stripe: the fake Stripe API (infra/local/fake_stripe.py), which signs and
-    delivers webhook events to this stack when a checkout is completed through it."""
+    """Billing without Stripe: the fake Stripe API (infra/local/fake_stripe.py) with stand-ins for
+    its hosted Checkout and Billing Portal pages (fake_stripe_pages.py); it signs and delivers
+    webhook events to this stack when a checkout is paid or a plan changed through it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     webhook_secret = "whsec_local_" + secrets.token_hex(16)
-    _spawn(["-m", "infra.local.fake_stripe", "--port", str(port), "--webhook-url", f"{stack_url}/webhooks/stripe",
-            "--webhook-secret", webhook_secret], base, "/__fake/health")
+    plans = [f"--plan={name}={row['stripe_price_id']}" for name, row in LOCAL_STRIPE_PRICES.items()]
+    prices = [f"--price={row['stripe_price_id']}={LOCAL_PRICE_CENTS[tier]}:usd"
+              for tier, row in LOCAL_STRIPE_PRICES.items()]
+    _spawn(["-m", "infra.local.fake_stripe_pages", "--port", str(port), "--webhook-url", f"{stack_url}/webhooks/stripe",
+            "--webhook-secret", webhook_secret, *plans, *prices], base, "/__fake/health")
     os.environ.update({"STRIPE_API_BASE": base, "STRIPE_SECRET_KEY": "sk_test_local_fake",
                        "STRIPE_WEBHOOK_SECRET": webhook_secret, "FAKE_STRIPE_URL": base})
     os.environ.setdefault("TIERS_JSON", json.dumps(LOCAL_STRIPE_PRICES))
+    return base
+
+
+LOCAL_CONSOLE_CLIENT = "mlp-console-local"
+
+
+def start_identity_provider(stack_url: str, state_file: Path | None) -> str:
+    """Sign-up and sign-in for the console without Cognito: the local OIDC provider
+    (infra/local/idp.py), configured the way template.yaml configures the Cognito pool."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    origins = {stack_url, stack_url.replace("127.0.0.1", "localhost")}
+    args = ["-m", "infra.local.idp", "--port", str(port), "--client-id", LOCAL_CONSOLE_CLIENT]
+    for origin in sorted(origins):
+        args += ["--redirect-uri", f"{origin}/console/callback", "--logout-uri", f"{origin}/console/signed-out"]
+    if state_file is not None:
+        args += ["--state-file", str(state_file)]
+    _spawn(args, base, "/health")
+    issuer = f"{base}/local_dev"
+    os.environ.update({
+        "JWT_JWKS_URL": f"{issuer}/.well-known/jwks.json", "JWT_ISSUER": issuer, "JWT_AUDIENCE": LOCAL_CONSOLE_CLIENT,
+        "CONSOLE_CLIENT_ID": LOCAL_CONSOLE_CLIENT, "CONSOLE_AUTHORIZE_URL": f"{base}/oauth2/authorize",
+        "CONSOLE_TOKEN_URL": f"{base}/oauth2/token", "CONSOLE_SIGNUP_URL": f"{base}/signup",
+        "CONSOLE_LOGOUT_URL": f"{base}/logout", "IDP_URL": base})
     return base
 
 
@@ -282,7 +315,6 @@ def main(argv: list[str] | None = None) -> None:
     previous = _load_credentials() if credentials_file == CREDENTIALS_FILE else {}
 
     os.environ.setdefault("STAGE", "local")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     admin_key = os.environ.get("ADMIN_API_KEY") or previous.get("admin_key") or "local-admin-" + secrets.token_hex(12)
@@ -290,9 +322,10 @@ def main(argv: list[str] | None = None) -> None:
 
     database_url = ensure_database(os.environ.get("DATABASE_URL"))
     os.environ["DATABASE_URL"] = database_url
+    direct_url = os.environ.get("DATABASE_DIRECT_URL") or database_url  # DATABASE_URL may be a pooler
     from gateway.migrate import migrate
 
-    applied = migrate(database_url)
+    applied = migrate(direct_url)
     print(f"database ready ({len(applied)} migrations applied)", flush=True)
 
     if not os.environ.get("UPSTASH_REDIS_REST_URL"):
@@ -318,24 +351,38 @@ def main(argv: list[str] | None = None) -> None:
             "FAKE_PROVIDERS_URL": base,
         })
 
+    stack_url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    for name, page in (("BILLING_SUCCESS_URL", "billing?checkout=success&session_id={CHECKOUT_SESSION_ID}"),
+                       ("BILLING_CANCEL_URL", "billing?checkout=cancelled"), ("BILLING_PORTAL_RETURN_URL", "billing")):
+        os.environ.setdefault(name, f"{stack_url}/console/{page}")
     if not os.environ.get("STRIPE_SECRET_KEY"):
-        start_fake_stripe(f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}")
+        start_fake_stripe(stack_url)
+    if not any(os.environ.get(name) for name in ("JWT_JWKS_URL", "JWT_HS256_SECRET", "CONSOLE_CLIENT_ID")):
+        idp_state = LOCAL_DIR / "idp-state.json" if credentials_file == CREDENTIALS_FILE else None
+        start_identity_provider(stack_url, idp_state)
 
     user_id, api_key = asyncio.run(seed(previous))
     router = build_router()
     base_url = f"http://{args.host}:{args.port}"
     credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
-                   "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
+                   "admin_key": admin_key, "user_id": user_id, "database_url": direct_url,
+                   "functions_database_url": database_url,
+                   "database_pooled": os.environ.get("DATABASE_POOLED", "").lower() == "true",
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
                    "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
                    "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL"),
                    "fake_stripe_url": os.environ.get("FAKE_STRIPE_URL"),
                    "stripe_webhook_secret": os.environ.get("STRIPE_WEBHOOK_SECRET")
-                   if os.environ.get("FAKE_STRIPE_URL") else None}
+                   if os.environ.get("FAKE_STRIPE_URL") else None,
+                   "console_url": f"{base_url}/console", "idp_url": os.environ.get("IDP_URL"),
+                   "mailbox_url": f"{os.environ['IDP_URL']}/__dev/mailbox" if os.environ.get("IDP_URL") else None}
     fake_stripe = os.environ.get("FAKE_STRIPE_URL")
     billing_hint = (f"  fake Stripe : {fake_stripe}  (POST /v1/billing/checkout, then pay it with: curl -X POST "
                     f"{fake_stripe}/__fake/checkout/sessions/<id>/complete -d '{{\"deliver\": true}}')\n"
                     if fake_stripe else "")
+    idp = os.environ.get("IDP_URL")
+    console_hint = (f"  console     : {base_url}/console  (sign up there; verification codes arrive in the dev "
+                    f"mailbox {idp}/__dev/mailbox)\n" if idp else f"  console     : {base_url}/console\n")
     credentials_file.parent.mkdir(parents=True, exist_ok=True)
     credentials_file.write_text(json.dumps(credentials, indent=2))
     credentials_file.chmod(0o600)
@@ -344,7 +391,7 @@ Multi-LLM gateway running at {base_url}  (routes from template.yaml: {len(router
   dev API key : {api_key}
   admin key   : {admin_key}
   credentials : {credentials_file}
-{billing_hint}
+{console_hint}{billing_hint}
   curl {base_url}/health -H "Authorization: Bearer {api_key}"
   curl {base_url}/v1/chat/completions -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \\
        -d '{{"model": "openai/gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello"}}]}}'

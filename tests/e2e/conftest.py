@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from infra.local.servers import free_port
-from tests.support import services
+from tests.support import pgbouncer, services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,17 +33,29 @@ STACK_ENV: dict[str, str] = {
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with start_local_stack(tmp_path_factory) as creds:
+        yield creds
+
+
+@contextmanager
+def start_local_stack(tmp_path_factory: pytest.TempPathFactory,
+                      drop_env: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """The stack in a subprocess with STACK_ENV minus the names starting with ``drop_env``."""
     services.ensure_services()
     database_url = services.create_database("mlp_e2e")
+    bouncer = pgbouncer.start() if pgbouncer.via_pgbouncer() else None
     port = free_port()
     creds_file = tmp_path_factory.mktemp("stack") / "dev-credentials.json"
     log_file = creds_file.with_name("stack.log")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "ANTHROPIC_", "GEMINI_",
                                                                     "OPENROUTER_", "COMPAT_", "RATELIMIT_",
                                                                     "STRIPE_"))}
-    env.update(STACK_ENV)
+    env.update({k: v for k, v in STACK_ENV.items() if not k.startswith(drop_env or ("\0",))})
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
                 "PYTHONUNBUFFERED": "1"})
+    if bouncer is not None:  # the functions through PgBouncer (transaction mode), migrations direct
+        env.update({"DATABASE_URL": bouncer.pooled(database_url), "DATABASE_DIRECT_URL": database_url,
+                    "DATABASE_POOLED": "true"})
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                                  "--credentials-file", str(creds_file)], cwd=ROOT, env=env, stdout=log,
@@ -70,6 +83,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
             proc.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
+        if bouncer is not None:
+            bouncer.stop()
         services.drop_database(database_url)
 
 

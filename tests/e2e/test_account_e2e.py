@@ -36,8 +36,9 @@ ISSUER, AUDIENCE = "https://id.e2e.example/", "mlp-dashboard"
 KEY_E1, KEY_E2 = secrets.token_hex(32), secrets.token_hex(32)
 MASTER_KEYS = f"e1:{KEY_E1},e2:{KEY_E2}"
 # The stack is configured before it starts (it is session-scoped and starts at the first e2e test).
+# (Sign-ups are throttled per source address in the shared Redis; every e2e run signs up from 127.0.0.1.)
 STACK_ENV.update({"JWT_HS256_SECRET": JWT_SECRET, "JWT_ISSUER": ISSUER, "JWT_AUDIENCE": AUDIENCE,
-                  "BYOK_MASTER_KEYS": MASTER_KEYS})
+                  "BYOK_MASTER_KEYS": MASTER_KEYS, "JWT_PROVISION_PER_HOUR": "100000"})
 SECRETS: list[str] = [JWT_SECRET, KEY_E1, KEY_E2]
 secret_log.register(JWT_SECRET, MASTER_KEYS)
 
@@ -215,7 +216,8 @@ def test_byok_key_reaches_the_provider_and_survives_rotation(http: httpx.Client,
 def test_jwt_sign_in_provisions_once_under_concurrency(http: httpx.Client, local_stack: dict[str, Any]) -> None:
     sub = f"e2e|{uuid.uuid4()}"
     now = int(time.time())
-    token = _secret(jwt.encode({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300},
+    token = _secret(jwt.encode({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300,
+                                "email": f"e2e-{uuid.uuid4().hex[:12]}@example.com", "email_verified": True},
                                JWT_SECRET, algorithm="HS256"))
     with ThreadPoolExecutor(max_workers=20) as pool:
         codes = list(pool.map(lambda _: http.get("/v1/balance", headers=_h(token)).status_code, range(20)))

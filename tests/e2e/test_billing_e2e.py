@@ -59,7 +59,7 @@ def test_credit_checkout_webhook_raises_balance_and_allows_the_query(local_stack
     r = httpx.post(f"{base}/v1/billing/checkout", json={"credits": 20}, headers=_auth(user), timeout=30)
     assert r.status_code == 200, r.text
     session = r.json()
-    assert session["url"].startswith("https://checkout.stripe.com/")
+    assert session["url"].startswith(("https://checkout.stripe.com/", fake + "/c/pay/"))  # the fake's hosted page
 
     # The customer pays on Stripe's page; Stripe signs checkout.session.completed and sends it.
     [event] = httpx.post(f"{fake}/__fake/checkout/sessions/{session['id']}/complete", json={},
@@ -128,4 +128,5 @@ def test_subscription_to_pro_raises_rate_limit_and_quota_on_the_next_request(loc
     again = httpx.post(f"{base}/v1/billing/checkout", json={"plan": "team"}, headers=_auth(user), timeout=30)
     assert again.status_code == 409
     portal = httpx.post(f"{base}/v1/billing/portal", headers=_auth(user), timeout=30)
-    assert portal.status_code == 200 and portal.json()["url"].startswith("https://billing.stripe.com/")
+    assert portal.status_code == 200 and portal.json()["url"].startswith(("https://billing.stripe.com/",
+                                                                          fake + "/p/session/"))

@@ -1,5 +1,6 @@
-"""template.yaml pieces of billing: routes, the public Stripe webhook, its alarms (on the metric
-names the code emits) and the per-function stripe dependency."""
+"""template.yaml pieces of billing: routes, the public Stripe webhook, the money alarms (on the
+metric names the code emits: webhook failures, unmatched sessions, disputes, non-USD payments, an
+unusual sign-up rate) and the per-function stripe dependency."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway.account import identity
 from gateway.billing import webhooks
 from infra.local.template import REPO_ROOT, http_api_events, http_routes, load_template
 
@@ -32,11 +34,17 @@ def test_stripe_webhook_route_is_public(template: dict[str, Any]) -> None:
     assert (events[0].get("Auth") or {}).get("Authorizer") in (None, "NONE")
 
 
-def test_webhook_alarms_watch_the_metrics_the_code_emits(template: dict[str, Any]) -> None:
-    source = inspect.getsource(webhooks)
+@pytest.mark.parametrize("module,metrics", [
+    (webhooks, ("WebhookFailures", "WebhookSignatureErrors", "CheckoutSessionUnmatched", "StripeDisputes",
+                "NonUsdPayment")),
+    (identity, ("UsersProvisioned",)),
+])
+def test_money_alarms_watch_the_metrics_the_code_emits(template: dict[str, Any], module: Any,
+                                                       metrics: tuple[str, ...]) -> None:
+    source = inspect.getsource(module)
     globals_env = template["Globals"]["Function"]["Environment"]["Variables"]
     alarms = {rid: r["Properties"] for rid, r in template["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    for metric in ("WebhookFailures", "WebhookSignatureErrors"):
+    for metric in metrics:
         assert f'"{metric}"' in source
         [props] = [p for p in alarms.values() if p.get("MetricName") == metric]
         assert props["Namespace"] == globals_env["POWERTOOLS_METRICS_NAMESPACE"]
@@ -45,10 +53,26 @@ def test_webhook_alarms_watch_the_metrics_the_code_emits(template: dict[str, Any
 
 
 def test_stripe_is_installed_where_it_is_used() -> None:
+    """The functions' locks (make lock) pin stripe within the 'billing' extra; the layer has none."""
+    from packaging.requirements import Requirement
+
+    from tests.infrastructure.test_dependencies import parse_lock
+
     extra = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["billing"]
     for function in ("billing", "webhooks"):
-        lines = [ln.strip() for ln in (REPO_ROOT / "functions" / function / "requirements.txt").read_text().splitlines()
-                 if ln.strip() and not ln.startswith("#")]
-        assert lines == extra, f"functions/{function}/requirements.txt must match the 'billing' extra"
+        pins = parse_lock(REPO_ROOT / "functions" / function / "requirements.txt")
+        for spec in extra:
+            req = Requirement(spec)
+            assert req.name in pins and req.specifier.contains(pins[req.name][0]), f"functions/{function}: {spec}"
     layer = (REPO_ROOT / "layers/common/requirements.txt").read_text()
     assert "stripe" not in layer, "stripe belongs to the billing functions, not the shared layer"
+
+
+def test_every_dispute_and_unmatched_session_alarms_at_once(template: dict[str, Any]) -> None:
+    alarms = {r["Properties"].get("MetricName"): r["Properties"] for r in template["Resources"].values()
+              if r["Type"] == "AWS::CloudWatch::Alarm"}
+    for metric in ("CheckoutSessionUnmatched", "StripeDisputes", "NonUsdPayment"):
+        assert alarms[metric]["Threshold"] == 1 and alarms[metric]["Period"] == 300, metric
+    sign_ups = alarms["UsersProvisioned"]
+    assert sign_ups["Threshold"] == {"Ref": "SignUpAlarmPerHour"} and sign_ups["Period"] == 3600
+    assert template["Parameters"]["SignUpAlarmPerHour"]["Default"] > 0

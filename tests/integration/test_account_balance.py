@@ -5,6 +5,7 @@ only ever the caller's own rows."""
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -185,7 +186,7 @@ async def test_isolation(api: Any, make_user: Any) -> None:
 
 
 async def test_jwt_user_sees_own_usage(api: Any, hs256_env: Any) -> None:
-    token = hs256()
+    token = hs256(email=f"jwt-{uuid.uuid4().hex[:10]}@example.com", email_verified=True)  # welcome credit to spend
     body = (await api.get("/v1/balance", headers=bearer(token))).json()
     user = await db.fetchone("SELECT u.id FROM users u WHERE u.external_sub IS NOT NULL ORDER BY created_at DESC "
                              "LIMIT 1")

@@ -183,21 +183,43 @@ async def test_active_key_limit(api: Any, make_user: Any, set_env: Any) -> None:
     await create_key(api, a.api_key, name="third, after revoking one")
 
 
-async def test_restricted_keys_cannot_manage_keys(api: Any, make_user: Any) -> None:
+async def test_restricted_keys_have_the_inference_scope(api: Any, make_user: Any) -> None:
+    """Keys with their own rpm or spend cap, or created with scope 'inference', may query and read
+    their own usage, nothing more: 403 insufficient_scope on key and provider-key management and
+    on other keys' usage; the listing shows them only themselves."""
     a = await make_user()
     limited = await create_key(api, a.api_key, name="limited", rpm=5)
     capped = await create_key(api, a.api_key, name="capped", spend_cap="1.5")
+    scoped = await create_key(api, a.api_key, name="ci", scope="inference")
+    full = await create_key(api, a.api_key, name="ops")
     assert capped["spend_cap"] == "1.50000000" and capped["spent"] == "0.00000000"
-    for k in (limited, capped):
+    assert [k["scope"] for k in (limited, capped, scoped, full)] == ["inference", "inference", "inference", "full"]
+    listing = (await api.get("/v1/keys", headers=bearer(a.api_key))).json()["data"]
+    assert {k["id"]: k["scope"] for k in listing}[str(a.key_id)] == "full" and len(listing) == 5
+    r = await api.post("/v1/keys", json={"name": "x", "rpm": 5, "scope": "full"}, headers=bearer(a.api_key))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_scope"
+    assert (await api.post("/v1/chat/completions", json=chat_body(), headers=bearer(full["key"]))).status_code == 200
+
+    for k in (limited, capped, scoped):
         h = bearer(k["key"])
-        r = await api.post("/v1/keys", json={"name": "escape"}, headers=h)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "restricted_key"
-        assert (await api.delete(f"/v1/keys/{a.key_id}", headers=h)).status_code == 403
-        r = await api.put("/v1/provider-keys/openai", json={"api_key": "sk-whatever-123456"}, headers=h)
-        assert r.status_code == 403
-        assert (await api.get("/v1/keys", headers=h)).status_code == 200, "reading is fine"
+        assert (await api.post("/v1/chat/completions", json=chat_body(), headers=h)).status_code == 200
+        refused = [await api.post("/v1/keys", json={"name": "escape"}, headers=h),
+                   await api.delete(f"/v1/keys/{a.key_id}", headers=h),
+                   await api.put("/v1/provider-keys/openai", json={"api_key": "sk-whatever-123456"}, headers=h),
+                   await api.delete("/v1/provider-keys/openai", headers=h),
+                   await api.get(f"/v1/usage?api_key_id={full['id']}", headers=h),
+                   await api.get(f"/v1/usage/summary?api_key_id={a.key_id}", headers=h)]
+        for r in refused:
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
+        assert [x["id"] for x in (await api.get("/v1/keys", headers=h)).json()["data"]] == [k["id"]]
+        own = (await api.get("/v1/usage", headers=h)).json()["data"]
+        assert [u["api_key_id"] for u in own] == [k["id"]], "only its own usage"
+        assert (await api.get(f"/v1/usage?api_key_id={k['id']}", headers=h)).json()["data"] == own
+        assert (await api.get("/v1/usage/summary", headers=h)).json()["total"]["requests"] == 1
         assert (await api.get("/v1/balance", headers=h)).status_code == 200
-    assert await _count_keys(a.user_id) == 3
+    everything = (await api.get("/v1/usage/summary", headers=bearer(a.api_key))).json()["total"]["requests"]
+    assert everything == 4, "a full-scope key reads every key's usage"
+    assert await _count_keys(a.user_id) == 5
 
 
 async def test_per_key_rpm_is_enforced_on_the_query_path(api: Any, make_user: Any) -> None:

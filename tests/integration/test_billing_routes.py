@@ -218,3 +218,52 @@ async def test_deployed_stage_refuses_local_redirect_urls(gateway: Any, billing:
     assert r.status_code == 200, r.text
     p = billing.stripe.requests("/v1/checkout/sessions", "POST")[0]["params"]
     assert p["success_url"] == "https://app.example.com/billing/done?session_id={CHECKOUT_SESSION_ID}"
+
+
+async def test_restricted_key_gets_403_on_checkout_and_portal(gateway: Any, billing: Billing,
+                                                             make_user: Any) -> None:
+    """A key with its own rpm or spend cap (or the 'inference' scope) cannot spend the account's
+    money on Stripe or change its plan: 403 insufficient_scope, no Stripe request made."""
+    from gateway import accounts
+
+    user = await make_user(balance="0", tier="free")
+    capped = await accounts.create_api_key(user.user_id, "capped", spend_cap=Decimal("1"))
+    limited = await accounts.create_api_key(user.user_id, "limited", rpm=5)
+    scoped = await accounts.create_api_key(user.user_id, "ci", scope="inference")
+    for key in (capped, limited, scoped):
+        h = {"authorization": f"Bearer {key.secret}"}
+        for path, body in (("/v1/billing/checkout", {"credits": 10}), ("/v1/billing/checkout", {"plan": "pro"}),
+                           ("/v1/billing/portal", None)):
+            r = await gateway.post(path, json=body, headers=h)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", (path, r.text)
+        assert (await gateway.get("/v1/subscription", headers=h)).status_code == 200, "reading the plan is fine"
+    assert billing.stripe.requests() == []
+    assert billing.scalar("SELECT count(*) FROM checkout_sessions") == 0
+    r = await gateway.post("/v1/billing/portal", headers=_auth(user))   # the account's full key may
+    assert r.status_code == 200, r.text
+
+
+async def test_sessions_are_usd_only(gateway: Any, billing: Billing, make_user: Any,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every session is pinned to USD (currency=usd, Adaptive Pricing off: no local-currency
+    presentment), and a plan whose Stripe price is not in USD is refused before a session exists."""
+    from gateway.billing import stripe_api
+    from gateway.config import reset_settings
+
+    user = await make_user(balance="0", tier="free")
+    for body in ({"credits": 10}, {"plan": "pro"}):
+        assert (await gateway.post("/v1/billing/checkout", json=body, headers=_auth(user))).status_code == 200
+    sent = [r["params"] for r in billing.stripe.requests("/v1/checkout/sessions", "POST")]
+    assert [(p["currency"], p["adaptive_pricing"]) for p in sent] == [("usd", {"enabled": "false"})] * 2
+    assert [r["path"] for r in billing.stripe.requests(method="GET")] == [f"/v1/prices/{PRICES['pro']}"]
+
+    billing.stripe.fake.add_price("price_test_premium_eur", 4500, currency="eur")
+    monkeypatch.setenv("TIERS_JSON", '{"pro": {"stripe_price_id": "price_test_pro"}, '
+                                     '"premium": {"stripe_price_id": "price_test_premium_eur"}}')
+    reset_settings()
+    stripe_api.reset_client()
+    billing.stripe.fake.requests.clear()
+    r = await gateway.post("/v1/billing/checkout", json={"plan": "premium"}, headers=_auth(user))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "billing_unconfigured", r.text
+    assert billing.stripe.requests("/v1/checkout/sessions", "POST") == []
+    assert billing.scalar("SELECT count(*) FROM checkout_sessions WHERE plan = 'premium'") == 0

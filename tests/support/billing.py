@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 import uuid
@@ -24,11 +23,13 @@ import psycopg
 import pytest
 
 from gateway.config import reset_settings
+from gateway.observability import metrics
 from infra.local import fake_stripe
 from infra.local.servers import RunningServer, start_in_thread
 from tests.support.services import template_router
 
 PRICES = {"pro": "price_test_pro", "premium": "price_test_premium", "team": "price_test_team"}
+PRICE_CENTS = {"pro": 2000, "premium": 4900, "team": 9900}   # monthly USD list prices in the fake
 TIERS_JSON = json.dumps({name: {"stripe_price_id": price} for name, price in PRICES.items()})
 STRIPE_KEY = "sk_test_" + "x" * 24
 
@@ -45,6 +46,12 @@ async def deliver(client: httpx.AsyncClient, event: dict[str, Any], secret: str,
     body = json.dumps(event)
     headers = {"content-type": "application/json", "stripe-signature": signature_header(body, secret, timestamp)}
     return await client.post(path, content=body, headers=headers)
+
+
+def metric(name: str) -> float:
+    """What the code added to the metric ``name`` since the billing fixture started (the set
+    Powertools flushes as EMF at the end of a Lambda invocation)."""
+    return float(sum(metrics.metric_set.get(name, {}).get("Value", [])))
 
 
 @dataclass
@@ -96,6 +103,10 @@ class Billing:
         self.sql("UPDATE users SET stripe_customer_id = %s WHERE id = %s", (customer, user_id))
         return customer
 
+    def customer(self, user_id: Any) -> str | None:
+        value = self.scalar("SELECT stripe_customer_id FROM users WHERE id = %s", (user_id,))
+        return str(value) if value else None
+
     def ledger(self, user_id: Any, kind: str | None = None) -> list[tuple[Any, ...]]:
         return self.sql("SELECT kind, amount, reference FROM ledger_entries WHERE user_id = %s "
                         "AND (%s::text IS NULL OR kind = %s) ORDER BY id", (user_id, kind, kind))
@@ -103,7 +114,7 @@ class Billing:
     def counts(self) -> dict[str, int]:
         """Rows of every table a webhook writes (to prove a refused request wrote nothing)."""
         tables = ("stripe_events", "ledger_entries", "subscriptions", "stripe_payments", "stripe_refunds",
-                  "stripe_invoices", "checkout_sessions")
+                  "stripe_invoices", "checkout_sessions", "stripe_disputes", "stripe_refund_items")
         return {t: int(self.scalar(f"SELECT count(*) FROM {t}")) for t in tables} | {
             "customers_linked": int(self.scalar("SELECT count(*) FROM users WHERE stripe_customer_id IS NOT NULL")),
             "balance_sum": self.scalar("SELECT COALESCE(sum(balance), 0) FROM balances")}
@@ -118,6 +129,8 @@ def billing(database_url: str, upstash_bridge: RunningServer, fake_stripe_server
 
     secret = "whsec_" + secrets.token_hex(16)
     fake_stripe_server.fake.reset()
+    for tier, price_id in PRICES.items():
+        fake_stripe_server.fake.add_price(price_id, PRICE_CENTS[tier])
     for name, value in {"STRIPE_SECRET_KEY": STRIPE_KEY, "STRIPE_API_BASE": fake_stripe_server.url,
                         "STRIPE_WEBHOOK_SECRET": secret, "TIERS_JSON": TIERS_JSON,
                         "STRIPE_MAX_NETWORK_RETRIES": "0"}.items():
@@ -125,7 +138,8 @@ def billing(database_url: str, upstash_bridge: RunningServer, fake_stripe_server
     reset_settings()
     stripe_api.reset_client()
     webhooks.STATS.clear()
-    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=os.environ["DATABASE_URL"])
+    metrics.clear_metrics()
+    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=database_url)
     stripe_api.reset_client()
 
 
@@ -134,3 +148,22 @@ async def gateway(billing: Billing) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=template_router())
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test", timeout=30) as client:
         yield client
+
+
+async def checkout(gateway: httpx.AsyncClient, api_key: str, **body: Any) -> dict[str, Any]:
+    """``POST /v1/billing/checkout`` as the customer: our session row, the fake's session."""
+    r = await gateway.post("/v1/billing/checkout", json=body, headers={"authorization": f"Bearer {api_key}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def deliver_all(gateway: httpx.AsyncClient, billing: Billing, events: list[dict[str, Any]]) -> list[str]:
+    """Deliver the events our endpoint subscribes to (signed) in order, as Stripe would; their outcomes."""
+    outcomes = []
+    for ev in events:
+        if ev["type"] not in billing.stripe.fake.enabled_events:
+            continue
+        r = await deliver(gateway, ev, billing.webhook_secret)
+        assert r.status_code == 200, r.text
+        outcomes.append(str(r.json()["outcome"]))
+    return outcomes

@@ -63,7 +63,54 @@ def test_invoice_fields_both_api_shapes() -> None:
                          subscription_metadata={"user_id": "u"}, legacy=legacy)
         assert webhooks._invoice_subscription(inv) == ("sub_1", {"user_id": "u"})
         assert webhooks._line_price(inv["lines"]["data"][0]) == "price_a"
-        assert webhooks._invoice_payment_intent(inv) == "pi_1"
+        # basil+: an event's invoice names no payment (the webhook asks the invoice payments API)
+        assert webhooks._invoice_payment_intent(inv) == ("pi_1" if legacy else None)
+    expanded = fs.invoice(customer="cus_1", subscription_id="sub_1", price_id="price_a", payment_intent="pi_1",
+                          expand_payments=True)
+    assert webhooks._invoice_payment_intent(expanded) == "pi_1"
+
+
+def _declared(cls: type) -> set[str]:
+    """The fields the stripe library declares for an object of its pinned API version."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        names |= {n for n in getattr(klass, "__annotations__", {}) if not n.startswith("_")}
+    return names - {"OBJECT_NAME"}
+
+
+def test_fake_stripe_speaks_the_api_version_the_library_pins() -> None:
+    """The fake's objects have only fields the installed stripe library declares for the version it
+    pins (generated from Stripe's OpenAPI spec of that version), and none of the removed ones."""
+    assert fs.API_VERSION == stripe.api_version
+    inv = fs.invoice(customer="cus_1", subscription_id="sub_1", price_id="price_a", discount=100, tax=50,
+                     payment_intent="pi_1", expand_payments=True)
+    line = inv["lines"]["data"][0]
+    sub = fs.subscription(customer="cus_1", price_id="price_a")
+    session = fs.checkout_session(customer="cus_1", amount_cents=100, payment_intent="pi_1", tax_cents=5)
+    fake = fs.FakeStripe()
+    fake.add_price("price_a", 2000)
+    ch = fs.charge(payment_intent="pi_1", customer="cus_1", amount=2000)
+    fake.charges[ch["id"]] = ch
+    [_refunded, created] = fake.refund_charge(ch["id"], 500)
+    [dispute] = fake.dispute_charge(ch["id"])
+    contract: list[tuple[dict[str, object], type]] = [
+        (inv, stripe.Invoice), (inv["parent"], stripe.Invoice.Parent),
+        (inv["parent"]["subscription_details"], stripe.Invoice.Parent.SubscriptionDetails),
+        (inv["status_transitions"], stripe.Invoice.StatusTransitions), (line, stripe.InvoiceLineItem),
+        (line["parent"], stripe.InvoiceLineItem.Parent), (line["pricing"], stripe.InvoiceLineItem.Pricing),
+        (inv["payments"]["data"][0], stripe.InvoicePayment),
+        (inv["payments"]["data"][0]["payment"], stripe.InvoicePayment.Payment),
+        (sub, stripe.Subscription), (sub["items"]["data"][0], stripe.SubscriptionItem),
+        (session, stripe.checkout.Session), (session["total_details"], stripe.checkout.Session.TotalDetails),
+        (ch, stripe.Charge), (created["data"]["object"], stripe.Refund), (dispute["data"]["object"], stripe.Dispute),
+        (fake.prices["price_a"], stripe.Price), (dispute, stripe.Event),
+        (fake.create_customer({})[1], stripe.Customer),
+    ]
+    for obj, cls in contract:
+        assert set(obj) <= _declared(cls), (cls.__name__, set(obj) - _declared(cls))
+    assert not {"payment_intent", "charge", "subscription", "paid", "subscription_details"} & set(inv)
+    assert not {"current_period_start", "current_period_end", "plan"} & set(sub)
+    assert not {"price", "plan", "type", "proration"} & set(line)
 
 
 def test_expandable_ids_and_cents() -> None:
@@ -104,3 +151,14 @@ def test_fake_form_decoding() -> None:
         "mode": "payment", "metadata": {"user_id": "u1"}, "expand": ["customer"],
         "line_items": [{"price_data": {"unit_amount": "2550", "product_data": {"name": "API credit"}},
                         "quantity": "1"}, {"price": "price_x"}]}
+
+
+def test_subscribed_events_are_the_handled_ones_everywhere() -> None:
+    """The endpoint's events in docs/billing.md (the curl that creates it), the fake Stripe's
+    enabled events and the webhook's handlers are one list."""
+    import re
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "billing.md").read_text()
+    documented = set(re.findall(r'enabled_events\[\]=([a-z_.]+)"', docs))
+    assert documented == set(webhooks.HANDLERS) == set(fs.ENABLED_EVENTS)

@@ -10,7 +10,7 @@ from uuid import UUID
 import psycopg
 
 from . import db
-from .auth import forget_key, generate_api_key
+from .auth import SCOPES, forget_key, generate_api_key
 from .billing import ledger
 from .errors import BadRequest, Conflict, NotFound
 
@@ -45,18 +45,27 @@ async def create_user(email: str | None = None, *, tier: str = "free",
 
 
 async def create_api_key(user_id: UUID | str, name: str = "default", *, rpm: int | None = None,
-                         spend_cap: Decimal | None = None) -> NewKey:
+                         spend_cap: Decimal | None = None, scope: str | None = None) -> NewKey:
     """A new key for the user; optional per-key limits: ``rpm`` (requests per minute, on top of the
-    tier's) and ``spend_cap`` (USD the key may spend in total; enforced by the reserve statement)."""
+    tier's) and ``spend_cap`` (USD the key may spend in total; enforced by the reserve statement).
+    ``scope`` (``full`` | ``inference``) defaults to ``inference`` for a key with limits (a
+    restricted key, which cannot be ``full``) and ``full`` otherwise."""
     if rpm is not None and rpm < 1:
         raise BadRequest("rpm must be at least 1", param="rpm")
     if spend_cap is not None and spend_cap < 0:
         raise BadRequest("spend_cap must not be negative", param="spend_cap")
+    limited = rpm is not None or spend_cap is not None
+    scope = scope or ("inference" if limited else "full")
+    if scope not in SCOPES:
+        raise BadRequest(f"scope must be one of {', '.join(SCOPES)}", param="scope")
+    if limited and scope == "full":
+        raise BadRequest("a key with its own rpm or spend cap is restricted: its scope must be 'inference'",
+                         code="invalid_scope", param="scope")
     secret, key_hash, prefix = generate_api_key()
     row = await db.fetchone(
-        "INSERT INTO api_keys (user_id, key_hash, prefix, name, rpm, spend_cap) "
-        "SELECT id, %s, %s, %s, %s, %s FROM users WHERE id = %s RETURNING id",
-        (key_hash, prefix, name, rpm, spend_cap, user_id))
+        "INSERT INTO api_keys (user_id, key_hash, prefix, name, rpm, spend_cap, scope) "
+        "SELECT id, %s, %s, %s, %s, %s, %s FROM users WHERE id = %s RETURNING id",
+        (key_hash, prefix, name, rpm, spend_cap, scope, user_id))
     if row is None:
         raise NotFound("user not found", code="user_not_found")
     return NewKey(key_id=row["id"], secret=secret, prefix=prefix, name=name)

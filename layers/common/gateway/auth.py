@@ -11,6 +11,12 @@ statement reads the current tier, so a subscription change applies on the very n
 
 The same lookup returns the key's own ``rpm`` and the user's BYOK provider keys, still
 encrypted (``Principal.provider_keys``), so the query path needs no further query for them.
+
+Every key has a scope: ``full`` (everything the account can do) or ``inference`` (the query
+routes and read-only views of its own usage). A key with its own rpm or spend cap is always
+``inference`` (a restricted key): it cannot open the billing portal, start a checkout, change the
+plan, manage keys or read other keys' usage (``require_full_scope`` → 403 ``insufficient_scope``).
+Sign-in tokens (JWT) act with the full scope.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from .errors import Forbidden, Unauthorized
 
 KEY_RANDOM_BYTES = 32
 VISIBLE_PREFIX_CHARS = 8  # characters after the fixed prefix shown in listings
+SCOPES = ("full", "inference")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,7 @@ class Principal:
     key_id: UUID | None          # None when signed in with a JWT (dashboard routes)
     tier: str                    # as of the last lookup (a hint; billing re-reads it)
     key_rpm: int | None = None   # optional per-key limit (account routes)
+    scope: str = "full"          # "full" | "inference" (a restricted key); JWT sessions are full
     # The user's BYOK keys, still encrypted; carried by the cached key lookup so the query path
     # needs no extra round trip (``gateway.account.byok.ByokKeys`` decrypts on first use).
     provider_keys: tuple[SealedProviderKey, ...] = field(default=(), repr=False)
@@ -110,7 +118,7 @@ _cache: TTLCache[Principal | None] = TTLCache()
 
 LOOKUP_SQL = """
 WITH k AS (
-    SELECT k.id AS key_id, k.user_id, k.revoked_at, k.last_used_at, k.rpm, u.tier
+    SELECT k.id AS key_id, k.user_id, k.revoked_at, k.last_used_at, k.rpm, k.scope, u.tier
     FROM api_keys k JOIN users u ON u.id = k.user_id
     WHERE k.key_hash = %(h)s
 ), touch AS (
@@ -118,7 +126,7 @@ WITH k AS (
     WHERE id = (SELECT key_id FROM k) AND revoked_at IS NULL
       AND (last_used_at IS NULL OR last_used_at < now() - interval '60 seconds')
 )
-SELECT key_id, user_id, revoked_at, tier, rpm,
+SELECT key_id, user_id, revoked_at, tier, rpm, scope,
        (SELECT json_agg(json_build_object('p', p.provider, 'v', p.key_version, 'n', encode(p.nonce, 'hex'),
                                           'c', encode(p.ciphertext, 'hex')))
         FROM provider_keys p WHERE p.user_id = k.user_id) AS provider_keys
@@ -142,7 +150,8 @@ async def authenticate_key(secret: str) -> Principal:
         principal = None
         if row is not None and row["revoked_at"] is None:
             principal = Principal(user_id=row["user_id"], key_id=row["key_id"], tier=row["tier"],
-                                  key_rpm=row["rpm"], provider_keys=_sealed_keys(row["provider_keys"]))
+                                  key_rpm=row["rpm"], scope=row["scope"],
+                                  provider_keys=_sealed_keys(row["provider_keys"]))
         _cache.put(h, principal, settings.auth_cache_ttl_s)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key.")
@@ -158,6 +167,14 @@ def forget_user(user_id: UUID | str) -> None:
     """Drop every cached key of one user (e.g. after their provider keys changed). Other warm
     containers pick the change up when their entries expire (``auth_cache_ttl_s``)."""
     _cache.invalidate_where(lambda p: p is not None and str(p.user_id) == str(user_id))
+
+
+def require_full_scope(principal: Principal, action: str) -> None:
+    """Refuse ``action`` to a restricted (``inference``-scope) key: 403 ``insufficient_scope``."""
+    if principal.scope != "full":
+        raise Forbidden(f"This API key is restricted to inference (it has its own rpm or spend cap, or the "
+                        f"'inference' scope) and cannot {action}. Use a full-scope key or sign in to the dashboard.",
+                        code="insufficient_scope")
 
 
 def bearer_token(request: Request) -> str:

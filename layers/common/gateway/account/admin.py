@@ -71,12 +71,14 @@ async def grant(user_id: UUID, amount: Decimal, reason: str, reference: str | No
 
 async def user_summary(user_id: UUID | str) -> dict[str, Any]:
     row = await db.fetchone(
-        "SELECT u.id, u.email, u.tier, u.external_sub, u.stripe_customer_id, u.created_at, b.balance, b.reserved "
+        "SELECT u.id, u.email, u.tier, u.external_iss, u.external_sub, u.stripe_customer_id, u.created_at, "
+        "b.balance, b.reserved "
         "FROM users u JOIN balances b ON b.user_id = u.id WHERE u.id = %s", (user_id,))
     if row is None:
         raise NotFound("User not found.", code="user_not_found")
     return {"object": "user", "id": str(row["id"]), "email": row["email"], "tier": row["tier"],
-            "external_sub": row["external_sub"], "stripe_customer_id": row["stripe_customer_id"],
+            "external_iss": row["external_iss"], "external_sub": row["external_sub"],
+            "stripe_customer_id": row["stripe_customer_id"],
             "created_at": row["created_at"], "balance": money(row["balance"] - row["reserved"]),
             "reserved": money(row["reserved"]), "total": money(row["balance"]), "currency": "USD"}
 

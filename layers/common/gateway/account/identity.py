@@ -7,16 +7,24 @@ present, and ``iss``/``aud`` when configured. The algorithm is pinned by the key
 shared secret only ever verifies HS256 and a JWKS key only its own asymmetric algorithm, so
 ``alg: none`` and HS/RS confusion are refused.
 
-The first valid token of a new ``sub`` provisions the user: ONE statement inserts the user (ON
-CONFLICT DO NOTHING on ``users.external_sub``), the balance row already holding the welcome
-credit, and the matching ledger row (reference ``welcome:<user_id>``). Concurrent first requests
-race on the unique ``sub``: exactly one inserts, the others read the winner's row, so the
-welcome credit is granted once, atomically with the user.
+A user is an identity (``iss``, ``sub``): the same subject from two issuers is two people. The
+first valid token of a new identity provisions the user in ONE statement: the user (ON CONFLICT DO
+NOTHING on the identity), the balance row and, when the token says ``email_verified`` and its
+email address is new to us (one welcome credit per mailbox, ``welcome_grants``), the welcome
+credit (``JWT_WELCOME_CREDIT``) and its ledger row (reference ``welcome:<user_id>``). Concurrent
+first requests race on the unique identity: exactly one inserts, the others read the winner's row.
+New users are throttled per source address (``JWT_PROVISION_PER_HOUR``) and counted
+(``UsersProvisioned``, alarmed when unusually many).
+
+A deployed stage refuses a JWKS configuration without ``JWT_ISSUER`` and ``JWT_AUDIENCE``
+(config.py): any token the identity provider signs for any of its applications would otherwise
+be accepted here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 from typing import Annotated, Any
@@ -26,10 +34,10 @@ import httpx
 import jwt
 from fastapi import Depends, Request
 
-from .. import db
+from .. import db, ratelimit
 from ..auth import Principal, TTLCache, authenticate_key, bearer_token
 from ..config import Settings, get_settings
-from ..errors import ServiceUnavailable, Unauthorized
+from ..errors import RateLimited, ServiceUnavailable, Unauthorized
 from ..observability import count, logger
 
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
@@ -191,61 +199,123 @@ async def verify_jwt(token: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- provisioning
+# One statement: the user (ON CONFLICT DO NOTHING on (issuer, subject) and on the email), the
+# welcome-credit claim of its email (ON CONFLICT DO NOTHING on the email's hash: one credit per
+# address, ever), the balance row already holding the credit when it was granted, its ledger row.
 PROVISION_SQL = """
 WITH u AS (
-    INSERT INTO users (external_sub, email) VALUES (%(sub)s, %(email)s)
+    INSERT INTO users (external_iss, external_sub, email) VALUES (%(iss)s, %(sub)s, %(email)s)
     ON CONFLICT DO NOTHING
     RETURNING id, tier
+), w AS (
+    INSERT INTO welcome_grants (email_hash, user_id)
+    SELECT %(email_hash)s, id FROM u WHERE %(email_hash)s::bytea IS NOT NULL AND %(credit)s::numeric > 0
+    ON CONFLICT DO NOTHING
+    RETURNING user_id
 ), b AS (
-    INSERT INTO balances (user_id, balance) SELECT id, %(credit)s FROM u
+    INSERT INTO balances (user_id, balance)
+    SELECT id, CASE WHEN EXISTS (SELECT 1 FROM w) THEN %(credit)s::numeric ELSE 0 END FROM u
 ), l AS (
     INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
-    SELECT id, %(credit)s, 'welcome', 'welcome:' || id::text, 'welcome credit' FROM u
-    WHERE %(credit)s::numeric > 0
+    SELECT user_id, %(credit)s::numeric, 'welcome', 'welcome:' || user_id::text, 'welcome credit' FROM w
 )
-SELECT id, tier FROM u
+SELECT id, tier, EXISTS (SELECT 1 FROM w) AS welcomed FROM u
 """
+FIND_SQL = "SELECT id, tier FROM users WHERE external_iss = %s AND external_sub = %s"
+# A user provisioned before identities were keyed by issuer (external_iss NULL) is adopted by the
+# first verified token with its subject, exactly as it was found before.
+ADOPT_SQL = ("UPDATE users SET external_iss = %s WHERE external_iss IS NULL AND external_sub = %s "
+             "RETURNING id, tier")
+PROVISION_WINDOW_S = 3600
+GMAIL_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
 
 
-_subs: TTLCache[tuple[UUID, str]] = TTLCache()  # sub -> (user id, tier)
+_subs: TTLCache[tuple[UUID, str]] = TTLCache()  # "iss\x1fsub" -> (user id, tier)
 
 
 def _email_from(claims: dict[str, Any]) -> str | None:
+    """The token's email, only when the token says it is verified (an unverified address is
+    neither stored, where it would block its real owner, nor worth a welcome credit)."""
     email = claims.get("email")
-    if not isinstance(email, str) or claims.get("email_verified") is False:
+    if not isinstance(email, str) or claims.get("email_verified") is not True:
         return None
     email = email.strip()
     return email if len(email) <= 320 and _EMAIL.match(email) else None
 
 
-async def user_for_sub(sub: str, email: str | None = None) -> tuple[UUID, str, bool]:
-    """(user id, tier, created) for an identity-provider subject; provisions it on first sight."""
-    find = "SELECT id, tier FROM users WHERE external_sub = %s"
-    row = await db.fetchone(find, (sub,))
+def email_hash(email: str) -> bytes:
+    """SHA-256 of the address as a mailbox: lower case, no ``+tag``, and for Gmail no dots, so
+    ``J.Doe+2@gmail.com`` and ``jdoe@googlemail.com`` are one address (one welcome credit)."""
+    local, _, domain = email.strip().lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in GMAIL_DOMAINS:
+        local, domain = local.replace(".", ""), "gmail.com"
+    return hashlib.sha256(f"{local}@{domain}".encode()).digest()
+
+
+async def _admit_new_user(source: str) -> None:
+    """Throttle provisioning per source address (``JWT_PROVISION_PER_HOUR``, a sliding hour in
+    Upstash). Fails closed: with Upstash unreachable new users wait (503), existing ones do not."""
+    settings = get_settings()
+    decision = await ratelimit.limit(f"src:{source}", settings.jwt_provision_per_hour, window_s=PROVISION_WINDOW_S,
+                                     name="provision")
+    if decision.allowed and not decision.degraded:
+        return
+    if decision.degraded:
+        raise ServiceUnavailable("Sign-up is briefly unavailable; try again shortly.", code="ratelimiter_unavailable",
+                                 headers={"Retry-After": "5"})
+    count("ProvisioningThrottled")
+    logger.warning("sign-up throttled", extra={"source": source, "limit": decision.limit})
+    raise RateLimited(f"Too many new accounts from this network; at most {decision.limit} per hour.",
+                      code="provisioning_rate_limited", headers=decision.headers())
+
+
+async def user_for_identity(iss: str, sub: str, email: str | None = None, *, source: str = "unknown"
+                            ) -> tuple[UUID, str, bool]:
+    """(user id, tier, created) for an identity-provider identity (issuer, subject); provisions
+    it on first sight. The welcome credit (``JWT_WELCOME_CREDIT``) comes only with a verified
+    email (``email``, see ``_email_from``) that no user has had before."""
+    row = await db.fetchone(FIND_SQL, (iss, sub)) or await db.fetchone(ADOPT_SQL, (iss, sub))
     if row is not None:
         return row["id"], row["tier"], False
-    credit = get_settings().welcome_credit
-    for candidate_email in dict.fromkeys((email, None)):  # an email taken by another user is not linked
-        row = await db.fetchone(PROVISION_SQL, {"sub": sub, "email": candidate_email, "credit": credit})
-        if row is not None:
-            count("UsersProvisioned")
-            logger.info("user provisioned from sign-in token", extra={"user_id": str(row["id"])})
-            return row["id"], row["tier"], True
-        row = await db.fetchone(find, (sub,))  # a concurrent first request won the race
-        if row is not None:
-            return row["id"], row["tier"], False
-    raise ServiceUnavailable("Could not provision the user; try again.", code="provisioning_failed")
+    credit = get_settings().jwt_welcome_credit
+    async with db.transaction() as conn:
+        for candidate in dict.fromkeys((email, None)):  # an email taken by another user is not linked
+            cur = await conn.execute(PROVISION_SQL, {
+                "iss": iss, "sub": sub, "email": candidate, "credit": credit,
+                "email_hash": email_hash(candidate) if candidate else None})
+            created = await cur.fetchone()
+            if created is not None:
+                break
+            cur = await conn.execute(FIND_SQL, (iss, sub))  # a concurrent first request won the race
+            raced = await cur.fetchone()
+            if raced is not None:
+                return raced[0], raced[1], False
+        else:
+            raise ServiceUnavailable("Could not provision the user; try again.", code="provisioning_failed")
+        # Counted only for a row this statement inserted: concurrent first requests of one new
+        # identity wait on its unique key and then find it, so they are one sign-up, not many.
+        # A refusal rolls the user back.
+        await _admit_new_user(source)
+    user_id, tier, welcomed = created
+    count("UsersProvisioned")
+    if welcomed:
+        count("WelcomeCreditsGranted")
+    logger.info("user provisioned from sign-in token", extra={"user_id": str(user_id), "welcome_credit": welcomed})
+    return user_id, tier, True
 
 
-async def authenticate_jwt(token: str) -> Principal:
+async def authenticate_jwt(token: str, source: str = "unknown") -> Principal:
     claims = await verify_jwt(token)
-    sub = claims["sub"]
-    hit, cached = _subs.get(sub)
+    iss = str(claims["iss"]) if isinstance(claims.get("iss"), str) else ""
+    sub = str(claims["sub"])
+    cache_key = f"{iss}\x1f{sub}"
+    hit, cached = _subs.get(cache_key)
     if hit and cached is not None:
         user_id, tier = cached
     else:
-        user_id, tier, _ = await user_for_sub(sub, _email_from(claims))
-        _subs.put(sub, (user_id, tier), get_settings().auth_cache_ttl_s)
+        user_id, tier, _ = await user_for_identity(iss, sub, _email_from(claims), source=source)
+        _subs.put(cache_key, (user_id, tier), get_settings().auth_cache_ttl_s)
     return Principal(user_id=user_id, key_id=None, tier=tier)
 
 
@@ -262,7 +332,8 @@ async def require_user(request: Request) -> Principal:
     if token.startswith(settings.api_key_prefix):
         principal = await authenticate_key(token)
     elif jwt_enabled(settings) and looks_like_jwt(token):
-        principal = await authenticate_jwt(token)
+        # the caller's address as API Gateway saw it (Mangum's scope client); never X-Forwarded-For
+        principal = await authenticate_jwt(token, request.client.host if request.client else "unknown")
     else:
         raise Unauthorized(f"Invalid credentials: send an API key (starting with {settings.api_key_prefix})"
                            + (" or a sign-in token." if jwt_enabled(settings) else "."))

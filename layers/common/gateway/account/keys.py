@@ -5,9 +5,11 @@ other warm container within ``AUTH_CACHE_TTL_S`` seconds (default 5): cached loo
 the next one sees ``revoked_at``.
 
 Creation is rate limited per user (``KEY_CREATE_PER_HOUR``, a one-hour sliding window in Upstash)
-and capped at ``MAX_KEYS_PER_USER`` active keys. A key that has its own limits (rpm or spend cap)
-is a *restricted* key: it cannot create or revoke keys or change provider keys, otherwise it
-could mint itself an unlimited sibling.
+and capped at ``MAX_KEYS_PER_USER`` active keys. Every key has a scope, shown in the listing:
+``full`` or ``inference``. A key that has its own limits (rpm or spend cap) is always
+``inference`` (a *restricted* key): it cannot create or revoke keys or change provider keys
+(otherwise it could mint itself an unlimited sibling), and it sees only itself in the listing
+(``auth.require_full_scope``, 403 ``insufficient_scope``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ from typing import Any
 from uuid import UUID
 
 from .. import accounts, db, ratelimit
-from ..auth import Principal
 from ..config import get_settings
-from ..errors import Conflict, Forbidden, RateLimited, ServiceUnavailable
+from ..errors import Conflict, RateLimited
 from ..observability import count, logger
 from ..ratelimit import Decision
 from .money import money
 
-KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved"
+KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved, scope"
 CREATE_WINDOW_S = 3600
 
 
@@ -33,16 +34,19 @@ def public_key(row: dict[str, Any]) -> dict[str, Any]:
     capped = row["spend_cap"] is not None
     return {"object": "api_key", "id": str(row["id"]), "name": row["name"], "prefix": row["prefix"],
             "status": "revoked" if row["revoked_at"] else "active", "created_at": row["created_at"],
-            "last_used_at": row["last_used_at"], "revoked_at": row["revoked_at"], "rpm": row["rpm"],
+            "last_used_at": row["last_used_at"], "revoked_at": row["revoked_at"], "scope": row["scope"],
+            "rpm": row["rpm"],
             "spend_cap": money(row["spend_cap"]) if capped else None,
             "spent": money(row["spent"]) if capped else None,
             "reserved": money(row["reserved"]) if capped else None}
 
 
-async def list_keys(user_id: UUID | str, *, include_revoked: bool = True) -> list[dict[str, Any]]:
+async def list_keys(user_id: UUID | str, *, include_revoked: bool = True,
+                    only_key: UUID | None = None) -> list[dict[str, Any]]:
     rows = await db.fetchall(
         f"SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = %s AND (%s OR revoked_at IS NULL) "
-        "ORDER BY created_at DESC, id", (user_id, include_revoked))
+        "AND (%s::uuid IS NULL OR id = %s::uuid) ORDER BY created_at DESC, id",
+        (user_id, include_revoked, only_key, only_key))
     return [public_key(r) for r in rows]
 
 
@@ -51,29 +55,19 @@ async def get_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | N
     return public_key(row) if row else None
 
 
-async def ensure_can_manage(principal: Principal) -> None:
-    """Restricted keys (with an rpm or spend cap) may not manage keys; JWT sessions and plain keys may."""
-    if principal.key_id is None:
-        return
-    row = await db.fetchone("SELECT rpm, spend_cap FROM api_keys WHERE id = %s", (principal.key_id,))
-    if row is not None and (row["rpm"] is not None or row["spend_cap"] is not None):
-        raise Forbidden("This API key has its own limits (rpm or spend cap) and cannot manage keys. Use an "
-                        "unrestricted key or sign in to the dashboard.", code="restricted_key")
-
-
 async def _creation_decision(user_id: UUID | str) -> Decision:
     return await ratelimit.limit(f"user:{user_id}", get_settings().key_create_per_hour, window_s=CREATE_WINDOW_S,
                                  name="keycreate")
 
 
-async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None,
-                     spend_cap: Decimal | None = None) -> tuple[accounts.NewKey, dict[str, Any]]:
+async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, spend_cap: Decimal | None = None,
+                     scope: str | None = None) -> tuple[accounts.NewKey, dict[str, Any]]:
     """Create a key for the user (input already validated). Raises 429 / 409 before writing anything."""
     settings = get_settings()
     decision = await _creation_decision(user_id)
     if not decision.allowed:
         if decision.degraded:
-            raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
+            raise ratelimit.unavailable(decision)
         count("KeyCreationRateLimited")
         raise RateLimited(f"You can create at most {decision.limit} API keys per hour.",
                           code="key_creation_rate_limited", headers=decision.headers())
@@ -82,7 +76,7 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None,
     if row is not None and row["n"] >= settings.max_keys_per_user:
         raise Conflict(f"You already have {row['n']} active API keys (the maximum is "
                        f"{settings.max_keys_per_user}); revoke one first.", code="too_many_keys")
-    new = await accounts.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap)
+    new = await accounts.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap, scope=scope)
     created = await get_key(user_id, new.key_id)
     assert created is not None
     logger.info("api key created", extra={"user_id": str(user_id), "key_id": str(new.key_id)})

@@ -1,4 +1,7 @@
-"""``GET /v1/balance``, ``GET /v1/usage``, ``GET /v1/usage/summary`` (API key or sign-in token)."""
+"""``GET /v1/balance``, ``GET /v1/usage``, ``GET /v1/usage/summary`` (API key or sign-in token).
+
+A restricted (``inference``-scope) key reads only its own usage: without ``api_key_id`` the views
+are narrowed to it, and another key's id is a 403 ``insufficient_scope``."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
+from ..auth import Principal, require_full_scope
 from . import usage
 from .identity import UserPrincipal
 
@@ -16,6 +20,15 @@ router = APIRouter()
 @router.get("/v1/balance")
 async def get_balance(principal: UserPrincipal) -> dict[str, Any]:
     return await usage.balance(principal)
+
+
+def _usage_key(principal: Principal, api_key_id: UUID | None) -> UUID | None:
+    """The key filter a caller may use: a restricted key only ever its own."""
+    if principal.scope == "full" or api_key_id == principal.key_id:
+        return api_key_id
+    if api_key_id is not None:
+        require_full_scope(principal, "read other keys' usage")
+    return principal.key_id
 
 
 @router.get("/v1/usage")
@@ -29,7 +42,7 @@ async def list_usage(
     api_key_id: UUID | None = Query(None),
 ) -> dict[str, Any]:
     return await usage.list_usage(principal.user_id, limit=limit, cursor=cursor, from_=from_, to=to, model=model,
-                                  api_key_id=api_key_id)
+                                  api_key_id=_usage_key(principal, api_key_id))
 
 
 @router.get("/v1/usage/summary")
@@ -42,4 +55,4 @@ async def usage_summary(
     api_key_id: UUID | None = Query(None),
 ) -> dict[str, Any]:
     return await usage.summary(principal.user_id, group_by=group_by, from_=from_, to=to, model=model,
-                               api_key_id=api_key_id)
+                               api_key_id=_usage_key(principal, api_key_id))

@@ -5,12 +5,13 @@ answers 404, exactly like an unknown one."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from ..auth import require_full_scope
 from ..errors import NotFound
 from . import byok, keys
 from .identity import UserPrincipal
@@ -25,6 +26,9 @@ class CreateKey(BaseModel):
     rpm: int | None = Field(None, ge=1, le=100_000, description="requests per minute for this key")
     spend_cap: Decimal | None = Field(None, ge=0, le=1_000_000, decimal_places=8,
                                       description="USD this key may spend in total")
+    scope: Literal["full", "inference"] | None = Field(
+        None, description="'inference': query routes and its own usage only; default 'inference' for a key "
+                          "with rpm or spend_cap (which cannot be 'full'), else 'full'")
 
     @field_validator("name")
     @classmethod
@@ -43,19 +47,23 @@ class PutProviderKey(BaseModel):
 
 @router.get("/v1/keys")
 async def list_keys(principal: UserPrincipal, include_revoked: bool = Query(True)) -> dict[str, Any]:
-    return {"object": "list", "data": await keys.list_keys(principal.user_id, include_revoked=include_revoked)}
+    """All the account's keys; a restricted key sees only itself (not its siblings' spending)."""
+    only = principal.key_id if principal.scope != "full" else None
+    return {"object": "list", "data": await keys.list_keys(principal.user_id, include_revoked=include_revoked,
+                                                           only_key=only)}
 
 
 @router.post("/v1/keys", status_code=201)
 async def create_key(body: CreateKey, principal: UserPrincipal) -> dict[str, Any]:
-    await keys.ensure_can_manage(principal)
-    new, created = await keys.create_key(principal.user_id, body.name, rpm=body.rpm, spend_cap=body.spend_cap)
+    require_full_scope(principal, "create keys")
+    new, created = await keys.create_key(principal.user_id, body.name, rpm=body.rpm, spend_cap=body.spend_cap,
+                                         scope=body.scope)
     return {**created, "key": new.secret}  # the only time the secret is ever returned
 
 
 @router.delete("/v1/keys/{key_id}")
 async def revoke_key(key_id: UUID, principal: UserPrincipal) -> dict[str, Any]:
-    await keys.ensure_can_manage(principal)
+    require_full_scope(principal, "revoke keys")
     revoked = await keys.revoke_key(principal.user_id, key_id)
     if revoked is None:
         raise NotFound("No such API key.", code="key_not_found", param="key_id")
@@ -71,7 +79,7 @@ async def list_provider_keys(principal: UserPrincipal) -> dict[str, Any]:
 async def put_provider_key(provider: str, body: PutProviderKey, principal: UserPrincipal,
                            response: Response) -> dict[str, Any]:
     provider = byok.validate_provider(provider)
-    await keys.ensure_can_manage(principal)
+    require_full_scope(principal, "change provider keys")
     existed = await byok.get(principal.user_id, provider) is not None
     stored = await byok.put(principal.user_id, provider, body.api_key.get_secret_value())
     if stored is None:
@@ -92,7 +100,7 @@ async def get_provider_key(provider: str, principal: UserPrincipal) -> dict[str,
 @router.delete("/v1/provider-keys/{provider}")
 async def delete_provider_key(provider: str, principal: UserPrincipal) -> dict[str, Any]:
     provider = byok.validate_provider(provider)
-    await keys.ensure_can_manage(principal)
+    require_full_scope(principal, "change provider keys")
     if not await byok.delete(principal.user_id, provider):
         raise NotFound(f"No {provider} key is stored.", code="provider_key_not_found", param="provider")
     return {"object": "provider_key", "provider": provider, "deleted": True}

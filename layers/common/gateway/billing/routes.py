@@ -12,7 +12,12 @@
   monthly request quota used/remaining.
 
 Credit and tier changes happen only in the webhook (signed by Stripe), never here.
-Auth: ``Authorization: Bearer <API key | sign-in JWT>`` (the dashboard identity dependency).
+Auth: ``Authorization: Bearer <API key | sign-in JWT>`` (the dashboard identity dependency);
+checkout and the portal (where plans change) need a full-scope key or a sign-in token, never a
+restricted key (403 ``insufficient_scope``). Sessions are USD only: credit is priced in USD, a plan
+whose Stripe price is in another currency is refused (503 ``billing_unconfigured``), and every
+session is created with ``currency=usd`` and Adaptive Pricing (local-currency presentment) off, so
+neither multi-currency prices nor Stripe's conversion can make the customer pay another currency.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import accounts, db
 from ..account.identity import UserPrincipal
+from ..auth import require_full_scope
 from ..config import Tier, get_settings
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UpstreamError
 from ..http import server_request_id
@@ -128,12 +134,25 @@ async def _ensure_no_live_subscription(user_id: UUID) -> None:
                            "(POST /v1/billing/portal).", code="subscription_exists")
 
 
+async def _ensure_usd(plan: Tier) -> None:
+    """We sell in USD only (the webhook never credits another currency): refuse a plan whose
+    Stripe price is in another one before a customer can pay it."""
+    assert plan.stripe_price_id is not None
+    currency = await stripe_api.price_currency(plan.stripe_price_id)
+    if currency != "usd":
+        logger.error("plan price is not in USD; checkout refused", extra={"plan": plan.name, "currency": currency})
+        raise ServiceUnavailable(f"The {plan.name} plan cannot be bought on this deployment right now.",
+                                 code="billing_unconfigured")
+
+
 @router.post("/v1/billing/checkout")
 async def create_checkout(body: CheckoutRequest, request: Request, principal: UserPrincipal) -> dict[str, Any]:
+    require_full_scope(principal, "start a checkout")
     settings = get_settings()
     user_id = str(principal.user_id)
     common: dict[str, Any] = {"client_reference_id": user_id, "success_url": _redirect_url("billing_success_url"),
-                              "cancel_url": _redirect_url("billing_cancel_url")}
+                              "cancel_url": _redirect_url("billing_cancel_url"),
+                              "currency": "usd", "adaptive_pricing": {"enabled": False}}
     credits: Decimal | None = None
     plan: Tier | None = None
     if body.credits is not None:
@@ -154,6 +173,7 @@ async def create_checkout(body: CheckoutRequest, request: Request, principal: Us
     else:
         assert body.plan is not None
         plan = _plan(body.plan)
+        await _ensure_usd(plan)
         await _ensure_no_live_subscription(principal.user_id)
         params = {
             **common, "mode": "subscription",
@@ -175,6 +195,7 @@ async def create_checkout(body: CheckoutRequest, request: Request, principal: Us
 
 @router.post("/v1/billing/portal")
 async def create_portal(request: Request, principal: UserPrincipal) -> dict[str, Any]:
+    require_full_scope(principal, "open the billing portal")
     settings = get_settings()
     user = await _user(principal.user_id)
     customer = await _customer_for(user)

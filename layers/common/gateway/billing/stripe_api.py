@@ -11,6 +11,10 @@ stack). Every POST carries an idempotency key we choose, so the library's own ne
 Stripe errors are mapped to our typed errors: Stripe unreachable → 503, a rejected request
 (bad price id, …) → 502 ``billing_provider_error``, an idempotency-key reuse with different
 parameters → 409.
+
+The webhook reads a few objects too (the payments of an invoice, a subscription whose events tie
+on ``created``): those reads make no network retry of their own (``WEBHOOK_READ``), since a failed
+event is redelivered by Stripe, and the webhook function's timeout must cover one attempt.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ T = TypeVar("T")
 
 _client: stripe.StripeClient | None = None
 _client_key: tuple[str, str, int] | None = None
+_price_currency: dict[str, str] = {}   # price id -> currency (a Price's currency never changes)
+WEBHOOK_READ: Any = {"max_network_retries": 0}
 
 
 def _new_client(secret_key: str, api_base: str) -> stripe.StripeClient:
@@ -63,6 +69,7 @@ def get_client() -> stripe.StripeClient:
 def reset_client() -> None:
     global _client, _client_key
     _client = _client_key = None
+    _price_currency.clear()
 
 
 def idempotency_key(*parts: str) -> str:
@@ -142,7 +149,53 @@ async def create_portal_session(customer_id: str, return_url: str, key: str,
     return SessionUrl(id=str(session.id), url=str(session.url))
 
 
-async def retrieve_subscription(subscription_id: str) -> dict[str, Any]:
+async def retrieve_subscription(subscription_id: str, *, webhook: bool = False) -> dict[str, Any]:
     client = get_client()
-    sub = await _call("retrieve_subscription", client.v1.subscriptions.retrieve_async(subscription_id))
+    sub = await _call("retrieve_subscription", client.v1.subscriptions.retrieve_async(
+        subscription_id, options=WEBHOOK_READ if webhook else None))
     return _plain(sub)
+
+
+async def price_currency(price_id: str) -> str:
+    """The currency of a Price (cached per container: a Price's currency is immutable)."""
+    if price_id not in _price_currency:
+        client = get_client()
+        price = await _call("retrieve_price", client.v1.prices.retrieve_async(price_id))
+        _price_currency[price_id] = str(price.currency).lower()
+    return _price_currency[price_id]
+
+
+@dataclass(frozen=True, slots=True)
+class InvoicePayment:
+    invoice: str
+    payment_intent: str
+    amount_paid: int     # cents
+
+
+async def _paid_invoice_payments(params: dict[str, Any]) -> list[InvoicePayment]:
+    """Paid invoice payments made with a PaymentIntent (``GET /v1/invoice_payments``, API
+    versions 2025-03-31 and later; payment records of payments made outside Stripe are skipped)."""
+    client = get_client()
+    page = await _call("list_invoice_payments", client.v1.invoice_payments.list_async(
+        params={**params, "status": "paid", "limit": 100}, options=WEBHOOK_READ))  # type: ignore[arg-type]
+    out = []
+    for item in page.data:
+        p = _plain(item)
+        payment = p.get("payment") or {}
+        pi = payment.get("payment_intent")
+        pi = pi.get("id") if isinstance(pi, dict) else pi
+        invoice = p.get("invoice")
+        invoice = invoice.get("id") if isinstance(invoice, dict) else invoice
+        if payment.get("type") == "payment_intent" and pi and invoice and isinstance(p.get("amount_paid"), int):
+            out.append(InvoicePayment(invoice=str(invoice), payment_intent=str(pi), amount_paid=p["amount_paid"]))
+    return out
+
+
+async def invoice_payments(invoice_id: str) -> list[InvoicePayment]:
+    """The PaymentIntents that paid an invoice (an invoice event carries none since basil)."""
+    return await _paid_invoice_payments({"invoice": invoice_id})
+
+
+async def invoices_paid_by(payment_intent: str) -> list[InvoicePayment]:
+    """The invoices a PaymentIntent paid (to match a refund or dispute to an invoice's credit)."""
+    return await _paid_invoice_payments({"payment": {"type": "payment_intent", "payment_intent": payment_intent}})

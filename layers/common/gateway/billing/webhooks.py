@@ -7,17 +7,26 @@
 3. A handled event is processed in ONE transaction that first inserts its id into
    ``stripe_events``: a redelivery finds the id and is a 200 no-op, and an event whose effect
    failed leaves no trace (the insert rolls back with it) → 5xx so Stripe retries.
-4. Credits are ledger rows referenced by the Stripe object id (``stripe:payment_intent:…``,
-   ``stripe:invoice:…``, ``stripe:refund:<charge>:<cumulative cents>``), so two different events
-   about one payment (``invoice.paid`` + ``invoice.payment_succeeded``,
-   ``checkout.session.completed`` + ``…async_payment_succeeded``) credit once.
-5. Subscription state is order-safe: an event is applied only if its ``(created, order)`` is
-   newer than the stored one (``subscriptions.last_event_created/last_event_order``).
-   Refunds are commutative with the payment they refund (recorded, then matched whichever
-   arrives first). No outbound calls on this path.
+4. Credit is granted only for what we sold: a checkout session we created (our
+   ``checkout_sessions`` row, same customer), for the amount actually paid; a plan's included
+   credit pro rata to what its invoice paid; USD only. Users are found through the customer link
+   our checkout route stored, never through metadata. Anything else is recorded, answered 200 and
+   counted (``CheckoutSessionUnmatched``, ``NonUsdPayment``: alarmed).
+5. Credits are ledger rows referenced by the Stripe object id (``stripe:payment_intent:…``,
+   ``stripe:invoice:…``), so two different events about one payment (``invoice.paid`` +
+   ``invoice.payment_succeeded``, ``checkout.session.completed`` + ``…async_payment_succeeded``)
+   credit once. Refunds, failed refunds and disputes take back / give back shares of the payment's
+   credit (``clawback``), commutative with the payment whichever arrives first.
+6. Subscription state is order-safe: an event is applied only if its ``(created, order)`` is
+   newer than the stored one (``subscriptions.last_event_created/last_event_order``); on a tie of
+   ``created`` the subscription is read from Stripe and that state stored.
+7. Reads from Stripe's API (an invoice's payments, a tied subscription) never happen inside the
+   transaction: the handler raises ``FetchFirst``, the transaction rolls back, the object is
+   fetched with no connection or lock held, and the event is processed again with it.
 
 Metrics: ``WebhookEvents`` by event type and outcome (EMF in Lambda, ``STATS`` in process),
-``WebhookFailures`` and ``WebhookSignatureErrors`` (alarmed in template.yaml).
+``WebhookFailures``, ``WebhookSignatureErrors``, ``CheckoutSessionUnmatched``, ``StripeDisputes``
+and ``NonUsdPayment`` (alarmed in template.yaml).
 """
 
 from __future__ import annotations
@@ -26,22 +35,22 @@ import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from psycopg.rows import dict_row
 
 from .. import db
-from ..config import Settings, get_settings
-from ..errors import BadRequest, InternalError, ServiceUnavailable
+from ..config import Settings, Tier, get_settings
+from ..errors import BadRequest, InternalError, ServiceUnavailable, UpstreamError
 from ..observability import SERVICE, MetricUnit, in_lambda, logger, metrics
-from . import ledger
-from .pricing import ZERO, to_credit
+from . import ledger, stripe_api
+from .clawback import REFUND_GONE, Reconciled, fetch_one, reconcile, record_payment, share
+from .pricing import ZERO
 from .subscriptions import TERMINAL_STATUSES, paid_tier, recompute_tier, tier_for_price
 
 router = APIRouter()
@@ -150,6 +159,9 @@ async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
         return {"received": True, "id": event_id, "outcome": "ignored"}
     try:
         outcome = await process(event)
+    except db.DatabaseUnavailable:  # database down or hung: 503 + Retry-After (gateway.http), no traceback
+        _count(event_type, "failed")
+        raise
     except Exception as exc:
         _count(event_type, "failed")
         logger.exception("stripe webhook processing failed", extra={
@@ -163,9 +175,42 @@ async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
     return {"received": True, "id": event_id, "outcome": outcome.name}
 
 
+class FetchFirst(Exception):
+    """Raised by a handler that needs an object from Stripe's API: ``process`` rolls the
+    transaction back, fetches it (no database connection or lock held meanwhile), and runs the
+    handler again with the answer in ``Fetched``."""
+
+    def __init__(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> None:
+        super().__init__(key)
+        self.key, self.fetch = key, fetch
+
+
+@dataclass(slots=True)
+class Fetched:
+    answers: dict[str, Any] = field(default_factory=dict)
+
+    def need(self, key: str, fetch: Callable[[], Awaitable[Any]]) -> Any:
+        if key in self.answers:
+            return self.answers[key]
+        raise FetchFirst(key, fetch)
+
+
+MAX_FETCHES = 4   # Stripe reads one event may need (one is the norm)
+
+
 async def process(event: dict[str, Any]) -> Outcome:
     """Apply one event exactly once: the event id and its effect commit together."""
     handler = HANDLERS[event["type"]]
+    fetched = Fetched()
+    for _ in range(MAX_FETCHES + 1):
+        try:
+            return await _apply(handler, event, fetched)
+        except FetchFirst as need:
+            fetched.answers[need.key] = await need.fetch()
+    raise RuntimeError(f"{event['type']} needed more than {MAX_FETCHES} Stripe reads")
+
+
+async def _apply(handler: Handler, event: dict[str, Any], fetched: Fetched) -> Outcome:
     lock_timeout = f"{int(get_settings().stripe_webhook_lock_timeout_ms)}ms"
     for attempt in (1, 2):
         conn_used: psycopg.AsyncConnection[Any] | None = None
@@ -178,7 +223,7 @@ async def process(event: dict[str, Any]) -> Outcome:
                     "ON CONFLICT (id) DO NOTHING RETURNING id", (event["id"], event["type"], event["created"]))
                 if await cur.fetchone() is None:
                     return Outcome("duplicate")
-                outcome = await handler(conn, event)
+                outcome = await handler(conn, event, fetched)
                 await conn.execute("UPDATE stripe_events SET outcome = %s, detail = %s, user_id = %s WHERE id = %s",
                                    (outcome.name, (outcome.detail or "")[:500] or None, outcome.user_id, event["id"]))
                 return outcome
@@ -233,28 +278,28 @@ def _usd(cents: int) -> Decimal:
     return Decimal(cents).scaleb(-2)
 
 
-async def _one(conn: Any, sql: str, params: Any) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
+def _currency(obj: dict[str, Any]) -> str:
+    return str(obj.get("currency") or "").lower()
 
 
-async def _resolve_user(conn: Any, *, customer: str | None = None, metadata: dict[str, Any] | None = None,
-                        client_reference_id: Any = None) -> UUID | None:
-    """Our user for a Stripe object: the stored customer link first (set before any checkout),
-    then the ``user_id`` metadata / ``client_reference_id`` we put on the objects we create."""
-    if customer:
-        row = await _one(conn, "SELECT id FROM users WHERE stripe_customer_id = %s", (customer,))
-        if row is not None:
-            return UUID(str(row["id"]))
-    for candidate in ((metadata or {}).get("user_id"), client_reference_id):
-        user_id = _uuid(candidate)
-        if user_id is not None:
-            row = await _one(conn, "SELECT id FROM users WHERE id = %s", (user_id,))
-            if row is not None:
-                return user_id
-    return None
+def _non_usd(kind: str, obj: dict[str, Any], user_id: UUID | None) -> Outcome:
+    """We sell in USD only (checkout refuses anything else): a non-USD payment is never
+    credited, and its arrival is an alarm (NonUsdPayment)."""
+    metrics.add_metric(name="NonUsdPayment", unit=MetricUnit.Count, value=1)
+    logger.error("non-USD Stripe payment arrived; not credited", extra={
+        "kind": kind, "object_id": obj.get("id"), "currency": _currency(obj), "user_id": str(user_id or "")})
+    return Outcome("unmatched" if kind == "checkout" else "recorded", f"currency={_currency(obj)}", user_id)
+
+
+async def _user_for_customer(conn: Any, customer: str | None) -> UUID | None:
+    """Our user for a Stripe customer: only the link our checkout route stored
+    (``users.stripe_customer_id``, set before any session exists). Metadata and
+    ``client_reference_id`` are never trusted to name a user: anything else on the Stripe
+    account (a Payment Link, another product) could put any user id there."""
+    if not customer:
+        return None
+    row = await fetch_one(conn, "SELECT id FROM users WHERE stripe_customer_id = %s", (customer,))
+    return UUID(str(row["id"])) if row is not None else None
 
 
 async def _lock(conn: Any, *, user: UUID | None = None, payment_intent: str | None = None) -> None:
@@ -267,134 +312,89 @@ async def _lock(conn: Any, *, user: UUID | None = None, payment_intent: str | No
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("mlp:stripe:" + key,))
 
 
-async def _link_customer(conn: Any, user_id: UUID, customer: str) -> None:
-    await conn.execute(
-        "UPDATE users SET stripe_customer_id = %(c)s WHERE id = %(u)s AND stripe_customer_id IS NULL "
-        "AND NOT EXISTS (SELECT 1 FROM users WHERE stripe_customer_id = %(c)s)", {"c": customer, "u": user_id})
-
-
-# --------------------------------------------------------------------------- refunds ↔ payments
-async def _record_payment(conn: Any, *, payment_intent: str, user_id: UUID, source: str, source_id: str,
-                          amount_cents: int, currency: str, credit: Decimal, reference: str) -> None:
-    await conn.execute(
-        "INSERT INTO stripe_payments (payment_intent, user_id, source, source_id, amount_cents, currency, credit, "
-        "ledger_reference) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (payment_intent) DO NOTHING",
-        (payment_intent, user_id, source, source_id, amount_cents, currency, credit, reference))
-    await _reconcile_refunds(conn, payment_intent)
-
-
-@dataclass(slots=True)
-class RefundResult:
-    matched: bool = False
-    deducted: Decimal = ZERO
-    shortfall: Decimal = ZERO
-    user_id: UUID | None = None
-
-
-async def _reconcile_refunds(conn: Any, payment_intent: str) -> RefundResult:
-    """Take back the credit a payment granted, in proportion to what was refunded of it.
-
-    Runs whenever a payment or a refund of it is recorded, whichever arrives first, so the
-    result does not depend on delivery order. The deduction may take available credit below
-    zero (credit already spent): it is applied anyway and the shortfall recorded.
-    """
-    result = RefundResult()
-    pay = await _one(conn, "SELECT user_id, amount_cents, credit FROM stripe_payments WHERE payment_intent = %s "
-                           "FOR UPDATE", (payment_intent,))
-    if pay is None:
-        return result
-    result.matched, result.user_id = True, UUID(str(pay["user_id"]))
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT charge_id, refunded_cents, deducted FROM stripe_refunds WHERE payment_intent = %s "
-                          "ORDER BY charge_id FOR UPDATE", (payment_intent,))
-        refunds = await cur.fetchall()
-    granted: Decimal = pay["credit"]
-    for r in refunds:
-        others = sum((x["deducted"] for x in refunds if x["charge_id"] != r["charge_id"]), ZERO)
-        with localcontext() as ctx:
-            ctx.prec = 60
-            share = granted * Decimal(min(r["refunded_cents"], pay["amount_cents"])) / Decimal(pay["amount_cents"])
-        target = min(to_credit(share), max(granted - others, ZERO))
-        delta = target - r["deducted"]
-        if delta <= 0:
-            continue
-        reference = f"stripe:refund:{r['charge_id']}:{r['refunded_cents']}"
-        applied = await ledger.credit_in(conn, result.user_id, -delta, "refund", reference,
-                                         description=f"Stripe refund of {payment_intent}", allow_negative=True)
-        if not applied.applied:
-            continue
-        shortfall = min(delta, -applied.available) if applied.available < 0 else ZERO
-        await conn.execute("UPDATE stripe_refunds SET deducted = deducted + %s, shortfall = shortfall + %s, "
-                           "user_id = COALESCE(user_id, %s), updated_at = now() WHERE charge_id = %s",
-                           (delta, shortfall, result.user_id, r["charge_id"]))
-        r["deducted"] += delta
-        result.deducted += delta
-        result.shortfall += shortfall
-    if result.shortfall > 0:
-        metrics.add_metric(name="RefundShortfall", unit=MetricUnit.Count, value=1)
-        logger.warning("refund took available credit below zero", extra={
-            "payment_intent": payment_intent, "user_id": str(result.user_id), "shortfall": str(result.shortfall)})
-    return result
-
-
 # --------------------------------------------------------------------------- checkout
-async def on_checkout_completed(conn: Any, event: dict[str, Any]) -> Outcome:
-    """checkout.session.completed / .async_payment_succeeded: buy credit, or link a subscription."""
+async def on_checkout_completed(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+    """checkout.session.completed / .async_payment_succeeded: credit a purchase, or link a
+    subscription, for a session WE created (our ``checkout_sessions`` row, same customer, same
+    mode). The user comes from our row; nothing else is credited or linked."""
     s = event["data"]["object"]
-    customer = _id(s.get("customer"))
-    user_id = await _resolve_user(conn, customer=customer, metadata=_meta(s),
-                                  client_reference_id=s.get("client_reference_id"))
-    if user_id is None:
-        return Outcome("ignored", "unknown_user")
+    row = await fetch_one(conn, "SELECT user_id, mode, credits, plan, stripe_customer_id FROM checkout_sessions "
+                                "WHERE id = %s", (s["id"],))
+    problem = _session_mismatch(s, row)
+    if problem is not None:
+        metrics.add_metric(name="CheckoutSessionUnmatched", unit=MetricUnit.Count, value=1)
+        logger.error("checkout session not credited: not one we created as it arrived", extra={
+            "session_id": s["id"], "reason": problem, "mode": s.get("mode"),
+            "payment_link": _id(s.get("payment_link")), "customer": _id(s.get("customer"))})
+        return Outcome("unmatched", problem, UUID(str(row["user_id"])) if row else None)
+    assert row is not None
+    user_id = UUID(str(row["user_id"]))
+    if _currency(s) != "usd":
+        return _non_usd("checkout", s, user_id)
     payment_intent, subscription = _id(s.get("payment_intent")), _id(s.get("subscription"))
     await _lock(conn, user=user_id, payment_intent=payment_intent)
-    if customer:
-        await _link_customer(conn, user_id, customer)
     await conn.execute(
         "UPDATE checkout_sessions SET status = 'complete', completed_at = COALESCE(completed_at, now()), "
         "payment_intent = COALESCE(%s, payment_intent), "
         "stripe_subscription_id = COALESCE(%s, stripe_subscription_id) WHERE id = %s",
         (payment_intent, subscription, s["id"]))
-    mode = s.get("mode")
-    if mode == "payment":
-        return await _purchase(conn, s, user_id, payment_intent)
-    if mode == "subscription":
-        if not subscription:
-            return Outcome("ignored", "no_subscription", user_id)
-        plan = paid_tier(_meta(s).get("plan"))
-        await conn.execute(
-            "INSERT INTO subscriptions (user_id, stripe_subscription_id, stripe_customer_id, tier, status) "
-            "VALUES (%s, %s, %s, %s, 'incomplete') ON CONFLICT (stripe_subscription_id) DO NOTHING",
-            (user_id, subscription, customer, plan.name if plan else "free"))
-        return Outcome("linked", subscription, user_id)
-    return Outcome("ignored", f"mode={mode}", user_id)
+    if row["mode"] == "payment":
+        return await _purchase(conn, s, row, user_id, payment_intent)
+    if not subscription:
+        return Outcome("ignored", "no_subscription", user_id)
+    plan = paid_tier(row["plan"])
+    await conn.execute(
+        "INSERT INTO subscriptions (user_id, stripe_subscription_id, stripe_customer_id, tier, status) "
+        "VALUES (%s, %s, %s, %s, 'incomplete') ON CONFLICT (stripe_subscription_id) DO NOTHING",
+        (user_id, subscription, row["stripe_customer_id"], plan.name if plan else "free"))
+    return Outcome("linked", subscription, user_id)
 
 
-async def _purchase(conn: Any, s: dict[str, Any], user_id: UUID, payment_intent: str | None) -> Outcome:
-    if s.get("payment_status") != "paid":
+def _session_mismatch(s: dict[str, Any], row: dict[str, Any] | None) -> str | None:
+    """Why a completed session is not one of ours as it stands (None: it is)."""
+    if row is None:
+        return "not_our_session"
+    if s.get("mode") != row["mode"]:
+        return f"mode {s.get('mode')} != {row['mode']}"
+    if _id(s.get("customer")) != row["stripe_customer_id"]:
+        return "customer differs from the one we created the session for"
+    claimed = {_uuid(s.get("client_reference_id")), _uuid(_meta(s).get("user_id"))} - {None}
+    if claimed - {UUID(str(row["user_id"]))}:
+        return "user differs from the one we created the session for"
+    if row["mode"] == "payment" and not row["credits"]:
+        return "no credit amount sold"
+    return None
+
+
+async def _purchase(conn: Any, s: dict[str, Any], row: dict[str, Any], user_id: UUID,
+                    payment_intent: str | None) -> Outcome:
+    """Credit what we sold, or what was paid if less (a discount): ``min(credits sold,
+    amount_total - tax)``. Never Stripe's pre-discount ``amount_subtotal``."""
+    status = s.get("payment_status")
+    if status == "no_payment_required":
+        return Outcome("recorded", "nothing paid (100 % discount)", user_id)
+    if status != "paid":
         # Delayed payment methods: credit arrives with checkout.session.async_payment_succeeded.
-        return Outcome("pending", f"payment_status={s.get('payment_status')}", user_id)
-    currency = str(s.get("currency") or "").lower()
-    if currency != "usd":
-        return Outcome("ignored", f"currency={currency}", user_id)
-    subtotal = s.get("amount_subtotal")
-    cents = _int(subtotal if subtotal is not None else s.get("amount_total"), "amount_subtotal")
-    if cents <= 0:
-        return Outcome("ignored", "zero_amount", user_id)
-    amount = _usd(cents)
+        return Outcome("pending", f"payment_status={status}", user_id)
+    total = _int(s.get("amount_total"), "amount_total")
+    tax = _int((s.get("total_details") or {}).get("amount_tax") or 0, "amount_tax")
+    sold: Decimal = row["credits"]
+    amount = min(sold, _usd(total - tax))
+    if amount <= 0:
+        return Outcome("recorded", f"nothing paid for credit (total={total}, tax={tax})", user_id)
     reference = f"stripe:payment_intent:{payment_intent}" if payment_intent else f"stripe:checkout_session:{s['id']}"
     result = await ledger.credit_in(conn, user_id, amount, "purchase", reference,
                                     description=f"Stripe credit purchase {s['id']}")
-    total = s.get("amount_total")
-    paid_cents = total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
-    if payment_intent and paid_cents:
-        # What was paid (after discounts/tax) is what a refund is measured against.
-        await _record_payment(conn, payment_intent=payment_intent, user_id=user_id, source="checkout",
-                              source_id=s["id"], amount_cents=paid_cents, currency=currency, credit=amount,
-                              reference=reference)
+    await conn.execute("UPDATE checkout_sessions SET credited = %s WHERE id = %s", (amount, s["id"]))
+    if payment_intent:
+        # What was paid (after discounts, with tax) is what a refund is measured against.
+        await record_payment(conn, payment_intent=payment_intent, user_id=user_id, source="checkout",
+                             source_id=s["id"], amount_cents=total, currency="usd", credit=amount,
+                             reference=reference)
     if result.applied:
-        metrics.add_metric(name="CreditPurchasedCents", unit=MetricUnit.Count, value=cents)
-    return Outcome("credited" if result.applied else "already_credited", reference, user_id)
+        metrics.add_metric(name="CreditPurchasedCents", unit=MetricUnit.Count, value=int(amount * 100))
+    detail = reference if amount == sold else f"{reference}: {amount} of {sold} sold (discounted)"
+    return Outcome("credited" if result.applied else "already_credited", detail, user_id)
 
 
 # --------------------------------------------------------------------------- subscriptions
@@ -431,44 +431,69 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
     last_event_order = EXCLUDED.last_event_order,
     last_event_id = EXCLUDED.last_event_id,
     updated_at = now()
-WHERE (s.last_event_created, s.last_event_order) < (EXCLUDED.last_event_created, EXCLUDED.last_event_order)
+WHERE ((s.last_event_created, s.last_event_order) < (EXCLUDED.last_event_created, EXCLUDED.last_event_order)
+       OR %(from_stripe)s)
   AND (s.status <> ALL(%(terminal)s::text[]) OR EXCLUDED.status = ANY(%(terminal)s::text[]))
 RETURNING s.user_id
 """
 
 
-async def on_subscription(conn: Any, event: dict[str, Any]) -> Outcome:
+async def on_subscription(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """customer.subscription.created / .updated / .deleted → subscription row and users.tier.
 
     ``deleted`` is sent when the subscription has ended: at the period end for a
     cancel-at-period-end cancellation (the portal's mode), or at once for an immediate one.
     Either way the user is on the free tier from that event on; until then
     ``cancel_at_period_end`` is shown and the paid tier kept.
+
+    Two events of one subscription in the same second cannot be ordered by ``created``: on
+    such a tie the subscription is read from Stripe and that state is stored.
     """
     sub = event["data"]["object"]
     customer = _id(sub.get("customer"))
-    user_id = await _resolve_user(conn, customer=customer, metadata=_meta(sub))
+    user_id = await _user_for_customer(conn, customer)
     if user_id is None:
         return Outcome("ignored", "unknown_user")
     await _lock(conn, user=user_id)
-    price_id, period_start, period_end = _subscription_item(sub)
-    tier = tier_for_price(price_id) or paid_tier(_meta(sub).get("tier"))
+    order = SUBSCRIPTION_EVENT_ORDER[event["type"]]
     status = "canceled" if event["type"] == "customer.subscription.deleted" else str(sub.get("status") or "")
+    stored = await fetch_one(conn, "SELECT last_event_created, last_event_order FROM subscriptions "
+                                   "WHERE stripe_subscription_id = %s", (sub["id"],))
+    from_stripe = False
+    if stored is not None and stored["last_event_created"] == event["created"]:
+        live = fetched.need(f"subscription:{sub['id']}", lambda: _live_subscription(sub["id"]))
+        if live is not None:
+            sub, status, from_stripe = live, str(live.get("status") or ""), True
+            order = max(order, int(stored["last_event_order"]))
     if not status:
         raise MalformedEvent("subscription without status")
-    row = await _one(conn, UPSERT_SUBSCRIPTION_SQL, {
+    price_id, period_start, period_end = _subscription_item(sub)
+    tier = tier_for_price(price_id) or paid_tier(_meta(sub).get("tier"))
+    row = await fetch_one(conn, UPSERT_SUBSCRIPTION_SQL, {
         "user_id": user_id, "sub": sub["id"], "customer": customer, "tier": tier.name if tier else None,
         "status": status, "price": price_id, "period_start": _ts(period_start), "period_end": _ts(period_end),
         "cancel_at_period_end": bool(sub.get("cancel_at_period_end")), "cancel_at": _ts(sub.get("cancel_at")),
         "canceled_at": _ts(sub.get("canceled_at")), "ended_at": _ts(sub.get("ended_at")),
-        "created": event["created"], "order": SUBSCRIPTION_EVENT_ORDER[event["type"]], "event_id": event["id"],
+        "created": event["created"], "order": order, "event_id": event["id"], "from_stripe": from_stripe,
         "terminal": list(TERMINAL_STATUSES)})
     if row is None:
         return Outcome("stale", f"{sub['id']} has newer state", user_id)
     owner = UUID(str(row["user_id"]))
     new_tier = await recompute_tier(conn, owner)
-    detail = f"{sub['id']} {status} tier={tier.name if tier else 'unknown price ' + str(price_id)} user.tier={new_tier}"
+    detail = (f"{sub['id']} {status} tier={tier.name if tier else 'unknown price ' + str(price_id)} "
+              f"user.tier={new_tier}" + (" (same-second tie: state read from Stripe)" if from_stripe else ""))
     return Outcome("applied", detail, owner)
+
+
+async def _live_subscription(subscription_id: str) -> dict[str, Any] | None:
+    """The subscription as Stripe has it now (None if Stripe does not know it)."""
+    try:
+        return await stripe_api.retrieve_subscription(subscription_id, webhook=True)
+    except UpstreamError as exc:
+        if exc.upstream_status == 404:
+            logger.warning("subscription of a tied event not found in Stripe", extra={"subscription": subscription_id})
+            return None
+        raise
 
 
 # --------------------------------------------------------------------------- invoices
@@ -486,7 +511,8 @@ def _line_price(line: dict[str, Any]) -> str | None:
 
 
 def _invoice_payment_intent(inv: dict[str, Any]) -> str | None:
-    """Old API versions: ``invoice.payment_intent``; basil+: ``invoice.payments`` (when present)."""
+    """From the event itself: ``invoice.payment_intent`` (before basil) or an expanded
+    ``invoice.payments`` (never in a webhook since basil; then the invoice payments API)."""
     pi = _id(inv.get("payment_intent"))
     if pi:
         return pi
@@ -497,14 +523,26 @@ def _invoice_payment_intent(inv: dict[str, Any]) -> str | None:
     return None
 
 
+def included_credit(tier: Tier, inv: dict[str, Any]) -> Decimal:
+    """A plan's included credit follows what was paid: ``included_credit * (amount_paid - tax) /
+    subtotal`` (subtotal = the price before discounts), at most the full included credit. A
+    99 %-off coupon gives 1 % of it; tax is not credit."""
+    paid = _int(inv.get("amount_paid", 0), "amount_paid")
+    subtotal = _int(inv.get("subtotal", 0) or 0, "subtotal")
+    total, excl = inv.get("total"), inv.get("total_excluding_tax")
+    tax = max(_int(total, "total") - _int(excl, "total_excluding_tax"), 0) if excl is not None and total is not None \
+        else 0
+    return share(tier.included_credit, paid - tax, subtotal)
+
+
 async def _invoice_context(conn: Any, inv: dict[str, Any]) -> tuple[UUID | None, str | None, str | None]:
     sub_id, sub_meta = _invoice_subscription(inv)
-    user_id = await _resolve_user(conn, customer=_id(inv.get("customer")), metadata=sub_meta)
+    user_id = await _user_for_customer(conn, _id(inv.get("customer")))
     lines = [x for x in ((inv.get("lines") or {}).get("data") or []) if isinstance(x, dict)]
     tier = next((t for t in (tier_for_price(_line_price(x)) for x in lines) if t), None)
     tier_name = tier.name if tier else None
     if tier_name is None and sub_id:
-        row = await _one(conn, "SELECT tier FROM subscriptions WHERE stripe_subscription_id = %s", (sub_id,))
+        row = await fetch_one(conn, "SELECT tier FROM subscriptions WHERE stripe_subscription_id = %s", (sub_id,))
         tier_name = row["tier"] if row and paid_tier(row["tier"]) else None
     if tier_name is None:
         t = paid_tier(sub_meta.get("tier"))
@@ -520,17 +558,26 @@ def _invoice_period(inv: dict[str, Any]) -> tuple[dt.datetime | None, dt.datetim
     return _ts(inv.get("period_start")), _ts(inv.get("period_end"))
 
 
-async def on_invoice_paid(conn: Any, event: dict[str, Any]) -> Outcome:
-    """invoice.paid / invoice.payment_succeeded: the tier's included credit, once per invoice."""
+async def on_invoice_paid(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+    """invoice.paid / invoice.payment_succeeded: the tier's included credit, once per invoice,
+    pro rata to what was paid; the PaymentIntents that paid it are recorded so a refund or a
+    dispute of them takes the matching share back."""
     inv = event["data"]["object"]
     user_id, sub_id, tier_name = await _invoice_context(conn, inv)
     if user_id is None:
         return Outcome("ignored", "unknown_user")
-    payment_intent = _invoice_payment_intent(inv)
-    await _lock(conn, user=user_id, payment_intent=payment_intent)
     amount_paid = _int(inv.get("amount_paid", 0), "amount_paid")
-    currency = str(inv.get("currency") or "").lower()
+    currency = _currency(inv)
     reason = inv.get("billing_reason")
+    tier = get_settings().tiers.get(tier_name or "")
+    credit = included_credit(tier, inv) if tier is not None and reason in CREDIT_BILLING_REASONS \
+        and currency == "usd" else ZERO
+    payments: list[stripe_api.InvoicePayment] = []
+    if credit > 0:
+        pi = _invoice_payment_intent(inv)
+        payments = [stripe_api.InvoicePayment(inv["id"], pi, amount_paid)] if pi else fetched.need(
+            f"invoice_payments:{inv['id']}", lambda: stripe_api.invoice_payments(inv["id"]))
+    await _lock(conn, user=user_id, payment_intent=payments[0].payment_intent if len(payments) == 1 else None)
     period_start, period_end = _invoice_period(inv)
     paid_at = _ts((inv.get("status_transitions") or {}).get("paid_at")) or _ts(event["created"])
     await conn.execute(
@@ -544,24 +591,37 @@ async def on_invoice_paid(conn: Any, event: dict[str, Any]) -> Outcome:
                next_payment_attempt = NULL, updated_at = now()""",
         (inv["id"], user_id, sub_id, tier_name, reason, amount_paid, currency, period_start, period_end, paid_at,
          _int(inv.get("attempt_count", 0) or 0, "attempt_count")))
-    tier = get_settings().tiers.get(tier_name or "")
-    if reason not in CREDIT_BILLING_REASONS or amount_paid <= 0 or currency != "usd" or tier is None \
-            or tier.included_credit <= 0:
+    if currency != "usd":
+        return _non_usd("invoice", inv, user_id)
+    if credit <= 0:
         return Outcome("recorded", f"no included credit (reason={reason}, paid={amount_paid} {currency}, "
                                    f"tier={tier_name})", user_id)
+    assert tier is not None
     reference = f"stripe:invoice:{inv['id']}"
-    included = to_credit(tier.included_credit)
-    result = await ledger.credit_in(conn, user_id, included, "subscription_credit", reference,
+    result = await ledger.credit_in(conn, user_id, credit, "subscription_credit", reference,
                                     description=f"{tier.name} included credit, invoice {inv['id']}")
-    await conn.execute("UPDATE stripe_invoices SET credit = %s WHERE id = %s", (included, inv["id"]))
-    if payment_intent:
-        await _record_payment(conn, payment_intent=payment_intent, user_id=user_id, source="invoice",
-                              source_id=inv["id"], amount_cents=amount_paid, currency=currency, credit=included,
-                              reference=reference)
-    return Outcome("credited" if result.applied else "already_credited", reference, user_id)
+    await conn.execute("UPDATE stripe_invoices SET credit = %s WHERE id = %s", (credit, inv["id"]))
+    await _record_invoice_payments(conn, inv["id"], user_id, payments, credit, reference)
+    detail = reference if credit == tier.included_credit else \
+        f"{reference}: {credit} of {tier.included_credit} (pro rata to {amount_paid} paid)"
+    return Outcome("credited" if result.applied else "already_credited", detail, user_id)
 
 
-async def on_invoice_payment_failed(conn: Any, event: dict[str, Any]) -> Outcome:
+async def _record_invoice_payments(conn: Any, invoice_id: str, user_id: UUID,
+                                   payments: list[stripe_api.InvoicePayment], credit: Decimal, reference: str) -> None:
+    """Split an invoice's credit over the PaymentIntents that paid it (usually one)."""
+    paid = sum(p.amount_paid for p in payments)
+    remaining = credit
+    for i, p in enumerate(sorted(payments, key=lambda p: p.payment_intent)):
+        part = remaining if i == len(payments) - 1 else min(share(credit, p.amount_paid, paid), remaining)
+        remaining -= part
+        if p.amount_paid > 0:
+            await record_payment(conn, payment_intent=p.payment_intent, user_id=user_id, source="invoice",
+                                 source_id=invoice_id, amount_cents=p.amount_paid, currency="usd", credit=part,
+                                 reference=reference)
+
+
+async def on_invoice_payment_failed(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """invoice.payment_failed: recorded (shown by GET /v1/subscription). The tier follows the
     subscription status Stripe sends alongside (past_due → per BILLING_PAST_DUE_POLICY)."""
     inv = event["data"]["object"]
@@ -579,41 +639,138 @@ async def on_invoice_payment_failed(conn: Any, event: dict[str, Any]) -> Outcome
                next_payment_attempt = CASE WHEN i.paid_at IS NULL AND EXCLUDED.attempt_count >= i.attempt_count
                                            THEN EXCLUDED.next_payment_attempt ELSE i.next_payment_attempt END,
                attempt_count = GREATEST(i.attempt_count, EXCLUDED.attempt_count), updated_at = now()""",
-        (inv["id"], user_id, sub_id, tier_name, inv.get("billing_reason"), str(inv.get("currency") or "").lower(),
+        (inv["id"], user_id, sub_id, tier_name, inv.get("billing_reason"), _currency(inv),
          _ts(event["created"]), attempts, _ts(inv.get("next_payment_attempt"))))
     metrics.add_metric(name="InvoicePaymentFailed", unit=MetricUnit.Count, value=1)
     return Outcome("recorded", f"payment failed, attempt {attempts}, policy={get_settings().billing_past_due_policy}",
                    user_id)
 
 
-# --------------------------------------------------------------------------- refunds
-async def on_charge_refunded(conn: Any, event: dict[str, Any]) -> Outcome:
+# --------------------------------------------------------------------------- refunds and disputes
+async def _reconcile(conn: Any, fetched: Fetched, payment_intent: str | None) -> Reconciled:
+    """``clawback.reconcile`` of the payment; a PaymentIntent we have no payment for may have paid
+    an invoice we credited (recorded before its payments could be resolved): ask Stripe which."""
+    if not payment_intent:
+        return Reconciled()
+    result = await reconcile(conn, payment_intent)
+    if result.matched:
+        return result
+    paid = fetched.need(f"invoices_paid_by:{payment_intent}", lambda: stripe_api.invoices_paid_by(payment_intent))
+    for p in paid:
+        inv = await fetch_one(conn, "SELECT user_id, credit, amount_paid_cents FROM stripe_invoices "
+                                    "WHERE id = %s AND credit > 0", (p.invoice,))
+        if inv is not None:
+            return await record_payment(conn, payment_intent=payment_intent, user_id=UUID(str(inv["user_id"])),
+                                        source="invoice", source_id=p.invoice, amount_cents=p.amount_paid,
+                                        currency="usd", reference=f"stripe:invoice:{p.invoice}",
+                                        credit=share(inv["credit"], p.amount_paid, inv["amount_paid_cents"]))
+    return result
+
+
+def _refund_outcome(result: Reconciled, what: str) -> Outcome:
+    if not result.matched:
+        metrics.add_metric(name="RefundUnmatched", unit=MetricUnit.Count, value=1)
+        return Outcome("recorded_unmatched", f"{what}: no credited payment (yet)")
+    parts = [f"deducted {result.deducted}"] if result.deducted else []
+    parts += [f"given back {result.restored}"] if result.restored else []
+    parts += [f"shortfall {result.shortfall}"] if result.shortfall else []
+    parts += [f"dispute share {result.dispute_taken - result.dispute_restored:+}"] \
+        if result.dispute_taken or result.dispute_restored else []
+    name = "restored" if result.restored > 0 else "refunded" if result.deducted > 0 else "already_refunded"
+    return Outcome(name, f"{what}: " + (", ".join(parts) or "nothing to change"), result.user_id)
+
+
+async def on_charge_refunded(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """charge.refunded: take back the credit bought with the refunded money (cumulative
     ``amount_refunded``, so partial refunds and out-of-order events add up exactly)."""
     ch = event["data"]["object"]
     payment_intent = _id(ch.get("payment_intent"))
-    user_id = await _resolve_user(conn, customer=_id(ch.get("customer")), metadata=_meta(ch))
-    await _lock(conn, user=user_id, payment_intent=payment_intent)
-    amount = _int(ch.get("amount"), "amount")
-    refunded = _int(ch.get("amount_refunded"), "amount_refunded")
+    await _lock(conn, payment_intent=payment_intent)
     await conn.execute(
-        """INSERT INTO stripe_refunds AS r (charge_id, payment_intent, user_id, amount_cents, refunded_cents, currency,
+        """INSERT INTO stripe_refunds AS r (charge_id, payment_intent, amount_cents, refunded_cents, currency,
                last_event_created)
-           VALUES (%s, %s, %s, %s, %s, %s, %s)
+           VALUES (%s, %s, %s, %s, %s, %s)
            ON CONFLICT (charge_id) DO UPDATE SET refunded_cents = GREATEST(r.refunded_cents, EXCLUDED.refunded_cents),
+               amount_cents = GREATEST(r.amount_cents, EXCLUDED.amount_cents),
                payment_intent = COALESCE(r.payment_intent, EXCLUDED.payment_intent),
-               user_id = COALESCE(r.user_id, EXCLUDED.user_id),
                last_event_created = GREATEST(r.last_event_created, EXCLUDED.last_event_created), updated_at = now()""",
-        (ch["id"], payment_intent, user_id, amount, refunded, str(ch.get("currency") or "").lower(), event["created"]))
-    result = await _reconcile_refunds(conn, payment_intent) if payment_intent else RefundResult()
+        (ch["id"], payment_intent, _int(ch.get("amount"), "amount"), _int(ch.get("amount_refunded"), "amount_refunded"),
+         _currency(ch), event["created"]))
+    return _refund_outcome(await _reconcile(conn, fetched, payment_intent), ch["id"])
+
+
+async def on_refund(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+    """refund.created / charge.refund.updated / refund.failed (a Refund object): its state is
+    recorded; a refund that failed or was canceled gives the credit taken for it back."""
+    re = event["data"]["object"]
+    charge_id, payment_intent = _id(re.get("charge")), _id(re.get("payment_intent"))
+    if not charge_id:
+        return Outcome("ignored", "refund without a charge")
+    status = "failed" if event["type"] == "refund.failed" else str(re.get("status") or "pending")
+    await _lock(conn, payment_intent=payment_intent)
+    await conn.execute(
+        """INSERT INTO stripe_refund_items AS r (refund_id, charge_id, payment_intent, amount_cents, currency, status,
+               failure_reason, last_event_created)
+           VALUES (%(id)s, %(charge)s, %(pi)s, %(amount)s, %(currency)s, %(status)s, %(reason)s, %(created)s)
+           ON CONFLICT (refund_id) DO UPDATE SET
+               status = CASE WHEN r.status = ANY(%(gone)s::text[]) THEN r.status
+                             WHEN EXCLUDED.status = ANY(%(gone)s::text[])
+                                  OR EXCLUDED.last_event_created >= r.last_event_created THEN EXCLUDED.status
+                             ELSE r.status END,
+               failure_reason = COALESCE(EXCLUDED.failure_reason, r.failure_reason),
+               payment_intent = COALESCE(r.payment_intent, EXCLUDED.payment_intent),
+               last_event_created = GREATEST(r.last_event_created, EXCLUDED.last_event_created), updated_at = now()""",
+        {"id": re["id"], "charge": charge_id, "pi": payment_intent, "amount": _int(re.get("amount"), "amount"),
+         "currency": _currency(re), "status": status, "reason": re.get("failure_reason"),
+         "created": event["created"], "gone": list(REFUND_GONE)})
+    # The charge's refund row, should this event come before charge.refunded.
+    await conn.execute(
+        "INSERT INTO stripe_refunds (charge_id, payment_intent, amount_cents, refunded_cents, currency) "
+        "VALUES (%s, %s, 0, 0, %s) ON CONFLICT (charge_id) DO NOTHING", (charge_id, payment_intent, _currency(re)))
+    outcome = _refund_outcome(await _reconcile(conn, fetched, payment_intent), f"{re['id']} ({status})")
+    if status in REFUND_GONE:
+        logger.warning("stripe refund failed", extra={"refund": re["id"], "charge": charge_id,
+                                                      "reason": re.get("failure_reason"), "outcome": outcome.name})
+    return outcome
+
+
+async def on_dispute(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+    """charge.dispute.created: take the disputed share of the credit back (the balance may go
+    negative) and block the user's new requests; .closed: won → given back, lost → kept taken.
+    Every dispute raises the StripeDisputes alarm."""
+    dp = event["data"]["object"]
+    payment_intent, charge_id = _id(dp.get("payment_intent")), _id(dp.get("charge"))
+    closed = event["type"] == "charge.dispute.closed"
+    await _lock(conn, payment_intent=payment_intent or charge_id)
+    applied = await fetch_one(conn, """
+        INSERT INTO stripe_disputes AS d (dispute_id, charge_id, payment_intent, amount_cents, currency, status,
+            closed, last_event_created, last_event_order)
+        VALUES (%(id)s, %(charge)s, %(pi)s, %(amount)s, %(currency)s, %(status)s, %(closed)s, %(created)s, %(order)s)
+        ON CONFLICT (dispute_id) DO UPDATE SET status = EXCLUDED.status, closed = EXCLUDED.closed,
+            amount_cents = EXCLUDED.amount_cents, payment_intent = COALESCE(d.payment_intent, EXCLUDED.payment_intent),
+            last_event_created = EXCLUDED.last_event_created, last_event_order = EXCLUDED.last_event_order,
+            updated_at = now()
+        WHERE (d.last_event_created, d.last_event_order) < (EXCLUDED.last_event_created, EXCLUDED.last_event_order)
+        RETURNING dispute_id""",
+        {"id": dp["id"], "charge": charge_id, "pi": payment_intent, "amount": _int(dp.get("amount"), "amount"),
+         "currency": _currency(dp), "status": str(dp.get("status") or ""), "closed": closed,
+         "created": event["created"], "order": 1 if closed else 0})
+    if not closed:
+        metrics.add_metric(name="StripeDisputes", unit=MetricUnit.Count, value=1)
+    result = await _reconcile(conn, fetched, payment_intent)
+    logger.error("stripe dispute", extra={
+        "dispute": dp["id"], "event_type": event["type"], "status": dp.get("status"), "amount": dp.get("amount"),
+        "reason": dp.get("reason"), "payment_intent": payment_intent, "user_id": str(result.user_id or "")})
+    if applied is None:
+        return Outcome("stale", f"{dp['id']} has newer state", result.user_id)
     if not result.matched:
-        metrics.add_metric(name="RefundUnmatched", unit=MetricUnit.Count, value=1)
-        return Outcome("recorded_unmatched", f"{ch['id']}: no credited payment (yet) for {payment_intent}", user_id)
-    detail = f"{ch['id']}: deducted {result.deducted}" + (f", shortfall {result.shortfall}" if result.shortfall else "")
-    return Outcome("refunded" if result.deducted > 0 else "already_refunded", detail, result.user_id)
+        return Outcome("recorded_unmatched", f"{dp['id']} {dp.get('status')}: no credited payment (yet)")
+    change = result.dispute_taken - result.dispute_restored
+    return Outcome("dispute_" + ("closed" if closed else "opened"),
+                   f"{dp['id']} {dp.get('status')}: credit {'-' if change > 0 else '+'}{abs(change)}", result.user_id)
 
 
-Handler = Callable[[Any, dict[str, Any]], Awaitable[Outcome]]
+Handler = Callable[[Any, dict[str, Any], Fetched], Awaitable[Outcome]]
 HANDLERS: dict[str, Handler] = {
     "checkout.session.completed": on_checkout_completed,
     "checkout.session.async_payment_succeeded": on_checkout_completed,
@@ -624,4 +781,9 @@ HANDLERS: dict[str, Handler] = {
     "invoice.payment_succeeded": on_invoice_paid,
     "invoice.payment_failed": on_invoice_payment_failed,
     "charge.refunded": on_charge_refunded,
+    "refund.created": on_refund,
+    "charge.refund.updated": on_refund,
+    "refund.failed": on_refund,
+    "charge.dispute.created": on_dispute,
+    "charge.dispute.closed": on_dispute,
 }

@@ -1,0 +1,10 @@
+"""GET /console, GET /console/{proxy+} — the customer console's pages and assets, and
+GET /console/api/usage/breakdown (usage per day, model and key for its charts)."""
+
+from mangum import Mangum
+
+from gateway.console.routes import create_console_app
+from gateway.observability import instrument
+
+app = create_console_app()
+handler = instrument(Mangum(app, lifespan="off"))
