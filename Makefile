@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install services lint typecheck pytest sam-validate bench clean
+.PHONY: dev test install services lint typecheck pytest pytest-pgbouncer sam-validate lock lock-upgrade lock-check bench bench-peers bench-lambda clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ install: $(STAMP)
 dev: install
 	$(BIN)/python -m infra.local.devserver
 
-## make test — installs, makes sure Postgres and Redis are up, then lint, types, template checks and all tests.
-test: install services lint typecheck sam-validate pytest
+## make test — installs, makes sure Postgres, Redis and PgBouncer are there, then lint, types, the
+## dependency locks, template checks, all tests, and the money path again through PgBouncer.
+test: install services lint typecheck lock-check sam-validate pytest pytest-pgbouncer
 
 services:
 	@bash .ci/services.sh
@@ -38,8 +39,36 @@ sam-validate:
 pytest:
 	$(BIN)/pytest -q -p no:cacheprovider
 
+## The gateway's connections through a real PgBouncer in transaction mode (as Neon's -pooler /
+## Supabase's port 6543): reserve/settle, webhooks, the chat route, the e2e chat path.
+PGBOUNCER_TESTS := tests/integration/test_ledger.py tests/integration/test_billing_webhooks.py \
+	tests/integration/test_chat.py tests/e2e/test_query_e2e.py tests/e2e/test_smoke_e2e.py
+pytest-pgbouncer:
+	TEST_DB_VIA=pgbouncer $(BIN)/pytest -q -p no:cacheprovider $(PGBOUNCER_TESTS)
+
+## make lock — the hashed requirements SAM installs (layer + functions), from pyproject.toml, for
+## python3.12/arm64; lock-upgrade re-resolves to the newest allowed versions.
+lock: install
+	@bash .ci/lock.sh
+
+lock-upgrade: install
+	@bash .ci/lock.sh --upgrade
+
+lock-check:
+	@bash .ci/lock.sh --check
+
 bench: install services
 	$(BIN)/python -m bench.run
+
+## make bench-peers — our gateway next to LiteLLM, Portkey, a naive billing gateway and a bare
+## passthrough (installed on first use into .local/peers/), same fake upstream; prints the issue-15 table.
+bench-peers: install services
+	$(BIN)/python -m bench.peers $(BENCH_ARGS)
+
+## make bench-lambda — each function's Mangum handler invoked in-process with API Gateway v2 events,
+## the streaming function under uvicorn, cold starts; billed ms and cost per million requests.
+bench-lambda: install services
+	$(BIN)/python -m bench.lambda_bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-sam .aws-sam .local .pytest_cache .mypy_cache .ruff_cache

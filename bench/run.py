@@ -16,22 +16,21 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 
+from bench.harness import best_of, measure_get
+from bench.stack import UNLIMITED_TIERS, grant_bench_credit
+from bench.workload import BODY
 from infra.local.servers import free_port
 from tests.support import services
 
 ROOT = Path(__file__).resolve().parents[1]
-BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello [[words:16]]"}],
-        "max_tokens": 64}
 
 
 def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
@@ -41,7 +40,10 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
     creds_file = Path(f"/tmp/mlp-bench-{port}.json")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UPSTASH_", "OPENAI_", "RATELIMIT_"))}
     env.update({"DATABASE_URL": database_url, "STAGE": "local", "POWERTOOLS_LOG_LEVEL": "ERROR",
-                "TIERS_JSON": json.dumps({"enterprise": {"rpm": 10_000_000}})})
+                "TIERS_JSON": UNLIMITED_TIERS,
+                # its own keys in the shared Redis: the default prefix's rendered catalogue would be
+                # served to every other local stack on the machine (e2e runs included)
+                "RATELIMIT_PREFIX": f"mlpbench-{port}"})
     proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                              "--credentials-file", str(creds_file)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -52,80 +54,8 @@ def start_stack() -> tuple[subprocess.Popen[bytes], dict[str, Any], str]:
         time.sleep(0.2)
     time.sleep(0.5)
     creds = json.loads(creds_file.read_text())
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE users SET tier = 'enterprise' WHERE id = %s", (creds["user_id"],))
-        conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, 100000, 'grant', "
-                     "'bench-credit')", (creds["user_id"],))
-        conn.execute("UPDATE balances SET balance = balance + 100000 WHERE user_id = %s", (creds["user_id"],))
+    grant_bench_credit(database_url, creds["user_id"])
     return proc, creds, database_url
-
-
-async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total: int, concurrency: int,
-                  stream: bool = False) -> dict[str, float]:
-    latencies: list[float] = []
-    ttfbs: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        # warm-up (connections, caches, prepared statements)
-        for _ in range(20):
-            async with session.post(url, json=body, headers=headers) as r:
-                await r.read()
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                t0 = time.perf_counter()
-                async with session.post(url, json=body, headers=headers) as r:
-                    if stream:
-                        first = True
-                        async for _chunk in r.content.iter_any():
-                            if first:
-                                ttfbs.append(time.perf_counter() - t0)
-                                first = False
-                    else:
-                        await r.read()
-                    if r.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - t0)
-
-        started = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(concurrency)])
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    out = {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-           "rps": len(latencies) / elapsed, "errors": errors}
-    if ttfbs:
-        ttfbs.sort()
-        out["ttfb_p50"] = statistics.median(ttfbs) * 1000
-        out["ttfb_p99"] = ttfbs[int(len(ttfbs) * 0.99) - 1] * 1000
-    return out
-
-
-async def measure_get(url: str, total: int) -> dict[str, float]:
-    """Sequential GETs (the warm catalogue)."""
-    latencies: list[float] = []
-    async with aiohttp.ClientSession() as session:
-        for _ in range(20):
-            async with session.get(url) as r:
-                await r.read()
-        for _ in range(total):
-            t0 = time.perf_counter()
-            async with session.get(url) as r:
-                await r.read()
-                assert r.status == 200
-            latencies.append(time.perf_counter() - t0)
-    latencies.sort()
-    return {"p50": statistics.median(latencies) * 1000, "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000}
-
-
-async def best_of(repeat: int, *args: Any, **kwargs: Any) -> dict[str, float]:
-    """Run a measurement ``repeat`` times and keep the run with the median p50 (the machine is a
-    shared 2-vCPU VM: single runs vary by ±20%)."""
-    runs = sorted([await measure(*args, **kwargs) for _ in range(repeat)], key=lambda r: r["p50"])
-    return runs[len(runs) // 2]
 
 
 async def main_async(requests: int, repeat: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 os.environ["STAGE"] = "test"
-os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MultiLLMTest")
 os.environ["ADMIN_API_KEY"] = "test-admin-key-7f3a9c1e5b2d4f60"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")

@@ -315,7 +315,6 @@ def main(argv: list[str] | None = None) -> None:
     previous = _load_credentials() if credentials_file == CREDENTIALS_FILE else {}
 
     os.environ.setdefault("STAGE", "local")
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     admin_key = os.environ.get("ADMIN_API_KEY") or previous.get("admin_key") or "local-admin-" + secrets.token_hex(12)
@@ -323,9 +322,10 @@ def main(argv: list[str] | None = None) -> None:
 
     database_url = ensure_database(os.environ.get("DATABASE_URL"))
     os.environ["DATABASE_URL"] = database_url
+    direct_url = os.environ.get("DATABASE_DIRECT_URL") or database_url  # DATABASE_URL may be a pooler
     from gateway.migrate import migrate
 
-    applied = migrate(database_url)
+    applied = migrate(direct_url)
     print(f"database ready ({len(applied)} migrations applied)", flush=True)
 
     if not os.environ.get("UPSTASH_REDIS_REST_URL"):
@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     router = build_router()
     base_url = f"http://{args.host}:{args.port}"
     credentials = {"base_url": base_url, "openai_base_url": f"{base_url}/v1", "api_key": api_key,
-                   "admin_key": admin_key, "user_id": user_id, "database_url": database_url,
+                   "admin_key": admin_key, "user_id": user_id, "database_url": direct_url,
+                   "functions_database_url": database_url,
+                   "database_pooled": os.environ.get("DATABASE_POOLED", "").lower() == "true",
                    "upstash_url": os.environ["UPSTASH_REDIS_REST_URL"],
                    "upstash_token": os.environ.get("UPSTASH_REDIS_REST_TOKEN"),
                    "fake_providers_url": os.environ.get("FAKE_PROVIDERS_URL"),

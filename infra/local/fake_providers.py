@@ -42,13 +42,30 @@ The reply text is the sentence ``"Hello from <provider> <model>."`` (provider = 
 openrouter, anthropic, gemini or compat) repeated word by word and cut to the number of words
 asked for (4 words by default, ``[[words:N]]`` to change it). Token accounting:
 
-* prompt tokens = ceil(characters of all message text / 4), at least 1; the system prompt and
+* prompt tokens = ceil(ASCII characters of all message text / 4) + 1 per non-ASCII character (CJK,
+  accents, emoji: about a token each, as real tokenizers), at least 1; the system prompt and
   Anthropic ``tool_result`` text count, tool definitions do not, and directives do (they are text);
+  plus, per input image (the fake never looks at the pixels), what the provider bills for a large
+  2048 x 2048 photo: Anthropic 1,590 (resized to 1092 x 1092, w x h / 750), OpenAI 765 (85 + 4 tiles
+  x 170; gpt-4o-mini 25,501: 2,833 + 4 x 5,667), Gemini 2,322 (9 tiles of 768 px x 258), OpenRouter
+  and compatible servers by the model's vendor (other vendors 1,601);
 * completion tokens = number of words emitted (a tool call counts
   ceil((len(name) + len(arguments_json)) / 4));
 * the output limit (OpenAI ``max_completion_tokens`` or ``max_tokens``, Anthropic ``max_tokens``,
-  Gemini ``generationConfig.maxOutputTokens``) truncates the words, and the finish reason then is
-  ``length`` / ``max_tokens`` / ``MAX_TOKENS``.
+  Gemini ``generationConfig.maxOutputTokens``) bounds reasoning plus words, as the real providers
+  count both in it; hitting it makes the finish reason ``length`` / ``max_tokens`` / ``MAX_TOKENS``.
+
+Prices the real providers bill on top of the tokens, reported the way they report them:
+
+* OpenRouter's ``usage.cost`` is the USD the call cost at the endpoint that served it (prompt,
+  cached reads, cache writes at ``input_cache_write``, completion incl. reasoning, request fee);
+  ``usage.prompt_tokens_details.cache_write_tokens`` counts the writes. A request's
+  ``provider.max_price`` (USD per million tokens; ``request`` / ``image`` per unit) excludes
+  endpoints that cost more: with none left the answer is OpenRouter's 404;
+* Anthropic reports ``usage.cache_creation.ephemeral_5m_input_tokens`` /
+  ``ephemeral_1h_input_tokens``: the writes go to the 1-hour bucket when the request marks a block
+  ``cache_control: {"ttl": "1h"}``;
+* OpenAI answers with the ``service_tier`` it served (the one requested, else ``default``).
 
 Streaming sends one word per chunk. OpenAI and compat send a final usage chunk (``choices: []``)
 only when ``stream_options.include_usage`` is true; OpenRouter always does, and starts its
@@ -88,6 +105,17 @@ Put them anywhere in the text of the LAST user message (so any client can trigge
 ``[[reasoning:N]]``      add N reasoning tokens (OpenAI ``completion_tokens_details.reasoning_tokens``,
                          included in ``completion_tokens``; Anthropic: added to ``output_tokens``;
                          Gemini ``thoughtsTokenCount``, not in ``candidatesTokenCount`` but in the total).
+                         They count in the output limit, before the words. Streams send them only in
+                         the final usage, so a client that leaves early never sees them.
+``[[endpoint_price:F]]`` OpenRouter: the endpoint that serves costs F x the catalogue price (routing
+                         with ``provider.order`` / ``sort`` can pick one); ``provider.max_price`` below
+                         that refuses it (404).
+``[[cost:X]]``           OpenRouter: report ``usage.cost`` = X USD whatever the tokens (surcharges).
+``[[zero_usage]]``       report every token count as 0 (usage present, nothing counted).
+``[[malformed]]``        non-stream, OpenAI family and Anthropic: a 200 whose ``choices`` / ``content``
+                         is an object instead of a list, usage included (billed, but unusable).
+``[[nan]]``              non-stream, OpenAI family: a ``NaN`` logprob in the answer (valid to Python's
+                         JSON parser, not renderable as strict JSON).
 
 Model-name triggers (for fallback tests): a model id containing ``fail-CODE`` (e.g.
 ``fail-500``, ``fail-429``) always fails with that code; one containing ``timeout`` waits up to
@@ -212,6 +240,11 @@ class Directives:
     cached: int = 0
     cache_write: int = 0
     reasoning: int = 0
+    endpoint_price: Decimal = Decimal(1)
+    cost: Decimal | None = None
+    zero_usage: bool = False
+    malformed: bool = False
+    nan: bool = False
 
 
 def _seconds(arg: str) -> float:
@@ -254,7 +287,17 @@ def parse_directives(text: str, model: str = "") -> Directives:
                     d.cache_write = max(0, int(arg))
                 elif name == "reasoning":
                     d.reasoning = max(0, int(arg))
-            except ValueError:
+                elif name == "endpoint_price":
+                    d.endpoint_price = max(Decimal(arg), Decimal(0))
+                elif name == "cost":
+                    d.cost = max(Decimal(arg), Decimal(0))
+                elif name == "zero_usage":
+                    d.zero_usage = True
+                elif name == "malformed":
+                    d.malformed = True
+                elif name == "nan":
+                    d.nan = True
+            except (ValueError, ArithmeticError):
                 continue
     if model:
         m = _MODEL_FAIL_RE.search(model)
@@ -281,6 +324,10 @@ class Chat:
     last_user_text: str
     has_tools: bool
     include_usage: bool
+    images: int = 0
+    cache_ttl_1h: bool = False      # a block asked for the 1-hour prompt cache (Anthropic)
+    max_price: dict[str, Any] | None = None  # OpenRouter provider.max_price
+    service_tier: str | None = None
 
 
 @dataclass(slots=True)
@@ -294,6 +341,7 @@ class Plan:
     cached_tokens: int
     cache_write_tokens: int
     usage: bool
+    cache_write_1h: bool = False
 
     @property
     def text(self) -> str:
@@ -305,25 +353,52 @@ class Plan:
 
 
 def count_prompt_tokens(chars: int) -> int:
-    """The fake's prompt-token rule: ceil(chars / 4), at least 1."""
+    """The fake's prompt-token rule: ceil(chars / 4), at least 1 (``chars`` weighted by ``_weight``)."""
     return max(1, math.ceil(chars / 4))
 
 
+def _weight(text: str) -> int:
+    """Characters of ``text`` with each non-ASCII one counted 4 times (a token each)."""
+    if text.isascii():
+        return len(text)
+    return len(text) + 3 * (len(text) - len(text.encode("ascii", "ignore")))
+
+
+def image_tokens(provider: str, model: str) -> int:
+    """What the provider bills for one large (2048 x 2048) input image; see the module docstring."""
+    vendor = provider
+    if provider in ("openrouter", "compat"):
+        vendor = {"anthropic": "anthropic", "openai": "openai", "google": "gemini"}.get(model.split("/", 1)[0], "")
+        model = model.split("/", 1)[-1]
+    if vendor == "anthropic":
+        return 1_590
+    if vendor == "openai":
+        return 2_833 + 4 * 5_667 if model.startswith("gpt-4o-mini") else 85 + 4 * 170
+    if vendor == "gemini":
+        return 9 * 258
+    return 1_601
+
+
 def make_plan(chat: Chat, d: Directives) -> Plan:
-    prompt = count_prompt_tokens(chat.prompt_chars)
+    prompt = count_prompt_tokens(chat.prompt_chars) + chat.images * image_tokens(chat.provider, chat.model)
     cached = min(d.cached, prompt)
     cache_write = min(d.cache_write, prompt - cached)
+    reasoning = d.reasoning if chat.max_tokens is None else min(d.reasoning, max(0, chat.max_tokens))
+    room = None if chat.max_tokens is None else max(0, chat.max_tokens - reasoning)
+    usage = not d.nousage
     if d.tool and chat.has_tools:
         tool_tokens = math.ceil((len(d.tool) + len(TOOL_ARGS_JSON)) / 4)
-        return Plan([], "tool", d.tool, prompt, tool_tokens, d.reasoning, cached, cache_write, not d.nousage)
+        return Plan([], "tool", d.tool, prompt, tool_tokens, reasoning, cached, cache_write, usage, chat.cache_ttl_1h)
     base = ["Hello", "from", chat.provider, f"{chat.model}."]
     n = DEFAULT_WORDS if d.words is None else d.words
     finish = "stop"
-    if chat.max_tokens is not None and n > chat.max_tokens:
-        n = max(0, chat.max_tokens)
+    if room is not None and (n > room or (reasoning and room == 0)):
+        n = min(n, room)
         finish = "length"
     words = [base[i % len(base)] for i in range(n)]
-    return Plan(words, finish, None, prompt, n, d.reasoning, cached, cache_write, not d.nousage)
+    if d.zero_usage:
+        return Plan(words, finish, None, 0, 0, 0, 0, 0, usage)
+    return Plan(words, finish, None, prompt, n, reasoning, cached, cache_write, usage, chat.cache_ttl_1h)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -349,15 +424,23 @@ def _openai_text(content: Any) -> str:
     return ""
 
 
+def _count_parts(content: Any, kinds: tuple[str, ...]) -> int:
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") in kinds)
+
+
 def parse_openai_chat(provider: str, body: dict[str, Any]) -> Chat:
     messages = body.get("messages") or []
     chars = 0
+    images = 0
     last_user = ""
     for msg in messages:
         if not isinstance(msg, dict):
             continue
         text = _openai_text(msg.get("content"))
-        chars += len(text)
+        chars += _weight(text)
+        images += _count_parts(msg.get("content"), ("image_url",))
         if msg.get("role") == "user":
             last_user = text
     max_tokens = _int_or_none(body.get("max_completion_tokens"))
@@ -366,8 +449,13 @@ def parse_openai_chat(provider: str, body: dict[str, Any]) -> Chat:
     stream = bool(body.get("stream"))
     opts = body.get("stream_options") or {}
     include_usage = provider == "openrouter" or (isinstance(opts, dict) and bool(opts.get("include_usage")))
+    prefs = body.get("provider")
+    max_price = prefs.get("max_price") if provider == "openrouter" and isinstance(prefs, dict) else None
+    tier = body.get("service_tier")
     return Chat(provider, str(body.get("model") or ""), stream, max_tokens, chars, last_user,
-                bool(body.get("tools") or body.get("functions")), include_usage)
+                bool(body.get("tools") or body.get("functions")), include_usage, images=images,
+                max_price=max_price if isinstance(max_price, dict) else None,
+                service_tier=tier if isinstance(tier, str) else None)
 
 
 def _anthropic_text(content: Any, *, tool_results: bool) -> str:
@@ -386,17 +474,28 @@ def _anthropic_text(content: Any, *, tool_results: bool) -> str:
     return "".join(parts)
 
 
+def _asks_1h_cache(blocks: Any) -> bool:
+    return isinstance(blocks, list) and any(
+        isinstance(b, dict) and isinstance(b.get("cache_control"), dict) and b["cache_control"].get("ttl") == "1h"
+        for b in blocks)
+
+
 def parse_anthropic_chat(body: dict[str, Any]) -> Chat:
-    chars = len(_anthropic_text(body.get("system"), tool_results=False))
+    chars = _weight(_anthropic_text(body.get("system"), tool_results=False))
     last_user = ""
+    images = 0
+    ttl_1h = _asks_1h_cache(body.get("system"))
     for msg in body.get("messages") or []:
         if not isinstance(msg, dict):
             continue
-        chars += len(_anthropic_text(msg.get("content"), tool_results=True))
+        chars += _weight(_anthropic_text(msg.get("content"), tool_results=True))
+        images += _count_parts(msg.get("content"), ("image",))
+        ttl_1h = ttl_1h or _asks_1h_cache(msg.get("content"))
         if msg.get("role") == "user":
             last_user = _anthropic_text(msg.get("content"), tool_results=False)
     return Chat("anthropic", str(body.get("model") or ""), bool(body.get("stream")),
-                _int_or_none(body.get("max_tokens")), chars, last_user, bool(body.get("tools")), True)
+                _int_or_none(body.get("max_tokens")), chars, last_user, bool(body.get("tools")), True,
+                images=images, cache_ttl_1h=ttl_1h)
 
 
 def _gemini_text(content: Any) -> str:
@@ -407,11 +506,15 @@ def _gemini_text(content: Any) -> str:
 
 
 def parse_gemini_chat(model: str, body: dict[str, Any], stream: bool) -> Chat:
-    chars = len(_gemini_text(body.get("systemInstruction") or body.get("system_instruction")))
+    chars = _weight(_gemini_text(body.get("systemInstruction") or body.get("system_instruction")))
     last_user = ""
+    images = 0
     for content in body.get("contents") or []:
         text = _gemini_text(content)
-        chars += len(text)
+        chars += _weight(text)
+        if isinstance(content, dict):
+            images += sum(1 for p in content.get("parts") or [] if isinstance(p, dict) and str(
+                (p.get("inlineData") or p.get("fileData") or {}).get("mimeType", "")).startswith("image/"))
         if isinstance(content, dict) and content.get("role", "user") == "user":
             last_user = text
     config = body.get("generationConfig") or body.get("generation_config") or {}
@@ -419,7 +522,7 @@ def parse_gemini_chat(model: str, body: dict[str, Any], stream: bool) -> Chat:
         if isinstance(config, dict) else None
     has_tools = any(isinstance(t, dict) and (t.get("functionDeclarations") or t.get("function_declarations"))
                     for t in body.get("tools") or [])
-    return Chat("gemini", model, stream, max_tokens, chars, last_user, has_tools, True)
+    return Chat("gemini", model, stream, max_tokens, chars, last_user, has_tools, True, images=images)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,7 +617,7 @@ def _openrouter_error(status: int, model: str, kind: str, message: str,
         metadata = {"reasons": ["harassment"], "flagged_input": "...", "provider_name": upstream,
                     "model_slug": model}
     elif status == 404:
-        msg = f"No endpoints found for {model}."
+        msg = message or f"No endpoints found for {model}."
     elif status == 408:
         msg = "Request timed out"
     elif status == 429:
@@ -665,7 +768,8 @@ def _openai_usage(plan: Plan, provider: str, cost: float | None) -> dict[str, An
     if provider == "openrouter":
         usage["cost"] = cost if cost is not None else 0
         usage["is_byok"] = False
-        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens}
+        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens,
+                                          "cache_write_tokens": plan.cache_write_tokens}
         usage["cost_details"] = {"upstream_inference_cost": None}
         usage["completion_tokens_details"] = {"reasoning_tokens": plan.reasoning_tokens}
     else:
@@ -703,7 +807,7 @@ def openai_body(chat: Chat, plan: Plan, cost: float | None) -> dict[str, Any]:
                 "model": chat.model, "choices": [choice],
                 "system_fingerprint": "fp_ollama" if provider == "compat" else "fp_fake0001"}
         if provider == "openai":
-            body["service_tier"] = "default"
+            body["service_tier"] = chat.service_tier if chat.service_tier not in (None, "auto") else "default"
     if plan.usage:
         body["usage"] = _openai_usage(plan, provider, cost)
     return body
@@ -769,10 +873,13 @@ def _anthropic_stop(plan: Plan) -> str:
 
 
 def _anthropic_usage(plan: Plan) -> dict[str, Any]:
+    writes_1h = plan.cache_write_tokens if plan.cache_write_1h else 0
     return {
         "input_tokens": plan.prompt_tokens - plan.cached_tokens - plan.cache_write_tokens,
         "cache_creation_input_tokens": plan.cache_write_tokens,
         "cache_read_input_tokens": plan.cached_tokens,
+        "cache_creation": {"ephemeral_5m_input_tokens": plan.cache_write_tokens - writes_1h,
+                           "ephemeral_1h_input_tokens": writes_1h},
         "output_tokens": plan.output_tokens,
         "service_tier": "standard",
     }
@@ -1070,24 +1177,45 @@ class FakeProviders:
         return FakeResponse(status, {**_JSON_HEADERS, **headers}, body=_dumps(body),
                             sleep=d.sleep if d else 0.0, ttfb=d.ttfb if d else 0.0)
 
-    def _openrouter_cost(self, model: str, plan: Plan) -> float:
+    def _openrouter_prices(self, model: str, d: Directives) -> dict[str, Decimal]:
+        """The per-unit prices of the endpoint that serves ``model`` (``[[endpoint_price:F]]``)."""
         if self._or_prices is None:
             self._or_prices = fake_catalog.openrouter_pricing_index(self.catalog["openrouter"])
-        prices = self._or_prices.get(model)
-        if prices is None:
-            return 0.0
+        listed = self._or_prices.get(model) or {}
+        return {name: value * d.endpoint_price for name, value in listed.items() if value > 0}
+
+    @staticmethod
+    def _over_max_price(prices: dict[str, Decimal], max_price: dict[str, Any] | None) -> bool:
+        if not max_price:
+            return False
+        per_million = {"prompt", "completion"}
+        for name, cap in max_price.items():
+            try:
+                limit = Decimal(str(cap))
+            except ArithmeticError:
+                continue
+            price = prices.get(name, Decimal(0)) * (1_000_000 if name in per_million else 1)
+            if price > limit:
+                return True
+        return False
+
+    @staticmethod
+    def _openrouter_cost(prices: dict[str, Decimal], plan: Plan, d: Directives) -> float:
+        if d.cost is not None:
+            return float(d.cost)
 
         def price(name: str, fallback: str | None = None) -> Decimal:
             value = prices.get(name)
             if value is None and fallback is not None:
                 value = prices.get(fallback)
-            return value if value is not None and value > 0 else Decimal(0)
+            return value if value is not None else Decimal(0)
 
-        cost = (Decimal(plan.prompt_tokens - plan.cached_tokens) * price("prompt")
+        cost = (Decimal(plan.prompt_tokens - plan.cached_tokens - plan.cache_write_tokens) * price("prompt")
                 + Decimal(plan.cached_tokens) * price("input_cache_read", "prompt")
+                + Decimal(plan.cache_write_tokens) * price("input_cache_write", "prompt")
                 + Decimal(plan.output_tokens) * price("completion")
                 + price("request"))
-        return float(cost)
+        return float(cost)  # OpenRouter reports a JSON number
 
     # -- chat --------------------------------------------------------------------------------
 
@@ -1127,7 +1255,15 @@ class FakeProviders:
         d = parse_directives(chat.last_user_text, chat.model)
         if d.fail is not None:
             return self._error(entry, provider, d.fail, model=chat.model, key=entry["key"] or "", d=d)
+        cost: float | None = None
+        if provider == "openrouter":
+            prices = self._openrouter_prices(chat.model, d)
+            if self._over_max_price(prices, chat.max_price):
+                return self._error(entry, provider, 404, model=chat.model,
+                                   message=f"No endpoints found for {chat.model} matching your max_price.")
         plan = make_plan(chat, d)
+        if provider == "openrouter":
+            cost = self._openrouter_cost(prices, plan, d)
         entry["status"] = 200
 
         def respond(headers: dict[str, str], **kw: Any) -> FakeResponse:
@@ -1135,16 +1271,24 @@ class FakeProviders:
                                 **kw)
 
         if provider in ("openai", "openrouter", "compat"):
-            cost = self._openrouter_cost(chat.model, plan) if provider == "openrouter" else None
             if chat.stream:
                 preamble = b": OPENROUTER PROCESSING\n\n" if provider == "openrouter" else b""
                 return respond(_SSE_HEADERS, frames=openai_frames(chat, plan, cost, d), preamble=preamble)
-            return respond(_JSON_HEADERS, body=_dumps(openai_body(chat, plan, cost)))
+            body_out = openai_body(chat, plan, cost)
+            if d.malformed:
+                body_out["choices"] = {"unexpected": True}
+            if d.nan:
+                body_out["choices"][0]["logprobs"] = {"content": [
+                    {"token": "Hello", "logprob": float("nan"), "bytes": None, "top_logprobs": []}]}
+            return respond(_JSON_HEADERS, body=_dumps(body_out))
         if provider == "anthropic":
             headers = {"request-id": "req_" + _new_id()}
             if chat.stream:
                 return respond({**_SSE_HEADERS, **headers}, frames=anthropic_frames(chat, plan, d))
-            return respond({**_JSON_HEADERS, **headers}, body=_dumps(anthropic_body(chat, plan)))
+            message = anthropic_body(chat, plan)
+            if d.malformed:
+                message["content"] = {"unexpected": True}
+            return respond({**_JSON_HEADERS, **headers}, body=_dumps(message))
         if chat.stream:
             sse = request.query_params.get("alt") == "sse"
             headers = {"content-type": "text/event-stream"} if sse else _JSON_HEADERS

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from infra.local.servers import free_port
-from tests.support import services
+from tests.support import pgbouncer, services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,7 @@ def start_local_stack(tmp_path_factory: pytest.TempPathFactory,
     """The stack in a subprocess with STACK_ENV minus the names starting with ``drop_env``."""
     services.ensure_services()
     database_url = services.create_database("mlp_e2e")
+    bouncer = pgbouncer.start() if pgbouncer.via_pgbouncer() else None
     port = free_port()
     creds_file = tmp_path_factory.mktemp("stack") / "dev-credentials.json"
     log_file = creds_file.with_name("stack.log")
@@ -52,6 +53,9 @@ def start_local_stack(tmp_path_factory: pytest.TempPathFactory,
     env.update({k: v for k, v in STACK_ENV.items() if not k.startswith(drop_env or ("\0",))})
     env.update({"DATABASE_URL": database_url, "PORT": str(port), "ADMIN_API_KEY": "e2e-admin-" + os.urandom(8).hex(),
                 "PYTHONUNBUFFERED": "1"})
+    if bouncer is not None:  # the functions through PgBouncer (transaction mode), migrations direct
+        env.update({"DATABASE_URL": bouncer.pooled(database_url), "DATABASE_DIRECT_URL": database_url,
+                    "DATABASE_POOLED": "true"})
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "infra.local.devserver", "--port", str(port),
                                  "--credentials-file", str(creds_file)], cwd=ROOT, env=env, stdout=log,
@@ -79,6 +83,8 @@ def start_local_stack(tmp_path_factory: pytest.TempPathFactory,
             proc.wait(timeout=10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
+        if bouncer is not None:
+            bouncer.stop()
         services.drop_database(database_url)
 
 

@@ -5,6 +5,8 @@ settings every function loads."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -74,23 +76,33 @@ def test_federation_is_optional_and_secrets_are_noecho(template: dict[str, Any])
     assert params["IdentityProvider"]["Default"] == "cognito"
 
 
-def test_ssm_parameters_name_real_settings_under_the_stage_path(template: dict[str, Any]) -> None:
+def test_identity_parameter_carries_real_settings_for_the_sign_in_functions(template: dict[str, Any]) -> None:
+    """The stack writes the sign-in settings as ONE String parameter, the ``identity`` audience of
+    gateway.config, read by exactly the functions that verify sign-in tokens or serve the console."""
     ssm = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::SSM::Parameter"}
-    names = {}
-    for logical_id, res in ssm.items():
-        name = res["Properties"]["Name"]["Fn::Sub"]
-        assert name.startswith("/mlp/${Stage}/"), logical_id
-        assert res["Properties"]["Type"] == "String"  # nothing secret: ids and URLs
-        names[name.removeprefix("/mlp/${Stage}/")] = res
-    assert set(names) <= set(Settings.model_fields), set(names) - set(Settings.model_fields)
-    wired = {"jwt_issuer", "jwt_jwks_url", "jwt_audience", "console_client_id", "console_authorize_url",
-             "console_token_url", "console_signup_url", "console_logout_url", "console_stream_url"}
-    assert wired <= set(names)
+    assert set(ssm) == {"IdentityConfigParameter"}
+    props = ssm["IdentityConfigParameter"]["Properties"]
+    assert props["Name"] == {"Fn::Sub": "/mlp/${Stage}/${AWS::StackName}/identity"}
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["IDENTITY_SSM_PARAMETER"] == props["Name"]
+    assert props["Type"] == "String"  # nothing secret: ids and URLs
+    with_identity, without = props["Value"]["Fn::If"][1:]
+    body, variables = with_identity["Fn::Sub"]
+    keys = json.loads(re.sub(r"\$\{(\w+)\}", r"\1", body))
+    assert set(keys) <= set(Settings.model_fields), set(keys) - set(Settings.model_fields)
+    assert set(keys) == {"jwt_issuer", "jwt_jwks_url", "jwt_audience", "console_client_id", "console_authorize_url",
+                         "console_token_url", "console_signup_url", "console_logout_url", "console_stream_url"}
     # the audience the gateway requires is the console's app client; the issuer is the pool
-    assert names["jwt_audience"]["Properties"]["Value"]["Fn::If"][1] == {"Ref": "ConsoleUserPoolClient"}
-    assert "${UserPool}" in names["jwt_issuer"]["Properties"]["Value"]["Fn::If"][1]["Fn::Sub"]
-    assert names["console_stream_url"]["Properties"]["Value"] == {
-        "Fn::GetAtt": ["QueryStreamFunctionUrl", "FunctionUrl"]}
+    assert keys["jwt_audience"] == keys["console_client_id"] == "ClientId"
+    assert variables["ClientId"]["Fn::If"][1] == {"Ref": "ConsoleUserPoolClient"}
+    assert "${UserPool}" in variables["Issuer"]["Fn::If"][1]["Fn::Sub"]
+    assert variables["StreamUrl"] == {"Fn::GetAtt": ["QueryStreamFunctionUrl", "FunctionUrl"]}
+    # IdentityProvider=none: only the stream URL, so jwt_* an operator put into core are not blanked
+    body, variables = without["Fn::Sub"]
+    assert json.loads(re.sub(r"\$\{(\w+)\}", r"\1", body)) == {"console_stream_url": "StreamUrl"}
+    readers = {name for name, res in template["Resources"].items() if res["Type"] == "AWS::Serverless::Function"
+               and "identity" in res["Properties"].get("Environment", {}).get("Variables", {})
+               .get("SECRETS_AUDIENCES", "").split(",")}
+    assert readers == {"BalanceFunction", "KeysFunction", "BillingFunction", "ConsoleFunction"}
 
 
 def test_external_issuer_parameters_are_required_together(template: dict[str, Any]) -> None:

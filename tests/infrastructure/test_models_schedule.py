@@ -60,7 +60,7 @@ def test_schedule_every_30_minutes(schedule: dict[str, Any]) -> None:
     assert schedule["ScheduleExpression"] == "rate(30 minutes)"
     assert schedule.get("State", "ENABLED") == "ENABLED"
     assert schedule["FlexibleTimeWindow"] == {"Mode": "OFF"}
-    assert schedule["Name"] == {"Fn::Sub": "mlp-${Stage}-models-warm"}, "one schedule name per stage"
+    assert schedule["Name"] == {"Fn::Sub": "${AWS::StackName}-models-warm"}, "one schedule name per stack"
 
 
 def test_schedule_retry_policy(schedule: dict[str, Any]) -> None:
@@ -116,8 +116,8 @@ def test_source_failure_alarm_watches_the_metric_discovery_emits(template: dict[
 
 def test_least_privilege(functions: dict[str, dict[str, Any]]) -> None:
     for name in ("ModelsFunction", "ModelsWarmFunction"):
-        # the stage's secrets only; SAM adds exactly sqs:SendMessage on the DLQ for the destination
-        assert functions[name]["Policies"] == [{"Ref": "SecretsReadPolicy"}], name
+        # the core and provider secrets only; SAM adds exactly sqs:SendMessage on the DLQ for the destination
+        assert functions[name]["Policies"] == [{"Ref": "CoreSecretsPolicy"}, {"Ref": "ProvidersSecretsPolicy"}], name
 
 
 def test_log_groups(template: dict[str, Any]) -> None:

@@ -1,5 +1,9 @@
 """Integration fixtures: real Postgres (a fresh database per run, tables reset per test), the
-Upstash REST bridge on the real Redis, and the fake provider servers on loopback ports."""
+Upstash REST bridge on the real Redis, and the fake provider servers on loopback ports.
+
+With ``TEST_DB_VIA=pgbouncer`` (``make test-pgbouncer``) the gateway reaches that database through
+a real PgBouncer in transaction mode (tests/support/pgbouncer.py); ``database_url`` stays the
+direct URL for the tests' own bookkeeping connections."""
 
 from __future__ import annotations
 
@@ -16,17 +20,30 @@ from gateway import accounts, auth, db, upstash
 from gateway.config import get_settings, reset_settings
 from gateway.migrate import migrate
 from infra.local.servers import RunningServer, start_in_thread
-from tests.support import services
+from tests.support import pgbouncer, services
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     services.ensure_services()
     url = services.create_database()
-    migrate(url)
-    os.environ["DATABASE_URL"] = url
+    bouncer = None
+    if pgbouncer.via_pgbouncer():
+        bouncer = pgbouncer.start()
+        # As `mlp migrate` does: the direct URL, and the database's default statement_timeout
+        # (poolers refuse it as a startup option).
+        migrate(url, statement_timeout_ms=get_settings().db_statement_timeout_ms)
+        os.environ.update({"DATABASE_URL": bouncer.pooled(url), "DATABASE_DIRECT_URL": url,
+                           "DATABASE_POOLED": "true"})
+    else:
+        migrate(url)
+        os.environ["DATABASE_URL"] = url
     reset_settings()
     yield url
+    if bouncer is not None:
+        bouncer.stop()
+        for name in ("DATABASE_DIRECT_URL", "DATABASE_POOLED"):
+            os.environ.pop(name, None)
     services.drop_database(url)
 
 

@@ -349,8 +349,10 @@ async def test_upstream_timeout_is_504(client: Any, make_user: Any, monkeypatch:
     await http_client.aclose_http_client()
     try:
         user = await make_user("5")
-        r = await client.post("/v1/chat/completions", headers=_auth(user),
-                              json={"model": "openai/gpt-4o-mini", "messages": _msg("[[sleep:2]]")})
+        # a stream whose provider sends nothing at all (not even headers) within the read timeout;
+        # a non-streaming call is bounded by the request deadline instead (test_chat_money.py)
+        r = await client.post("/v1/chat/completions", headers=_auth(user), json={
+            "model": "openai/gpt-4o-mini", "messages": _msg("[[sleep:2]]"), "stream": True})
         assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
         state = await _state(user.user_id)
         assert state["usage"][0]["status"] == "failed" and state["balance"]["reserved"] == 0

@@ -228,20 +228,23 @@ async def test_doctor_clean(cli: Cli, make_user) -> None:  # type: ignore[no-unt
     assert (await cli("check")).code == 0
 
 
-async def test_doctor_releases_orphans(cli: Cli, make_user) -> None:  # type: ignore[no-untyped-def]
+async def test_doctor_closes_orphans(cli: Cli, make_user) -> None:  # type: ignore[no-untyped-def]
     user = await make_user(balance="10")
     await ledger.reserve(user.user_id, "req-orphan-1", Decimal("2"))
+    await ledger.reserve(user.user_id, "req-orphan-sent", Decimal("0.5"))
+    await ledger.mark_upstream("req-orphan-sent")
     await ledger.reserve(user.user_id, "req-in-flight", Decimal("1"))
     await db.execute("UPDATE reservations SET created_at = now() - interval '30 minutes' "
-                     "WHERE request_id = 'req-orphan-1'")
+                     "WHERE request_id IN ('req-orphan-1', 'req-orphan-sent')")
     dry = await cli("doctor", "--no-release")
     assert dry.code == 0 and "req-orphan-1" not in dry.out
     r = await cli("doctor", "--release-orphans-older-than", "15")
     assert r.code == 0, r
-    assert "released 1 orphan" in r.out and "req-orphan-1" in r.out
+    assert "closed 2 orphan" in r.out and "req-orphan-1 charged 0" in r.out
+    assert "req-orphan-sent charged 0.5" in r.out  # it reached a provider: charged its hold
     assert "req-in-flight" not in r.out
     state = await ledger.get_balance(user.user_id)
-    assert state is not None and state["reserved"] == Decimal("1")
+    assert state is not None and state["reserved"] == Decimal("1") and state["balance"] == Decimal("9.5")
     again = await cli("check", "--release-orphans-older-than", "15")
     assert again.code == 0 and "no orphan reservations" in again.out
 

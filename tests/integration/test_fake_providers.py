@@ -854,3 +854,90 @@ def test_parse_directives() -> None:
     assert parse_directives("", model="acme/fail-503-x").fail == 503
     t = parse_directives("", model="my-timeout-model")
     assert t.fail == 504 and t.sleep >= 60
+
+
+# ----------------------------------------------------------------------------- what providers bill
+def test_images_and_non_ascii_text_are_billed_like_the_real_providers(urls: dict[str, str],
+                                                                      http: httpx.Client) -> None:
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    for model, per_image in (("gpt-4o", 765), ("gpt-4o-mini", 25_501)):
+        content = [{"type": "text", "text": "abcd"}, image, image]
+        r = http.post(f"{urls['openai']}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": model, "messages": [{"role": "user", "content": content}]})
+        assert r.json()["usage"]["prompt_tokens"] == 1 + 2 * per_image
+    block = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    r = http.post(f"{urls['anthropic']}/messages", headers=ANTHROPIC_HEADERS, json={
+        "model": "claude-opus-4", "max_tokens": 5, "messages": [{"role": "user", "content": [block] * 3}]})
+    assert r.json()["usage"]["input_tokens"] == 1 + 3 * 1_590
+    r = http.post(f"{urls['gemini']}/models/gemini-2.5-flash:generateContent", headers={"x-goog-api-key": KEY},
+                  json={"contents": [{"role": "user", "parts": [
+                      {"text": "hi"}, {"fileData": {"mimeType": "image/png", "fileUri": "https://e.x/a.png"}}]}]})
+    assert r.json()["usageMetadata"]["promptTokenCount"] == 1 + 2_322
+    r = http.post(f"{urls['openai']}/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json={
+        "model": "gpt-4o", "messages": [{"role": "user", "content": "你好" * 50}]})
+    assert r.json()["usage"]["prompt_tokens"] == 100  # a token per CJK character
+
+
+def test_reasoning_counts_in_the_output_limit(urls: dict[str, str]) -> None:
+    resp = oai(urls, "openai").chat.completions.create(
+        model="o4-mini", max_completion_tokens=50,
+        messages=[{"role": "user", "content": "[[reasoning:45]] [[words:20]]"}])
+    assert resp.usage is not None and resp.usage.completion_tokens == 50
+    assert resp.usage.completion_tokens_details.reasoning_tokens == 45
+    assert resp.choices[0].finish_reason == "length" and len((resp.choices[0].message.content or "").split()) == 5
+
+
+def test_openrouter_cost_cache_writes_and_max_price(urls: dict[str, str], http: httpx.Client) -> None:
+    url, headers = f"{urls['openrouter']}/chat/completions", {"Authorization": f"Bearer {KEY}"}
+    model = "anthropic/claude-3.5-haiku"
+    prices = fake_catalog.openrouter_pricing_index(fake_catalog.openrouter_models())[model]
+    r = http.post(url, headers=headers, json={"model": model, "messages": [
+        {"role": "user", "content": "x" * 396 + " [[cache_write:60]]"}]})
+    usage = r.json()["usage"]
+    assert usage["prompt_tokens"] == 104 and usage["prompt_tokens_details"]["cache_write_tokens"] == 60
+    expected = 44 * prices["prompt"] + 60 * prices["input_cache_write"] + 4 * prices["completion"]
+    assert Decimal(str(usage["cost"])) == pytest.approx(expected, rel=Decimal("1e-9"))
+    surcharge = [{"role": "user", "content": "[[cost:1.5]]"}]
+    r = http.post(url, headers=headers, json={"model": model, "messages": surcharge})
+    assert r.json()["usage"]["cost"] == 1.5
+    listed = {"prompt": str(prices["prompt"] * 1_000_000), "completion": str(prices["completion"] * 1_000_000)}
+    capped = {"model": model, "provider": {"max_price": listed}}
+    ok = http.post(url, headers=headers, json={**capped, "messages": [{"role": "user", "content": "hi"}]})
+    assert ok.status_code == 200
+    over = http.post(url, headers=headers, json={**capped, "messages": [
+        {"role": "user", "content": "hi [[endpoint_price:1.5]]"}]})
+    assert over.status_code == 404 and "max_price" in over.json()["error"]["message"]
+
+
+def test_anthropic_one_hour_cache_writes_and_openai_service_tier(urls: dict[str, str], http: httpx.Client) -> None:
+    def message(ttl: str | None) -> dict[str, Any]:
+        control = {"type": "ephemeral", **({"ttl": ttl} if ttl else {})}
+        content = [{"type": "text", "text": "x" * 400, "cache_control": control},
+                   {"type": "text", "text": "[[cache_write:50]]"}]
+        return {"model": "claude-3-5-haiku-20241022", "max_tokens": 5,
+                "messages": [{"role": "user", "content": content}]}
+
+    five = http.post(f"{urls['anthropic']}/messages", headers=ANTHROPIC_HEADERS, json=message(None)).json()["usage"]
+    hour = http.post(f"{urls['anthropic']}/messages", headers=ANTHROPIC_HEADERS, json=message("1h")).json()["usage"]
+    assert five["cache_creation"] == {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 0}
+    assert hour["cache_creation"] == {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50}
+    assert hour["cache_creation_input_tokens"] == 50
+    for asked, served in ((None, "default"), ("auto", "default"), ("priority", "priority")):
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                **({"service_tier": asked} if asked else {})}
+        r = http.post(f"{urls['openai']}/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body)
+        assert r.json()["service_tier"] == served
+
+
+def test_zero_usage_malformed_and_nan(urls: dict[str, str], http: httpx.Client) -> None:
+    url, headers = f"{urls['openai']}/chat/completions", {"Authorization": f"Bearer {KEY}"}
+
+    def ask(text: str) -> httpx.Response:
+        return http.post(url, headers=headers, json={"model": "m", "messages": [{"role": "user", "content": text}]})
+
+    zero = ask("[[zero_usage]]")
+    assert zero.json()["usage"]["prompt_tokens"] == 0 and zero.json()["usage"]["completion_tokens"] == 0
+    bad = ask("[[malformed]]")
+    assert bad.json()["choices"] == {"unexpected": True} and bad.json()["usage"]["completion_tokens"] == 4
+    nan = ask("[[nan]]")
+    assert "NaN" in nan.text and math.isnan(json.loads(nan.text)["choices"][0]["logprobs"]["content"][0]["logprob"])

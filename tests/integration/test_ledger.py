@@ -507,3 +507,41 @@ async def test_mixed_concurrent_reserve_settle_release(make_user, big_pool) -> N
     served = outcomes.count("settled") + outcomes.count("released")
     assert await count("SELECT count(*) AS n FROM usage_records") == served
     assert await count("SELECT count(*) AS n FROM reservations") == 0
+
+
+# ----------------------------------------------------------------------------------- in flight
+async def test_requests_in_flight_are_counted_and_capped_atomically(make_user, big_pool) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user(balance="10")
+    results = await asyncio.gather(*[ledger.reserve(user.user_id, rid(), D("0.01"), max_in_flight=5)
+                                     for _ in range(50)], return_exceptions=True)
+    held = [r for r in results if isinstance(r, ledger.Reservation)]
+    refused = [r for r in results if not isinstance(r, ledger.Reservation)]
+    assert len(held) == 5 and all(getattr(r, "code", None) == "concurrency_limit_exceeded" for r in refused)
+    assert (await balance_of(user.user_id))["in_flight"] == 5
+    await ledger.settle(usage(held[0].request_id, user.user_id, charge=D("0.01")))
+    await ledger.cancel(held[1].request_id)
+    assert (await balance_of(user.user_id))["in_flight"] == 3
+    await ledger.reserve(user.user_id, rid(), D("0.01"), max_in_flight=5)  # room again
+    await assert_books_balance()
+
+
+async def test_refusals_are_worded_plan_quota_in_flight_then_credit(make_user) -> None:  # type: ignore[no-untyped-def]
+    from gateway.errors import Forbidden, RateLimited
+
+    user = await make_user(balance="0.01", tier="free")
+    await ledger.reserve(user.user_id, rid(), D("0.01"), quota=1, max_in_flight=1)
+
+    def refuse_free(tier: str) -> None:
+        if tier == "free":
+            raise Forbidden("not on your plan", code="model_not_allowed")
+
+    for kwargs, error in (({"check_tier": refuse_free, "quota": 1, "max_in_flight": 1}, Forbidden),
+                          ({"quota": 1, "max_in_flight": 1}, QuotaExceeded),
+                          ({"max_in_flight": 1}, RateLimited),
+                          ({}, InsufficientCredits)):
+        with pytest.raises(error):
+            await ledger.reserve(user.user_id, rid(), D("5"), **kwargs)
+    with pytest.raises(InsufficientCredits) as exc:
+        await ledger.reserve(user.user_id, rid(), D("5"))
+    body = exc.value.body()["error"]
+    assert body["balance"] == "0.00000000" and body["required"] == "5.00000000"  # never "0E-8"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 import uuid
@@ -140,7 +139,7 @@ def billing(database_url: str, upstash_bridge: RunningServer, fake_stripe_server
     stripe_api.reset_client()
     webhooks.STATS.clear()
     metrics.clear_metrics()
-    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=os.environ["DATABASE_URL"])
+    yield Billing(stripe=fake_stripe_server, webhook_secret=secret, database_url=database_url)
     stripe_api.reset_client()
 
 

@@ -23,6 +23,7 @@ import redis as redis_sync
 
 from gateway.catalog import cache, registry
 from gateway.config import reset_settings
+from gateway.migrate import default_directory
 from infra.local.servers import RunningServer
 from tests.support import services
 
@@ -32,7 +33,7 @@ CATALOG_TABLES = ("model_pricing", "model_price_history", "catalog_syncs", "cata
 
 def seed_sql() -> str:
     """The seed INSERT of model_pricing, exactly as the first migration has it."""
-    text = (ROOT / "infra" / "migrations" / "0001_init.sql").read_text(encoding="utf-8")
+    text = (default_directory() / "0001_init.sql").read_text(encoding="utf-8")
     match = re.search(r"INSERT INTO model_pricing.*?;\s*$", text, re.S | re.M)
     assert match, "seed INSERT not found in 0001_init.sql"
     return match.group(0)

@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def keys_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def _set(value: str | None, stage: str = "test") -> None:
+        if stage not in ("local", "test"):  # a deployed stage needs its other required secrets
+            from tests.unit.test_config import PROD_SECRETS
+
+            for name, setting in PROD_SECRETS.items():
+                monkeypatch.setenv(name, setting)
         if value is None:
             monkeypatch.delenv("BYOK_MASTER_KEYS", raising=False)
         else:

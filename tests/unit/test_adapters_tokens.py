@@ -1,4 +1,5 @@
-"""Token estimates used for reservations and when a provider reports no usage."""
+"""Prompt sizes: the estimate (context check, usage a provider did not report) and the upper bound
+the hold is built on -- every forwarded field counts, non-ASCII text and images at their worst."""
 
 from __future__ import annotations
 
@@ -8,56 +9,100 @@ import math
 import pytest
 
 from gateway.adapters.tokens import (
-    IMAGE_TOKENS,
-    MESSAGE_OVERHEAD,
+    DEFAULT_IMAGE_TOKENS,
     REPLY_PRIMING,
+    TOOLS_OVERHEAD,
     estimate_prompt_tokens,
     estimate_tokens,
+    image_token_max,
+    measure_prompt,
 )
 
 
-@pytest.mark.parametrize(("text", "tokens"), [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100),
-                                              ("héllo wörld", 3)])
+def _json(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize(("text", "tokens"), [
+    ("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100),
+    ("héllo wörld", 3 + 2),        # 9 ASCII characters at 4 per token, each non-ASCII character a token
+    ("你好世界" * 100, 400),         # CJK: a token per character, not one per 4
+    ("🙂🙂", 2),
+])
 def test_estimate_tokens(text: str, tokens: int) -> None:
     assert estimate_tokens(text) == tokens
 
 
-def test_prompt_tokens_text_messages() -> None:
-    body = {"messages": [{"role": "system", "content": "You are terse."},
-                         {"role": "user", "content": "Hello there, how are you?"}]}
-    expected = REPLY_PRIMING + 2 * MESSAGE_OVERHEAD + math.ceil(14 / 4) + math.ceil(25 / 4)
-    assert estimate_prompt_tokens(body) == expected
+def test_the_whole_message_json_counts_including_extra_fields() -> None:
+    plain = {"messages": [{"role": "assistant", "content": "ok"}]}
+    extra = {"messages": [{"role": "assistant", "content": "ok", "reasoning": "r" * 4000}]}
+    size, bigger = measure_prompt(plain), measure_prompt(extra)
+    assert size.text_estimate == REPLY_PRIMING + math.ceil(len(_json(plain)) / 4)
+    assert bigger.text_estimate - size.text_estimate >= 1000  # forwarded, so counted
+    assert size.text_bound == REPLY_PRIMING + len(_json(plain).encode())
 
 
-def test_prompt_tokens_parts_images_tools() -> None:
-    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather",
-                                               "parameters": {"type": "object",
-                                                              "properties": {"city": {"type": "string"}}}}}]
-    body = {
-        "messages": [
-            {"role": "user", "content": [
-                {"type": "text", "text": "What is in this image?"},
-                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
-            ]},
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-        ],
-        "tools": tools,
-    }
-    text_tokens = math.ceil(22 / 4) + math.ceil((11 + 16) / 4) + math.ceil(5 / 4)
-    tool_tokens = math.ceil(len(json.dumps(tools, separators=(",", ":"))) / 4)
-    expected = REPLY_PRIMING + 3 * MESSAGE_OVERHEAD + text_tokens + 2 * IMAGE_TOKENS + tool_tokens
-    assert estimate_prompt_tokens(body) == expected
-    # the base64 payload of an image never counts as text
-    assert estimate_prompt_tokens(body) < 400
+def test_bound_is_the_utf8_bytes_and_never_below_the_estimate() -> None:
+    for text in ("plain english words", "1234567890" * 50, "}{][" * 100, "naïve café", "日本語のテキスト" * 30,
+                 "emoji 🙂🙃" * 20):
+        size = measure_prompt({"messages": [{"role": "user", "content": text}]})
+        body_json = _json({"messages": [{"role": "user", "content": text}]})
+        assert size.text_bound == REPLY_PRIMING + len(body_json.encode("utf-8"))
+        assert size.text_bound >= size.text_estimate
+    digits = measure_prompt({"messages": [{"role": "user", "content": "7" * 4000}]})
+    assert digits.text_bound >= 4000  # a tokenizer that splits digits one by one is still covered
 
 
-def test_prompt_tokens_json_schema_and_empty() -> None:
-    assert estimate_prompt_tokens({"messages": []}) == REPLY_PRIMING
+def test_images_count_at_the_serving_models_maximum_never_by_payload() -> None:
+    parts = [{"type": "text", "text": "What is in these?"}]
+    parts += [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 50_000}}] * 3
+    parts += [{"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}}]
+    size = measure_prompt({"messages": [{"role": "user", "content": parts}]})
+    assert size.images == 4
+    assert size.text_bound < 300  # the base64 payloads are not text
+    assert size.estimate("anthropic/claude-opus-4") == size.text_estimate + 4 * 1_600
+    assert size.bound("anthropic/claude-opus-4", 200_000) == size.text_bound + 4 * 1_600
+    assert size.bound("openai/gpt-4o-mini", 1_000_000) == size.text_bound + 4 * 48_169
+    assert size.bound("openai/gpt-4o-mini", 128_000) == 128_000  # capped at the context length
+
+
+@pytest.mark.parametrize(("model", "tokens"), [
+    ("anthropic/claude-3.5-haiku", 1_600),
+    ("openai/gpt-4o", 85 + 170 * 8),
+    ("openai/gpt-4.1", 85 + 170 * 8),
+    ("openai/gpt-4o-mini", 2_833 + 5_667 * 8),
+    ("openai/gpt-4.1-mini", math.ceil(1_536 * 1.62)),
+    ("openai/gpt-4.1-nano", math.ceil(1_536 * 2.46)),
+    ("openai/o4-mini", math.ceil(1_536 * 1.72)),
+    ("openai/o3", 75 + 150 * 8),
+    ("openai/some-future-model", math.ceil(1_536 * 2.46)),
+    ("google/gemini-2.5-flash", 258 * 16),
+    ("meta-llama/llama-4-maverick", DEFAULT_IMAGE_TOKENS),
+    ("compat/llava", DEFAULT_IMAGE_TOKENS),
+])
+def test_image_token_maxima(model: str, tokens: int) -> None:
+    assert image_token_max(model) == tokens
+
+
+def test_files_take_the_whole_context_in_the_bound() -> None:
+    body = {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "summarise"},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64," + "J" * 900}}]}]}
+    size = measure_prompt(body)
+    assert size.files == 1
+    assert size.bound("anthropic/claude-sonnet-4", 200_000) == 200_000
+    assert size.estimate("anthropic/claude-sonnet-4") < 100  # not refused as over the context
+
+
+def test_tools_and_schemas_count() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     plain = {"messages": [{"role": "user", "content": "hi"}]}
+    with_tools = {**plain, "tools": tools, "tool_choice": "auto"}
     schema = {**plain, "response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}}
+    base = measure_prompt(plain)
+    assert measure_prompt(with_tools).text_bound == REPLY_PRIMING + TOOLS_OVERHEAD + len(_json(
+        {"messages": plain["messages"], "tools": tools, "tool_choice": "auto"}).encode())
+    assert measure_prompt(with_tools).text_estimate > base.text_estimate + TOOLS_OVERHEAD
     assert estimate_prompt_tokens(schema) > estimate_prompt_tokens(plain)
+    assert estimate_prompt_tokens({"messages": []}) == REPLY_PRIMING + math.ceil(len('{"messages":[]}') / 4)

@@ -18,7 +18,8 @@ from gateway.config import DEFAULT_TIERS, Settings, get_settings, load_settings,
 MANAGED_ENV = (
     "STAGE", "SECRETS_SSM_PATH", "DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN",
     "ADMIN_API_KEY", "TIERS_JSON", "DEFAULT_MARKUP", "CORS_ALLOW_ORIGINS", "DB_POOL_MAX", "AUTH_CACHE_TTL_S",
-    "MAX_BODY_BYTES", "STRIPE_SECRET_KEY", "RATELIMIT_PREFIX", "MODEL_FALLBACKS",
+    "MAX_BODY_BYTES", "STRIPE_SECRET_KEY", "RATELIMIT_PREFIX", "MODEL_FALLBACKS", "SECRETS_AUDIENCES",
+    "DATABASE_DIRECT_URL", "DATABASE_POOLED", "DB_PREPARE_THRESHOLD",
 )
 
 PROD_SECRETS = {
@@ -56,7 +57,9 @@ def test_defaults() -> None:
     assert not s.deployed
     assert s.secrets_ssm_path is None
     assert s.database_url == "postgresql://postgres@127.0.0.1:5432/postgres"
-    assert s.db_pool_max == 10
+    assert s.db_pool_max == 2  # a Lambda container serves one request at a time
+    assert s.db_prepare_threshold == 5 and not s.pooled
+    assert s.migrations_url == s.database_url
     assert s.api_key_prefix == "sk-mlp-"
     assert s.auth_cache_ttl_s == 5.0
     assert s.cors_allow_origins == []
@@ -239,55 +242,94 @@ def _put(client: object, name: str, value: str) -> None:
     client.put_parameter(Name=name, Value=value, Type="SecureString", Overwrite=True)  # type: ignore[attr-defined]
 
 
-def test_ssm_secure_strings_are_loaded(env: pytest.MonkeyPatch, ssm: object) -> None:
-    for name, value in PROD_SECRETS.items():
-        _put(ssm, f"/mlp/prod/{name.lower()}", value)
-    _put(ssm, "/mlp/prod/STRIPE-SECRET-KEY", "sk_live_abc123")   # case and dashes are normalised
-    _put(ssm, "/mlp/prod/db_pool_max", "4")                     # non-secret settings work too
-    _put(ssm, "/mlp/prod/not_a_setting", "ignored")
-    _put(ssm, "/mlp/other/admin_api_key", "from-another-stage-000000000000")
+def _put_audience(client: object, stage: str, audience: str, values: dict[str, str]) -> None:
+    _put(client, f"/mlp/{stage}/{audience}", json.dumps(values))
+
+
+CORE = {name.lower(): value for name, value in PROD_SECRETS.items()}
+
+
+def test_ssm_audiences_are_loaded_in_one_call(env: pytest.MonkeyPatch, ssm: object) -> None:
+    _put_audience(ssm, "prod", "core", {**CORE, "db_pool_max": "1", "not_a_setting": "ignored"})
+    _put_audience(ssm, "prod", "billing", {"STRIPE-SECRET-KEY": "sk_live_abc123"})  # case, dashes normalised
+    _put_audience(ssm, "prod", "providers", {"openai_api_key": "sk-openai-prod"})
+    _put_audience(ssm, "other", "core", {"admin_api_key": "from-another-stage-000000000000"})
     env.setenv("STAGE", "prod")
     env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")  # SSM wins over env
-    env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod/")
+    env.setenv("SECRETS_AUDIENCES", "core,billing")
 
+    import botocore.client
+
+    calls: list[str] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def spy(self: object, operation: str, params: dict[str, object]) -> object:
+        calls.append(operation)
+        return original(self, operation, params)  # type: ignore[arg-type]
+
+    env.setattr(botocore.client.BaseClient, "_make_api_call", spy)
     s = load_settings()
+    assert calls == ["GetParameters"]  # one SSM call per cold start, whatever the audiences
     assert s.deployed
-    assert s.secrets_ssm_path == "/mlp/prod"
+    assert s.secrets_ssm_path == "/mlp/prod/"
     assert s.database_url == PROD_SECRETS["DATABASE_URL"]
-    assert s.upstash_redis_rest_url == PROD_SECRETS["UPSTASH_REDIS_REST_URL"]
     assert s.upstash_redis_rest_token == PROD_SECRETS["UPSTASH_REDIS_REST_TOKEN"]
     assert s.admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]
     assert s.stripe_secret_key == "sk_live_abc123"
-    assert s.db_pool_max == 4
+    assert s.openai_api_key != "sk-openai-prod"  # providers is not this function's audience
+    assert s.db_pool_max == 1
     assert not hasattr(s, "not_a_setting")
 
     reset_settings()
     assert get_settings().admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]  # the cold-start path too
 
 
-def test_ssm_path_as_override(ssm: object, env: pytest.MonkeyPatch) -> None:
-    for name, value in PROD_SECRETS.items():
-        _put(ssm, f"/mlp/prod/{name.lower()}", value)
+def test_ssm_every_audience_by_default(env: pytest.MonkeyPatch, ssm: object) -> None:
+    # The operator's CLI (no SECRETS_AUDIENCES) reads all of them; missing ones are skipped.
+    _put_audience(ssm, "prod", "core", CORE)
+    _put_audience(ssm, "prod", "byok", {"byok_master_keys": "v1:" + "ab" * 32})
     env.setenv("STAGE", "prod")
     s = load_settings(secrets_ssm_path="/mlp/prod")
     assert s.secrets_ssm_path == "/mlp/prod"
     assert s.admin_api_key == PROD_SECRETS["ADMIN_API_KEY"]
+    assert s.byok_master_keys == "v1:" + "ab" * 32
+
+
+def test_ssm_unknown_audience_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod/")
+    env.setenv("SECRETS_AUDIENCES", "core,everything")
+    with pytest.raises(ValueError, match="unknown audience"):
+        load_settings()
+
+
+def test_ssm_audience_must_be_a_json_object(env: pytest.MonkeyPatch, ssm: object) -> None:
+    _put(ssm, "/mlp/prod/core", "postgresql://not-json")
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod/")
+    env.setenv("SECRETS_AUDIENCES", "core")
+    with pytest.raises(ValueError, match="must be a JSON object") as info:
+        load_settings()
+    assert "not-json" not in str(info.value)
 
 
 def test_ssm_missing_secret_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
-    for name, value in PROD_SECRETS.items():
-        if name != "ADMIN_API_KEY":
-            _put(ssm, f"/mlp/prod/{name.lower()}", value)
+    _put_audience(ssm, "prod", "core", {k: v for k, v in CORE.items() if k != "admin_api_key"})
     env.setenv("STAGE", "prod")
     env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
     with pytest.raises(ValidationError, match=r"stage 'prod' refuses .*admin_api_key"):
         load_settings()
 
 
+def test_ssm_missing_core_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
+    env.setenv("STAGE", "prod")
+    env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
+    env.setenv("SECRETS_AUDIENCES", "core")
+    with pytest.raises(ValidationError, match=r"database_url \(local default\)"):
+        load_settings()
+
+
 def test_ssm_placeholder_secret_is_refused(env: pytest.MonkeyPatch, ssm: object) -> None:
-    for name, value in PROD_SECRETS.items():
-        _put(ssm, f"/mlp/prod/{name.lower()}", value)
-    _put(ssm, "/mlp/prod/upstash_redis_rest_token", "changeme")
+    _put_audience(ssm, "prod", "core", {**CORE, "upstash_redis_rest_token": "changeme"})
     env.setenv("STAGE", "prod")
     env.setenv("SECRETS_SSM_PATH", "/mlp/prod")
     with pytest.raises(ValidationError, match="upstash_redis_rest_token"):
@@ -295,9 +337,72 @@ def test_ssm_placeholder_secret_is_refused(env: pytest.MonkeyPatch, ssm: object)
 
 
 def test_settings_model_has_every_ssm_secret_name() -> None:
-    # The names an operator puts under /mlp/<stage>/ are the lower-case field names.
+    # The keys an operator puts into the audiences' JSON objects are the lower-case field names.
     for name in PROD_SECRETS:
         assert name.lower() in Settings.model_fields
+
+
+# ----------------------------------------------------------------------------------- database URLs
+@pytest.mark.parametrize(("url", "pooled"), [
+    ("postgresql://u:p@ep-cool-dawn-123456-pooler.us-east-2.aws.neon.tech/neondb?sslmode=require", True),
+    ("postgresql://u:p@ep-cool-dawn-123456.us-east-2.aws.neon.tech/neondb?sslmode=require", False),
+    ("postgresql://postgres.abcd:p@aws-0-eu-central-1.pooler.supabase.com:6543/postgres", True),
+    ("postgresql://postgres:p@db.abcd.supabase.co:5432/postgres", False),
+    ("postgresql://app@pgbouncer.internal/app", True),
+    ("host=10.0.0.5 port=6432 dbname=app user=app", True),
+    ("postgresql://postgres@127.0.0.1:5432/postgres", False),
+])
+def test_pooled_url_detection(env: pytest.MonkeyPatch, url: str, pooled: bool) -> None:
+    env.setenv("DATABASE_URL", url)
+    assert get_settings().pooled is pooled
+    env.setenv("DATABASE_POOLED", "false" if pooled else "true")  # the explicit setting wins
+    reset_settings()
+    assert get_settings().pooled is (not pooled)
+
+
+def test_prepare_threshold_setting(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_PREPARE_THRESHOLD", "none")
+    assert get_settings().db_prepare_threshold is None
+    env.setenv("DB_PREPARE_THRESHOLD", "0")
+    reset_settings()
+    assert get_settings().db_prepare_threshold == 0
+
+
+def test_direct_url_for_migrations(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_URL", "postgresql://u@ep-x-pooler.eu-west-2.aws.neon.tech/db")
+    env.setenv("DATABASE_DIRECT_URL", "postgresql://u@ep-x.eu-west-2.aws.neon.tech/db")
+    s = get_settings()
+    assert s.migrations_url == "postgresql://u@ep-x.eu-west-2.aws.neon.tech/db"
+    assert s.pooled
+
+
+@pytest.mark.parametrize(("var", "url", "accepted"), [
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=disable", False),
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=prefer", False),
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=allow", False),
+    ("DATABASE_URL", "host=/var/run/postgresql dbname=gateway", False),
+    ("DATABASE_DIRECT_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=disable", False),
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=require", True),
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway?sslmode=verify-full", True),
+    ("DATABASE_URL", "postgresql://gateway:pw@db.example.com/gateway", True),  # verify-full is added
+    ("UPSTASH_REDIS_REST_URL", "http://eu1-fine-cat-12345.upstash.io", False),
+])
+def test_deployed_stage_refuses_connections_without_tls(env: pytest.MonkeyPatch, var: str, url: str,
+                                                        accepted: bool) -> None:
+    _prod(env, **{var: url})
+    if accepted:
+        assert get_settings().deployed
+        return
+    with pytest.raises(ValidationError) as info:
+        get_settings()
+    assert "refuses connections without TLS" in str(info.value)
+    assert var.lower() in str(info.value)
+    assert "pw@" not in str(info.value)
+
+
+def test_local_stage_accepts_plain_connections(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+    assert get_settings().database_url.endswith("sslmode=disable")
 
 
 @pytest.mark.parametrize("issuer,audience,ok", [("https://id.example/", "dashboard", True),
@@ -316,3 +421,27 @@ def test_deployed_stage_refuses_jwks_without_issuer_and_audience(env: pytest.Mon
     env.setenv("STAGE", "test")   # locally a bare JWKS is fine (tests, the dev stack)
     reset_settings()
     assert get_settings().jwt_jwks_url
+
+
+def test_identity_audience_is_the_stacks_own_parameter() -> None:
+    from gateway.config import secret_parameter_names
+
+    assert secret_parameter_names("/mlp/prod/", ["core", "identity"]) == ["/mlp/prod/core", "/mlp/prod/identity"]
+    assert secret_parameter_names("/mlp/prod", ["core", "identity"], "/mlp/prod/mlp-prod/identity") == [
+        "/mlp/prod/core", "/mlp/prod/mlp-prod/identity"]
+
+
+def test_redis_prefix_is_derived_from_the_database(env: pytest.MonkeyPatch) -> None:
+    """Two stacks on different databases sharing one Upstash database never share keys."""
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/stack_a")
+    a = get_settings().ratelimit_prefix
+    reset_settings()
+    env.setenv("DATABASE_URL", "postgresql://other@127.0.0.1:5432/stack_a?sslmode=disable")
+    assert get_settings().ratelimit_prefix == a  # same database, other user/options: same keys
+    reset_settings()
+    env.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/stack_b")
+    b = get_settings().ratelimit_prefix
+    assert a.startswith("mlp-") and b.startswith("mlp-") and a != b
+    reset_settings()
+    env.setenv("RATELIMIT_PREFIX", "explicit")
+    assert get_settings().ratelimit_prefix == "explicit"

@@ -12,9 +12,23 @@ from gateway.migrate import Migration, default_directory, discover
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_default_directory_is_the_repo_migrations() -> None:
-    assert default_directory() == REPO / "infra" / "migrations"
+def test_default_directory_is_the_package_data() -> None:
+    assert default_directory() == REPO / "layers" / "common" / "gateway" / "migrations"
     assert (default_directory() / "0001_init.sql").is_file()
+
+
+def test_no_migration_is_left_in_the_old_folder() -> None:
+    # Migrations ship inside the gateway package (pip install . + mlp migrate must find them).
+    # A file added to infra/migrations/ would never be applied: move it.
+    stray = sorted(p.name for p in (REPO / "infra" / "migrations").glob("*.sql"))
+    assert not stray, f"move {stray} to layers/common/gateway/migrations/"
+
+
+def test_migrations_are_package_data() -> None:
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert "migrations/*.sql" in data["gateway"]
 
 
 def test_expected_schema_version_is_the_newest_file() -> None:

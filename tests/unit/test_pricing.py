@@ -77,6 +77,19 @@ def test_provider_cost_without_cache_price_bills_cached_at_prompt_price() -> Non
     assert llama.provider_cost(1000, 100, 900) == llama.provider_cost(1000, 100, 0) == D("0.00017")
 
 
+def test_provider_cost_bills_cache_writes_by_ttl() -> None:
+    haiku = ModelPrice(prompt=D("0.0000008"), completion=D("0.000004"), cache_read=D("0.00000008"),
+                       cache_write=D("0.000001"), cache_write_1h=D("0.0000016"))
+    # 1000 prompt tokens: 200 written with the 1-hour TTL, 100 with 5 minutes, 700 plain
+    assert haiku.provider_cost(1000, 0, 0, 300, 200) == D(700) * D("0.0000008") + D(100) * D("0.000001") + \
+        D(200) * D("0.0000016")
+    # 1-hour writes are part of the writes, the writes part of the prompt
+    assert haiku.provider_cost(1000, 0, 0, 100, 500) == haiku.provider_cost(1000, 0, 0, 100, 100)
+    # no 1-hour price: billed as a cache write
+    plain = ModelPrice(prompt=D("0.000001"), completion=D("0.000002"), cache_write=D("0.00000125"))
+    assert plain.provider_cost(100, 0, 0, 100, 100) == plain.provider_cost(100, 0, 0, 100) == D("0.000125")
+
+
 def test_provider_cost_includes_request_price() -> None:
     p = ModelPrice(prompt=D("0.000001"), completion=D("0.000002"), request=D("0.005"))
     assert p.provider_cost(10, 10) == D("0.00503")
@@ -138,6 +151,9 @@ PRICES = [
                request=D("0.000123456789"), cache_read=D("0.000000012345678901")),
     # a cache price above the prompt price must not let cached tokens exceed the hold
     ModelPrice(prompt=D("0.000001"), completion=D("0.000002"), cache_read=D("0.00000125")),
+    # Anthropic: 5-minute writes at 1.25x, 1-hour writes at 2x, a per-image and a request fee
+    ModelPrice(prompt=D("0.000003"), completion=D("0.000015"), cache_read=D("0.0000003"),
+               cache_write=D("0.00000375"), cache_write_1h=D("0.000006"), image=D("0.001"), request=D("0.0001")),
 ]
 MARKUPS = [D("0"), D("0.05"), D("0.10"), D("0.333333")]
 
@@ -152,13 +168,23 @@ def test_hold_covers_every_possible_charge_of_the_request() -> None:
             assert hold.as_tuple().exponent == -8 or hold == 0
             for prompt in {0, prompt_est // 3, prompt_est}:
                 for completion in {0, max_out // 2, max_out}:
-                    for cached in {0, prompt // 2, prompt}:
-                        cost = price.provider_cost(prompt, completion, cached)
+                    for cached, written, written_1h in {(0, 0, 0), (prompt // 2, 0, 0), (prompt, 0, 0),
+                                                        (0, prompt, 0), (0, prompt, prompt), (prompt // 3, prompt // 3,
+                                                                                             prompt // 3)}:
+                        cost = price.provider_cost(prompt, completion, cached, written, written_1h)
                         charge = charge_for(cost, markup, byok=byok, byok_fee=fee)
                         assert charge <= hold, (price, markup, byok, prompt_est, max_out, prompt, completion,
-                                                cached)
+                                                cached, written, written_1h)
                         checked += 1
     assert checked > 10_000
+
+
+def test_hold_counts_images_at_their_fee_and_the_most_expensive_prompt_class() -> None:
+    sonnet = PRICES[-1]
+    assert sonnet.max_prompt_price == D("0.000006")  # a prompt token may be a 1-hour cache write
+    hold = hold_for(sonnet, 1000, 100, D("0.10"), images=3)
+    worst = D(1000) * D("0.000006") + D(100) * D("0.000015") + 3 * D("0.001") + D("0.0001")
+    assert hold == charge_for(worst, D("0.10"))
 
 
 def test_hold_equals_worst_case_charge() -> None:

@@ -99,15 +99,22 @@ def _run_async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Handler:
 
 # ----------------------------------------------------------------------------------- migrate
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from .config import get_settings
+    from .config import get_settings, is_pooled_url
+    from .db import tls_kwargs
     from .migrate import current_version, migrate
 
-    dsn = get_settings().database_url
+    settings = get_settings()
+    dsn = settings.migrations_url
+    if is_pooled_url(dsn) or (not settings.database_direct_url and settings.pooled):
+        _info("warning: migrating through a connection pooler; set DATABASE_DIRECT_URL to the database's "
+              "direct (non-pooled) endpoint")
+    connect_kwargs = tls_kwargs(settings, dsn)
     try:
-        applied = migrate(dsn, args.dir, echo=_info)
-    except ValueError as exc:  # unusable migration files (bad name, duplicate version)
+        applied = migrate(dsn, args.dir, echo=_info, statement_timeout_ms=settings.db_statement_timeout_ms,
+                          connect_kwargs=connect_kwargs)
+    except ValueError as exc:  # no migrations, or unusable files (bad name, duplicate version)
         raise CliError(str(exc)) from None
-    version = current_version(dsn)
+    version = current_version(dsn, connect_kwargs)
     if applied:
         _out(" ".join(applied))
         _info(f"applied {len(applied)} migration(s); schema version is now {version}")
@@ -117,10 +124,15 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _add_migrate(sub: SubParsers) -> None:
-    p = sub.add_parser("migrate", help="apply pending SQL migrations (infra/migrations)",
-                       description="Apply pending migrations in order; safe to run concurrently and repeatedly. "
-                                   "Prints the versions applied by this run.")
-    p.add_argument("--dir", type=_dir, default=None, help="migrations directory (default: infra/migrations)")
+    p = sub.add_parser("migrate", help="apply pending SQL migrations (DATABASE_DIRECT_URL, else DATABASE_URL)",
+                       description="Apply the migrations shipped in the gateway package, in order, on "
+                                   "DATABASE_DIRECT_URL (the direct, non-pooled endpoint; DATABASE_URL if unset); "
+                                   "safe to run concurrently and repeatedly. Also sets the database's default "
+                                   "statement_timeout (DB_STATEMENT_TIMEOUT_MS) for the functions' pooled "
+                                   "connections. Prints the versions applied by this run; fails if it finds no "
+                                   "migrations.")
+    p.add_argument("--dir", type=_dir, default=None,
+                   help="migrations directory (default: the gateway package's migrations)")
     p.set_defaults(func=_cmd_migrate)
 
 
@@ -256,11 +268,12 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
         _out("skip orphan reservations (--no-release)")
     else:
         minutes = args.release_orphans_older_than or get_settings().reservation_orphan_minutes
-        released = await ledger.release_orphans(minutes)
-        if released:
-            _out(f"fixed released {len(released)} orphan reservation(s) older than {minutes} min:")
-            for request_id in released:
-                _out(f"       {request_id}")
+        closed = await ledger.settle_orphans(minutes)
+        if closed:
+            _out(f"fixed closed {len(closed)} orphan reservation(s) older than {minutes} min "
+                 "(charged their hold when sent upstream, else released):")
+            for orphan in closed:
+                _out(f"       {orphan.request_id} charged {orphan.charged}")
         else:
             _out(f"ok   no orphan reservations older than {minutes} min")
 
@@ -270,7 +283,8 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
         _out(f"FAIL {len(violations)} user(s) whose cached balance/reserved disagree with their rows:")
         for v in violations:
             _out(f"       user {v['user_id']}: balance {v['balance']} vs ledger {v['ledger_sum']}; "
-                 f"reserved {v['reserved']} vs reservations {v['reserved_sum']}")
+                 f"reserved {v['reserved']} vs reservations {v['reserved_sum']}; "
+                 f"in flight {v['in_flight']} vs {v['reservations']}")
     else:
         _out("ok   balances match the ledger and reserved matches open reservations")
 
@@ -362,6 +376,34 @@ def _add_rotate_master_key(sub: SubParsers) -> None:
     p.set_defaults(func=_run_async(_cmd_rotate_master_key))
 
 
+# ----------------------------------------------------------------------------------- smoke
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    import os
+
+    from .smoke import Smoke
+
+    api_key = args.api_key or os.environ.get("MLP_SMOKE_API_KEY", "")
+    if not api_key:
+        raise CliError("an API key is needed: --api-key or MLP_SMOKE_API_KEY (a dedicated smoke user's key)")
+    return Smoke(base_url=args.base_url, stream_url=args.stream_url, api_key=api_key, model=args.model,
+                 wait_s=args.wait, out=_out).run()
+
+
+def _add_smoke(sub: SubParsers) -> None:
+    p = sub.add_parser("smoke", help="check a deployed stage end to end (health, chats billed once, webhook)",
+                       description="From the outside, with the API key of a dedicated smoke user (a little "
+                                   "credit, no other traffic): /health; a chat and a streamed chat on the API URL "
+                                   "and on the streaming URL, each billed exactly once; a forged Stripe webhook "
+                                   "refused. Exit 1 if any check fails. Talks to the URLs only (no database).")
+    p.add_argument("--base-url", required=True, help="the stack's ApiUrl output")
+    p.add_argument("--stream-url", required=True, help="the stack's QueryStreamUrl output")
+    p.add_argument("--api-key", default=None, help="default: $MLP_SMOKE_API_KEY")
+    p.add_argument("--model", default="openai/gpt-4o-mini", help="a cheap model to call (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the settlements to show (default: %(default)s)")
+    p.set_defaults(func=_cmd_smoke)
+
+
 # ----------------------------------------------------------------------------------- wiring
 # Order = order in --help.
 COMMANDS: list[Callable[[SubParsers], None]] = [
@@ -373,6 +415,7 @@ COMMANDS: list[Callable[[SubParsers], None]] = [
     _add_doctor,
     _add_refresh_models,
     _add_rotate_master_key,
+    _add_smoke,
 ]
 
 
@@ -397,13 +440,14 @@ def _database_reason() -> str:
 
     settings = get_settings()
     try:
-        psycopg.connect(settings.database_url, connect_timeout=max(1, int(settings.db_connect_timeout_s))).close()
+        psycopg.connect(settings.database_url, connect_timeout=max(2, int(settings.db_connect_timeout_s))).close()
     except psycopg.Error as exc:
         return _one_line(str(exc)) or type(exc).__name__
     return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .db import DatabaseUnavailable
     from .errors import GatewayError
     from .migrate import ChecksumMismatch
 
@@ -425,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = "invalid configuration: " + _one_line(str(exc))
     except psycopg.OperationalError as exc:
         reason = _one_line(str(exc))
-        if isinstance(exc, PoolTimeout) or not reason:
+        if isinstance(exc, PoolTimeout | DatabaseUnavailable) or not reason:
             reason = _database_reason() or reason or type(exc).__name__
         message = "database unavailable: " + reason
     except psycopg.Error as exc:

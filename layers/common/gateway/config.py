@@ -1,24 +1,39 @@
 """Settings: validated once per cold start (pydantic-settings).
 
-Locally values come from the environment / ``.env``. In AWS (``SECRETS_SSM_PATH`` set) every
-SecureString under that path is loaded through Powertools parameters (cached, decrypted) and
-overrides the environment, e.g. ``/mlp/prod/database_url`` → ``database_url``.
-A deployed stage refuses empty or placeholder secrets at cold start instead of failing later.
+Locally values come from the environment / ``.env``. In AWS (``SECRETS_SSM_PATH`` set) the
+secrets are split by audience into ONE SecureString each, a JSON object of settings:
+``<path>core`` (database, Upstash, admin key, sign-in), ``<path>providers`` (provider API keys),
+``<path>billing`` (Stripe), ``<path>byok`` (the BYOK master keys) and ``identity`` (the sign-in
+settings the stack writes: issuer, JWKS, audience, console URLs; a String named by
+``IDENTITY_SSM_PARAMETER``, not secret, read after ``core`` so it wins). A function reads only the
+audiences in its ``SECRETS_AUDIENCES`` (and its IAM policy allows only those), in ONE
+``GetParameters`` call per cold start; the values override the environment.
+A deployed stage refuses empty or placeholder secrets, and a database URL without TLS, at cold
+start instead of failing later.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LOCAL_STAGES = frozenset({"local", "test"})
+# The SSM SecureStrings a function may read (docs/deploy.md "Secrets"); template.yaml grants
+# each function exactly the ones in its SECRETS_AUDIENCES (tests/infrastructure checks it).
+SECRET_AUDIENCES = ("core", "providers", "billing", "byok", "identity")
+# sslmode values that allow a plaintext connection.
+NON_TLS_SSLMODES = frozenset({"disable", "allow", "prefer"})
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "placeholder", "todo", "xxx", "secret", "none", "null"})
 
 
@@ -58,18 +73,34 @@ class Settings(BaseSettings):
     service_name: str = Field(default="multi-llm", validation_alias="POWERTOOLS_SERVICE_NAME")
     secrets_ssm_path: str | None = None
 
-    # Postgres
+    # Postgres (docs/deploy.md, "Which URL goes where"). DATABASE_URL is what the functions use:
+    # a transaction-mode pooler endpoint is fine and recommended (Neon "-pooler" host, Supabase
+    # port 6543, PgBouncer). DATABASE_DIRECT_URL is the direct (non-pooled) endpoint that
+    # `mlp migrate` uses; empty = DATABASE_URL.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
-    db_pool_max: int = 10
-    db_connect_timeout_s: float = 5.0
-    db_statement_timeout_ms: int = 5000
+    database_direct_url: str = ""
+    # Is DATABASE_URL a transaction-mode pooler? Unset = detected from the URL (is_pooled_url).
+    # Through a pooler: no startup options, no server-side prepared statements.
+    database_pooled: bool | None = None
+    db_pool_max: int = Field(default=2, ge=1)      # a Lambda container serves one request at a time
+    db_connect_timeout_s: float = 3.0               # libpq connect_timeout (at least 2 s)
+    db_statement_timeout_ms: int = 5000             # server side, see gateway.db
+    db_timeout_s: float = Field(default=6.0, gt=0)  # client side: one statement or transaction block
+    db_prepare_threshold: int | None = 5            # psycopg's; only used on direct (non-pooled) URLs
+    db_retry_after_s: int = Field(default=2, ge=1)  # after a connection failure: 503 at once this long
 
     # Upstash Redis (REST)
     upstash_redis_rest_url: str = "http://127.0.0.1:8079"
     upstash_redis_rest_token: str = "local-upstash-token"
     upstash_timeout_s: float = 0.5
+    # After Upstash timed out or refused, skip it for this long (per container): one timeout per
+    # interval instead of +UPSTASH_TIMEOUT_S on every request.
+    upstash_breaker_s: float = Field(default=10.0, ge=0)
     ratelimit_fail_open: bool = True
-    ratelimit_prefix: str = "mlp"
+    # Prefix of every Redis key (rate limits, the catalogue cache). Empty = "mlp-" + a short hash
+    # of the database (host, port, name), so stacks with different databases sharing one Upstash
+    # database (two stages, two local stacks) never serve each other's catalogue or limits.
+    ratelimit_prefix: str = ""
 
     # HTTP surface
     admin_api_key: str = "local-admin-key"
@@ -110,7 +141,14 @@ class Settings(BaseSettings):
     byok_platform_fee: Decimal = Decimal("0.05")
     welcome_credit: Decimal = Decimal("10")
     tiers_json: str | None = None  # JSON object overriding/adding tiers; see DEFAULT_TIERS
-    reservation_orphan_minutes: int = 15
+    # Money safety on the query path (docs/money.md). An open reservation older than this is an
+    # orphan (longer than any request lives: QueryStreamFunction's timeout is 15 minutes).
+    reservation_orphan_minutes: int = Field(default=20, ge=16)
+    max_in_flight_per_user: int = Field(default=32, ge=1)  # a user's requests holding credit at once
+    request_deadline_s: float = Field(default=840.0, gt=0)  # upstream budget of a request (Web Adapter, local)
+    buffered_deadline_s: float = Field(default=27.0, gt=0)  # ... behind API Gateway, which gives up at 30 s
+    deadline_margin_s: float = Field(default=10.0, ge=0)  # kept before the Lambda timeout to settle
+    settle_retry_s: float = Field(default=5.0, ge=0)  # transient database errors on settle are retried this long
 
     # Identity (JWT sign-in), BYOK master keys, API keys
     jwt_hs256_secret: str = ""
@@ -166,9 +204,25 @@ class Settings(BaseSettings):
             return [o.strip() for o in v.split(",") if o.strip()]
         return v
 
+    @field_validator("db_prepare_threshold", mode="before")
+    @classmethod
+    def _prepare_off(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() in ("", "none", "null", "off"):
+            return None
+        return v
+
     @property
     def deployed(self) -> bool:
         return self.stage not in LOCAL_STAGES
+
+    @property
+    def pooled(self) -> bool:
+        """DATABASE_URL goes through a transaction-mode pooler."""
+        return self.database_pooled if self.database_pooled is not None else is_pooled_url(self.database_url)
+
+    @property
+    def migrations_url(self) -> str:
+        return self.database_direct_url or self.database_url
 
     @model_validator(mode="after")
     def _refuse_placeholders_when_deployed(self) -> Settings:
@@ -190,6 +244,14 @@ class Settings(BaseSettings):
             bad.append("admin_api_key (shorter than 24 characters)")
         if bad:
             raise ValueError(f"stage {self.stage!r} refuses empty or placeholder secrets: {', '.join(bad)}")
+        insecure = [f"{name} ({problem})" for name, url in (("database_url", self.database_url),
+                                                             ("database_direct_url", self.database_direct_url))
+                    if url and (problem := tls_problem(url))]
+        upstash = urlsplit(self.upstash_redis_rest_url)
+        if upstash.scheme != "https" and not is_loopback(upstash.hostname or ""):
+            insecure.append("upstash_redis_rest_url (not https://)")
+        if insecure:
+            raise ValueError(f"stage {self.stage!r} refuses connections without TLS: {', '.join(insecure)}")
         return self
 
     @model_validator(mode="after")
@@ -215,6 +277,14 @@ class Settings(BaseSettings):
             if len(set(names)) != len(names):
                 raise ValueError("BYOK_MASTER_KEYS has a duplicate version name")
         return v
+
+    @model_validator(mode="after")
+    def _default_redis_prefix(self) -> Settings:
+        if not self.ratelimit_prefix:
+            info = _conninfo(self.database_url)
+            ident = "|".join(info.get(k, "") for k in ("host", "port", "dbname"))
+            self.ratelimit_prefix = "mlp-" + hashlib.sha256(ident.encode()).hexdigest()[:10]
+        return self
 
     @model_validator(mode="after")
     def _validate_tiers(self) -> Settings:
@@ -257,15 +327,89 @@ def _tiers(tiers_json: str | None, default_markup: str) -> dict[str, Tier]:
     return out
 
 
-def _load_ssm_secrets(path: str) -> dict[str, str]:
-    """All parameters under ``path`` (decrypted, cached by Powertools for 5 minutes)."""
+# ----------------------------------------------------------------------------- database URLs
+def _conninfo(url: str) -> dict[str, str]:
+    from psycopg.conninfo import conninfo_to_dict  # psycopg is on every path that has a database
+
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except Exception:  # an unparsable URL is reported by the connection itself
+        return {}
+
+
+def is_pooled_url(url: str) -> bool:
+    """A transaction-mode pooler endpoint, recognised by its host or port: Neon's ``-pooler``
+    hosts, Supabase's pooler (port 6543 is its transaction mode), PgBouncer (``pgbouncer`` in
+    the host name, or its default port 6432). Set DATABASE_POOLED where this guesses wrong."""
+    info = _conninfo(url)
+    hosts = info.get("host", "").lower()
+    ports = info.get("port", "")
+    return ("-pooler." in hosts or "pooler.supabase.com" in hosts or "pgbouncer" in hosts
+            or any(p.strip() in ("6432", "6543") for p in ports.split(",")))
+
+
+def is_loopback(host: str) -> bool:
+    """Traffic to these hosts never leaves the machine: TLS adds nothing there."""
+    host = host.strip().strip("[]").lower()
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def tls_problem(url: str) -> str | None:
+    """Why ``url`` would allow a connection without TLS, or None. An absent sslmode (libpq's
+    default ``prefer``) is fine here: gateway.db connects with verify-full on deployed stages."""
+    info = _conninfo(url)
+    if info.get("host") and all(is_loopback(h) for h in info["host"].split(",")):
+        return None
+    sslmode = info.get("sslmode", "").lower()
+    if sslmode in NON_TLS_SSLMODES:
+        return f"sslmode={sslmode} allows an unencrypted connection; use sslmode=verify-full"
+    if info.get("host", "").startswith("/"):
+        return "a Unix-socket host has no TLS"
+    return None
+
+
+# ----------------------------------------------------------------------------- loading
+def secret_parameter_names(path: str, audiences: Sequence[str], identity_name: str | None = None) -> list[str]:
+    """``<path><audience>``; the ``identity`` audience is the stack's own parameter when
+    ``identity_name`` (``IDENTITY_SSM_PARAMETER``, set by template.yaml) names it, so two stacks of
+    one stage share the operator's secrets but not the sign-in settings each stack writes."""
+    base = path if path.endswith("/") else path + "/"
+    return [identity_name if audience == "identity" and identity_name else base + audience for audience in audiences]
+
+
+def _audiences(value: str | None) -> list[str]:
+    """``SECRETS_AUDIENCES`` ("core,providers"); unset = all of them (the operator's CLI)."""
+    names = [a.strip().lower() for a in (value or "").split(",") if a.strip()] or list(SECRET_AUDIENCES)
+    unknown = sorted(set(names) - set(SECRET_AUDIENCES))
+    if unknown:
+        raise ValueError(f"SECRETS_AUDIENCES: unknown audience(s) {unknown}; known: {', '.join(SECRET_AUDIENCES)}")
+    return names
+
+
+def _load_ssm_secrets(path: str, audiences: Sequence[str]) -> dict[str, Any]:
+    """The audiences' SecureStrings (JSON objects of settings) in ONE GetParameters call,
+    decrypted. A missing audience is logged by name and skipped: the settings validation then
+    names whatever required value is missing."""
     from aws_lambda_powertools.utilities import parameters  # imports boto3: AWS path only
 
-    values = parameters.get_parameters(path, decrypt=True, recursive=False, max_age=300)
-    out: dict[str, str] = {}
-    for name, value in values.items():
-        key = name.rsplit("/", 1)[-1].lower().replace("-", "_")
-        out[key] = str(value)
+    names = secret_parameter_names(path, audiences, os.environ.get("IDENTITY_SSM_PARAMETER"))
+    values = parameters.get_parameters_by_name({n: {} for n in names}, decrypt=True, max_age=300,
+                                               raise_on_error=False)
+    missing = list(values.pop("_errors", None) or [])
+    if missing:
+        logging.getLogger(__name__).warning("secrets not found in SSM (skipped): %s", ", ".join(missing))
+    out: dict[str, Any] = {}
+    for name in names:
+        if name not in values:
+            continue
+        try:
+            data = json.loads(str(values[name]))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ValueError(f"SSM parameter {name} must be a JSON object of settings, e.g. "
+                             '{"database_url": "postgresql://..."}') from None
+        out.update({str(k).lower().replace("-", "_"): v for k, v in data.items()})
     return out
 
 
@@ -273,7 +417,8 @@ def load_settings(**overrides: Any) -> Settings:
     path = overrides.pop("secrets_ssm_path", None) or os.environ.get("SECRETS_SSM_PATH")
     secrets: dict[str, Any] = {}
     if path:
-        secrets = {k: v for k, v in _load_ssm_secrets(path).items() if k in Settings.model_fields}
+        audiences = _audiences(overrides.pop("secrets_audiences", None) or os.environ.get("SECRETS_AUDIENCES"))
+        secrets = {k: v for k, v in _load_ssm_secrets(path, audiences).items() if k in Settings.model_fields}
         secrets["secrets_ssm_path"] = path
     return Settings(**{**secrets, **overrides})
 

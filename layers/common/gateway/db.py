@@ -1,18 +1,36 @@
 """Postgres access (psycopg 3, async).
 
-One small connection pool per warm container, opened lazily on first use and bound to the
-running event loop (Mangum keeps one loop across warm invocations). Connections run in
-autocommit mode: every money statement is a single atomic statement; ``transaction()`` gives
-a short explicit transaction where several statements must commit together.
+One small connection pool per warm container (``DB_POOL_MAX``, default 2: a container serves one
+request at a time), opened lazily on first use and bound to the running event loop (Mangum keeps
+one loop across warm invocations). Connections run in autocommit mode: every money statement is a
+single atomic statement; ``transaction()`` gives a short explicit transaction where several
+statements must commit together.
 
-A connection that died while the container was frozen is detected on use: ``run`` retries
-exactly once on a fresh connection, which is safe because every write we issue is idempotent
-by its unique reference.
+Serverless Postgres is usually reached through a transaction-mode pooler (Neon ``-pooler``,
+Supabase port 6543, PgBouncer), which rejects startup ``options`` and hands every transaction to
+any server connection. Through a pooler (``Settings.pooled``) we therefore send no startup
+options and never use server-side prepared statements (``prepare_threshold=None``); the
+statement timeout there is the database default ``mlp migrate`` sets (``gateway.migrate``). On a
+direct connection it is a startup option and psycopg prepares repeated statements
+(``DB_PREPARE_THRESHOLD``). Deployed stages connect with ``sslmode=verify-full`` and
+``sslrootcert=system`` unless the URL names a stricter or explicit setting.
+
+Availability: a connection that died while the container was frozen is detected on use and
+``run`` retries exactly once on a fresh connection (safe: every write is idempotent by its unique
+reference). A database that is down or hangs costs one bounded wait (``DB_CONNECT_TIMEOUT_S`` for
+a connection, ``DB_TIMEOUT_S`` for a statement or transaction block, after which the socket is
+shut so nothing hangs); then every call fails at once with ``DatabaseUnavailable`` for
+``DB_RETRY_AFTER_S`` seconds (the routes answer 503 with ``Retry-After``) and the next call after
+that tries again: recovery needs no restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import socket
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,28 +40,146 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import Settings, get_settings
-from .observability import logger
+from .errors import ServiceUnavailable
+from .observability import count, logger
 
-# The newest migration the code expects (``infra/migrations/NNNN_*.sql``); /health compares.
+# The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
 EXPECTED_SCHEMA_VERSION = "0007"
 
-_pool: AsyncConnectionPool | None = None
+_pool: AsyncConnectionPool[Any] | None = None
 _pool_loop: asyncio.AbstractEventLoop | None = None
 _pool_lock: asyncio.Lock | None = None
 
 
-def _conninfo(settings: Settings) -> tuple[str, dict[str, Any]]:
+class DatabaseUnavailable(psycopg.OperationalError):
+    """No connection (or no answer) within the bound, or the last attempt failed less than
+    ``retry_after`` seconds ago. ``reason`` is safe to show (no host names or credentials)."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(f"database unavailable: {reason}")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class _Breaker:
+    """After a failure of the database at ``url``, fail fast until ``until``; the first call after
+    that tries again. (A changed DATABASE_URL is another database: the record does not apply.)"""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.until = 0.0
+        self.reason = ""
+
+    def check(self, url: str) -> None:
+        remaining = self.until - time.monotonic()
+        if remaining > 0 and url == self.url:
+            raise DatabaseUnavailable(self.reason, max(1, math.ceil(remaining)))
+
+    def trip(self, url: str, reason: str, seconds: int) -> DatabaseUnavailable:
+        self.url, self.until, self.reason = url, time.monotonic() + seconds, reason
+        count("DatabaseUnavailable")
+        return DatabaseUnavailable(reason, seconds)
+
+    def reset(self) -> None:
+        self.until = 0.0
+
+
+_breaker = _Breaker()
+_last_connect_error: BaseException | None = None
+_connect_waiters: set[asyncio.Future[BaseException]] = set()  # callers waiting for a connection
+
+
+# A phrase of libpq's / the pooler's message -> what /health and the logs may say.
+_REASONS = (
+    ("timeout expired", "connect timeout"),
+    ("connection refused", "connection refused"),
+    ("password authentication failed", "authentication failed"),
+    ("no pg_hba.conf entry", "connection not allowed (pg_hba.conf)"),
+    ("certificate verify failed", "TLS certificate verification failed"),
+    ("sslrootcert", "TLS root certificates not found"),
+    ("ssl", "TLS error"),
+    ("unsupported startup parameter", "the pooler rejected a startup parameter"),
+    ("too many connections", "too many connections"),
+    ("remaining connection slots", "too many connections"),
+    ("could not translate host name", "host name not found"),
+    ('database "', "database does not exist"),  # FATAL:  database "x" does not exist
+    ('role "', "role does not exist"),
+    ("server closed the connection", "server closed the connection"),
+    ("the database system is starting up", "database starting up"),
+    ("the database system is shutting down", "database shutting down"),
+    ("canceling statement due to statement timeout", "statement timeout"),
+)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, safe reason for a connection failure (never the host, user or password)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return exc.reason
+    text = str(exc).lower()
+    for needle, reason in _REASONS:
+        if needle in text:
+            return reason
+    return type(exc).__name__
+
+
+class _Connection(psycopg.AsyncConnection[Any]):
+    """Remembers why the last connection attempt failed: the pool only says it timed out."""
+
+    @classmethod
+    async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+        global _last_connect_error
+        try:
+            conn = await super().connect(*args, **kwargs)
+        except Exception as exc:
+            _last_connect_error = exc
+            for waiter in list(_connect_waiters):
+                if not waiter.done():
+                    waiter.set_result(exc)
+            raise
+        _last_connect_error = None
+        return conn
+
+
+def connect_kwargs(settings: Settings, *, pooled: bool | None = None) -> dict[str, Any]:
+    """psycopg connection parameters for the functions' connections (``DATABASE_URL``) or, with
+    ``pooled`` given, for another URL of the same database (``gateway.migrate``)."""
+    pooled = settings.pooled if pooled is None else pooled
     kwargs: dict[str, Any] = {
         "autocommit": True,
-        "connect_timeout": max(1, int(settings.db_connect_timeout_s)),
-        "options": f"-c statement_timeout={int(settings.db_statement_timeout_ms)}",
-        "application_name": settings.service_name[:60],
+        "connect_timeout": max(2, math.ceil(settings.db_connect_timeout_s)),  # libpq's minimum is 2
+        "application_name": settings.service_name[:60],  # a startup parameter poolers accept
     }
-    return settings.database_url, kwargs
+    if pooled:
+        kwargs["prepare_threshold"] = None
+    else:
+        kwargs["prepare_threshold"] = settings.db_prepare_threshold
+        kwargs["options"] = f"-c statement_timeout={int(settings.db_statement_timeout_ms)}"
+    return kwargs
 
 
-async def get_pool() -> AsyncConnectionPool:
+def tls_kwargs(settings: Settings, url: str) -> dict[str, str]:
+    """Deployed stages verify the server certificate (sslmode=verify-full against the system's
+    root certificates) unless the URL already asks for verification; ``require`` (TLS without
+    verification, the default in many providers' connection strings) is upgraded."""
+    if not settings.deployed:
+        return {}
+    from psycopg.conninfo import conninfo_to_dict
+
+    from .config import is_loopback
+
+    info = conninfo_to_dict(url)
+    if all(is_loopback(h) for h in str(info.get("host") or "/").split(",")):
+        return {}  # never leaves the machine (a local test of a deployed stage's settings)
+    out: dict[str, str] = {}
+    if str(info.get("sslmode") or "").lower() not in ("verify-full", "verify-ca"):
+        out["sslmode"] = "verify-full"
+    if not info.get("sslrootcert"):
+        out["sslrootcert"] = "system"
+    return out
+
+
+async def get_pool() -> AsyncConnectionPool[Any]:
     """The container's pool, created on first use in the current loop."""
     global _pool, _pool_loop, _pool_lock
     loop = asyncio.get_running_loop()
@@ -56,18 +192,39 @@ async def get_pool() -> AsyncConnectionPool:
     async with _pool_lock:
         if _pool is None or _pool.closed:
             settings = get_settings()
-            dsn, kwargs = _conninfo(settings)
-            pool = AsyncConnectionPool(dsn, kwargs=kwargs, min_size=1, max_size=max(1, settings.db_pool_max),
-                                       open=False, name="gateway", timeout=settings.db_connect_timeout_s,
-                                       max_idle=300, reconnect_timeout=30)
-            try:
-                await pool.open(wait=True, timeout=settings.db_connect_timeout_s)
-            except BaseException:
-                await pool.close()  # stop its workers; the next call tries again with a new pool
-                raise
+            kwargs = {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
+            wait = _pool_timeout(settings)
+            pool = AsyncConnectionPool(settings.database_url, kwargs=kwargs, connection_class=_Connection,
+                                       min_size=1, max_size=max(1, settings.db_pool_max), open=False,
+                                       name="gateway", timeout=wait, max_idle=300, reconnect_timeout=30)
+            await pool.open(wait=False)  # connection() waits, and gives up on the first failed attempt
             _pool = pool
     assert _pool is not None
     return _pool
+
+
+async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[Any]:
+    """``pool.getconn()``, but give up as soon as a connection attempt fails (refused, TLS,
+    authentication): the pool would keep retrying in the background until its timeout."""
+    failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+    _connect_waiters.add(failed)
+    getter = asyncio.ensure_future(pool.getconn())
+    try:
+        await asyncio.wait({getter, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        _connect_waiters.discard(failed)
+    if getter.done():
+        return getter.result()  # a connection, or PoolTimeout
+    getter.cancel()
+    try:
+        conn = await getter  # the pool hands a connection that arrived meanwhile back to us
+    except (asyncio.CancelledError, psycopg.Error):
+        raise failed.result() from None
+    return conn
+
+
+def _pool_timeout(settings: Settings) -> float:
+    return max(2.0, settings.db_connect_timeout_s) + 0.5
 
 
 async def close_pool() -> None:
@@ -77,11 +234,67 @@ async def close_pool() -> None:
         await pool.close()
 
 
+def reset_breaker() -> None:
+    """Forget a recorded outage (tests; an operator's CLI run)."""
+    _breaker.reset()
+
+
+async def _unavailable(reason: str) -> DatabaseUnavailable:
+    """Record an outage: fail fast for DB_RETRY_AFTER_S, and drop the pool (a fresh one is opened
+    by the next attempt, exactly like a cold start)."""
+    settings = get_settings()
+    logger.warning("database unavailable", extra={"reason": reason, "retry_after_s": settings.db_retry_after_s})
+    error = _breaker.trip(settings.database_url, reason, settings.db_retry_after_s)
+    await close_pool()
+    return error
+
+
+def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Shut the connection's socket: a psycopg call waiting on it fails at once with
+    OperationalError (psycopg's own cancellation would wait up to 10 s more on a hung server)."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (psycopg.OperationalError, OSError):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 @asynccontextmanager
 async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    pool = await get_pool()
-    async with pool.connection() as conn:
-        yield conn
+    """A pooled connection for one statement or one short block, bounded by DB_TIMEOUT_S."""
+    settings = get_settings()
+    _breaker.check(settings.database_url)
+    try:
+        pool = await get_pool()
+        conn = await _getconn(pool)
+    except PoolTimeout:
+        reason = describe(_last_connect_error) if _last_connect_error else "no connection within the timeout"
+        raise await _unavailable(reason) from None
+    except psycopg.OperationalError as exc:
+        raise await _unavailable(describe(exc)) from None
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        _shut(conn)
+
+    timer = asyncio.get_running_loop().call_later(settings.db_timeout_s, expire)
+    try:
+        try:
+            yield conn
+        finally:
+            timer.cancel()
+            await pool.putconn(conn)  # a broken or mid-transaction connection is discarded
+    except psycopg.OperationalError:
+        if timed_out:
+            raise await _unavailable(f"no answer within {settings.db_timeout_s:g} s") from None
+        raise
 
 
 @asynccontextmanager
@@ -92,9 +305,9 @@ async def transaction() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 
 
 def is_connection_failure(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
-    # A pool timeout (database unreachable or pool exhausted) is not a dead connection: retrying
-    # it would only double the wait.
-    if isinstance(exc, PoolTimeout):
+    """A connection that died under us (worth one retry on a fresh one). Not an outage already
+    recorded (``DatabaseUnavailable``): retrying that would only double the wait."""
+    if isinstance(exc, DatabaseUnavailable | PoolTimeout):
         return False
     return isinstance(exc, psycopg.OperationalError) and (conn is None or conn.closed or conn.broken)
 
@@ -107,6 +320,14 @@ async def drop_dead_connections() -> None:
         await pool.check()
     except Exception as exc:  # the retry reports the real failure
         logger.warning("database pool check failed", extra={"error": type(exc).__name__})
+
+
+def as_service_unavailable(exc: psycopg.OperationalError) -> ServiceUnavailable:
+    """The 503 a route answers when the database failed it (gateway.http maps every
+    ``psycopg.OperationalError``: outage, statement timeout, lock timeout, failover)."""
+    retry_after = exc.retry_after if isinstance(exc, DatabaseUnavailable) else get_settings().db_retry_after_s
+    return ServiceUnavailable("The database is temporarily unavailable; retry shortly.",
+                              headers={"Retry-After": str(retry_after)})
 
 
 async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,

@@ -116,6 +116,8 @@ class UpstreamError(GatewayError):
     """The provider answered with an error (or garbage). ``retryable`` drives fallback."""
 
     status, type, code = 502, "api_error", "upstream_error"
+    # The usage of a 200 answer the provider billed although it could not be used (charged).
+    billed_usage: Any = None
 
     def __init__(self, message: str | None = None, *, upstream_status: int | None = None,
                  retryable: bool = False, provider: str | None = None, **kw: Any) -> None:

@@ -1,10 +1,13 @@
 """The FastAPI app factory every function uses.
 
 ``create_app`` returns an app with: the one error mapping (typed errors, validation errors,
-unknown routes and unhandled exceptions all answer in the OpenAI error shape), a request id
-(``X-Request-Id`` honoured when well-formed, else the API Gateway request id, else generated;
-always echoed back), security headers, the CORS allowlist from config and the body size limit
-(413). The middleware is plain ASGI so streamed responses pass through untouched.
+unknown routes and unhandled exceptions all answer in the OpenAI error shape; a database failure
+is a 503 with ``Retry-After``, logged as one line), a request id (``X-Request-Id`` honoured when
+well-formed, else the API Gateway request id, else generated; always echoed back), security
+headers, the CORS allowlist from config (headers: ``CORS_ALLOW_HEADERS`` / ``CORS_EXPOSE_HEADERS``,
+the same lists template.yaml gives API Gateway), the body size limit (413) and the refusal of NUL
+characters anywhere in the request (400: Postgres cannot store them, so they must never get as
+far as a statement). The middleware is plain ASGI so streamed responses pass through untouched.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -21,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from .config import get_settings
-from .errors import GatewayError, PayloadTooLarge, error_body
+from .errors import BadRequest, GatewayError, PayloadTooLarge, error_body
 from .observability import logger
 
 Scope = MutableMapping[str, Any]
@@ -32,6 +36,27 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # API Gateway HTTP API request ids are base64-like ("JKJaXmPLvHcESHA="): allow "=", "+", "/".
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:=+/-]{1,128}$")
+# CORS, one list for API Gateway (template.yaml, checked by tests/infrastructure) and the app.
+# Allowed: what our clients send - the OpenAI SDKs (with their x-stainless-* headers), OpenRouter
+# style attribution (HTTP-Referer, X-Title), our request id and idempotency key.
+CORS_ALLOW_HEADERS = (
+    "authorization", "x-api-key", "content-type", "idempotency-key", "x-request-id", "http-referer", "x-title",
+    "anthropic-version", "anthropic-beta",
+    "openai-organization", "openai-project", "x-stainless-arch", "x-stainless-async", "x-stainless-lang",
+    "x-stainless-os", "x-stainless-package-version", "x-stainless-read-timeout", "x-stainless-retry-count",
+    "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-timeout",
+)
+# Exposed: every header we answer with that is not CORS-safelisted.
+CORS_EXPOSE_HEADERS = (
+    "x-request-id", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+    "x-catalog-cache", "x-catalog-sync", "x-catalog-sync-id", "x-catalog-sync-failed",
+)
+CORS_ALLOW_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CORS_MAX_AGE_S = 600
+# A NUL in a JSON string: "\u0000" preceded by an even number of backslashes (an odd number
+# would make the first backslash an escaped one).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -70,7 +95,7 @@ def _pick_request_id(scope: Scope) -> tuple[str, str]:
 
 
 class GatewayMiddleware:
-    """Request id, security headers and the request body size limit (pure ASGI)."""
+    """Request id, security headers, the request body size limit and the NUL refusal (pure ASGI)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int,
                  security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS) -> None:
@@ -88,9 +113,9 @@ class GatewayMiddleware:
         state["request_id_source"] = source
         rid_header = (b"x-request-id", request_id.encode("latin-1"))
         limit = self.max_body_bytes
-        too_large = False        # the body went over the limit while the app was reading it
+        rejected: GatewayError | None = None  # the body failed a check while the app was reading it
         started = False          # a response has started (it can no longer be replaced)
-        replaced = False         # the app's response was replaced by the 413
+        replaced = False         # the app's response was replaced by our error
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -106,14 +131,17 @@ class GatewayMiddleware:
                 return  # drop the body of the response we replaced
             if message["type"] == "http.response.start":
                 started = True
-                if too_large and message.get("status") != 413:
-                    # The framework turned our PayloadTooLarge into something else (FastAPI maps any
-                    # error while parsing a body to 400): answer 413 regardless.
+                if rejected is not None:
+                    # The framework may have turned our error into something else (FastAPI maps
+                    # any error while parsing a body to a generic 400): answer ours regardless.
                     replaced = True
-                    await _send_error(send_with_headers, _too_large(limit))
+                    await _send_error(send_with_headers, rejected)
                     return
             await send_with_headers(message)
 
+        if _nul_in_head(scope):
+            await _send_error(send_with_headers, _nul_error())
+            return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -126,24 +154,34 @@ class GatewayMiddleware:
                 break
 
         received = 0
+        parts: list[bytes] = []
 
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
+        async def checked_receive() -> Message:
+            nonlocal received, rejected
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
-                    too_large = True
-                    raise _too_large(limit)
+                    rejected = _too_large(limit)
+                    raise rejected
+                if message.get("more_body", False):
+                    parts.append(chunk)
+                else:
+                    body = b"".join((*parts, chunk)) if parts else chunk
+                    parts.clear()
+                    if _nul_in_body(body):
+                        rejected = _nul_error()
+                        raise rejected
             return message
 
         try:
-            await self.app(scope, limited_receive, send_checked)
+            await self.app(scope, checked_receive, send_checked)
         except Exception as exc:
             if started:
                 raise  # e.g. a stream that broke mid-way: the server closes the connection
-            if too_large or isinstance(exc, PayloadTooLarge):
-                await _send_error(send_with_headers, _too_large(limit))
+            if rejected is not None or isinstance(exc, PayloadTooLarge):
+                await _send_error(send_with_headers, rejected or _too_large(limit))
                 return
             # Answer here (not only in Starlette's outermost handler) so that the 500 carries the
             # request id and security headers like every other response. Logged once, not re-raised.
@@ -153,6 +191,22 @@ class GatewayMiddleware:
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+
+
+def _nul_error() -> BadRequest:
+    return BadRequest("The request contains a NUL character (U+0000), which is not accepted.", code="nul_character")
+
+
+def _nul_in_head(scope: Scope) -> bool:
+    """NUL in the path (decoded), the query string (raw or %00) or any header."""
+    query = scope.get("query_string", b"")
+    return ("\x00" in scope.get("path", "") or b"\x00" in query or b"%00" in query
+            or any(b"\x00" in name or b"\x00" in value for name, value in scope.get("headers", ())))
+
+
+def _nul_in_body(body: bytes) -> bool:
+    """A raw NUL byte, or a JSON "\\u0000" escape (not an escaped backslash followed by "u0000")."""
+    return b"\x00" in body or (b"u0000" in body and _JSON_NUL.search(body) is not None)
 
 
 def _internal_error_body(request_id: str) -> dict[str, Any]:
@@ -217,6 +271,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database failed this request (down, hung, statement or lock timeout): 503 with
+    Retry-After, one log line (gateway.db logs the outage itself once per interval)."""
+    from . import db
+
+    assert isinstance(exc, psycopg.OperationalError)
+    logger.warning("request failed: database unavailable", extra={
+        "request_id": request_id_of(request), "reason": db.describe(exc), "error": type(exc).__name__})
+    return error_response(db.as_service_unavailable(exc))
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     logger.exception("unhandled error", extra={"request_id": request_id})
@@ -237,13 +302,11 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(psycopg.OperationalError, _database_error)
     app.add_exception_handler(Exception, _unhandled)
     if settings.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins,
-                           allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-                           allow_headers=["authorization", "x-api-key", "content-type", "x-request-id",
-                                          "anthropic-version", "anthropic-beta"],
-                           expose_headers=["x-request-id", "retry-after", "x-ratelimit-limit",
-                                           "x-ratelimit-remaining", "x-ratelimit-reset"], max_age=600)
+                           allow_methods=list(CORS_ALLOW_METHODS), allow_headers=list(CORS_ALLOW_HEADERS),
+                           expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
     return app

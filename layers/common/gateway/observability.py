@@ -1,56 +1,41 @@
-"""Powertools Logger, Metrics and Tracer: one instance each per process.
+"""Powertools Logger and Metrics: one instance each per process.
 
-Locally and in tests tracing is disabled (``POWERTOOLS_TRACE_DISABLED``) and metrics are only
-flushed inside a Lambda invocation. ``instrument(handler)`` wraps a Mangum handler in the order
-the Powertools docs show: logger (correlation id from the API Gateway event) outermost, then
-metrics (flushed once per invocation, cold-start metric), then tracer.
+``instrument(handler)`` wraps a Mangum handler in the order the Powertools docs show: logger
+(Lambda context and the API Gateway correlation id) outermost, then metrics (flushed once per
+invocation, cold-start metric).
+
+``instrument_asgi(app)`` does the same for the streaming function, which runs the app under
+uvicorn behind the Lambda Web Adapter: there is no handler to decorate, and the execution
+environment is frozen as soon as a response completes. So per request it adds the Lambda request
+id (from the adapter's ``x-amzn-lambda-context`` header) to every log line, and flushes the
+metrics just BEFORE the last body message of the response is sent (after the stream's own
+settlement), so they are written while the invocation is still running.
+
+No X-Ray SDK: the Powertools tracer extra pulled the maintenance-mode aws-xray-sdk and ~24 MiB of
+botocore into the layer for little; ``Tracing: Active`` in template.yaml still records every
+invocation. Locally and in tests metrics are only flushed inside a Lambda invocation.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
-    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM")
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "multi-llm")
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM"), service=SERVICE)
 
-
-class _NoopTracer:
-    """Stands in for Powertools' Tracer when tracing is disabled, so the X-Ray SDK (and the
-    botocore it pulls in, ~0.3 s of cold start) is never imported. Same decorator API."""
-
-    def _decorator(self, func: Any = None, **_: Any) -> Any:
-        if func is None:
-            return lambda f: f
-        return func
-
-    capture_lambda_handler = _decorator
-    capture_method = _decorator
-
-    def put_annotation(self, *_: Any, **__: Any) -> None:
-        return None
-
-    put_metadata = put_annotation
-
-
-def _tracing_enabled() -> bool:
-    return os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() not in ("1", "true", "yes")
-
-
-tracer: Any = Tracer(service=SERVICE) if _tracing_enabled() else _NoopTracer()
-
-__all__ = ["MetricUnit", "count", "emit", "instrument", "logger", "metrics", "tracer"]
+__all__ = ["MetricUnit", "count", "emit", "instrument", "instrument_asgi", "logger", "metrics"]
 
 _METRICS_ON = not is_metrics_disabled()
 
@@ -79,10 +64,69 @@ def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[
     def lambda_handler(event: dict[str, Any], context: Any) -> Any:
         return handler(event, context)
 
-    wrapped = tracer.capture_lambda_handler(lambda_handler, capture_response=False)
-    wrapped = metrics.log_metrics(wrapped, capture_cold_start_metric=True)
+    wrapped = metrics.log_metrics(lambda_handler, capture_cold_start_metric=True)
     wrapped = logger.inject_lambda_context(wrapped, correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
                                            clear_state=True)
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- Lambda Web Adapter
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+_LOG_KEYS = ("function_request_id", "cold_start")
+_cold = True
+
+
+def adapter_context(scope: Scope) -> dict[str, Any]:
+    """The Lambda context the Web Adapter forwards as JSON in ``x-amzn-lambda-context``."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-amzn-lambda-context":
+            try:
+                data = json.loads(value)
+            except ValueError:
+                return {}
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def flush_metrics() -> None:
+    """Write the function-wide metric set now (one EMF line), if it holds anything."""
+    if _METRICS_ON and metrics.metric_set:
+        metrics.flush_metrics()
+
+
+def instrument_asgi(app: ASGIApp) -> ASGIApp:
+    """The streaming function's ``instrument``: Lambda request id in the logs, metrics flushed
+    before each response completes (see the module docstring)."""
+    async def wrapped(scope: Scope, receive: Callable[[], Awaitable[Message]],
+                      send: Callable[[Message], Awaitable[None]]) -> None:
+        global _cold
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        context = adapter_context(scope)
+        keys = {"function_request_id": str(context.get("request_id") or "")[:64] or None, "cold_start": _cold}
+        logger.append_keys(**keys)
+        if _cold and _METRICS_ON:
+            metrics.add_metric(name="ColdStart", unit=MetricUnit.Count, value=1)
+        _cold = False
+        flushed = False
+
+        async def send_and_flush(message: Message) -> None:
+            nonlocal flushed
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and not flushed:
+                flushed = True
+                flush_metrics()
+            await send(message)
+
+        try:
+            await app(scope, receive, send_and_flush)
+        finally:
+            if not flushed:  # no complete response (the client went away, an error mid-stream)
+                flush_metrics()
+            logger.remove_keys(list(_LOG_KEYS))
+
     return wrapped
 
 

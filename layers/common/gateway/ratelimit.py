@@ -2,8 +2,11 @@
 
 One Upstash call per request in the common case (the per-user limit from the tier table); a key
 with its own ``rpm`` adds a second, concurrent call. If Upstash does not answer within its
-timeout the request is allowed (fail open, logged and counted) unless ``RATELIMIT_FAIL_OPEN``
-is false, in which case it is refused with 503.
+timeout (or its circuit breaker is open, gateway.upstash) the request is allowed (fail open,
+logged and counted as ``RateLimiterUnavailable``, which raises an alarm) unless
+``RATELIMIT_FAIL_OPEN`` is false, in which case it is refused with 503 and ``Retry-After``.
+A degraded decision carries no ``X-RateLimit-*`` headers: nothing was counted, so it cannot
+claim what remains.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
 from .observability import count, logger
-from .upstash import get_redis
+from .upstash import UpstashUnavailable, get_redis
 
 WINDOW_SECONDS = 60
 
@@ -30,8 +33,11 @@ class Decision:
     remaining: int
     reset: float          # epoch seconds when the current window ends
     degraded: bool = False  # Upstash unreachable; decision made by the fail-open policy
+    retry_after: int = 1    # degraded: seconds until Upstash is tried again
 
     def headers(self) -> dict[str, str]:
+        if self.degraded:
+            return {} if self.allowed else {"Retry-After": str(self.retry_after)}
         h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(max(0, self.remaining)),
              "X-RateLimit-Reset": str(math.ceil(self.reset))}
         if not self.allowed:
@@ -67,9 +73,11 @@ async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SE
     except Exception as exc:  # network, timeout, protocol: Upstash is unavailable
         count("RateLimiterUnavailable")
         logger.warning("rate limiter unavailable", extra={"error": type(exc).__name__, "limit": name,
+                                                          "reason": getattr(exc, "reason", None),
                                                           "fail_open": settings.ratelimit_fail_open})
+        retry_after = exc.retry_after if isinstance(exc, UpstashUnavailable) else 1
         return Decision(allowed=settings.ratelimit_fail_open, limit=max_requests, remaining=max_requests,
-                        reset=time.time() + window_s, degraded=True)
+                        reset=time.time() + window_s, degraded=True, retry_after=retry_after)
 
 
 async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None) -> Decision:
@@ -85,7 +93,13 @@ def enforce(decision: Decision) -> None:
     if decision.allowed:
         return
     if decision.degraded:
-        raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
+        raise unavailable(decision)
     count("RateLimited")
     raise RateLimited(f"Rate limit of {decision.limit} requests per minute exceeded.",
                       headers=decision.headers())
+
+
+def unavailable(decision: Decision) -> ServiceUnavailable:
+    """The 503 for a request refused because Upstash is unavailable (RATELIMIT_FAIL_OPEN=false)."""
+    return ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable",
+                              headers=decision.headers())

@@ -3,14 +3,26 @@
 upstash-redis ships with no HTTP timeout and a 3 s sleep before its retry, and sends every
 command through httpx's default transport. On the request path all three are wrong, so the
 client keeps upstash-redis's command formatting and reply decoding but executes each REST call
-on one shared aiohttp session with an explicit short timeout and no retry (about a third of the
-CPU of the default httpx path, measured in BENCHMARKS.md).
+on one shared aiohttp session with an explicit short timeout (about a third of the CPU of the
+default httpx path, measured in BENCHMARKS.md). It relies on two private helpers of upstash-redis
+(``_format_command`` and the ``_http`` attribute), hence the upper bound on that dependency.
+
+Failures:
+- a keep-alive connection that went stale while the container was frozen (the server or a NAT
+  dropped it; the reused socket is reset or closed on first use) is retried ONCE on a new
+  connection; a refused or timed-out connection is not;
+- a circuit breaker: after a timeout or connection failure, every call fails at once with
+  ``UpstashUnavailable`` for ``UPSTASH_BREAKER_S`` seconds, so a hanging Upstash costs one
+  timeout per container per interval instead of ``UPSTASH_TIMEOUT_S`` on every request; the first
+  call after the interval tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from typing import Any
 
 import aiohttp
@@ -24,13 +36,40 @@ _client: AsyncRedis | None = None
 _client_loop: asyncio.AbstractEventLoop | None = None
 
 
+class UpstashUnavailable(UpstashError):
+    """Upstash did not answer (or failed less than ``retry_after`` seconds ago)."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(f"Upstash unavailable: {reason}")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _stale(exc: BaseException) -> bool:
+    """A reused keep-alive connection the other side had dropped (not a refused new one)."""
+    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError))
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connection refused or unreachable"
+    return type(exc).__name__
+
+
 class AiohttpExecutor:
     """Drop-in for ``upstash_redis.http.AsyncHttpClient``: same ``execute`` contract."""
 
-    def __init__(self, encoding: str | None, timeout: float) -> None:
+    def __init__(self, encoding: str | None, timeout: float, breaker_s: float = 0.0) -> None:
         self._encoding = encoding
+        self._timeout_s = timeout
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._breaker_s = breaker_s
+        self._open_until = 0.0
+        self._open_reason = ""
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -41,17 +80,34 @@ class AiohttpExecutor:
 
     async def execute(self, url: str, headers: dict[str, str], command: list[Any],
                       from_pipeline: bool = False) -> Any:
-        payload = _format_command(command, from_pipeline=from_pipeline)
-        async with self._get_session().post(url, headers=headers, json=payload) as r:
-            try:
-                response = await r.json(content_type=None)
-            except (ValueError, aiohttp.ContentTypeError) as exc:
-                raise UpstashError(f"invalid reply from Upstash (HTTP {r.status})") from exc
+        response, status = await self._send(url, headers, _format_command(command, from_pipeline=from_pipeline))
         if isinstance(response, dict) and "result" not in response and "error" not in response:
-            raise UpstashError(f"unexpected reply from Upstash (HTTP {r.status})")
+            raise UpstashError(f"unexpected reply from Upstash (HTTP {status})")
         if not from_pipeline:
             return format_response(response, self._encoding)  # type: ignore[arg-type]
         return [format_response(sub, self._encoding) for sub in response]  # type: ignore[arg-type]
+
+    async def _send(self, url: str, headers: dict[str, str], payload: Any) -> tuple[Any, int]:
+        remaining = self._open_until - time.monotonic()
+        if remaining > 0:
+            raise UpstashUnavailable(self._open_reason, max(1, math.ceil(remaining)))
+        retried = False
+        while True:
+            try:
+                async with self._get_session().post(url, headers=headers, json=payload) as r:
+                    try:
+                        return await r.json(content_type=None), r.status
+                    except (ValueError, aiohttp.ContentTypeError) as exc:
+                        raise UpstashError(f"invalid reply from Upstash (HTTP {r.status})") from exc
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                if not retried and _stale(exc):
+                    retried = True  # once, on a new connection
+                    continue
+                reason = _reason(exc, self._timeout_s)
+                if self._breaker_s > 0:
+                    self._open_until = time.monotonic() + self._breaker_s
+                    self._open_reason = reason
+                raise UpstashUnavailable(reason, max(1, math.ceil(self._breaker_s))) from exc
 
     async def close(self) -> None:
         if self._session is not None:
@@ -64,7 +120,8 @@ def make_client(settings: Settings | None = None) -> AsyncRedis:
                        rest_encoding=None, rest_retries=0, rest_retry_interval=0, allow_telemetry=False,
                        read_your_writes=False)
     # upstash-redis has no timeout/transport option: replace the executor it created.
-    redis._http = AiohttpExecutor(None, settings.upstash_timeout_s)  # type: ignore[assignment]
+    redis._http = AiohttpExecutor(None, settings.upstash_timeout_s,  # type: ignore[assignment]
+                                  settings.upstash_breaker_s)
     return redis
 
 

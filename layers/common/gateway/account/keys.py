@@ -20,7 +20,7 @@ from uuid import UUID
 
 from .. import accounts, db, ratelimit
 from ..config import get_settings
-from ..errors import Conflict, RateLimited, ServiceUnavailable
+from ..errors import Conflict, RateLimited
 from ..observability import count, logger
 from ..ratelimit import Decision
 from .money import money
@@ -67,7 +67,7 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, 
     decision = await _creation_decision(user_id)
     if not decision.allowed:
         if decision.degraded:
-            raise ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable")
+            raise ratelimit.unavailable(decision)
         count("KeyCreationRateLimited")
         raise RateLimited(f"You can create at most {decision.limit} API keys per hour.",
                           code="key_creation_rate_limited", headers=decision.headers())

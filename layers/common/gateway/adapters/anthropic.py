@@ -279,7 +279,9 @@ def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any
 
 
 def usage_from_anthropic(u: Any, into: Usage | None = None) -> Usage:
-    """``input_tokens`` excludes cache reads/writes; all three are prompt tokens for us."""
+    """``input_tokens`` excludes cache reads/writes; all three are prompt tokens for us. The
+    writes with the 1-hour TTL (billed at 2x the input price) are in
+    ``cache_creation.ephemeral_1h_input_tokens``."""
     usage = into or Usage()
     if not isinstance(u, dict):
         return usage
@@ -288,6 +290,9 @@ def usage_from_anthropic(u: Any, into: Usage | None = None) -> Usage:
         usage.prompt_tokens = sum(as_int(u.get(k)) for k in keys)
         usage.cached_tokens = as_int(u.get("cache_read_input_tokens"))
         usage.cache_write_tokens = as_int(u.get("cache_creation_input_tokens"))
+    creation = u.get("cache_creation")
+    if isinstance(creation, dict):
+        usage.cache_write_1h_tokens = as_int(creation.get("ephemeral_1h_input_tokens"))
     if u.get("output_tokens") is not None:
         usage.completion_tokens = as_int(u.get("output_tokens"))
     return usage
@@ -321,7 +326,7 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
         usage = usage_from_anthropic(raw_usage)
     else:
         chars = sum(len(t) for t in texts) + sum(len(c["function"]["arguments"]) for c in tool_calls)
-        usage = estimated_usage(body, chars)
+        usage = estimated_usage(body, chars, target.public_id)
     finish = map_stop_reason(data.get("stop_reason")) or "stop"
     out = completion_dict(id=data.get("id") or new_id(), created=now(), model=target.public_id,
                           choices=[{"index": 0, "message": message, "finish_reason": finish,
@@ -415,8 +420,14 @@ class AnthropicStream(SSEUpstreamStream):
         return []  # ping, content_block_stop, unknown future events
 
 
+def usage_of(data: Any) -> Usage | None:
+    raw = data.get("usage") if isinstance(data, dict) else None
+    return usage_from_anthropic(raw) if isinstance(raw, dict) and raw else None
+
+
 class AnthropicAdapter(TranslatingAdapter):
     provider = "anthropic"
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
+    usage_of = staticmethod(usage_of)
     stream_class = AnthropicStream

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
@@ -68,7 +69,9 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens written with the 1-hour TTL (Anthropic)
     reported: bool = True  # False when we had to estimate (provider reported none)
+    cost: Decimal | None = None  # what the provider says it billed (OpenRouter ``usage.cost``), USD
 
     @property
     def total_tokens(self) -> int:
@@ -112,8 +115,8 @@ class UpstreamStream(Protocol):
 class Adapter(Protocol):
     provider: str
 
-    async def complete(self, client: httpx.AsyncClient, target: Target,
-                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]: ...
+    async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                       read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]: ...
 
     def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> UpstreamStream: ...
 
@@ -267,10 +270,19 @@ def _chars_to_tokens(chars: int) -> int:
     return -(-chars // CHARS_PER_TOKEN)  # ceil
 
 
-def estimated_usage(body: dict[str, Any], out_chars: int) -> Usage:
+def estimated_usage(body: dict[str, Any], out_chars: int, model_id: str) -> Usage:
     """Usage when the provider reported none: the prompt estimate and ~4 output chars per token."""
-    return Usage(prompt_tokens=estimate_prompt_tokens(body), completion_tokens=_chars_to_tokens(out_chars),
+    return Usage(prompt_tokens=estimate_prompt_tokens(body, model_id), completion_tokens=_chars_to_tokens(out_chars),
                  reported=False)
+
+
+def billed(err: UpstreamError, usage: Usage | None) -> UpstreamError:
+    """Mark an error that came with a 200 answer the provider billed: the usage is charged and the
+    request is not retried on another model (that would pay twice for one answer)."""
+    if usage is not None:
+        err.billed_usage = usage
+        err.retryable = False
+    return err
 
 
 def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str, Any]],
@@ -760,11 +772,11 @@ class SSEUpstreamStream:
         """Make ``usage`` final: fill in estimates for what the provider did not report."""
         u = self.usage
         if u is None:
-            self.usage = estimated_usage(self._body, self._out_chars)
+            self.usage = estimated_usage(self._body, self._out_chars, self._target.public_id)
         elif not self._final_usage and not self._usage_is_cumulative:
             u.reported = False
             if u.prompt_tokens <= 0:
-                u.prompt_tokens = estimate_prompt_tokens(self._body)
+                u.prompt_tokens = estimate_prompt_tokens(self._body, self._target.public_id)
             u.completion_tokens = max(u.completion_tokens, _chars_to_tokens(self._out_chars))
 
 
@@ -779,22 +791,40 @@ async def _drain(events: AsyncIterator[SSEEvent]) -> None:
 
 
 def usage_from_openai(u: Any) -> Usage | None:
-    """OpenAI-style ``usage`` → Usage (``prompt_tokens_details.cached_tokens`` → cached)."""
+    """OpenAI-style ``usage`` → Usage: ``prompt_tokens_details.cached_tokens`` → cached,
+    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter) → cache writes, ``cost`` (OpenRouter:
+    the USD it billed for the call) → cost."""
     if not isinstance(u, dict):
         return None
     details = u.get("prompt_tokens_details") or {}
-    cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    if not isinstance(details, dict):
+        details = {}
+    cached = as_int(details.get("cached_tokens"))
     if not cached:
         cached = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek-style compat servers
     return Usage(prompt_tokens=as_int(u.get("prompt_tokens")),
                  completion_tokens=as_int(u.get("completion_tokens")),
-                 cached_tokens=cached, reported=True)
+                 cached_tokens=cached, cache_write_tokens=as_int(details.get("cache_write_tokens")),
+                 reported=True, cost=as_cost(u.get("cost")))
+
+
+def as_cost(value: Any) -> Decimal | None:
+    """A cost a provider reported in JSON (a number) as an exact Decimal of its decimal text;
+    None when absent or not a finite, non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        cost = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return cost if cost.is_finite() and cost >= 0 else None
 
 
 class TranslatingAdapter:
     """One provider call = ``build_request`` → ``post_json`` → ``translate_response``; a stream is
     ``stream_class``. Subclasses supply the two translations (methods, or a module's functions
-    as staticmethods) and the stream class."""
+    as staticmethods), ``usage_of`` (the usage a raw 200 answer reports, or None) and the stream
+    class."""
 
     provider = "?"
     stream_class: type[SSEUpstreamStream] = SSEUpstreamStream
@@ -807,13 +837,37 @@ class TranslatingAdapter:
                            data: Any) -> tuple[dict[str, Any], Usage]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def complete(self, client: httpx.AsyncClient, target: Target,
-                       body: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
+    def usage_of(self, data: Any) -> Usage | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                       read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]:
+        """``read_timeout`` overrides the client's for this call: a non-streaming answer only
+        arrives when the whole generation is done, so the caller bounds it by its deadline."""
         def request() -> httpx.Request:
-            return self.build_request(client, target, body, stream=False)
+            req = self.build_request(client, target, body, stream=False)
+            if read_timeout is not None:
+                req.extensions["timeout"] = {**req.extensions.get("timeout", {}), "read": read_timeout}
+            return req
 
         data = await post_json(client, request, self.provider, target.api_key)
-        return self.translate_response(target, body, data)
+        try:
+            return self.translate_response(target, body, data)
+        except UpstreamError as err:
+            raise billed(err, _lenient(self.usage_of, data)) from None
+        except Exception as exc:
+            # Our translation failed on an answer the provider billed: charge its usage, no retry.
+            failure = UpstreamError(f"The answer of the upstream provider ({self.provider}) could not be "
+                                    "translated.", provider=self.provider, status=502, code="response_build_failed")
+            failure.billed_usage = _lenient(self.usage_of, data)
+            raise failure from exc
 
     def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> SSEUpstreamStream:
         return self.stream_class(client, target, body)
+
+
+def _lenient(usage_of: Callable[[Any], Usage | None], data: Any) -> Usage | None:
+    try:
+        return usage_of(data)
+    except Exception:
+        return None

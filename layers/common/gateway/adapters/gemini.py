@@ -410,7 +410,7 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
                         "finish_reason": "content_filter" if blocked else "stop", "logprobs": None})
     usage, thoughts = usage_from_gemini(data.get("usageMetadata"))
     if usage is None:
-        usage = estimated_usage(body, out_chars)
+        usage = estimated_usage(body, out_chars, target.public_id)
     out = completion_dict(id=data.get("responseId") or new_id(), created=now(), model=target.public_id,
                           choices=choices, usage=usage.as_openai(reasoning_tokens=thoughts or None))
     return out, usage
@@ -499,8 +499,13 @@ class GeminiStream(SSEUpstreamStream):
             self._final_usage = self.usage is not None
 
 
+def usage_of(data: Any) -> Usage | None:
+    return usage_from_gemini(data.get("usageMetadata") if isinstance(data, dict) else None)[0]
+
+
 class GeminiAdapter(TranslatingAdapter):
     provider = "gemini"
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
+    usage_of = staticmethod(usage_of)
     stream_class = GeminiStream

@@ -38,6 +38,9 @@ DROP_ALWAYS = frozenset({"models", "usage"})
 OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reasoning"})
 # Response/chunk fields we do not pass on (OpenRouter's upstream name; its cost accounting).
 DROP_FROM_OUTPUT = ("provider",)
+# Billing is at the standard (list) price: OpenAI is always asked for its "default" tier (never
+# "auto", which follows the project's setting); the gateway refuses other tiers before this.
+OPENAI_SERVICE_TIER = "default"
 
 
 class OpenAICompatAdapter(TranslatingAdapter):
@@ -65,6 +68,10 @@ class OpenAICompatAdapter(TranslatingAdapter):
                 continue
             out[key] = value
         out["model"] = target.upstream_model
+        if self.provider == "openai":
+            out["service_tier"] = OPENAI_SERVICE_TIER
+        else:
+            out.pop("service_tier", None)
         if "messages" in out:
             out["messages"] = _plain_call_ids(out["messages"])
         if stream:
@@ -107,7 +114,7 @@ class OpenAICompatAdapter(TranslatingAdapter):
         if usage is None and isinstance(data.get("x_groq"), dict):
             usage = usage_from_openai(data["x_groq"].get("usage"))
         if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
-            usage = estimated_usage(body, _output_chars(choices))
+            usage = estimated_usage(body, _output_chars(choices), target.public_id)
         out = {k: v for k, v in data.items() if k not in DROP_FROM_OUTPUT}
         out.setdefault("id", new_id())
         out["object"] = "chat.completion"
@@ -115,6 +122,9 @@ class OpenAICompatAdapter(TranslatingAdapter):
         out["model"] = target.public_id
         out["usage"] = _usage_dict(usage, data.get("usage"))
         return out, usage
+
+    def usage_of(self, data: Any) -> Usage | None:
+        return usage_from_openai(data.get("usage")) if isinstance(data, dict) else None
 
     def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
         return OpenAIStream(self, client, target, body)

@@ -1,82 +1,158 @@
-"""Cheap token estimates (no tokenizer): ~4 characters per token.
+"""Prompt sizes without a tokenizer: an estimate, and an upper bound the hold is built on.
 
-Used for the pre-call credit reservation and when a provider reports no usage. Deliberately a
-little generous: an over-estimate only holds credit for the duration of the call.
+Everything the gateway forwards as prompt is measured as the JSON text of the prompt fields
+(``messages`` with every field of every message, ``tools``, ``tool_choice``, ``response_format``),
+with media parts taken out and counted per part:
+
+* **estimate** (expected tokens; used to refuse a prompt over the context length and as the usage
+  of a call the provider reported none for): ASCII characters at 4 per token, every non-ASCII
+  character as a whole token (CJK, emoji, accents are about one token each or more);
+* **bound** (the most a provider can bill for the text; the hold uses it): one token per UTF-8
+  byte. Byte-level BPE tokenizers (OpenAI, Llama 3, Claude) and SentencePiece with byte fallback
+  (Gemini) never produce more tokens than bytes, so this holds for digits, punctuation and
+  scripts that the 4-characters rule underestimates up to 4x;
+* **images** at the serving model's per-image maximum (``image_token_max``), on top of the text;
+* **files** (PDF and other documents) at the model's whole context length in the bound (a page
+  costs image and text tokens, a few bytes of PDF can be a page), not in the estimate;
+* **audio** stays in the JSON text (its base64 data is far more bytes than the provider's
+  tokens per second of audio).
+
+Both are capped at the model's context length by the caller (a provider refuses a longer prompt,
+so it never bills more than that), plus the fixed prompt overheads below.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 CHARS_PER_TOKEN = 4
-IMAGE_TOKENS = 85  # per image part (OpenAI "low detail" cost); also used for audio/file parts
-MESSAGE_OVERHEAD = 3  # role/separators per message
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
+# The tool-use system prompt a provider adds when tools are declared (Anthropic: up to 346 tokens
+# for Claude 4 models; OpenAI and Gemini fewer).
+TOOLS_OVERHEAD = 500
+PROMPT_FIELDS = ("messages", "tools", "tool_choice", "response_format")
+IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
+FILE_PARTS = frozenset({"file", "input_file"})
+
+# The most one image can cost on the model serving it, first match on the catalogue id wins.
+# Providers resize large images, so every image has a maximum:
+#   Anthropic: (w x h) / 750 after resizing to <= 1.15 MP and <= 1568 px: ~1,600 tokens;
+#   OpenAI tile models: fit 2048 x 2048, shortest side 768 -> at most 2 x 4 tiles of 512 px:
+#     base + 8 x tile (gpt-4o / 4.1 / 4-turbo: 85 + 170/tile; o1 / o3: 75 + 150/tile;
+#     gpt-4o-mini: 2,833 + 5,667/tile);
+#   OpenAI patch models: at most 1,536 patches of 32 px x the model's multiplier
+#     (gpt-4.1-mini / gpt-5-mini 1.62, o4-mini 1.72, gpt-4.1-nano / gpt-5-nano 2.46);
+#   Gemini: tiles of 768 px at 258 tokens, images scaled to at most 3072 px: 16 x 258.
+IMAGE_TOKEN_RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple((re.compile(p), n) for p, n in (
+    (r"^anthropic/", 1_600),
+    (r"^openai/gpt-4o-mini", 2_833 + 5_667 * 8),
+    (r"^openai/(gpt-4\.1-nano|gpt-5-nano)", math.ceil(1_536 * 2.46)),
+    (r"^openai/o4-mini", math.ceil(1_536 * 1.72)),
+    (r"^openai/(gpt-4\.1-mini|gpt-5-mini)", math.ceil(1_536 * 1.62)),
+    (r"^openai/(o1|o3)(-pro)?($|-\d)", 75 + 150 * 8),
+    (r"^openai/(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4\.5|gpt-5)", 85 + 170 * 8),
+    (r"^openai/", math.ceil(1_536 * 2.46)),  # an unknown OpenAI model: the largest known maximum
+    (r"^google/", 258 * 16),
+))
+# Any other model (Llama, Qwen-VL and other dynamic-resolution vision models behind OpenRouter
+# or a compatible server): Qwen2.5-VL's default maximum.
+DEFAULT_IMAGE_TOKENS = 16_384
+
+
+def image_token_max(model_id: str) -> int:
+    """The most one input image can cost on ``model_id`` (our catalogue id)."""
+    for pattern, tokens in IMAGE_TOKEN_RULES:
+        if pattern.match(model_id):
+            return tokens
+    return DEFAULT_IMAGE_TOKENS
 
 
 def estimate_tokens(text: str) -> int:
-    """ceil(chars / 4); at least 1 for non-empty text, 0 for empty."""
+    """ASCII at 4 characters per token, each other character a token; 0 for empty text."""
+    return _text_size(text)[0]
+
+
+def _text_size(text: str) -> tuple[int, int]:
+    """(estimate, bound) of a text: see the module docstring."""
     if not text:
-        return 0
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
-
-
-def _json_len(value: Any) -> int:
-    try:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-    except (TypeError, ValueError):
-        return len(str(value))
-
-
-def _content_cost(content: Any) -> tuple[int, int]:
-    """(characters of text, non-text parts) of a message ``content``."""
-    if content is None:
         return 0, 0
-    if isinstance(content, str):
-        return len(content), 0
-    if isinstance(content, list):
-        chars = 0
-        media = 0
-        for part in content:
-            if isinstance(part, str):
-                chars += len(part)
-            elif isinstance(part, dict):
-                kind = part.get("type")
-                if kind in ("text", "input_text", "output_text", "refusal"):
-                    chars += len(str(part.get("text") or part.get("refusal") or ""))
-                elif kind in ("image_url", "input_image", "image", "input_audio", "file"):
-                    media += 1
-                else:
-                    chars += _json_len(part)
-        return chars, media
-    return len(str(content)), 0
+    if text.isascii():
+        return -(-len(text) // CHARS_PER_TOKEN), len(text)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return (-(-ascii_chars // CHARS_PER_TOKEN) + len(text) - ascii_chars,
+            len(text.encode("utf-8", "surrogatepass")))
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """Estimate the prompt tokens of an OpenAI chat request.
+@dataclass(frozen=True, slots=True)
+class PromptSize:
+    """The prompt of one request, before the serving model is known."""
 
-    All message text (content, tool-call names/arguments, names) at 4 chars/token, plus
-    ``IMAGE_TOKENS`` per image/audio/file part, ``MESSAGE_OVERHEAD`` per message, the tool schemas
-    and a JSON response schema as JSON length / 4, plus the reply priming.
-    """
-    total = REPLY_PRIMING
-    for msg in body.get("messages") or []:
-        if not isinstance(msg, dict):
+    text_estimate: int
+    text_bound: int
+    images: int = 0
+    files: int = 0
+
+    def estimate(self, model_id: str) -> int:
+        """Expected prompt tokens on ``model_id`` (not capped: compared with the context length).
+        Files are not in it: their size is unknown until the provider reads them."""
+        return self.text_estimate + self.images * image_token_max(model_id)
+
+    def bound(self, model_id: str, context_length: int) -> int:
+        """The most ``model_id`` can bill for this prompt: never above its context length."""
+        if self.files:
+            return context_length
+        return min(context_length, self.text_bound + self.images * image_token_max(model_id))
+
+
+def _strip_media(messages: Any) -> tuple[Any, int, int]:
+    """``messages`` with image and file parts reduced to their type, and how many there were."""
+    if not isinstance(messages, list):
+        return messages, 0, 0
+    images = files = 0
+    out: list[Any] | None = None
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if not isinstance(content, list):
             continue
-        chars, media = _content_cost(msg.get("content"))
-        for call in msg.get("tool_calls") or []:
-            if isinstance(call, dict):
-                fn = call.get("function") or {}
-                chars += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
-        if msg.get("name"):
-            chars += len(str(msg["name"]))
-        total += MESSAGE_OVERHEAD + math.ceil(chars / CHARS_PER_TOKEN) + media * IMAGE_TOKENS
-    tools = body.get("tools")
-    if tools:
-        total += math.ceil(_json_len(tools) / CHARS_PER_TOKEN)
-    rf = body.get("response_format")
-    if isinstance(rf, dict) and rf.get("type") == "json_schema":
-        total += math.ceil(_json_len(rf.get("json_schema") or {}) / CHARS_PER_TOKEN)
-    return total
+        parts = []
+        changed = False
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in IMAGE_PARTS:
+                images += 1
+            elif kind in FILE_PARTS:
+                files += 1
+            else:
+                parts.append(part)
+                continue
+            parts.append({"type": kind})
+            changed = True
+        if changed:
+            if out is None:
+                out = list(messages)
+            out[i] = {**msg, "content": parts}
+    return (messages if out is None else out), images, files
+
+
+def measure_prompt(body: dict[str, Any]) -> PromptSize:
+    """The :class:`PromptSize` of an OpenAI chat request (a plain dict)."""
+    messages, images, files = _strip_media(body.get("messages"))
+    prompt = {k: body[k] for k in PROMPT_FIELDS if body.get(k) is not None}
+    if "messages" in prompt:
+        prompt["messages"] = messages
+    try:
+        text = json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = str(prompt)
+    estimate, bound = _text_size(text)
+    overhead = REPLY_PRIMING + (TOOLS_OVERHEAD if body.get("tools") else 0)
+    return PromptSize(text_estimate=estimate + overhead, text_bound=bound + overhead, images=images, files=files)
+
+
+def estimate_prompt_tokens(body: dict[str, Any], model_id: str = "") -> int:
+    """The expected prompt tokens of a request on ``model_id`` (usage when a provider reports none)."""
+    return measure_prompt(body).estimate(model_id)

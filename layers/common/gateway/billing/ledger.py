@@ -10,16 +10,23 @@ through reservations, and no decision is ever made on a stale read.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from psycopg_pool import PoolTimeout
+
 from .. import db
-from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded
+from ..account.money import money
+from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
+from ..observability import logger
 from .pricing import ZERO, to_credit
 
 CREDIT_KINDS = frozenset({"grant", "purchase", "usage", "refund", "adjustment", "subscription_credit", "welcome"})
@@ -88,7 +95,7 @@ async def credit_in(conn: Any, user_id: UUID | str, amount: Decimal, kind: str, 
         if await cur.fetchone() is not None:  # a replay of a deduction already applied
             return CreditResult(applied=False, balance=balance, reserved=reserved)
         raise InsufficientCredits("deduction exceeds the available balance",
-                                  balance=str(balance - reserved), required=str(-amount))
+                                  balance=money(balance - reserved), required=money(-amount))
     cur = await conn.execute(
         """INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
            VALUES (%s, %s, %s, %s, %s) ON CONFLICT (reference) DO NOTHING RETURNING id""",
@@ -118,6 +125,8 @@ class Reservation:
 # at its latest committed state (FOR UPDATE), the hold must fit in spend_cap - spent - reserved,
 # and it is added to the key's ``reserved``. Uncapped keys (and no key) are not touched. Settle
 # and cancel lock in the same order (key, then balance), so concurrent requests cannot deadlock.
+# In flight: ``balances.in_flight`` counts the user's open reservations under the same row lock;
+# %(max_in_flight)s (NULL = no cap) bounds it, so the user's exposure to an overrun is bounded too.
 RESERVE_SQL = """
 WITH kl AS MATERIALIZED (
     SELECT id, spend_cap - spent - reserved AS headroom FROM api_keys
@@ -132,6 +141,7 @@ WITH kl AS MATERIALIZED (
 ), b AS (
     UPDATE balances SET
         reserved = reserved + %(hold)s,
+        in_flight = in_flight + 1,
         period_requests = CASE WHEN period_start < %(period)s THEN 1 ELSE period_requests + 1 END,
         period_start = GREATEST(period_start, %(period)s),
         updated_at = now()
@@ -139,6 +149,7 @@ WITH kl AS MATERIALIZED (
     WHERE balances.user_id = q.user_id
       AND balances.balance - balances.reserved >= %(hold)s
       AND (kl.id IS NULL OR kl.headroom >= %(hold)s)
+      AND (%(max_in_flight)s::integer IS NULL OR balances.in_flight < %(max_in_flight)s::integer)
       AND (q.quota < 0
            OR (CASE WHEN balances.period_start < %(period)s THEN 0 ELSE balances.period_requests END) < q.quota)
     RETURNING balances.user_id, q.tier, kl.id AS capped_key_id
@@ -155,13 +166,16 @@ SELECT r.request_id, b.tier FROM r, b
 
 async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota: int | None = None,
                   quotas: Mapping[str, int | None] | None = None, api_key_id: UUID | str | None = None,
-                  model: str = "") -> Reservation:
+                  model: str = "", max_in_flight: int | None = None,
+                  check_tier: Callable[[str], None] | None = None) -> Reservation:
     """Hold ``hold`` credit and count one request against the monthly quota, atomically.
 
     The quota is ``quotas[current tier]`` when ``quotas`` is given (None = unlimited), else
-    ``quota`` for everyone (None = unlimited). Raises InsufficientCredits (402), QuotaExceeded
-    (429) or Forbidden (403 ``payment_disputed``: an open Stripe dispute); the follow-up read only
-    picks the message, it never decides.
+    ``quota`` for everyone (None = unlimited); ``max_in_flight`` caps the user's open
+    reservations (None = no cap). A refusal is worded from a follow-up read (it never decides),
+    in this order: Forbidden (403 ``payment_disputed``: an open Stripe dispute),
+    ``check_tier(current tier)`` (raises e.g. 403 when the model is not on the plan),
+    QuotaExceeded (429), too many in flight (429), InsufficientCredits (402).
     """
     if hold < 0:
         raise ValueError("hold must be >= 0")
@@ -174,11 +188,12 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         default_quota = quota_map.get("free", -1)
     row = await db.fetchone(RESERVE_SQL, {
         "hold": hold, "period": period, "user_id": user_id, "quotas": json.dumps(quota_map),
-        "default_quota": default_quota, "request_id": request_id, "api_key_id": api_key_id, "model": model})
+        "default_quota": default_quota, "request_id": request_id, "api_key_id": api_key_id, "model": model,
+        "max_in_flight": max_in_flight})
     if row is not None:
         return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
     state = await db.fetchone(
-        "SELECT b.balance, b.reserved, b.period_start, b.period_requests, u.tier, k.spend_cap, "
+        "SELECT b.balance, b.reserved, b.in_flight, b.period_start, b.period_requests, u.tier, k.spend_cap, "
         "k.spent AS key_spent, k.reserved AS key_reserved, EXISTS (SELECT 1 FROM stripe_disputes d "
         "WHERE d.user_id = b.user_id AND NOT d.closed) AS disputed FROM balances b JOIN users u ON u.id = b.user_id "
         "LEFT JOIN api_keys k ON k.id = %s AND k.user_id = b.user_id AND k.spend_cap IS NOT NULL "
@@ -188,12 +203,18 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     if state["disputed"]:
         raise Forbidden("A payment on this account is disputed: new requests are blocked until the dispute is "
                         "resolved. Contact support.", code="payment_disputed")
+    if check_tier is not None:
+        check_tier(state["tier"])
     used = 0 if state["period_start"] < period else state["period_requests"]
     limit = quota_map.get(state["tier"], default_quota)
     if limit >= 0 and used >= limit:
         reset = next_period_start()
         raise QuotaExceeded(f"Monthly request quota of {limit} requests is exhausted; it resets on "
                             f"{reset.isoformat()}.", quota=limit, used=used, resets_at=reset.isoformat())
+    if max_in_flight is not None and state["in_flight"] >= max_in_flight:
+        raise RateLimited(f"Too many requests in flight: at most {max_in_flight} of your requests can run at "
+                          "once. Retry when one has finished.", code="concurrency_limit_exceeded",
+                          headers={"retry-after": "1"}, limit=max_in_flight)
     available = state["balance"] - state["reserved"]
     cap = state["spend_cap"]
     # A capped key with enough balance was refused by its cap (or by a cap that has just been
@@ -201,12 +222,21 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
     if cap is not None and (available >= hold or cap - state["key_spent"] - state["key_reserved"] < hold):
         left = max(cap - state["key_spent"] - state["key_reserved"], ZERO)
         raise InsufficientCredits(
-            f"This API key's spend cap of ${cap} is reached: this request needs up to ${hold} but ${left} of the "
-            "cap is left.", code="spend_cap_exceeded", spend_cap=str(cap), spent=str(state["key_spent"]),
-            required=str(hold))
+            f"This API key's spend cap of ${money(cap)} is reached: this request needs up to ${money(hold)} but "
+            f"${money(left)} of the cap is left.", code="spend_cap_exceeded", spend_cap=money(cap),
+            spent=money(state["key_spent"]), required=money(hold))
     raise InsufficientCredits(
-        f"Insufficient credits: this request needs up to ${hold} but ${max(available, ZERO)} is available.",
-        balance=str(available), required=str(hold))
+        f"Insufficient credits: this request needs up to ${money(hold)} but ${money(max(available, ZERO))} is "
+        "available.", balance=money(available), required=money(hold))
+
+
+MARK_UPSTREAM_SQL = "UPDATE reservations SET upstream_at = now() WHERE request_id = %s AND upstream_at IS NULL"
+
+
+async def mark_upstream(request_id: str) -> None:
+    """Record on the reservation that the request is being sent to a provider (the orphan sweeper
+    then charges it instead of releasing it)."""
+    await db.execute(MARK_UPSTREAM_SQL, (request_id,))
 
 
 CANCEL_SQL = """
@@ -218,6 +248,7 @@ WITH r AS (
     RETURNING api_keys.id
 )
 UPDATE balances SET reserved = balances.reserved - r.amount,
+    in_flight = GREATEST(balances.in_flight - 1, 0),
     period_requests = CASE WHEN period_start = %(period)s THEN GREATEST(period_requests - 1, 0)
                            ELSE period_requests END,
     updated_at = now()
@@ -245,14 +276,17 @@ class UsageRecord:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     prompt_price: Decimal = ZERO
     completion_price: Decimal = ZERO
     cache_read_price: Decimal | None = None
     cache_write_price: Decimal | None = None
+    cache_write_1h_price: Decimal | None = None
     request_price: Decimal = ZERO
     markup: Decimal = ZERO
     byok: bool = False
     provider_cost: Decimal = ZERO
+    reported_cost: Decimal | None = None  # the cost the provider reported (OpenRouter usage.cost)
     charge: Decimal = ZERO
     latency_ms: int | None = None
     ttfb_ms: int | None = None
@@ -274,6 +308,7 @@ WITH r AS (
     UPDATE balances SET
         balance = balance - %(charge)s,
         reserved = balances.reserved - r.amount,
+        in_flight = GREATEST(balances.in_flight - 1, 0),
         period_requests = CASE WHEN %(uncount)s AND period_start = %(period)s
                                THEN GREATEST(period_requests - 1, 0) ELSE period_requests END,
         updated_at = now()
@@ -289,12 +324,13 @@ WITH r AS (
         prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, prompt_price, completion_price,
         cache_read_price, cache_write_price, request_price, markup, byok, provider_cost, charge, hold, latency_ms,
         ttfb_ms, status, error_code,
-        estimated, stream)
+        estimated, stream, cache_write_1h_tokens, cache_write_1h_price, reported_cost)
     SELECT %(request_id)s, r.user_id, %(api_key_id)s, %(model_requested)s, %(model_served)s, %(provider)s,
         %(prompt_tokens)s, %(completion_tokens)s, %(cached_tokens)s, %(cache_write_tokens)s, %(prompt_price)s,
         %(completion_price)s, %(cache_read_price)s, %(cache_write_price)s, %(request_price)s, %(markup)s,
         %(byok)s, %(provider_cost)s, %(charge)s, r.amount,
-        %(latency_ms)s, %(ttfb_ms)s, %(status)s, %(error_code)s, %(estimated)s, %(stream)s FROM r
+        %(latency_ms)s, %(ttfb_ms)s, %(status)s, %(error_code)s, %(estimated)s, %(stream)s,
+        %(cache_write_1h_tokens)s, %(cache_write_1h_price)s, %(reported_cost)s FROM r
     RETURNING id
 )
 SELECT b.balance, b.reserved, b.hold, (SELECT count(*) FROM l) AS ledger_rows FROM b
@@ -319,12 +355,22 @@ class Settlement:
         return self.balance - self.reserved
 
 
-async def settle(record: UsageRecord) -> Settlement:
+# Errors after which the same settle statement is simply sent again: the database or the
+# connection to it failed (dead or refused connection, failover, pool exhausted, deadlock,
+# statement timeout). Safe because the statement is idempotent by its reservation: if a lost
+# reply had in fact committed, the retry finds no reservation and changes nothing.
+TRANSIENT_DB_ERRORS = (psycopg.OperationalError, PoolTimeout)
+RETRY_FIRST_DELAY_S = 0.05
+RETRY_MAX_DELAY_S = 1.0
+
+
+async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
     """Close a reservation: charge ``record.charge``, release the rest, write the ledger row and
     the usage record, all in one statement. A second call for the same request is a no-op.
 
-    If the charge exceeds the hold (a provider reported more than the worst case) it is charged
-    anyway: the hold is a guard, the usage is the truth (``Settlement.overrun`` tells).
+    Transient database errors are retried for up to ``retry_for`` seconds (backing off), then
+    raised. If the charge exceeds the hold (a provider billed beyond its documented limits) it is
+    charged anyway: the hold is a guard, the usage is the truth (``Settlement.overrun`` tells).
     """
     if record.charge < 0:
         raise ValueError("charge must be >= 0")
@@ -340,13 +386,27 @@ async def settle(record: UsageRecord) -> Settlement:
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "cached_tokens": record.cached_tokens, "cache_write_tokens": record.cache_write_tokens,
         "cache_write_price": record.cache_write_price, "prompt_price": record.prompt_price,
+        "cache_write_1h_tokens": record.cache_write_1h_tokens, "cache_write_1h_price": record.cache_write_1h_price,
+        "reported_cost": record.reported_cost,
         "completion_price": record.completion_price, "cache_read_price": record.cache_read_price,
         "request_price": record.request_price, "markup": record.markup, "byok": record.byok,
         "provider_cost": record.provider_cost, "latency_ms": record.latency_ms, "ttfb_ms": record.ttfb_ms,
         "status": record.status, "error_code": record.error_code, "estimated": record.estimated,
         "stream": record.stream,
     }
-    row = await db.fetchone(SETTLE_SQL, params)
+    give_up = time.monotonic() + retry_for
+    delay = RETRY_FIRST_DELAY_S
+    while True:
+        try:
+            row = await db.fetchone(SETTLE_SQL, params)
+            break
+        except TRANSIENT_DB_ERRORS as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            logger.warning("settle failed; retrying", extra={"request_id": record.request_id,
+                                                             "error": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
     if row is None:
         return Settlement(settled=False)
     return Settlement(settled=True, balance=row["balance"], reserved=row["reserved"], hold=row["hold"],
@@ -359,37 +419,59 @@ async def release(record: UsageRecord) -> Settlement:
     return await settle(record)
 
 
-async def release_orphans(older_than_minutes: int) -> list[str]:
-    """Release reservations left by containers that died mid-request."""
-    rows = await db.fetchall(
-        "SELECT request_id, user_id, api_key_id, model FROM reservations "
-        "WHERE created_at < now() - make_interval(mins => %s) ORDER BY created_at", (older_than_minutes,))
-    released = []
+ORPHANS_SQL = """
+SELECT request_id, user_id, api_key_id, model, amount, upstream_at IS NOT NULL AS reached FROM reservations
+WHERE created_at < now() - make_interval(mins => %s) ORDER BY created_at LIMIT %s
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    request_id: str
+    charged: Decimal     # its hold when the request had reached a provider, else 0 (released)
+
+
+async def settle_orphans(older_than_minutes: int, *, limit: int = 1000) -> list[Orphan]:
+    """Close reservations older than any request can live (a container that died mid-request,
+    or a database that went away before the settle): one that reached a provider is charged its
+    hold, marked estimated (the provider billed a call whose usage never arrived); one that did
+    not is released and gives the quota request back. One settle statement each, idempotent."""
+    rows = await db.fetchall(ORPHANS_SQL, (older_than_minutes, limit))
+    closed = []
     for r in rows:
-        result = await release(UsageRecord(request_id=r["request_id"], user_id=r["user_id"],
-                                           api_key_id=r["api_key_id"], model_requested=r["model"] or "unknown",
-                                           status="orphaned", error_code="orphaned_reservation"))
+        charge = r["amount"] if r["reached"] else ZERO
+        result = await settle(UsageRecord(
+            request_id=r["request_id"], user_id=r["user_id"], api_key_id=r["api_key_id"],
+            model_requested=r["model"] or "unknown", status="orphaned", error_code="orphaned_reservation",
+            charge=charge, estimated=r["reached"]))
         if result.settled:
-            released.append(r["request_id"])
-    return released
+            closed.append(Orphan(r["request_id"], charge))
+    return closed
+
+
+async def release_orphans(older_than_minutes: int) -> list[str]:
+    """``settle_orphans`` for the ops CLI (``mlp doctor``): the request ids it closed."""
+    return [o.request_id for o in await settle_orphans(older_than_minutes)]
 
 
 # --------------------------------------------------------------------------- checks
 INVARIANT_SQL = """
-SELECT b.user_id, b.balance, COALESCE(l.total, 0) AS ledger_sum, b.reserved, COALESCE(r.total, 0) AS reserved_sum
+SELECT b.user_id, b.balance, COALESCE(l.total, 0) AS ledger_sum, b.reserved, COALESCE(r.total, 0) AS reserved_sum,
+       b.in_flight, COALESCE(r.n, 0) AS reservations
 FROM balances b
 LEFT JOIN (SELECT user_id, sum(amount) AS total FROM ledger_entries GROUP BY user_id) l USING (user_id)
-LEFT JOIN (SELECT user_id, sum(amount) AS total FROM reservations GROUP BY user_id) r USING (user_id)
-WHERE b.balance <> COALESCE(l.total, 0) OR b.reserved <> COALESCE(r.total, 0)
+LEFT JOIN (SELECT user_id, sum(amount) AS total, count(*) AS n FROM reservations GROUP BY user_id) r USING (user_id)
+WHERE b.balance <> COALESCE(l.total, 0) OR b.reserved <> COALESCE(r.total, 0) OR b.in_flight <> COALESCE(r.n, 0)
 """
 
 
 async def invariant_violations() -> list[dict[str, Any]]:
-    """Users whose cached balance or reserved amount disagrees with their rows (should be none)."""
+    """Users whose cached balance, reserved amount or in-flight count disagrees with their rows
+    (should be none)."""
     return await db.fetchall(INVARIANT_SQL)
 
 
 async def get_balance(user_id: UUID | str) -> dict[str, Any] | None:
     return await db.fetchone(
-        "SELECT balance, reserved, balance - reserved AS available, period_start, period_requests "
+        "SELECT balance, reserved, balance - reserved AS available, period_start, period_requests, in_flight "
         "FROM balances WHERE user_id = %s", (user_id,))

@@ -46,6 +46,11 @@ def parse_price(value: str | int | Decimal | None) -> Decimal | None:
     return d
 
 
+# Anthropic bills a 1-hour prompt-cache write at 2x the base input price (a 5-minute write at
+# 1.25x, which the catalogue carries as ``input_cache_write_price``).
+ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER = Decimal(2)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     prompt: Decimal
@@ -53,23 +58,33 @@ class ModelPrice:
     request: Decimal = ZERO
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None  # 1-hour cache writes (Anthropic); None: not offered
+    image: Decimal = ZERO                  # per input image on top of its tokens (OpenRouter ``image``)
 
     def __post_init__(self) -> None:
         _no_float(*(getattr(self, f.name) for f in fields(self)))
 
+    @property
+    def max_prompt_price(self) -> Decimal:
+        """The most a prompt token can cost: plain, read from or written to the prompt cache."""
+        return max(p for p in (self.prompt, self.cache_read, self.cache_write, self.cache_write_1h) if p is not None)
+
     def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                      cache_write_tokens: int = 0) -> Decimal:
+                      cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0) -> Decimal:
         """Exact provider cost. ``cached_tokens`` (read from the prompt cache) and
-        ``cache_write_tokens`` (written to it) are parts of ``prompt_tokens`` billed at the cache
-        read / write prices where the model has them."""
+        ``cache_write_tokens`` (written to it; ``cache_write_1h_tokens`` of them with the 1-hour
+        TTL) are parts of ``prompt_tokens`` billed at the cache read / write prices where the model
+        has them. The request fee is part of every call's cost, whatever the token counts."""
         cached = max(0, min(cached_tokens, prompt_tokens))
         written = max(0, min(cache_write_tokens, prompt_tokens - cached))
+        written_1h = max(0, min(cache_write_1h_tokens, written))
         read_price = self.cache_read if self.cache_read is not None else self.prompt
         write_price = self.cache_write if self.cache_write is not None else self.prompt
+        write_1h_price = self.cache_write_1h if self.cache_write_1h is not None else write_price
         with localcontext(_EXACT):
             return (Decimal(prompt_tokens - cached - written) * self.prompt + Decimal(cached) * read_price
-                    + Decimal(written) * write_price + Decimal(completion_tokens) * self.completion
-                    + self.request)
+                    + Decimal(written - written_1h) * write_price + Decimal(written_1h) * write_1h_price
+                    + Decimal(completion_tokens) * self.completion + self.request)
 
 
 def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
@@ -83,11 +98,12 @@ def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: 
         return to_credit(cost * (ONE + markup))
 
 
-def hold_for(price: ModelPrice, prompt_tokens_estimate: int, max_output_tokens: int, markup: Decimal,
-             *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
-    """Worst-case charge reserved before the upstream call: the whole prompt at the highest of the
-    prompt, cache-read and cache-write prices."""
-    worst = max(price.provider_cost(prompt_tokens_estimate, max_output_tokens, 0),
-                price.provider_cost(prompt_tokens_estimate, max_output_tokens, prompt_tokens_estimate),
-                price.provider_cost(prompt_tokens_estimate, max_output_tokens, 0, prompt_tokens_estimate))
+def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, markup: Decimal,
+             *, images: int = 0, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
+    """Worst-case charge reserved before the upstream call: ``prompt_tokens`` (an upper bound of
+    the prompt, see ``adapters.tokens``) at the highest prompt-class price, the output limit sent
+    upstream at the completion price, the per-image and per-request fees."""
+    with localcontext(_EXACT):
+        worst = (Decimal(prompt_tokens) * price.max_prompt_price + Decimal(max_output_tokens) * price.completion
+                 + Decimal(images) * price.image + price.request)
     return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

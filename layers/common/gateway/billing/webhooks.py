@@ -159,6 +159,9 @@ async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
         return {"received": True, "id": event_id, "outcome": "ignored"}
     try:
         outcome = await process(event)
+    except db.DatabaseUnavailable:  # database down or hung: 503 + Retry-After (gateway.http), no traceback
+        _count(event_type, "failed")
+        raise
     except Exception as exc:
         _count(event_type, "failed")
         logger.exception("stripe webhook processing failed", extra={

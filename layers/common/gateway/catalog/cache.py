@@ -142,8 +142,8 @@ class CatalogCache:
             if self._current is not None:
                 logger.exception("catalogue refresh failed; serving the stale copy")
                 return self._current, "stale"
-            raise ServiceUnavailable("The model catalogue is temporarily unavailable.",
-                                     code="catalog_unavailable") from None
+            raise ServiceUnavailable("The model catalogue is temporarily unavailable.", code="catalog_unavailable",
+                                     headers={"Retry-After": str(settings.db_retry_after_s)}) from None
 
     async def _load_via_redis(self, settings: Settings) -> tuple[Catalogue, str]:
         snapshot_key, version_key, lock_key = keys(settings)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from .. import db
-from ..billing.pricing import ModelPrice
+from ..billing.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
 from ..config import Tier, get_settings
 
 
@@ -54,8 +54,8 @@ _lock_loop: asyncio.AbstractEventLoop | None = None
 
 SELECT_ACTIVE = """
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
-       completion_price, request_price, input_cache_read_price, input_cache_write_price, is_free, markup,
-       input_modalities
+       completion_price, request_price, input_cache_read_price, input_cache_write_price, image_price, is_free,
+       markup, input_modalities
 FROM model_pricing WHERE active
 """
 
@@ -65,7 +65,10 @@ def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
         id=r["id"], name=r["name"], provider=r["provider"], upstream_model=r["upstream_model"],
         owned_by=r["owned_by"], context_length=r["context_length"], max_completion_tokens=r["max_completion_tokens"],
         price=ModelPrice(prompt=r["prompt_price"], completion=r["completion_price"], request=r["request_price"],
-                         cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"]),
+                         cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"],
+                         cache_write_1h=r["prompt_price"] * ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER
+                         if r["provider"] == "anthropic" else None,
+                         image=r["image_price"] or ZERO),
         is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)))
 
 

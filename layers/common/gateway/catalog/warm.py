@@ -23,7 +23,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..observability import logger, metrics, tracer
+from ..observability import logger, metrics
 from . import cache, discovery
 
 T = TypeVar("T")
@@ -125,6 +125,5 @@ def shutdown() -> None:
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler(capture_response=False)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return _run_in_loop(run(event))

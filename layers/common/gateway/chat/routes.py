@@ -6,13 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 
 from ..auth import require_api_key
 from ..http import server_request_id
 from . import service
+from .responses import RelayResponse
 from .schema import ChatRequest
 
 router = APIRouter()
@@ -31,11 +30,11 @@ async def chat_completions(request: Request) -> Any:
         req = ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
-    call = await service.plan(server_request_id(request), principal, req)
+    budget_s, buffered = service.budget_for(request.scope)
+    call = await service.plan(server_request_id(request), principal, req, budget_s=budget_s, buffered=buffered)
     await service.admit(call)
     if req.stream:
         body = await service.open_stream(call)
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={**STREAM_HEADERS, **call.rate_headers})
-    response, settle = await service.complete(call)
-    return JSONResponse(response, headers=call.rate_headers, background=BackgroundTask(settle))
+        return RelayResponse(call, body, {**STREAM_HEADERS, **call.rate_headers})
+    response, record = await service.complete(call)
+    return await service.respond(call, response, record)

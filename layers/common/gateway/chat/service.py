@@ -1,56 +1,86 @@
 """The chat pipeline: resolve → admit (rate limit ‖ reserve) → call upstream with fallback →
-settle. Two Postgres round trips (reserve, settle) and one Upstash call per request; the API
-key and the model catalogue come from the warm container's caches.
+settle. Two Postgres round trips (reserve, settle), plus one alongside an upstream call that is
+still running after a second (marking the reservation as sent), and one Upstash call per request;
+the API key and the model catalogue come from the warm container's caches.
 
-Money flow per request (see docs/money.md):
-1. hold = worst case over every candidate model (estimated prompt at full price + the output
-   limit at completion price + request fee) x (1 + markup), rounded up to 1e-8;
-2. reserve the hold and count the request against the monthly quota in ONE statement that also
-   reads the user's current tier (so a subscription change applies on the very next request);
-   the Upstash rate-limit call runs concurrently with it;
-3. after the response / stream end / failure / disconnect, settle the real charge from the
-   provider's reported usage (estimated only where it reports none) in ONE statement.
+Money flow per request (docs/money.md):
+1. hold = worst case over every candidate model: an upper bound of the prompt (``adapters.tokens``,
+   capped at the model's context length) at the highest prompt-class price + the output limit
+   that is SENT upstream (the client's, clamped to the model's maximum, or injected) at the
+   completion price + image and request fees, x (1 + markup), rounded up to 1e-8. OpenRouter is
+   told our catalogue price as ``provider.max_price`` so it cannot route above it;
+2. reserve the hold, count the request against the monthly quota and the user's requests in
+   flight in ONE statement that also reads the user's current tier; the Upstash rate-limit call
+   runs concurrently with it;
+3. call upstream within the request deadline (the Lambda's remaining time minus a margin, 27 s
+   behind API Gateway); a call still running after ``MARK_SENT_AFTER_S`` marks its reservation
+   as sent upstream (what the orphan sweeper needs to charge instead of release);
+4. settle the real charge from the provider's usage (never below the cost it reports; estimated
+   only where it reports none) in ONE statement, retried on transient database errors and
+   deferred in the container if the database stays away. In Lambda the settle finishes before the
+   response does (the environment is frozen afterwards); a stream whose client left is read to
+   its end for the real usage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import anyio
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from starlette.types import Scope
 
 from .. import ratelimit
 from ..account import byok
-from ..adapters.base import Target, Usage, get_adapter
+from ..adapters.base import Target, UpstreamStream, Usage, get_adapter
 from ..adapters.http_client import get_http_client
-from ..adapters.tokens import estimate_prompt_tokens
+from ..adapters.tokens import PromptSize, measure_prompt
 from ..auth import Principal
 from ..billing import ledger
-from ..billing.pricing import ZERO, charge_for, hold_for
+from ..billing.pricing import ZERO, ModelPrice, charge_for, hold_for
 from ..catalog import registry
 from ..catalog.registry import ModelInfo
 from ..config import Settings, Tier, get_settings
 from ..errors import (
+    BadRequest,
     ContextLengthExceeded,
     Forbidden,
     GatewayError,
     ModelNotFound,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
-from ..observability import MetricUnit, count, emit, logger
+from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from .responses import assemble
 from .schema import ChatRequest
 
 PROVIDER_KEY_FIELDS = {"openai": "openai_api_key", "openrouter": "openrouter_api_key",
                        "anthropic": "anthropic_api_key", "gemini": "gemini_api_key", "compat": "compat_api_key"}
 PROVIDER_URL_FIELDS = {"openai": "openai_base_url", "openrouter": "openrouter_base_url",
                        "anthropic": "anthropic_base_url", "gemini": "gemini_base_url", "compat": "compat_base_url"}
+# Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
+LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
+# Providers whose output limit shares the context window with the prompt (Gemini's does not).
+SHARED_CONTEXT_PROVIDERS = frozenset({"openai", "openrouter", "anthropic", "compat"})
+# A non-streaming call's transport read timeout stays just above its deadline, so the deadline
+# (which charges what the provider billed) always fires first.
+READ_TIMEOUT_SLACK_S = 5.0
+PER_MILLION = Decimal(1_000_000)
+# An upstream call still running after this long marks its reservation as sent (one statement,
+# concurrent with the call). Orphans come from calls that outlive their container (a Lambda timeout
+# or crash mid-generation, a database gone for the settle): long calls. A call that ends sooner is
+# settled by its own request (or, through a database outage, from this container's deferred
+# settlements) and never pays for the extra statement.
+MARK_SENT_AFTER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -58,7 +88,8 @@ class Candidate:
     model: ModelInfo
     target: Target
     byok: bool
-    output_limit: int
+    output_limit: int              # the output limit sent upstream (what the hold counts)
+    body: dict[str, Any]           # the request as sent to this model
 
 
 @dataclass(slots=True)
@@ -68,16 +99,54 @@ class Call:
     request_id: str
     principal: Principal
     req: ChatRequest
-    body: dict[str, Any]
     candidates: list[Candidate]
-    prompt_estimate: int
+    size: PromptSize
     hold: Decimal
     started: float
+    deadline: float                # event-loop time by which the upstream call ends
+    buffered: bool = False         # behind API Gateway (Mangum): the response is sent when complete
     tier: Tier | None = None
     rate_headers: dict[str, str] = field(default_factory=dict)
     attempts: list[str] = field(default_factory=list)
+    client_gone: bool = False      # set by the response when the client disconnects
+    timed_out: bool = False        # the deadline stopped the upstream call
+    mark: asyncio.TimerHandle | None = None
+    marking: asyncio.Task[None] | None = None
+
+    def remaining(self) -> float:
+        return self.deadline - asyncio.get_running_loop().time()
 
 
+# --------------------------------------------------------------------------- deadline
+def budget_for(scope: Scope, settings: Settings | None = None) -> tuple[float, bool]:
+    """(seconds the upstream call may take, buffered?) for a request.
+
+    Under Mangum (API Gateway) the Lambda context is in ``scope["aws.context"]``: its remaining
+    time minus a margin for the settle, and at most ``buffered_deadline_s`` (API Gateway gives up
+    after 30 s). Behind the Lambda Web Adapter the context comes as the ``x-amzn-lambda-context``
+    header (its ``deadline``, epoch ms, can only shorten the configured budget); otherwise the
+    configured ``request_deadline_s``.
+    """
+    settings = settings or get_settings()
+    context = scope.get("aws.context")
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        remaining = context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_s
+        return min(settings.buffered_deadline_s, remaining), True
+    budget = settings.request_deadline_s
+    lambda_context = adapter_context(scope)
+    deadline_ms = lambda_context.get("deadline", lambda_context.get("deadline_ms"))
+    if isinstance(deadline_ms, int | float) and not isinstance(deadline_ms, bool):
+        budget = min(budget, deadline_ms / 1000 - time.time() - settings.deadline_margin_s)
+    return budget, False
+
+
+def deadline_error() -> UpstreamTimeout:
+    return UpstreamTimeout("The upstream provider did not finish within the request deadline; what it produced "
+                           "was charged. Use `stream: true` (the streaming endpoint allows long generations) or a "
+                           "lower `max_tokens`.", code="upstream_timeout")
+
+
+# --------------------------------------------------------------------------- planning
 def route(model: ModelInfo, settings: Settings, byok_keys: Mapping[str, str]) -> tuple[Target, bool]:
     """Which provider serves ``model`` and with which key. A direct provider without a key
     (platform or BYOK) is reached through OpenRouter when we hold an OpenRouter key."""
@@ -105,9 +174,65 @@ async def byok_keys_for(principal: Principal) -> Mapping[str, str]:
     return byok.keys_for(principal.user_id, principal.provider_keys)
 
 
-async def plan(request_id: str, principal: Principal, req: ChatRequest) -> Call:
+def output_limit(req: ChatRequest, model: ModelInfo, prompt_estimate: int) -> int:
+    """The output limit sent upstream: the client's, clamped to the model's maximum; without one,
+    the model's maximum within what the context leaves after the prompt (never below 1)."""
+    if req.output_limit:
+        return min(req.output_limit, model.max_completion_tokens)
+    if model.provider in SHARED_CONTEXT_PROVIDERS:
+        return max(1, min(model.max_completion_tokens, model.context_length - prompt_estimate))
+    return model.max_completion_tokens
+
+
+def openrouter_preferences(client: Any, price: ModelPrice, *, images: bool = False) -> dict[str, Any]:
+    """The client's ``provider`` preferences with ``max_price`` capped at our catalogue price
+    (USD per million tokens; per request, and per image when the request has images): OpenRouter
+    then never routes to an endpoint that costs more than the hold counts. A lower cap of the
+    client's is kept."""
+    prefs = dict(client) if isinstance(client, dict) else {}
+    ours = {"prompt": price.prompt * PER_MILLION, "completion": price.completion * PER_MILLION,
+            "request": price.request}
+    if images:
+        ours["image"] = price.image
+    given = prefs.get("max_price")
+    theirs: dict[str, Any] = given if isinstance(given, dict) else {}
+    cap = {}
+    for name, value in ours.items():
+        raw = theirs.get(name)
+        try:
+            mine = Decimal(str(raw)) if raw is not None and not isinstance(raw, bool) else None
+        except ArithmeticError:
+            raise BadRequest(f"`provider.max_price.{name}` must be a number.", param="provider") from None
+        if mine is not None and mine.is_finite() and mine < value:
+            value = max(mine, ZERO)
+        cap[name] = format(value.normalize(), "f")
+    prefs["max_price"] = cap
+    return prefs
+
+
+def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit: int, size: PromptSize
+                   ) -> dict[str, Any]:
+    """The request as sent to one model: the output limit injected (``max_tokens``; each adapter
+    names it as its provider does) and, through OpenRouter, the price cap."""
+    out = {**body, "max_tokens": limit}
+    out.pop("max_completion_tokens", None)
+    if target.provider == "openrouter":
+        out["provider"] = openrouter_preferences(body.get("provider"), model.price, images=size.images > 0)
+    return out
+
+
+def _check_options(req: ChatRequest) -> None:
+    if req.service_tier is not None and req.service_tier not in LIST_PRICE_SERVICE_TIERS:
+        raise BadRequest(f"`service_tier` {req.service_tier!r} is not supported: requests are served and billed at "
+                         "the standard tier (omit it, or use \"auto\" or \"default\").",
+                         code="unsupported_service_tier", param="service_tier")
+
+
+async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budget_s: float | None = None,
+               buffered: bool = False) -> Call:
     """Resolve models and compute the hold. No I/O beyond the cached catalogue; raises 404/400."""
     settings = get_settings()
+    _check_options(req)
     catalog = await registry.models()
     ids = req.candidates()
     if not req.models and req.model in settings.model_fallbacks:
@@ -119,25 +244,29 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest) -> Call:
             raise ModelNotFound(f"The model `{mid}` does not exist or is not available.", param="model")
         models.append(info)
     body = req.upstream_body()
-    prompt_estimate = estimate_prompt_tokens(body)
+    size = measure_prompt(body)
     primary = models[0]
-    if prompt_estimate > primary.context_length:
+    estimate = size.estimate(primary.id)
+    if estimate > primary.context_length:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {primary.context_length} tokens, but the messages are "
-            f"about {prompt_estimate} tokens.", param="messages")
-    models = [primary] + [m for m in models[1:] if prompt_estimate <= m.context_length]
-    byok = await byok_keys_for(principal)
+            f"about {estimate} tokens.", param="messages")
+    models = [primary] + [m for m in models[1:] if size.estimate(m.id) <= m.context_length]
+    byok_keys = await byok_keys_for(principal)
     tier = settings.tier(principal.tier)
     candidates = []
     hold = ZERO
     for m in models:
-        target, is_byok = route(m, settings, byok)
-        limit = min(req.output_limit or m.max_completion_tokens, m.max_completion_tokens)
-        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit))
-        hold = max(hold, hold_for(m.price, prompt_estimate, limit, m.markup_for(tier), byok=is_byok,
-                                  byok_fee=settings.byok_platform_fee))
-    return Call(request_id=request_id, principal=principal, req=req, body=body, candidates=candidates,
-                prompt_estimate=prompt_estimate, hold=hold, started=time.perf_counter())
+        target, is_byok = route(m, settings, byok_keys)
+        limit = output_limit(req, m, size.estimate(m.id))
+        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
+                                    body=candidate_body(body, target, m, limit, size)))
+        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit, m.markup_for(tier),
+                                  images=size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
+    loop_now = asyncio.get_running_loop().time()
+    budget = settings.request_deadline_s if budget_s is None else budget_s
+    return Call(request_id=request_id, principal=principal, req=req, candidates=candidates, size=size, hold=hold,
+                started=time.perf_counter(), deadline=loop_now + budget, buffered=buffered)
 
 
 def _quotas(settings: Settings) -> dict[str, int | None]:
@@ -146,13 +275,24 @@ def _quotas(settings: Settings) -> dict[str, int | None]:
     return quotas
 
 
+def _check_plan(call: Call, tier: Tier) -> None:
+    for c in call.candidates:
+        if not c.model.allowed_for(tier):
+            raise Forbidden(f"The model `{c.model.id}` is not available on the {tier.name} plan.",
+                            code="model_not_allowed", param="model")
+
+
 async def admit(call: Call) -> None:
-    """Rate limit ‖ reserve, then the tier checks against the user's CURRENT tier."""
+    """Rate limit ‖ reserve, then the tier checks against the user's CURRENT tier. A refusal
+    reads: rate limit 429, disputed payment 403, model not on the plan 403, quota 429, too many
+    in flight 429, 402."""
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
     reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
-                                  api_key_id=p.key_id, model=call.candidates[0].model.id)
+                                  api_key_id=p.key_id, model=call.candidates[0].model.id,
+                                  max_in_flight=settings.max_in_flight_per_user,
+                                  check_tier=lambda name: _check_plan(call, settings.tier(name)))
     limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
     reserved, decision = await asyncio.gather(reserve_coro, limit_coro, return_exceptions=True)
     if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
@@ -171,10 +311,7 @@ async def admit(call: Call) -> None:
         if tier.rpm != hint.rpm:  # the subscription changed since the key was cached
             decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
         ratelimit.enforce(decision)
-        for c in call.candidates:
-            if not c.model.allowed_for(tier):
-                raise Forbidden(f"The model `{c.model.id}` is not available on the {tier.name} plan.",
-                                code="model_not_allowed", param="model")
+        _check_plan(call, tier)
     except GatewayError:
         await ledger.cancel(call.request_id)
         raise
@@ -182,6 +319,7 @@ async def admit(call: Call) -> None:
     call.rate_headers = decision.headers()
 
 
+# --------------------------------------------------------------------------- records and settlement
 def _record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
             error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
@@ -197,29 +335,103 @@ def _record(call: Call, status: str, *, candidate: Candidate | None = None, usag
         record.provider = candidate.target.provider
         record.prompt_price, record.completion_price = m.price.prompt, m.price.completion
         record.cache_read_price, record.request_price = m.price.cache_read, m.price.request
-        record.cache_write_price = m.price.cache_write
+        record.cache_write_price, record.cache_write_1h_price = m.price.cache_write, m.price.cache_write_1h
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
         record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
+        record.cache_write_1h_tokens = usage.cache_write_1h_tokens
         record.estimated = not usage.reported
         cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   usage.cache_write_tokens)
-        if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
-            cost = ZERO
+                                                   usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
+        # its routing, cache writes and fees exactly).
+        record.reported_cost = usage.cost
+        if usage.cost is not None and usage.cost > cost:
+            cost = usage.cost
         record.provider_cost = cost
         record.charge = charge_for(cost, record.markup, byok=candidate.byok, byok_fee=settings.byok_platform_fee)
     return record
 
 
+def limit_usage(call: Call, c: Candidate) -> Usage:
+    """The usage to charge when the provider was reached but its usage never arrives: the prompt
+    estimate and the whole output limit, marked estimated."""
+    prompt = min(call.size.estimate(c.model.id), c.model.context_length)
+    return Usage(prompt_tokens=prompt, completion_tokens=c.output_limit, reported=False)
+
+
+# Settlements the database could not take (it stayed away through the retries), oldest first:
+# written by the next request of this container that settles successfully. Each one is also
+# logged in full, and its reservation (marked as sent upstream) is charged its hold by the orphan
+# sweeper if this container never gets to it.
+_deferred: deque[ledger.UsageRecord] = deque(maxlen=10_000)
+
+
+async def _settle(record: ledger.UsageRecord) -> ledger.Settlement | None:
+    try:
+        result = await ledger.settle(record, retry_for=get_settings().settle_retry_s)
+    except ledger.TRANSIENT_DB_ERRORS as exc:
+        _deferred.append(record)
+        count("SettleDeferred")
+        logger.error("settlement deferred: database unavailable", extra={
+            "request_id": record.request_id, "error": type(exc).__name__, "user_id": str(record.user_id),
+            "status": record.status, "model": record.model_served, "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens, "charge": str(record.charge)})
+        return None
+    if _deferred:
+        await flush_deferred()
+    return result
+
+
+async def flush_deferred() -> int:
+    """Settle what an earlier database outage left in this container; stops at the first failure."""
+    done = 0
+    while _deferred:
+        record = _deferred[0]
+        try:
+            await ledger.settle(record)
+        except ledger.TRANSIENT_DB_ERRORS:
+            break
+        _deferred.popleft()
+        done += 1
+    return done
+
+
+async def _mark_sent(request_id: str) -> None:
+    try:
+        await ledger.mark_upstream(request_id)
+    except Exception as exc:  # the settle closes the reservation anyway; the mark only guides the sweeper
+        logger.warning("could not mark the reservation as sent upstream",
+                       extra={"request_id": request_id, "error": type(exc).__name__})
+
+
+def _sending(call: Call) -> None:
+    """The request is about to reach a provider: if it is still running after
+    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
+    if call.mark is None:
+        def mark() -> None:
+            call.marking = asyncio.ensure_future(_mark_sent(call.request_id))
+
+        call.mark = asyncio.get_running_loop().call_later(MARK_SENT_AFTER_S, mark)
+
+
 async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     """Settle (or release) and emit the request's metrics and one log line."""
-    result = await ledger.settle(record)
-    if result.settled and record.charge > result.hold:
+    if call.mark is not None:
+        call.mark.cancel()
+    if call.marking is not None and not call.marking.done():
+        await call.marking
+    result = await _settle(record)
+    if result is not None and result.overrun:
         count("HoldOverrun")
+        emit({"user": str(call.principal.user_id)},
+             [("HoldOverrun", 1, MetricUnit.Count),
+              ("HoldOverrunMicroUSD", float((record.charge - result.hold) * 1_000_000), MetricUnit.Count)])
         logger.warning("charge exceeded hold", extra={"request_id": call.request_id, "hold": str(result.hold),
-                                                       "charge": str(record.charge)})
+                                                       "charge": str(record.charge),
+                                                       "user_id": str(call.principal.user_id)})
     # function-wide counts (alarms) + one EMF record dimensioned by provider (dashboards)
     count("Requests")
     values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
@@ -239,7 +451,13 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-        "charge": str(record.charge), "latency_ms": record.latency_ms, "attempts": call.attempts})
+        "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
+        "attempts": call.attempts})
+
+
+async def _shielded_finish(call: Call, record: ledger.UsageRecord) -> None:
+    with anyio.CancelScope(shield=True):
+        await _finish(call, record)
 
 
 def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
@@ -249,36 +467,114 @@ def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
     return False
 
 
+def _check_time_left(call: Call) -> None:
+    if call.remaining() <= 0:
+        raise deadline_error()
+
+
 # --------------------------------------------------------------------------- non-streaming
-async def complete(call: Call) -> tuple[dict[str, Any], Callable[[], Awaitable[None]]]:
-    """Call upstream (with fallback). Returns the response and the settlement to run right
-    after the response is sent (in Lambda, Mangum runs it before the invocation returns)."""
+async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
+    """Call upstream (with fallback) within the deadline. Returns the response and its usage record;
+    ``respond`` settles it. Behind API Gateway the upstream is read as a stream (``complete_buffered``)."""
+    if call.buffered:
+        return await complete_buffered(call)
     client = get_http_client()
     last: UpstreamError | None = None
     for i, c in enumerate(call.candidates):
-        call.attempts.append(c.model.id)
         try:
-            response, usage = await get_adapter(c.target.provider).complete(client, c.target, call.body)
+            _check_time_left(call)
+        except UpstreamTimeout as err:
+            last = err
+            break
+        call.attempts.append(c.model.id)
+        _sending(call)
+        try:
+            async with asyncio.timeout_at(call.deadline):
+                response, usage = await get_adapter(c.target.provider).complete(
+                    client, c.target, c.body, read_timeout=call.remaining() + READ_TIMEOUT_SLACK_S)
+        except TimeoutError:
+            # A non-streaming answer only comes when the generation is done, and the provider bills
+            # a generation it started: charge the output limit, marked estimated.
+            expired = deadline_error()
+            await _shielded_finish(call, _record(call, "timeout", candidate=c, usage=limit_usage(call, c),
+                                                 error=expired))
+            raise expired from None
         except UpstreamError as err:
+            if err.billed_usage is not None:  # a 200 the provider billed but we could not use
+                await _shielded_finish(call, _record(call, "failed", candidate=c, usage=err.billed_usage, error=err))
+                raise
+            if err.code == "response_build_failed":
+                await _shielded_finish(call, _record(call, "failed", candidate=c, usage=limit_usage(call, c),
+                                                     error=err))
+                raise
             last = err
             if _should_fall_back(err, i, call):
                 continue
             break
-        except BaseException:
-            await _shielded_finish(call, _record(call, "cancelled", candidate=c))
+        except GatewayError as err:  # refused before sending (e.g. a part this provider cannot take)
+            await _shielded_finish(call, _record(call, "failed", candidate=c, error=err))
+            raise
+        except asyncio.CancelledError:  # the call was on its way: the provider bills it
+            await _shielded_finish(call, _record(call, "cancelled", candidate=c, usage=limit_usage(call, c)))
+            raise
+        except Exception:  # a bug building the request: nothing was sent
+            await _shielded_finish(call, _record(call, "failed", candidate=c))
             raise
         # the adapter already set ``model`` (target.public_id == model id) and ``usage``
         # (including provider details such as reasoning tokens)
-        record = _record(call, "ok", candidate=c, usage=usage)
-        return response, functools.partial(_shielded_finish, call, record)
+        return response, _record(call, "ok", candidate=c, usage=usage)
     assert last is not None
     await _shielded_finish(call, _record(call, "failed", error=last))
     raise last
 
 
-async def _shielded_finish(call: Call, record: ledger.UsageRecord) -> None:
-    with anyio.CancelScope(shield=True):
-        await _finish(call, record)
+async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord) -> JSONResponse:
+    """The JSON response, settled: in Lambda BEFORE it is sent (behind the Web Adapter the
+    environment is frozen once the response completes, so work after it may never run), locally
+    right after it. A response that cannot be rendered is still settled."""
+    try:
+        rendered = JSONResponse(response, headers=call.rate_headers)
+    except BaseException:
+        record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
+        await _shielded_finish(call, record)
+        raise
+    if in_lambda():
+        await _shielded_finish(call, record)
+    else:
+        rendered.background = BackgroundTask(_shielded_finish, call, record)
+    return rendered
+
+
+async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
+    """Behind API Gateway: read the upstream as a stream and assemble the completion, so the
+    deadline (before API Gateway's 30 s) stops the generation and charges what it produced."""
+    c, upstream, iterator, first = await _open(call)
+    chunks = [] if first is None else [first]
+    error: UpstreamError | None = None
+    timer = _arm_deadline(call, upstream)
+    try:
+        try:
+            if iterator is not None:
+                async for chunk in iterator:
+                    chunks.append(chunk)
+        except UpstreamError as err:
+            error = err
+        await upstream.aclose()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+            await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
+        raise
+    finally:
+        timer.cancel()
+    usage = upstream.usage
+    failure = deadline_error() if call.timed_out else error
+    if failure is not None:
+        await _shielded_finish(call, _record(call, "timeout" if call.timed_out else "partial", candidate=c,
+                                             usage=usage, error=failure))
+        raise failure
+    assert usage is not None
+    return assemble(chunks, c.model.id, usage.as_openai()), _record(call, "ok", candidate=c, usage=usage)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -289,21 +585,46 @@ def _sse(obj: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-async def open_stream(call: Call) -> AsyncIterator[bytes]:
-    """Open the upstream stream, falling back until one produces its FIRST chunk; errors up
-    to that point raise (a normal JSON error response). Returns the SSE byte iterator."""
+def _arm_deadline(call: Call, upstream: UpstreamStream) -> asyncio.TimerHandle:
+    """At the deadline, close the upstream: the read in progress ends and what was produced is
+    charged. One timer per stream (no per-chunk cost)."""
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+
+    def expire() -> None:
+        call.timed_out = True
+        closing.append(loop.create_task(upstream.aclose()))
+
+    return loop.call_at(call.deadline, expire)
+
+
+async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, Any] | None]:
+    """Open the upstream stream, falling back until one produces its FIRST chunk (within the
+    deadline); errors up to that point raise."""
     client = get_http_client()
     last: UpstreamError | None = None
     for i, c in enumerate(call.candidates):
-        call.attempts.append(c.model.id)
-        upstream = get_adapter(c.target.provider).stream(client, c.target, call.body)
         try:
-            await upstream.open()
-            iterator = upstream.__aiter__()
-            first = await iterator.__anext__()
+            _check_time_left(call)
+        except UpstreamTimeout as err:
+            last = err
+            break
+        call.attempts.append(c.model.id)
+        _sending(call)
+        upstream = get_adapter(c.target.provider).stream(client, c.target, c.body)
+        try:
+            async with asyncio.timeout_at(call.deadline):
+                await upstream.open()
+                iterator = upstream.__aiter__()
+                first = await iterator.__anext__()
         except StopAsyncIteration:
-            first = None
-            iterator = None
+            return c, upstream, None, None
+        except TimeoutError:
+            expired = deadline_error()
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
+                await _finish(call, _record(call, "timeout", candidate=c, usage=upstream.usage, error=expired))
+            raise expired from None
         except UpstreamError as err:
             await upstream.aclose()
             last = err
@@ -315,23 +636,30 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
                 await upstream.aclose()
                 await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
             raise
-        relay = _relay(call, c, upstream, iterator, first)
-        # Start the generator now: once it is suspended inside its try/finally, settlement is
-        # guaranteed even if the response never iterates it (client gone before the first
-        # send: Starlette then drops the body iterator unstarted; the loop's asyncgen finaliser
-        # closes a started one). An unstarted generator's finally never runs.
-        await relay.__anext__()
-        return relay
+        return c, upstream, iterator, first
     assert last is not None
     await _shielded_finish(call, _record(call, "failed", error=last))
     raise last
 
 
-async def _relay(call: Call, c: Candidate, upstream: Any, iterator: Any, first: dict[str, Any] | None
+async def open_stream(call: Call) -> AsyncIterator[bytes]:
+    """Open the upstream stream (see ``_open``) and return the SSE byte iterator."""
+    c, upstream, iterator, first = await _open(call)
+    relay = _relay(call, c, upstream, iterator, first)
+    # Start the generator now: once it is suspended inside its try/finally, settlement is
+    # guaranteed even if the response never iterates it (client gone before the first send).
+    # An unstarted generator's finally never runs.
+    await relay.__anext__()
+    return relay
+
+
+async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
-    """Forward chunks as they arrive; settle after the last byte (or on failure/disconnect)."""
+    """Forward chunks as they arrive; settle before the last byte (or on failure/deadline). A client
+    that left does not stop the reading: the provider's final usage is what it bills."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
+    timer = _arm_deadline(call, upstream)
     try:
         yield b""  # consumed by open_stream (priming), never sent
         try:
@@ -343,18 +671,39 @@ async def _relay(call: Call, c: Candidate, upstream: Any, iterator: Any, first: 
         except UpstreamError as err:
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
-        if error is not None:
+        if call.timed_out:
+            status, error = "timeout", deadline_error()
+        elif error is not None:
             status = "partial"
+        else:
+            status = "cancelled" if call.client_gone else "ok"
+        if error is not None:
             yield _sse(error.body())
             return
         opts = call.req.stream_options
         if opts is not None and opts.include_usage and upstream.usage is not None:
             yield _sse({"id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": c.model.id, "choices": [], "usage": upstream.usage.as_openai()})
-        status = "ok"
         yield DONE
     finally:
+        timer.cancel()
         with anyio.CancelScope(shield=True):
+            if status == "cancelled" and iterator is not None and not call.timed_out:
+                await _drain(call, iterator)
             await upstream.aclose()
-            await _finish(call, _record(call, status, candidate=c, usage=upstream.usage, error=error,
-                                        ttfb_ms=ttfb_ms))
+            usage = upstream.usage
+            if call.client_gone and (usage is None or not usage.reported):
+                usage = limit_usage(call, c)  # the client left and the provider's usage never came
+            await _finish(call, _record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
+
+
+async def _drain(call: Call, iterator: Any) -> None:
+    """The relay was closed early (its consumer went away): keep reading the upstream until its
+    final usage, within the deadline."""
+    call.client_gone = True
+    with anyio.move_on_after(max(call.remaining(), 0)):
+        try:
+            async for _ in iterator:
+                pass
+        except (UpstreamError, RuntimeError):
+            pass  # broken, or interrupted while it was being read: the usage stays estimated

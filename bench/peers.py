@@ -1,0 +1,386 @@
+"""Peer comparison (issue 15): our gateway next to other gateways, one after another, with the same
+harness, against the same fake OpenAI upstream; ``--rounds`` passes (default 3) in a rotating order,
+each printed figure the median over the rounds (the machine is shared: single passes vary a lot).
+
+    make bench-peers                       # = .venv/bin/python -m bench.peers
+    .venv/bin/python -m bench.peers --peers ours,bare --rounds 1 --requests 300    # a quick look
+    .venv/bin/python -m bench.peers --profile    # + py-spy of our query function (bench/profile.py)
+
+Gateways (``--peers``, in this order by default):
+  ours         the query function alone, served as functions/query/run.sh serves it (uvicorn,
+               one process), with full billing: API key, Upstash rate limit through the REST
+               bridge, reserve and settle in Postgres
+  ours-all     every function of template.yaml in one process (the local stack's router)
+  litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database; a generated master key, which
+               recent versions require)
+  portkey      Portkey gateway (npm ``@portkey-ai/gateway``, Node, NODE_ENV=production, no billing)
+  naive        a straightforward FastAPI gateway with the same billing steps (bench/refgateways.py)
+  bare         an aiohttp passthrough, no auth, no billing (bench/refgateways.py)
+
+The peers are installed on first use into throw-away folders under ``.local/peers/`` (git-ignored;
+``--peers-dir`` to move them): LiteLLM into its own virtualenv with pip, Portkey with npm. A peer
+that cannot be installed or started is skipped with the reason; nothing of theirs is committed.
+
+Every gateway gets the same services (bench/stack.py): one fake provider server (0 ms; the
+100 ms variant asks it to wait before answering), one Upstash bridge, one Postgres database.
+Figures per gateway, each measured right after the same figures straight to the upstream:
+  overhead p50 / p99, c=1       gateway minus direct, non-streaming
+  requests/s, c=16              non-streaming
+  CPU ms per request, c=1       the gateway's process tree, from /proc, over the c=1 run
+  streaming first-byte / total  overhead of the first body byte / the whole stream, c=1
+  RSS after load (MiB)          the gateway's process tree after all runs
+  spawn to first answer (s)     from exec to the first 200 on /v1/chat/completions
+  100 ms upstream, c=1 / c=16   p50 minus the bare passthrough's p50 in the same round
+  Upstash commands per request  counted by the bridge over the c=1 run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import profile
+from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
+from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
+from bench.workload import chat_body
+from infra.local.servers import free_port
+
+PEERS_DIR = ROOT / ".local" / "peers"
+ALL_PEERS = ("ours", "ours-all", "litellm", "portkey", "naive", "bare")
+FAKE_KEY = "sk-fake-openai"
+
+
+class PeerUnavailable(Exception):
+    """The peer could not be installed or started; the run goes on without it."""
+
+
+@dataclass
+class Peer:
+    key: str
+    title: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    headers: dict[str, str]
+    version: str
+    cwd: Path = ROOT
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+
+@dataclass
+class Result:
+    peer: Peer
+    spawn_s: float
+    c1: dict[str, float]
+    direct_c1: dict[str, float]
+    c16: dict[str, float]
+    stream: dict[str, float]
+    direct_stream: dict[str, float]
+    slow_c1: dict[str, float]
+    slow_c16: dict[str, float]
+    cpu_ms: float
+    rss: float
+    upstash_per_req: float
+
+
+# --------------------------------------------------------------------------- installing peers
+def _run(argv: list[str], cwd: Path | None = None, timeout: float = 900) -> str:
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PeerUnavailable(f"`{' '.join(argv[:3])} …` failed: {exc}") from exc
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise PeerUnavailable(f"`{' '.join(argv[:4])} …` exited {done.returncode}: {' | '.join(tail)}")
+    return done.stdout
+
+
+def install_litellm(peers_dir: Path, spec: str) -> tuple[Path, str]:
+    """LiteLLM's proxy in its own virtualenv (pip); returns (its litellm CLI, version)."""
+    venv = peers_dir / "litellm-venv"
+    cli = venv / "bin" / "litellm"
+    if not cli.exists():
+        print(f"installing {spec} into {venv} (pip, takes a few minutes) …", flush=True)
+        _run([sys.executable, "-m", "venv", str(venv)])
+        _run([str(venv / "bin" / "pip"), "install", "-q", spec])
+    version = _run([str(venv / "bin" / "python"), "-c",
+                    "import importlib.metadata as m; print(m.version('litellm'))"]).strip()
+    return cli, version
+
+
+def install_portkey(peers_dir: Path, spec: str) -> tuple[Path, str]:
+    """Portkey's gateway in its own npm folder; returns (its Node server script, version)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise PeerUnavailable("node/npm not found on PATH")
+    folder = peers_dir / "portkey"
+    package = folder / "node_modules" / "@portkey-ai" / "gateway"
+    if not (package / "build" / "start-server.js").exists():
+        print(f"installing {spec} into {folder} (npm) …", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "package.json").exists():
+            (folder / "package.json").write_text('{"name": "portkey-bench", "private": true}\n')
+        _run(["npm", "install", "--no-audit", "--no-fund", spec], cwd=folder)
+    version = json.loads((package / "package.json").read_text())["version"]
+    return package / "build" / "start-server.js", version
+
+
+# --------------------------------------------------------------------------- the gateways
+def _our_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip() or "working tree"
+    except OSError:
+        return "working tree"
+
+
+def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
+    port = free_port()
+    ours_headers = {"authorization": f"Bearer {svc.api_key}"}
+    py = sys.executable
+    if key == "ours":
+        return Peer(key, "ours: query function (full billing)",
+                    [py, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host", "127.0.0.1",
+                     "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                    svc.gateway_env(), port, ours_headers, _our_version())
+    if key == "ours-all":
+        return Peer(key, "ours: all functions in one process",
+                    [py, "-m", "uvicorn", "--factory", "infra.local.devserver:build_router", "--host", "127.0.0.1",
+                     "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                    svc.gateway_env(ADMIN_API_KEY="bench-admin-key"), port, ours_headers, _our_version())
+    if key == "naive":
+        return Peer(key, "naive FastAPI gateway, same billing",
+                    [py, "-m", "bench.refgateways", "naive", "--port", str(port), "--upstream", svc.openai_base],
+                    svc.gateway_env(BENCH_API_KEY=svc.api_key, BENCH_USER_ID=svc.user_id), port, ours_headers,
+                    "bench/refgateways.py")
+    if key == "bare":
+        return Peer(key, "bare aiohttp passthrough",
+                    [py, "-m", "bench.refgateways", "bare", "--port", str(port), "--upstream", svc.openai_base],
+                    svc.gateway_env(), port, {"authorization": f"Bearer {FAKE_KEY}"}, "bench/refgateways.py")
+    if key == "litellm":
+        cli, version = install_litellm(args.peers_dir, args.litellm)
+        config = args.peers_dir / "litellm-bench.yaml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "model_list": [{"model_name": "openai/gpt-4o-mini",
+                            "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": svc.openai_base,
+                                               "api_key": FAKE_KEY}}],
+            "litellm_settings": {"telemetry": False, "drop_params": True},
+        }))
+        master_key = "sk-bench-" + secrets.token_hex(16)  # recent versions refuse to start without one
+        env = svc.gateway_env(LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
+                              LITELLM_MASTER_KEY=master_key)
+        for k in ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            env.pop(k, None)
+        return Peer(key, f"LiteLLM proxy {version} (no DB)",
+                    [str(cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                     "--num_workers", "1"], env, port, {"authorization": f"Bearer {master_key}"}, version)
+    if key == "portkey":
+        script, version = install_portkey(args.peers_dir, args.portkey)
+        env = svc.gateway_env(NODE_ENV="production")
+        return Peer(key, f"Portkey gateway {version} (Node, no billing)",
+                    ["node", str(script), f"--port={port}", "--headless"], env, port,
+                    {"authorization": f"Bearer {FAKE_KEY}", "x-portkey-provider": "openai",
+                     "x-portkey-custom-host": svc.openai_base}, version, cwd=script.parent)
+    raise PeerUnavailable(f"unknown peer {key!r}")
+
+
+# --------------------------------------------------------------------------- measuring
+async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_slow16: int,
+                   profile_to: Path | None = None) -> Result:
+    proc: Proc = spawn(peer.key, peer.argv, env=peer.env, cwd=peer.cwd)
+    try:
+        spawn_s = wait_until(proc, peer.url, body=chat_body(), headers=peer.headers, timeout=120)
+        direct = f"{svc.openai_base}/chat/completions"
+        direct_headers = {"authorization": f"Bearer {FAKE_KEY}"}
+        plain, streamed = chat_body(), chat_body(stream=True)
+
+        direct_c1 = await measure(direct, direct_headers, plain, n, 1)
+        pids = descendants(proc.pid)
+        await warm_up(peer.url, peer.headers, plain, 100)  # JIT (V8), caches, pools
+        cpu0, upstash0 = cpu_seconds(pids), svc.upstash_commands()
+        c1 = await measure(peer.url, peer.headers, plain, n, 1, warmup=0)
+        cpu_ms = (cpu_seconds(descendants(proc.pid)) - cpu0) * 1000 / n
+        upstash_per_req = (svc.upstash_commands() - upstash0) / n
+        c16 = await measure(peer.url, peer.headers, plain, n16, 16)
+        direct_stream = await measure(direct, direct_headers, streamed, n, 1, stream=True)
+        stream = await measure(peer.url, peer.headers, streamed, n, 1, stream=True)
+        slow = chat_body(upstream_delay_s=0.1)
+        slow_c1 = await measure(peer.url, peer.headers, slow, n_slow, 1, warmup=2)
+        slow_c16 = await measure(peer.url, peer.headers, slow, n_slow16, 16, warmup=2)
+        rss = rss_mib(descendants(proc.pid))
+        spy = start_profiler(proc.pid, profile_to) if profile_to else None
+        if spy is not None:  # an extra c=16 run: sampling slows the process, so none of the above is profiled
+            await measure(peer.url, peer.headers, plain, n16, 16, warmup=0)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+            spy.wait(timeout=60)
+        return Result(peer, spawn_s, c1, direct_c1, c16, stream, direct_stream, slow_c1, slow_c16, cpu_ms, rss,
+                      upstash_per_req)
+    finally:
+        proc.stop()
+
+
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    exe = profile.py_spy()
+    if exe is None:
+        print("!! --profile: py-spy not found (pip install py-spy into .local/peers/tools-venv)", flush=True)
+        return None
+    spy = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--output", str(output),
+                            "--rate", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the load starts
+    return spy
+
+
+# --------------------------------------------------------------------------- report
+FIGURES = ("overhead p50, c=1 (ms)", "overhead p99, c=1 (ms)", "requests/s, c=16", "CPU ms per request, c=1",
+           "streaming first-byte overhead (ms)", "streaming total overhead (ms)", "RSS after load (MiB)",
+           "spawn to first answer (s)", "100 ms upstream: p50 c=1 minus bare (ms)",
+           "100 ms upstream: p50 c=16 minus bare (ms)", "Upstash commands per request (c=1)")
+
+
+def figures(r: Result, bare: Result | None) -> dict[str, float | str]:
+    """One round's figures for one gateway; a figure whose requests got non-200 answers is the
+    string "failed (N non-200)" (timings of error answers mean nothing)."""
+
+    def failed(*runs: dict[str, float]) -> str | None:
+        bad = sum(int(run["errors"]) for run in runs)
+        return f"failed ({bad} non-200)" if bad else None
+
+    def vs_bare(slow: str) -> float | str:
+        if bare is None:
+            return "n/a (no bare run)"
+        mine, ref = getattr(r, slow), getattr(bare, slow)
+        return failed(mine, ref) or mine["p50"] - ref["p50"]
+
+    return dict(zip(FIGURES, (
+        failed(r.c1) or r.c1["p50"] - r.direct_c1["p50"],
+        failed(r.c1) or r.c1["p99"] - r.direct_c1["p99"],
+        failed(r.c16) or r.c16["rps"],
+        failed(r.c1) or r.cpu_ms,
+        failed(r.stream) or r.stream["ttfb_p50"] - r.direct_stream["ttfb_p50"],
+        failed(r.stream) or r.stream["p50"] - r.direct_stream["p50"],
+        r.rss, r.spawn_s, vs_bare("slow_c1"), vs_bare("slow_c16"), r.upstash_per_req), strict=True))
+
+
+def median_figures(rounds: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """Per figure, the median over the rounds (or why it has none)."""
+    out: dict[str, float | str] = {}
+    for name in FIGURES:
+        values = [r[name] for r in rounds]
+        numbers = [v for v in values if isinstance(v, float | int)]
+        out[name] = statistics.median(numbers) if len(numbers) == len(values) else next(
+            v for v in values if isinstance(v, str))
+    return out
+
+
+def _fmt(name: str, value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    if name.startswith("requests/s"):
+        return f"{value:,.0f}"
+    if name.startswith("100 ms"):
+        return f"{value:+.2f}"
+    return f"{value:.1f}" if name.startswith("RSS") else f"{value:.2f}"
+
+
+def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict[str, str]) -> str:
+    """The issue-15 table: one column per gateway, each cell the median over the rounds."""
+    keys = [k for k, rs in results.items() if rs]
+    per_round: dict[str, list[dict[str, float | str]]] = {k: [] for k in keys}
+    for i in range(max((len(results[k]) for k in keys), default=0)):
+        bare = results["bare"][i] if len(results.get("bare", [])) > i else None
+        for k in keys:
+            if len(results[k]) > i:
+                per_round[k].append(figures(results[k][i], bare))
+    table = {k: median_figures(per_round[k]) for k in keys}
+    lines = [f"Measured {meta['when']} on {meta['host']}; load average before {meta['load_before']}, "
+             f"after {meta['load_after']}. {meta['sizes']}", "",
+             "| figure | " + " | ".join(results[k][0].peer.title for k in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join(_fmt(name, table[k][name]) for k in keys) + " |" for name in FIGURES]
+    lines += ["", "Overhead p50 at c=1 in each round (ms): " + "; ".join(
+        f"{k} " + ", ".join(_fmt("", r["overhead p50, c=1 (ms)"]) for r in per_round[k]) for k in keys)]
+    lines += ["Requests/s at c=16 in each round: " + "; ".join(
+        f"{k} " + ", ".join(_fmt("requests/s", r["requests/s, c=16"]) for r in per_round[k]) for k in keys)]
+    lines += ["Load average (1 min) at the start of each round: " + meta["round_loads"]]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace, svc: Services, load_before: str) -> None:
+    keys = [k.strip() for k in args.peers.split(",") if k.strip()]
+    results: dict[str, list[Result]] = {k: [] for k in keys}
+    skipped: dict[str, str] = {}
+    round_loads: list[str] = []
+    raw = args.peers_dir / "ours-c16.pyspy.txt"
+    raw.unlink(missing_ok=True)
+    try:
+        for round_no in range(args.rounds):
+            round_loads.append(f"{os.getloadavg()[0]:.2f}")
+            # rotate the order each round, so no gateway always runs first or last
+            order = keys[round_no % len(keys):] + keys[:round_no % len(keys)]
+            for key in order:
+                if key in skipped:
+                    continue
+                try:
+                    peer = build_peer(key, svc, args)
+                    print(f"… round {round_no + 1}/{args.rounds}: {peer.title}", flush=True)
+                    profile_to = raw if args.profile and key == "ours" and not raw.exists() else None
+                    results[key].append(await run_peer(peer, svc, args.requests, args.requests16,
+                                                       args.slow_requests, args.slow_requests16, profile_to))
+                except (PeerUnavailable, RuntimeError) as exc:
+                    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+                    skipped[key] = " … ".join(dict.fromkeys([lines[0], lines[-1]]))[:400]
+                    print(f"!! skipping {key}: {skipped[key]}", flush=True)
+        meta = {"when": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                "host": f"{platform.node()} ({os.cpu_count()} CPUs)", "load_before": load_before,
+                "load_after": load_average(), "round_loads": ", ".join(round_loads),
+                "sizes": f"{args.rounds} rounds, gateways in rotating order; per gateway and round: {args.requests} "
+                         f"requests at c=1 (non-stream and stream), {args.requests16} at c=16; 100 ms upstream: "
+                         f"{args.slow_requests} at c=1, {args.slow_requests16} at c=16. Each cell is the median "
+                         "over the rounds."}
+        print()
+        print(report(results, skipped, meta))
+        if args.profile and raw.exists():
+            print("\n" + profile.summary(raw) + f"\n(raw stacks: {raw})")
+    finally:
+        svc.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peers", default=",".join(ALL_PEERS), help=f"comma list out of {', '.join(ALL_PEERS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all gateways; cells are medians")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per c=1 run")
+    parser.add_argument("--requests16", type=int, default=2000, help="requests per c=16 run")
+    parser.add_argument("--slow-requests", type=int, default=50, help="c=1 requests with the 100 ms upstream")
+    parser.add_argument("--slow-requests16", type=int, default=480, help="c=16 requests with the 100 ms upstream")
+    parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
+    parser.add_argument("--litellm", default="litellm[proxy]", help="pip requirement for LiteLLM")
+    parser.add_argument("--portkey", default="@portkey-ai/gateway", help="npm package spec for Portkey")
+    parser.add_argument("--profile", action="store_true",
+                        help="after its measurements, py-spy our query function during one more c=16 run")
+    args = parser.parse_args(argv)
+    args.peers_dir.mkdir(parents=True, exist_ok=True)
+    load_before = load_average()
+    svc = start_services()
+    asyncio.run(main_async(args, svc, load_before))
+
+
+if __name__ == "__main__":
+    main()

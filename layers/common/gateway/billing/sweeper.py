@@ -1,0 +1,45 @@
+"""The orphan sweeper: the EventBridge Scheduler target (every 5 minutes) that closes
+reservations no request will ever settle (``ledger.settle_orphans``).
+
+A reservation is an orphan once it is older than ``RESERVATION_ORPHAN_MINUTES`` (default 20,
+above the 15-minute timeout of the longest-lived function). One that was marked as sent upstream
+is charged its hold, marked estimated (the provider billed a call whose usage never arrived); one
+that was not is released. Every close is one idempotent settle statement, so a retried or
+duplicate delivery changes nothing. The handler raises only when the database cannot be used:
+Scheduler/Lambda retry, then the DLQ raises an alarm. ``mlp doctor`` does the same by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..config import get_settings
+from ..observability import count, logger, metrics
+from . import ledger
+
+
+async def run(event: Any) -> dict[str, Any]:
+    minutes = get_settings().reservation_orphan_minutes
+    closed = await ledger.settle_orphans(minutes)
+    charged = [o for o in closed if o.charged > 0]
+    count("OrphansCharged", len(charged))
+    count("OrphansReleased", len(closed) - len(charged))
+    summary = {"older_than_minutes": minutes, "charged": [o.request_id for o in charged],
+               "released": [o.request_id for o in closed if o.charged == 0]}
+    if closed:
+        logger.warning("closed orphan reservations", extra=summary)
+    return summary
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # One event loop per container, kept across warm invocations (the pool is bound to it).
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(run(event))

@@ -1,0 +1,125 @@
+"""What the chat route sends back: the SSE relay response that keeps reading after the client
+left, and the assembly of a ``chat.completion`` from the chunks of an upstream stream (the
+buffered API Gateway path reads every upstream as a stream, so a deadline can stop it and charge
+exactly what was produced)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+
+from starlette.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from ..adapters.base import new_id, now
+
+
+class ClientState(Protocol):
+    client_gone: bool
+
+
+class RelayResponse(StreamingResponse):
+    """An SSE response that does NOT cancel its body when the client disconnects.
+
+    Starlette's StreamingResponse cancels the body iterator on ``http.disconnect``, which would
+    close the upstream before its final usage (reasoning tokens are most of a bill and arrive
+    last). Here a watcher only sets ``call.client_gone``: the relay keeps reading the upstream
+    (bounded by the request deadline) until the provider's usage arrives, and settles. What it
+    still sends goes nowhere (the server drops it, or the send fails with OSError under ASGI 2.4,
+    which counts as a disconnect too); the response still ends with its final body message.
+    """
+
+    def __init__(self, call: ClientState, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.call = call
+
+    async def _watch(self, receive: Receive) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a server that cannot tell: a failing send (OSError) still does
+            return
+        self.call.client_gone = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.ensure_future(self._watch(receive))
+        unreachable = False
+
+        async def emit(message: Message) -> None:
+            nonlocal unreachable
+            if unreachable:
+                return
+            try:
+                await send(message)
+            except OSError:
+                unreachable = self.call.client_gone = True
+
+        try:
+            await emit({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.body_iterator:
+                await emit({"type": "http.response.body", "body": chunk, "more_body": True})
+            await emit({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+
+
+def assemble(chunks: list[dict[str, Any]], model: str, usage: dict[str, Any] | None) -> dict[str, Any]:
+    """One ``chat.completion`` from OpenAI ``chat.completion.chunk`` dicts (content, refusal and
+    reasoning text concatenated, tool calls merged by index, the last finish reason, logprobs)."""
+    choices: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index") or 0
+            slot = choices.get(index)
+            if slot is None:
+                slot = choices[index] = {"index": index, "message": {"role": "assistant", "content": None,
+                                                                     "refusal": None},
+                                         "finish_reason": None, "logprobs": None}
+            _merge_delta(slot["message"], choice.get("delta") or {})
+            if choice.get("finish_reason"):
+                slot["finish_reason"] = choice["finish_reason"]
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict) and logprobs.get("content"):
+                slot["logprobs"] = slot["logprobs"] or {"content": []}
+                slot["logprobs"]["content"].extend(logprobs["content"])
+    if not choices:
+        choices[0] = {"index": 0, "message": {"role": "assistant", "content": None, "refusal": None},
+                      "finish_reason": "stop", "logprobs": None}
+    for slot in choices.values():
+        message = slot["message"]
+        if message["content"] is None and not message.get("tool_calls"):
+            message["content"] = ""
+        slot["finish_reason"] = slot["finish_reason"] or "stop"
+    first = chunks[0] if chunks else {}
+    out: dict[str, Any] = {"id": first.get("id") or new_id(), "object": "chat.completion",
+                           "created": first.get("created") or now(), "model": model,
+                           "choices": [choices[i] for i in sorted(choices)]}
+    if first.get("system_fingerprint"):
+        out["system_fingerprint"] = first["system_fingerprint"]
+    if usage is not None:
+        out["usage"] = usage
+    return out
+
+
+def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    for key in ("content", "refusal", "reasoning"):
+        piece = delta.get(key)
+        if isinstance(piece, str):
+            message[key] = (message.get(key) or "") + piece
+    for call in delta.get("tool_calls") or ():
+        if not isinstance(call, dict):
+            continue
+        calls = message.setdefault("tool_calls", [])
+        index = call.get("index")
+        index = len(calls) if not isinstance(index, int) else index
+        while len(calls) <= index:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        slot = calls[index]
+        if call.get("id"):
+            slot["id"] = call["id"]
+        fn = call.get("function") or {}
+        slot["function"]["name"] += fn.get("name") or ""
+        slot["function"]["arguments"] += fn.get("arguments") or ""

@@ -1,0 +1,591 @@
+"""Money safety on the query path (issue 9), against real Postgres, the Upstash bridge and the fake
+providers as real local servers: holds that bound the charge, every cost the provider bills
+billed, and settlement that survives the Lambda lifecycle (deadlines, the Web Adapter's freeze,
+client disconnects, database outages, orphans)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from mangum import Mangum
+from psycopg.rows import dict_row
+
+from gateway import db
+from gateway.adapters.http_client import aclose_http_client
+from gateway.adapters.tokens import measure_prompt
+from gateway.billing import ledger, sweeper
+from gateway.billing.pricing import ModelPrice, charge_for, hold_for
+from gateway.catalog import registry
+from gateway.chat import service
+from gateway.config import reset_settings
+from infra.local.servers import start_in_thread
+from tests.integration.test_chat import _auth, _load_app, _msg, _parse_sse
+from tests.integration.test_health import FakeLambdaContext, http_api_v2_event, invoke_in_own_loop
+from tests.support.account import upstream_requests
+from tests.support.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.integration
+D = Decimal
+MARKUP = D("0.10")
+PLAIN_MONEY = re.compile(r"^-?\d+\.\d{8}$")
+
+
+# ----------------------------------------------------------------------------------- helpers
+def direct(database_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """Read the real database directly (not through the gateway's pool, which a test may cut)."""
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def records(database_url: str, user_id: Any) -> list[dict[str, Any]]:
+    return direct(database_url, "SELECT * FROM usage_records WHERE user_id = %s ORDER BY id", user_id)
+
+
+def balance(database_url: str, user_id: Any) -> dict[str, Any]:
+    return direct(database_url, "SELECT * FROM balances WHERE user_id = %s", user_id)[0]
+
+
+async def ask(api: httpx.AsyncClient, user: Any, model: str, text: str, **extra: Any) -> httpx.Response:
+    return await api.post("/v1/chat/completions", headers=_auth(user),
+                          json={"model": model, "messages": _msg(text), **extra})
+
+
+async def one_request(api: httpx.AsyncClient, make_user: Any, database_url: str, model: str, text: str,
+                      status: int = 200, **extra: Any) -> tuple[Any, httpx.Response, dict[str, Any]]:
+    """A new user with $5 makes one request: (the user, the response, its usage record)."""
+    user = await make_user("5")
+    r = await ask(api, user, model, text, **extra)
+    assert r.status_code == status, r.text
+    return user, r, records(database_url, user.user_id)[0]
+
+
+async def wait_for(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def price_of(model_id: str) -> ModelPrice:
+    info = (await registry.models())[model_id]
+    return info.price
+
+
+def charged(price: ModelPrice, usage: dict[str, Any], **tokens: int) -> Decimal:
+    cost = price.provider_cost(usage["prompt_tokens"], usage["completion_tokens"], **tokens)
+    return charge_for(cost, MARKUP)
+
+
+@pytest.fixture(scope="session")
+def app(stack: str, fake_upstream: Any) -> Any:
+    """The query function's app (what Mangum wraps, and uvicorn serves behind the Web Adapter)."""
+    return _load_app("functions/query/app.py")
+
+
+@pytest.fixture
+async def api(app: Any, fake_upstream: Any) -> AsyncIterator[httpx.AsyncClient]:
+    registry.invalidate()
+    httpx.delete(fake_upstream.url + "/__fake/requests")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
+@pytest.fixture
+async def models(stack: str) -> AsyncIterator[None]:
+    """Test rows: a model with a request fee, one routed through OpenRouter with cache prices."""
+    await db.execute(
+        """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+               max_completion_tokens, prompt_price, completion_price, request_price, input_cache_read_price,
+               input_cache_write_price, source)
+           VALUES ('test/fee-haiku', 'fee', 'anthropic', 'claude-3-5-haiku-20241022', 'test', 200000, 8192,
+                   0.0000008, 0.000004, 0.01, NULL, NULL, 'test'),
+                  ('test/or-haiku', 'or', 'openrouter', 'anthropic/claude-3.5-haiku', 'test', 200000, 8192,
+                   0.0000008, 0.000004, 0, 0.00000008, 0.000001, 'test')
+           ON CONFLICT (id) DO NOTHING""")
+    registry.invalidate()
+    yield
+    await db.execute("DELETE FROM model_pricing WHERE source = 'test'")
+    registry.invalidate()
+
+
+@pytest.fixture
+def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    def set_(**values: Any) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name.upper(), str(value))
+        reset_settings()
+
+    yield set_
+    monkeypatch.undo()
+    reset_settings()
+
+
+# =================================================================================== 1. the hold
+async def test_ten_concurrent_image_heavy_requests_on_one_dollar_never_go_below_zero(
+        api: Any, make_user: Any, database_url: str) -> None:
+    """The reported attack: 100 image URLs to an Opus-class model with max_tokens 1, 10 at once,
+    on $1 of credit. Each image costs ~1,600 tokens at Opus prices: the hold must cover them."""
+    user = await make_user("1")
+    images = [{"type": "image_url", "image_url": {"url": f"https://example.com/{i}.png"}} for i in range(100)]
+    body = {"model": "anthropic/claude-opus-4", "max_tokens": 1,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "describe"}, *images]}]}
+    codes = await asyncio.gather(*[api.post("/v1/chat/completions", headers=_auth(user), json=body)
+                                   for _ in range(10)])
+    state = balance(database_url, user.user_id)
+    # the documented bound (docs/money.md): holds are upper bounds, so never below zero
+    assert state["balance"] - state["reserved"] >= 0, [r.status_code for r in codes]
+    assert all(r.status_code == 402 for r in codes)  # 100 x 1,600 tokens at $15/M is over $1 held
+    assert await ledger.invariant_violations() == []
+
+
+async def test_served_image_request_is_charged_within_its_hold(api: Any, make_user: Any,
+                                                              database_url: str) -> None:
+    user = await make_user("20")
+    images = [{"type": "image_url", "image_url": {"url": f"https://example.com/{i}.png"}} for i in range(20)]
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "anthropic/claude-3.5-haiku", "max_tokens": 5,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "describe"}, *images]}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] >= 20 * 1_590  # the provider billed the images
+    rec = records(database_url, user.user_id)[0]
+    assert 0 < rec["charge"] <= rec["hold"]
+
+
+async def test_cjk_text_is_held_at_a_token_per_character(api: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    r = await ask(api, user, "anthropic/claude-3.5-haiku", "你好世界" * 2_500, max_tokens=5)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] >= 10_000  # a token per CJK character
+    rec = records(database_url, user.user_id)[0]
+    assert rec["charge"] <= rec["hold"]
+
+
+async def test_every_forwarded_message_field_is_held(api: Any, make_user: Any, database_url: str,
+                                                     fake_upstream: Any) -> None:
+    user = await make_user("5")
+    base = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "go"}]
+    with_extra = [base[0], {**base[1], "reasoning": "r" * 40_000}, base[2]]
+    for messages in (base, with_extra):
+        r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+            "model": "meta-llama/llama-3.1-8b-instruct", "max_tokens": 5,
+            "messages": messages})
+        assert r.status_code == 200, r.text
+    sent = [req["body"] for req in upstream_requests(fake_upstream, "openrouter")]
+    assert sent[-1]["messages"][1]["reasoning"] == "r" * 40_000  # forwarded...
+    plain, extra = records(database_url, user.user_id)
+    price = await price_of("meta-llama/llama-3.1-8b-instruct")  # no cache prices: prompt tokens at .prompt
+    assert extra["hold"] - plain["hold"] >= charge_for(D(40_000) * price.prompt, MARKUP) - D("0.00000002")
+
+
+async def test_output_limit_is_clamped_to_the_model_and_injected_when_absent(api: Any, make_user: Any,
+                                                                             fake_upstream: Any,
+                                                                             database_url: str) -> None:
+    user = await make_user("5")
+    r = await ask(api, user, "anthropic/claude-3.5-haiku", "Hello there", max_tokens=64_000)
+    assert r.status_code == 200
+    r = await ask(api, user, "google/gemini-2.5-flash", "Hello there")
+    assert r.status_code == 200
+    anthropic, = [q["body"] for q in upstream_requests(fake_upstream, "anthropic")]
+    gemini, = [q["body"] for q in upstream_requests(fake_upstream, "gemini")]
+    assert anthropic["max_tokens"] == 8192  # clamped to the model's maximum, not the client's 64,000
+    assert gemini["generationConfig"]["maxOutputTokens"] == 65_536  # injected: what the hold counted
+    first, _ = records(database_url, user.user_id)
+    haiku = await price_of("anthropic/claude-3.5-haiku")
+    size = measure_prompt({"messages": _msg()})
+    assert first["hold"] == hold_for(haiku, size.bound("anthropic/claude-3.5-haiku", 200_000), 8192, MARKUP)
+
+
+async def test_model_not_on_the_plan_is_403_even_without_credit(api: Any, make_user: Any,
+                                                                fake_upstream: Any) -> None:
+    user = await make_user("1", tier="free")
+    r = await ask(api, user, "anthropic/claude-opus-4", "Hello there")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed"
+    assert upstream_requests(fake_upstream) == []
+
+
+async def test_money_in_error_bodies_is_a_plain_decimal_string(api: Any, make_user: Any) -> None:
+    user = await make_user("0")
+    r = await ask(api, user, "openai/gpt-4o-mini", "Hello there")
+    assert r.status_code == 402
+    err = r.json()["error"]
+    assert err["balance"] == "0.00000000" and PLAIN_MONEY.match(err["required"]), err
+    assert "E-" not in err["message"] and "$0.00000000 is available" in err["message"]
+
+
+async def test_requests_in_flight_per_user_are_capped(api: Any, make_user: Any, setting: Any,
+                                                      database_url: str) -> None:
+    setting(max_in_flight_per_user=2)
+    user = await make_user("5")
+    body = {"model": "openai/gpt-4o-mini", "messages": _msg("slow [[ttfb:0.5]]")}
+    responses = await asyncio.gather(*[api.post("/v1/chat/completions", headers=_auth(user), json=body)
+                                       for _ in range(3)])
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 200, 429], codes
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "concurrency_limit_exceeded" and refused.headers["retry-after"]
+    assert balance(database_url, user.user_id)["in_flight"] == 0
+    assert await ledger.invariant_violations() == []
+
+
+async def test_an_overrun_emits_hold_overrun_with_the_user_dimension(
+        api: Any, make_user: Any, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    user = await make_user("5")
+    capsys.readouterr()
+    # OpenRouter reports a cost above every catalogue price (e.g. a surcharge): billed, and reported
+    r = await ask(api, user, "meta-llama/llama-3.1-8b-instruct", "[[cost:0.5]]", max_tokens=5)
+    assert r.status_code == 200
+    rec = records(database_url, user.user_id)[0]
+    assert rec["charge"] > rec["hold"]
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    overrun = [m for m in emf if "HoldOverrun" in m and m.get("user") == str(user.user_id)]
+    assert len(overrun) == 1 and overrun[0]["HoldOverrun"] == [1.0]
+    assert {"user", "service"} in [set(d) for d in overrun[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"]]
+
+
+# =================================================================================== 2. billed options
+async def test_priority_service_tier_is_refused_and_openai_is_asked_for_default(
+        api: Any, make_user: Any, fake_upstream: Any) -> None:
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "service_tier": "priority", "messages": _msg()})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_service_tier"
+    assert upstream_requests(fake_upstream) == []
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "service_tier": "auto", "messages": _msg()})
+    assert r.status_code == 200
+    assert upstream_requests(fake_upstream, "openai")[-1]["body"]["service_tier"] == "default"
+
+
+async def test_openrouter_routing_is_capped_at_the_catalogue_price(api: Any, make_user: Any,
+                                                                   fake_upstream: Any, database_url: str) -> None:
+    user = await make_user("5")
+    prefs = {"order": ["DeepInfra"], "allow_fallbacks": False, "max_price": {"completion": "100"}}
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "meta-llama/llama-3.1-8b-instruct", "provider": prefs, "messages": _msg()})
+    assert r.status_code == 200, r.text
+    sent = upstream_requests(fake_upstream, "openrouter")[-1]["body"]["provider"]
+    assert sent["order"] == ["DeepInfra"] and sent["allow_fallbacks"] is False
+    # USD per million tokens: llama-3.1-8b is $0.02 / $0.03 per million in the catalogue
+    assert sent["max_price"] == {"prompt": "0.02", "completion": "0.03", "request": "0"}
+    # an endpoint above the cap is not served, and nothing is charged
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "meta-llama/llama-3.1-8b-instruct", "provider": prefs, "messages": _msg("[[endpoint_price:2]]")})
+    assert r.status_code in (400, 404, 502), r.text
+    last = records(database_url, user.user_id)[-1]
+    assert last["status"] == "failed" and last["charge"] == 0
+
+
+async def test_openrouter_is_billed_at_least_its_reported_cost(api: Any, make_user: Any,
+                                                               database_url: str) -> None:
+    _, _, rec = await one_request(api, make_user, database_url, "meta-llama/llama-3.1-8b-instruct", "[[cost:0.25]]")
+    assert rec["reported_cost"] == D("0.25") and rec["provider_cost"] == D("0.25")
+    assert rec["charge"] == charge_for(D("0.25"), MARKUP) == D("0.275")
+
+
+async def test_openrouter_cache_writes_are_billed(api: Any, make_user: Any, models: None,
+                                                  database_url: str) -> None:
+    _, r, rec = await one_request(api, make_user, database_url, "test/or-haiku",
+                                  "cache " + "x" * 800 + " [[cache_write:150]]")
+    price = await price_of("test/or-haiku")
+    assert rec["cache_write_tokens"] == 150
+    expected = charged(price, r.json()["usage"], cache_write_tokens=150)
+    assert rec["charge"] == expected > charged(price, r.json()["usage"])
+    assert rec["provider_cost"] >= rec["reported_cost"] > 0
+
+
+async def test_anthropic_one_hour_cache_writes_cost_twice_the_input_price(api: Any, make_user: Any,
+                                                                          database_url: str) -> None:
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "anthropic/claude-3.5-haiku", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "doc " + "x" * 800, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+            {"type": "text", "text": "summarise [[cache_write:200]]"}]}]})
+    assert r.status_code == 200, r.text
+    rec = records(database_url, user.user_id)[0]
+    assert rec["cache_write_tokens"] == 200 and rec["cache_write_1h_tokens"] == 200
+    price = await price_of("anthropic/claude-3.5-haiku")
+    assert rec["cache_write_1h_price"] == price.cache_write_1h == price.prompt * 2
+    usage = r.json()["usage"]
+    assert rec["charge"] == charged(price, usage, cache_write_tokens=200, cache_write_1h_tokens=200)
+    assert rec["charge"] > charged(price, usage, cache_write_tokens=200)  # more than 5-minute writes
+    assert rec["charge"] <= rec["hold"]
+
+
+async def test_request_fee_is_charged_when_the_provider_reports_no_tokens(api: Any, make_user: Any,
+                                                                          models: None, database_url: str) -> None:
+    _, _, rec = await one_request(api, make_user, database_url, "test/fee-haiku", "[[zero_usage]]")
+    assert rec["prompt_tokens"] == 0 and rec["completion_tokens"] == 0
+    assert rec["charge"] == charge_for(D("0.01"), MARKUP) == D("0.011")
+
+
+# =================================================================================== 3. Lambda lifecycle
+async def test_non_streaming_call_past_the_deadline_is_504_and_charged_what_the_provider_bills(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    setting(request_deadline_s=0.5)
+    user = await make_user("5")
+    r = await ask(api, user, "openai/gpt-4o-mini", "slow [[ttfb:3]]", max_tokens=300)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    # a non-streaming generation is billed whole by the provider: the output limit, estimated
+    assert rec["status"] == "timeout" and rec["estimated"] is True and rec["completion_tokens"] == 300
+    assert 0 < rec["charge"] <= rec["hold"]
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_produced(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "anthropic/claude-3.5-haiku", "stream": True,
+        "messages": _msg("long [[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    produced = sum(1 for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content"))
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and 0 < rec["completion_tokens"] < 100
+    assert rec["completion_tokens"] >= produced - 1 and rec["charge"] > 0
+
+
+def _post_event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
+    event = http_api_v2_event("/v1/chat/completions", headers={
+        "authorization": f"Bearer {api_key}", "content-type": "application/json",
+        "content-length": str(len(json.dumps(body)))})
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/chat/completions"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
+    event["body"] = json.dumps(body)
+    return event
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+async def test_api_gateway_path_answers_504_before_api_gateway_gives_up(
+        app: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """Under Mangum (QueryFunction behind API Gateway, 30 s) the deadline comes from the Lambda
+    context and BUFFERED_DEADLINE_S; a non-streaming request reads the upstream as a stream, so the
+    deadline stops the generation and charges exactly what it produced."""
+    setting(buffered_deadline_s=0.8)
+    user = await make_user("5")
+    assert FakeLambdaContext().get_remaining_time_in_millis() > 20_000  # the buffered budget binds
+    handler = Mangum(app, lifespan="off")
+    await db.close_pool()
+    body = {"model": "openai/gpt-4o-mini", "messages": _msg("long [[words:200]] [[chunk_delay:0.02]]")}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _post_event(body, user.api_key))
+    assert response["statusCode"] == 504, response
+    assert json.loads(response["body"])["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and 0 < rec["completion_tokens"] < 200 and rec["charge"] > 0
+    assert balance(database_url, user.user_id)["reserved"] == 0
+    # within the deadline the same path answers a normal completion, billed from the stream's usage
+    body = {"model": "openai/gpt-4o-mini", "messages": _msg("quick [[words:6]]")}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _post_event(body, user.api_key))
+    assert response["statusCode"] == 200, response
+    completion = json.loads(response["body"])
+    assert completion["object"] == "chat.completion" and completion["choices"][0]["finish_reason"] == "stop"
+    assert len(completion["choices"][0]["message"]["content"].split()) == 6
+    assert completion["usage"]["completion_tokens"] == 6
+    rec = records(database_url, user.user_id)[-1]
+    assert rec["status"] == "ok" and rec["completion_tokens"] == 6 and rec["estimated"] is False
+
+
+async def test_web_adapter_path_settles_before_the_response_ends(app: Any, make_user: Any,
+                                                                 fake_upstream: Any, database_url: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind the Lambda Web Adapter the environment is frozen when the response completes: the
+    settle must be done by the time the app sends the last byte."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "mlp-test-QueryStreamFunction")
+    user = await make_user("5")
+    settled_at_end: list[bool] = []
+
+    async def checked(scope: Any, receive: Any, send: Any) -> None:
+        async def checking_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                rows = await asyncio.to_thread(records, database_url, user.user_id)
+                settled_at_end.append(bool(rows))
+            await send(message)
+        await app(scope, receive, checking_send)
+
+    registry.invalidate()
+    transport = httpx.ASGITransport(app=checked)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        r = await c.post("/v1/chat/completions", headers=_auth(user),
+                         json={"model": "openai/gpt-4o-mini", "messages": _msg()})
+    assert r.status_code == 200
+    assert settled_at_end == [True]
+
+
+def _stream_then_leave(url: str, api_key: str, body: dict[str, Any]) -> int:
+    """Read the first SSE event, then close the connection (the client goes away)."""
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=10,
+                      headers={"Authorization": f"Bearer {api_key}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                return r.status_code
+    return 0
+
+
+@pytest.fixture
+def served_gateway(app: Any) -> Iterator[str]:
+    """The query app under a real uvicorn (real disconnects)."""
+    server = start_in_thread(app)
+    yield server.url
+    server.stop()
+
+
+async def test_disconnect_after_the_first_chunk_bills_the_reported_reasoning_tokens(
+        served_gateway: str, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    registry.invalidate()
+    body = {"model": "openai/o4-mini", "stream": True,
+            "messages": _msg("think [[reasoning:20000]] [[words:30]] [[chunk_delay:0.03]]")}
+    assert await asyncio.to_thread(_stream_then_leave, served_gateway, user.api_key, body) == 200
+    rec = (await wait_for(lambda: records(database_url, user.user_id)))[0]
+    # the gateway kept reading after the client left: the provider's usage, reasoning included
+    assert rec["status"] == "cancelled" and rec["estimated"] is False
+    assert rec["completion_tokens"] == 20_030
+    price = await price_of("openai/o4-mini")
+    assert rec["charge"] == charge_for(price.provider_cost(rec["prompt_tokens"], 20_030), MARKUP)
+    assert rec["charge"] > D("0.08")  # ~$0.088 of reasoning, not a few words' worth
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+async def test_disconnect_when_usage_never_arrives_charges_the_output_limit(
+        served_gateway: str, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    registry.invalidate()
+    body = {"model": "openai/gpt-4o-mini", "stream": True, "max_tokens": 300,
+            "messages": _msg("[[nousage]] [[words:20]] [[chunk_delay:0.03]]")}
+    assert await asyncio.to_thread(_stream_then_leave, served_gateway, user.api_key, body) == 200
+    rec = (await wait_for(lambda: records(database_url, user.user_id)))[0]
+    assert rec["status"] == "cancelled" and rec["estimated"] is True and rec["completion_tokens"] == 300
+
+
+async def test_a_billed_answer_that_cannot_be_used_is_still_settled(api: Any, make_user: Any,
+                                                                    database_url: str) -> None:
+    user = await make_user("5")
+    for model in ("openai/gpt-4o-mini", "anthropic/claude-3.5-haiku"):
+        r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+            "model": model, "max_tokens": 50, "messages": _msg("[[malformed]] [[words:5]]")})
+        assert r.status_code == 502, r.text
+    for rec in records(database_url, user.user_id):
+        assert rec["status"] == "failed" and rec["charge"] > 0 and rec["completion_tokens"] == 5
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+async def test_a_response_that_cannot_be_rendered_is_still_settled(api: Any, make_user: Any,
+                                                                   database_url: str) -> None:
+    user, _, rec = await one_request(api, make_user, database_url, "openai/gpt-4o-mini", "[[nan]] [[words:5]]",
+                                     status=500)
+    assert rec["status"] == "failed" and rec["error_code"] == "response_render_failed"
+    assert rec["completion_tokens"] == 5 and rec["charge"] > 0  # the provider billed it
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+@pytest.fixture
+async def flaky_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TcpProxy]:
+    """The gateway's database behind a proxy the test can cut ("refuse") and restore ("forward")."""
+    host, port = re.search(r"@([\d.]+):(\d+)/", database_url).groups()  # type: ignore[union-attr]
+    proxy = TcpProxy(host, int(port))
+    await db.close_pool()
+    monkeypatch.setenv("DATABASE_URL", database_url.replace(f"{host}:{port}", proxy.url_host))
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT_S", "1")
+    reset_settings()
+    yield proxy
+    await db.close_pool()
+    db.reset_breaker()
+    proxy.close()
+    monkeypatch.undo()
+    reset_settings()
+    await aclose_http_client()
+
+
+async def _cut_once_reserved(proxy: TcpProxy, database_url: str, user_id: Any) -> None:
+    """Cut the database once the request holds its reservation (it is then on its way upstream)."""
+    await wait_for(lambda: direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user_id))
+    proxy.set_mode("refuse")
+
+
+async def test_settle_retries_a_database_that_comes_back(api: Any, make_user: Any, setting: Any,
+                                                         flaky_database: TcpProxy, database_url: str) -> None:
+    user = await make_user("5")
+    setting(settle_retry_s=15)
+    request = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:0.6]] [[words:7]]"))
+    await _cut_once_reserved(flaky_database, database_url, user.user_id)
+    threading.Timer(1.0, flaky_database.set_mode, ("forward",)).start()  # back while the settle retries
+    r = await request
+    assert r.status_code == 200
+    rec = (await wait_for(lambda: records(database_url, user.user_id)))[0]
+    assert rec["status"] == "ok" and rec["completion_tokens"] == 7 and rec["estimated"] is False
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+async def test_requests_served_while_postgres_is_away_are_settled_when_it_returns(
+        api: Any, make_user: Any, setting: Any, flaky_database: TcpProxy, database_url: str) -> None:
+    user = await make_user("5")
+    setting(settle_retry_s=0.2)
+    request = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:0.6]] [[words:7]]"))
+    await _cut_once_reserved(flaky_database, database_url, user.user_id)
+    r = await request
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 7  # served meanwhile
+    assert records(database_url, user.user_id) == []  # not settled yet: the database is away
+    assert len(direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id)) == 1
+    flaky_database.set_mode("forward")
+    # the next request of this container settles itself and then the deferred one
+    while True:
+        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        await asyncio.sleep(0.2)
+    rows = await wait_for(lambda: [x for x in records(database_url, user.user_id) if x["completion_tokens"] == 7])
+    assert rows[0]["status"] == "ok" and rows[0]["estimated"] is False  # the real usage, not a guess
+    assert balance(database_url, user.user_id)["reserved"] == 0
+    assert not service._deferred
+
+
+async def test_a_call_still_running_after_a_second_marks_its_reservation_as_sent(
+        api: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    slow = asyncio.ensure_future(ask(api, user, "openai/gpt-4o-mini", "[[ttfb:2]] [[words:2]]"))
+    marked = await wait_for(lambda: direct(database_url, "SELECT upstream_at FROM reservations WHERE user_id = %s "
+                                                       "AND upstream_at IS NOT NULL", user.user_id))
+    assert len(marked) == 1  # while the provider is still answering
+    assert (await slow).status_code == 200
+    assert direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id) == []
+
+
+async def test_sweeper_charges_orphans_that_reached_upstream_and_releases_the_others(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("10")
+    await ledger.reserve(user.user_id, "orphan-sent", D("0.75"), model="openai/gpt-4o")
+    await ledger.mark_upstream("orphan-sent")
+    await ledger.reserve(user.user_id, "orphan-unsent", D("2"), model="openai/gpt-4o")
+    await ledger.reserve(user.user_id, "live", D("1"), model="openai/gpt-4o")
+    await db.execute("UPDATE reservations SET created_at = now() - interval '30 minutes' "
+                     "WHERE request_id LIKE 'orphan-%%'")
+    summary = await sweeper.run({"action": "sweep-orphans"})
+    assert summary["charged"] == ["orphan-sent"] and summary["released"] == ["orphan-unsent"]
+    recs = {r["request_id"]: r for r in records(database_url, user.user_id)}
+    assert recs["orphan-sent"]["charge"] == D("0.75") and recs["orphan-sent"]["estimated"] is True
+    assert recs["orphan-sent"]["status"] == "orphaned"
+    assert recs["orphan-unsent"]["charge"] == 0
+    state = balance(database_url, user.user_id)
+    assert (state["balance"], state["reserved"], state["in_flight"]) == (D("9.25"), D("1"), 1)
+    assert state["period_requests"] == 2  # the released one gave its quota request back
+    assert (await sweeper.run({}))["charged"] == []  # a second run changes nothing
+    assert await ledger.invariant_violations() == []
