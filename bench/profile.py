@@ -20,12 +20,12 @@ from bench.stack import ROOT
 # (not the server/framework: every request runs inside them; their own cost is in the self time)
 PARTS = {
     "rate limit (gateway.ratelimit, Upstash client)": r"gateway/ratelimit\.py|gateway/upstash\.py",
-    "reserve (ledger.reserve)": r"^reserve \(.*gateway/billing/ledger\.py",
-    "settle (ledger.settle)": r"^settle \(.*gateway/billing/ledger\.py",
+    "reserve (ledger.reserve)": r"^reserve \(.*gateway/money/ledger\.py",
+    "settle (ledger.settle)": r"^settle \(.*gateway/money/ledger\.py",
     "upstream call + translation (gateway.adapters)": r"gateway/adapters/",
     "API key (gateway.auth)": r"gateway/auth\.py",
     "request validation (pydantic)": r"\(pydantic",
-    "Decimal pricing (gateway.billing.pricing)": r"gateway/billing/pricing\.py",
+    "Decimal pricing (gateway.money.pricing)": r"gateway/money/pricing\.py",
     "JSON (json module)": r"\(json/",
     "logging/metrics (powertools, logging)": r"\((aws_lambda_powertools|logging)/",
 }

@@ -23,12 +23,13 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_secrets_in_session_logs():  # type: ignore[no-untyped-def]
-    from gateway import accounts, auth
+    from gateway import auth
+    from gateway.account import users
     from tests.support import secret_log
 
     secret_log.install()
     secret_log.wrap_key_generator(auth)
-    secret_log.wrap_key_generator(accounts)
+    secret_log.wrap_key_generator(users)
     secret_log.register(ADMIN_KEY)
     yield
     leaks = secret_log.leaks()

@@ -1,6 +1,6 @@
 """SweeperFunction: the EventBridge Scheduler target (every 5 minutes) that settles orphaned
-reservations. The logic lives in ``gateway.billing.sweeper``."""
+reservations. The logic lives in ``gateway.money.sweeper``."""
 
-from gateway.billing.sweeper import handler
+from gateway.money.sweeper import handler
 
 __all__ = ["handler"]

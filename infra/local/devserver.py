@@ -225,12 +225,13 @@ def _load_credentials() -> dict[str, Any]:
 
 async def seed(previous: dict[str, Any]) -> tuple[str, str]:
     """The dev user (with credit) and a working API key; reuses the previous key if still valid."""
-    from gateway import accounts, auth, db
+    from gateway import auth, db
+    from gateway.account import users
     from gateway.errors import Unauthorized
 
     try:
         row = await db.fetchone("SELECT id FROM users WHERE lower(email) = %s", (DEV_EMAIL,))
-        user_id = row["id"] if row else await accounts.create_user(DEV_EMAIL, tier="pro",
+        user_id = row["id"] if row else await users.create_user(DEV_EMAIL, tier="pro",
                                                                      welcome_credit=DEV_CREDIT)
         key = previous.get("api_key")
         if key:
@@ -241,7 +242,7 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
             except Unauthorized:
                 key = None
         if not key:
-            key = (await accounts.create_api_key(user_id, "dev")).secret
+            key = (await users.create_api_key(user_id, "dev")).secret
         await db.execute(
             """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
                    max_completion_tokens, prompt_price, completion_price, source)

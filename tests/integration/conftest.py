@@ -16,7 +16,8 @@ from decimal import Decimal
 
 import pytest
 
-from gateway import accounts, auth, db, upstash
+from gateway import auth, db, upstash
+from gateway.account import users
 from gateway.config import get_settings, reset_settings
 from gateway.migrate import migrate
 from infra.local.servers import RunningServer, start_in_thread
@@ -108,9 +109,9 @@ class TestUser:
 @pytest.fixture
 def make_user(database_url: str):  # type: ignore[no-untyped-def]
     async def _make(balance: Decimal | str = "10", tier: str = "pro", email: str | None = None) -> TestUser:
-        user_id = await accounts.create_user(email or f"u-{uuid.uuid4().hex[:10]}@example.com", tier=tier,
+        user_id = await users.create_user(email or f"u-{uuid.uuid4().hex[:10]}@example.com", tier=tier,
                                              welcome_credit=Decimal(balance))
-        key = await accounts.create_api_key(user_id, "test")
+        key = await users.create_api_key(user_id, "test")
         return TestUser(user_id=user_id, api_key=key.secret, key_id=key.key_id)
 
     return _make

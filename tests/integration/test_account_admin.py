@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gateway import db
-from gateway.billing import ledger
 from gateway.config import get_settings
+from gateway.money import ledger
 from tests.support import secret_log
 from tests.support.account import (  # noqa: F401  (fixtures)
     ADMIN,

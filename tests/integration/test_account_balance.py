@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from gateway import accounts, db
-from gateway.billing import ledger
+from gateway import db
+from gateway.account import users
+from gateway.money import ledger
 from tests.support.account import (  # noqa: F401  (fixtures)
     api,
     bearer,
@@ -103,7 +104,7 @@ async def test_usage_is_paginated_newest_first_without_gaps(api: Any, make_user:
 
 async def test_usage_filters(api: Any, make_user: Any) -> None:
     a = await make_user(balance="50")
-    k2 = await accounts.create_api_key(a.user_id, "second")
+    k2 = await users.create_api_key(a.user_id, "second")
     await _usage(a.user_id, "jan", at=dt.datetime(2025, 1, 15, tzinfo=UTC))
     await _usage(a.user_id, "feb-1", at=dt.datetime(2025, 2, 1, 0, 0, tzinfo=UTC), model="anthropic/claude-3.5-haiku")
     await _usage(a.user_id, "feb-28", at=dt.datetime(2025, 2, 28, 23, 59, tzinfo=UTC), key_id=k2.key_id)

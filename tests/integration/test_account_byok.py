@@ -15,9 +15,9 @@ import pytest
 from gateway import auth, db
 from gateway.account import byok
 from gateway.auth import SealedProviderKey
-from gateway.billing import ledger
-from gateway.billing.pricing import charge_for
 from gateway.config import get_settings
+from gateway.money import ledger
+from gateway.money.pricing import charge_for
 from tests.support.account import (  # noqa: F401  (fixtures)
     api,
     bearer,

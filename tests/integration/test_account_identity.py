@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway import db, upstash
 from gateway.account import identity
-from gateway.billing import ledger
 from gateway.config import get_settings
+from gateway.money import ledger
 from tests.support.account import (  # noqa: F401  (fixtures)
     HS_SECRET,
     JwksServer,

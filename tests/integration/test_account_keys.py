@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from gateway import accounts, auth, db
-from gateway.billing import ledger
+from gateway import auth, db
+from gateway.account import users
 from gateway.errors import InsufficientCredits
+from gateway.money import ledger
 from tests.support.account import (  # noqa: F401  (fixtures)
     api,
     bearer,
@@ -260,7 +261,7 @@ async def test_spend_cap_holds_under_concurrency(make_user: Any) -> None:
     """Concurrent reserves on one capped key never hold more than the cap, settle moves holds
     into `spent`, cancels give them back, and the key and balance rows stay consistent."""
     a = await make_user(balance="100")
-    k = await accounts.create_api_key(a.user_id, "capped", spend_cap=Decimal("1"))
+    k = await users.create_api_key(a.user_id, "capped", spend_cap=Decimal("1"))
     hold = Decimal("0.3")
 
     async def attempt(i: int) -> str | None:
@@ -296,7 +297,7 @@ async def test_spend_cap_holds_under_concurrency(make_user: Any) -> None:
     assert await ledger.invariant_violations() == []
 
     # an uncapped key of the same user is never limited by the cap, and never touched
-    free = await accounts.create_api_key(a.user_id, "uncapped")
+    free = await users.create_api_key(a.user_id, "uncapped")
     await ledger.reserve(a.user_id, "uncapped-1", Decimal("5"), api_key_id=free.key_id)
     row = await db.fetchone("SELECT spent, reserved FROM api_keys WHERE id = %s", (free.key_id,))
     assert row == {"spent": 0, "reserved": 0}
@@ -304,7 +305,7 @@ async def test_spend_cap_holds_under_concurrency(make_user: Any) -> None:
 
 async def test_mixed_concurrent_traffic_on_a_capped_key_does_not_deadlock(make_user: Any) -> None:
     a = await make_user(balance="1000")
-    k = await accounts.create_api_key(a.user_id, "busy", spend_cap=Decimal("500"))
+    k = await users.create_api_key(a.user_id, "busy", spend_cap=Decimal("500"))
 
     async def one(i: int) -> None:
         rid = f"mix-{i}"

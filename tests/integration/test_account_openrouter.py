@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from gateway import accounts, db
-from gateway.account.money import dumps_exact, json_number
+from gateway import db
+from gateway.account import users
 from gateway.account.usage import _windows
-from gateway.billing import ledger
+from gateway.money import ledger
+from gateway.money.format import dumps_exact, json_number
 from tests.support.account import api, bearer, chat_body, gateway_router, hs256, hs256_env, set_env  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def test_json_numbers_are_exact() -> None:
 
 async def test_key_view_for_a_capped_key(api: Any, make_user: Any) -> None:
     user = await make_user(balance="20", tier="pro")
-    capped = await accounts.create_api_key(user.user_id, "ci runner", rpm=30, spend_cap=Decimal("5"))
+    capped = await users.create_api_key(user.user_id, "ci runner", rpm=30, spend_cap=Decimal("5"))
     long_ago = _windows()["month"] - dt.timedelta(days=40)
     await settled(user.user_id, capped.key_id, "0.12345678")
     await settled(user.user_id, capped.key_id, "1.00000001", at=long_ago)

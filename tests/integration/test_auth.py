@@ -14,7 +14,8 @@ import httpx
 import pytest
 from fastapi import APIRouter
 
-from gateway import accounts, auth, db
+from gateway import auth, db
+from gateway.account import users
 from gateway.auth import AdminOnly, ApiKeyPrincipal
 from gateway.config import get_settings, reset_settings
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
@@ -34,12 +35,12 @@ async def key_row(key_id: uuid.UUID) -> dict:  # type: ignore[type-arg]
 
 # ----------------------------------------------------------------------------------- accounts
 async def test_create_user_and_key(database_url: str) -> None:
-    user_id = await accounts.create_user("Alice@Example.com", tier="pro", welcome_credit=Decimal("2.5"))
-    user = await accounts.get_user(user_id)
+    user_id = await users.create_user("Alice@Example.com", tier="pro", welcome_credit=Decimal("2.5"))
+    user = await users.get_user(user_id)
     assert user is not None
     assert (user["email"], user["tier"], user["balance"], user["reserved"]) == (
         "Alice@Example.com", "pro", Decimal("2.5"), Decimal("0"))
-    key = await accounts.create_api_key(user_id, "laptop")
+    key = await users.create_api_key(user_id, "laptop")
     assert key.name == "laptop"
     assert KEY_RE.match(key.secret)
     row = await key_row(key.key_id)
@@ -47,15 +48,15 @@ async def test_create_user_and_key(database_url: str) -> None:
 
 
 async def test_user_validation(database_url: str) -> None:
-    await accounts.create_user("bob@example.com")
+    await users.create_user("bob@example.com")
     with pytest.raises(Conflict):
-        await accounts.create_user("BOB@example.com")  # emails are unique case-insensitively
+        await users.create_user("BOB@example.com")  # emails are unique case-insensitively
     with pytest.raises(BadRequest):
-        await accounts.create_user("not-an-email")
+        await users.create_user("not-an-email")
     with pytest.raises(NotFound):
-        await accounts.create_api_key(uuid.uuid4())
-    anonymous = await accounts.create_user(None)
-    assert (await accounts.get_user(anonymous))["balance"] == 0  # type: ignore[index]
+        await users.create_api_key(uuid.uuid4())
+    anonymous = await users.create_user(None)
+    assert (await users.get_user(anonymous))["balance"] == 0  # type: ignore[index]
 
 
 # ----------------------------------------------------------------------------------- format / storage
@@ -159,12 +160,12 @@ async def test_revoke_is_immediate_in_process(make_user) -> None:  # type: ignor
     assert get_settings().auth_cache_ttl_s >= 1  # the default TTL: only forget_key makes this immediate
     await auth.authenticate_key(user.api_key)
     # only the owner can revoke when a user id is given
-    assert not await accounts.revoke_api_key(user.key_id, user_id=other.user_id)
+    assert not await users.revoke_api_key(user.key_id, user_id=other.user_id)
     assert (await auth.authenticate_key(user.api_key)).key_id == user.key_id
-    assert await accounts.revoke_api_key(user.key_id, user_id=user.user_id)
+    assert await users.revoke_api_key(user.key_id, user_id=user.user_id)
     with pytest.raises(Unauthorized):
         await auth.authenticate_key(user.api_key)
-    assert not await accounts.revoke_api_key(user.key_id)  # already revoked
+    assert not await users.revoke_api_key(user.key_id)  # already revoked
     assert (await key_row(user.key_id))["revoked_at"] is not None
     # other keys are unaffected
     assert (await auth.authenticate_key(other.api_key)).user_id == other.user_id
@@ -189,7 +190,7 @@ async def test_last_used_at_is_bumped_at_most_once_a_minute(make_user) -> None: 
 
 async def test_revoked_key_use_does_not_bump_last_used(make_user) -> None:  # type: ignore[no-untyped-def]
     user = await make_user()
-    await accounts.revoke_api_key(user.key_id)
+    await users.revoke_api_key(user.key_id)
     with pytest.raises(Unauthorized):
         await auth.authenticate_key(user.api_key)
     assert (await key_row(user.key_id))["last_used_at"] is None

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from gateway.billing import ledger
 from gateway.errors import Forbidden, InsufficientCredits
+from gateway.money import ledger
 from infra.local import fake_stripe as fs
 from tests.support.billing import (
     PRICES,

@@ -224,12 +224,12 @@ async def test_restricted_key_gets_403_on_checkout_and_portal(gateway: Any, bill
                                                              make_user: Any) -> None:
     """A key with its own rpm or spend cap (or the 'inference' scope) cannot spend the account's
     money on Stripe or change its plan: 403 insufficient_scope, no Stripe request made."""
-    from gateway import accounts
+    from gateway.account import users
 
     user = await make_user(balance="0", tier="free")
-    capped = await accounts.create_api_key(user.user_id, "capped", spend_cap=Decimal("1"))
-    limited = await accounts.create_api_key(user.user_id, "limited", rpm=5)
-    scoped = await accounts.create_api_key(user.user_id, "ci", scope="inference")
+    capped = await users.create_api_key(user.user_id, "capped", spend_cap=Decimal("1"))
+    limited = await users.create_api_key(user.user_id, "limited", rpm=5)
+    scoped = await users.create_api_key(user.user_id, "ci", scope="inference")
     for key in (capped, limited, scoped):
         h = {"authorization": f"Bearer {key.secret}"}
         for path, body in (("/v1/billing/checkout", {"credits": 10}), ("/v1/billing/checkout", {"plan": "pro"}),

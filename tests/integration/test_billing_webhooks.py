@@ -291,7 +291,7 @@ async def test_legacy_api_version_shapes(gateway: Any, billing: Billing, make_us
 # --------------------------------------------------------------------------- refunds
 async def test_refunds_partial_cumulative_and_below_zero_recorded(gateway: Any, billing: Billing,
                                                                   make_user: Any) -> None:
-    from gateway.billing import ledger
+    from gateway.money import ledger
 
     user = await make_user(balance="0", tier="free")
     pi = _pi()

@@ -14,10 +14,11 @@ import httpx
 import pytest
 
 from gateway import db, upstash
-from gateway.billing import ledger
-from gateway.billing.pricing import ModelPrice, charge_for, hold_for
 from gateway.catalog import registry
 from gateway.config import reset_settings
+from gateway.money import ledger
+from gateway.money.holds import hold_for
+from gateway.money.pricing import ModelPrice, charge_for
 from tests.support.account import upstream_requests
 
 ROOT = Path(__file__).resolve().parents[2]

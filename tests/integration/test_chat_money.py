@@ -23,11 +23,12 @@ from psycopg.rows import dict_row
 from gateway import db
 from gateway.adapters.http_client import aclose_http_client
 from gateway.adapters.tokens import measure_prompt
-from gateway.billing import ledger, sweeper
-from gateway.billing.pricing import ModelPrice, charge_for, hold_for
 from gateway.catalog import registry
 from gateway.chat import service
 from gateway.config import reset_settings
+from gateway.money import ledger, sweeper
+from gateway.money.holds import hold_for
+from gateway.money.pricing import ModelPrice, charge_for
 from infra.local.servers import start_in_thread
 from tests.integration.test_chat import _auth, _load_app, _msg, _parse_sse
 from tests.integration.test_health import FakeLambdaContext, http_api_v2_event, invoke_in_own_loop

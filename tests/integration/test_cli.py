@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from gateway import auth, db
-from gateway.billing import ledger
 from gateway.cli import main
 from gateway.config import reset_settings
 from gateway.errors import Unauthorized
 from gateway.migrate import discover
+from gateway.money import ledger
 from infra.local.servers import free_port
 from tests.support import services
 

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from gateway import db
-from gateway.billing import ledger
-from gateway.billing.ledger import UsageRecord
-from gateway.billing.pricing import CREDIT_QUANTUM, ModelPrice, charge_for
 from gateway.config import reset_settings
 from gateway.errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded
+from gateway.money import ledger
+from gateway.money.ledger import UsageRecord
+from gateway.money.pricing import CREDIT_QUANTUM, ModelPrice, charge_for
 
 pytestmark = pytest.mark.integration
 

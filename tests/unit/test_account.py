@@ -17,10 +17,10 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.account import byok, identity, usage
-from gateway.account.money import money
 from gateway.auth import SealedProviderKey
 from gateway.config import Settings, reset_settings
 from gateway.errors import BadRequest, ServiceUnavailable
+from gateway.money.format import money
 from tests.support import secret_log
 
 ROOT = Path(__file__).resolve().parents[2]

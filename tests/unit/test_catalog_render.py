@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from gateway.billing.pricing import ModelPrice
 from gateway.catalog.registry import ModelInfo, tier_allows
 from gateway.catalog.render import (
     Catalogue,
@@ -22,6 +21,7 @@ from gateway.catalog.render import (
     render_entry,
 )
 from gateway.config import Tier
+from gateway.money.pricing import ModelPrice
 
 D = Decimal
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from gateway.billing.pricing import ModelPrice
 from gateway.catalog.registry import ModelInfo
 from gateway.chat.responses import assemble
 from gateway.chat.schema import ChatRequest
 from gateway.chat.service import budget_for, openrouter_preferences, output_limit
 from gateway.config import Settings
 from gateway.errors import BadRequest
+from gateway.money.pricing import ModelPrice
 
 D = Decimal
 SETTINGS = Settings()

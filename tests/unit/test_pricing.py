@@ -7,12 +7,12 @@ from decimal import ROUND_CEILING, Context, Decimal
 
 import pytest
 
-from gateway.billing.pricing import (
+from gateway.money.holds import hold_for
+from gateway.money.pricing import (
     CREDIT_QUANTUM,
     ZERO,
     ModelPrice,
     charge_for,
-    hold_for,
     parse_price,
     to_credit,
 )

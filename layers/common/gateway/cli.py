@@ -147,7 +147,7 @@ def _dir(value: str) -> Any:
 
 # ----------------------------------------------------------------------------------- users / keys
 async def _cmd_create_user(args: argparse.Namespace) -> int:
-    from . import accounts
+    from .account import users
     from .config import TIER_ALIASES, get_settings
 
     tiers = get_settings().tiers
@@ -157,7 +157,7 @@ async def _cmd_create_user(args: argparse.Namespace) -> int:
     credit = args.credit
     if credit < 0:
         raise CliError("--credit must not be negative")
-    user_id = await accounts.create_user(args.email, tier=tier, welcome_credit=credit)
+    user_id = await users.create_user(args.email, tier=tier, welcome_credit=credit)
     _out(str(user_id))
     _info(f"created user {args.email} (tier {tier}, credit {_usd(credit)})")
     return 0
@@ -173,11 +173,11 @@ def _add_create_user(sub: SubParsers) -> None:
 
 
 async def _cmd_create_key(args: argparse.Namespace) -> int:
-    from . import accounts
+    from .account import users
 
     if args.spend_cap is not None and args.spend_cap <= 0:
         raise CliError("--spend-cap must be positive")
-    key = await accounts.create_api_key(args.user_id, args.name, rpm=args.rpm, spend_cap=args.spend_cap)
+    key = await users.create_api_key(args.user_id, args.name, rpm=args.rpm, spend_cap=args.spend_cap)
     _out(key.secret)
     _info(f"created key {key.key_id} ({key.prefix}…, name {key.name!r}) for user {args.user_id}. "
           "The key is shown once: store it now.")
@@ -195,9 +195,9 @@ def _add_create_key(sub: SubParsers) -> None:
 
 
 async def _cmd_revoke_key(args: argparse.Namespace) -> int:
-    from . import accounts
+    from .account import users
 
-    if not await accounts.revoke_api_key(args.key_id):
+    if not await users.revoke_api_key(args.key_id):
         raise CliError(f"no active key with id {args.key_id} (unknown or already revoked)")
     _out(f"revoked key {args.key_id}")
     _info("other warm containers stop accepting it within AUTH_CACHE_TTL_S seconds")
@@ -212,7 +212,7 @@ def _add_revoke_key(sub: SubParsers) -> None:
 
 # ----------------------------------------------------------------------------------- credit
 async def _cmd_grant_credits(args: argparse.Namespace) -> int:
-    from .billing import ledger
+    from .money import ledger
 
     amount: Decimal = args.amount
     if amount == 0:
@@ -251,8 +251,8 @@ def _add_grant_credits(sub: SubParsers) -> None:
 # ----------------------------------------------------------------------------------- doctor
 async def _cmd_doctor(args: argparse.Namespace) -> int:
     from . import db
-    from .billing import ledger
     from .config import get_settings
+    from .money import ledger
 
     problems = 0
     row = await db.fetchone("SELECT max(version) AS version FROM schema_migrations")

@@ -47,6 +47,10 @@ from .observability import count, logger
 # tests/unit/test_migrations.py keeps this in step with the files.
 EXPECTED_SCHEMA_VERSION = "0007"
 
+# A connection as the gateway's code receives it (from ``connection()`` / ``transaction()``).
+Connection = psycopg.AsyncConnection[Any]
+Params = Sequence[Any] | dict[str, Any] | None
+
 _pool: AsyncConnectionPool[Any] | None = None
 _pool_loop: asyncio.AbstractEventLoop | None = None
 _pool_lock: asyncio.Lock | None = None
@@ -265,7 +269,7 @@ def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 @asynccontextmanager
-async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+async def connection() -> AsyncIterator[Connection]:
     """A pooled connection for one statement or one short block, bounded by DB_TIMEOUT_S."""
     settings = get_settings()
     _breaker.check(settings.database_url)
@@ -298,7 +302,7 @@ async def connection() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
 
 
 @asynccontextmanager
-async def transaction() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+async def transaction() -> AsyncIterator[Connection]:
     """A short explicit transaction: commits on success, rolls back on any exception."""
     async with connection() as conn, conn.transaction():
         yield conn
@@ -330,8 +334,31 @@ def as_service_unavailable(exc: psycopg.OperationalError) -> ServiceUnavailable:
                               headers={"Retry-After": str(retry_after)})
 
 
-async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
-              fetch: str = "none") -> Any:
+async def query(conn: Connection, sql: str, params: Params = None, *, fetch: str = "none") -> Any:
+    """One statement on ``conn`` (e.g. inside the caller's transaction); ``fetch`` as in ``run``.
+    Rows are dicts."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(sql, params)  # type: ignore[arg-type]
+        if fetch == "one":
+            return await cur.fetchone()
+        if fetch == "all":
+            return await cur.fetchall()
+        if fetch == "rowcount":
+            return cur.rowcount
+        return None
+
+
+async def fetchone_in(conn: Connection, sql: str, params: Params = None) -> dict[str, Any] | None:
+    """``fetchone`` inside the caller's open transaction on ``conn``."""
+    return await query(conn, sql, params, fetch="one")  # type: ignore[no-any-return]
+
+
+async def fetchall_in(conn: Connection, sql: str, params: Params = None) -> list[dict[str, Any]]:
+    """``fetchall`` inside the caller's open transaction on ``conn``."""
+    return await query(conn, sql, params, fetch="all")  # type: ignore[no-any-return]
+
+
+async def run(sql: str, params: Params = None, *, fetch: str = "none") -> Any:
     """Execute one statement; ``fetch`` is "none", "one" (dict|None), "all" (list[dict]) or "rowcount".
 
     Retries once on a connection that turned out to be dead (e.g. after a frozen container).
@@ -341,15 +368,7 @@ async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
         try:
             async with connection() as conn:
                 conn_used = conn
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(sql, params)  # type: ignore[arg-type]
-                    if fetch == "one":
-                        return await cur.fetchone()
-                    if fetch == "all":
-                        return await cur.fetchall()
-                    if fetch == "rowcount":
-                        return cur.rowcount
-                    return None
+                return await query(conn, sql, params, fetch=fetch)
         except psycopg.OperationalError as exc:
             if attempt == 1 and is_connection_failure(exc, conn_used):
                 logger.warning("database connection lost; retrying once", extra={"error": type(exc).__name__})
@@ -359,13 +378,13 @@ async def run(sql: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
     raise AssertionError("unreachable")
 
 
-async def fetchone(sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any] | None:
+async def fetchone(sql: str, params: Params = None) -> dict[str, Any] | None:
     return await run(sql, params, fetch="one")  # type: ignore[no-any-return]
 
 
-async def fetchall(sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+async def fetchall(sql: str, params: Params = None) -> list[dict[str, Any]]:
     return await run(sql, params, fetch="all")  # type: ignore[no-any-return]
 
 
-async def execute(sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> int:
+async def execute(sql: str, params: Params = None) -> int:
     return await run(sql, params, fetch="rowcount")  # type: ignore[no-any-return]

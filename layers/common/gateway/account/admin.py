@@ -9,13 +9,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from .. import accounts, db
-from ..billing import ledger
+from .. import db
 from ..config import TIER_ALIASES, get_settings
 from ..errors import BadRequest, Conflict, NotFound
+from ..money import ledger
+from ..money.format import money
 from ..observability import logger
-from . import byok, keys, usage
-from .money import money
+from . import byok, keys, usage, users
 
 
 def resolve_tier(name: str) -> str:
@@ -31,10 +31,10 @@ async def create_user(*, email: str | None, tier: str = "free", welcome_credit: 
                       spend_cap: Decimal | None = None) -> dict[str, Any]:
     tier = resolve_tier(tier)
     credit = get_settings().welcome_credit if welcome_credit is None else welcome_credit
-    user_id = await accounts.create_user(email, tier=tier, welcome_credit=credit)
+    user_id = await users.create_user(email, tier=tier, welcome_credit=credit)
     body: dict[str, Any] = {"user": await user_summary(user_id), "api_key": None}
     if create_key:
-        new = await accounts.create_api_key(user_id, key_name, rpm=rpm, spend_cap=spend_cap)
+        new = await users.create_api_key(user_id, key_name, rpm=rpm, spend_cap=spend_cap)
         created = await keys.get_key(user_id, new.key_id)
         body["api_key"] = {**(created or {}), "key": new.secret}
     logger.info("admin created user", extra={"user_id": str(user_id), "tier": tier})

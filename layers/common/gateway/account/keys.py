@@ -18,12 +18,13 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from .. import accounts, db, ratelimit
+from .. import db, ratelimit
 from ..config import get_settings
 from ..errors import Conflict, RateLimited
+from ..money.format import money
 from ..observability import count, logger
 from ..ratelimit import Decision
-from .money import money
+from . import users
 
 KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved, scope"
 CREATE_WINDOW_S = 3600
@@ -61,7 +62,7 @@ async def _creation_decision(user_id: UUID | str) -> Decision:
 
 
 async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, spend_cap: Decimal | None = None,
-                     scope: str | None = None) -> tuple[accounts.NewKey, dict[str, Any]]:
+                     scope: str | None = None) -> tuple[users.NewKey, dict[str, Any]]:
     """Create a key for the user (input already validated). Raises 429 / 409 before writing anything."""
     settings = get_settings()
     decision = await _creation_decision(user_id)
@@ -76,7 +77,7 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, 
     if row is not None and row["n"] >= settings.max_keys_per_user:
         raise Conflict(f"You already have {row['n']} active API keys (the maximum is "
                        f"{settings.max_keys_per_user}); revoke one first.", code="too_many_keys")
-    new = await accounts.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap, scope=scope)
+    new = await users.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap, scope=scope)
     created = await get_key(user_id, new.key_id)
     assert created is not None
     logger.info("api key created", extra={"user_id": str(user_id), "key_id": str(new.key_id)})
@@ -85,7 +86,7 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, 
 
 async def revoke_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | None:
     """Revoke one of the user's keys (idempotent). None if the user has no such key."""
-    if await accounts.revoke_api_key(key_id, user_id=user_id):
+    if await users.revoke_api_key(key_id, user_id=user_id):
         logger.info("api key revoked", extra={"user_id": str(user_id), "key_id": str(key_id)})
     return await get_key(user_id, key_id)
 

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..auth import require_api_key
+from ..money.format import dumps_exact
 from . import usage
 from .identity import UserPrincipal
-from .money import dumps_exact
 
 router = APIRouter()
 

@@ -14,11 +14,11 @@ from uuid import UUID
 
 from .. import db
 from ..auth import Principal
-from ..billing import ledger
-from ..billing.pricing import to_credit
 from ..config import get_settings
 from ..errors import BadRequest, NotFound
-from .money import money
+from ..money import ledger
+from ..money.format import money
+from ..money.pricing import to_credit
 
 UTC = dt.UTC
 MAX_PAGE = 100

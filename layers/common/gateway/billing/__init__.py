@@ -1,2 +1,4 @@
-"""Money: pricing (Decimal arithmetic and THE rounding rule) and the ledger (credit, reserve,
-settle, release, invariant checks). See docs/money.md."""
+"""The Stripe feature: Checkout and the Billing Portal (``routes``), the signed webhook
+(``webhooks``), the Stripe API client (``stripe_api``), subscriptions → tiers
+(``subscriptions``) and refunds/disputes (``clawback``). Money moves only through
+``gateway.money.ledger``. See docs/billing.md."""

@@ -23,39 +23,24 @@ spent); the part below zero of a refund is recorded as ``stripe_refunds.shortfal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import dict_row
-
+from ..db import Connection, fetchall_in, fetchone_in
+from ..money import ledger
+from ..money.pricing import ZERO, exact, to_credit
 from ..observability import MetricUnit, logger, metrics
-from . import ledger
-from .pricing import ZERO, to_credit
 
 REFUND_GONE = ("failed", "canceled")          # a refund in these states returned no money
 DISPUTE_RESTORING = frozenset({"won", "warning_closed", "prevented"})   # closed without a chargeback
-
-
-async def fetch_one(conn: Any, sql: str, params: Any) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
-
-
-async def fetch_all(conn: Any, sql: str, params: Any) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(sql, params)
-        return list(await cur.fetchall())
 
 
 def share(credit: Decimal, part_cents: int, whole_cents: int) -> Decimal:
     """``credit * part / whole`` (part clamped to [0, whole]), exact, then the one rounding rule."""
     if whole_cents <= 0:
         return ZERO
-    with localcontext() as ctx:
-        ctx.prec = 60
+    with exact():
         return to_credit(credit * Decimal(min(max(part_cents, 0), whole_cents)) / Decimal(whole_cents))
 
 
@@ -70,7 +55,7 @@ class Reconciled:
     dispute_restored: Decimal = ZERO
 
 
-async def record_payment(conn: Any, *, payment_intent: str, user_id: UUID, source: str, source_id: str,
+async def record_payment(conn: Connection, *, payment_intent: str, user_id: UUID, source: str, source_id: str,
                          amount_cents: int, currency: str, credit: Decimal, reference: str) -> Reconciled:
     """A payment that granted ``credit``; anything already refunded or disputed is applied now."""
     await conn.execute(
@@ -80,10 +65,10 @@ async def record_payment(conn: Any, *, payment_intent: str, user_id: UUID, sourc
     return await reconcile(conn, payment_intent)
 
 
-async def reconcile(conn: Any, payment_intent: str) -> Reconciled:
+async def reconcile(conn: Connection, payment_intent: str) -> Reconciled:
     """Bring what is taken back from one payment's credit in line with its refunds and disputes."""
     result = Reconciled()
-    pay = await fetch_one(conn, "SELECT user_id, amount_cents, currency, credit FROM stripe_payments "
+    pay = await fetchone_in(conn, "SELECT user_id, amount_cents, currency, credit FROM stripe_payments "
                                 "WHERE payment_intent = %s FOR UPDATE", (payment_intent,))
     if pay is None:
         return result
@@ -98,12 +83,12 @@ async def reconcile(conn: Any, payment_intent: str) -> Reconciled:
     return result
 
 
-async def _reconcile_refunds(conn: Any, payment_intent: str, pay: dict[str, Any], user_id: UUID,
+async def _reconcile_refunds(conn: Connection, payment_intent: str, pay: dict[str, Any], user_id: UUID,
                              result: Reconciled) -> Decimal:
     """Per charge of the payment; returns the credit taken back by refunds in total."""
-    charges = await fetch_all(conn, "SELECT charge_id, refunded_cents, deducted, shortfall FROM stripe_refunds "
+    charges = await fetchall_in(conn, "SELECT charge_id, refunded_cents, deducted, shortfall FROM stripe_refunds "
                                     "WHERE payment_intent = %s ORDER BY charge_id FOR UPDATE", (payment_intent,))
-    items = await fetch_all(conn, """
+    items = await fetchall_in(conn, """
         SELECT charge_id,
                COALESCE(sum(amount_cents) FILTER (WHERE status = ANY(%(gone)s::text[])), 0) AS failed,
                COALESCE(sum(amount_cents) FILTER (WHERE status <> ALL(%(gone)s::text[])), 0) AS known
@@ -147,9 +132,9 @@ async def _reconcile_refunds(conn: Any, payment_intent: str, pay: dict[str, Any]
     return sum((r["deducted"] for r in charges), ZERO)
 
 
-async def _reconcile_disputes(conn: Any, payment_intent: str, pay: dict[str, Any], user_id: UUID,
+async def _reconcile_disputes(conn: Connection, payment_intent: str, pay: dict[str, Any], user_id: UUID,
                               refunded: Decimal, result: Reconciled) -> None:
-    disputes = await fetch_all(conn, "SELECT dispute_id, amount_cents, currency, status, closed, taken, movements "
+    disputes = await fetchall_in(conn, "SELECT dispute_id, amount_cents, currency, status, closed, taken, movements "
                                      "FROM stripe_disputes WHERE payment_intent = %s ORDER BY dispute_id FOR UPDATE",
                                (payment_intent,))
     granted: Decimal = pay["credit"]

@@ -30,15 +30,16 @@ from uuid import UUID
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .. import accounts, db
+from .. import db
+from ..account import users
 from ..account.identity import UserPrincipal
 from ..auth import require_full_scope
 from ..config import Tier, get_settings
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UpstreamError
 from ..http import server_request_id
+from ..money.ledger import next_period_start, period_start
 from ..observability import logger
 from . import stripe_api
-from .ledger import next_period_start, period_start
 from .subscriptions import TERMINAL_STATUSES, current_subscription, paid_tier
 
 router = APIRouter()
@@ -69,7 +70,7 @@ def _iso(value: dt.datetime | dt.date | None) -> str | None:
 
 
 async def _user(user_id: UUID) -> dict[str, Any]:
-    user = await accounts.get_user(user_id)
+    user = await users.get_user(user_id)
     if user is None:
         raise NotFound("user not found", code="user_not_found")
     return user

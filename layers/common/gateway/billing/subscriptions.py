@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from psycopg.rows import dict_row
-
 from ..config import Settings, Tier, get_settings
+from ..db import Connection, fetchone_in
 
 TERMINAL_STATUSES = ("canceled", "incomplete_expired")
 
@@ -67,7 +66,7 @@ RETURNING u.tier
 """
 
 
-async def recompute_tier(conn: Any, user_id: UUID | str) -> str | None:
+async def recompute_tier(conn: Connection, user_id: UUID | str) -> str | None:
     """Set ``users.tier`` from the user's subscriptions (inside the caller's transaction)."""
     settings = get_settings()
     cur = await conn.execute(RECOMPUTE_TIER_SQL, {
@@ -93,11 +92,8 @@ LIMIT 1
 """
 
 
-async def current_subscription(conn: Any, user_id: UUID | str) -> dict[str, Any] | None:
+async def current_subscription(conn: Connection, user_id: UUID | str) -> dict[str, Any] | None:
     """The subscription that decides the user's tier (else their most recent one)."""
     settings = get_settings()
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(CURRENT_SUBSCRIPTION_SQL, {
-            "user_id": user_id, "entitled": entitled_statuses(settings), "ranks": tier_rank(settings)})
-        row: dict[str, Any] | None = await cur.fetchone()
-        return row
+    return await fetchone_in(conn, CURRENT_SUBSCRIPTION_SQL, {
+        "user_id": user_id, "entitled": entitled_statuses(settings), "ranks": tier_rank(settings)})

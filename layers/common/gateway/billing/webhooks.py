@@ -47,10 +47,11 @@ from fastapi.responses import JSONResponse
 from .. import db
 from ..config import Settings, Tier, get_settings
 from ..errors import BadRequest, InternalError, ServiceUnavailable, UpstreamError
+from ..money import ledger
+from ..money.pricing import ZERO
 from ..observability import SERVICE, MetricUnit, in_lambda, logger, metrics
-from . import ledger, stripe_api
-from .clawback import REFUND_GONE, Reconciled, fetch_one, reconcile, record_payment, share
-from .pricing import ZERO
+from . import stripe_api
+from .clawback import REFUND_GONE, Reconciled, reconcile, record_payment, share
 from .subscriptions import TERMINAL_STATUSES, paid_tier, recompute_tier, tier_for_price
 
 router = APIRouter()
@@ -291,18 +292,18 @@ def _non_usd(kind: str, obj: dict[str, Any], user_id: UUID | None) -> Outcome:
     return Outcome("unmatched" if kind == "checkout" else "recorded", f"currency={_currency(obj)}", user_id)
 
 
-async def _user_for_customer(conn: Any, customer: str | None) -> UUID | None:
+async def _user_for_customer(conn: db.Connection, customer: str | None) -> UUID | None:
     """Our user for a Stripe customer: only the link our checkout route stored
     (``users.stripe_customer_id``, set before any session exists). Metadata and
     ``client_reference_id`` are never trusted to name a user: anything else on the Stripe
     account (a Payment Link, another product) could put any user id there."""
     if not customer:
         return None
-    row = await fetch_one(conn, "SELECT id FROM users WHERE stripe_customer_id = %s", (customer,))
+    row = await db.fetchone_in(conn, "SELECT id FROM users WHERE stripe_customer_id = %s", (customer,))
     return UUID(str(row["id"])) if row is not None else None
 
 
-async def _lock(conn: Any, *, user: UUID | None = None, payment_intent: str | None = None) -> None:
+async def _lock(conn: db.Connection, *, user: UUID | None = None, payment_intent: str | None = None) -> None:
     """Serialise the events of one user (and of one payment) with transaction-scoped advisory
     locks, taken in one global order (sorted keys), so concurrent deliveries never deadlock on
     the rows they touch in different orders."""
@@ -313,12 +314,12 @@ async def _lock(conn: Any, *, user: UUID | None = None, payment_intent: str | No
 
 
 # --------------------------------------------------------------------------- checkout
-async def on_checkout_completed(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_checkout_completed(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """checkout.session.completed / .async_payment_succeeded: credit a purchase, or link a
     subscription, for a session WE created (our ``checkout_sessions`` row, same customer, same
     mode). The user comes from our row; nothing else is credited or linked."""
     s = event["data"]["object"]
-    row = await fetch_one(conn, "SELECT user_id, mode, credits, plan, stripe_customer_id FROM checkout_sessions "
+    row = await db.fetchone_in(conn, "SELECT user_id, mode, credits, plan, stripe_customer_id FROM checkout_sessions "
                                 "WHERE id = %s", (s["id"],))
     problem = _session_mismatch(s, row)
     if problem is not None:
@@ -366,7 +367,7 @@ def _session_mismatch(s: dict[str, Any], row: dict[str, Any] | None) -> str | No
     return None
 
 
-async def _purchase(conn: Any, s: dict[str, Any], row: dict[str, Any], user_id: UUID,
+async def _purchase(conn: db.Connection, s: dict[str, Any], row: dict[str, Any], user_id: UUID,
                     payment_intent: str | None) -> Outcome:
     """Credit what we sold, or what was paid if less (a discount): ``min(credits sold,
     amount_total - tax)``. Never Stripe's pre-discount ``amount_subtotal``."""
@@ -438,7 +439,7 @@ RETURNING s.user_id
 """
 
 
-async def on_subscription(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_subscription(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """customer.subscription.created / .updated / .deleted → subscription row and users.tier.
 
     ``deleted`` is sent when the subscription has ended: at the period end for a
@@ -457,7 +458,7 @@ async def on_subscription(conn: Any, event: dict[str, Any], fetched: Fetched) ->
     await _lock(conn, user=user_id)
     order = SUBSCRIPTION_EVENT_ORDER[event["type"]]
     status = "canceled" if event["type"] == "customer.subscription.deleted" else str(sub.get("status") or "")
-    stored = await fetch_one(conn, "SELECT last_event_created, last_event_order FROM subscriptions "
+    stored = await db.fetchone_in(conn, "SELECT last_event_created, last_event_order FROM subscriptions "
                                    "WHERE stripe_subscription_id = %s", (sub["id"],))
     from_stripe = False
     if stored is not None and stored["last_event_created"] == event["created"]:
@@ -469,7 +470,7 @@ async def on_subscription(conn: Any, event: dict[str, Any], fetched: Fetched) ->
         raise MalformedEvent("subscription without status")
     price_id, period_start, period_end = _subscription_item(sub)
     tier = tier_for_price(price_id) or paid_tier(_meta(sub).get("tier"))
-    row = await fetch_one(conn, UPSERT_SUBSCRIPTION_SQL, {
+    row = await db.fetchone_in(conn, UPSERT_SUBSCRIPTION_SQL, {
         "user_id": user_id, "sub": sub["id"], "customer": customer, "tier": tier.name if tier else None,
         "status": status, "price": price_id, "period_start": _ts(period_start), "period_end": _ts(period_end),
         "cancel_at_period_end": bool(sub.get("cancel_at_period_end")), "cancel_at": _ts(sub.get("cancel_at")),
@@ -535,14 +536,14 @@ def included_credit(tier: Tier, inv: dict[str, Any]) -> Decimal:
     return share(tier.included_credit, paid - tax, subtotal)
 
 
-async def _invoice_context(conn: Any, inv: dict[str, Any]) -> tuple[UUID | None, str | None, str | None]:
+async def _invoice_context(conn: db.Connection, inv: dict[str, Any]) -> tuple[UUID | None, str | None, str | None]:
     sub_id, sub_meta = _invoice_subscription(inv)
     user_id = await _user_for_customer(conn, _id(inv.get("customer")))
     lines = [x for x in ((inv.get("lines") or {}).get("data") or []) if isinstance(x, dict)]
     tier = next((t for t in (tier_for_price(_line_price(x)) for x in lines) if t), None)
     tier_name = tier.name if tier else None
     if tier_name is None and sub_id:
-        row = await fetch_one(conn, "SELECT tier FROM subscriptions WHERE stripe_subscription_id = %s", (sub_id,))
+        row = await db.fetchone_in(conn, "SELECT tier FROM subscriptions WHERE stripe_subscription_id = %s", (sub_id,))
         tier_name = row["tier"] if row and paid_tier(row["tier"]) else None
     if tier_name is None:
         t = paid_tier(sub_meta.get("tier"))
@@ -558,7 +559,7 @@ def _invoice_period(inv: dict[str, Any]) -> tuple[dt.datetime | None, dt.datetim
     return _ts(inv.get("period_start")), _ts(inv.get("period_end"))
 
 
-async def on_invoice_paid(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_invoice_paid(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """invoice.paid / invoice.payment_succeeded: the tier's included credit, once per invoice,
     pro rata to what was paid; the PaymentIntents that paid it are recorded so a refund or a
     dispute of them takes the matching share back."""
@@ -607,7 +608,7 @@ async def on_invoice_paid(conn: Any, event: dict[str, Any], fetched: Fetched) ->
     return Outcome("credited" if result.applied else "already_credited", detail, user_id)
 
 
-async def _record_invoice_payments(conn: Any, invoice_id: str, user_id: UUID,
+async def _record_invoice_payments(conn: db.Connection, invoice_id: str, user_id: UUID,
                                    payments: list[stripe_api.InvoicePayment], credit: Decimal, reference: str) -> None:
     """Split an invoice's credit over the PaymentIntents that paid it (usually one)."""
     paid = sum(p.amount_paid for p in payments)
@@ -621,7 +622,7 @@ async def _record_invoice_payments(conn: Any, invoice_id: str, user_id: UUID,
                                  reference=reference)
 
 
-async def on_invoice_payment_failed(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_invoice_payment_failed(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """invoice.payment_failed: recorded (shown by GET /v1/subscription). The tier follows the
     subscription status Stripe sends alongside (past_due → per BILLING_PAST_DUE_POLICY)."""
     inv = event["data"]["object"]
@@ -647,7 +648,7 @@ async def on_invoice_payment_failed(conn: Any, event: dict[str, Any], fetched: F
 
 
 # --------------------------------------------------------------------------- refunds and disputes
-async def _reconcile(conn: Any, fetched: Fetched, payment_intent: str | None) -> Reconciled:
+async def _reconcile(conn: db.Connection, fetched: Fetched, payment_intent: str | None) -> Reconciled:
     """``clawback.reconcile`` of the payment; a PaymentIntent we have no payment for may have paid
     an invoice we credited (recorded before its payments could be resolved): ask Stripe which."""
     if not payment_intent:
@@ -657,7 +658,7 @@ async def _reconcile(conn: Any, fetched: Fetched, payment_intent: str | None) ->
         return result
     paid = fetched.need(f"invoices_paid_by:{payment_intent}", lambda: stripe_api.invoices_paid_by(payment_intent))
     for p in paid:
-        inv = await fetch_one(conn, "SELECT user_id, credit, amount_paid_cents FROM stripe_invoices "
+        inv = await db.fetchone_in(conn, "SELECT user_id, credit, amount_paid_cents FROM stripe_invoices "
                                     "WHERE id = %s AND credit > 0", (p.invoice,))
         if inv is not None:
             return await record_payment(conn, payment_intent=payment_intent, user_id=UUID(str(inv["user_id"])),
@@ -680,7 +681,7 @@ def _refund_outcome(result: Reconciled, what: str) -> Outcome:
     return Outcome(name, f"{what}: " + (", ".join(parts) or "nothing to change"), result.user_id)
 
 
-async def on_charge_refunded(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_charge_refunded(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """charge.refunded: take back the credit bought with the refunded money (cumulative
     ``amount_refunded``, so partial refunds and out-of-order events add up exactly)."""
     ch = event["data"]["object"]
@@ -699,7 +700,7 @@ async def on_charge_refunded(conn: Any, event: dict[str, Any], fetched: Fetched)
     return _refund_outcome(await _reconcile(conn, fetched, payment_intent), ch["id"])
 
 
-async def on_refund(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_refund(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """refund.created / charge.refund.updated / refund.failed (a Refund object): its state is
     recorded; a refund that failed or was canceled gives the credit taken for it back."""
     re = event["data"]["object"]
@@ -734,7 +735,7 @@ async def on_refund(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outco
     return outcome
 
 
-async def on_dispute(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outcome:
+async def on_dispute(conn: db.Connection, event: dict[str, Any], fetched: Fetched) -> Outcome:
     """charge.dispute.created: take the disputed share of the credit back (the balance may go
     negative) and block the user's new requests; .closed: won → given back, lost → kept taken.
     Every dispute raises the StripeDisputes alarm."""
@@ -742,7 +743,7 @@ async def on_dispute(conn: Any, event: dict[str, Any], fetched: Fetched) -> Outc
     payment_intent, charge_id = _id(dp.get("payment_intent")), _id(dp.get("charge"))
     closed = event["type"] == "charge.dispute.closed"
     await _lock(conn, payment_intent=payment_intent or charge_id)
-    applied = await fetch_one(conn, """
+    applied = await db.fetchone_in(conn, """
         INSERT INTO stripe_disputes AS d (dispute_id, charge_id, payment_intent, amount_cents, currency, status,
             closed, last_event_created, last_event_order)
         VALUES (%(id)s, %(charge)s, %(pi)s, %(amount)s, %(currency)s, %(status)s, %(closed)s, %(created)s, %(order)s)

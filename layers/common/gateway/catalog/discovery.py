@@ -455,7 +455,7 @@ def _params(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (Jsonb(v) if k in JSON_FIELDS and v is not None else v) for k, v in row.items()}
 
 
-async def _apply(conn: Any, plan: SyncPlan) -> None:
+async def _apply(conn: db.Connection, plan: SyncPlan) -> None:
     async with conn.cursor() as cur:
         if plan.updates:
             await cur.executemany(UPDATE_SQL, [_params(u) for u in plan.updates])

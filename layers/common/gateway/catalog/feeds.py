@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from decimal import Context, Decimal, InvalidOperation, localcontext
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..billing.pricing import ONE, ZERO
-
-_EXACT = Context(prec=100)  # wide enough that price x (1 - discount) is exact
+from ..money.pricing import EXACT, ONE, ZERO, exact
 
 # pricing key -> model_pricing column. Anything else numeric goes to ``pricing_extra``.
 PRICE_COLUMNS: dict[str, str] = {
@@ -131,7 +129,7 @@ def format_amount(value: Decimal) -> str:
     """Plain decimal notation, no exponent, no trailing zeros: Decimal("2.50E-6") -> "0.0000025"."""
     if value == 0:
         return "0"
-    return format(value.normalize(_EXACT), "f")
+    return format(value.normalize(EXACT), "f")
 
 
 def _json_safe(value: Any) -> Any:
@@ -241,7 +239,7 @@ def parse_openrouter_model(raw: Any) -> DiscoveredModel:
     # No separate output limit means "up to the context": the hold must cover that worst case.
     max_completion_tokens = min(max_out or context_length, context_length)
 
-    with localcontext(_EXACT):
+    with exact():
         base = {k: v * factor for k, v in listed.items()}
         extra = {k: v * factor for k, v in listed_extra.items()}
         effective_tiers = None

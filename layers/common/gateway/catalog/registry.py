@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from .. import db
-from ..billing.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
 from ..config import Tier, get_settings
+from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ A :class:`Catalogue` wraps one snapshot in the warm container and renders it per
 
 Pricing strings follow OpenRouter's convention (USD per token, plain decimal strings) and show
 OUR price: cost x (1 + markup) exactly (no rounding: the only rounding rule is applied once to a
-request's total charge, see ``billing.pricing``). The markup is the model's own ``markup`` when
+request's total charge, see ``money.pricing``). The markup is the model's own ``markup`` when
 set, else the tier's. Admin views add ``provider_pricing`` (the cost), the markup and the route.
 """
 
@@ -24,13 +24,13 @@ import json
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 
 from .. import db
-from ..billing.pricing import ONE
 from ..config import Tier
-from .feeds import _EXACT, PRICE_COLUMNS, PRICE_KEYS_ORDER, format_amount
+from ..money.pricing import ONE, exact
+from .feeds import PRICE_COLUMNS, PRICE_KEYS_ORDER, format_amount
 from .registry import tier_allows
 
 SNAPSHOT_FORMAT = 1
@@ -126,7 +126,7 @@ def priced(cost: Mapping[str, str], markup: Decimal) -> dict[str, str]:
     """Provider cost strings -> our price strings (cost x (1 + markup), exact)."""
     factor = ONE + markup
     out: dict[str, str] = {}
-    with localcontext(_EXACT):
+    with exact():
         for key in (*PRICE_KEYS_ORDER, *sorted(k for k in cost if k not in PRICE_COLUMNS)):
             if key in cost:
                 out[key] = format_amount(Decimal(cost[key]) * factor)

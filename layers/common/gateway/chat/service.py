@@ -44,8 +44,6 @@ from ..adapters.base import Target, UpstreamStream, Usage, get_adapter
 from ..adapters.http_client import get_http_client
 from ..adapters.tokens import PromptSize, measure_prompt
 from ..auth import Principal
-from ..billing import ledger
-from ..billing.pricing import ZERO, ModelPrice, charge_for, hold_for
 from ..catalog import registry
 from ..catalog.registry import ModelInfo
 from ..config import Settings, Tier, get_settings
@@ -59,6 +57,9 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from ..money import ledger
+from ..money.holds import hold_for
+from ..money.pricing import ZERO, ModelPrice, charge_for
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
 from .responses import assemble
 from .schema import ChatRequest

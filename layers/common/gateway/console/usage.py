@@ -13,9 +13,9 @@ from typing import Any
 from uuid import UUID
 
 from .. import db
-from ..account.money import money
 from ..account.usage import parse_time
 from ..errors import BadRequest
+from ..money.format import money
 
 UTC = dt.UTC
 DEFAULT_DAYS = 30

@@ -9,7 +9,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from ..billing.pricing import CREDIT_QUANTUM
+from .pricing import CREDIT_QUANTUM
 
 
 def money(amount: Decimal | int | None) -> str | None:

@@ -24,9 +24,9 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from .. import db
-from ..account.money import money
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
+from .format import money
 from .pricing import ZERO, to_credit
 
 CREDIT_KINDS = frozenset({"grant", "purchase", "usage", "refund", "adjustment", "subscription_credit", "welcome"})
@@ -79,7 +79,7 @@ def _check_credit_args(amount: Decimal, kind: str, reference: str) -> None:
         raise BadRequest("amount has more than 8 decimal places")
 
 
-async def credit_in(conn: Any, user_id: UUID | str, amount: Decimal, kind: str, reference: str, *,
+async def credit_in(conn: db.Connection, user_id: UUID | str, amount: Decimal, kind: str, reference: str, *,
                     description: str | None = None, allow_negative: bool = False) -> CreditResult:
     """``credit`` inside the caller's open transaction on ``conn`` (e.g. the Stripe webhook, which
     records the event id in the same transaction as its effect). Same rules as ``credit``."""

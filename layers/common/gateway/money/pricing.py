@@ -8,6 +8,7 @@ Rounding up means a hold always covers its worst case and we never under-charge 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from typing import Any
@@ -15,10 +16,16 @@ from typing import Any
 CREDIT_QUANTUM = Decimal("0.00000001")
 ZERO = Decimal(0)
 ONE = Decimal(1)
-# Arithmetic context for money: wide enough that products of token counts, 18-decimal prices and
-# markups are exact (the default context keeps only 28 significant digits and rounds half-even,
-# which could drop a sub-1e-8 remainder before the ceiling is applied).
-_EXACT = Context(prec=100)
+# THE arithmetic context for money (the only one in the code): wide enough that products of token
+# counts, 18-decimal prices, discounts, markups and refund shares are exact (the default context
+# keeps only 28 significant digits and rounds half-even, which could drop a sub-1e-8 remainder
+# before the ceiling is applied). ``with exact():`` around any money arithmetic.
+EXACT = Context(prec=100)
+
+
+def exact() -> AbstractContextManager[Context]:
+    """``with exact(): ...`` — money arithmetic in :data:`EXACT`."""
+    return localcontext(EXACT)
 
 
 def _no_float(*values: Any) -> None:
@@ -31,7 +38,7 @@ def to_credit(amount: Decimal) -> Decimal:
     """Round an exact amount to credit precision (1e-8 USD), toward +infinity."""
     if not isinstance(amount, Decimal):
         raise TypeError("amount must be a Decimal")
-    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_CEILING, context=_EXACT)
+    return amount.quantize(CREDIT_QUANTUM, rounding=ROUND_CEILING, context=EXACT)
 
 
 def parse_price(value: str | int | Decimal | None) -> Decimal | None:
@@ -81,7 +88,7 @@ class ModelPrice:
         read_price = self.cache_read if self.cache_read is not None else self.prompt
         write_price = self.cache_write if self.cache_write is not None else self.prompt
         write_1h_price = self.cache_write_1h if self.cache_write_1h is not None else write_price
-        with localcontext(_EXACT):
+        with exact():
             return (Decimal(prompt_tokens - cached - written) * self.prompt + Decimal(cached) * read_price
                     + Decimal(written - written_1h) * write_price + Decimal(written_1h) * write_1h_price
                     + Decimal(completion_tokens) * self.completion + self.request)
@@ -92,18 +99,8 @@ def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: 
     _no_float(cost, markup, byok_fee)
     if cost <= 0:
         return ZERO
-    with localcontext(_EXACT):
+    with exact():
         if byok:
             return to_credit(cost * byok_fee)
         return to_credit(cost * (ONE + markup))
 
-
-def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, markup: Decimal,
-             *, images: int = 0, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
-    """Worst-case charge reserved before the upstream call: ``prompt_tokens`` (an upper bound of
-    the prompt, see ``adapters.tokens``) at the highest prompt-class price, the output limit sent
-    upstream at the completion price, the per-image and per-request fees."""
-    with localcontext(_EXACT):
-        worst = (Decimal(prompt_tokens) * price.max_prompt_price + Decimal(max_output_tokens) * price.completion
-                 + Decimal(images) * price.image + price.request)
-    return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

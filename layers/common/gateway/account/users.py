@@ -9,10 +9,10 @@ from uuid import UUID
 
 import psycopg
 
-from . import db
-from .auth import SCOPES, forget_key, generate_api_key
-from .billing import ledger
-from .errors import BadRequest, Conflict, NotFound
+from .. import db
+from ..auth import SCOPES, forget_key, generate_api_key
+from ..errors import BadRequest, Conflict, NotFound
+from ..money import ledger
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,26 @@
+"""Holds: the credit reserved before an upstream call, a true upper bound of its charge.
+
+A hold is the worst case of one model for a request: ``prompt_tokens`` (an upper bound of the
+prompt: one token per UTF-8 byte of everything forwarded plus each image at the model's maximum,
+capped at its context length, see ``adapters.tokens``) at the highest prompt-class price (plain,
+cache read or write), the output limit SENT upstream at the completion price, the per-image and
+per-request fees, x (1 + markup), rounded once, up (``pricing.charge_for``). The chat pipeline
+holds the maximum over every candidate model of a request. See docs/money.md.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from .pricing import ZERO, ModelPrice, charge_for, exact
+
+
+def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, markup: Decimal,
+             *, images: int = 0, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
+    """Worst-case charge reserved before the upstream call: ``prompt_tokens`` (an upper bound of
+    the prompt, see ``adapters.tokens``) at the highest prompt-class price, the output limit sent
+    upstream at the completion price, the per-image and per-request fees."""
+    with exact():
+        worst = (Decimal(prompt_tokens) * price.max_prompt_price + Decimal(max_output_tokens) * price.completion
+                 + Decimal(images) * price.image + price.request)
+    return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)
