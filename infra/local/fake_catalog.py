@@ -23,7 +23,9 @@ import hashlib
 from decimal import Decimal
 from typing import Any
 
-PROVIDERS = ("openai", "openrouter", "anthropic", "gemini", "compat")
+from gateway.adapters import registry
+
+PROVIDERS = registry.PROVIDERS  # every provider the gateway knows (its registry)
 
 OPENROUTER_DEFAULT_COUNT = 300
 

@@ -20,12 +20,14 @@ import httpx
 import pytest
 
 from gateway.adapters import Target, create_http_client, get_adapter, get_http_client
+from gateway.adapters import registry
 from gateway.adapters.http_client import aclose_http_client
+from gateway.config import reset_settings
 from gateway.errors import UpstreamError, UpstreamTimeout
 from infra.local.fake_providers import base_urls, create_app
 from infra.local.servers import start_in_thread
 
-PROVIDERS = ["openai", "openrouter", "anthropic", "gemini", "compat"]
+PROVIDERS = list(registry.PROVIDERS)
 UPSTREAM_MODEL = {"openai": "gpt-4o-mini", "openrouter": "openai/gpt-4o-mini",
                   "anthropic": "claude-sonnet-4-20250514", "gemini": "gemini-2.5-flash", "compat": "llama3.1:8b"}
 PUBLIC_ID = {"openai": "openai/gpt-4o-mini", "openrouter": "openai/gpt-4o-mini",
@@ -147,6 +149,38 @@ async def test_complete(fake: tuple[str, Spy], client: httpx.AsyncClient, provid
     assert seen["stream"] is False
     if provider != "gemini":
         assert "models" not in seen["body"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_openrouter_attribution_headers(fake: tuple[str, Spy], client: httpx.AsyncClient,
+                                             monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """OPENROUTER_HTTP_REFERER / OPENROUTER_APP_TITLE reach OpenRouter as HTTP-Referer / X-Title
+    (completions and streams); the other providers never see them."""
+    monkeypatch.setenv("OPENROUTER_HTTP_REFERER", "https://gateway.example.com")
+    monkeypatch.setenv("OPENROUTER_APP_TITLE", "Multi-LLM Gateway")
+    reset_settings()
+    try:
+        for provider in ("openrouter", "openai"):
+            adapter = get_adapter(provider)
+            if stream:
+                s = adapter.stream(client, target(fake, provider), body("hi [[words:2]]", stream=True))
+                await s.open()
+                _ = [c async for c in s]
+            else:
+                await adapter.complete(client, target(fake, provider), body("hi [[words:2]]"))
+            headers = {k.lower(): v for k, v in last_request(fake, provider)["headers"].items()}
+            if provider == "openrouter":
+                assert headers["http-referer"] == "https://gateway.example.com"
+                assert headers["x-title"] == "Multi-LLM Gateway"
+            else:
+                assert "http-referer" not in headers and "x-title" not in headers
+    finally:
+        monkeypatch.delenv("OPENROUTER_HTTP_REFERER")
+        monkeypatch.delenv("OPENROUTER_APP_TITLE")
+        reset_settings()
+    await get_adapter("openrouter").complete(client, target(fake, "openrouter"), body("hi [[words:2]]"))
+    headers = {k.lower() for k in last_request(fake, "openrouter")["headers"]}
+    assert "http-referer" not in headers and "x-title" not in headers  # unset: not sent
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

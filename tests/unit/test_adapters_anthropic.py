@@ -12,7 +12,7 @@ import pytest
 
 from gateway.adapters import get_adapter
 from gateway.adapters.anthropic import build_body, translate_response
-from gateway.adapters.base import Target
+from gateway.adapters.contract import Target
 from gateway.errors import BadRequest, UpstreamError
 
 T = Target("anthropic", "claude-sonnet-4-20250514", "anthropic/claude-sonnet-4", "https://api.anthropic.com/v1",

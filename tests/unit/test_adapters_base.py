@@ -12,21 +12,20 @@ import aiohttp
 import httpx
 import pytest
 
-from gateway.adapters import base
-from gateway.adapters.base import (
+from gateway.adapters import registry, transport, upstream_errors
+from gateway.adapters.contract import Target, Usage
+from gateway.adapters.http_client import aclose_http_client, create_http_client, get_http_client
+from gateway.adapters.registry import get_adapter
+from gateway.adapters.shapes import parse_data_url
+from gateway.adapters.sse import SSEDecoder
+from gateway.adapters.upstream_errors import (
     CREDENTIALS_MESSAGE,
-    SSEDecoder,
-    Target,
-    Usage,
     error_from_event,
     error_from_status,
     error_from_transport,
     extract_error,
-    get_adapter,
-    parse_data_url,
     scrub,
 )
-from gateway.adapters.http_client import aclose_http_client, create_http_client, get_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 # --------------------------------------------------------------------------------------------
@@ -259,8 +258,8 @@ def test_transport_error_mapping(exc: BaseException, cls: type, code: str) -> No
 
 
 def test_stale_connection_detection() -> None:
-    assert base.is_stale_connection_error(_mapped(aiohttp.ServerDisconnectedError(), httpx.ConnectTimeout))
-    assert not base.is_stale_connection_error(httpx.ReadTimeout("x"))
+    assert upstream_errors.is_stale_connection_error(_mapped(aiohttp.ServerDisconnectedError(), httpx.ConnectTimeout))
+    assert not upstream_errors.is_stale_connection_error(httpx.ReadTimeout("x"))
 
 
 async def test_send_retries_once_on_stale_pooled_connection() -> None:
@@ -274,7 +273,7 @@ async def test_send_retries_once_on_stale_pooled_connection() -> None:
         return httpx.Response(200, json={"ok": True})
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        data = await base.post_json(client, lambda: client.build_request("POST", "http://x/y"), "openai", "")
+        data = await transport.post_json(client, lambda: client.build_request("POST", "http://x/y"), "openai", "")
     assert data == {"ok": True} and calls == 2
 
 
@@ -284,14 +283,14 @@ async def test_send_gives_up_after_second_failure() -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(UpstreamError) as info:
-            await base.post_json(client, lambda: client.build_request("POST", "http://x/y"), "openai", "")
+            await transport.post_json(client, lambda: client.build_request("POST", "http://x/y"), "openai", "")
     assert info.value.retryable and info.value.status == 502
 
 
 async def test_post_json_invalid_json_is_retryable_502() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>"))) as c:
         with pytest.raises(UpstreamError) as info:
-            await base.post_json(c, lambda: c.build_request("POST", "http://x/y"), "gemini", "")
+            await transport.post_json(c, lambda: c.build_request("POST", "http://x/y"), "gemini", "")
     assert info.value.code == "upstream_bad_response" and info.value.retryable
 
 
@@ -301,7 +300,7 @@ async def test_post_json_invalid_json_is_retryable_502() -> None:
 
 
 def test_get_adapter() -> None:
-    for p in base.PROVIDERS:
+    for p in registry.PROVIDERS:
         assert get_adapter(p).provider == p
     assert get_adapter("openai") is get_adapter("openai")
     with pytest.raises(ValueError, match="unknown provider"):

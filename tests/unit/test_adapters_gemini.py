@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.adapters import get_adapter
-from gateway.adapters.base import Target
+from gateway.adapters.contract import Target
 from gateway.adapters.gemini import (
     THOUGHT_SEP,
     build_body,

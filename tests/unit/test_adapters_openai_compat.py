@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.adapters import get_adapter
-from gateway.adapters.base import Target
+from gateway.adapters.contract import Target
 from gateway.adapters.openai_compat import OpenAICompatAdapter
 from gateway.errors import UpstreamError
 
@@ -110,7 +110,7 @@ class Upstream:
 
 
 def test_build_body_forwards_and_cleans() -> None:
-    adapter = OpenAICompatAdapter("openai")
+    adapter = get_adapter("openai")
     out = adapter.build_body(OPENAI, BODY, stream=False)
     assert out["model"] == "gpt-4o-mini"
     assert "models" not in out and "stop" not in out and "stream" not in out
@@ -119,7 +119,7 @@ def test_build_body_forwards_and_cleans() -> None:
 
 
 def test_build_body_stream_forces_include_usage() -> None:
-    adapter = OpenAICompatAdapter("openai")
+    adapter = get_adapter("openai")
     out = adapter.build_body(OPENAI, {**BODY, "stream": True, "stream_options": {"include_usage": False}},
                              stream=True)
     assert out["stream"] is True and out["stream_options"] == {"include_usage": True}
@@ -127,20 +127,20 @@ def test_build_body_stream_forces_include_usage() -> None:
 
 def test_openrouter_keeps_its_fields_others_drop_them() -> None:
     body = {**BODY, "provider": {"order": ["OpenAI"]}, "transforms": ["middle-out"], "usage": {"include": True}}
-    orr = OpenAICompatAdapter("openrouter").build_body(OPENROUTER, body, stream=False)
+    orr = get_adapter("openrouter").build_body(OPENROUTER, body, stream=False)
     assert orr["model"] == "openai/gpt-4o-mini" and orr["provider"] == {"order": ["OpenAI"]}
     assert "models" not in orr and "usage" not in orr
-    oai = OpenAICompatAdapter("openai").build_body(OPENAI, body, stream=False)
+    oai = get_adapter("openai").build_body(OPENAI, body, stream=False)
     assert "provider" not in oai and "transforms" not in oai
 
 
 def test_output_limit_field_per_provider() -> None:
-    out = OpenAICompatAdapter("compat").build_body(COMPAT, BODY, stream=False)
+    out = get_adapter("compat").build_body(COMPAT, BODY, stream=False)
     assert out["max_tokens"] == 100 and "max_completion_tokens" not in out
     legacy = {**BODY, "max_completion_tokens": None, "max_tokens": 77}
-    out = OpenAICompatAdapter("openai").build_body(OPENAI, legacy, stream=False)
+    out = get_adapter("openai").build_body(OPENAI, legacy, stream=False)
     assert out["max_completion_tokens"] == 77 and "max_tokens" not in out
-    out = OpenAICompatAdapter("openrouter").build_body(OPENROUTER, legacy, stream=False)
+    out = get_adapter("openrouter").build_body(OPENROUTER, legacy, stream=False)
     assert out["max_tokens"] == 77 and "max_completion_tokens" not in out
 
 
@@ -150,19 +150,19 @@ def test_gemini_thought_signatures_are_stripped_from_tool_ids() -> None:
                 {"id": "call_9f2c__thought__CoUDAdHt+/==", "type": "function",
                  "function": {"name": "weather", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "call_9f2c__thought__CoUDAdHt+/==", "content": "sunny"}]
-    out = OpenAICompatAdapter("openai").build_body(OPENAI, {"messages": msgs}, stream=False)
+    out = get_adapter("openai").build_body(OPENAI, {"messages": msgs}, stream=False)
     assert out["messages"][1]["tool_calls"][0]["id"] == "call_9f2c"
     assert out["messages"][2]["tool_call_id"] == "call_9f2c"
     assert msgs[2]["tool_call_id"].endswith("==")  # the caller's body is not mutated
     plain = [{"role": "user", "content": "hi"}]
-    assert OpenAICompatAdapter("openai").build_body(OPENAI, {"messages": plain}, stream=False)["messages"] is plain
+    assert get_adapter("openai").build_body(OPENAI, {"messages": plain}, stream=False)["messages"] is plain
 
 
 def test_headers() -> None:
-    h = OpenAICompatAdapter("openai").headers(OPENAI)
+    h = get_adapter("openai").headers(OPENAI)
     assert h["authorization"] == "Bearer sk-test-openai"
-    assert "authorization" not in OpenAICompatAdapter("compat").headers(COMPAT)  # keyless local server
-    h = OpenAICompatAdapter("compat", extra_headers={"X-Extra": "1"}).headers(COMPAT)
+    assert "authorization" not in get_adapter("compat").headers(COMPAT)  # keyless local server
+    h = OpenAICompatAdapter("compat", extra_headers=lambda: {"X-Extra": "1"}).headers(COMPAT)
     assert h["X-Extra"] == "1"
 
 

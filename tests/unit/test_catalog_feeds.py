@@ -9,16 +9,15 @@ from typing import Any
 
 import pytest
 
+from gateway.adapters.anthropic import parse_anthropic_page
+from gateway.adapters.contract import DirectModel
+from gateway.adapters.gemini import parse_gemini_page
+from gateway.adapters.openai_compat import openai_chat_model, parse_openai_models
+from gateway.adapters.registry import catalogue_ids
 from gateway.catalog.feeds import (
-    DirectModel,
     SkipModel,
-    catalogue_ids,
     format_amount,
-    openai_chat_model,
     parse_amount,
-    parse_anthropic_page,
-    parse_gemini_page,
-    parse_openai_models,
     parse_openrouter_model,
     parse_openrouter_payload,
 )

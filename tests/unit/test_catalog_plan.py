@@ -7,8 +7,9 @@ import json
 from decimal import Decimal
 from typing import Any
 
+from gateway.adapters.contract import DirectModel
 from gateway.catalog.discovery import SourceResult, _guard_shrink, desired_columns, plan_sync
-from gateway.catalog.feeds import DirectModel, parse_openrouter_model
+from gateway.catalog.feeds import parse_openrouter_model
 from gateway.catalog.warm import parse_event
 
 D = Decimal

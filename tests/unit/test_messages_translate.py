@@ -12,7 +12,7 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.adapters.base import Usage
+from gateway.adapters.contract import Usage
 from gateway.errors import (
     BadRequest,
     InsufficientCredits,

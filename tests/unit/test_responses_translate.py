@@ -11,7 +11,7 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
-from gateway.adapters.base import Usage
+from gateway.adapters.contract import Usage
 from gateway.errors import BadRequest, RateLimited
 from gateway.responses import translate as T
 from gateway.responses.schema import ResponsesRequest

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     anthropic_base_url: str = "https://api.anthropic.com/v1"
     gemini_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
     compat_base_url: str = "http://127.0.0.1:11434/v1"
+    # OpenRouter app attribution (https://openrouter.ai/docs/app-attribution): sent on every
+    # OpenRouter call as HTTP-Referer and X-Title when set.
+    openrouter_http_referer: str = ""
+    openrouter_app_title: str = ""
     upstream_connect_timeout_s: float = 5.0
     upstream_read_timeout_s: float = 60.0
     # JSON object: model id -> list of fallback model ids tried in order.

@@ -96,7 +96,7 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
     Lets a surface sit on top of the existing streaming pipeline unchanged: an in-stream error
     comes through as ``{"error": {...}}``; ``[DONE]`` and empty priming bytes are skipped.
     """
-    from gateway.adapters.base import SSEDecoder  # the shared incremental SSE parser
+    from gateway.adapters.sse import SSEDecoder  # the shared incremental SSE parser
 
     decoder = SSEDecoder()
     async for piece in stream:
@@ -126,7 +126,7 @@ def _chunk_of(data: str) -> dict[str, Any] | None:
 
 def usage_numbers(usage: Any) -> tuple[int, int, int, int, int]:
     """``(prompt, completion, cached, cache_write, reasoning)`` from an OpenAI ``usage`` dict or a
-    ``gateway.adapters.base.Usage`` (prompt includes cached and cache-write tokens)."""
+    ``gateway.adapters.contract.Usage`` (prompt includes cached and cache-write tokens)."""
     if usage is None:
         return 0, 0, 0, 0, 0
     if not isinstance(usage, dict):

@@ -29,13 +29,14 @@ from typing import Any
 from uuid import UUID
 
 from .. import db
+from ..adapters.registry import BYOK_PROVIDERS
 from ..auth import SealedProviderKey, forget_key, forget_user
 from ..config import get_settings
 from ..errors import BadRequest, ServiceUnavailable
 from ..observability import count, logger
 
-# Providers a user can bring a key for (the platform's own routes: see chat.service.route()).
-PROVIDERS: tuple[str, ...] = ("openai", "openrouter", "anthropic", "gemini")
+# Providers a user can bring a key for (``byok`` in the provider registry; routing: chat.service.route()).
+PROVIDERS: tuple[str, ...] = BYOK_PROVIDERS
 NONCE_BYTES = 12
 MIN_KEY_CHARS, MAX_KEY_CHARS = 8, 512
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no whitespace

@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
-from gateway.adapters.base import (
-    SSEEvent,
-    SSEUpstreamStream,
-    Target,
-    TranslatingAdapter,
-    Usage,
+from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.shapes import (
     as_int,
-    bad_response,
     completion_dict,
-    error_from_event,
-    estimated_usage,
     join_url,
     json_instruction,
-    load_json_event,
     new_id,
     now,
     parse_data_url,
@@ -35,6 +28,9 @@ from gateway.adapters.base import (
     plain_call_id,
     stop_list,
 )
+from gateway.adapters.sse import SSEEvent
+from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
+from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
 from gateway.errors import BadRequest
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -261,9 +257,13 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
     return out
 
 
+def auth_headers(api_key: str) -> dict[str, str]:
+    """What every Anthropic call carries (messages, model lists): the key and the API version."""
+    return {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+
+
 def headers(target: Target) -> dict[str, str]:
-    return {"x-api-key": target.api_key, "anthropic-version": ANTHROPIC_VERSION,
-            "content-type": "application/json"}
+    return {**auth_headers(target.api_key), "content-type": "application/json"}
 
 
 def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
@@ -427,7 +427,50 @@ def usage_of(data: Any) -> Usage | None:
 
 class AnthropicAdapter(TranslatingAdapter):
     provider = "anthropic"
+    auth_headers = staticmethod(auth_headers)
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
     usage_of = staticmethod(usage_of)
     stream_class = AnthropicStream
+
+
+# --------------------------------------------------------------------------------------------
+# Model list (``GET {base_url}/models``, paginated) and the catalogue ids of its names
+# --------------------------------------------------------------------------------------------
+MAX_MODEL_PAGES = 50
+_DATE_SUFFIX = re.compile(r"-\d{8}$")
+_VERSION_DASH = re.compile(r"(?<=\d)-(?=\d(?:$|-))")
+
+
+def parse_anthropic_page(payload: Any) -> tuple[list[DirectModel], str | None]:
+    """One page -> (models, the ``after_id`` of the next page or None)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ValueError("Anthropic /models: expected {\"data\": [...]}")
+    models = [DirectModel("anthropic", m["id"], m.get("display_name")) for m in payload["data"]
+              if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    more = payload.get("has_more") is True and isinstance(payload.get("last_id"), str)
+    return models, payload["last_id"] if more else None
+
+
+async def list_anthropic_models(get: GetJson, base_url: str,
+                                headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
+    models: list[DirectModel] = []
+    listed = 0
+    after: str | None = None
+    for _ in range(MAX_MODEL_PAGES):
+        params: dict[str, Any] = {"limit": 1000, **({"after_id": after} if after else {})}
+        payload = await get(join_url(base_url, "models"), headers, params)
+        page, after = parse_anthropic_page(payload)
+        models += page
+        listed += len(payload["data"])
+        if after is None:
+            break
+    return models, listed
+
+
+def anthropic_names(upstream: str) -> list[str]:
+    """Model names (after the vendor prefix) an Anthropic name may appear under in the catalogue,
+    best first: Anthropic dates its names and uses dashes in versions
+    (``claude-3-7-sonnet-20250219``) where OpenRouter has ``claude-3.7-sonnet``."""
+    undated = _DATE_SUFFIX.sub("", upstream)
+    return [_VERSION_DASH.sub(".", undated), undated, upstream]

@@ -13,33 +13,29 @@ the tool-call id we hand out (``call_<hex>__thought__<signature>``) and is resto
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from gateway.adapters.base import (
+from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.shapes import (
     THOUGHT_SEP,
-    SSEEvent,
-    SSEUpstreamStream,
-    Target,
-    TranslatingAdapter,
-    Usage,
     as_int,
-    bad_response,
     completion_dict,
     content_text,
-    error_from_event,
-    estimated_usage,
     guess_mime,
     join_url,
-    load_json_event,
     new_id,
     now,
     parse_data_url,
     parse_tool_arguments,
     stop_list,
 )
+from gateway.adapters.sse import SSEEvent
+from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
+from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
 from gateway.errors import BadRequest
 
 FINISH_REASONS = {
@@ -332,6 +328,11 @@ def build_body(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def auth_headers(api_key: str) -> dict[str, str]:
+    """What every Gemini call carries (generation, model lists)."""
+    return {"x-goog-api-key": api_key}
+
+
 def model_path(model: str) -> str:
     if model.startswith("models/"):
         model = model[len("models/"):]
@@ -344,7 +345,7 @@ def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any
     url = join_url(target.base_url, f"{path}:streamGenerateContent" if stream else f"{path}:generateContent")
     return client.build_request(
         "POST", url, params={"alt": "sse"} if stream else None,
-        headers={"x-goog-api-key": target.api_key, "content-type": "application/json"},
+        headers={**auth_headers(target.api_key), "content-type": "application/json"},
         content=json.dumps(build_body(target, body), separators=(",", ":")),
     )
 
@@ -505,7 +506,47 @@ def usage_of(data: Any) -> Usage | None:
 
 class GeminiAdapter(TranslatingAdapter):
     provider = "gemini"
+    auth_headers = staticmethod(auth_headers)
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
     usage_of = staticmethod(usage_of)
     stream_class = GeminiStream
+
+
+# --------------------------------------------------------------------------------------------
+# Model list (``models.list``, paginated)
+# --------------------------------------------------------------------------------------------
+MAX_MODEL_PAGES = 50
+
+
+def parse_gemini_page(payload: Any) -> tuple[list[DirectModel], str | None]:
+    if not isinstance(payload, dict):
+        raise ValueError("Gemini models.list: expected an object")
+    entries = payload.get("models", [])
+    if not isinstance(entries, list):
+        raise ValueError("Gemini models.list: `models` is not a list")
+    models = []
+    for m in entries:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+            continue
+        methods = m.get("supportedGenerationMethods") or []
+        if "generateContent" not in methods:
+            continue  # embeddings, predict-only image models, ...
+        models.append(DirectModel("gemini", m["name"].removeprefix("models/"), m.get("displayName")))
+    token = payload.get("nextPageToken")
+    return models, token if isinstance(token, str) and token else None
+
+
+async def list_gemini_models(get: GetJson, base_url: str, headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
+    models: list[DirectModel] = []
+    listed = 0
+    token: str | None = None
+    for _ in range(MAX_MODEL_PAGES):
+        params: dict[str, Any] = {"pageSize": 1000, **({"pageToken": token} if token else {})}
+        payload = await get(join_url(base_url, "models"), headers, params)
+        page, token = parse_gemini_page(payload)
+        models += page
+        listed += len(payload.get("models") or [])
+        if token is None:
+            break
+    return models, listed

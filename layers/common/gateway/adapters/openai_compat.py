@@ -9,27 +9,16 @@ swallowed into ``.usage`` instead of being yielded.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from gateway.adapters.base import (
-    THOUGHT_SEP,
-    SSEEvent,
-    SSEUpstreamStream,
-    Target,
-    TranslatingAdapter,
-    Usage,
-    bad_response,
-    error_from_event,
-    estimated_usage,
-    join_url,
-    load_json_event,
-    new_id,
-    now,
-    plain_call_id,
-    usage_from_openai,
-)
+from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
+from gateway.adapters.sse import SSEEvent
+from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
+from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
 
 # Our own request fields, never forwarded: ``models`` is OpenRouter's fallback list (we do our
 # own fallback), ``usage`` its deprecated accounting switch.
@@ -44,32 +33,48 @@ OPENAI_SERVICE_TIER = "default"
 
 
 class OpenAICompatAdapter(TranslatingAdapter):
-    def __init__(self, provider: str, *, extra_headers: dict[str, str] | None = None) -> None:
+    """One OpenAI-compatible provider; its differences are options (set in ``registry``):
+
+    * ``openrouter_fields``: forward OpenRouter's own request fields (``provider``, ``route``...);
+    * ``service_tier``: always ask for this tier (OpenAI: ``default``, the list price), else none;
+    * ``output_limit_field``: rename the output limit to the field this server knows
+      (``max_completion_tokens`` at OpenAI, ``max_tokens`` for Ollama / older vLLM), or keep it;
+    * ``lenient_eof``: accept a stream that ends without ``[DONE]`` once a choice has finished;
+    * ``extra_headers``: more headers on every call (OpenRouter's app attribution).
+    """
+
+    def __init__(self, provider: str, *, openrouter_fields: bool = False, service_tier: str | None = None,
+                 output_limit_field: str | None = None, lenient_eof: bool = False,
+                 extra_headers: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.provider = provider
+        self.openrouter_fields = openrouter_fields
+        self.service_tier = service_tier
+        self.output_limit_field = output_limit_field
+        self.lenient_eof = lenient_eof
         self._extra_headers = extra_headers
 
     # request ---------------------------------------------------------------------------------
-    def headers(self, target: Target) -> dict[str, str]:
-        h = {"content-type": "application/json"}
-        if target.api_key:
-            h["authorization"] = f"Bearer {target.api_key}"
-        if self.provider == "openrouter":
-            h.update(_openrouter_headers())
-        if self._extra_headers:
-            h.update(self._extra_headers)
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """What every call carries (completions, model lists): the key and any extra headers."""
+        h = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        if self._extra_headers is not None:
+            h.update(self._extra_headers())
         return h
+
+    def headers(self, target: Target) -> dict[str, str]:
+        return {"content-type": "application/json", **self.auth_headers(target.api_key)}
 
     def build_body(self, target: Target, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in body.items():
             if value is None or key in DROP_ALWAYS:
                 continue
-            if key in OPENROUTER_ONLY and self.provider != "openrouter":
+            if key in OPENROUTER_ONLY and not self.openrouter_fields:
                 continue
             out[key] = value
         out["model"] = target.upstream_model
-        if self.provider == "openai":
-            out["service_tier"] = OPENAI_SERVICE_TIER
+        if self.service_tier is not None:
+            out["service_tier"] = self.service_tier
         else:
             out.pop("service_tier", None)
         if "messages" in out:
@@ -82,10 +87,10 @@ class OpenAICompatAdapter(TranslatingAdapter):
         else:
             out.pop("stream", None)
             out.pop("stream_options", None)
-        if self.provider == "compat" and "max_completion_tokens" in out and "max_tokens" not in out:
+        if self.output_limit_field == "max_tokens" and "max_completion_tokens" in out and "max_tokens" not in out:
             # Ollama and older vLLM only know max_tokens.
             out["max_tokens"] = out.pop("max_completion_tokens")
-        elif self.provider == "openai" and "max_tokens" in out:
+        elif self.output_limit_field == "max_completion_tokens" and "max_tokens" in out:
             # max_tokens is deprecated at OpenAI and rejected by reasoning models (o-series, gpt-5).
             limit = out.pop("max_tokens")
             out.setdefault("max_completion_tokens", limit)
@@ -184,7 +189,7 @@ class OpenAIStream(SSEUpstreamStream):
     def _on_eof(self) -> None:
         # Some compat servers (older Ollama/llama.cpp builds) end the body without "[DONE]".
         # Accept that only when the generation visibly finished.
-        if self.provider == "compat" and self._finished:
+        if self._adapter.lenient_eof and self._finished:
             self._done = True
 
 
@@ -219,24 +224,6 @@ def _plain_call_ids(messages: Any) -> Any:
     return out
 
 
-def _openrouter_headers() -> dict[str, str]:
-    """Optional app attribution headers (``openrouter_http_referer`` / ``openrouter_app_title``)."""
-    try:
-        from gateway.config import get_settings
-
-        settings = get_settings()
-    except Exception:
-        return {}
-    out = {}
-    referer = getattr(settings, "openrouter_http_referer", "") or ""
-    title = getattr(settings, "openrouter_app_title", "") or ""
-    if referer:
-        out["HTTP-Referer"] = referer
-    if title:
-        out["X-Title"] = title
-    return out
-
-
 def _output_chars(choices: list[Any]) -> int:
     chars = 0
     for choice in choices:
@@ -254,3 +241,29 @@ def _usage_dict(usage: Usage, raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict) and isinstance(raw.get("completion_tokens_details"), dict):
         out["completion_tokens_details"] = raw["completion_tokens_details"]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Model list (``GET {base_url}/models``): which catalogue models we can route here directly
+# --------------------------------------------------------------------------------------------
+_OPENAI_CHAT_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-")
+_OPENAI_NON_CHAT = ("embedding", "audio", "realtime", "transcribe", "tts", "image", "search", "moderation",
+                    "dall-e", "whisper", "instruct")
+
+
+def openai_chat_model(name: str) -> bool:
+    lowered = name.lower()
+    return lowered.startswith(_OPENAI_CHAT_PREFIXES) and not any(bad in lowered for bad in _OPENAI_NON_CHAT)
+
+
+def parse_openai_models(payload: Any) -> list[DirectModel]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ValueError("OpenAI /models: expected {\"data\": [...]}")
+    return [DirectModel("openai", m["id"]) for m in payload["data"]
+            if isinstance(m, dict) and isinstance(m.get("id"), str) and openai_chat_model(m["id"])]
+
+
+async def list_openai_models(get: GetJson, base_url: str, headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
+    """(chat models OpenAI lists for our key, how many entries it listed)."""
+    payload = await get(join_url(base_url, "models"), headers, None)
+    return parse_openai_models(payload), len(payload.get("data") or [])

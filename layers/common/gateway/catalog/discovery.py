@@ -41,27 +41,17 @@ import httpx
 from psycopg.types.json import Jsonb
 
 from .. import db
+from ..adapters import registry as providers
+from ..adapters.contract import DirectModel
 from ..adapters.http_client import get_http_client
+from ..adapters.registry import DIRECT_PROVIDERS, OPENROUTER, catalogue_ids
 from ..config import Settings, get_settings
 from ..observability import MetricUnit, count, in_lambda, logger, metrics
 from . import cache, registry
-from .feeds import (
-    DIRECT_PROVIDERS,
-    PRICE_COLUMNS,
-    DirectModel,
-    DiscoveredModel,
-    catalogue_ids,
-    format_amount,
-    parse_anthropic_page,
-    parse_gemini_page,
-    parse_openai_models,
-    parse_openrouter_payload,
-)
+from .feeds import PRICE_COLUMNS, DiscoveredModel, format_amount, parse_openrouter_payload
 
-SOURCES = ("openrouter", *DIRECT_PROVIDERS)
+SOURCES = (OPENROUTER, *DIRECT_PROVIDERS)
 LOCK_ID = 0x4D4C5043  # "MLPC": advisory lock of the catalogue write phase
-ANTHROPIC_VERSION = "2023-06-01"
-MAX_PAGES = 50
 UNTOUCHED_SOURCES = frozenset({"manual", "local"})  # model_pricing.source values discovery leaves alone
 OPTIONAL_ZERO_AS_NULL = frozenset({"image", "web_search", "internal_reasoning"})
 
@@ -132,8 +122,8 @@ class SyncResult:
 
 
 def configured_sources(settings: Settings) -> list[str]:
-    out = ["openrouter"] if settings.openrouter_base_url else []
-    out += [p for p in DIRECT_PROVIDERS if getattr(settings, f"{p}_api_key", "")]
+    out = [OPENROUTER] if settings.openrouter_base_url else []
+    out += [p for p in DIRECT_PROVIDERS if providers.provider(p).api_key(settings)]
     return out
 
 
@@ -155,52 +145,31 @@ async def _get_json(client: httpx.AsyncClient, url: str, *, headers: dict[str, s
 
 
 async def _fetch(name: str, settings: Settings, client: httpx.AsyncClient) -> SourceResult:
+    """One source: OpenRouter's priced catalogue, or a direct provider's model list (its registry
+    entry's ``list_models``), with our key where we hold one."""
     result = SourceResult(name)
     timeout = settings.catalog_fetch_timeout_s
     started = time.perf_counter()
+
+    async def get(url: str, headers: Mapping[str, str], params: Mapping[str, Any] | None) -> Any:
+        return await _get_json(client, url, headers={"accept": "application/json", **headers},
+                               params=dict(params) if params else None, limit_s=timeout)
+
     try:
         async with asyncio.timeout(timeout):
-            if name == "openrouter":
-                headers = {"accept": "application/json"}
-                if settings.openrouter_api_key:
-                    headers["authorization"] = f"Bearer {settings.openrouter_api_key}"
-                payload = await _get_json(client, f"{settings.openrouter_base_url.rstrip('/')}/models",
-                                          headers=headers, params=None, limit_s=timeout)
+            if name not in SOURCES:
+                raise SourceError(f"unknown source {name!r}")
+            entry = providers.provider(name)
+            base_url = entry.base_url(settings).rstrip("/")
+            headers = providers.get_adapter(name).auth_headers(entry.api_key(settings))
+            if name == OPENROUTER:  # the priced catalogue
+                payload = await get(f"{base_url}/models", headers, None)
                 models, skipped, count = parse_openrouter_payload(payload)
                 result.models, result.skipped, result.count = models, skipped, count
                 result.listed_ids = {m.id for m in models} | {i for i, _ in skipped if i != "?"}
-            elif name == "openai":
-                payload = await _get_json(client, f"{settings.openai_base_url.rstrip('/')}/models",
-                                          headers={"authorization": f"Bearer {settings.openai_api_key}"},
-                                          params=None, limit_s=timeout)
-                result.direct = parse_openai_models(payload)
-                result.count = len(payload.get("data") or [])
-            elif name == "anthropic":
-                headers = {"x-api-key": settings.anthropic_api_key, "anthropic-version": ANTHROPIC_VERSION}
-                after: str | None = None
-                for _ in range(MAX_PAGES):
-                    params: dict[str, Any] = {"limit": 1000, **({"after_id": after} if after else {})}
-                    payload = await _get_json(client, f"{settings.anthropic_base_url.rstrip('/')}/models",
-                                              headers=headers, params=params, limit_s=timeout)
-                    page, after = parse_anthropic_page(payload)
-                    result.direct += page
-                    result.count += len(payload["data"])
-                    if after is None:
-                        break
-            elif name == "gemini":
-                headers = {"x-goog-api-key": settings.gemini_api_key}
-                token: str | None = None
-                for _ in range(MAX_PAGES):
-                    params = {"pageSize": 1000, **({"pageToken": token} if token else {})}
-                    payload = await _get_json(client, f"{settings.gemini_base_url.rstrip('/')}/models",
-                                              headers=headers, params=params, limit_s=timeout)
-                    page, token = parse_gemini_page(payload)
-                    result.direct += page
-                    result.count += len(payload.get("models") or [])
-                    if token is None:
-                        break
             else:
-                raise SourceError(f"unknown source {name!r}")
+                assert entry.list_models is not None
+                result.direct, result.count = await entry.list_models(get, base_url, headers)
         result.ok = True
     except TimeoutError:
         result.error = "timed out"

@@ -19,7 +19,8 @@ too). What we store as the billed price of a model is the price we will actually
 
 The direct providers' lists (OpenAI ``/v1/models``, Anthropic ``/v1/models``, Gemini
 ``models.list``) carry no prices; they tell which catalogue models we can route to that provider
-with our own key, and under which upstream name.
+with our own key, and under which upstream name. Their wire formats are each adapter's
+(``list_models``), reached through ``gateway.adapters.registry``.
 """
 
 from __future__ import annotations
@@ -49,17 +50,6 @@ MAX_TIERS = 32
 MAX_DESCRIPTION = 4000
 
 _MODEL_ID_RE = re.compile(r"^~?[A-Za-z0-9][A-Za-z0-9._\-]*/[A-Za-z0-9][A-Za-z0-9._\-:+]*$")
-_ANTHROPIC_DATE_RE = re.compile(r"-\d{8}$")
-_ANTHROPIC_VERSION_RE = re.compile(r"(?<=\d)-(?=\d(?:$|-))")
-
-DIRECT_PROVIDERS = ("openai", "anthropic", "gemini")
-# catalogue id vendor prefix of each direct provider
-DIRECT_VENDOR = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
-
-_OPENAI_CHAT_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-")
-_OPENAI_NON_CHAT = ("embedding", "audio", "realtime", "transcribe", "tts", "image", "search", "moderation",
-                    "dall-e", "whisper", "instruct")
-
 
 class SkipModel(ValueError):
     """This entry cannot be imported (the reason is the message)."""
@@ -90,15 +80,6 @@ class DiscoveredModel:
     @property
     def is_free(self) -> bool:
         return all(v == 0 for v in self.prices.values()) and all(v == 0 for v in self.extra_prices.values())
-
-
-@dataclass(frozen=True, slots=True)
-class DirectModel:
-    """A model a direct provider lists for our key (no price)."""
-
-    provider: str          # openai | anthropic | gemini
-    upstream: str          # the provider's own name, e.g. "claude-sonnet-4-20250514"
-    display_name: str | None = None
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -303,62 +284,3 @@ def parse_openrouter_payload(payload: Any) -> tuple[list[DiscoveredModel], list[
         seen.add(model.id)
         models.append(model)
     return models, skipped, len(payload["data"])
-
-
-# ----------------------------------------------------------------------------- direct providers
-
-
-def openai_chat_model(name: str) -> bool:
-    lowered = name.lower()
-    return lowered.startswith(_OPENAI_CHAT_PREFIXES) and not any(bad in lowered for bad in _OPENAI_NON_CHAT)
-
-
-def parse_openai_models(payload: Any) -> list[DirectModel]:
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise ValueError("OpenAI /models: expected {\"data\": [...]}")
-    return [DirectModel("openai", m["id"]) for m in payload["data"]
-            if isinstance(m, dict) and isinstance(m.get("id"), str) and openai_chat_model(m["id"])]
-
-
-def parse_anthropic_page(payload: Any) -> tuple[list[DirectModel], str | None]:
-    """One page -> (models, the ``after_id`` of the next page or None)."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise ValueError("Anthropic /models: expected {\"data\": [...]}")
-    models = [DirectModel("anthropic", m["id"], m.get("display_name")) for m in payload["data"]
-              if isinstance(m, dict) and isinstance(m.get("id"), str)]
-    more = payload.get("has_more") is True and isinstance(payload.get("last_id"), str)
-    return models, payload["last_id"] if more else None
-
-
-def parse_gemini_page(payload: Any) -> tuple[list[DirectModel], str | None]:
-    if not isinstance(payload, dict):
-        raise ValueError("Gemini models.list: expected an object")
-    entries = payload.get("models", [])
-    if not isinstance(entries, list):
-        raise ValueError("Gemini models.list: `models` is not a list")
-    models = []
-    for m in entries:
-        if not isinstance(m, dict) or not isinstance(m.get("name"), str):
-            continue
-        methods = m.get("supportedGenerationMethods") or []
-        if "generateContent" not in methods:
-            continue  # embeddings, predict-only image models, ...
-        models.append(DirectModel("gemini", m["name"].removeprefix("models/"), m.get("displayName")))
-    token = payload.get("nextPageToken")
-    return models, token if isinstance(token, str) and token else None
-
-
-def catalogue_ids(provider: str, upstream: str) -> list[str]:
-    """Catalogue ids (OpenRouter style) a direct provider's model name may appear under, best first.
-
-    Anthropic dates its names and uses dashes in versions (``claude-3-7-sonnet-20250219``) where
-    OpenRouter has ``anthropic/claude-3.7-sonnet``.
-    """
-    vendor = DIRECT_VENDOR[provider]
-    ids = []
-    if provider == "anthropic":
-        undated = _ANTHROPIC_DATE_RE.sub("", upstream)
-        ids.append(f"{vendor}/{_ANTHROPIC_VERSION_RE.sub('.', undated)}")
-        ids.append(f"{vendor}/{undated}")
-    ids.append(f"{vendor}/{upstream}")
-    return list(dict.fromkeys(ids))

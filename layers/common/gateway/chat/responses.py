@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ..adapters.base import new_id, now
+from ..adapters.shapes import new_id, now
 
 
 class ClientState(Protocol):

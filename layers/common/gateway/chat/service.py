@@ -40,8 +40,10 @@ from starlette.types import Scope
 
 from .. import ratelimit
 from ..account import byok
-from ..adapters.base import Target, UpstreamStream, Usage, get_adapter
+from ..adapters import registry as providers
+from ..adapters.contract import Target, UpstreamStream, Usage
 from ..adapters.http_client import get_http_client
+from ..adapters.registry import OPENROUTER, get_adapter
 from ..adapters.tokens import PromptSize, measure_prompt
 from ..auth import Principal
 from ..catalog import registry
@@ -64,14 +66,8 @@ from ..observability import MetricUnit, adapter_context, count, emit, in_lambda,
 from .responses import assemble
 from .schema import ChatRequest
 
-PROVIDER_KEY_FIELDS = {"openai": "openai_api_key", "openrouter": "openrouter_api_key",
-                       "anthropic": "anthropic_api_key", "gemini": "gemini_api_key", "compat": "compat_api_key"}
-PROVIDER_URL_FIELDS = {"openai": "openai_base_url", "openrouter": "openrouter_base_url",
-                       "anthropic": "anthropic_base_url", "gemini": "gemini_base_url", "compat": "compat_base_url"}
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
-# Providers whose output limit shares the context window with the prompt (Gemini's does not).
-SHARED_CONTEXT_PROVIDERS = frozenset({"openai", "openrouter", "anthropic", "compat"})
 # A non-streaming call's transport read timeout stays just above its deadline, so the deadline
 # (which charges what the provider billed) always fires first.
 READ_TIMEOUT_SLACK_S = 5.0
@@ -151,19 +147,21 @@ def deadline_error() -> UpstreamTimeout:
 def route(model: ModelInfo, settings: Settings, byok_keys: Mapping[str, str]) -> tuple[Target, bool]:
     """Which provider serves ``model`` and with which key. A direct provider without a key
     (platform or BYOK) is reached through OpenRouter when we hold an OpenRouter key."""
-    provider = model.provider
-    if provider in byok_keys:
-        return Target(provider, model.upstream_model, model.id, getattr(settings, PROVIDER_URL_FIELDS[provider]),
-                      byok_keys[provider]), True
-    key = getattr(settings, PROVIDER_KEY_FIELDS[provider], "") if provider in PROVIDER_KEY_FIELDS else ""
-    if key or provider == "compat":
-        return Target(provider, model.upstream_model, model.id, getattr(settings, PROVIDER_URL_FIELDS[provider]),
-                      key), False
-    if provider != "openrouter" and "openrouter" in byok_keys:
-        return Target("openrouter", model.id, model.id, settings.openrouter_base_url, byok_keys["openrouter"]), True
-    if provider != "openrouter" and settings.openrouter_api_key:
-        return Target("openrouter", model.id, model.id, settings.openrouter_base_url,
-                      settings.openrouter_api_key), False
+    entry = providers.REGISTRY.get(model.provider)
+    if entry is not None:
+        if entry.name in byok_keys:
+            return Target(entry.name, model.upstream_model, model.id, entry.base_url(settings),
+                          byok_keys[entry.name]), True
+        key = entry.api_key(settings)
+        if key or entry.keyless:
+            return Target(entry.name, model.upstream_model, model.id, entry.base_url(settings), key), False
+    if model.provider != OPENROUTER:
+        openrouter = providers.REGISTRY[OPENROUTER]
+        if OPENROUTER in byok_keys:
+            return Target(OPENROUTER, model.id, model.id, openrouter.base_url(settings), byok_keys[OPENROUTER]), True
+        key = openrouter.api_key(settings)
+        if key:
+            return Target(OPENROUTER, model.id, model.id, openrouter.base_url(settings), key), False
     raise ServiceUnavailable(f"No provider credentials are configured for `{model.id}`.", code="provider_unconfigured")
 
 
@@ -180,7 +178,8 @@ def output_limit(req: ChatRequest, model: ModelInfo, prompt_estimate: int) -> in
     the model's maximum within what the context leaves after the prompt (never below 1)."""
     if req.output_limit:
         return min(req.output_limit, model.max_completion_tokens)
-    if model.provider in SHARED_CONTEXT_PROVIDERS:
+    entry = providers.REGISTRY.get(model.provider)
+    if entry is not None and entry.shares_context:
         return max(1, min(model.max_completion_tokens, model.context_length - prompt_estimate))
     return model.max_completion_tokens
 
@@ -217,7 +216,7 @@ def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit
     names it as its provider does) and, through OpenRouter, the price cap."""
     out = {**body, "max_tokens": limit}
     out.pop("max_completion_tokens", None)
-    if target.provider == "openrouter":
+    if target.provider == OPENROUTER:
         out["provider"] = openrouter_preferences(body.get("provider"), model.price, images=size.images > 0)
     return out
 

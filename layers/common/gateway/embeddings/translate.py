@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from gateway.adapters.base import Usage, bad_response
+from gateway.adapters.contract import Usage
+from gateway.adapters.upstream_errors import bad_response
 from gateway.errors import BadRequest
 
 from .schema import EmbeddingsRequest, decode, embeddings_response, encode, estimate_input_tokens

@@ -80,8 +80,10 @@ from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 
-from gateway.adapters.anthropic import usage_from_anthropic
-from gateway.adapters.base import SSEDecoder, Usage, parse_tool_arguments
+from gateway.adapters.anthropic import ANTHROPIC_VERSION, usage_from_anthropic
+from gateway.adapters.contract import Usage
+from gateway.adapters.shapes import parse_tool_arguments
+from gateway.adapters.sse import SSEDecoder
 from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import (
@@ -108,7 +110,6 @@ from .schema import (
     ToolUseBlock,
 )
 
-ANTHROPIC_VERSION = "2023-06-01"
 MAX_CHAT_STOP_SEQUENCES = 4
 
 # Server tools billed per use on top of tokens (not in our prices): refused on both paths.

@@ -59,7 +59,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-from gateway.adapters.base import Usage
+from gateway.adapters.contract import Usage
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import (
     ChunkFolder,

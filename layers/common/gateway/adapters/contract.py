@@ -1,0 +1,97 @@
+"""The adapter contract: what the chat pipeline hands an adapter and gets back.
+
+An adapter turns the client's OpenAI ``chat.completions`` request (a plain dict) into one upstream
+call and the upstream answer back into OpenAI shapes:
+
+* ``complete`` → an OpenAI ``chat.completion`` dict and the :class:`Usage` to bill;
+* ``stream`` → an :class:`UpstreamStream`: ``open()`` sends the request and fails *before any
+  output* with :class:`~gateway.errors.UpstreamError` (so the caller may fall back to another
+  model); iterating yields OpenAI ``chat.completion.chunk`` dicts; ``usage`` is kept up to date.
+
+Which adapter serves which provider is ``gateway.adapters.registry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache
+    cache_write_1h_tokens: int = 0  # part of cache_write_tokens written with the 1-hour TTL (Anthropic)
+    reported: bool = True  # False when we had to estimate (provider reported none)
+    cost: Decimal | None = None  # what the provider says it billed (OpenRouter ``usage.cost``), USD
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_openai(self, *, reasoning_tokens: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        }
+        if reasoning_tokens is not None:
+            out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        return out
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    provider: str  # a name in gateway.adapters.registry
+    upstream_model: str  # the provider's own model name
+    public_id: str  # our id: the ``model`` of every response/chunk we emit
+    base_url: str
+    api_key: str
+
+    def __repr__(self) -> str:  # never print the key
+        return (f"Target(provider={self.provider!r}, upstream_model={self.upstream_model!r}, "
+                f"public_id={self.public_id!r}, base_url={self.base_url!r}, api_key='***')")
+
+
+class UpstreamStream(Protocol):
+    usage: Usage | None
+
+    async def open(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Adapter(Protocol):
+    provider: str
+
+    async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+                       read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]: ...
+
+    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> UpstreamStream: ...
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """The headers every call to the provider carries (also its model-list requests)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DirectModel:
+    """A model a direct provider lists for our key (no price)."""
+
+    provider: str          # a direct provider of gateway.adapters.registry
+    upstream: str          # the provider's own name, e.g. "claude-sonnet-4-20250514"
+    display_name: str | None = None
+
+
+# A GET the catalogue's discovery performs (its timeout, errors and exact JSON decoding):
+# (url, headers, query parameters) -> the parsed JSON body.
+GetJson = Callable[[str, Mapping[str, str], Mapping[str, Any] | None], Awaitable[Any]]

@@ -1,0 +1,82 @@
+"""Server-sent events: an incremental, byte-level parser (spec framing) and an iterator over an
+httpx response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    event: str | None
+    data: str
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEDecoder:
+    """Incremental SSE parser (spec framing: CRLF/LF/CR, ``:`` comments, multi-line ``data``)."""
+
+    __slots__ = ("_buf", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        self._buf += chunk
+        events: list[SSEEvent] = []
+        pos = 0
+        buf = self._buf
+        while True:
+            m = _EOL.search(buf, pos)
+            if m is None:
+                break
+            if m.group() == b"\r" and m.end() == len(buf):
+                break  # maybe the first half of CRLF: wait for more
+            self._line(buf[pos:m.start()], events)
+            pos = m.end()
+        self._buf = buf[pos:]
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a last event that was not followed by a blank line still counts."""
+        events: list[SSEEvent] = []
+        if self._buf:
+            self._line(self._buf.rstrip(b"\r"), events)
+            self._buf = b""
+        self._line(b"", events)
+        return events
+
+    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+        if not raw:
+            if self._data:
+                events.append(SSEEvent(self._event, "\n".join(self._data)))
+            self._event = None
+            self._data = []
+            return
+        if raw[:1] == b":":
+            return  # comment / keep-alive (": OPENROUTER PROCESSING")
+        line = raw.decode("utf-8", "replace")
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+
+
+async def iter_sse(response: httpx.Response) -> AsyncGenerator[SSEEvent, None]:
+    decoder = SSEDecoder()
+    async for chunk in response.aiter_bytes():
+        for ev in decoder.feed(chunk):
+            yield ev
+    for ev in decoder.close():
+        yield ev
