@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.adapters import Target, create_http_client, get_adapter, get_http_client
-from gateway.adapters import registry
+from gateway.adapters import Target, create_http_client, get_adapter, get_http_client, registry
 from gateway.adapters.http_client import aclose_http_client
 from gateway.config import reset_settings
 from gateway.errors import UpstreamError, UpstreamTimeout

@@ -9,14 +9,15 @@ import math
 import re
 import uuid
 from decimal import Decimal
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from gateway import auth, db
 from gateway.account import users
-from gateway.auth import AdminOnly, ApiKeyPrincipal
+from gateway.auth import Principal, require_admin, require_api_key
 from gateway.config import get_settings, reset_settings
 from gateway.errors import BadRequest, Conflict, NotFound, Unauthorized
 from gateway.http import create_app
@@ -216,6 +217,8 @@ def test_admin_key_compare(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ----------------------------------------------------------------------------------- dependencies
 router = APIRouter()
+ApiKeyPrincipal = Annotated[Principal, Depends(require_api_key)]
+AdminOnly = Annotated[None, Depends(require_admin)]
 
 
 @router.get("/me")

@@ -159,7 +159,7 @@ async def test_filters(synced: CatalogEnv, client: httpx.AsyncClient, make_user:
     user = await make_user(tier="free")
     assert data(await client.get("/v1/models?tier=mine", headers=auth(user.api_key))).keys() == free.keys()
     assert_error(await client.get("/v1/models?tier=mine"), 401, "missing_api_key")
-    assert_error(await client.get("/v1/models?tier=platinum"), 400, "invalid_tier")
+    assert_error(await client.get("/v1/models?tier=platinum"), 400, "unknown_tier")
     assert data(await client.get("/v1/models?provider=nobody")) == {}
 
 

@@ -229,8 +229,9 @@ def invoke_in_own_loop(handler: Any, event: dict[str, Any]) -> dict[str, Any]:
             errors.append(exc)
         finally:
             loop.run_until_complete(db.close_pool())
-            if upstash._client is not None and upstash._client_loop is loop:
-                loop.run_until_complete(upstash._client.close())
+            client = upstash._client.peek(loop)
+            if client is not None:
+                loop.run_until_complete(client.close())
             upstash.reset_redis()
             asyncio.set_event_loop(None)
             loop.close()

@@ -312,10 +312,10 @@ async def test_monthly_quota(make_user) -> None:  # type: ignore[no-untyped-def]
     user = await make_user(balance="10")
     for _ in range(3):
         request_id = rid()
-        await ledger.reserve(user.user_id, request_id, D("0.01"), quota=3)
+        await ledger.reserve(user.user_id, request_id, D("0.01"), quotas={"free": 3})
         await ledger.settle(usage(request_id, user.user_id, charge=D("0.01")))
     with pytest.raises(QuotaExceeded) as info:
-        await ledger.reserve(user.user_id, rid(), D("0.01"), quota=3)
+        await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 3})
     err = info.value
     assert err.status == 429 and err.code == "quota_exceeded"
     assert (err.extra["quota"], err.extra["used"]) == (3, 3)
@@ -324,16 +324,16 @@ async def test_monthly_quota(make_user) -> None:  # type: ignore[no-untyped-def]
 
     # a failed request gives its quota slot back
     request_id = rid()
-    await ledger.reserve(user.user_id, request_id, D("0.01"), quota=4)
+    await ledger.reserve(user.user_id, request_id, D("0.01"), quotas={"free": 4})
     await ledger.release(usage(request_id, user.user_id, status="failed"))
-    await ledger.reserve(user.user_id, rid(), D("0.01"), quota=4)
+    await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 4})
     with pytest.raises(QuotaExceeded):
-        await ledger.reserve(user.user_id, rid(), D("0.01"), quota=4)
+        await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 4})
 
     # a new month resets the count
     await db.execute("UPDATE balances SET period_start = period_start - interval '1 month' WHERE user_id = %s",
                      (user.user_id,))
-    await ledger.reserve(user.user_id, rid(), D("0.01"), quota=4)
+    await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 4})
     state = await balance_of(user.user_id)
     assert state["period_requests"] == 1
     assert state["period_start"] == ledger.period_start()
@@ -354,9 +354,9 @@ async def test_quota_from_the_current_tier(make_user) -> None:  # type: ignore[n
 
 async def test_quota_wins_over_credit_in_the_message(make_user) -> None:  # type: ignore[no-untyped-def]
     user = await make_user(balance="0.01")
-    await ledger.reserve(user.user_id, rid(), D("0.01"), quota=1)
+    await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 1})
     with pytest.raises(QuotaExceeded):
-        await ledger.reserve(user.user_id, rid(), D("5"), quota=1)
+        await ledger.reserve(user.user_id, rid(), D("5"), quotas={"free": 1})
 
 
 # ----------------------------------------------------------------------------------- overrun
@@ -529,14 +529,14 @@ async def test_refusals_are_worded_plan_quota_in_flight_then_credit(make_user) -
     from gateway.errors import Forbidden, RateLimited
 
     user = await make_user(balance="0.01", tier="free")
-    await ledger.reserve(user.user_id, rid(), D("0.01"), quota=1, max_in_flight=1)
+    await ledger.reserve(user.user_id, rid(), D("0.01"), quotas={"free": 1}, max_in_flight=1)
 
     def refuse_free(tier: str) -> None:
         if tier == "free":
             raise Forbidden("not on your plan", code="model_not_allowed")
 
-    for kwargs, error in (({"check_tier": refuse_free, "quota": 1, "max_in_flight": 1}, Forbidden),
-                          ({"quota": 1, "max_in_flight": 1}, QuotaExceeded),
+    for kwargs, error in (({"check_tier": refuse_free, "quotas": {"free": 1}, "max_in_flight": 1}, Forbidden),
+                          ({"quotas": {"free": 1}, "max_in_flight": 1}, QuotaExceeded),
                           ({"max_in_flight": 1}, RateLimited),
                           ({}, InsufficientCredits)):
         with pytest.raises(error):

@@ -149,6 +149,31 @@ def test_tiers_json_overrides_merge_and_add(env: pytest.MonkeyPatch) -> None:
     assert get_settings().tier("hobby").monthly_quota == 10
 
 
+def test_tier_rank_is_explicit_not_table_order(env: pytest.MonkeyPatch) -> None:
+    """A tier added through TIERS_JSON comes after enterprise in the table, but without a ``rank``
+    it ranks with free: it never outranks enterprise (which decides the tier of a user with
+    several live subscriptions, billing.subscriptions)."""
+    env.setenv("TIERS_JSON", json.dumps({"startup": {"rpm": 30}, "scale": {"rpm": 500, "rank": 35}}))
+    s = get_settings()
+    assert list(s.tiers)[-2:] == ["startup", "scale"]  # table order: added last
+    ranking = s.tier_ranking()
+    assert ranking[-1] == "enterprise"
+    assert ranking.index("startup") < ranking.index("pro")
+    assert ranking.index("team") < ranking.index("scale") < ranking.index("enterprise")
+    assert s.quotas()["hobby"] == s.quotas()["free"] == 50
+
+
+def test_named_tier_lookup_has_one_error(env: pytest.MonkeyPatch) -> None:
+    from gateway.errors import BadRequest
+
+    s = get_settings()
+    assert s.known_tier("hobby").name == "free" and s.known_tier("pro").name == "pro"
+    with pytest.raises(BadRequest) as err:
+        s.known_tier("platinum")
+    assert err.value.code == "unknown_tier" and err.value.param == "tier"
+    assert s.tier("platinum").name == "free"  # a stored unknown name: the safest tier
+
+
 @pytest.mark.parametrize("bad", [
     '{"pro": {"rpm": 0}}',              # rpm must be > 0
     '{"pro": {"monthly_quota": -1}}',

@@ -109,9 +109,9 @@ def assert_error_shape(response: httpx.Response, status: int, code: str | None =
 
 # ----------------------------------------------------------------------------------- typed errors
 EXPECTED_STATUS = {
-    "GatewayError": 500, "InternalError": 500, "BadRequest": 400, "ValidationFailed": 400,
+    "GatewayError": 500, "InternalError": 500, "BadRequest": 400,
     "ContextLengthExceeded": 400, "Unauthorized": 401, "InsufficientCredits": 402, "Forbidden": 403,
-    "NotFound": 404, "ModelNotFound": 404, "MethodNotAllowed": 405, "Conflict": 409, "PayloadTooLarge": 413,
+    "NotFound": 404, "ModelNotFound": 404, "Conflict": 409, "PayloadTooLarge": 413,
     "RateLimited": 429, "QuotaExceeded": 429, "UpstreamError": 502, "UpstreamTimeout": 504,
     "ServiceUnavailable": 503,
 }

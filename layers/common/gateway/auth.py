@@ -29,10 +29,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Generic, TypeVar
+from typing import Generic, TypeVar
 from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Request
 
 from . import db
 from .config import get_settings
@@ -216,6 +216,3 @@ async def require_admin(request: Request) -> None:
     if not is_admin_key(bearer_token(request)):
         raise Forbidden("This route needs the admin key.", code="admin_required")
 
-
-ApiKeyPrincipal = Annotated[Principal, Depends(require_api_key)]
-AdminOnly = Annotated[None, Depends(require_admin)]

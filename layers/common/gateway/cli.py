@@ -148,12 +148,14 @@ def _dir(value: str) -> Any:
 # ----------------------------------------------------------------------------------- users / keys
 async def _cmd_create_user(args: argparse.Namespace) -> int:
     from .account import users
-    from .config import TIER_ALIASES, get_settings
+    from .config import get_settings
+    from .errors import BadRequest
 
-    tiers = get_settings().tiers
-    tier = TIER_ALIASES.get(args.tier, args.tier)
-    if tier not in tiers:
-        raise CliError(f"unknown tier {args.tier!r} (known: {', '.join(sorted(tiers))})")
+    settings = get_settings()
+    try:
+        tier = settings.known_tier(args.tier).name
+    except BadRequest:
+        raise CliError(f"unknown tier {args.tier!r} (known: {', '.join(settings.tier_ranking())})") from None
     credit = args.credit
     if credit < 0:
         raise CliError("--credit must not be negative")

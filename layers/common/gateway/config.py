@@ -38,9 +38,12 @@ PLACEHOLDERS = frozenset({"", "changeme", "change-me", "placeholder", "todo", "x
 
 
 class Tier(BaseModel):
-    """One row of the tier table. ``monthly_quota`` None = unlimited."""
+    """One row of the tier table. ``monthly_quota`` None = unlimited. ``rank`` orders the tiers
+    (higher = better plan: with several live subscriptions the highest rank wins); a tier added
+    through TIERS_JSON without a ``rank`` ranks with ``free``, never above ``enterprise``."""
 
     name: str
+    rank: int = 0
     rpm: int = Field(gt=0)
     monthly_quota: int | None = Field(default=None, ge=0)
     markup: Decimal = Field(default=Decimal("0.10"), ge=0)
@@ -53,14 +56,15 @@ class Tier(BaseModel):
 
 
 DEFAULT_TIERS: dict[str, dict[str, Any]] = {
-    "free": {"rpm": 10, "monthly_quota": 50, "models": "free_or_cap",
+    "free": {"rank": 0, "rpm": 10, "monthly_quota": 50, "models": "free_or_cap",
              "max_price_per_token": "0.000001"},
-    "pro": {"rpm": 60, "monthly_quota": 1000, "included_credit": "5"},
-    "premium": {"rpm": 120, "monthly_quota": 2500, "included_credit": "15"},
-    "team": {"rpm": 300, "monthly_quota": 5000, "included_credit": "50"},
-    "enterprise": {"rpm": 1000, "monthly_quota": None, "markup": "0.05"},
+    "pro": {"rank": 10, "rpm": 60, "monthly_quota": 1000, "included_credit": "5"},
+    "premium": {"rank": 20, "rpm": 120, "monthly_quota": 2500, "included_credit": "15"},
+    "team": {"rank": 30, "rpm": 300, "monthly_quota": 5000, "included_credit": "50"},
+    "enterprise": {"rank": 40, "rpm": 1000, "monthly_quota": None, "markup": "0.05"},
 }
 TIER_ALIASES = {"hobby": "free"}
+FREE_TIER = "free"
 
 
 class Settings(BaseSettings):
@@ -303,10 +307,33 @@ class Settings(BaseSettings):
     def tiers(self) -> dict[str, Tier]:
         return _tiers(self.tiers_json, str(self.default_markup))
 
+    # The tier table's one home: every lookup goes through these four.
     def tier(self, name: str) -> Tier:
+        """The tier a stored name stands for; an unknown name is the safest tier (``free``)."""
         tiers = self.tiers
-        name = TIER_ALIASES.get(name, name)
-        return tiers.get(name) or tiers["free"]
+        return tiers.get(TIER_ALIASES.get(name, name)) or tiers[FREE_TIER]
+
+    def known_tier(self, name: str) -> Tier:
+        """The tier a client or operator named (aliases allowed); 400 ``unknown_tier`` otherwise."""
+        tiers = self.tiers
+        tier = tiers.get(TIER_ALIASES.get(name, name))
+        if tier is None:
+            from .errors import BadRequest
+
+            raise BadRequest(f"Unknown tier `{name}`. Known tiers: {', '.join(self.tier_ranking())}.",
+                             param="tier", code="unknown_tier")
+        return tier
+
+    def tier_ranking(self) -> list[str]:
+        """Tier names, lowest first: by ``rank``, then table order."""
+        tiers = list(self.tiers.values())
+        return [t.name for _, t in sorted(enumerate(tiers), key=lambda it: (it[1].rank, it[0]))]
+
+    def quotas(self) -> dict[str, int | None]:
+        """Monthly request quota of every tier name the database may hold (aliases included)."""
+        out: dict[str, int | None] = {name: t.monthly_quota for name, t in self.tiers.items()}
+        out.update({alias: out[target] for alias, target in TIER_ALIASES.items() if target in out})
+        return out
 
 
 def _is_placeholder(value: str | None) -> bool:
@@ -326,7 +353,7 @@ def _tiers(tiers_json: str | None, default_markup: str) -> dict[str, Tier]:
     for name, row in table.items():
         row.setdefault("markup", default_markup)
         out[name] = Tier(name=name, **row)
-    if "free" not in out:
+    if FREE_TIER not in out:
         raise ValueError("the tier table must define a 'free' tier")
     return out
 

@@ -41,6 +41,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .config import Settings, get_settings
 from .errors import ServiceUnavailable
+from .loops import PerLoop
 from .observability import count, logger
 
 # The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
@@ -51,9 +52,17 @@ EXPECTED_SCHEMA_VERSION = "0007"
 Connection = psycopg.AsyncConnection[Any]
 Params = Sequence[Any] | dict[str, Any] | None
 
-_pool: AsyncConnectionPool[Any] | None = None
-_pool_loop: asyncio.AbstractEventLoop | None = None
-_pool_lock: asyncio.Lock | None = None
+
+
+class _PoolSlot:
+    """The container's pool in one event loop, and the lock that creates it once."""
+
+    def __init__(self) -> None:
+        self.pool: AsyncConnectionPool[Any] | None = None
+        self.lock = asyncio.Lock()
+
+
+_pool_slot: PerLoop[_PoolSlot] = PerLoop(_PoolSlot)
 
 
 class DatabaseUnavailable(psycopg.OperationalError):
@@ -185,16 +194,11 @@ def tls_kwargs(settings: Settings, url: str) -> dict[str, str]:
 
 async def get_pool() -> AsyncConnectionPool[Any]:
     """The container's pool, created on first use in the current loop."""
-    global _pool, _pool_loop, _pool_lock
-    loop = asyncio.get_running_loop()
-    if _pool is not None and _pool_loop is loop and not _pool.closed:
-        return _pool
-    if _pool_lock is None or _pool_loop is not loop:
-        _pool_lock = asyncio.Lock()
-        _pool_loop = loop
-        _pool = None
-    async with _pool_lock:
-        if _pool is None or _pool.closed:
+    slot = _pool_slot.get()
+    if slot.pool is not None and not slot.pool.closed:
+        return slot.pool
+    async with slot.lock:
+        if slot.pool is None or slot.pool.closed:
             settings = get_settings()
             kwargs = {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
             wait = _pool_timeout(settings)
@@ -202,9 +206,9 @@ async def get_pool() -> AsyncConnectionPool[Any]:
                                        min_size=1, max_size=max(1, settings.db_pool_max), open=False,
                                        name="gateway", timeout=wait, max_idle=300, reconnect_timeout=30)
             await pool.open(wait=False)  # connection() waits, and gives up on the first failed attempt
-            _pool = pool
-    assert _pool is not None
-    return _pool
+            slot.pool = pool
+    assert slot.pool is not None
+    return slot.pool
 
 
 async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[Any]:
@@ -232,9 +236,9 @@ def _pool_timeout(settings: Settings) -> float:
 
 
 async def close_pool() -> None:
-    global _pool
-    if _pool is not None:
-        pool, _pool = _pool, None
+    slot = _pool_slot.peek()
+    if slot is not None and slot.pool is not None:
+        pool, slot.pool = slot.pool, None
         await pool.close()
 
 

@@ -43,10 +43,6 @@ class BadRequest(GatewayError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
 
 
-class ValidationFailed(BadRequest):
-    code = "invalid_request"
-
-
 class ContextLengthExceeded(BadRequest):
     code = "context_length_exceeded"
 
@@ -81,10 +77,6 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
-
-
-class MethodNotAllowed(GatewayError):
-    status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
 
 class Conflict(GatewayError):

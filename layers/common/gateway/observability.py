@@ -46,12 +46,14 @@ def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> N
         metrics.add_metric(name=name, unit=unit, value=value)
 
 
-def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]]) -> None:
+def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]], *,
+         service_dimension: bool = True) -> None:
     """Publish metrics under their own dimensions (e.g. per provider) as ONE EMF record now,
-    independent of the function-wide set flushed at the end of the invocation."""
+    independent of the function-wide set flushed at the end of the invocation (plus the
+    ``service`` dimension unless ``service_dimension`` is false)."""
     if not _METRICS_ON:
         return
-    m = EphemeralMetrics(namespace=metrics.namespace, service=SERVICE)
+    m = EphemeralMetrics(namespace=metrics.namespace, service=SERVICE if service_dimension else None)
     for key, value in dimensions.items():
         m.add_dimension(name=key, value=value)
     for name, amount, unit in values:

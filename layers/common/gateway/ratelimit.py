@@ -88,18 +88,25 @@ async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: i
     return await limit(f"user:{user_id}", rpm)
 
 
-def enforce(decision: Decision) -> None:
-    """Raise the right error for a refused decision."""
+def enforce(decision: Decision, *, message: str | None = None, code: str | None = None,
+            metric: str = "RateLimited", fail_closed: bool = False,
+            unavailable_message: str | None = None) -> None:
+    """THE refusal of a rate-limit decision (every limit goes through here): 429 with the
+    ``X-RateLimit-*`` / ``Retry-After`` headers and ``metric`` counted, or 503
+    ``ratelimiter_unavailable`` when Upstash did not answer and the decision refuses (or the
+    caller's limit fails closed: ``fail_closed``)."""
+    if decision.degraded and (fail_closed or not decision.allowed):
+        raise unavailable(decision, unavailable_message)
     if decision.allowed:
         return
-    if decision.degraded:
-        raise unavailable(decision)
-    count("RateLimited")
-    raise RateLimited(f"Rate limit of {decision.limit} requests per minute exceeded.",
-                      headers=decision.headers())
+    count(metric)
+    raise RateLimited(message or f"Rate limit of {decision.limit} requests per minute exceeded.",
+                      code=code, headers=decision.headers())
 
 
-def unavailable(decision: Decision) -> ServiceUnavailable:
-    """The 503 for a request refused because Upstash is unavailable (RATELIMIT_FAIL_OPEN=false)."""
-    return ServiceUnavailable("Rate limiter unavailable; try again shortly.", code="ratelimiter_unavailable",
-                              headers=decision.headers())
+def unavailable(decision: Decision, message: str | None = None) -> ServiceUnavailable:
+    """The 503 for a request refused because Upstash is unavailable (RATELIMIT_FAIL_OPEN=false,
+    or a limit that fails closed)."""
+    headers = {"Retry-After": str(decision.retry_after)} if decision.allowed else decision.headers()
+    return ServiceUnavailable(message or "Rate limiter unavailable; try again shortly.",
+                              code="ratelimiter_unavailable", headers=headers)

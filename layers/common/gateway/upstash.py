@@ -31,9 +31,7 @@ from upstash_redis.errors import UpstashError
 from upstash_redis.http import _format_command, format_response
 
 from .config import Settings, get_settings
-
-_client: AsyncRedis | None = None
-_client_loop: asyncio.AbstractEventLoop | None = None
+from .loops import PerLoop
 
 
 class UpstashUnavailable(UpstashError):
@@ -125,20 +123,17 @@ def make_client(settings: Settings | None = None) -> AsyncRedis:
     return redis
 
 
+_client: PerLoop[AsyncRedis] = PerLoop(make_client)
+
+
 def get_redis() -> AsyncRedis:
     """The container's client, bound to the running event loop."""
-    global _client, _client_loop
-    loop = asyncio.get_running_loop()
-    if _client is None or _client_loop is not loop:
-        _client = make_client()
-        _client_loop = loop
-    return _client
+    return _client.get()
 
 
 def reset_redis() -> None:
     """Forget the client (tests, settings changes); its HTTP session is closed in the background."""
-    global _client, _client_loop
-    old, _client, _client_loop = _client, None, None
+    old, _ = _client.take()
     executor = getattr(old, "_http", None)
     if isinstance(executor, AiohttpExecutor):
         try:

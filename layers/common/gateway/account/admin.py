@@ -10,7 +10,7 @@ from typing import Any
 from uuid import UUID
 
 from .. import db
-from ..config import TIER_ALIASES, get_settings
+from ..config import get_settings
 from ..errors import BadRequest, Conflict, NotFound
 from ..money import ledger
 from ..money.format import money
@@ -18,18 +18,10 @@ from ..observability import logger
 from . import byok, keys, usage, users
 
 
-def resolve_tier(name: str) -> str:
-    tiers = get_settings().tiers
-    tier = TIER_ALIASES.get(name, name)
-    if tier not in tiers:
-        raise BadRequest(f"Unknown tier. Known tiers: {', '.join(sorted(tiers))}.", param="tier", code="unknown_tier")
-    return tier
-
-
 async def create_user(*, email: str | None, tier: str = "free", welcome_credit: Decimal | None = None,
                       create_key: bool = True, key_name: str = "default", rpm: int | None = None,
                       spend_cap: Decimal | None = None) -> dict[str, Any]:
-    tier = resolve_tier(tier)
+    tier = get_settings().known_tier(tier).name
     credit = get_settings().welcome_credit if welcome_credit is None else welcome_credit
     user_id = await users.create_user(email, tier=tier, welcome_credit=credit)
     body: dict[str, Any] = {"user": await user_summary(user_id), "api_key": None}

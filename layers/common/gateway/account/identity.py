@@ -23,7 +23,6 @@ be accepted here.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import time
@@ -37,7 +36,8 @@ from fastapi import Depends, Request
 from .. import db, ratelimit
 from ..auth import Principal, TTLCache, authenticate_key, bearer_token
 from ..config import Settings, get_settings
-from ..errors import RateLimited, ServiceUnavailable, Unauthorized
+from ..errors import ServiceUnavailable, Unauthorized
+from ..loops import loop_lock
 from ..observability import count, logger
 
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"})
@@ -70,18 +70,11 @@ class _JwksCache:
         self.fetched_at = 0.0
         self.failed_url: str | None = None
         self.attempted_at = -JWKS_MIN_REFRESH_S
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = loop_lock()
 
     def reset(self) -> None:
         self.url, self.keys, self.fetched_at, self.attempted_at = None, {}, 0.0, -JWKS_MIN_REFRESH_S
         self.failed_url = None
-
-    def _get_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        return self._lock
 
     async def _fetch(self, url: str) -> None:
         async with httpx.AsyncClient(timeout=JWKS_FETCH_TIMEOUT_S) as client:
@@ -112,7 +105,7 @@ class _JwksCache:
         if self.failed_url == url and time.monotonic() - self.attempted_at < JWKS_FAILURE_BACKOFF_S:
             raise ServiceUnavailable("The identity provider's signing keys are unavailable.", code="jwks_unavailable")
         if self._stale(url, kid, cache_s):
-            async with self._get_lock():
+            async with self._lock.get():
                 if self._stale(url, kid, cache_s):
                     self.attempted_at = time.monotonic()
                     try:
@@ -259,15 +252,11 @@ async def _admit_new_user(source: str) -> None:
     settings = get_settings()
     decision = await ratelimit.limit(f"src:{source}", settings.jwt_provision_per_hour, window_s=PROVISION_WINDOW_S,
                                      name="provision")
-    if decision.allowed and not decision.degraded:
-        return
-    if decision.degraded:
-        raise ServiceUnavailable("Sign-up is briefly unavailable; try again shortly.", code="ratelimiter_unavailable",
-                                 headers={"Retry-After": "5"})
-    count("ProvisioningThrottled")
-    logger.warning("sign-up throttled", extra={"source": source, "limit": decision.limit})
-    raise RateLimited(f"Too many new accounts from this network; at most {decision.limit} per hour.",
-                      code="provisioning_rate_limited", headers=decision.headers())
+    if not decision.allowed and not decision.degraded:
+        logger.warning("sign-up throttled", extra={"source": source, "limit": decision.limit})
+    ratelimit.enforce(decision, message=f"Too many new accounts from this network; at most {decision.limit} per hour.",
+                      code="provisioning_rate_limited", metric="ProvisioningThrottled", fail_closed=True,
+                      unavailable_message="Sign-up is briefly unavailable; try again shortly.")
 
 
 async def user_for_identity(iss: str, sub: str, email: str | None = None, *, source: str = "unknown"

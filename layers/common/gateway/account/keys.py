@@ -20,9 +20,9 @@ from uuid import UUID
 
 from .. import db, ratelimit
 from ..config import get_settings
-from ..errors import Conflict, RateLimited
+from ..errors import Conflict
 from ..money.format import money
-from ..observability import count, logger
+from ..observability import logger
 from ..ratelimit import Decision
 from . import users
 
@@ -66,12 +66,8 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, 
     """Create a key for the user (input already validated). Raises 429 / 409 before writing anything."""
     settings = get_settings()
     decision = await _creation_decision(user_id)
-    if not decision.allowed:
-        if decision.degraded:
-            raise ratelimit.unavailable(decision)
-        count("KeyCreationRateLimited")
-        raise RateLimited(f"You can create at most {decision.limit} API keys per hour.",
-                          code="key_creation_rate_limited", headers=decision.headers())
+    ratelimit.enforce(decision, message=f"You can create at most {decision.limit} API keys per hour.",
+                      code="key_creation_rate_limited", metric="KeyCreationRateLimited")
     row = await db.fetchone("SELECT count(*) AS n FROM api_keys WHERE user_id = %s AND revoked_at IS NULL",
                             (user_id,))
     if row is not None and row["n"] >= settings.max_keys_per_user:

@@ -16,6 +16,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from gateway import __version__
+from gateway.loops import PerLoop
 
 USER_AGENT = f"multi-llm-gateway/{__version__}"
 WRITE_TIMEOUT_S = 10.0
@@ -26,8 +27,6 @@ KEEPALIVE_EXPIRY_S = 30.0
 DEFAULT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=50,
                               keepalive_expiry=KEEPALIVE_EXPIRY_S)
 
-_client: httpx.AsyncClient | None = None
-_loop: asyncio.AbstractEventLoop | None = None
 
 
 def default_timeout(settings: Any = None) -> httpx.Timeout:
@@ -61,22 +60,12 @@ def create_http_client(settings: Any = None, *, timeout: httpx.Timeout | None = 
 
 def get_http_client() -> httpx.AsyncClient:
     """The shared client for the running loop (must be called from inside a coroutine)."""
-    global _client, _loop
-    loop = asyncio.get_running_loop()
-    if _client is not None and _loop is loop and not _client.is_closed:
-        return _client
-    if _client is not None:
-        _discard(_client)
-    _client = create_http_client()
-    _loop = loop
-    return _client
+    return _client.get()
 
 
 async def aclose_http_client() -> None:
     """Close the shared client (shutdown / tests). Safe to call when none exists."""
-    global _client, _loop
-    client, loop = _client, _loop
-    _client = _loop = None
+    client, loop = _client.take()
     if client is None:
         return
     if loop is asyncio.get_running_loop():
@@ -95,3 +84,6 @@ def _discard(client: httpx.AsyncClient) -> None:
             session.detach()
         if connector is not None and hasattr(connector, "_close"):
             connector._close()  # synchronous part of close(): closes the sockets
+
+
+_client: PerLoop[httpx.AsyncClient] = PerLoop(create_http_client, alive=lambda c: not c.is_closed, discard=_discard)

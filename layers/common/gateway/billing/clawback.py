@@ -30,7 +30,7 @@ from uuid import UUID
 from ..db import Connection, fetchall_in, fetchone_in
 from ..money import ledger
 from ..money.pricing import ZERO, exact, to_credit
-from ..observability import MetricUnit, logger, metrics
+from ..observability import count, logger
 
 REFUND_GONE = ("failed", "canceled")          # a refund in these states returned no money
 DISPUTE_RESTORING = frozenset({"won", "warning_closed", "prevented"})   # closed without a chargeback
@@ -77,7 +77,7 @@ async def reconcile(conn: Connection, payment_intent: str) -> Reconciled:
     refunded = await _reconcile_refunds(conn, payment_intent, pay, user_id, result)
     await _reconcile_disputes(conn, payment_intent, pay, user_id, refunded, result)
     if result.shortfall > 0:
-        metrics.add_metric(name="RefundShortfall", unit=MetricUnit.Count, value=1)
+        count("RefundShortfall")
         logger.warning("refund took available credit below zero", extra={
             "payment_intent": payment_intent, "user_id": str(result.user_id), "shortfall": str(result.shortfall)})
     return result
@@ -123,7 +123,7 @@ async def _reconcile_refunds(conn: Connection, payment_intent: str, pay: dict[st
         r["deducted"] += delta
         result.shortfall += max(shortfall, ZERO)
     if result.restored > 0:
-        metrics.add_metric(name="RefundFailedRestored", unit=MetricUnit.Count, value=1)
+        count("RefundFailedRestored")
     # Whose refunds these are (for the account's history and its deletion), once the payment is known.
     await conn.execute("UPDATE stripe_refunds SET user_id = %s WHERE payment_intent = %s AND user_id IS NULL",
                        (user_id, payment_intent))

@@ -19,7 +19,6 @@ event is redelivered by Stripe, and the webhook function's timeout must cover on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -27,15 +26,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import get_settings
 from ..errors import Conflict, ServiceUnavailable, UpstreamError
-from ..observability import MetricUnit, logger, metrics
+from ..loops import PerLoop
+from ..observability import count, logger
 
 if TYPE_CHECKING:  # pragma: no cover
     import stripe
 
 T = TypeVar("T")
 
-_client: stripe.StripeClient | None = None
-_client_key: tuple[str, str, int] | None = None
+# Per event loop (the library's httpx client is bound to it): one client per (key, API base).
+_clients: PerLoop[dict[tuple[str, str], stripe.StripeClient]] = PerLoop(dict)
 _price_currency: dict[str, str] = {}   # price id -> currency (a Price's currency never changes)
 WEBHOOK_READ: Any = {"max_network_retries": 0}
 
@@ -55,20 +55,20 @@ def _new_client(secret_key: str, api_base: str) -> stripe.StripeClient:
 
 def get_client() -> stripe.StripeClient:
     """The container's Stripe client (call from inside a coroutine)."""
-    global _client, _client_key
     settings = get_settings()
     if not settings.stripe_secret_key:
         raise ServiceUnavailable("Billing is not configured on this deployment.", code="billing_unconfigured")
-    key = (settings.stripe_secret_key, settings.stripe_api_base, id(asyncio.get_running_loop()))
-    if _client is None or _client_key != key:
-        _client = _new_client(settings.stripe_secret_key, settings.stripe_api_base)
-        _client_key = key
-    return _client
+    key = (settings.stripe_secret_key, settings.stripe_api_base)
+    clients = _clients.get()
+    client = clients.get(key)
+    if client is None:
+        clients.clear()  # the configuration changed: the old client is not used again
+        client = clients[key] = _new_client(*key)
+    return client
 
 
 def reset_client() -> None:
-    global _client, _client_key
-    _client = _client_key = None
+    _clients.take()
     _price_currency.clear()
 
 
@@ -101,7 +101,7 @@ async def _call(operation: str, call: Awaitable[T]) -> T:
 
 
 def _failed(operation: str, exc: Exception) -> None:
-    metrics.add_metric(name="StripeApiErrors", unit=MetricUnit.Count, value=1)
+    count("StripeApiErrors")
     logger.warning("stripe api call failed", extra={
         "operation": operation, "error": type(exc).__name__, "http_status": getattr(exc, "http_status", None),
         "stripe_code": getattr(exc, "code", None), "stripe_request_id": getattr(exc, "request_id", None)})

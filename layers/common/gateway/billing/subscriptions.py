@@ -8,7 +8,7 @@ Policy (docs/billing.md):
   past_due subscription becomes ``unpaid``/``canceled``; both give the free tier.
 - ``canceled`` (customer.subscription.deleted), ``unpaid``, ``incomplete``,
   ``incomplete_expired`` and ``paused`` give the free tier.
-- With several subscriptions, the highest tier (order of the tier table) wins.
+- With several subscriptions, the highest tier (its ``rank`` in the tier table) wins.
 
 The query path reads ``users.tier`` inside its reserve statement, so a change here applies to
 the user's very next request.
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from ..config import Settings, Tier, get_settings
+from ..config import FREE_TIER, Settings, Tier, get_settings
 from ..db import Connection, fetchone_in
 
 TERMINAL_STATUSES = ("canceled", "incomplete_expired")
@@ -34,8 +34,8 @@ def entitled_statuses(settings: Settings | None = None) -> list[str]:
 
 
 def tier_rank(settings: Settings | None = None) -> list[str]:
-    """Tier names, lowest first (the order of the tier table)."""
-    return list((settings or get_settings()).tiers)
+    """Tier names, lowest first (by ``rank``: ``Settings.tier_ranking``)."""
+    return (settings or get_settings()).tier_ranking()
 
 
 def tier_for_price(price_id: str | None, settings: Settings | None = None) -> Tier | None:
@@ -70,7 +70,7 @@ async def recompute_tier(conn: Connection, user_id: UUID | str) -> str | None:
     """Set ``users.tier`` from the user's subscriptions (inside the caller's transaction)."""
     settings = get_settings()
     cur = await conn.execute(RECOMPUTE_TIER_SQL, {
-        "entitled": entitled_statuses(settings), "ranks": tier_rank(settings), "free": "free",
+        "entitled": entitled_statuses(settings), "ranks": tier_rank(settings), "free": FREE_TIER,
         "user_id": user_id})
     row = await cur.fetchone()
     return None if row is None else str(row[0])

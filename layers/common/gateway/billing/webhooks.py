@@ -49,7 +49,7 @@ from ..config import Settings, Tier, get_settings
 from ..errors import BadRequest, InternalError, ServiceUnavailable, UpstreamError
 from ..money import ledger
 from ..money.pricing import ZERO
-from ..observability import SERVICE, MetricUnit, in_lambda, logger, metrics
+from ..observability import MetricUnit, count, emit, in_lambda, logger
 from . import stripe_api
 from .clawback import REFUND_GONE, Reconciled, reconcile, record_payment, share
 from .subscriptions import TERMINAL_STATUSES, paid_tier, recompute_tier, tier_for_price
@@ -80,18 +80,13 @@ class Outcome:
 def _count(event_type: str, outcome: str) -> None:
     label = event_type if event_type in HANDLERS else "other"
     STATS[(label, outcome)] += 1
-    metrics.add_metric(name="WebhookEvents", unit=MetricUnit.Count, value=1)
+    count("WebhookEvents")
     if outcome == "failed":
-        metrics.add_metric(name="WebhookFailures", unit=MetricUnit.Count, value=1)
+        count("WebhookFailures")
     elif outcome in ("signature_invalid", "malformed"):
-        metrics.add_metric(name="WebhookSignatureErrors", unit=MetricUnit.Count, value=1)
-    if in_lambda():
-        from aws_lambda_powertools.metrics import single_metric
-
-        with single_metric(name="WebhookEventsByType", unit=MetricUnit.Count, value=1,
-                           namespace=metrics.namespace, default_dimensions={"service": SERVICE}) as m:
-            m.add_dimension(name="event_type", value=label)
-            m.add_dimension(name="outcome", value=outcome)
+        count("WebhookSignatureErrors")
+    if in_lambda():  # one EMF record per event, by type and outcome (dashboards)
+        emit({"event_type": label, "outcome": outcome}, [("WebhookEventsByType", 1, MetricUnit.Count)])
 
 
 # --------------------------------------------------------------------------- verification
@@ -286,7 +281,7 @@ def _currency(obj: dict[str, Any]) -> str:
 def _non_usd(kind: str, obj: dict[str, Any], user_id: UUID | None) -> Outcome:
     """We sell in USD only (checkout refuses anything else): a non-USD payment is never
     credited, and its arrival is an alarm (NonUsdPayment)."""
-    metrics.add_metric(name="NonUsdPayment", unit=MetricUnit.Count, value=1)
+    count("NonUsdPayment")
     logger.error("non-USD Stripe payment arrived; not credited", extra={
         "kind": kind, "object_id": obj.get("id"), "currency": _currency(obj), "user_id": str(user_id or "")})
     return Outcome("unmatched" if kind == "checkout" else "recorded", f"currency={_currency(obj)}", user_id)
@@ -323,7 +318,7 @@ async def on_checkout_completed(conn: db.Connection, event: dict[str, Any], fetc
                                 "WHERE id = %s", (s["id"],))
     problem = _session_mismatch(s, row)
     if problem is not None:
-        metrics.add_metric(name="CheckoutSessionUnmatched", unit=MetricUnit.Count, value=1)
+        count("CheckoutSessionUnmatched")
         logger.error("checkout session not credited: not one we created as it arrived", extra={
             "session_id": s["id"], "reason": problem, "mode": s.get("mode"),
             "payment_link": _id(s.get("payment_link")), "customer": _id(s.get("customer"))})
@@ -393,7 +388,7 @@ async def _purchase(conn: db.Connection, s: dict[str, Any], row: dict[str, Any],
                              source_id=s["id"], amount_cents=total, currency="usd", credit=amount,
                              reference=reference)
     if result.applied:
-        metrics.add_metric(name="CreditPurchasedCents", unit=MetricUnit.Count, value=int(amount * 100))
+        count("CreditPurchasedCents", int(amount * 100))
     detail = reference if amount == sold else f"{reference}: {amount} of {sold} sold (discounted)"
     return Outcome("credited" if result.applied else "already_credited", detail, user_id)
 
@@ -642,7 +637,7 @@ async def on_invoice_payment_failed(conn: db.Connection, event: dict[str, Any], 
                attempt_count = GREATEST(i.attempt_count, EXCLUDED.attempt_count), updated_at = now()""",
         (inv["id"], user_id, sub_id, tier_name, inv.get("billing_reason"), _currency(inv),
          _ts(event["created"]), attempts, _ts(inv.get("next_payment_attempt"))))
-    metrics.add_metric(name="InvoicePaymentFailed", unit=MetricUnit.Count, value=1)
+    count("InvoicePaymentFailed")
     return Outcome("recorded", f"payment failed, attempt {attempts}, policy={get_settings().billing_past_due_policy}",
                    user_id)
 
@@ -670,7 +665,7 @@ async def _reconcile(conn: db.Connection, fetched: Fetched, payment_intent: str 
 
 def _refund_outcome(result: Reconciled, what: str) -> Outcome:
     if not result.matched:
-        metrics.add_metric(name="RefundUnmatched", unit=MetricUnit.Count, value=1)
+        count("RefundUnmatched")
         return Outcome("recorded_unmatched", f"{what}: no credited payment (yet)")
     parts = [f"deducted {result.deducted}"] if result.deducted else []
     parts += [f"given back {result.restored}"] if result.restored else []
@@ -757,7 +752,7 @@ async def on_dispute(conn: db.Connection, event: dict[str, Any], fetched: Fetche
          "currency": _currency(dp), "status": str(dp.get("status") or ""), "closed": closed,
          "created": event["created"], "order": 1 if closed else 0})
     if not closed:
-        metrics.add_metric(name="StripeDisputes", unit=MetricUnit.Count, value=1)
+        count("StripeDisputes")
     result = await _reconcile(conn, fetched, payment_intent)
     logger.error("stripe dispute", extra={
         "dispute": dp["id"], "event_type": event["type"], "status": dp.get("status"), "amount": dp.get("amount"),

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ..config import Settings, get_settings
 from ..errors import ServiceUnavailable
+from ..loops import loop_lock
 from ..observability import count, logger
 from ..upstash import get_redis
 from . import render
@@ -92,8 +93,7 @@ class CatalogCache:
         self._loader: Loader = loader or render.load_snapshot
         self._current: Catalogue | None = None
         self._checked_at = 0.0
-        self._lock: asyncio.Lock | None = None
-        self._lock_loop: asyncio.AbstractEventLoop | None = None
+        self._lock = loop_lock()
 
     @property
     def current(self) -> Catalogue | None:
@@ -107,12 +107,6 @@ class CatalogCache:
         """Keep the local copy but re-check Redis on the next call."""
         self._checked_at = 0.0
 
-    def _process_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._lock is None or self._lock_loop is not loop:
-            self._lock, self._lock_loop = asyncio.Lock(), loop
-        return self._lock
-
     def _fresh(self, settings: Settings) -> bool:
         return self._current is not None and time.monotonic() - self._checked_at < settings.catalog_local_ttl_s
 
@@ -122,7 +116,7 @@ class CatalogCache:
         if self._fresh(settings):
             STATS.local_hits += 1
             return self._current, "local"  # type: ignore[return-value]
-        async with self._process_lock():
+        async with self._lock.get():
             if self._fresh(settings):  # another caller loaded it while we waited
                 STATS.local_hits += 1
                 return self._current, "local"  # type: ignore[return-value]

@@ -46,7 +46,8 @@ from ..adapters.contract import DirectModel
 from ..adapters.http_client import get_http_client
 from ..adapters.registry import DIRECT_PROVIDERS, OPENROUTER, catalogue_ids
 from ..config import Settings, get_settings
-from ..observability import MetricUnit, count, in_lambda, logger, metrics
+from ..observability import MetricUnit, count, in_lambda, logger
+from ..observability import emit as emit_metrics
 from . import cache, registry
 from .feeds import PRICE_COLUMNS, DiscoveredModel, format_amount, parse_openrouter_payload
 
@@ -485,17 +486,11 @@ def _emit_failure_metrics(failed: list[str], emit: bool) -> None:
     if not failed:
         return
     count("CatalogSourceFailures", len(failed))
-    from aws_lambda_powertools.metrics import single_metric
-    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
-
-    if not emit or is_metrics_disabled():
+    if not emit:
         return
-
     for name in failed:
         try:
-            with single_metric(name="CatalogSourceFailure", unit=MetricUnit.Count, value=1,
-                               namespace=metrics.namespace) as metric:
-                metric.add_dimension(name="source", value=name)
+            emit_metrics({"source": name}, [("CatalogSourceFailure", 1, MetricUnit.Count)], service_dimension=False)
         except Exception:  # a metric must never break discovery
             logger.exception("could not emit the CatalogSourceFailure metric")
 

@@ -7,13 +7,13 @@ reloads are collapsed into one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from decimal import Decimal
 
 from .. import db
 from ..config import Tier, get_settings
+from ..loops import loop_lock
 from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
 
 
@@ -49,8 +49,7 @@ def tier_allows(tier: Tier, is_free: bool, prompt_price: Decimal, completion_pri
 
 _models: dict[str, ModelInfo] = {}
 _loaded_at = 0.0
-_lock: asyncio.Lock | None = None
-_lock_loop: asyncio.AbstractEventLoop | None = None
+_lock = loop_lock()
 
 SELECT_ACTIVE = """
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
@@ -80,14 +79,10 @@ async def _reload() -> None:
 
 
 async def models() -> dict[str, ModelInfo]:
-    global _lock, _lock_loop
     ttl = get_settings().catalog_ttl_s
     if time.monotonic() - _loaded_at < ttl and _models:
         return _models
-    loop = asyncio.get_running_loop()
-    if _lock is None or _lock_loop is not loop:
-        _lock, _lock_loop = asyncio.Lock(), loop
-    async with _lock:
+    async with _lock.get():
         if time.monotonic() - _loaded_at >= ttl or not _models:
             await _reload()
     return _models

@@ -22,8 +22,8 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from ..auth import MISSING_KEY_MESSAGE, Principal, authenticate_key, bearer_token, has_credential, is_admin_key
-from ..config import TIER_ALIASES, Tier, get_settings
-from ..errors import BadRequest, Forbidden, ModelNotFound, Unauthorized
+from ..config import FREE_TIER, Tier, get_settings
+from ..errors import Forbidden, ModelNotFound, Unauthorized
 from . import cache
 from .render import Filters
 
@@ -55,15 +55,6 @@ async def resolve_caller(request: Request, *, refresh: bool) -> Caller:
     return Caller("anonymous")
 
 
-def _named_tier(name: str) -> Tier:
-    tiers = get_settings().tiers
-    canonical = TIER_ALIASES.get(name, name)
-    if canonical not in tiers:
-        raise BadRequest(f"Unknown tier `{name}`. Known tiers: {', '.join(sorted(tiers))}, or `{TIER_MINE}`.",
-                         param="tier", code="invalid_tier")
-    return tiers[canonical]
-
-
 def view_tier(caller: Caller, tier: str | None) -> tuple[Tier, Tier | None]:
     """(the tier whose prices are shown, the tier to filter by or None)."""
     settings = get_settings()
@@ -73,11 +64,11 @@ def view_tier(caller: Caller, tier: str | None) -> tuple[Tier, Tier | None]:
                 raise Unauthorized("tier=mine needs an API key.", code="missing_api_key", param="tier")
             chosen = settings.tier(caller.principal.tier)
         else:
-            chosen = _named_tier(tier)
+            chosen = settings.known_tier(tier)
         return chosen, chosen
     if caller.principal is not None:
         return settings.tier(caller.principal.tier), None
-    return settings.tier("free"), None
+    return settings.tier(FREE_TIER), None
 
 
 def parse_filters(provider: str | None, modality: str | None, tier: Tier | None) -> Filters:

@@ -18,11 +18,10 @@ database write failed, after re-publishing the catalogue from Postgres so it is 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..loops import close_container_loop, run_in_container_loop
 from ..observability import logger, metrics
 from . import cache, discovery
 
@@ -94,23 +93,8 @@ async def run(event: Any) -> dict[str, Any]:
     return summary
 
 
-_loop: asyncio.AbstractEventLoop | None = None
-
-
-def _run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """One event loop per container, kept across warm invocations (the DB pool, the Upstash and
-    HTTP clients are bound to it)."""
-    global _loop
-    if _loop is None or _loop.is_closed():
-        _loop = asyncio.new_event_loop()
-    return _loop.run_until_complete(coro)
-
-
 def shutdown() -> None:
     """Close what the handler's loop holds (tests, local runs)."""
-    global _loop
-    if _loop is None or _loop.is_closed():
-        return
     from .. import db
     from ..adapters.http_client import aclose_http_client
 
@@ -118,12 +102,10 @@ def shutdown() -> None:
         await db.close_pool()
         await aclose_http_client()
 
-    _loop.run_until_complete(close())
-    _loop.close()
-    _loop = None
+    close_container_loop(close)
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _run_in_loop(run(event))
+    return run_in_container_loop(run(event))

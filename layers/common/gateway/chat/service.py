@@ -269,12 +269,6 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
                 started=time.perf_counter(), deadline=loop_now + budget, buffered=buffered)
 
 
-def _quotas(settings: Settings) -> dict[str, int | None]:
-    quotas: dict[str, int | None] = {name: t.monthly_quota for name, t in settings.tiers.items()}
-    quotas["hobby"] = quotas["free"]
-    return quotas
-
-
 def _check_plan(call: Call, tier: Tier) -> None:
     for c in call.candidates:
         if not c.model.allowed_for(tier):
@@ -289,7 +283,7 @@ async def admit(call: Call) -> None:
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
-    reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
+    reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=settings.quotas(),
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
                                   check_tier=lambda name: _check_plan(call, settings.tier(name)))

@@ -24,6 +24,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from .. import db
+from ..config import FREE_TIER
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
 from .format import money
@@ -164,15 +165,16 @@ SELECT r.request_id, b.tier FROM r, b
 """
 
 
-async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota: int | None = None,
+async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
                   quotas: Mapping[str, int | None] | None = None, api_key_id: UUID | str | None = None,
                   model: str = "", max_in_flight: int | None = None,
                   check_tier: Callable[[str], None] | None = None) -> Reservation:
     """Hold ``hold`` credit and count one request against the monthly quota, atomically.
 
-    The quota is ``quotas[current tier]`` when ``quotas`` is given (None = unlimited), else
-    ``quota`` for everyone (None = unlimited); ``max_in_flight`` caps the user's open
-    reservations (None = no cap). A refusal is worded from a follow-up read (it never decides),
+    The quota is ``quotas[current tier]`` (None = unlimited; a tier not in the map has the free
+    tier's quota; no map = unlimited for everyone; ``Settings.quotas()`` is the map);
+    ``max_in_flight`` caps the user's open reservations (None = no cap). A refusal is worded from a
+    follow-up read (it never decides),
     in this order: Forbidden (403 ``payment_disputed``: an open Stripe dispute),
     ``check_tier(current tier)`` (raises e.g. 403 when the model is not on the plan),
     QuotaExceeded (429), too many in flight (429), InsufficientCredits (402).
@@ -183,9 +185,7 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *, quota:
         raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
     period = period_start()
     quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
-    default_quota = -1 if quota is None else quota
-    if quotas is not None and quota is None:
-        default_quota = quota_map.get("free", -1)
+    default_quota = quota_map.get(FREE_TIER, -1)
     row = await db.fetchone(RESERVE_SQL, {
         "hold": hold, "period": period, "user_id": user_id, "quotas": json.dumps(quota_map),
         "default_quota": default_quota, "request_id": request_id, "api_key_id": api_key_id, "model": model,

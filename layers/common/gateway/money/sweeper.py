@@ -11,10 +11,10 @@ Scheduler/Lambda retry, then the DLQ raises an alarm. ``mlp doctor`` does the sa
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..config import get_settings
+from ..loops import run_in_container_loop
 from ..observability import count, logger, metrics
 from . import ledger
 
@@ -32,14 +32,8 @@ async def run(event: Any) -> dict[str, Any]:
     return summary
 
 
-_loop: asyncio.AbstractEventLoop | None = None
-
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    # One event loop per container, kept across warm invocations (the pool is bound to it).
-    global _loop
-    if _loop is None or _loop.is_closed():
-        _loop = asyncio.new_event_loop()
-    return _loop.run_until_complete(run(event))
+    return run_in_container_loop(run(event))
