@@ -1,9 +1,24 @@
-"""Multi-LLM gateway: the shared Lambda layer with all product logic.
+"""Multi-LLM gateway: the shared Lambda layer with all product logic, in rooms by concern.
 
-Rooms: ``config`` (settings), ``errors`` (typed errors → OpenAI-shaped responses),
-``observability`` (Powertools logger/metrics), ``db`` (Postgres), ``auth`` (API keys),
-``billing`` (pricing, ledger, reservations), ``ratelimit`` (Upstash), ``adapters`` (providers),
-``catalog`` (models and prices), ``http`` (the FastAPI app factory every function uses).
+From the top (a room imports only rooms below it: docs/architecture.md, checked by
+tests/infrastructure/test_architecture.py):
+
+- operators: ``cli`` (the ``mlp`` command), ``smoke`` (the post-deploy smoke test);
+- surfaces: ``chat`` (``POST /v1/chat/completions``: the pipeline plan → admit → call with
+  fallback → settle), ``messages`` / ``responses`` / ``embeddings`` (the Anthropic Messages, OpenAI
+  Responses and embeddings surfaces, translated onto the chat pipeline), ``console`` (the customer
+  console), ``health`` (``GET /health``);
+- features: ``billing`` (the Stripe feature: checkout, portal, webhook, subscriptions, refunds),
+  ``account`` (users, API keys, BYOK keys, balance and usage views, admin), ``catalog`` (models,
+  prices, discovery, the cached public catalogue);
+- core: ``money`` (prices, the rounding rule, holds, the ledger, the orphan sweeper),
+  ``translation`` (helpers shared by the translated surfaces), ``adapters`` (the provider registry
+  and one adapter per wire format);
+- kernel: ``http`` (the FastAPI app factory and the error mapping), ``ratelimit`` (Upstash sliding
+  windows), ``auth`` (API keys, the admin key), ``migrate`` (SQL migrations), ``db`` (Postgres),
+  ``upstash`` (the Redis REST client), ``loops`` (event-loop-bound state), ``observability``
+  (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
+  errors, the OpenAI error shape).
 """
 
 __version__ = "0.1.0"

@@ -20,7 +20,9 @@ from typing import Any
 import psycopg
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
@@ -288,6 +290,82 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(_internal_error_body(request_id), status_code=500)
 
 
+# ----------------------------------------------------------------------------------- OpenAPI
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # e.g. balance/required on 402, resets_at on quota 429
+
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: OpenAI's shape (``{"error": {...}}``)."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid request (unknown field, bad value, malformed JSON)", 401: "Missing, invalid or revoked credentials",
+    402: "Not enough credit", 403: "Not allowed (scope, plan, admin key, disputed payment)", 404: "Not found",
+    409: "Conflict (already exists, idempotency key reused)", 413: "Body too large",
+    429: "Rate limit, quota, in-flight limit or upstream rate limit", 500: "Internal error",
+    502: "Upstream or payment provider error", 503: "A dependency is unavailable (Retry-After)",
+    504: "Upstream timeout or request deadline",
+}
+# What every route can answer: a malformed request, a body over the limit, a database or Upstash
+# outage, an internal error. Routes declare the rest (``error_responses``).
+COMMON_ERRORS = (400, 413, 500, 503)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route really answers (OpenAI error shape)."""
+    return {status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def _hoist_defs(node: Any, defs: dict[str, Any]) -> Any:
+    """Move JSON Schema ``$defs`` (pydantic schemas embedded with ``openapi_extra``) into
+    ``components/schemas`` and point their ``#/$defs/...`` references there."""
+    if isinstance(node, dict):
+        for name, sub in (node.pop("$defs", None) or {}).items():
+            defs.setdefault(name, _hoist_defs(sub, defs))
+        out = {k: _hoist_defs(v, defs) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            out["$ref"] = "#/components/schemas/" + ref.removeprefix("#/$defs/")
+        return out
+    if isinstance(node, list):
+        return [_hoist_defs(v, defs) for v in node]
+    return node
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI with the real error statuses: FastAPI's unused 422 removed (validation
+    errors are our 400), the common errors on every operation, ``$defs`` hoisted."""
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    defs: dict[str, Any] = {}
+    schema = _hoist_defs(schema, defs)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for name, sub in defs.items():
+        components.setdefault(name, sub)
+    error_schema = _hoist_defs(ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"), components)
+    components.setdefault("ErrorBody", error_schema)
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status in COMMON_ERRORS:
+                responses.setdefault(str(status), {
+                    "description": ERROR_DESCRIPTIONS[status],
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    if not components:
+        schema.pop("components")
+    return schema
+
+
 def create_app(title: str, routers: Iterable[APIRouter] = (),
                security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS, **fastapi_kwargs: Any) -> FastAPI:
     """``security_headers`` are added to every response (the API's strict defaults; the console
@@ -309,4 +387,11 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
                            allow_methods=list(CORS_ALLOW_METHODS), allow_headers=list(CORS_ALLOW_HEADERS),
                            expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_schema(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..auth import require_admin
 from ..errors import BadRequest
+from ..http import error_responses
 from . import admin
 
-router = APIRouter(dependencies=[Depends(require_admin)])
+router = APIRouter(dependencies=[Depends(require_admin)], responses=error_responses(403, 404, 409))
 
 _REFERENCE = re.compile(r"^[A-Za-z0-9:_.\-]{1,200}$")
 MAX_AMOUNT = Decimal(1_000_000)

@@ -11,10 +11,11 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from ..auth import Principal, require_full_scope
+from ..http import error_responses
 from . import usage
 from .identity import UserPrincipal
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 403, 404))
 
 
 @router.get("/v1/balance")

@@ -13,10 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from ..auth import require_full_scope
 from ..errors import NotFound
+from ..http import error_responses
 from . import byok, keys
 from .identity import UserPrincipal
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 403, 404, 409, 429))
 
 
 class CreateKey(BaseModel):

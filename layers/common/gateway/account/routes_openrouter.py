@@ -15,11 +15,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..auth import require_api_key
+from ..http import error_responses
 from ..money.format import dumps_exact
 from . import usage
 from .identity import UserPrincipal
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 404))
 
 
 class ExactJSONResponse(JSONResponse):

@@ -36,13 +36,13 @@ from ..account.identity import UserPrincipal
 from ..auth import require_full_scope
 from ..config import Tier, get_settings
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UpstreamError
-from ..http import server_request_id
+from ..http import error_responses, server_request_id
 from ..money.ledger import next_period_start, period_start
 from ..observability import logger
 from . import stripe_api
 from .subscriptions import TERMINAL_STATUSES, current_subscription, paid_tier
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 403, 404, 409, 502))
 
 # Stripe statuses of a subscription that still exists for billing purposes: a second checkout
 # would double-bill, so plan changes go through the Billing Portal instead.

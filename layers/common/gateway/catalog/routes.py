@@ -24,10 +24,11 @@ from fastapi.responses import Response
 from ..auth import MISSING_KEY_MESSAGE, Principal, authenticate_key, bearer_token, has_credential, is_admin_key
 from ..config import FREE_TIER, Tier, get_settings
 from ..errors import Forbidden, ModelNotFound, Unauthorized
+from ..http import error_responses
 from . import cache
 from .render import Filters
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 403, 404))
 
 TIER_MINE = "mine"
 

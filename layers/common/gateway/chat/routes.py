@@ -9,12 +9,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from ..auth import require_api_key
-from ..http import server_request_id
+from ..http import error_responses, server_request_id
 from . import service
 from .responses import RelayResponse
 from .schema import ChatRequest
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {

@@ -18,12 +18,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from ..account.identity import UserPrincipal
 from ..config import get_settings
-from ..http import Message, Receive, Scope, Send, create_app
+from ..http import Message, Receive, Scope, Send, create_app, error_responses
 from . import usage
 from .assets import ASSET_PREFIX, by_url
 from .pages import DEFAULT_CSP, NOT_FOUND_HTML, PAGES, SECURITY_HEADERS, content_security_policy, render_index
 
-router = APIRouter()
+router = APIRouter(responses=error_responses(401))
 
 HTML_CACHE = "no-store"
 ASSET_CACHE = "public, max-age=31536000, immutable"
