@@ -28,7 +28,7 @@ from pathlib import Path
 
 from infra.local.template import REPO_ROOT, TemplateError, parse_template
 
-__all__ = ["BEGIN", "END", "ERRORS_ALARMS", "ErrorsAlarm", "render_section", "update"]
+__all__ = ["BEGIN", "END", "ERRORS_ALARMS", "ErrorsAlarm", "TemplateGenError", "main", "render_section", "update"]
 
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
 COMMAND = ".venv/bin/python -m infra.template_gen"
@@ -141,7 +141,8 @@ def update(text: str, source: str = "template.yaml") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.template_gen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m infra.template_gen",
+                                     description="Write the per-function resources of template.yaml.")
     parser.add_argument("--check", action="store_true", help="exit 1 (and show the difference) when stale")
     parser.add_argument("template", nargs="?", type=Path, default=TEMPLATE_PATH)
     args = parser.parse_args(argv)
