@@ -59,6 +59,15 @@ EMPTY_SAMCONFIG="$(mktemp --suffix=.toml)"
 trap 'rm -f "$EMPTY_SAMCONFIG"' EXIT
 echo "version = 0.1" > "$EMPTY_SAMCONFIG"
 
+# The per-function log groups and Errors alarms are written by infra/template_gen.py: a stale
+# section means a function without them (or with another function's), so it fails here too.
+if [ "$TEMPLATE" = template.yaml ]; then
+    echo "== generated per-function resources ==" >&2
+    GEN_PYTHON="$ROOT/.venv/bin/python"
+    [ -x "$GEN_PYTHON" ] || GEN_PYTHON="$SAM_VENV/bin/python"
+    "$GEN_PYTHON" -m infra.template_gen --check "$TEMPLATE"
+fi
+
 echo "== sam validate (SAM transform) ==" >&2
 "$SAM_VENV/bin/sam" validate --config-file "$EMPTY_SAMCONFIG" --template "$TEMPLATE" --region "$AWS_DEFAULT_REGION"
 

@@ -6,6 +6,7 @@ the template. Nothing here is test-specific, so the module can move into the pac
 unchanged; keep the public API stable:
 
     load_template(path="template.yaml") -> dict
+    parse_template(text, source="<string>") -> dict     # the same, from the template's text
     http_routes(template) -> list[Route]      # Route is a (method, path, logical_id, codeuri, handler) tuple
     http_api_events(template) -> iterator of (logical_id, event_name, event_properties)
     serverless_functions(template) -> dict[str, dict]   # effective properties, Globals merged
@@ -36,6 +37,7 @@ __all__ = [
     "http_api_events",
     "http_routes",
     "load_template",
+    "parse_template",
     "serverless_functions",
     "to_starlette_path",
 ]
@@ -105,13 +107,17 @@ def load_template(path: str | Path = "template.yaml") -> dict[str, Any]:
     A relative ``path`` is looked up in the current directory first, then in the repo root.
     """
     resolved = _resolve_path(path)
-    with resolved.open(encoding="utf-8") as fh:
-        try:
-            data = yaml.load(fh, Loader=_CfnLoader)
-        except TemplateError as exc:
-            raise TemplateError(f"{resolved}: {exc}") from None
+    return parse_template(resolved.read_text(encoding="utf-8"), source=str(resolved))
+
+
+def parse_template(text: str, source: str = "<string>") -> dict[str, Any]:
+    """Parse the text of a CloudFormation/SAM YAML template (``source`` names it in errors)."""
+    try:
+        data = yaml.load(text, Loader=_CfnLoader)
+    except TemplateError as exc:
+        raise TemplateError(f"{source}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("Resources"), dict):
-        raise TemplateError(f"{resolved}: not a CloudFormation template (no Resources mapping)")
+        raise TemplateError(f"{source}: not a CloudFormation template (no Resources mapping)")
     return data
 
 

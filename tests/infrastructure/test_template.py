@@ -533,30 +533,60 @@ def test_scheduled_events_have_retry_and_dlq(functions: dict[str, dict[str, Any]
 # ----------------------------------------------------------------------------- observability
 
 
-def test_every_function_has_log_group_with_retention(
-    template: dict[str, Any], functions: dict[str, dict[str, Any]]
-) -> None:
-    log_groups: dict[str, dict[str, Any]] = {}
-    for rid, res in resources_of_type(template, "AWS::Logs::LogGroup").items():
-        name = res["Properties"].get("LogGroupName")
-        sub = name.get("Fn::Sub") if isinstance(name, dict) else None
-        match = re.fullmatch(r"/aws/lambda/\$\{(\w+)\}", sub or "")
-        if match:
-            log_groups[match.group(1)] = {"id": rid, **res}
-    for name in functions:
-        assert name in log_groups, f"{name}: add an AWS::Logs::LogGroup named !Sub /aws/lambda/${{{name}}}"
-        props = log_groups[name]["Properties"]
-        assert props.get("RetentionInDays") == {"Ref": "LogRetentionDays"}, f"{name}: retention"
+# Written by infra/template_gen.py. The scheduled functions' Errors alarms follow their schedule:
+# (threshold, period in seconds); every other function uses the parameter per 5 minutes.
+SCHEDULED_ERRORS_ALARMS = {"SweeperFunction": (2, 900), "ModelsWarmFunction": (1, 1800)}
 
 
-def test_every_function_alarms_on_errors_and_throttles(
+def lambda_metric(query_id: str, metric: str, function: str, period: int) -> dict[str, Any]:
+    dimensions = [{"Name": "FunctionName", "Value": {"Ref": function}}]
+    return {"Id": query_id, "ReturnData": False, "MetricStat": {
+        "Metric": {"Namespace": "AWS/Lambda", "MetricName": metric, "Dimensions": dimensions},
+        "Period": period, "Stat": "Sum"}}
+
+
+def test_every_function_has_one_log_group_deleted_with_the_stack(
     template: dict[str, Any], functions: dict[str, dict[str, Any]]
 ) -> None:
-    errors = {t for targets in alarms_watching(template, "AWS/Lambda", "Errors").values() for t in targets}
-    throttles = {t for targets in alarms_watching(template, "AWS/Lambda", "Throttles").values() for t in targets}
+    log_groups = resources_of_type(template, "AWS::Logs::LogGroup")
     for name in functions:
-        assert name in errors, f"{name}: no alarm on Errors"
-        assert name in throttles, f"{name}: no alarm on Throttles"
+        log_group_name = {"Fn::Sub": f"/aws/lambda/${{{name}}}"}
+        found = [rid for rid, res in log_groups.items() if res["Properties"].get("LogGroupName") == log_group_name]
+        assert found == [f"{name}LogGroup"], f"{name}: one log group (python -m infra.template_gen)"
+        assert log_groups[f"{name}LogGroup"] == {
+            "Type": "AWS::Logs::LogGroup",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Delete",
+            "Properties": {"LogGroupName": log_group_name, "RetentionInDays": {"Ref": "LogRetentionDays"}},
+        }
+
+
+def test_every_function_has_one_errors_and_throttles_alarm(
+    template: dict[str, Any], functions: dict[str, dict[str, Any]]
+) -> None:
+    assert set(SCHEDULED_ERRORS_ALARMS) <= set(functions)
+    errors = alarms_watching(template, "AWS/Lambda", "Errors")
+    throttles = alarms_watching(template, "AWS/Lambda", "Throttles")
+    for name in functions:
+        alarm = f"{name}ErrorsAlarm"
+        assert [aid for aid, targets in errors.items() if name in targets] == [alarm], f"{name}: Errors alarms"
+        assert [aid for aid, targets in throttles.items() if name in targets] == [alarm], f"{name}: Throttles alarms"
+        threshold, period = SCHEDULED_ERRORS_ALARMS.get(name, ({"Ref": "FunctionErrorAlarmThreshold"}, 300))
+        assert template["Resources"][alarm] == {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmDescription": {"Fn::Sub": f"${{AWS::StackName}} {name} Lambda errors + throttles"},
+            "AlarmActions": [{"Ref": "AlarmTopic"}],
+            "OKActions": [{"Ref": "AlarmTopic"}],
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "Threshold": threshold,
+            "EvaluationPeriods": 1,
+            "TreatMissingData": "notBreaching",
+            "Metrics": [
+                lambda_metric("errors", "Errors", name, period),
+                lambda_metric("throttles", "Throttles", name, period),
+                {"Id": "errorsAndThrottles", "Label": "Errors + Throttles",
+                 "Expression": "FILL(errors, 0) + FILL(throttles, 0)", "ReturnData": True},
+            ],
+        }}
 
 
 def test_api_5xx_and_query_p99_alarms(template: dict[str, Any]) -> None:
