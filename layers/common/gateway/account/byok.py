@@ -34,6 +34,7 @@ from ..auth import SealedProviderKey, forget_key, forget_user
 from ..config import get_settings
 from ..errors import BadRequest, ServiceUnavailable
 from ..observability import count, logger
+from .schema import ProviderKey
 
 # Providers a user can bring a key for (``byok`` in the provider registry; routing: chat.service.route()).
 PROVIDERS: tuple[str, ...] = BYOK_PROVIDERS
@@ -195,12 +196,12 @@ def validate_secret(secret: str) -> str:
 _COLUMNS = "provider, last4, key_version, created_at, updated_at"
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {"object": "provider_key", "provider": row["provider"], "last4": row["last4"],
-            "key_version": row["key_version"], "created_at": row["created_at"], "updated_at": row["updated_at"]}
+def _public(row: dict[str, Any]) -> ProviderKey:
+    return ProviderKey(provider=row["provider"], last4=row["last4"], key_version=row["key_version"],
+                       created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-async def put(user_id: UUID | str, provider: str, secret: str) -> dict[str, Any] | None:
+async def put(user_id: UUID | str, provider: str, secret: str) -> ProviderKey | None:
     """Store (or replace) the user's key for ``provider``. None if the user does not exist."""
     provider, secret = validate_provider(provider), validate_secret(secret)
     sealed = seal(user_id, provider, secret)
@@ -215,14 +216,14 @@ async def put(user_id: UUID | str, provider: str, secret: str) -> dict[str, Any]
     return _public(row) if row else None
 
 
-async def get(user_id: UUID | str, provider: str) -> dict[str, Any] | None:
+async def get(user_id: UUID | str, provider: str) -> ProviderKey | None:
     provider = validate_provider(provider)
     row = await db.fetchone(f"SELECT {_COLUMNS} FROM provider_keys WHERE user_id = %s AND provider = %s",
                             (user_id, provider))
     return _public(row) if row else None
 
 
-async def list_for(user_id: UUID | str) -> list[dict[str, Any]]:
+async def list_for(user_id: UUID | str) -> list[ProviderKey]:
     rows = await db.fetchall(f"SELECT {_COLUMNS} FROM provider_keys WHERE user_id = %s ORDER BY provider",
                              (user_id,))
     return [_public(r) for r in rows]

@@ -25,25 +25,25 @@ from ..money.format import money
 from ..observability import logger
 from ..ratelimit import Decision
 from . import users
+from .schema import ApiKey, CreatedApiKey
 
 KEY_COLUMNS = "id, name, prefix, created_at, last_used_at, revoked_at, rpm, spend_cap, spent, reserved, scope"
 CREATE_WINDOW_S = 3600
 
 
-def public_key(row: dict[str, Any]) -> dict[str, Any]:
+def public_key(row: dict[str, Any]) -> ApiKey:
     """A key as its owner may see it: never the secret or its hash."""
     capped = row["spend_cap"] is not None
-    return {"object": "api_key", "id": str(row["id"]), "name": row["name"], "prefix": row["prefix"],
-            "status": "revoked" if row["revoked_at"] else "active", "created_at": row["created_at"],
-            "last_used_at": row["last_used_at"], "revoked_at": row["revoked_at"], "scope": row["scope"],
-            "rpm": row["rpm"],
-            "spend_cap": money(row["spend_cap"]) if capped else None,
-            "spent": money(row["spent"]) if capped else None,
-            "reserved": money(row["reserved"]) if capped else None}
+    return ApiKey(id=row["id"], name=row["name"], prefix=row["prefix"],
+                  status="revoked" if row["revoked_at"] else "active", created_at=row["created_at"],
+                  last_used_at=row["last_used_at"], revoked_at=row["revoked_at"], scope=row["scope"], rpm=row["rpm"],
+                  spend_cap=money(row["spend_cap"]) if capped else None,
+                  spent=money(row["spent"]) if capped else None,
+                  reserved=money(row["reserved"]) if capped else None)
 
 
 async def list_keys(user_id: UUID | str, *, include_revoked: bool = True,
-                    only_key: UUID | None = None) -> list[dict[str, Any]]:
+                    only_key: UUID | None = None) -> list[ApiKey]:
     rows = await db.fetchall(
         f"SELECT {KEY_COLUMNS} FROM api_keys WHERE user_id = %s AND (%s OR revoked_at IS NULL) "
         "AND (%s::uuid IS NULL OR id = %s::uuid) ORDER BY created_at DESC, id",
@@ -51,7 +51,7 @@ async def list_keys(user_id: UUID | str, *, include_revoked: bool = True,
     return [public_key(r) for r in rows]
 
 
-async def get_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | None:
+async def get_key(user_id: UUID | str, key_id: UUID | str) -> ApiKey | None:
     row = await db.fetchone(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = %s AND user_id = %s", (key_id, user_id))
     return public_key(row) if row else None
 
@@ -62,8 +62,9 @@ async def _creation_decision(user_id: UUID | str) -> Decision:
 
 
 async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, spend_cap: Decimal | None = None,
-                     scope: str | None = None) -> tuple[users.NewKey, dict[str, Any]]:
-    """Create a key for the user (input already validated). Raises 429 / 409 before writing anything."""
+                     scope: str | None = None) -> CreatedApiKey:
+    """Create a key for the user (input already validated) and return it with its secret, the only
+    time it is shown. Raises 429 / 409 before writing anything."""
     settings = get_settings()
     decision = await _creation_decision(user_id)
     ratelimit.enforce(decision, message=f"You can create at most {decision.limit} API keys per hour.",
@@ -73,14 +74,21 @@ async def create_key(user_id: UUID | str, name: str, *, rpm: int | None = None, 
     if row is not None and row["n"] >= settings.max_keys_per_user:
         raise Conflict(f"You already have {row['n']} active API keys (the maximum is "
                        f"{settings.max_keys_per_user}); revoke one first.", code="too_many_keys")
+    created = await create_with_secret(user_id, name, rpm=rpm, spend_cap=spend_cap, scope=scope)
+    logger.info("api key created", extra={"user_id": str(user_id), "key_id": str(created.id)})
+    return created
+
+
+async def create_with_secret(user_id: UUID | str, name: str, *, rpm: int | None = None,
+                             spend_cap: Decimal | None = None, scope: str | None = None) -> CreatedApiKey:
+    """A new key (``users.create_api_key``, no limits checked) as its owner sees it, with the secret."""
     new = await users.create_api_key(user_id, name, rpm=rpm, spend_cap=spend_cap, scope=scope)
     created = await get_key(user_id, new.key_id)
     assert created is not None
-    logger.info("api key created", extra={"user_id": str(user_id), "key_id": str(new.key_id)})
-    return new, created
+    return CreatedApiKey(**dict(created), key=new.secret)
 
 
-async def revoke_key(user_id: UUID | str, key_id: UUID | str) -> dict[str, Any] | None:
+async def revoke_key(user_id: UUID | str, key_id: UUID | str) -> ApiKey | None:
     """Revoke one of the user's keys (idempotent). None if the user has no such key."""
     if await users.revoke_api_key(key_id, user_id=user_id):
         logger.info("api key revoked", extra={"user_id": str(user_id), "key_id": str(key_id)})

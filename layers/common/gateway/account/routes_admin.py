@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Response
@@ -14,6 +13,7 @@ from ..auth import require_admin
 from ..errors import BadRequest
 from ..http import error_responses
 from . import admin
+from .schema import CreatedUser, CreditGrant, UserDetail
 
 router = APIRouter(dependencies=[Depends(require_admin)], responses=error_responses(403, 404, 409))
 
@@ -60,15 +60,16 @@ class GrantCredits(BaseModel):
 
 
 @router.post("/v1/admin/users", status_code=201)
-async def create_user(body: CreateUser) -> dict[str, Any]:
+async def create_user(body: CreateUser) -> CreatedUser:
     return await admin.create_user(email=body.email, tier=body.tier, welcome_credit=body.welcome_credit,
                                    create_key=body.create_key, key_name=body.key_name, rpm=body.rpm,
                                    spend_cap=body.spend_cap)
 
 
-@router.post("/v1/admin/credits")
+@router.post("/v1/admin/credits", response_description="Already applied: a replay of this reference",
+             responses={201: {"model": CreditGrant, "description": "Applied"}})
 async def grant_credits(body: GrantCredits, response: Response,
-                        idempotency_key: str | None = Header(None, max_length=200)) -> dict[str, Any]:
+                        idempotency_key: str | None = Header(None, max_length=200)) -> CreditGrant:
     reference = body.reference
     if reference is None and idempotency_key is not None:
         if not _REFERENCE.match(idempotency_key):
@@ -77,10 +78,10 @@ async def grant_credits(body: GrantCredits, response: Response,
         reference = idempotency_key
     result = await admin.grant(body.user_id, body.amount, body.reason, reference,
                                allow_negative=body.allow_negative)
-    response.status_code = 201 if result["applied"] else 200
+    response.status_code = 201 if result.applied else 200
     return result
 
 
 @router.get("/v1/admin/users/{user_id}")
-async def get_user(user_id: UUID) -> dict[str, Any]:
+async def get_user(user_id: UUID) -> UserDetail:
     return await admin.inspect(user_id)

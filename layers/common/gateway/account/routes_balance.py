@@ -5,7 +5,7 @@ are narrowed to it, and another key's id is a 403 ``insufficient_scope``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -14,12 +14,13 @@ from ..auth import Principal, require_full_scope
 from ..http import error_responses
 from . import usage
 from .identity import UserPrincipal
+from .schema import Balance, UsagePage, UsageSummary
 
 router = APIRouter(responses=error_responses(401, 403, 404))
 
 
 @router.get("/v1/balance")
-async def get_balance(principal: UserPrincipal) -> dict[str, Any]:
+async def get_balance(principal: UserPrincipal) -> Balance:
     return await usage.balance(principal)
 
 
@@ -41,7 +42,7 @@ async def list_usage(
     to: str | None = Query(None, max_length=64, description="exclusive upper bound (a bare date: that whole day)"),
     model: str | None = Query(None, min_length=1, max_length=200),
     api_key_id: UUID | None = Query(None),
-) -> dict[str, Any]:
+) -> UsagePage:
     return await usage.list_usage(principal.user_id, limit=limit, cursor=cursor, from_=from_, to=to, model=model,
                                   api_key_id=_usage_key(principal, api_key_id))
 
@@ -54,6 +55,6 @@ async def usage_summary(
     to: str | None = Query(None, max_length=64),
     model: str | None = Query(None, min_length=1, max_length=200),
     api_key_id: UUID | None = Query(None),
-) -> dict[str, Any]:
+) -> UsageSummary:
     return await usage.summary(principal.user_id, group_by=group_by, from_=from_, to=to, model=model,
                                api_key_id=_usage_key(principal, api_key_id))

@@ -5,7 +5,7 @@ answers 404, exactly like an unknown one."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Response
@@ -16,6 +16,7 @@ from ..errors import NotFound
 from ..http import error_responses
 from . import byok, keys
 from .identity import UserPrincipal
+from .schema import ApiKey, ApiKeyList, CreatedApiKey, ProviderKey, ProviderKeyDeleted, ProviderKeyList
 
 router = APIRouter(responses=error_responses(401, 403, 404, 409, 429))
 
@@ -47,23 +48,21 @@ class PutProviderKey(BaseModel):
 
 
 @router.get("/v1/keys")
-async def list_keys(principal: UserPrincipal, include_revoked: bool = Query(True)) -> dict[str, Any]:
+async def list_keys(principal: UserPrincipal, include_revoked: bool = Query(True)) -> ApiKeyList:
     """All the account's keys; a restricted key sees only itself (not its siblings' spending)."""
     only = principal.key_id if principal.scope != "full" else None
-    return {"object": "list", "data": await keys.list_keys(principal.user_id, include_revoked=include_revoked,
-                                                           only_key=only)}
+    return ApiKeyList(data=await keys.list_keys(principal.user_id, include_revoked=include_revoked, only_key=only))
 
 
 @router.post("/v1/keys", status_code=201)
-async def create_key(body: CreateKey, principal: UserPrincipal) -> dict[str, Any]:
+async def create_key(body: CreateKey, principal: UserPrincipal) -> CreatedApiKey:
     require_full_scope(principal, "create keys")
-    new, created = await keys.create_key(principal.user_id, body.name, rpm=body.rpm, spend_cap=body.spend_cap,
-                                         scope=body.scope)
-    return {**created, "key": new.secret}  # the only time the secret is ever returned
+    return await keys.create_key(principal.user_id, body.name, rpm=body.rpm, spend_cap=body.spend_cap,
+                                 scope=body.scope)
 
 
 @router.delete("/v1/keys/{key_id}")
-async def revoke_key(key_id: UUID, principal: UserPrincipal) -> dict[str, Any]:
+async def revoke_key(key_id: UUID, principal: UserPrincipal) -> ApiKey:
     require_full_scope(principal, "revoke keys")
     revoked = await keys.revoke_key(principal.user_id, key_id)
     if revoked is None:
@@ -72,13 +71,14 @@ async def revoke_key(key_id: UUID, principal: UserPrincipal) -> dict[str, Any]:
 
 
 @router.get("/v1/provider-keys")
-async def list_provider_keys(principal: UserPrincipal) -> dict[str, Any]:
-    return {"object": "list", "data": await byok.list_for(principal.user_id), "providers": list(byok.PROVIDERS)}
+async def list_provider_keys(principal: UserPrincipal) -> ProviderKeyList:
+    return ProviderKeyList(data=await byok.list_for(principal.user_id), providers=list(byok.PROVIDERS))
 
 
-@router.put("/v1/provider-keys/{provider}")
+@router.put("/v1/provider-keys/{provider}", response_description="Replaced the stored key",
+            responses={201: {"model": ProviderKey, "description": "Stored (there was none)"}})
 async def put_provider_key(provider: str, body: PutProviderKey, principal: UserPrincipal,
-                           response: Response) -> dict[str, Any]:
+                           response: Response) -> ProviderKey:
     provider = byok.validate_provider(provider)
     require_full_scope(principal, "change provider keys")
     existed = await byok.get(principal.user_id, provider) is not None
@@ -90,7 +90,7 @@ async def put_provider_key(provider: str, body: PutProviderKey, principal: UserP
 
 
 @router.get("/v1/provider-keys/{provider}")
-async def get_provider_key(provider: str, principal: UserPrincipal) -> dict[str, Any]:
+async def get_provider_key(provider: str, principal: UserPrincipal) -> ProviderKey:
     stored = await byok.get(principal.user_id, provider)
     if stored is None:
         raise NotFound(f"No {byok.validate_provider(provider)} key is stored.", code="provider_key_not_found",
@@ -99,9 +99,9 @@ async def get_provider_key(provider: str, principal: UserPrincipal) -> dict[str,
 
 
 @router.delete("/v1/provider-keys/{provider}")
-async def delete_provider_key(provider: str, principal: UserPrincipal) -> dict[str, Any]:
+async def delete_provider_key(provider: str, principal: UserPrincipal) -> ProviderKeyDeleted:
     provider = byok.validate_provider(provider)
     require_full_scope(principal, "change provider keys")
     if not await byok.delete(principal.user_id, provider):
         raise NotFound(f"No {provider} key is stored.", code="provider_key_not_found", param="provider")
-    return {"object": "provider_key", "provider": provider, "deleted": True}
+    return ProviderKeyDeleted(provider=provider)

@@ -13,29 +13,35 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from ..auth import require_api_key
 from ..http import error_responses
 from ..money.format import dumps_exact
 from . import usage
 from .identity import UserPrincipal
+from .schema import CreditsResponse, KeyInfoResponse
 
 router = APIRouter(responses=error_responses(401, 404))
 
 
 class ExactJSONResponse(JSONResponse):
-    """JSON with Decimals as exact numbers."""
+    """A response model as JSON with its Decimals as exact numbers. (FastAPI's own serialization
+    would write them as strings, so these routes return the rendered response; ``response_model``
+    documents it.)"""
 
     def render(self, content: Any) -> bytes:
+        if isinstance(content, BaseModel):
+            content = content.model_dump()
         return dumps_exact(content).encode("utf-8")
 
 
-@router.get("/v1/key", response_class=ExactJSONResponse)
+@router.get("/v1/key", response_class=ExactJSONResponse, response_model=KeyInfoResponse)
 async def current_key(request: Request) -> ExactJSONResponse:
     principal = await require_api_key(request)
-    return ExactJSONResponse({"data": await usage.key_info(principal)})
+    return ExactJSONResponse(KeyInfoResponse(data=await usage.key_info(principal)))
 
 
-@router.get("/v1/credits", response_class=ExactJSONResponse)
+@router.get("/v1/credits", response_class=ExactJSONResponse, response_model=CreditsResponse)
 async def credits(principal: UserPrincipal) -> ExactJSONResponse:
-    return ExactJSONResponse({"data": await usage.credits(principal.user_id)})
+    return ExactJSONResponse(CreditsResponse(data=await usage.credits(principal.user_id)))

@@ -8,6 +8,7 @@ import base64
 import binascii
 import datetime as dt
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
@@ -19,6 +20,21 @@ from ..errors import BadRequest, NotFound
 from ..money import ledger
 from ..money.format import money
 from ..money.pricing import to_credit
+from .schema import (
+    Balance,
+    BalanceKey,
+    Credits,
+    KeyInfo,
+    KeyRateLimit,
+    Quota,
+    RateLimit,
+    UsageByDay,
+    UsageByModel,
+    UsagePage,
+    UsageRecord,
+    UsageSummary,
+    UsageTotals,
+)
 
 UTC = dt.UTC
 MAX_PAGE = 100
@@ -95,7 +111,7 @@ def _filters(user_id: UUID | str, start: dt.datetime | None, end: dt.datetime | 
 
 
 # --------------------------------------------------------------------------- balance
-async def balance(principal: Principal) -> dict[str, Any]:
+async def balance(principal: Principal) -> Balance:
     row = await db.fetchone(
         "SELECT u.tier, b.balance, b.reserved, b.period_start, b.period_requests, "
         "k.id AS key_id, k.name AS key_name, k.rpm AS key_rpm, k.spend_cap, k.spent, k.reserved AS key_reserved "
@@ -109,43 +125,36 @@ async def balance(principal: Principal) -> dict[str, Any]:
     period = ledger.period_start()
     used = row["period_requests"] if row["period_start"] >= period else 0
     limit = tier.monthly_quota
-    body: dict[str, Any] = {
-        "object": "balance",
-        "balance": money(row["balance"] - row["reserved"]),   # available to spend now
-        "reserved": money(row["reserved"]),                    # held by requests in flight
-        "total": money(row["balance"]),                        # balance + reserved (the ledger sum)
-        "currency": "USD",
-        "tier": tier.name,
-        "rate_limit": {"requests_per_minute": tier.rpm},
-        "quota": {"period_start": period.isoformat(), "resets_at": ledger.next_period_start().isoformat(),
-                  "requests_used": used, "requests_limit": limit,
-                  "requests_remaining": None if limit is None else max(limit - used, 0)},
-    }
+    key: BalanceKey | None = None
     if row["key_id"] is not None:
         capped = row["spend_cap"] is not None
-        body["api_key"] = {
-            "id": str(row["key_id"]), "name": row["key_name"], "rpm": row["key_rpm"],
-            "spend_cap": money(row["spend_cap"]) if capped else None,
-            "spent": money(row["spent"]) if capped else None,
-            "remaining": money(max(row["spend_cap"] - row["spent"] - row["key_reserved"], Decimal(0)))
-            if capped else None}
-    return body
+        key = BalanceKey(
+            id=row["key_id"], name=row["key_name"], rpm=row["key_rpm"],
+            spend_cap=money(row["spend_cap"]) if capped else None,
+            spent=money(row["spent"]) if capped else None,
+            remaining=money(max(row["spend_cap"] - row["spent"] - row["key_reserved"], Decimal(0)))
+            if capped else None)
+    return Balance(
+        balance=money(row["balance"] - row["reserved"]), reserved=money(row["reserved"]),
+        total=money(row["balance"]), tier=tier.name, rate_limit=RateLimit(requests_per_minute=tier.rpm),
+        quota=Quota(period_start=period, resets_at=ledger.next_period_start(), requests_used=used,
+                    requests_limit=limit, requests_remaining=None if limit is None else max(limit - used, 0)),
+        api_key=key)
 
 
 # --------------------------------------------------------------------------- usage records
-def _record(r: dict[str, Any]) -> dict[str, Any]:
-    return {"object": "usage_record", "id": r["request_id"], "created_at": r["created_at"],
-            "api_key_id": str(r["api_key_id"]) if r["api_key_id"] else None, "model": r["model_requested"],
-            "model_served": r["model_served"], "provider": r["provider"], "status": r["status"],
-            "stream": r["stream"], "byok": r["byok"], "prompt_tokens": r["prompt_tokens"],
-            "completion_tokens": r["completion_tokens"], "cached_tokens": r["cached_tokens"],
-            "total_tokens": r["prompt_tokens"] + r["completion_tokens"], "charge": money(r["charge"]),
-            "estimated": r["estimated"], "latency_ms": r["latency_ms"], "error_code": r["error_code"]}
+def _record(r: dict[str, Any]) -> UsageRecord:
+    return UsageRecord(
+        id=r["request_id"], created_at=r["created_at"], api_key_id=r["api_key_id"], model=r["model_requested"],
+        model_served=r["model_served"], provider=r["provider"], status=r["status"], stream=r["stream"],
+        byok=r["byok"], prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+        cached_tokens=r["cached_tokens"], total_tokens=r["prompt_tokens"] + r["completion_tokens"],
+        charge=money(r["charge"]), estimated=r["estimated"], latency_ms=r["latency_ms"], error_code=r["error_code"])
 
 
 async def list_usage(user_id: UUID | str, *, limit: int = 20, cursor: str | None = None, from_: str | None = None,
                      to: str | None = None, model: str | None = None, api_key_id: UUID | None = None
-                     ) -> dict[str, Any]:
+                     ) -> UsagePage:
     start, end = _range(from_, to)
     conds, params = _filters(user_id, start, end, model, api_key_id)
     if cursor:
@@ -160,15 +169,24 @@ async def list_usage(user_id: UUID | str, *, limit: int = 20, cursor: str | None
     has_more = len(rows) >= params["n"]
     rows = rows[: params["n"] - 1]
     next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if has_more and rows else None
-    return {"object": "list", "data": [_record(r) for r in rows], "has_more": has_more, "next_cursor": next_cursor}
+    return UsagePage(data=[_record(r) for r in rows], has_more=has_more, next_cursor=next_cursor)
 
 
 GROUPS = {"day": "(created_at AT TIME ZONE 'UTC')::date", "model": "COALESCE(model_served, model_requested)"}
+TOTALLED = ("requests", "failed_requests", "prompt_tokens", "completion_tokens", "cached_tokens", "charge")
+
+
+def _totals(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``UsageTotals`` fields of a group's row (or of the sums of all groups)."""
+    prompt, completion = int(r["prompt_tokens"]), int(r["completion_tokens"])
+    return {"requests": int(r["requests"]), "failed_requests": int(r["failed_requests"]), "prompt_tokens": prompt,
+            "completion_tokens": completion, "cached_tokens": int(r["cached_tokens"]),
+            "total_tokens": prompt + completion, "charge": money(r["charge"])}
 
 
 async def summary(user_id: UUID | str, *, group_by: Literal["day", "model"] = "day", from_: str | None = None,
                   to: str | None = None, model: str | None = None, api_key_id: UUID | None = None
-                  ) -> dict[str, Any]:
+                  ) -> UsageSummary:
     start, end = _range(from_, to)
     if start is None:
         p = ledger.period_start()
@@ -183,22 +201,13 @@ async def summary(user_id: UUID | str, *, group_by: Literal["day", "model"] = "d
         "COALESCE(sum(completion_tokens), 0)::bigint AS completion_tokens, "
         "COALESCE(sum(cached_tokens), 0)::bigint AS cached_tokens, COALESCE(sum(charge), 0) AS charge "
         "FROM usage_records WHERE " + " AND ".join(conds) + " GROUP BY 1 ORDER BY 1", params)
-    totals = {"requests": 0, "failed_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}
-    total_charge = Decimal(0)
-    data = []
-    for r in rows:
-        key = r["key"].isoformat() if isinstance(r["key"], dt.date) else r["key"]
-        counts = {k: int(r[k]) for k in totals}
-        item: dict[str, Any] = {group_by: key, **counts,
-                                "total_tokens": counts["prompt_tokens"] + counts["completion_tokens"],
-                                "charge": money(r["charge"])}
-        data.append(item)
-        for k in totals:
-            totals[k] += counts[k]
-        total_charge += r["charge"]
-    return {"object": "usage_summary", "group_by": group_by, "from": start, "to": end, "data": data,
-            "total": {**totals, "total_tokens": totals["prompt_tokens"] + totals["completion_tokens"],
-                      "charge": money(total_charge)}}
+    data: list[UsageByDay] | list[UsageByModel]
+    if group_by == "day":
+        data = [UsageByDay(day=r["key"], **_totals(r)) for r in rows]
+    else:
+        data = [UsageByModel(model=r["key"], **_totals(r)) for r in rows]
+    sums = {k: sum(r[k] for r in rows) for k in TOTALLED}
+    return UsageSummary(group_by=group_by, from_=start, to=end, data=data, total=UsageTotals(**_totals(sums)))
 
 
 # --------------------------------------------------------------------------- OpenRouter-style views
@@ -227,7 +236,7 @@ GROUP BY k.id, u.tier
 """
 
 
-async def key_info(principal: Principal, now: dt.datetime | None = None) -> dict[str, Any]:
+async def key_info(principal: Principal, now: dt.datetime | None = None) -> KeyInfo:
     """OpenRouter's ``GET /api/v1/key`` data for the calling key. Amounts are Decimals (USD): the
     route writes them as exact JSON numbers. ``usage*`` is what we charged through this key (UTC
     day / week from Monday / month); ``byok_usage*`` the provider cost of its BYOK requests (paid to
@@ -243,16 +252,13 @@ async def key_info(principal: Principal, now: dt.datetime | None = None) -> dict
     cap = row["spend_cap"]
     remaining = None if cap is None else max(cap - row["spent"] - row["reserved"], Decimal(0))
     rpm = min(tier.rpm, row["rpm"]) if row["rpm"] else tier.rpm
-    data: dict[str, Any] = {"label": row["name"], "limit": cap, "limit_remaining": remaining, "limit_reset": None,
-                            "include_byok_in_limit": False}
-    for window in ("", "_daily", "_weekly", "_monthly"):
-        data[f"usage{window}"] = row[f"usage{window}"]
-    for window in ("", "_daily", "_weekly", "_monthly"):
-        data[f"byok_usage{window}"] = to_credit(row[f"byok_usage{window}"])
-    data.update({"is_free_tier": tier.name == "free", "is_provisioning_key": False, "is_management_key": False,
-                 "creator_user_id": str(principal.user_id), "expires_at": None,
-                 "rate_limit": {"requests": rpm, "interval": "1m"}})
-    return data
+    return KeyInfo(
+        label=row["name"], limit=cap, limit_remaining=remaining,
+        usage=row["usage"], usage_daily=row["usage_daily"], usage_weekly=row["usage_weekly"],
+        usage_monthly=row["usage_monthly"], byok_usage=to_credit(row["byok_usage"]),
+        byok_usage_daily=to_credit(row["byok_usage_daily"]), byok_usage_weekly=to_credit(row["byok_usage_weekly"]),
+        byok_usage_monthly=to_credit(row["byok_usage_monthly"]), is_free_tier=tier.name == "free",
+        creator_user_id=str(principal.user_id), rate_limit=KeyRateLimit(requests=rpm))
 
 
 CREDITS_SQL = """
@@ -263,11 +269,11 @@ FROM balances b WHERE b.user_id = %s
 """
 
 
-async def credits(user_id: UUID | str) -> dict[str, Decimal]:
+async def credits(user_id: UUID | str) -> Credits:
     """OpenRouter's ``GET /api/v1/credits`` data: ``total_usage`` = every usage charge in the ledger,
     ``total_credits`` = balance + total_usage, so ``total_credits - total_usage`` is exactly the
     ledger balance (credit held for requests in flight is not usage yet: see ``/v1/balance``)."""
     row = await db.fetchone(CREDITS_SQL, (user_id,))
     if row is None:
         raise NotFound("Account not found.", code="user_not_found")
-    return {"total_credits": row["balance"] + row["used"], "total_usage": row["used"]}
+    return Credits(total_credits=row["balance"] + row["used"], total_usage=row["used"])

@@ -7,9 +7,27 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, overload
+
+from pydantic import Field, WithJsonSchema
 
 from .pricing import CREDIT_QUANTUM
+
+MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{8}$"
+# A response field holding what :func:`money` writes: USD as an exact decimal string, 8 places.
+MoneyStr = Annotated[str, Field(pattern=MONEY_PATTERN, examples=["9.50000000"],
+                                description="USD, an exact decimal string with 8 places")]
+# A response field written by :func:`dumps_exact`: USD as an exact JSON number (OpenRouter's views).
+ExactAmount = Annotated[Decimal, WithJsonSchema({"type": "number", "examples": [9.5],
+                                                 "description": "USD, an exact JSON number (never via a float)"})]
+
+
+@overload
+def money(amount: Decimal | int) -> str: ...
+
+
+@overload
+def money(amount: None) -> None: ...
 
 
 def money(amount: Decimal | int | None) -> str | None:
