@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Request
@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .. import db
 from ..account import users
 from ..account.identity import UserPrincipal
+from ..account.schema import Body, IsoTimestamp, RateLimit, example
 from ..auth import require_full_scope
 from ..config import Tier, get_settings
 from ..errors import BadRequest, Conflict, NotFound, ServiceUnavailable, UpstreamError
@@ -63,6 +64,57 @@ class CheckoutRequest(BaseModel):
         if (self.credits is None) == (self.plan is None):
             raise ValueError("send exactly one of 'credits' (USD amount) or 'plan' (tier name)")
         return self
+
+
+# --------------------------------------------------------------------------- responses
+_SESSION_URL = "https://checkout.stripe.com/c/pay/cs_test_a1B2c3D4e5F6g7H8"
+
+
+class CheckoutSession(Body):
+    model_config = example({"object": "checkout.session", "id": "cs_test_a1B2c3D4e5F6g7H8", "url": _SESSION_URL,
+                            "mode": "payment"})
+
+    object: Literal["checkout.session"] = "checkout.session"
+    id: str
+    url: str = Field(description="send the customer here")
+    mode: Literal["payment", "subscription"]
+
+
+class PortalSession(Body):
+    model_config = example({"object": "billing_portal.session", "id": "bps_1Q2w3E4r5T6y7U8i",
+                            "url": "https://billing.stripe.com/p/session/test_YWNjdF8x"})
+
+    object: Literal["billing_portal.session"] = "billing_portal.session"
+    id: str
+    url: str = Field(description="send the customer here")
+
+
+class SubscriptionQuota(Body):
+    limit: int | None = Field(description="monthly requests; null: unlimited")
+    used: int
+    remaining: int | None
+    resets_at: dt.date
+
+
+class Subscription(Body):
+    model_config = example({
+        "object": "subscription", "tier": "pro", "status": "active", "subscription_id": "sub_1Q2w3E4r5T6y7U8i",
+        "current_period_end": "2025-04-01T00:00:00+00:00", "cancel_at_period_end": False, "cancel_at": None,
+        "payment_failed_at": None, "included_credit": "5", "rate_limit": {"requests_per_minute": 60},
+        "quota": {"limit": 1000, "used": 12, "remaining": 988, "resets_at": "2025-04-01"}})
+
+    object: Literal["subscription"] = "subscription"
+    tier: str
+    status: str = Field(description="Stripe's subscription status, or 'none'")
+    subscription_id: str | None
+    current_period_end: IsoTimestamp | None
+    cancel_at_period_end: bool
+    cancel_at: IsoTimestamp | None
+    payment_failed_at: IsoTimestamp | None
+    included_credit: str = Field(description="USD of credit each paid period adds, a decimal string",
+                                 examples=["5"])
+    rate_limit: RateLimit
+    quota: SubscriptionQuota
 
 
 def _iso(value: dt.datetime | dt.date | None) -> str | None:
@@ -147,7 +199,7 @@ async def _ensure_usd(plan: Tier) -> None:
 
 
 @router.post("/v1/billing/checkout")
-async def create_checkout(body: CheckoutRequest, request: Request, principal: UserPrincipal) -> dict[str, Any]:
+async def create_checkout(body: CheckoutRequest, request: Request, principal: UserPrincipal) -> CheckoutSession:
     require_full_scope(principal, "start a checkout")
     settings = get_settings()
     user_id = str(principal.user_id)
@@ -191,11 +243,11 @@ async def create_checkout(body: CheckoutRequest, request: Request, principal: Us
         "INSERT INTO checkout_sessions (id, user_id, mode, credits, plan, stripe_customer_id) "
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
         (session.id, principal.user_id, params["mode"], credits, plan.name if plan else None, customer))
-    return {"object": "checkout.session", "id": session.id, "url": session.url, "mode": params["mode"]}
+    return CheckoutSession(id=session.id, url=session.url, mode=params["mode"])
 
 
 @router.post("/v1/billing/portal")
-async def create_portal(request: Request, principal: UserPrincipal) -> dict[str, Any]:
+async def create_portal(request: Request, principal: UserPrincipal) -> PortalSession:
     require_full_scope(principal, "open the billing portal")
     settings = get_settings()
     user = await _user(principal.user_id)
@@ -204,11 +256,11 @@ async def create_portal(request: Request, principal: UserPrincipal) -> dict[str,
         customer, _redirect_url("billing_portal_return_url"),
         stripe_api.idempotency_key("portal", str(principal.user_id), _client_key(request)),
         configuration=settings.stripe_portal_configuration_id or None)
-    return {"object": "billing_portal.session", "id": session.id, "url": session.url}
+    return PortalSession(id=session.id, url=session.url)
 
 
 @router.get("/v1/subscription")
-async def get_subscription(principal: UserPrincipal) -> dict[str, Any]:
+async def get_subscription(principal: UserPrincipal) -> Subscription:
     settings = get_settings()
     user = await _user(principal.user_id)
     async with db.connection() as conn:
@@ -216,17 +268,16 @@ async def get_subscription(principal: UserPrincipal) -> dict[str, Any]:
     tier = settings.tier(user["tier"])
     used = 0 if user["period_start"] < period_start() else int(user["period_requests"])
     limit = tier.monthly_quota
-    return {
-        "object": "subscription",
-        "tier": tier.name,
-        "status": sub["status"] if sub else "none",
-        "subscription_id": sub["stripe_subscription_id"] if sub else None,
-        "current_period_end": _iso(sub["current_period_end"]) if sub else None,
-        "cancel_at_period_end": bool(sub["cancel_at_period_end"]) if sub else False,
-        "cancel_at": _iso(sub["cancel_at"]) if sub else None,
-        "payment_failed_at": _iso(sub["payment_failed_at"]) if sub else None,
-        "included_credit": str(tier.included_credit),
-        "rate_limit": {"requests_per_minute": tier.rpm},
-        "quota": {"limit": limit, "used": used, "remaining": None if limit is None else max(limit - used, 0),
-                  "resets_at": next_period_start().isoformat()},
-    }
+    return Subscription(
+        tier=tier.name,
+        status=sub["status"] if sub else "none",
+        subscription_id=sub["stripe_subscription_id"] if sub else None,
+        current_period_end=_iso(sub["current_period_end"]) if sub else None,
+        cancel_at_period_end=bool(sub["cancel_at_period_end"]) if sub else False,
+        cancel_at=_iso(sub["cancel_at"]) if sub else None,
+        payment_failed_at=_iso(sub["payment_failed_at"]) if sub else None,
+        included_credit=str(tier.included_credit),
+        rate_limit=RateLimit(requests_per_minute=tier.rpm),
+        quota=SubscriptionQuota(limit=limit, used=used, remaining=None if limit is None else max(limit - used, 0),
+                                resets_at=next_period_start()),
+    )

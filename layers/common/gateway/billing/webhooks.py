@@ -37,14 +37,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from pydantic import Field
 
 from .. import db
+from ..account.schema import Body, example
 from ..config import Settings, Tier, get_settings
 from ..errors import BadRequest, InternalError, ServiceUnavailable, UpstreamError
 from ..money import ledger
@@ -135,14 +136,23 @@ def _check_event_shape(event: Any) -> None:
 
 
 # --------------------------------------------------------------------------- route
+class Ack(Body):
+    """Stripe's delivery succeeded (it stops retrying); ``outcome`` says what the event did."""
+
+    model_config = example({"received": True, "id": "evt_1Q2w3E4r5T6y7U8i", "outcome": "credited"})
+
+    received: Literal[True] = True
+    id: str = Field(description="the event id")
+    outcome: str = Field(description="ignored (not a handled type), duplicate (already processed) or what it did")
+
+
 @router.post("/webhooks/stripe")
-async def stripe_webhook(request: Request) -> JSONResponse:
+async def stripe_webhook(request: Request) -> Ack:
     payload = await request.body()
-    body = await handle(payload, request.headers.get("stripe-signature"))
-    return JSONResponse(body)
+    return await handle(payload, request.headers.get("stripe-signature"))
 
 
-async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
+async def handle(payload: bytes, signature: str | None) -> Ack:
     settings = get_settings()
     if not settings.stripe_webhook_secret:
         _count("unknown", "failed")
@@ -152,7 +162,7 @@ async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
     event_type, event_id = event["type"], event["id"]
     if event_type not in HANDLERS:
         _count(event_type, "ignored")
-        return {"received": True, "id": event_id, "outcome": "ignored"}
+        return Ack(id=event_id, outcome="ignored")
     try:
         outcome = await process(event)
     except db.DatabaseUnavailable:  # database down or hung: 503 + Retry-After (gateway.http), no traceback
@@ -168,7 +178,7 @@ async def handle(payload: bytes, signature: str | None) -> dict[str, Any]:
     logger.info("stripe webhook", extra={"event_id": event_id, "event_type": event_type, "outcome": outcome.name,
                                          "detail": outcome.detail,
                                          "user_id": str(outcome.user_id) if outcome.user_id else None})
-    return {"received": True, "id": event_id, "outcome": outcome.name}
+    return Ack(id=event_id, outcome=outcome.name)
 
 
 class FetchFirst(Exception):

@@ -62,7 +62,7 @@ async def usage_breakdown(
     principal: UserPrincipal,
     from_: str | None = Query(None, alias="from", max_length=64, description="inclusive; default 30 days ago"),
     to: str | None = Query(None, max_length=64, description="exclusive (a bare date: that whole day); default now"),
-) -> dict[str, Any]:
+) -> usage.UsageBreakdown:
     return await usage.breakdown(principal.user_id, from_, to)
 
 

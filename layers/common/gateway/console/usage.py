@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Literal
 from uuid import UUID
 
+from pydantic import AliasChoices, Field
+
 from .. import db
+from ..account.schema import Body, IsoTimestamp, example
 from ..account.usage import parse_time
 from ..errors import BadRequest
-from ..money.format import money
+from ..money.format import MoneyStr, money
 
 UTC = dt.UTC
 DEFAULT_DAYS = 30
@@ -51,19 +54,41 @@ def window(from_: str | None, to: str | None, now: dt.datetime | None = None) ->
     return start, end
 
 
-async def breakdown(user_id: UUID, from_: str | None, to: str | None) -> dict[str, Any]:
+class BreakdownRow(Body):
+    day: dt.date
+    model: str = Field(description="the model served (else requested)")
+    api_key_id: UUID | None
+    requests: int
+    failed_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    charge: MoneyStr
+
+
+class UsageBreakdown(Body):
+    model_config = example({
+        "object": "usage_breakdown", "from": "2025-02-01T00:00:00+00:00", "to": "2025-03-02T00:00:00+00:00",
+        "data": [{"day": "2025-03-01", "model": "openai/gpt-4o-mini",
+                  "api_key_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "requests": 3, "failed_requests": 0,
+                  "prompt_tokens": 30, "completion_tokens": 15, "total_tokens": 45, "charge": "0.00300000"}],
+        "truncated": False, "total_charge": "0.00300000"})
+
+    object: Literal["usage_breakdown"] = "usage_breakdown"
+    from_: IsoTimestamp = Field(serialization_alias="from", validation_alias=AliasChoices("from_", "from"))
+    to: IsoTimestamp
+    data: list[BreakdownRow] = Field(description=f"by day, model and key; at most {MAX_ROWS} rows")
+    truncated: bool = Field(description=f"more than {MAX_ROWS} rows: narrow the window")
+    total_charge: MoneyStr
+
+
+async def breakdown(user_id: UUID, from_: str | None, to: str | None) -> UsageBreakdown:
     start, end = window(from_, to)
     rows = await db.fetchall(BREAKDOWN_SQL, {"user_id": user_id, "start": start, "end": end, "n": MAX_ROWS + 1})
-    truncated = len(rows) > MAX_ROWS
-    data = []
-    total = Decimal(0)
-    for r in rows[:MAX_ROWS]:
-        prompt, completion = int(r["prompt_tokens"]), int(r["completion_tokens"])
-        data.append({"day": r["day"].isoformat(), "model": r["model"],
-                     "api_key_id": str(r["api_key_id"]) if r["api_key_id"] else None,
-                     "requests": int(r["requests"]), "failed_requests": int(r["failed_requests"]),
-                     "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                     "charge": money(r["charge"])})
-        total += r["charge"]
-    return {"object": "usage_breakdown", "from": start.isoformat(), "to": end.isoformat(), "data": data,
-            "truncated": truncated, "total_charge": money(total)}
+    data = [BreakdownRow(day=r["day"], model=r["model"], api_key_id=r["api_key_id"], requests=r["requests"],
+                         failed_requests=r["failed_requests"], prompt_tokens=r["prompt_tokens"],
+                         completion_tokens=r["completion_tokens"],
+                         total_tokens=int(r["prompt_tokens"]) + int(r["completion_tokens"]), charge=money(r["charge"]))
+            for r in rows[:MAX_ROWS]]
+    return UsageBreakdown(from_=start.isoformat(), to=end.isoformat(), data=data, truncated=len(rows) > MAX_ROWS,
+                          total_charge=money(sum((r["charge"] for r in rows[:MAX_ROWS]), Decimal(0))))
