@@ -340,15 +340,34 @@ def _hoist_defs(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def openapi_schema(app: FastAPI) -> dict[str, Any]:
+def _response_examples(routers: Iterable[APIRouter]) -> dict[str, list[Any]]:
+    """The examples of every response model (and the models in it) by name, as pydantic writes
+    them: FastAPI encodes the document with ``exclude_none``, which drops the null fields of an
+    example, so an example of a nullable required field would no longer match its own schema."""
+    found: dict[str, list[Any]] = {}
+    for route in (route for router in routers for route in router.routes):
+        model = getattr(route, "response_model", None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            schema = model.model_json_schema(mode="serialization")
+            for name, sub in {**schema.get("$defs", {}), model.__name__: schema}.items():
+                if sub.get("examples"):
+                    found.setdefault(name, sub["examples"])
+    return found
+
+
+def openapi_schema(app: FastAPI, routers: Iterable[APIRouter] = ()) -> dict[str, Any]:
     """The app's OpenAPI with the real error statuses: FastAPI's unused 422 removed (validation
-    errors are our 400), the common errors on every operation, ``$defs`` hoisted."""
+    errors are our 400), the common errors on every operation, ``$defs`` hoisted, response
+    examples as written (nulls kept)."""
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     defs: dict[str, Any] = {}
     schema = _hoist_defs(schema, defs)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, sub in defs.items():
         components.setdefault(name, sub)
+    for name, examples in _response_examples(routers).items():
+        if "examples" in components.get(name, {}):
+            components[name]["examples"] = examples
     error_schema = _hoist_defs(ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"), components)
     components.setdefault("ErrorBody", error_schema)
     for name in ("HTTPValidationError", "ValidationError"):
@@ -375,6 +394,7 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
     fastapi_kwargs.setdefault("redoc_url", None)
     fastapi_kwargs.setdefault("openapi_url", None if settings.deployed else "/openapi.json")
     app = FastAPI(title=title, **fastapi_kwargs)
+    routers = list(routers)
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(GatewayError, _gateway_error)
@@ -390,7 +410,7 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = openapi_schema(app)
+            app.openapi_schema = openapi_schema(app, routers)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
