@@ -6,15 +6,18 @@ value a command produces (a user id, a key) is the only line on stdout; details 
 Exit status: 0 ok, 1 failed (one line ``mlp: error: ...`` on stderr, no traceback for expected
 errors), 2 bad usage.
 
-Adding a command: write ``def _add_<name>(sub)`` that creates its parser and sets
-``func=<handler>`` (a sync ``(args) -> int``, or an ``async`` one wrapped in ``_run_async``), and
-append it to ``COMMANDS`` below.
+Adding a command: write its handler (a sync ``(args) -> int``, or an ``async`` one wrapped in
+``_run_async``; its docstring is the command's description in ``mlp <command> --help``) and
+``def _add_<name>(sub)`` that declares it with ``_command`` and adds its arguments, and append that
+to ``COMMANDS`` below.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import inspect
 import logging
 import sys
 import uuid
@@ -82,6 +85,7 @@ def _usd(amount: Decimal) -> str:
 def _run_async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Handler:
     """Run an async command in its own event loop and close the connection pool afterwards."""
 
+    @functools.wraps(fn)
     def handler(args: argparse.Namespace) -> int:
         async def main() -> int:
             from . import db
@@ -93,12 +97,23 @@ def _run_async(fn: Callable[[argparse.Namespace], Awaitable[int]]) -> Handler:
 
         return asyncio.run(main())
 
-    handler.__name__ = getattr(fn, "__name__", "handler")
     return handler
+
+
+def _command(sub: SubParsers, name: str, handler: Handler, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The subcommand ``name``: ``help`` is its line in ``mlp --help``, the handler's docstring its
+    description in ``mlp <name> --help``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=inspect.getdoc(handler), **kwargs)
+    p.set_defaults(func=handler)
+    return p
 
 
 # ----------------------------------------------------------------------------------- migrate
 def _cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the migrations shipped in the gateway package, in order, on DATABASE_DIRECT_URL (the
+    direct, non-pooled endpoint; DATABASE_URL if unset); safe to run concurrently and repeatedly.
+    Also sets the database's default statement_timeout (DB_STATEMENT_TIMEOUT_MS) for the functions'
+    pooled connections. Prints the versions applied by this run; fails if it finds no migrations."""
     from .config import get_settings, is_pooled_url
     from .db import tls_kwargs
     from .migrate import current_version, migrate
@@ -124,16 +139,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _add_migrate(sub: SubParsers) -> None:
-    p = sub.add_parser("migrate", help="apply pending SQL migrations (DATABASE_DIRECT_URL, else DATABASE_URL)",
-                       description="Apply the migrations shipped in the gateway package, in order, on "
-                                   "DATABASE_DIRECT_URL (the direct, non-pooled endpoint; DATABASE_URL if unset); "
-                                   "safe to run concurrently and repeatedly. Also sets the database's default "
-                                   "statement_timeout (DB_STATEMENT_TIMEOUT_MS) for the functions' pooled "
-                                   "connections. Prints the versions applied by this run; fails if it finds no "
-                                   "migrations.")
+    p = _command(sub, "migrate", _cmd_migrate, "apply pending SQL migrations (DATABASE_DIRECT_URL, else DATABASE_URL)")
     p.add_argument("--dir", type=_dir, default=None,
                    help="migrations directory (default: the gateway package's migrations)")
-    p.set_defaults(func=_cmd_migrate)
 
 
 def _dir(value: str) -> Any:
@@ -166,12 +174,11 @@ async def _cmd_create_user(args: argparse.Namespace) -> int:
 
 
 def _add_create_user(sub: SubParsers) -> None:
-    p = sub.add_parser("create-user", help="create a user (prints the user id)")
+    p = _command(sub, "create-user", _run_async(_cmd_create_user), "create a user (prints the user id)")
     p.add_argument("--email", required=True)
     p.add_argument("--tier", default="free", help="tier name from the tier table (default: free)")
     p.add_argument("--credit", type=_decimal, default=Decimal(0), metavar="USD",
                    help="initial credit in USD, recorded as a ledger entry (default: none)")
-    p.set_defaults(func=_run_async(_cmd_create_user))
 
 
 async def _cmd_create_key(args: argparse.Namespace) -> int:
@@ -187,13 +194,12 @@ async def _cmd_create_key(args: argparse.Namespace) -> int:
 
 
 def _add_create_key(sub: SubParsers) -> None:
-    p = sub.add_parser("create-key", help="create an API key (prints the secret, once)")
+    p = _command(sub, "create-key", _run_async(_cmd_create_key), "create an API key (prints the secret, once)")
     p.add_argument("--user-id", required=True, type=_uuid)
     p.add_argument("--name", default="default")
     p.add_argument("--rpm", type=_positive_int, default=None, help="this key's own requests per minute")
     p.add_argument("--spend-cap", type=_decimal, default=None, metavar="USD",
                    help="USD this key may spend in total (enforced atomically with each reservation)")
-    p.set_defaults(func=_run_async(_cmd_create_key))
 
 
 async def _cmd_revoke_key(args: argparse.Namespace) -> int:
@@ -207,13 +213,15 @@ async def _cmd_revoke_key(args: argparse.Namespace) -> int:
 
 
 def _add_revoke_key(sub: SubParsers) -> None:
-    p = sub.add_parser("revoke-key", help="revoke an API key")
+    p = _command(sub, "revoke-key", _run_async(_cmd_revoke_key), "revoke an API key")
     p.add_argument("--key-id", required=True, type=_uuid)
-    p.set_defaults(func=_run_async(_cmd_revoke_key))
 
 
 # ----------------------------------------------------------------------------------- credit
 async def _cmd_grant_credits(args: argparse.Namespace) -> int:
+    """Record a ledger entry for a user. A negative amount is a deduction and is refused if it
+    exceeds the available credit (unless --allow-negative). With an explicit --reference the
+    command is idempotent: re-running it changes nothing."""
     from .money import ledger
 
     amount: Decimal = args.amount
@@ -234,11 +242,8 @@ async def _cmd_grant_credits(args: argparse.Namespace) -> int:
 
 
 def _add_grant_credits(sub: SubParsers) -> None:
-    p = sub.add_parser("grant-credits", help="add (or, with a negative amount, deduct) credit",
-                       description="Record a ledger entry for a user. A negative amount is a deduction and is "
-                                   "refused if it exceeds the available credit (unless --allow-negative). With "
-                                   "an explicit --reference the command is idempotent: re-running it changes "
-                                   "nothing.")
+    p = _command(sub, "grant-credits", _run_async(_cmd_grant_credits),
+                 "add (or, with a negative amount, deduct) credit")
     p.add_argument("--user-id", required=True, type=_uuid)
     p.add_argument("--amount", required=True, type=_decimal, metavar="USD",
                    help="USD, up to 8 decimal places; negative = deduction (use --amount=-5)")
@@ -247,11 +252,13 @@ def _add_grant_credits(sub: SubParsers) -> None:
                    help="unique reference making the grant idempotent (default: a new admin:<uuid>)")
     p.add_argument("--allow-negative", action="store_true",
                    help="allow a deduction to take available credit below zero")
-    p.set_defaults(func=_run_async(_cmd_grant_credits))
 
 
 # ----------------------------------------------------------------------------------- doctor
 async def _cmd_doctor(args: argparse.Namespace) -> int:
+    """Checks the schema version and the ledger invariants (balance = sum of the ledger, reserved =
+    sum of open reservations), releases reservations left by functions that died mid-request, and
+    exits 1 if anything is wrong."""
     from . import db
     from .config import get_settings
     from .money import ledger
@@ -316,18 +323,19 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _add_doctor(sub: SubParsers) -> None:
-    p = sub.add_parser("doctor", aliases=["check"], help="check the books; release orphan reservations",
-                       description="Checks the schema version and the ledger invariants (balance = sum of the "
-                                   "ledger, reserved = sum of open reservations), releases reservations left by "
-                                   "functions that died mid-request, and exits 1 if anything is wrong.")
+    p = _command(sub, "doctor", _run_async(_cmd_doctor), "check the books; release orphan reservations",
+                 aliases=["check"])
     p.add_argument("--release-orphans-older-than", type=_positive_int, default=None, metavar="MINUTES",
                    help="release reservations older than this (default: RESERVATION_ORPHAN_MINUTES)")
     p.add_argument("--no-release", action="store_true", help="only check; do not release orphans")
-    p.set_defaults(func=_run_async(_cmd_doctor))
 
 
 # ----------------------------------------------------------------------------------- models
 async def _cmd_refresh_models(args: argparse.Namespace) -> int:
+    """Fetch OpenRouter's model list and each direct provider's (where a key is configured), sync
+    model_pricing (prices, history, deactivations) and re-publish the cached catalogue. The same run
+    the 30-minute schedule does. A failing source keeps its last good data (exit 1 only if all
+    failed, or with --strict)."""
     from .catalog import ops
 
     result = await ops.refresh_models(args, out=_out, info=_info)
@@ -339,18 +347,16 @@ async def _cmd_refresh_models(args: argparse.Namespace) -> int:
 def _add_refresh_models(sub: SubParsers) -> None:
     from .catalog import ops
 
-    p = sub.add_parser("refresh-models", help="discover models and prices now (progress per source)",
-                       description="Fetch OpenRouter's model list and each direct provider's (where a key is "
-                                   "configured), sync model_pricing (prices, history, deactivations) and "
-                                   "re-publish the cached catalogue. The same run the 30-minute schedule does. "
-                                   "A failing source keeps its last good data (exit 1 only if all failed, or "
-                                   "with --strict).")
-    ops.add_arguments(p)
-    p.set_defaults(func=_run_async(_cmd_refresh_models))
+    ops.add_arguments(_command(sub, "refresh-models", _run_async(_cmd_refresh_models),
+                               "discover models and prices now (progress per source)"))
 
 
 # ----------------------------------------------------------------------------------- BYOK master key
 async def _cmd_rotate_master_key(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored provider key still under an older BYOK master-key version with the
+    current one (the LAST entry of BYOK_MASTER_KEYS), then verify that every key decrypts.
+    Rotation: append a new version, deploy, run this, then remove the old version. Safe to re-run;
+    exit 1 if any key does not decrypt."""
     from .account import byok
 
     report = await byok.rotate(batch_size=args.batch_size)
@@ -368,18 +374,17 @@ async def _cmd_rotate_master_key(args: argparse.Namespace) -> int:
 
 
 def _add_rotate_master_key(sub: SubParsers) -> None:
-    p = sub.add_parser("rotate-master-key", help="re-encrypt BYOK provider keys under the current master key",
-                       description="Re-encrypt every stored provider key still under an older BYOK master-key "
-                                   "version with the current one (the LAST entry of BYOK_MASTER_KEYS), then "
-                                   "verify that every key decrypts. Rotation: append a new version, deploy, "
-                                   "run this, then remove the old version. Safe to re-run; exit 1 if any key "
-                                   "does not decrypt.")
+    p = _command(sub, "rotate-master-key", _run_async(_cmd_rotate_master_key),
+                 "re-encrypt BYOK provider keys under the current master key")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="rows per batch (default: 500)")
-    p.set_defaults(func=_run_async(_cmd_rotate_master_key))
 
 
 # ----------------------------------------------------------------------------------- smoke
 def _cmd_smoke(args: argparse.Namespace) -> int:
+    """From the outside, with the API key of a dedicated smoke user (a little credit, no other
+    traffic): /health; a chat and a streamed chat on the API URL and on the streaming URL, each
+    billed exactly once; a forged Stripe webhook refused. Exit 1 if any check fails. Talks to the
+    URLs only (no database)."""
     import os
 
     from .smoke import Smoke
@@ -392,18 +397,13 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def _add_smoke(sub: SubParsers) -> None:
-    p = sub.add_parser("smoke", help="check a deployed stage end to end (health, chats billed once, webhook)",
-                       description="From the outside, with the API key of a dedicated smoke user (a little "
-                                   "credit, no other traffic): /health; a chat and a streamed chat on the API URL "
-                                   "and on the streaming URL, each billed exactly once; a forged Stripe webhook "
-                                   "refused. Exit 1 if any check fails. Talks to the URLs only (no database).")
+    p = _command(sub, "smoke", _cmd_smoke, "check a deployed stage end to end (health, chats billed once, webhook)")
     p.add_argument("--base-url", required=True, help="the stack's ApiUrl output")
     p.add_argument("--stream-url", required=True, help="the stack's QueryStreamUrl output")
     p.add_argument("--api-key", default=None, help="default: $MLP_SMOKE_API_KEY")
     p.add_argument("--model", default="openai/gpt-4o-mini", help="a cheap model to call (default: %(default)s)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the settlements to show (default: %(default)s)")
-    p.set_defaults(func=_cmd_smoke)
 
 
 # ----------------------------------------------------------------------------------- wiring
