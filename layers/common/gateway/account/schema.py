@@ -218,8 +218,8 @@ class ProviderKey(Body):
     model_config = example(_PROVIDER_KEY)
 
     object: Literal["provider_key"] = "provider_key"
-    provider: str
-    last4: str
+    provider: str = Field(description="one of the `providers` GET /v1/provider-keys lists")
+    last4: str = Field(description="the key's last 4 characters")
     key_version: str = Field(description="the master key version it is encrypted under")
     created_at: dt.datetime
     updated_at: dt.datetime
