@@ -286,6 +286,30 @@ async def test_direct_providers_are_asked_with_their_keys(catalog_env: CatalogEn
     assert env.fake_requests("openrouter")[-1]["key"] == "sk-or-fake"
 
 
+async def test_paginated_model_lists_are_read_to_the_last_page(catalog_env: CatalogEnv) -> None:
+    """Anthropic (``after_id``) and Gemini (``pageToken``) lists longer than a page (1,000) are read
+    whole, each page asking for the one after the last; every entry counts as listed, kept or not."""
+    env = catalog_env
+    n = 2345
+    env.fake_put("anthropic", [f"claude-test-{i:04d}" for i in range(n)])
+    embedding = {"name": "models/text-embedding-test", "supportedGenerationMethods": ["embedContent"]}
+    env.fake_put("gemini", [f"gemini-test-{i:04d}" for i in range(n - 1)] + [embedding])
+
+    sources = await discovery.fetch_sources(["anthropic", "gemini"])
+
+    anthropic, gemini = sources["anthropic"], sources["gemini"]
+    assert anthropic.ok and anthropic.count == n
+    assert [m.upstream for m in anthropic.direct] == [f"claude-test-{i:04d}" for i in range(n)]
+    assert gemini.ok and gemini.count == n  # the embedding model is listed, not kept
+    assert [m.upstream for m in gemini.direct] == [f"gemini-test-{i:04d}" for i in range(n - 1)]
+    pages = [r["query"] for r in env.fake_requests("anthropic") if r["path"].endswith("/models")]
+    assert pages == [{"limit": "1000"}, {"limit": "1000", "after_id": "claude-test-0999"},
+                     {"limit": "1000", "after_id": "claude-test-1999"}]
+    pages = [r["query"] for r in env.fake_requests("gemini") if r["path"].endswith("/models")]
+    assert pages == [{"pageSize": "1000"}, {"pageSize": "1000", "pageToken": "fake-page-1000"},
+                     {"pageSize": "1000", "pageToken": "fake-page-2000"}]
+
+
 async def test_concurrent_runs_serialise(catalog_env: CatalogEnv) -> None:
     env = catalog_env
     a, b = await asyncio.gather(discovery.discover(trigger="test"), discovery.discover(trigger="test"))

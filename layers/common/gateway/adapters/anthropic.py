@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
 from gateway.adapters.shapes import (
     as_int,
     completion_dict,
@@ -437,7 +437,6 @@ class AnthropicAdapter(TranslatingAdapter):
 # --------------------------------------------------------------------------------------------
 # Model list (``GET {base_url}/models``, paginated) and the catalogue ids of its names
 # --------------------------------------------------------------------------------------------
-MAX_MODEL_PAGES = 50
 _DATE_SUFFIX = re.compile(r"-\d{8}$")
 _VERSION_DASH = re.compile(r"(?<=\d)-(?=\d(?:$|-))")
 
@@ -454,18 +453,8 @@ def parse_anthropic_page(payload: Any) -> tuple[list[DirectModel], str | None]:
 
 async def list_anthropic_models(get: GetJson, base_url: str,
                                 headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
-    models: list[DirectModel] = []
-    listed = 0
-    after: str | None = None
-    for _ in range(MAX_MODEL_PAGES):
-        params: dict[str, Any] = {"limit": 1000, **({"after_id": after} if after else {})}
-        payload = await get(join_url(base_url, "models"), headers, params)
-        page, after = parse_anthropic_page(payload)
-        models += page
-        listed += len(payload["data"])
-        if after is None:
-            break
-    return models, listed
+    return await list_model_pages(get, join_url(base_url, "models"), headers, parse_anthropic_page,
+                                  page_size={"limit": 1000}, cursor_param="after_id", entries="data")
 
 
 def anthropic_names(upstream: str) -> list[str]:

@@ -95,3 +95,24 @@ class DirectModel:
 # A GET the catalogue's discovery performs (its timeout, errors and exact JSON decoding):
 # (url, headers, query parameters) -> the parsed JSON body.
 GetJson = Callable[[str, Mapping[str, str], Mapping[str, Any] | None], Awaitable[Any]]
+MAX_MODEL_PAGES = 50  # a model list still paginating after this many pages is cut short
+
+
+async def list_model_pages(get: GetJson, url: str, headers: Mapping[str, str],
+                           parse: Callable[[Any], tuple[list[DirectModel], str | None]], *,
+                           page_size: Mapping[str, Any], cursor_param: str, entries: str
+                           ) -> tuple[list[DirectModel], int]:
+    """Every page of a cursor-paginated model list -> (models, entries listed). ``parse`` turns a
+    page into its models and the next page's cursor (None after the last), sent back as
+    ``cursor_param``; ``entries`` names the page's list (every entry counts as listed, kept or not)."""
+    models: list[DirectModel] = []
+    listed = 0
+    cursor: str | None = None
+    for _ in range(MAX_MODEL_PAGES):
+        payload = await get(url, headers, {**page_size, **({cursor_param: cursor} if cursor else {})})
+        page, cursor = parse(payload)
+        models += page
+        listed += len(payload.get(entries) or [])
+        if cursor is None:
+            break
+    return models, listed

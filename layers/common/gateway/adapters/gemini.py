@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
 from gateway.adapters.shapes import (
     THOUGHT_SEP,
     as_int,
@@ -516,9 +516,6 @@ class GeminiAdapter(TranslatingAdapter):
 # --------------------------------------------------------------------------------------------
 # Model list (``models.list``, paginated)
 # --------------------------------------------------------------------------------------------
-MAX_MODEL_PAGES = 50
-
-
 def parse_gemini_page(payload: Any) -> tuple[list[DirectModel], str | None]:
     if not isinstance(payload, dict):
         raise ValueError("Gemini models.list: expected an object")
@@ -538,15 +535,5 @@ def parse_gemini_page(payload: Any) -> tuple[list[DirectModel], str | None]:
 
 
 async def list_gemini_models(get: GetJson, base_url: str, headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
-    models: list[DirectModel] = []
-    listed = 0
-    token: str | None = None
-    for _ in range(MAX_MODEL_PAGES):
-        params: dict[str, Any] = {"pageSize": 1000, **({"pageToken": token} if token else {})}
-        payload = await get(join_url(base_url, "models"), headers, params)
-        page, token = parse_gemini_page(payload)
-        models += page
-        listed += len(payload.get("models") or [])
-        if token is None:
-            break
-    return models, listed
+    return await list_model_pages(get, join_url(base_url, "models"), headers, parse_gemini_page,
+                                  page_size={"pageSize": 1000}, cursor_param="pageToken", entries="models")
