@@ -738,10 +738,8 @@ def price_arg(value: str) -> tuple[str, tuple[int, str]]:
     return price_id, (int(amount), currency or "usd")
 
 
-def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="Fake Stripe API (customers, checkout, portal, subscriptions)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of this server and of ``fake_stripe_pages`` (which serves the same API)."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=12111)
     parser.add_argument("--webhook-url")
@@ -749,6 +747,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--price", action="append", default=[], type=price_arg,
                         help="a recurring price: price_id=unit_amount[:currency] (repeatable)")
     parser.add_argument("--log-level", default="warning")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Fake Stripe API (customers, checkout, portal, subscriptions)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     uvicorn.run(create_app(args.webhook_url, args.webhook_secret, dict(args.price)), host=args.host,
                 port=args.port, log_level=args.log_level, access_log=False)

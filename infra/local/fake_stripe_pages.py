@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from infra.local.fake_stripe import FakeStripe, event, price, price_arg
+from infra.local.fake_stripe import FakeStripe, add_arguments, event, price
 from infra.local.idp import form_fields
 
 
@@ -198,18 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(description="Fake Stripe API plus its hosted Checkout and Billing Portal pages")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=12111)
-    parser.add_argument("--webhook-url")
-    parser.add_argument("--webhook-secret")
+    add_arguments(parser)
     parser.add_argument("--plan", action="append", default=[], help="tier=price_id (repeat)")
-    parser.add_argument("--price", action="append", default=[], type=price_arg,
-                        help="a recurring price: price_id=unit_amount[:currency] (repeat)")
     args = parser.parse_args(argv)
     plans = dict(p.split("=", 1) for p in args.plan)
     app = create_app(f"http://{args.host}:{args.port}", plans, args.webhook_url, args.webhook_secret,
                      dict(args.price))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -477,37 +478,40 @@ code</button></form>""", status)
             return RedirectResponse(idp.finish(flow_id, current[0], current[1]), status_code=302)
         return RedirectResponse(f"/login?flow={flow_id}", status_code=303)
 
-    async def login(request: Request) -> Response:
-        try:
-            if request.method == "GET":
-                return login_page(flow_from_query(request))
-            form = await form_of(request)
-            flow_id = form.get("flow", "")
-            idp.flow(flow_id)
-        except OAuthError as exc:
-            return oauth_error_page(exc)
-        try:
-            user = idp.authenticate(form.get("email", ""), form.get("password", ""))
-        except ValueError as exc:
-            return login_page(flow_id, form.get("email", ""), str(exc), 400)
+    def email_password_form(form_page: Callable[..., HTMLResponse], submit: Callable[[str, str], User],
+                            then: Callable[[str, User], Response]) -> Callable[[Request], Awaitable[Response]]:
+        """The sign-in and sign-up pages: GET shows ``form_page`` for the flow in the query (or a
+        new one); POST runs ``submit(email, password)`` for the form's flow, then ``then(flow,
+        user)``. A refused email or password shows the form again (400); an unknown or expired
+        flow shows the error page."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                if request.method == "GET":
+                    return form_page(flow_from_query(request))
+                form = await form_of(request)
+                flow_id = form.get("flow", "")
+                idp.flow(flow_id)
+            except OAuthError as exc:
+                return oauth_error_page(exc)
+            try:
+                user = submit(form.get("email", ""), form.get("password", ""))
+            except ValueError as exc:
+                return form_page(flow_id, form.get("email", ""), str(exc), 400)
+            return then(flow_id, user)
+
+        return endpoint
+
+    def signed_in_if_confirmed(flow_id: str, user: User) -> Response:
         if not user.verified:
             return confirm_page(flow_id, user.email, info="Your account is not confirmed yet: we sent a new code.")
         return signed_in(flow_id, user)
 
-    async def signup(request: Request) -> Response:
-        try:
-            if request.method == "GET":
-                return signup_page(flow_from_query(request))
-            form = await form_of(request)
-            flow_id = form.get("flow", "")
-            idp.flow(flow_id)
-        except OAuthError as exc:
-            return oauth_error_page(exc)
-        try:
-            user = idp.sign_up(form.get("email", ""), form.get("password", ""))
-        except ValueError as exc:
-            return signup_page(flow_id, form.get("email", ""), str(exc), 400)
+    def confirm_new_account(flow_id: str, user: User) -> Response:
         return confirm_page(flow_id, user.email)
+
+    login = email_password_form(login_page, idp.authenticate, signed_in_if_confirmed)
+    signup = email_password_form(signup_page, idp.sign_up, confirm_new_account)
 
     async def confirm(request: Request) -> Response:
         form = await form_of(request)
