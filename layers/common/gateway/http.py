@@ -59,11 +59,15 @@ CORS_MAX_AGE_S = 600
 # would make the first backslash an escaped one).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
-SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+# On every response of ours, the API's and the console's (which adds its own: console.pages).
+COMMON_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+]
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    *COMMON_SECURITY_HEADERS,
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cache-control", b"no-store"),
 ]

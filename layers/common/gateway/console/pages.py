@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import Settings
+from ..http import COMMON_SECURITY_HEADERS
 from .assets import assets, index_template
 
 BASE_PATH = "/console"
@@ -29,10 +30,7 @@ PAGES = frozenset({"callback", "welcome", "usage", "keys", "provider-keys", "bil
 
 # Added to every console response by the gateway middleware (CSP and caching are per response).
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"strict-transport-security", b"max-age=63072000; includeSubDomains"),
+    *COMMON_SECURITY_HEADERS,
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()"),
