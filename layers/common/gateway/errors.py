@@ -11,15 +11,17 @@ from typing import Any
 
 
 class GatewayError(Exception):
-    """Base class. Subclasses set ``status``, ``type`` and ``code``; ``message`` is user-facing."""
+    """Base class. Subclasses set ``status``, ``type``, ``code`` and the ``default_message``;
+    ``message`` is user-facing."""
 
     status: int = 500
     type: str = "api_error"
     code: str = "internal_error"
+    default_message: str = "An internal error occurred."
 
     def __init__(self, message: str | None = None, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None, status: int | None = None, **extra: Any) -> None:
-        self.message = message or self.default_message()
+        self.message = message or self.default_message
         if code is not None:
             self.code = code
         if status is not None:
@@ -29,14 +31,8 @@ class GatewayError(Exception):
         self.extra = extra
         super().__init__(self.message)
 
-    def default_message(self) -> str:
-        return "An internal error occurred."
-
     def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code,
-                               "param": self.param}
-        err.update(self.extra)
-        return {"error": err}
+        return error_body(self.message, type=self.type, code=self.code, param=self.param, **self.extra)
 
 
 class BadRequest(GatewayError):
@@ -49,30 +45,22 @@ class ContextLengthExceeded(BadRequest):
 
 class Unauthorized(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
-
-    def default_message(self) -> str:
-        return "Invalid or missing API key."
+    default_message = "Invalid or missing API key."
 
 
 class InsufficientCredits(GatewayError):
     status, type, code = 402, "insufficient_quota", "insufficient_credits"
-
-    def default_message(self) -> str:
-        return "Insufficient credits for this request."
+    default_message = "Insufficient credits for this request."
 
 
 class Forbidden(GatewayError):
     status, type, code = 403, "permission_error", "forbidden"
-
-    def default_message(self) -> str:
-        return "You are not allowed to do this."
+    default_message = "You are not allowed to do this."
 
 
 class NotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "not_found"
-
-    def default_message(self) -> str:
-        return "Not found."
+    default_message = "Not found."
 
 
 class ModelNotFound(NotFound):
@@ -85,29 +73,24 @@ class Conflict(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
-
-    def default_message(self) -> str:
-        return "Request body is too large."
+    default_message = "Request body is too large."
 
 
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
-
-    def default_message(self) -> str:
-        return "Rate limit exceeded. Retry later."
+    default_message = "Rate limit exceeded. Retry later."
 
 
 class QuotaExceeded(RateLimited):
     code = "quota_exceeded"
-
-    def default_message(self) -> str:
-        return "Monthly request quota exhausted."
+    default_message = "Monthly request quota exhausted."
 
 
 class UpstreamError(GatewayError):
     """The provider answered with an error (or garbage). ``retryable`` drives fallback."""
 
     status, type, code = 502, "api_error", "upstream_error"
+    default_message = "The upstream provider returned an error."
     # The usage of a 200 answer the provider billed although it could not be used (charged).
     billed_usage: Any = None
 
@@ -118,26 +101,19 @@ class UpstreamError(GatewayError):
         self.provider = provider
         super().__init__(message, **kw)
 
-    def default_message(self) -> str:
-        return "The upstream provider returned an error."
-
 
 class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
+    default_message = "The upstream provider did not answer in time."
 
     def __init__(self, message: str | None = None, **kw: Any) -> None:
         kw.setdefault("retryable", True)
         super().__init__(message, **kw)
 
-    def default_message(self) -> str:
-        return "The upstream provider did not answer in time."
-
 
 class ServiceUnavailable(GatewayError):
     status, type, code = 503, "api_error", "service_unavailable"
-
-    def default_message(self) -> str:
-        return "Service temporarily unavailable."
+    default_message = "Service temporarily unavailable."
 
 
 class InternalError(GatewayError):
