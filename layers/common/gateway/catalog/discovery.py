@@ -76,32 +76,32 @@ class SourceResult:
     elapsed_ms: float = 0.0
 
 
-@dataclass(slots=True)
-class SourceStats:
+@dataclass(slots=True, kw_only=True)
+class Changes:
+    """What a run changes in model_pricing: per source (``SourceStats``) and in all (``SyncResult``)."""
+
+    added: int = 0
+    updated: int = 0
+    price_changed: int = 0
+    deactivated: int = 0
+    reactivated: int = 0
+    skipped: int = 0              # listed but not importable
+
+
+@dataclass(slots=True, kw_only=True)
+class SourceStats(Changes):
     ok: bool = False
     fetched: int = 0
     error: str | None = None
     elapsed_ms: float = 0.0
-    skipped: int = 0
-    added: int = 0
-    updated: int = 0
-    price_changed: int = 0
-    deactivated: int = 0
-    reactivated: int = 0
 
 
-@dataclass(slots=True)
-class SyncResult:
+@dataclass(slots=True, kw_only=True)
+class SyncResult(Changes):
     status: str                   # ok | partial | failed | skipped
     sync_id: int | None = None
     sources: dict[str, SourceStats] = field(default_factory=dict)
-    added: int = 0
-    updated: int = 0
-    price_changed: int = 0
-    deactivated: int = 0
-    reactivated: int = 0
     unchanged: int = 0
-    skipped: int = 0
     active: int | None = None
     published_version: str | None = None
     duration_ms: float = 0.0
