@@ -6,6 +6,7 @@ needed to see whether the handshake was accepted)."""
 from __future__ import annotations
 
 import datetime
+import queue
 import socket
 import ssl
 import threading
@@ -51,12 +52,12 @@ def _cert(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, queue.Queue[str]]]:
     ca, cert, key = _cert(tmp_path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))
-    outcomes: list[str] = []
+    outcomes: queue.Queue[str] = queue.Queue()  # what the server saw, one per connection
 
     def serve() -> None:
         while True:
@@ -69,9 +70,9 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
                 conn.sendall(b"S")    # "TLS, please"
                 try:
                     with context.wrap_socket(conn, server_side=True):
-                        outcomes.append("handshake")
+                        outcomes.put("handshake")
                 except (ssl.SSLError, OSError):
-                    outcomes.append("refused")
+                    outcomes.put("refused")
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -98,15 +99,20 @@ def test_deployed_stage_asks_for_verify_full_with_system_roots() -> None:
     assert db.tls_kwargs(Settings(stage="test"), "postgresql://app@db.example.com/app") == {}
 
 
-def test_system_roots_refuse_an_unknown_ca_and_require_would_not(tls_server: tuple[int, Path, list[str]]) -> None:
+def test_system_roots_refuse_an_unknown_ca_and_require_would_not(
+        tls_server: tuple[int, Path, queue.Queue[str]]) -> None:
     port, ca, outcomes = tls_server
+
+    def server_saw() -> str:  # the server thread records the handshake after the client has returned
+        return outcomes.get(timeout=5)
+
     url = f"postgresql://app@localhost:{port}/app"
     # What gateway.db uses on a deployed stage: the certificate is checked against the system's roots.
     assert _connect(url, sslmode="verify-full", sslrootcert="system") == "TLS certificate verification failed"
-    assert outcomes[-1] == "refused"
+    assert server_saw() == "refused"
     # sslmode=require (the default of many connection strings) would have accepted it.
     _connect(url, sslmode="require")
-    assert outcomes[-1] == "handshake"
+    assert server_saw() == "handshake"
     # And the check is real: trusting the CA that signed it, verify-full completes the handshake.
     _connect(url, sslmode="verify-full", sslrootcert=str(ca))
-    assert outcomes[-1] == "handshake"
+    assert server_saw() == "handshake"
