@@ -263,7 +263,7 @@ def test_function_timeouts(functions: dict[str, dict[str, Any]]) -> None:
         if name == "QueryStreamFunction":
             # long reasoning generations: Function URL streaming allows up to 15 minutes
             assert timeout == 900, f"{name}: the streaming function gets 900 s, not {timeout}"
-        elif name.startswith("Query"):
+        elif name.startswith("Query") or name in ("MessagesFunction", "ResponsesFunction"):
             assert 60 <= timeout <= 120, f"{name}: query functions get 60-120 s, not {timeout}"
         else:
             assert 10 <= timeout <= 30, f"{name}: non-query functions get 10-30 s, not {timeout}"
@@ -375,6 +375,8 @@ def test_known_routes(template: dict[str, Any]) -> None:
     routes = {(r.method, r.path): r.logical_id for r in http_routes(template)}
     assert routes[("GET", "/health")] == "HealthFunction"
     assert routes[("POST", "/v1/chat/completions")] == "QueryFunction"
+    assert routes[("POST", "/v1/messages")] == routes[("POST", "/v1/messages/count_tokens")] == "MessagesFunction"
+    assert routes[("POST", "/v1/responses")] == "ResponsesFunction"
 
 
 def test_stripe_webhook_has_no_authorizer(template: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,31 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
         obj = _chunk_of(event.data)
         if obj is not None:
             yield obj
+
+
+async def translated_stream(stream: AsyncIterator[bytes],
+                            events: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]]
+                            ) -> AsyncIterator[bytes]:
+    """A surface's SSE events (``events``: e.g. ``messages.translate.to_events``) over the pipeline's
+    chat stream (``chat.service.open_stream``). Returned started: however it ends (completed, an
+    error, closed early, never iterated by a response that failed), closing it closes the pipeline's
+    stream, which is what settles the request."""
+    out = _translated(stream, events)
+    await out.__anext__()  # the priming b"": from here its finally runs whatever happens
+    return out
+
+
+async def _translated(stream: AsyncIterator[bytes],
+                      events: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]]
+                      ) -> AsyncIterator[bytes]:
+    try:
+        yield b""
+        async for frame in events(chat_chunks(stream)):
+            yield frame
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _chunk_of(data: str) -> dict[str, Any] | None:

@@ -595,13 +595,17 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
 
 
 async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord, *,
-                  headers: Mapping[str, str] | None = None) -> JSONResponse:
+                  headers: Mapping[str, str] | None = None,
+                  build: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> JSONResponse:
     """The JSON response, settled: in Lambda BEFORE it is sent (behind the Web Adapter the
     environment is frozen once the response completes, so work after it may never run), locally
     right after it. A response that cannot be rendered is still settled. ``headers`` are sent
-    besides the rate-limit headers (a surface's own)."""
+    besides the rate-limit headers and ``build`` turns the answer into a surface's body (a
+    translated surface: Anthropic ``Message``, Responses ``Response``); a failing ``build`` is a
+    render failure (settled, billed)."""
     try:
-        rendered = JSONResponse(response, headers={**call.rate_headers, **(headers or {})})
+        body = build(response) if build is not None else response
+        rendered = JSONResponse(body, headers={**call.rate_headers, **(headers or {})})
     except BaseException:
         record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
         await _shielded_finish(call, record)
