@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 from gateway import db
 from gateway.catalog import registry
+from gateway.config import reset_settings
 from gateway.money import ledger
 from tests.support.account import upstream_requests
 
@@ -305,3 +308,61 @@ async def test_count_tokens(http: Any, make_user: Any, fake_upstream: Any) -> No
     assert translated.status_code == 200 and translated.json()["input_tokens"] > 0
     state = await _money(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
+# --------------------------------------------------------------------------- behind API Gateway (Mangum)
+def _event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
+    from tests.integration.test_health import http_api_v2_event
+
+    event = http_api_v2_event("/v1/messages", headers={
+        "x-api-key": api_key, "content-type": "application/json", "content-length": str(len(json.dumps(body)))})
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/messages"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
+    event["body"] = json.dumps(body)
+    return event
+
+
+@pytest.fixture
+def buffered_deadline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    def set_(seconds: float) -> None:
+        monkeypatch.setenv("BUFFERED_DEADLINE_S", str(seconds))
+        reset_settings()
+
+    yield set_
+    monkeypatch.undo()
+    reset_settings()
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+@pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
+async def test_api_gateway_path_assembles_the_message_and_stops_at_the_deadline(
+        messages_app: Any, make_user: Any, buffered_deadline: Any, model: str) -> None:
+    """Under Mangum a non-streaming request reads the upstream as a stream: the Message is
+    assembled from its events (tool input from the JSON deltas), and the deadline stops a long
+    generation with Anthropic's timeout error, charging what was produced."""
+    from mangum import Mangum
+
+    from tests.integration.test_health import invoke_in_own_loop
+
+    buffered_deadline(0.8)
+    user = await make_user("5")
+    handler = Mangum(messages_app, lifespan="off")
+    await db.close_pool()
+    body = {"model": model, "max_tokens": 64, "tools": [TOOL],
+            "messages": [{"role": "user", "content": "[[tool:get_weather]]"}]}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    assert response["statusCode"] == 200, response
+    message = json.loads(response["body"])
+    assert message["type"] == "message" and message["stop_reason"] == "tool_use"
+    assert [b["type"] for b in message["content"]][-1] == "tool_use"
+    assert message["content"][-1]["input"] == {"x": 1} and message["usage"]["output_tokens"] > 0
+    body = {"model": model, "max_tokens": 1000,
+            "messages": [{"role": "user", "content": "long [[words:200]] [[chunk_delay:0.02]]"}]}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    assert response["statusCode"] == 504, response
+    err = json.loads(response["body"])
+    assert err["type"] == "error" and err["error"]["type"] == "timeout_error"
+    state = await _money(user.user_id)
+    assert [r["status"] for r in state["usage"]] == ["ok", "timeout"] and state["reservations"] == []
+    assert 0 < state["usage"][1]["completion_tokens"] < 200 and state["usage"][1]["charge"] > 0
