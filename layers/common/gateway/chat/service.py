@@ -156,6 +156,7 @@ class Call:
     mark: asyncio.TimerHandle | None = None
     marking: asyncio.Task[None] | None = None
     wire: Wire = CHAT
+    surface: str = "chat"          # the API surface that admitted it (logged): chat, messages, responses
     usage: Usage | None = None     # the usage of the answer (final once the relay ended), for surfaces
 
     def remaining(self) -> float:
@@ -494,7 +495,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "served": record.model_served, "provider": record.provider, "status": record.status,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
-        "attempts": call.attempts})
+        "attempts": call.attempts, "surface": call.surface})
 
 
 async def _shielded_finish(call: Call, record: ledger.UsageRecord) -> None:

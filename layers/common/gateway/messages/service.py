@@ -83,6 +83,7 @@ async def plan(request_id: str, principal: Principal, req: MessagesRequest, head
         except ValidationError as exc:
             raise bad_request(exc) from None
         call = await service.plan(request_id, principal, chat, budget_s=budget_s, buffered=buffered)
+        call.surface = "messages"
         return Plan(call=call, native=False, model=primary.id, dropped=t.dropped)
 
     forward, dropped_betas = native_headers(headers)
@@ -121,7 +122,7 @@ async def plan(request_id: str, principal: Principal, req: MessagesRequest, head
     call = service.Call(request_id=request_id, principal=principal, req=chat, candidates=candidates, size=size,
                         hold=hold, started=time.perf_counter(),
                         deadline=asyncio.get_running_loop().time() + budget_s, buffered=buffered,
-                        wire=native.wire(forward))
+                        wire=native.wire(forward), surface="messages")
     return Plan(call=call, native=True, model=primary.id, dropped=first.dropped + dropped_betas)
 
 

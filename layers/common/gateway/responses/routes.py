@@ -53,6 +53,7 @@ async def create_response(request: Request) -> Any:
                                                        "dropped": t.dropped})
     budget_s, buffered = service.budget_for(request.scope)
     call = await service.plan(request_id, principal, chat, budget_s=budget_s, buffered=buffered)
+    call.surface = "responses"
     await service.admit(call)
     response_id = new_id("resp_")
     if req.stream:
