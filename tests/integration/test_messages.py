@@ -366,3 +366,24 @@ async def test_api_gateway_path_assembles_the_message_and_stops_at_the_deadline(
     state = await _money(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "timeout"] and state["reservations"] == []
     assert 0 < state["usage"][1]["completion_tokens"] < 200 and state["usage"][1]["charge"] > 0
+
+
+async def test_one_streaming_function_serves_every_surface(stack: str, fake_upstream: Any, make_user: Any) -> None:
+    """QueryStreamFunction (functions/query/app.py ``stream_app``, what run.sh serves) answers chat,
+    Messages and Responses, so a client has one streaming base URL; the buffered QueryFunction app
+    serves chat only and does not build the streaming app until it is asked for."""
+    spec = importlib.util.spec_from_file_location("fn_query_stream_surfaces", ROOT / "functions/query/app.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert "stream_app" not in vars(module)
+    user = await make_user("5")
+    bodies = {"/v1/chat/completions": {"model": TRANSLATED, "messages": [{"role": "user", "content": "Hi"}]},
+              "/v1/messages": {"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]},
+              "/v1/messages/count_tokens": {"model": NATIVE, "messages": [{"role": "user", "content": "Hi"}]},
+              "/v1/responses": {"model": TRANSLATED, "input": "Hi"}}
+    for app, served in ((module.stream_app, set(bodies)), (module.app, {"/v1/chat/completions"})):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            for path, body in bodies.items():
+                r = await c.post(path, headers={"x-api-key": user.api_key}, json=body)
+                assert r.status_code == (200 if path in served else 404), (path, r.text)
