@@ -399,6 +399,11 @@ Multi-LLM gateway running at {base_url}  (routes from template.yaml: {len(router
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='{api_key}'); \\
 print(c.chat.completions.create(model='openai/gpt-4o-mini', messages=[{{'role':'user','content':'Hi'}}]))"
+
+  Anthropic Messages (Claude Code, the anthropic SDK) and the Responses API (docs/surfaces.md):
+  ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY={api_key} ANTHROPIC_MODEL=anthropic/claude-sonnet-4 claude
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='{api_key}'); \
+print(c.responses.create(model='openai/gpt-4o-mini', input='Hi').output_text)"
 """, flush=True)
 
     import uvicorn
