@@ -387,3 +387,58 @@ async def test_one_streaming_function_serves_every_surface(stack: str, fake_upst
             for path, body in bodies.items():
                 r = await c.post(path, headers={"x-api-key": user.api_key}, json=body)
                 assert r.status_code == (200 if path in served else 404), (path, r.text)
+
+
+CLAUDE_CODE_BETAS = "claude-code-20250219,interleaved-thinking-2025-05-14,fine-grained-tool-streaming-2025-05-14," \
+                    "context-1m-2025-08-07"
+
+
+def _claude_code_body(model: str) -> dict[str, Any]:
+    """What Claude Code sends (abridged): system blocks with cache_control, tools with cache_control,
+    a thinking budget, metadata.user_id, an earlier turn with a signed thinking block, a stream."""
+    return {
+        "model": model, "max_tokens": 32000, "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "metadata": {"user_id": "user_" + "a" * 64 + "_account__session_" + "b" * 36},
+        "system": [{"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+                   {"type": "text", "text": "Tool instructions...", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "Bash", "description": "Run a command", "input_schema": {
+            "type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+            "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "list files"}]},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "I should run ls.", "signature": "EqQBCkYIBxgCKkA"},
+                {"type": "tool_use", "id": "toolu_01", "name": "Bash", "input": {"command": "ls"}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "a.py\nb.py",
+                 "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "now summarise [[words:4]]"}]}],
+    }
+
+
+@pytest.mark.parametrize("model", [NATIVE, TRANSLATED, "claude-3-5-haiku-20241022"])
+async def test_a_claude_code_request(http: Any, make_user: Any, fake_upstream: Any, model: str) -> None:
+    user = await make_user("5")
+    r = await http.post("/v1/messages?beta=true", json=_claude_code_body(model), headers={
+        "authorization": f"Bearer {user.api_key}",  # ANTHROPIC_AUTH_TOKEN
+        "anthropic-version": "2023-06-01", "anthropic-beta": CLAUDE_CODE_BETAS})
+    assert r.status_code == 200, r.text
+    events = [line[len("event: "):] for line in r.text.splitlines() if line.startswith("event: ")]
+    assert events[0] == "message_start" and events[-1] == "message_stop", events
+    assert "content_block_delta" in events
+    native = model != TRANSLATED
+    [sent] = upstream_requests(fake_upstream, "anthropic" if native else "openai")
+    body = sent["body"]
+    if native:  # as written (thinking signature, cache_control), max_tokens clamped, the 1M-context beta not sent
+        assert body["messages"] == _claude_code_body(model)["messages"]
+        assert body["system"][1]["cache_control"] == {"type": "ephemeral"}
+        assert body["max_tokens"] == 8192 and body["thinking"] == {"type": "enabled", "budget_tokens": 8191}
+        assert r.headers["x-dropped-params"] == "max_tokens above 8192, anthropic-beta: context-1m-2025-08-07"
+    else:  # translated: thinking budget as an effort, the signed thinking block not replayed
+        assert body["reasoning_effort"] == "high"
+        assert body["max_completion_tokens"] == 16384  # gpt-4o-mini's maximum: the clamp the hold counted
+        assert "thinking blocks" in r.headers["x-dropped-params"]
+        assert body["messages"][2]["tool_calls"][0]["function"]["name"] == "Bash"
+    rec = await _one_record(user.user_id)
+    assert rec["completion_tokens"] >= 4 and rec["charge"] > 0
