@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,13 @@ def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
     if len(value) > MAX_DROPPED_HEADER_CHARS:
         value = value[: MAX_DROPPED_HEADER_CHARS - 3] + "..."
     return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
+
+
+def with_dropped(headers: Mapping[str, str], dropped: Iterable[str]) -> dict[str, str]:
+    """``headers`` with ``dropped`` named in :data:`DROPPED_PARAMS_HEADER`, after what it may already
+    name (what the serving adapter did not carry, set by the chat pipeline)."""
+    existing = [name.strip() for name in headers.get(DROPPED_PARAMS_HEADER, "").split(",") if name.strip()]
+    return {**headers, **dropped_header([*dropped, *existing])}
 
 
 def bad_request(exc: ValidationError) -> BadRequest:

@@ -22,7 +22,7 @@ from gateway.config import get_settings
 from gateway.errors import GatewayError
 from gateway.http import error_responses, server_request_id
 from gateway.observability import logger
-from gateway.translation import bad_request, dropped_header, translated_stream
+from gateway.translation import bad_request, translated_stream, with_dropped
 
 from . import service as messages
 from .schema import CountTokensRequest, MessagesRequest
@@ -64,7 +64,6 @@ async def create_message(request: Request) -> Response:
                                    buffered=buffered)
         call = plan.call
         await service.admit(call)
-        headers = {"request-id": request_id, **dropped_header(plan.dropped)}
         if plan.dropped:
             logger.info("parameters not forwarded", extra={"request_id": request_id, "model": plan.model,
                                                            "dropped": plan.dropped})
@@ -76,9 +75,11 @@ async def create_message(request: Request) -> Response:
                 estimate = call.size.estimate(call.candidates[0].model.id)
                 body = await translated_stream(relay, lambda chunks: to_events(
                     chunks, model=plan.model, input_tokens=estimate, final_usage=lambda: call.usage))
-            return RelayResponse(call, body, {**STREAM_HEADERS, **call.rate_headers, **headers})
+            headers = with_dropped({**STREAM_HEADERS, **call.rate_headers, "request-id": request_id}, plan.dropped)
+            return RelayResponse(call, body, headers)
         response, record = await service.complete(call)
         build = None if plan.native else (lambda completion: to_message(completion, usage=call.usage))
+        headers = with_dropped({**call.rate_headers, "request-id": request_id}, plan.dropped)
         return await service.respond(call, response, record, headers=headers, build=build)
     except (GatewayError, psycopg.OperationalError) as exc:
         return _anthropic_error(exc, request_id)

@@ -19,10 +19,10 @@ from gateway.chat.responses import RelayResponse
 from gateway.chat.schema import ChatRequest
 from gateway.http import error_responses, server_request_id
 from gateway.observability import logger
-from gateway.translation import bad_request, new_id, translated_stream
+from gateway.translation import bad_request, new_id, translated_stream, with_dropped
 
 from .schema import ResponsesRequest
-from .translate import response_headers, to_chat, to_events, to_response
+from .translate import STORED_HEADER, to_chat, to_events, to_response
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
@@ -46,7 +46,6 @@ async def create_response(request: Request) -> Any:
     req = _parse(ResponsesRequest, await request.body())
     t = to_chat(req)
     chat = _parse(ChatRequest, t.body)
-    headers = response_headers(t)
     request_id = server_request_id(request)
     if t.dropped:
         logger.info("parameters not forwarded", extra={"request_id": request_id, "model": req.model,
@@ -60,7 +59,9 @@ async def create_response(request: Request) -> Any:
         relay = await service.open_stream(call)
         body = await translated_stream(relay, lambda chunks: to_events(
             chunks, req, model=req.model, response_id=response_id, final_usage=lambda: call.usage))
-        return RelayResponse(call, body, {**STREAM_HEADERS, **call.rate_headers, **headers})
+        return RelayResponse(call, body, with_dropped({**STREAM_HEADERS, **call.rate_headers, STORED_HEADER: "false"},
+                                                      t.dropped))
     response, record = await service.complete(call)
+    headers = with_dropped({**call.rate_headers, STORED_HEADER: "false"}, t.dropped)
     return await service.respond(call, response, record, headers=headers, build=lambda completion: to_response(
         completion, req, usage=call.usage, response_id=response_id))
