@@ -64,7 +64,7 @@ from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
 from .responses import assemble
-from .schema import ChatRequest
+from .schema import ChatRequest, check_priced
 
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
@@ -222,6 +222,7 @@ def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit
 
 
 def _check_options(req: ChatRequest) -> None:
+    check_priced(req)
     if req.service_tier is not None and req.service_tier not in LIST_PRICE_SERVICE_TIERS:
         raise BadRequest(f"`service_tier` {req.service_tier!r} is not supported: requests are served and billed at "
                          "the standard tier (omit it, or use \"auto\" or \"default\").",
