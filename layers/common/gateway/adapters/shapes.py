@@ -11,7 +11,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from .contract import Usage
+from .contract import TOKEN_FIELDS, Usage, openai_path
 
 
 def now() -> int:
@@ -133,21 +133,24 @@ def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str
 
 
 def usage_from_openai(u: Any) -> Usage | None:
-    """OpenAI-style ``usage`` → Usage: ``prompt_tokens_details.cached_tokens`` → cached,
-    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter) → cache writes, ``cost`` (OpenRouter:
-    the USD it billed for the call) → cost."""
+    """OpenAI-style ``usage`` → Usage: every count of ``contract.Tokens`` read from its ``openai``
+    place (``prompt_tokens_details.cached_tokens`` → cached, ``...cache_write_tokens`` (OpenRouter)
+    → cache writes, ``...audio_tokens`` → audio input), ``cost`` (OpenRouter: the USD it billed for
+    the call) → cost."""
     if not isinstance(u, dict):
         return None
-    details = u.get("prompt_tokens_details") or {}
-    if not isinstance(details, dict):
-        details = {}
-    cached = as_int(details.get("cached_tokens"))
-    if not cached:
-        cached = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek-style compat servers
-    return Usage(prompt_tokens=as_int(u.get("prompt_tokens")),
-                 completion_tokens=as_int(u.get("completion_tokens")),
-                 cached_tokens=cached, cache_write_tokens=as_int(details.get("cache_write_tokens")),
-                 reported=True, cost=as_cost(u.get("cost")))
+    counts: dict[str, int] = {}
+    for name in TOKEN_FIELDS:
+        path = openai_path(name)
+        if path is None:
+            continue
+        node: Any = u
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        counts[name] = as_int(node)
+    if not counts["cached_tokens"]:
+        counts["cached_tokens"] = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek-style compat servers
+    return Usage(**counts, reported=True, cost=as_cost(u.get("cost")))
 
 
 def as_cost(value: Any) -> Decimal | None:

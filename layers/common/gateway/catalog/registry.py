@@ -10,11 +10,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from .. import db
 from ..config import Tier, get_settings
 from ..loops import loop_lock
-from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
+from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice, parse_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +55,18 @@ _lock = loop_lock()
 SELECT_ACTIVE = """
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
        completion_price, request_price, input_cache_read_price, input_cache_write_price, image_price, is_free,
-       markup, input_modalities
+       markup, input_modalities, pricing_extra
 FROM model_pricing WHERE active
 """
+
+
+def _extra_price(extra: Any, name: str) -> Decimal | None:
+    """A per-unit price of the catalogue's ``pricing_extra`` (e.g. ``audio``), None when absent or
+    not a price (never fails the catalogue load)."""
+    try:
+        return parse_price(extra.get(name)) if isinstance(extra, dict) else None
+    except (TypeError, ValueError, ArithmeticError):
+        return None
 
 
 def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
@@ -67,7 +77,7 @@ def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
                          cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"],
                          cache_write_1h=r["prompt_price"] * ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER
                          if r["provider"] == "anthropic" else None,
-                         image=r["image_price"] or ZERO),
+                         image=r["image_price"] or ZERO, audio=_extra_price(r.get("pricing_extra"), "audio")),
         is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)))
 
 

@@ -328,18 +328,13 @@ def _record(call: Call, status: str, *, candidate: Candidate | None = None, usag
         tier = call.tier or settings.tier(call.principal.tier)
         record.model_served = m.id
         record.provider = candidate.target.provider
-        record.prompt_price, record.completion_price = m.price.prompt, m.price.completion
-        record.cache_read_price, record.request_price = m.price.cache_read, m.price.request
-        record.cache_write_price, record.cache_write_1h_price = m.price.cache_write, m.price.cache_write_1h
+        record.price(m.price)
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
-        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
-        record.cache_write_1h_tokens = usage.cache_write_1h_tokens
+        record.count(usage)
         record.estimated = not usage.reported
-        cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        cost = candidate.model.price.cost_of(usage)
         # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
         # its routing, cache writes and fees exactly).
         record.reported_cost = usage.cost
