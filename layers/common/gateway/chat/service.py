@@ -253,6 +253,7 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
             f"This model's maximum context length is {primary.context_length} tokens, but the messages are "
             f"about {estimate} tokens.", param="messages")
     models = [primary] + [m for m in models[1:] if size.estimate(m.id) <= m.context_length]
+    models = _priced_for_audio(size, models)
     byok_keys = await byok_keys_for(principal)
     tier = settings.tier(principal.tier)
     candidates = []
@@ -262,12 +263,25 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
         limit = output_limit(req, m, size.estimate(m.id))
         candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
                                     body=candidate_body(body, target, m, limit, size)))
-        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit, m.markup_for(tier),
-                                  images=size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
+        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit + size.output_extra,
+                                  m.markup_for(tier), images=size.images, audio=size.audio > 0, byok=is_byok,
+                                  byok_fee=settings.byok_platform_fee))
     loop_now = asyncio.get_running_loop().time()
     budget = settings.request_deadline_s if budget_s is None else budget_s
     return Call(request_id=request_id, principal=principal, req=req, candidates=candidates, size=size, hold=hold,
                 started=time.perf_counter(), deadline=loop_now + budget, buffered=buffered)
+
+
+def _priced_for_audio(size: PromptSize, models: list[ModelInfo]) -> list[ModelInfo]:
+    """Audio input is billed at the model's audio price: without one (``ModelPrice.audio``) neither
+    the hold nor the charge could be right, so the primary model refuses it (400) and a fallback
+    without one is skipped."""
+    if not size.audio:
+        return models
+    if models[0].price.audio is None:
+        raise BadRequest(f"The model `{models[0].id}` does not take audio input (`input_audio` content parts) "
+                         "through this gateway: it has no audio price.", code="unsupported_content", param="messages")
+    return [m for m in models if m.price.audio is not None]
 
 
 def _check_plan(call: Call, tier: Tier) -> None:
