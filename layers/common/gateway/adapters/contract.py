@@ -136,6 +136,12 @@ class Adapter(Protocol):
         """The headers every call to the provider carries (also its model-list requests)."""
         ...
 
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """The parameters of ``body`` this adapter does not carry to its provider (OpenAI-compatible
+        upstreams get everything; translating adapters map what has an equivalent). The pipeline
+        names them in the ``x-dropped-params`` response header and logs them."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DirectModel:

@@ -163,3 +163,60 @@ def as_cost(value: Any) -> Decimal | None:
     except ArithmeticError:
         return None
     return cost if cost.is_finite() and cost >= 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# What a translating adapter carries over, and what it drops
+# --------------------------------------------------------------------------------------------
+# Request fields the gateway itself handles for every provider (never mapped or dropped by one).
+GATEWAY_FIELDS = frozenset({"model", "models", "messages", "stream", "stream_options", "service_tier", "usage"})
+# Values that ask for what a provider does anyway (so nothing is lost by not forwarding them).
+DEFAULT_VALUES: dict[str, Any] = {"modalities": ["text"], "n": 1}
+
+
+def unmapped(body: dict[str, Any], mapped: frozenset[str]) -> list[str]:
+    """The request parameters a translating adapter does not carry to its provider: every set
+    field that is neither the gateway's own nor in ``mapped`` (a value that asks for the provider's
+    default is not lost), plus the tool kinds it has no equivalent for (``tools[].custom``,
+    ``tool_choice.allowed_tools`` / ``tool_choice.custom``). Named in the response's
+    ``x-dropped-params`` header."""
+    names = [key for key, value in body.items()
+             if value is not None and key not in GATEWAY_FIELDS and key not in mapped
+             and DEFAULT_VALUES.get(key, object()) != value]
+    if any(isinstance(t, dict) and t.get("type") == "custom" for t in body.get("tools") or ()):
+        names.append("tools[].custom")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("allowed_tools", "custom"):
+        names.append(f"tool_choice.{choice['type']}")
+    return names
+
+
+def legacy_tools(body: dict[str, Any]) -> tuple[Any, Any]:
+    """``(tools, tool_choice)`` of a request, the deprecated ``functions`` / ``function_call``
+    read as function tools when ``tools`` / ``tool_choice`` are not given."""
+    tools = body.get("tools")
+    if not tools and isinstance(body.get("functions"), list):
+        tools = [{"type": "function", "function": f} for f in body["functions"] if isinstance(f, dict)]
+    choice = body.get("tool_choice")
+    legacy = body.get("function_call")
+    if choice is None and legacy is not None:
+        if isinstance(legacy, dict) and legacy.get("name"):
+            choice = {"type": "function", "function": {"name": legacy["name"]}}
+        elif legacy in ("none", "auto"):
+            choice = legacy
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        mode = (choice.get("allowed_tools") or {}).get("mode")
+        choice = "required" if mode == "required" else "auto"  # the restriction itself is dropped
+    return tools, choice
+
+
+def legacy_tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An assistant message's tool calls, its deprecated ``function_call`` read as one (its id is
+    the function's name, which the matching ``function`` role message carries)."""
+    calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict) and c.get("type", "function")
+             == "function"]
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict) and legacy.get("name"):
+        calls = [{"id": legacy["name"], "type": "function",
+                  "function": {"name": legacy["name"], "arguments": legacy.get("arguments") or "{}"}}]
+    return calls

@@ -63,6 +63,7 @@ from ..money import ledger
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from ..translation import dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
 
@@ -87,6 +88,7 @@ class Candidate:
     byok: bool
     output_limit: int              # the output limit sent upstream (what the hold counts)
     body: dict[str, Any]           # the request as sent to this model
+    dropped: list[str] = field(default_factory=list)  # parameters its adapter does not carry (x-dropped-params)
 
 
 @dataclass(slots=True)
@@ -261,8 +263,9 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
     for m in models:
         target, is_byok = route(m, settings, byok_keys)
         limit = output_limit(req, m, size.estimate(m.id))
-        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
-                                    body=candidate_body(body, target, m, limit, size)))
+        sent = candidate_body(body, target, m, limit, size)
+        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit, body=sent,
+                                    dropped=get_adapter(target.provider).dropped(sent)))
         hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit + size.output_extra,
                                   m.markup_for(tier), images=size.images, audio=size.audio > 0, byok=is_byok,
                                   byok_fee=settings.byok_platform_fee))
@@ -471,6 +474,15 @@ def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
     return False
 
 
+def _served_by(call: Call, c: Candidate) -> None:
+    """The response comes from ``c``: name the parameters its adapter did not carry (the
+    ``x-dropped-params`` header, with the rate-limit headers) and log them."""
+    if c.dropped:
+        call.rate_headers.update(dropped_header(c.dropped))
+        logger.info("parameters not forwarded", extra={"request_id": call.request_id, "model": c.model.id,
+                                                       "provider": c.target.provider, "dropped": c.dropped})
+
+
 def _check_time_left(call: Call) -> None:
     if call.remaining() <= 0:
         raise deadline_error()
@@ -526,6 +538,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
             raise
         # the adapter already set ``model`` (target.public_id == model id) and ``usage``
         # (including provider details such as reasoning tokens)
+        _served_by(call, c)
         return response, _record(call, "ok", candidate=c, usage=usage)
     assert last is not None
     await _shielded_finish(call, _record(call, "failed", error=last))
@@ -640,6 +653,7 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
                 await upstream.aclose()
                 await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
             raise
+        _served_by(call, c)
         return c, upstream, iterator, first
     assert last is not None
     await _shielded_finish(call, _record(call, "failed", error=last))
@@ -664,6 +678,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     timer = _arm_deadline(call, upstream)
+    stream_id = first.get("id") if first is not None else None  # the usage chunk carries it too
     try:
         yield b""  # consumed by open_stream (priming), never sent
         try:
@@ -671,6 +686,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
                 yield _sse(first)
             if iterator is not None:
                 async for chunk in iterator:
+                    stream_id = stream_id or chunk.get("id")
                     yield _sse(chunk)
         except UpstreamError as err:
             error = err
@@ -686,7 +702,8 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             return
         opts = call.req.stream_options
         if opts is not None and opts.include_usage and upstream.usage is not None:
-            yield _sse({"id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            yield _sse({"id": stream_id or call.request_id, "object": "chat.completion.chunk",
+                        "created": int(time.time()),
                         "model": c.model.id, "choices": [], "usage": upstream.usage.as_openai()})
         yield DONE
     finally:
