@@ -5,15 +5,22 @@ upstream failures and deadlines with chat's statuses, embedding models in ``GET 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+import os
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+from mangum import Mangum
 
 from gateway import auth, db
 from gateway.catalog import registry
+from gateway.chat import service as chat_service
 from gateway.config import FREE_TIER, get_settings, reset_settings
 from gateway.embeddings import schema, service
 from gateway.embeddings.schema import EmbeddingsRequest, decode
@@ -22,6 +29,7 @@ from gateway.money.holds import hold_for
 from gateway.money.pricing import charge_for
 from infra.local.fake_surfaces import fake_vector
 from tests.integration.test_chat import _auth, _load_app, _msg, _state
+from tests.integration.test_health import http_api_v2_event, invoke_in_own_loop
 from tests.support.account import upstream_requests
 
 pytestmark = pytest.mark.integration
@@ -321,3 +329,50 @@ async def test_embedding_models_in_the_catalogue(stack: str) -> None:
                                        "google/gemini-embedding-001", "mistralai/mistral-embed-2312"}
     assert "openai/gpt-4o-mini" in by_id and by_id["openai/gpt-4o-mini"]["architecture"]["output_modalities"] == [
         "text"]
+
+
+# ================================================================================ lifecycle
+async def test_a_cancelled_call_is_billed_its_inputs(client: Any, make_user: Any) -> None:
+    """The client left while the provider was working: the provider bills the inputs, so do we."""
+    user = await make_user("5")
+    principal = await auth.authenticate_key(user.api_key)
+    req = EmbeddingsRequest(model="openai/text-embedding-3-small", input=["slow [[sleep:3]]", "other"])
+    call = await service.plan("req-cancel-" + uuid.uuid4().hex, principal, req)
+    await chat_service.admit(call)
+    task = asyncio.create_task(service.embed(call, req))
+    await asyncio.sleep(0.4)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    state = await _state(user.user_id)
+    (rec,) = state["usage"]
+    tokens = schema.estimate_input_tokens(req)
+    assert rec["status"] == "cancelled" and rec["prompt_tokens"] == tokens and rec["estimated"] is True
+    assert rec["charge"] == charge_for(tokens * await price_of("openai/text-embedding-3-small"), MARKUP) > 0
+    assert state["reservations"] == [] and state["balance"]["balance"] == D("5") - rec["charge"]
+    assert await ledger.invariant_violations() == []
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+async def test_the_lambda_handler_answers_and_settles(embeddings_app: Any, make_user: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """EmbeddingsFunction's handler (Mangum behind API Gateway, on the runtime's own loop, in
+    Lambda mode): the answer, and the usage settled by the time the invocation returns."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "mlp-test-embeddings")
+    user = await make_user("5")
+    await db.close_pool()  # the handler runs on its own loop, as the Lambda runtime does
+    body = {"model": "openai/text-embedding-3-small", "input": ["in lambda"]}
+    event = http_api_v2_event("/v1/embeddings", headers={
+        "authorization": f"Bearer {user.api_key}", "content-type": "application/json",
+        "content-length": str(len(json.dumps(body)))})
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/embeddings"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["body"] = json.dumps(body)
+    response = await asyncio.to_thread(invoke_in_own_loop, Mangum(embeddings_app, lifespan="off"), event)
+    assert response["statusCode"] == 200, response
+    assert json.loads(response["body"])["usage"]["prompt_tokens"] == 3
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:  # right when it returned
+        rows = conn.execute("SELECT status, charge FROM usage_records WHERE user_id = %s",
+                            (user.user_id,)).fetchall()
+        reserved = conn.execute("SELECT reserved FROM balances WHERE user_id = %s", (user.user_id,)).fetchone()
+    assert [r[0] for r in rows] == ["ok"] and rows[0][1] > 0 and reserved == (0,)
