@@ -282,12 +282,13 @@ async def test_upstream_errors_release_the_hold(client: Any, make_user: Any, mod
 
 async def test_a_gemini_batch_failing_after_others_bills_the_answered_ones(client: Any, make_user: Any) -> None:
     user = await make_user("5")
-    texts = [f"t{i}" for i in range(150)] + ["boom [[fail:500]]"]
+    texts = ["boom [[fail:500]]"] + [f"text {i}" for i in range(150)]  # batch 1 fails, 2 is answered
     r = await embed(client, user, model="google/gemini-embedding-001", input=texts)
     assert r.status_code == 502, r.text
     state = await _state(user.user_id)
     (rec,) = state["usage"]
-    answered = schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts[:100]))
+    answered = schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts[100:]))
+    assert answered != schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts[:51]))
     assert rec["status"] == "failed" and rec["prompt_tokens"] == answered and rec["estimated"] is True
     assert rec["charge"] == charge_for(answered * await price_of("google/gemini-embedding-001"), MARKUP)
     assert state["balance"]["balance"] == D("5") - rec["charge"]

@@ -130,10 +130,10 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
         answers = await asyncio.gather(*(post(path, b) for b in c.body["batches"]), return_exceptions=True)
         failure = next((a for a in answers if isinstance(a, BaseException)), None)
         if failure is not None:
-            done = sum(len(b["requests"]) for b, a in zip(c.body["batches"], answers, strict=True)
-                       if not isinstance(a, BaseException))
-            if done and isinstance(failure, UpstreamError):  # the batches that were answered are billed
-                raise billed(failure, _partial_usage(req, done))
+            answered = [part["text"] for b, a in zip(c.body["batches"], answers, strict=True)
+                        if not isinstance(a, BaseException) for r in b["requests"] for part in r["content"]["parts"]]
+            if answered and isinstance(failure, UpstreamError):  # the batches that were answered are billed
+                raise billed(failure, _estimate(answered))
             raise failure
         return _translated(lambda: translate.from_gemini(answers, req, model=c.model.id), call, target)
     data = await post("embeddings", c.body)
@@ -143,9 +143,8 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
                        call, target)
 
 
-def _partial_usage(req: EmbeddingsRequest, done: int) -> Usage:
-    """The estimate of the first ``done`` texts (the Gemini batches that were answered)."""
-    texts = [t for t in req.items()[:done] if isinstance(t, str)]
+def _estimate(texts: list[str]) -> Usage:
+    """The estimate of some texts (the Gemini batches that were answered), marked estimated."""
     return Usage(prompt_tokens=sum(max(text_tokens(t), 1) for t in texts), completion_tokens=0, reported=False)
 
 
