@@ -21,7 +21,7 @@ def test_every_count_is_a_record_field_and_a_settled_column() -> None:
         assert name in record_fields
         assert name in ledger.RECORD_COLUMNS
         assert f"%({name})s" in ledger.SETTLE_SQL
-    assert "audio_tokens" in TOKEN_FIELDS  # the field added through the list (migration 0008)
+    assert "audio_tokens" in TOKEN_FIELDS  # the field added through the list (migration 0009)
 
 
 def test_every_count_is_billed_by_provider_cost() -> None:
