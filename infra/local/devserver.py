@@ -249,6 +249,12 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
                VALUES ('compat/llama3.2', 'Local: Llama 3.2 (OpenAI-compatible server)', 'compat', 'llama3.2',
                        'local', 131072, 8192, 0.0000001, 0.0000002, 'local')
                ON CONFLICT (id) DO NOTHING""")
+        await db.execute(  # an embedding model on the same server (POST /v1/embeddings)
+            """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+                   max_completion_tokens, prompt_price, completion_price, output_modalities, source)
+               VALUES ('compat/nomic-embed-text', 'Local: nomic-embed-text (OpenAI-compatible server)', 'compat',
+                       'nomic-embed-text:latest', 'local', 2048, 0, 0.00000001, 0, ARRAY['embeddings'], 'local')
+               ON CONFLICT (id) DO NOTHING""")
         return str(user_id), key
     finally:
         await db.close_pool()

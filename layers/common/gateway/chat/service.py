@@ -63,8 +63,9 @@ from ..money import ledger
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from ..translation import dropped_header
 from .responses import assemble
-from .schema import ChatRequest
+from .schema import ChatRequest, check_priced
 
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
@@ -87,6 +88,7 @@ class Candidate:
     byok: bool
     output_limit: int              # the output limit sent upstream (what the hold counts)
     body: dict[str, Any]           # the request as sent to this model
+    dropped: list[str] = field(default_factory=list)  # parameters its adapter does not carry (x-dropped-params)
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -271,6 +273,7 @@ def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit
 
 
 def _check_options(req: ChatRequest) -> None:
+    check_priced(req)
     if req.service_tier is not None and req.service_tier not in LIST_PRICE_SERVICE_TIERS:
         raise BadRequest(f"`service_tier` {req.service_tier!r} is not supported: requests are served and billed at "
                          "the standard tier (omit it, or use \"auto\" or \"default\").",
@@ -301,6 +304,7 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
             f"This model's maximum context length is {primary.context_length} tokens, but the messages are "
             f"about {estimate} tokens.", param="messages")
     models = [primary] + [m for m in models[1:] if size.estimate(m.id) <= m.context_length]
+    models = _priced_for_audio(size, models)
     byok_keys = await byok_keys_for(principal)
     tier = settings.tier(principal.tier)
     candidates = []
@@ -308,14 +312,28 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
     for m in models:
         target, is_byok = route(m, settings, byok_keys)
         limit = output_limit(req, m, size.estimate(m.id))
-        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
-                                    body=candidate_body(body, target, m, limit, size)))
-        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit, m.markup_for(tier),
-                                  images=size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
+        sent = candidate_body(body, target, m, limit, size)
+        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit, body=sent,
+                                    dropped=get_adapter(target.provider).dropped(sent)))
+        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit + size.output_extra,
+                                  m.markup_for(tier), images=size.images, audio=size.audio > 0, byok=is_byok,
+                                  byok_fee=settings.byok_platform_fee))
     loop_now = asyncio.get_running_loop().time()
     budget = settings.request_deadline_s if budget_s is None else budget_s
     return Call(request_id=request_id, principal=principal, req=req, candidates=candidates, size=size, hold=hold,
                 started=time.perf_counter(), deadline=loop_now + budget, buffered=buffered)
+
+
+def _priced_for_audio(size: PromptSize, models: list[ModelInfo]) -> list[ModelInfo]:
+    """Audio input is billed at the model's audio price: without one (``ModelPrice.audio``) neither
+    the hold nor the charge could be right, so the primary model refuses it (400) and a fallback
+    without one is skipped."""
+    if not size.audio:
+        return models
+    if models[0].price.audio is None:
+        raise BadRequest(f"The model `{models[0].id}` does not take audio input (`input_audio` content parts) "
+                         "through this gateway: it has no audio price.", code="unsupported_content", param="messages")
+    return [m for m in models if m.price.audio is not None]
 
 
 def _check_plan(call: Call, tier: Tier) -> None:
@@ -376,18 +394,13 @@ def _record(call: Call, status: str, *, candidate: Candidate | None = None, usag
         tier = call.tier or settings.tier(call.principal.tier)
         record.model_served = m.id
         record.provider = candidate.target.provider
-        record.prompt_price, record.completion_price = m.price.prompt, m.price.completion
-        record.cache_read_price, record.request_price = m.price.cache_read, m.price.request
-        record.cache_write_price, record.cache_write_1h_price = m.price.cache_write, m.price.cache_write_1h
+        record.price(m.price)
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
-        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
-        record.cache_write_1h_tokens = usage.cache_write_1h_tokens
+        record.count(usage)
         record.estimated = not usage.reported
-        cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        cost = candidate.model.price.cost_of(usage)
         # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
         # its routing, cache writes and fees exactly).
         record.reported_cost = usage.cost
@@ -549,6 +562,15 @@ async def _first_answer(call: Call, attempt: Callable[[Candidate], Awaitable[T]]
     raise last
 
 
+def _served_by(call: Call, c: Candidate) -> None:
+    """The response comes from ``c``: name the parameters its adapter did not carry (the
+    ``x-dropped-params`` header, with the rate-limit headers) and log them."""
+    if c.dropped:
+        call.rate_headers.update(dropped_header(c.dropped))
+        logger.info("parameters not forwarded", extra={"request_id": call.request_id, "model": c.model.id,
+                                                       "provider": c.target.provider, "dropped": c.dropped})
+
+
 # --------------------------------------------------------------------------- non-streaming
 async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
     """Call upstream (with fallback) within the deadline. Returns the response and its usage record;
@@ -589,6 +611,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
             raise
 
     c, (response, usage) = await _first_answer(call, attempt)
+    _served_by(call, c)
     call.usage = usage
     # the adapter already set ``model`` (target.public_id == model id) and ``usage``
     # (including provider details such as reasoning tokens)
@@ -696,6 +719,7 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
         return upstream, iterator, first
 
     c, (upstream, iterator, first) = await _first_answer(call, attempt)
+    _served_by(call, c)
     return c, upstream, iterator, first
 
 
