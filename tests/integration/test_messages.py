@@ -442,3 +442,16 @@ async def test_a_claude_code_request(http: Any, make_user: Any, fake_upstream: A
         assert body["messages"][2]["tool_calls"][0]["function"]["name"] == "Bash"
     rec = await _one_record(user.user_id)
     assert rec["completion_tokens"] >= 4 and rec["charge"] > 0
+
+
+async def test_translated_max_tokens_is_clamped_too(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    user = await make_user("5")
+    r = await http.post("/v1/messages", headers={"x-api-key": user.api_key}, json={
+        "model": TRANSLATED, "max_tokens": 10_000_000, "thinking": {"type": "enabled", "budget_tokens": 9_000_000},
+        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 200, r.text
+    model = await db.fetchone("SELECT max_completion_tokens FROM model_pricing WHERE id = %s", (TRANSLATED,))
+    assert model is not None
+    sent = upstream_requests(fake_upstream, "openai")[0]["body"]
+    assert sent["max_completion_tokens"] == model["max_completion_tokens"] and sent["reasoning_effort"] == "high"
+    await _one_record(user.user_id)
