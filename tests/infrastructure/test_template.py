@@ -596,12 +596,13 @@ def test_api_5xx_and_query_p99_alarms(template: dict[str, Any]) -> None:
     api_alarms = alarms_watching(template, "AWS/ApiGateway", "5xx")
     assert any("Api" in targets for targets in api_alarms.values()), "no HttpApi 5xx alarm"
     duration = alarms_watching(template, "AWS/Lambda", "Duration")
-    p99 = [
-        aid
-        for aid, targets in duration.items()
-        if "QueryFunction" in targets and template["Resources"][aid]["Properties"].get("ExtendedStatistic") == "p99"
-    ]
-    assert p99, "no p99 Duration alarm on QueryFunction"
+    for function in ("QueryFunction", "MessagesFunction", "ResponsesFunction"):  # upstream calls behind HttpApi
+        p99 = [
+            aid
+            for aid, targets in duration.items()
+            if function in targets and template["Resources"][aid]["Properties"].get("ExtendedStatistic") == "p99"
+        ]
+        assert p99, f"no p99 Duration alarm on {function}"
 
 
 def test_alarms_notify_the_topic(template: dict[str, Any]) -> None:
