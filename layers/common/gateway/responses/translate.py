@@ -110,7 +110,7 @@ def response_headers(t: Translation) -> dict[str, str]:
 # =============================================================================== request → chat
 def to_chat(req: ResponsesRequest) -> Translation:
     t = Translation(body={})
-    _refuse_stateful(req)
+    refuse_stateful(req)
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -148,7 +148,7 @@ def to_chat(req: ResponsesRequest) -> Translation:
     return t
 
 
-def _refuse_stateful(req: ResponsesRequest) -> None:
+def refuse_stateful(req: ResponsesRequest) -> None:
     for name, why in STATEFUL.items():
         if getattr(req, name) is not None:
             raise BadRequest(f"`{name}` is not supported: this gateway does not store responses ({why}); send the "
