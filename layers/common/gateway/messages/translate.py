@@ -41,7 +41,8 @@ What the translation drops for non-Anthropic models (named in ``x-dropped-params
 ``mcp_servers``, ``diagnostics``, ``user_profile_id``, ``workspace_id``, top-level
 ``cache_control`` (automatic caching; block-level ``cache_control`` is kept on text parts, which
 OpenRouter honours, and dropped from images), ``thinking.display``, thinking and redacted-thinking
-blocks of earlier turns, citations, ``tool_result.is_error``, tool ``cache_control`` / extra tool
+blocks of earlier turns, citations, ``tool_result.is_error``, ``tool_result.cache_control`` (the
+block's; ``cache_control`` on the text blocks inside it is kept), tool ``cache_control`` / extra tool
 fields, ``disable_parallel_tool_use`` on ``tool_choice: none``.
 
 It refuses (400) what it cannot express: Anthropic-defined tools (``bash_…``, ``text_editor_…``,
@@ -346,6 +347,8 @@ def _tool_message(block: ToolResultBlock, at: str, t: Translation,
     follow in the user message of the same turn)."""
     if block.is_error:
         t.drop("tool_result.is_error")
+    if block.cache_control is not None:
+        t.drop("tool_result.cache_control")
     content = block.content
     if content is None or isinstance(content, str):
         return {"role": "tool", "tool_call_id": block.tool_use_id, "content": content or ""}
