@@ -31,7 +31,7 @@ ANTHROPIC_DROPPED = {"frequency_penalty", "presence_penalty", "logit_bias", "log
                      "reasoning_effort", "seed", "store", "verbosity", "top_p"}
 GEMINI_DROPPED = {"logit_bias", "logprobs", "top_logprobs", "metadata", "moderation", "parallel_tool_calls",
                   "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
-                  "reasoning_effort", "safety_identifier", "store", "user", "verbosity"}
+                  "safety_identifier", "store", "user", "verbosity"}  # reasoning_effort: thinkingConfig
 
 
 @pytest.fixture

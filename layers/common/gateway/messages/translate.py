@@ -55,7 +55,7 @@ known gap) and plain-text document parts; ``tool_use`` → ``tool_calls``; ``too
 ``tool`` messages (images in a result follow in a user message); ``tools`` → function tools;
 ``tool_choice`` auto/any/tool/none → auto/required/named/none (``disable_parallel_tool_use`` →
 ``parallel_tool_calls: false``); ``thinking`` enabled → ``reasoning_effort`` from the budget
-(≤2048 low, ≤8192 medium, else high); ``output_config.effort`` → ``reasoning_effort``;
+(``adapters.reasoning``: ≤2048 low, ≤8192 medium, else high); ``output_config.effort`` → ``reasoning_effort``;
 ``output_config.format`` → ``response_format`` json_schema; ``stop_sequences`` → ``stop``;
 ``temperature``/``top_p``; ``metadata.user_id`` → ``user``; ``max_tokens`` →
 ``max_completion_tokens`` (it bounds reasoning tokens too); ``stream`` → ``stream`` +
@@ -83,6 +83,7 @@ from starlette.responses import JSONResponse
 
 from gateway.adapters.anthropic import ANTHROPIC_VERSION, usage_from_anthropic
 from gateway.adapters.contract import Usage
+from gateway.adapters.reasoning import effort_for_budget
 from gateway.adapters.shapes import parse_tool_arguments
 from gateway.adapters.sse import SSEDecoder
 from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
@@ -215,13 +216,6 @@ def _reasoning(req: MessagesRequest | CountTokensRequest, body: dict[str, Any], 
         effort = req.output_config.effort
     if effort is not None:
         body["reasoning_effort"] = effort
-
-
-def effort_for_budget(budget_tokens: int) -> str:
-    """An Anthropic thinking budget as an OpenAI reasoning effort."""
-    if budget_tokens <= 2048:
-        return "low"
-    return "medium" if budget_tokens <= 8192 else "high"
 
 
 def _system_message(system: str | list[TextBlock] | None, t: Translation) -> dict[str, Any] | None:
