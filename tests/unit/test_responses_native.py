@@ -125,3 +125,15 @@ def test_error_frame_continues_the_sequence() -> None:
     frame = wire.error_frame(UpstreamError("boom", provider="openai", status=502, code="upstream_error"))
     data = json.loads(frame.split(b"data: ", 1)[1])
     assert frame.startswith(b"event: error") and data["sequence_number"] == 2 and data["message"] == "boom"
+
+
+def test_the_fake_knows_the_sdks_request_fields() -> None:
+    """The fake OpenAI refuses fields its real API does not know: its list is the SDK's."""
+    import typing
+
+    from openai.types.responses import response_create_params
+
+    from infra.local.fake_surfaces import RESPONSES_FIELDS
+
+    sdk = set(typing.get_type_hints(response_create_params.ResponseCreateParamsBase)) | {"stream"}
+    assert sdk == RESPONSES_FIELDS
