@@ -115,7 +115,7 @@ async def test_rejected_prediction_tokens_beyond_the_output_limit_stay_within_th
     assert 0 < rec["charge"] <= rec["hold"]  # no overrun
 
 
-@pytest.mark.parametrize(("model", "provider"), [("anthropic/claude-3.5-haiku", "anthropic"),
+@pytest.mark.parametrize(("model", "provider"), [("anthropic/claude-3.7-sonnet", "anthropic"),
                                                ("google/gemini-2.5-flash", "gemini")])
 async def test_reasoning_effort_becomes_the_providers_thinking_within_the_hold(
         api: Any, make_user: Any, fake_upstream: Any, database_url: str, model: str, provider: str) -> None:

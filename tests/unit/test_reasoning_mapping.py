@@ -19,7 +19,8 @@ EFFORTS = list(EFFORT_BUDGETS)
 
 
 def _chat(**extra: Any) -> dict[str, Any]:
-    return {"model": "x/m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64_000, **extra}
+    return {"model": "anthropic/claude-sonnet-4.5", "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 64_000, **extra}
 
 
 def _anthropic(body: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +30,17 @@ def _anthropic(body: dict[str, Any]) -> dict[str, Any]:
 
 def _gemini(model: str, body: dict[str, Any]) -> dict[str, Any]:
     return gemini.build_body(Target("gemini", model, f"google/{model}", "u", "k"), body)
+
+
+@pytest.mark.parametrize(("model", "thinks"), [
+    ("claude-sonnet-4-5-20250929", True), ("anthropic/claude-sonnet-4.5", True), ("claude-3-7-sonnet-20250219", True),
+    ("anthropic/claude-3.7-sonnet", True), ("claude-4-opus-20250522", True), ("claude-haiku-4-5", True),
+    ("claude-3-5-haiku-20241022", False), ("anthropic/claude-3.5-haiku", False), ("claude-3-opus-20240229", False),
+])
+def test_anthropic_models_with_extended_thinking(model: str, thinks: bool) -> None:
+    body = _chat(model=model, reasoning_effort="low")
+    sent = anthropic.build_body(Target("anthropic", model, model, "u", "k"), body, stream=False)
+    assert ("thinking" in sent) is thinks and ("reasoning_effort" in anthropic.dropped(body)) is not thinks
 
 
 def test_one_table_both_directions() -> None:

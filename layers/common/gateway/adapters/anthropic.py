@@ -228,21 +228,29 @@ MAPPED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p
                     "n", "reasoning_effort"})
 # Anthropic's smallest thinking budget.
 MIN_THINKING_BUDGET = 1_024
+# Models with extended thinking (Claude 3.7 and 4 onwards; our ids and Anthropic's names).
+THINKING_MODELS = re.compile(r"claude-(3[.-]7|[4-9]|(opus|sonnet|haiku)-[4-9])")
+
+
+def thinks(model: str) -> bool:
+    """Whether ``model`` (our catalogue id or Anthropic's name) has extended thinking."""
+    return THINKING_MODELS.search(model) is not None
 
 
 def output_limit(body: dict[str, Any]) -> int:
     return int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
 
 
-def thinking_budget(body: dict[str, Any]) -> int | None:
-    """The ``thinking.budget_tokens`` a chat request's ``reasoning_effort`` becomes
+def thinking_budget(body: dict[str, Any], model: str) -> int | None:
+    """The ``thinking.budget_tokens`` a chat request's ``reasoning_effort`` becomes on ``model``
     (``adapters.reasoning``), below ``max_tokens`` (thinking counts inside it, so the hold is
-    unchanged); None for no thinking: no effort or ``none``, an output limit too small for
+    unchanged); None for no thinking: no effort or ``none``, a model without extended thinking
+    (before Claude 3.7), an output limit too small for
     Anthropic's minimum budget, a forced tool choice (thinking allows only auto/none), or a tool
     loop in progress (Anthropic wants the last assistant turn's own thinking block back, which the
     chat format does not carry)."""
     effort = body.get("reasoning_effort")
-    if not isinstance(effort, str) or effort not in EFFORT_BUDGETS or effort == "none":
+    if not isinstance(effort, str) or effort not in EFFORT_BUDGETS or effort == "none" or not thinks(model):
         return None
     limit = output_limit(body)
     if limit <= MIN_THINKING_BUDGET:
@@ -262,7 +270,7 @@ def dropped(body: dict[str, Any]) -> list[str]:
     (thinking requires the defaults); ``reasoning_effort`` when thinking cannot be enabled."""
     names = unmapped(body, MAPPED)
     effort = body.get("reasoning_effort")
-    if thinking_budget(body) is not None:
+    if thinking_budget(body, str(body.get("model") or "")) is not None:
         names += [name for name in ("temperature", "top_p") if body.get(name) is not None]
     else:
         if effort is not None and effort != "none":
@@ -290,7 +298,7 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
         else:
             out["system"] = "\n\n".join(b["text"] for b in system)
     temperature = body.get("temperature")
-    budget = thinking_budget(body)
+    budget = thinking_budget(body, target.upstream_model)
     if budget is not None:
         out["thinking"] = {"type": "enabled", "budget_tokens": budget}  # sampling stays at its defaults
     elif temperature is not None:
