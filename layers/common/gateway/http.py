@@ -12,6 +12,7 @@ far as a statement). The middleware is plain ASGI so streamed responses pass thr
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -22,9 +23,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from .config import get_settings
 from .errors import BadRequest, GatewayError, PayloadTooLarge, error_body
@@ -389,6 +392,108 @@ def openapi_schema(app: FastAPI, routers: Iterable[APIRouter] = ()) -> dict[str,
     return schema
 
 
+# ----------------------------------------------------------------------------------- lean path
+def _lean_endpoint(route: Any) -> APIRoute | None:
+    """A route the lean path can serve: a fixed path, POST, no response model, and an endpoint
+    that takes only the ``Request`` (it parses and validates its own body, e.g.
+    ``chat_completions``): FastAPI's dependency and validation machinery has nothing to do for it."""
+    if not isinstance(route, APIRoute) or "{" in route.path or route.methods != {"POST"}:
+        return None
+    if (route.dependant.dependencies or route.dependencies or route.response_model not in (None, Any)
+            or not inspect.iscoroutinefunction(route.endpoint)):
+        return None
+    params = list(inspect.signature(route.endpoint).parameters.values())
+    if len(params) != 1 or params[0].annotation not in (Request, "Request"):
+        return None
+    return route
+
+
+def _as_response(route: APIRoute, result: Any) -> Response:
+    """What FastAPI makes of an endpoint's return value when the route has no response model."""
+    if isinstance(result, Response):
+        return result
+    from fastapi.encoders import jsonable_encoder
+
+    response_class: Any = getattr(route.response_class, "value", route.response_class)
+    return response_class(jsonable_encoder(result), status_code=route.status_code or 200)  # type: ignore[no-any-return]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, plus a lean path for the hot routes (``_lean_endpoint``): ``POST`` to such a route
+    goes from our middleware straight to the endpoint, past Starlette's and FastAPI's
+    middleware, router and request/response wrappers (~8 ASGI layers), with the same exception
+    handlers, the same ``GatewayMiddleware`` (and CORS when configured) and the same response.
+    Everything else (other methods and routes, OpenAPI, 404/405) takes FastAPI's full path. The
+    lean path switches itself off if middleware was added after ``create_app``."""
+
+    _lean_routes: dict[str, APIRoute] | None = None
+    _lean_stack: ASGIApp | None = None
+    _lean_middleware_count = 0
+    _lean_sources: tuple[APIRouter, ...] = ()  # the routers create_app included
+
+    def _build_lean(self) -> dict[str, APIRoute]:
+        routes: dict[str, APIRoute] = {}
+        if len(self.user_middleware) == self._lean_middleware_count and not self.router.dependencies:
+            for router in self._lean_sources:  # the routers create_app included, as they were given
+                if router.dependencies or router.prefix:
+                    continue
+                for route in router.routes:
+                    lean = _lean_endpoint(route)
+                    if lean is not None:
+                        routes.setdefault(lean.path, lean)
+        stack: ASGIApp = self._lean_call
+        for middleware in reversed(self.user_middleware):  # as Starlette builds it: first added outermost
+            stack = middleware.cls(stack, *middleware.args, **middleware.kwargs)  # type: ignore[call-arg]
+        self._lean_stack = stack
+        self._lean_routes = routes
+        return routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if scope["type"] == "http" and scope["method"] == "POST":
+            routes = self._lean_routes if self._lean_routes is not None else self._build_lean()
+            if scope["path"] in routes:
+                scope["app"] = self
+                assert self._lean_stack is not None
+                await self._lean_stack(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _lean_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._lean_routes is not None
+        route = self._lean_routes[scope["path"]]
+        request = Request(scope, receive)  # type: ignore[arg-type]
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            response = _as_response(route, await route.endpoint(request))
+            await response(scope, receive, sender)  # type: ignore[arg-type]
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None or started:
+                raise  # GatewayMiddleware: 500 (or the server closes a broken stream)
+            error = handler(request, exc)
+            if inspect.isawaitable(error):
+                error = await error
+            await error(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> Any:
+        handlers = self.exception_handlers
+        if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers:
+            return handlers[exc.status_code]
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None  # unhandled: answered by GatewayMiddleware, as on the full path
+            if cls in handlers:
+                return handlers[cls]
+        return None
+
+
 def create_app(title: str, routers: Iterable[APIRouter] = (),
                security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS, **fastapi_kwargs: Any) -> FastAPI:
     """``security_headers`` are added to every response (the API's strict defaults; the console
@@ -397,7 +502,7 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
     fastapi_kwargs.setdefault("docs_url", None if settings.deployed else "/docs")
     fastapi_kwargs.setdefault("redoc_url", None)
     fastapi_kwargs.setdefault("openapi_url", None if settings.deployed else "/openapi.json")
-    app = FastAPI(title=title, **fastapi_kwargs)
+    app = GatewayApp(title=title, **fastapi_kwargs)
     routers = list(routers)
     for router in routers:
         app.include_router(router)
@@ -411,6 +516,8 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
                            allow_methods=list(CORS_ALLOW_METHODS), allow_headers=list(CORS_ALLOW_HEADERS),
                            expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
+    app._lean_middleware_count = len(app.user_middleware)
+    app._lean_sources = tuple(routers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
