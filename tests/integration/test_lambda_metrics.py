@@ -1,0 +1,63 @@
+"""The query function's Lambda handler writes ONE EMF record per invocation: the function-wide
+set (``Requests``, ``ColdStart`` on the first invocation) and the per-provider record merged as
+two metric directives of one line (gateway.observability.flush_metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gateway import db, observability, upstash
+from tests.integration.test_health import http_api_v2_event, invoke_in_own_loop
+
+pytestmark = pytest.mark.integration
+
+APP = Path(__file__).resolve().parents[2] / "functions" / "query" / "app.py"
+
+
+@pytest.fixture
+def query_module(stack: str, fake_upstream: Any) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mlp_query_lambda_under_test", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _chat_event(api_key: str) -> dict[str, Any]:
+    event = http_api_v2_event("/v1/chat/completions", headers={"authorization": f"Bearer {api_key}",
+                                                                 "content-type": "application/json"})
+    event["routeKey"] = "POST /v1/chat/completions"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["body"] = json.dumps({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    return event
+
+
+async def test_one_emf_record_per_invocation(query_module: ModuleType, make_user: Any,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    user = await make_user(balance="5")
+    await db.close_pool()  # the handler's thread gets its own loop and pool
+    upstash.reset_redis()
+    observability.flush_metrics()  # start from an empty set
+    capsys.readouterr()
+    for invocation in range(2):
+        event = _chat_event(user.api_key)
+        event["requestContext"]["requestId"] = f"emf-{invocation}"
+        response = await asyncio.to_thread(invoke_in_own_loop, query_module.handler, event)
+        assert response["statusCode"] == 200, response
+        out = capsys.readouterr().out
+        records = [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+        assert len(records) == 1, out[-3000:]
+        record = records[0]
+        dimensions = [d["Dimensions"] for d in record["_aws"]["CloudWatchMetrics"]]
+        assert dimensions == [[["service"]], [["provider", "service"]]]
+        assert record["provider"] == "openai" and record["Requests"] == [1.0] and record["CompletionTokens"]
+        assert "Requests" in {m["Name"] for m in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
