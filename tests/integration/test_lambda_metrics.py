@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,35 @@ def _chat_event(api_key: str) -> dict[str, Any]:
     event["requestContext"]["http"]["method"] = "POST"
     event["body"] = json.dumps({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
     return event
+
+
+async def test_log_lines_carry_the_request_ids_only(query_module: ModuleType, make_user: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await make_user(balance="5")
+    await db.close_pool()
+    upstash.reset_redis()
+    log = io.StringIO()  # the Powertools handler writes to the stdout it saw at import: redirect it
+    handler = observability.logger.registered_handler
+    old_stream = handler.setStream(log)  # type: ignore[attr-defined]
+    level = observability.logger.log_level
+    observability.logger.setLevel("INFO")
+    try:
+        response = await asyncio.to_thread(invoke_in_own_loop, query_module.handler, _chat_event(user.api_key))
+        observability.logger.info("after the invocation")
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        observability.logger.setLevel(level)
+    assert response["statusCode"] == 200, response
+    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+    completion = [e for e in lines if e["message"] == "chat completion"]
+    assert len(completion) == 1, lines
+    entry = completion[0]
+    assert entry["function_request_id"] == "6f1a7c2e-52b4-4a47-9d0e-1d3c8f0b9a11"  # FakeLambdaContext
+    assert entry["correlation_id"] == "RlkqXgWJoAMEPnA=" and entry["cold_start"] in (True, False)
+    assert not {"function_arn", "function_name", "function_memory_size", "xray_trace_id"} & set(entry)
+    after = lines[-1]
+    assert after["message"] == "after the invocation" and "function_request_id" not in after
+    assert "correlation_id" not in after
 
 
 async def test_one_emf_record_per_invocation(query_module: ModuleType, make_user: Any,

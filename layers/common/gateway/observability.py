@@ -1,7 +1,7 @@
 """Powertools Logger and Metrics: one instance each per process.
 
-``instrument(handler)`` wraps a Mangum handler: logger (Lambda context and the API Gateway
-correlation id) outermost, then metrics, flushed once per invocation as ONE EMF record (see
+``instrument(handler)`` wraps a Mangum handler: log keys (Lambda request id, cold start, the API
+Gateway request id as correlation id), then metrics, flushed once per invocation as ONE EMF record (see
 ``flush_metrics``), with a ``ColdStart`` count in it on the first invocation.
 
 ``instrument_asgi(app)`` does the same for the streaming function, which runs the app under
@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -69,10 +68,18 @@ def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]]
 
 
 def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
-    """Wrap a Lambda handler (a ``Mangum`` instance): Powertools' logger context, then the
-    invocation's metrics written once at its end (``flush_metrics``)."""
+    """Wrap a Lambda handler (a ``Mangum`` instance): the invocation's log keys, then its metrics
+    written once at its end (``flush_metrics``).
+
+    The log keys are the ones the streaming function's lines carry (``function_request_id``,
+    ``cold_start``) plus the API Gateway request id as ``correlation_id``; not Powertools'
+    ``inject_lambda_context`` set (function name, ARN, memory size, X-Ray id: ~200 bytes on every
+    line that the log group and the platform's REPORT line already say)."""
     def lambda_handler(event: dict[str, Any], context: Any) -> Any:
         global _cold, _deferring
+        request_context = event.get("requestContext") if isinstance(event, dict) else None
+        logger.append_keys(function_request_id=getattr(context, "aws_request_id", None), cold_start=_cold,
+                           correlation_id=(request_context or {}).get("requestId"))
         if _cold and _METRICS_ON:
             metrics.add_metric(name="ColdStart", unit=MetricUnit.Count, value=1)
         _cold = False
@@ -82,9 +89,9 @@ def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[
         finally:
             _deferring = False
             flush_metrics()
+            logger.remove_keys([*_LOG_KEYS, "correlation_id"])
 
-    return logger.inject_lambda_context(lambda_handler, correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
-                                        clear_state=True)
+    return lambda_handler
 
 
 # ----------------------------------------------------------------------------- Lambda Web Adapter
