@@ -1,9 +1,15 @@
 """POST /v1/chat/completions — the OpenAI-compatible proxy with metering and billing.
 
-Behind API Gateway (Mangum, ``handler``) responses are buffered, streams included; the same
-``app`` runs under uvicorn for true streaming on the Lambda Web Adapter deployment (run.sh serves
-``stream_app``: Lambda request id in the logs, metrics flushed before each response completes).
+Behind API Gateway (Mangum, ``handler``) responses are buffered, streams included; true streaming
+is QueryStreamFunction (run.sh serves ``stream_app`` with uvicorn behind the Lambda Web Adapter:
+Lambda request id in the logs, metrics flushed before each response completes). That one streaming
+function serves every surface — chat completions, the Anthropic Messages API
+(``/v1/messages``, ``/v1/messages/count_tokens``) and the Responses API — so a client has one base
+URL (template.yaml says why); ``stream_app`` is built on first use, so the buffered QueryFunction
+does not import the other surfaces.
 """
+
+from typing import Any
 
 from mangum import Mangum
 
@@ -13,4 +19,14 @@ from gateway.observability import instrument, instrument_asgi
 
 app = create_app("query", [router])
 handler = instrument(Mangum(app, lifespan="off"))
-stream_app = instrument_asgi(app)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "stream_app":
+        from gateway.messages.routes import router as messages_router
+        from gateway.responses.routes import router as responses_router
+
+        value = instrument_asgi(create_app("query-stream", [router, messages_router, responses_router]))
+        globals()["stream_app"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

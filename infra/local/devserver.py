@@ -249,6 +249,12 @@ async def seed(previous: dict[str, Any]) -> tuple[str, str]:
                VALUES ('compat/llama3.2', 'Local: Llama 3.2 (OpenAI-compatible server)', 'compat', 'llama3.2',
                        'local', 131072, 8192, 0.0000001, 0.0000002, 'local')
                ON CONFLICT (id) DO NOTHING""")
+        await db.execute(  # an embedding model on the same server (POST /v1/embeddings)
+            """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+                   max_completion_tokens, prompt_price, completion_price, output_modalities, source)
+               VALUES ('compat/nomic-embed-text', 'Local: nomic-embed-text (OpenAI-compatible server)', 'compat',
+                       'nomic-embed-text:latest', 'local', 2048, 0, 0.00000001, 0, ARRAY['embeddings'], 'local')
+               ON CONFLICT (id) DO NOTHING""")
         return str(user_id), key
     finally:
         await db.close_pool()
@@ -399,6 +405,11 @@ Multi-LLM gateway running at {base_url}  (routes from template.yaml: {len(router
 
   python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='{api_key}'); \\
 print(c.chat.completions.create(model='openai/gpt-4o-mini', messages=[{{'role':'user','content':'Hi'}}]))"
+
+  Anthropic Messages (Claude Code, the anthropic SDK) and the Responses API (docs/surfaces.md):
+  ANTHROPIC_BASE_URL={base_url} ANTHROPIC_API_KEY={api_key} ANTHROPIC_MODEL=anthropic/claude-sonnet-4 claude
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{base_url}/v1', api_key='{api_key}'); \
+print(c.responses.create(model='openai/gpt-4o-mini', input='Hi').output_text)"
 """, flush=True)
 
     import uvicorn

@@ -9,6 +9,8 @@ randomness), so catalogue-discovery tests can assert exact values:
   synthetic ones). As on the real API, ``pricing.input_cache_read`` / ``input_cache_write``
   are present only for models that support prompt caching, and some synthetic entries have
   ``top_provider.max_completion_tokens = null``.
+* OpenRouter ``GET /api/v1/embeddings/models`` -> :func:`openrouter_embedding_models` (its
+  embedding models, priced per input token).
 * OpenAI ``GET /v1/models`` -> :func:`openai_models` (includes non-chat models, as the real one).
 * Anthropic ``GET /v1/models`` -> :func:`anthropic_models` (newest first).
 * Gemini ``GET /v1beta/models`` -> :func:`gemini_models` (includes embedding / predict-only models).
@@ -304,6 +306,36 @@ def openrouter_models(count: int = OPENROUTER_DEFAULT_COUNT) -> list[dict[str, A
 
 
 POPULAR_OPENROUTER_IDS = tuple(spec[0] for spec in _POPULAR)
+
+
+# OpenRouter ``GET /api/v1/embeddings/models``: its embedding models, in the same entry shape as
+# ``/models`` with ``architecture.output_modalities: ["embeddings"]``, a per-input-token
+# ``prompt`` price, ``completion`` "0" and no output limit.
+# (id, name, created, context_length, prompt $/M, tokenizer, supported_parameters)
+_OPENROUTER_EMBEDDINGS: list[tuple[str, str, int, int, str, str, list[str]]] = [
+    ("openai/text-embedding-3-small", "OpenAI: Text Embedding 3 Small", 1705948997, 8192, "0.02", "GPT",
+     ["dimensions", "encoding_format"]),
+    ("openai/text-embedding-3-large", "OpenAI: Text Embedding 3 Large", 1705953180, 8192, "0.13", "GPT",
+     ["dimensions", "encoding_format"]),
+    ("google/gemini-embedding-001", "Google: Gemini Embedding 001", 1752105600, 2048, "0.15", "Gemini",
+     ["dimensions", "encoding_format"]),
+    ("mistralai/mistral-embed-2312", "Mistral: Mistral Embed 2312", 1702944000, 8192, "0.1", "Mistral",
+     ["encoding_format"]),
+]
+OPENROUTER_EMBEDDING_IDS = tuple(spec[0] for spec in _OPENROUTER_EMBEDDINGS)
+
+
+def openrouter_embedding_models() -> list[dict[str, Any]]:
+    return [{
+        "id": mid, "canonical_slug": mid, "hugging_face_id": None, "name": name, "created": created,
+        "description": f"Fake entry for {name}.", "context_length": ctx,
+        "architecture": {"modality": "text->embeddings", "input_modalities": ["text"],
+                         "output_modalities": ["embeddings"], "tokenizer": tokenizer, "instruct_type": None},
+        "pricing": {"prompt": per_token(prompt_m), "completion": "0", "request": "0", "image": "0"},
+        "top_provider": {"context_length": ctx, "max_completion_tokens": None, "is_moderated": False},
+        "per_request_limits": None, "supported_parameters": list(params), "default_parameters": None,
+        "links": {"details": f"/api/v1/models/{mid}/endpoints"},
+    } for mid, name, created, ctx, prompt_m, tokenizer, params in _OPENROUTER_EMBEDDINGS]
 
 
 # --------------------------------------------------------------------------------------------

@@ -328,6 +328,8 @@ class Chat:
     cache_ttl_1h: bool = False      # a block asked for the 1-hour prompt cache (Anthropic)
     max_price: dict[str, Any] | None = None  # OpenRouter provider.max_price
     service_tier: str | None = None
+    audio_chars: int = 0            # base64 characters of input_audio parts (OpenAI wire format)
+    prediction_chars: int = 0       # characters of a Predicted Outputs ``prediction`` (OpenAI)
 
 
 @dataclass(slots=True)
@@ -342,6 +344,8 @@ class Plan:
     cache_write_tokens: int
     usage: bool
     cache_write_1h: bool = False
+    audio_tokens: int = 0           # part of prompt_tokens that was audio input
+    rejected_prediction_tokens: int = 0  # billed as output on top of the words (Predicted Outputs)
 
     @property
     def text(self) -> str:
@@ -349,7 +353,7 @@ class Plan:
 
     @property
     def output_tokens(self) -> int:
-        return self.completion_tokens + self.reasoning_tokens
+        return self.completion_tokens + self.reasoning_tokens + self.rejected_prediction_tokens
 
 
 def count_prompt_tokens(chars: int) -> int:
@@ -379,7 +383,21 @@ def image_tokens(provider: str, model: str) -> int:
     return 1_601
 
 
+AUDIO_CHARS_PER_TOKEN = 64  # the fake's audio rule: a token per 64 base64 characters (48 bytes)
+
+
 def make_plan(chat: Chat, d: Directives) -> Plan:
+    plan = _make_plan(chat, d)
+    if chat.audio_chars and plan.prompt_tokens:
+        plan.audio_tokens = math.ceil(chat.audio_chars / AUDIO_CHARS_PER_TOKEN)
+        plan.prompt_tokens += plan.audio_tokens
+    if chat.prediction_chars and plan.prompt_tokens:
+        # every predicted token rejected: the worst case, billed as completion tokens
+        plan.rejected_prediction_tokens = count_prompt_tokens(chat.prediction_chars)
+    return plan
+
+
+def _make_plan(chat: Chat, d: Directives) -> Plan:
     prompt = count_prompt_tokens(chat.prompt_chars) + chat.images * image_tokens(chat.provider, chat.model)
     cached = min(d.cached, prompt)
     cache_write = min(d.cache_write, prompt - cached)
@@ -452,10 +470,16 @@ def parse_openai_chat(provider: str, body: dict[str, Any]) -> Chat:
     prefs = body.get("provider")
     max_price = prefs.get("max_price") if provider == "openrouter" and isinstance(prefs, dict) else None
     tier = body.get("service_tier")
+    audio_chars = sum(len(str((part.get("input_audio") or {}).get("data") or ""))
+                      for msg in messages if isinstance(msg, dict) and isinstance(msg.get("content"), list)
+                      for part in msg["content"] if isinstance(part, dict) and part.get("type") == "input_audio")
+    prediction = body.get("prediction")
+    predicted = _openai_text(prediction.get("content")) if isinstance(prediction, dict) else ""
     return Chat(provider, str(body.get("model") or ""), stream, max_tokens, chars, last_user,
                 bool(body.get("tools") or body.get("functions")), include_usage, images=images,
                 max_price=max_price if isinstance(max_price, dict) else None,
-                service_tier=tier if isinstance(tier, str) else None)
+                service_tier=tier if isinstance(tier, str) else None, audio_chars=audio_chars,
+                prediction_chars=len(predicted))
 
 
 def _anthropic_text(content: Any, *, tool_results: bool) -> str:
@@ -478,6 +502,15 @@ def _asks_1h_cache(blocks: Any) -> bool:
     return isinstance(blocks, list) and any(
         isinstance(b, dict) and isinstance(b.get("cache_control"), dict) and b["cache_control"].get("ttl") == "1h"
         for b in blocks)
+
+
+# The top-level request fields the real APIs know; any other is refused (400), as they do, so an
+# adapter that forwards a parameter the provider does not take fails here as it would there.
+ANTHROPIC_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
+                              "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
+                              "container", "mcp_servers", "context_management", "output_config", "output_format"})
+GEMINI_FIELDS = frozenset({"contents", "systemInstruction", "tools", "toolConfig", "generationConfig",
+                           "safetySettings", "cachedContent", "labels"})
 
 
 def parse_anthropic_chat(body: dict[str, Any]) -> Chat:
@@ -773,10 +806,10 @@ def _openai_usage(plan: Plan, provider: str, cost: float | None) -> dict[str, An
         usage["cost_details"] = {"upstream_inference_cost": None}
         usage["completion_tokens_details"] = {"reasoning_tokens": plan.reasoning_tokens}
     else:
-        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens, "audio_tokens": 0}
+        usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens, "audio_tokens": plan.audio_tokens}
         usage["completion_tokens_details"] = {"reasoning_tokens": plan.reasoning_tokens, "audio_tokens": 0,
                                               "accepted_prediction_tokens": 0,
-                                              "rejected_prediction_tokens": 0}
+                                              "rejected_prediction_tokens": plan.rejected_prediction_tokens}
     return usage
 
 
@@ -1238,13 +1271,17 @@ class FakeProviders:
             return self._error(entry, provider, 400, message="Could not parse the JSON body of your request.")
         if provider == "anthropic":
             chat = parse_anthropic_chat(body)
+            extra = sorted(set(body) - ANTHROPIC_FIELDS)
             problem = ("model: Field required" if not chat.model else
                        "messages: Field required" if not body.get("messages") else
-                       "max_tokens: Field required" if chat.max_tokens is None else "")
+                       "max_tokens: Field required" if chat.max_tokens is None else
+                       f"{extra[0]}: Extra inputs are not permitted" if extra else "")
         elif provider == "gemini":
             chat = parse_gemini_chat(gemini_model, body, gemini_stream)
-            problem = "* GenerateContentRequest.contents: contents is not specified" \
-                if not body.get("contents") else ""
+            extra = sorted(set(body) - GEMINI_FIELDS)
+            problem = ("* GenerateContentRequest.contents: contents is not specified" if not body.get("contents") else
+                       f'Invalid JSON payload received. Unknown name "{extra[0]}": Cannot find field.' if extra
+                       else "")
         else:
             chat = parse_openai_chat(provider, body)
             problem = ("you must provide a model parameter" if not chat.model else

@@ -1,7 +1,7 @@
 """The fake providers' newer API surfaces (mounted by ``fake_providers.create_app``, same state):
 
     openai      {server}/openai/v1            POST /embeddings, POST /responses (plain and stream)
-    openrouter  {server}/openrouter/api/v1    POST /embeddings
+    openrouter  {server}/openrouter/api/v1    POST /embeddings, GET /embeddings/models
     compat      {server}/compat/v1            POST /embeddings
     gemini      {server}/gemini/v1beta        POST /models/{model}:embedContent, :batchEmbedContents
     anthropic   {server}/anthropic/v1         POST /messages/count_tokens
@@ -36,8 +36,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from infra.local import fake_catalog
 from infra.local.fake_providers import (
     BASE_PATHS,
     TOOL_ARGS_JSON,
@@ -140,6 +142,17 @@ class FakeSurfaces:
             out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         entry["status"] = 200
         return FakeResponse(200, _JSON, body=_dumps(out), sleep=d.sleep, ttfb=d.ttfb, cut=d.cut)
+
+    async def openrouter_embedding_models(self, request: Request) -> FakeResponse | Response:
+        """OpenRouter's ``GET /embeddings/models`` (public, like ``/models``; fails with it when
+        ``/__fake/catalog/openrouter/fail`` is set)."""
+        entry = self.fake._log("openrouter", request)
+        entry["key"], entry["key_source"] = self.fake._key("openrouter", request)
+        fail = self.fake.catalog_fail.get("openrouter")
+        if fail is not None:
+            return self.fake._error(entry, "openrouter", fail)
+        entry["status"] = 200
+        return JSONResponse({"data": fake_catalog.openrouter_embedding_models()})
 
     # -------------------------------------------------------------------------- embeddings (Gemini)
     async def gemini_embed(self, request: Request) -> FakeResponse:
@@ -383,6 +396,7 @@ def routes(fake: FakeProviders) -> list[Route]:
            for p in ("openai", "openrouter", "compat")]
     out += [
         Route(f"{BASE_PATHS['openai']}/responses", s.responses, methods=["POST"]),
+        Route(f"{BASE_PATHS['openrouter']}/embeddings/models", s.openrouter_embedding_models, methods=["GET"]),
         Route(f"{gemini}/models/{{model}}:embedContent", s.gemini_embed, methods=["POST"]),
         Route(f"{gemini}/models/{{model}}:batchEmbedContents", s.gemini_embed, methods=["POST"]),
         Route(f"{BASE_PATHS['anthropic']}/messages/count_tokens", s.anthropic_count_tokens, methods=["POST"]),

@@ -263,7 +263,8 @@ def test_function_timeouts(functions: dict[str, dict[str, Any]]) -> None:
         if name == "QueryStreamFunction":
             # long reasoning generations: Function URL streaming allows up to 15 minutes
             assert timeout == 900, f"{name}: the streaming function gets 900 s, not {timeout}"
-        elif name.startswith("Query"):
+        elif name.startswith("Query") or name in ("MessagesFunction", "ResponsesFunction", "EmbeddingsFunction"):
+            # upstream calls behind HttpApi: a 27 s deadline plus the settle margin
             assert 60 <= timeout <= 120, f"{name}: query functions get 60-120 s, not {timeout}"
         else:
             assert 10 <= timeout <= 30, f"{name}: non-query functions get 10-30 s, not {timeout}"
@@ -375,6 +376,8 @@ def test_known_routes(template: dict[str, Any]) -> None:
     routes = {(r.method, r.path): r.logical_id for r in http_routes(template)}
     assert routes[("GET", "/health")] == "HealthFunction"
     assert routes[("POST", "/v1/chat/completions")] == "QueryFunction"
+    assert routes[("POST", "/v1/messages")] == routes[("POST", "/v1/messages/count_tokens")] == "MessagesFunction"
+    assert routes[("POST", "/v1/responses")] == "ResponsesFunction"
 
 
 def test_stripe_webhook_has_no_authorizer(template: dict[str, Any]) -> None:
@@ -593,12 +596,13 @@ def test_api_5xx_and_query_p99_alarms(template: dict[str, Any]) -> None:
     api_alarms = alarms_watching(template, "AWS/ApiGateway", "5xx")
     assert any("Api" in targets for targets in api_alarms.values()), "no HttpApi 5xx alarm"
     duration = alarms_watching(template, "AWS/Lambda", "Duration")
-    p99 = [
-        aid
-        for aid, targets in duration.items()
-        if "QueryFunction" in targets and template["Resources"][aid]["Properties"].get("ExtendedStatistic") == "p99"
-    ]
-    assert p99, "no p99 Duration alarm on QueryFunction"
+    for function in ("QueryFunction", "MessagesFunction", "ResponsesFunction"):  # upstream calls behind HttpApi
+        p99 = [
+            aid
+            for aid, targets in duration.items()
+            if function in targets and template["Resources"][aid]["Properties"].get("ExtendedStatistic") == "p99"
+        ]
+        assert p99, f"no p99 Duration alarm on {function}"
 
 
 def test_alarms_notify_the_topic(template: dict[str, Any]) -> None:

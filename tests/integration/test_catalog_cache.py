@@ -78,7 +78,7 @@ async def test_expired_local_copy_rereads_only_the_version(catalog_env: CatalogE
     await discovery.discover(trigger="test")
     one.expire_local()
     newer, source = await one.get()
-    assert source == "redis" and newer.version != first.version and len(newer) == 301
+    assert source == "redis" and newer.version != first.version and len(newer) == 305
 
 
 async def test_redis_down_falls_back_to_postgres(catalog_env: CatalogEnv, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +126,7 @@ async def test_published_catalogue_prices(catalog_env: CatalogEnv) -> None:
     assert source == "redis"  # discovery published it
     body = json.loads(catalogue.list_body(Decimal("0.10"))[0])
     by_id = {m["id"]: m for m in body["data"]}
-    assert len(by_id) == 301
+    assert len(by_id) == 305
     assert by_id["openai/gpt-4o"]["pricing"]["prompt"] == "0.00000275"
     assert by_id["perplexity/sonar"]["pricing"]["request"] == "0.0055"
     assert by_id["meta-llama/llama-3.3-70b-instruct:free"]["pricing"]["prompt"] == "0"

@@ -67,11 +67,11 @@ async def test_refresh_models_shows_progress_per_source(catalog_env: CatalogEnv,
     assert err[header].split() == ["source", "fetched", "added", "updated", "price", "Δ", "deactivated",
                                    "reactivated", "skipped"]
     table = {line.split()[0]: line.split()[1:] for line in err[header + 1:header + 6]}
-    assert table["openrouter"][:2] == ["300", "279"] and table["openrouter"][4] == "4"  # fetched, added, deact.
-    assert table["total"][:1] == ["279"]
-    assert any(line.startswith("published catalogue ") and "(301 active models)" in line for line in err)
+    assert table["openrouter"][:2] == ["300", "283"] and table["openrouter"][4] == "4"  # fetched, added, deact.
+    assert table["total"][:1] == ["283"]
+    assert any(line.startswith("published catalogue ") and "(305 active models)" in line for line in err)
     assert result.out.strip().splitlines() == [
-        "ok: 279 added, 20 updated (7 price changes), 4 deactivated, 0 reactivated, 15 skipped; 301 active models"]
+        "ok: 283 added, 20 updated (7 price changes), 4 deactivated, 0 reactivated, 15 skipped; 305 active models"]
     assert catalog_env.sql("SELECT trigger, status FROM catalog_syncs") == [{"trigger": "cli", "status": "ok"}]
 
     again = await mlp("refresh-models")
@@ -95,7 +95,7 @@ async def test_dry_run_json_and_source_selection(catalog_env: CatalogEnv, mlp: C
     assert dry.code == 0
     doc = json.loads(dry.out)
     assert doc["dry_run"] is True and list(doc["sources"]) == ["openrouter"]
-    assert doc["added"] == 279
+    assert doc["added"] == 283
     assert doc["deactivated"] == 4  # models the (skipped) direct sources list are not judged vanished
     assert any('"change": "added"' in line for line in dry.err.splitlines())
     assert catalog_env.sql("SELECT count(*) AS n FROM model_pricing")[0]["n"] == 26  # nothing written

@@ -27,7 +27,8 @@ SEEDS_DIRECT_ONLY = {"openai/o4-mini", "google/gemini-2.5-flash-lite"}
 
 
 def importable_openrouter_ids(models: list[dict[str, Any]] | None = None) -> set[str]:
-    models = models if models is not None else fake_catalog.openrouter_models()
+    models = models if models is not None else (fake_catalog.openrouter_models()
+                                                + fake_catalog.openrouter_embedding_models())
     return {m["id"] for m in models if D(m["pricing"]["prompt"]) >= 0 and D(m["pricing"]["completion"]) >= 0}
 
 
@@ -45,15 +46,16 @@ async def test_first_sync_adds_updates_and_deactivates(catalog_env: CatalogEnv) 
     seeds = rows(env)
     assert len(seeds) == 26
     or_ids = importable_openrouter_ids()
-    assert len(or_ids) == 299  # 300 listed, openrouter/auto has the dynamic price "-1"
+    # 300 listed (openrouter/auto has the dynamic price "-1") + 4 embedding models (GET /embeddings/models)
+    assert len(or_ids) == 303
 
     result = await discovery.discover(trigger="test")
 
     assert result.status == "ok" and result.failed_sources == []
-    assert result.added == len(or_ids - set(seeds)) == 279
+    assert result.added == len(or_ids - set(seeds)) == 283
     assert {c["id"] for c in result.changes if c["change"] == "deactivated"} == SEEDS_NOT_UPSTREAM
     assert result.deactivated == len(SEEDS_NOT_UPSTREAM)
-    assert result.sources["openrouter"].fetched == 300 and result.sources["openrouter"].added == 279
+    assert result.sources["openrouter"].fetched == 300 and result.sources["openrouter"].added == 283
     assert result.sources["openai"].fetched == len(fake_catalog.openai_models())
 
     after = rows(env)
@@ -65,7 +67,8 @@ async def test_first_sync_adds_updates_and_deactivates(catalog_env: CatalogEnv) 
         assert after[model_id]["deactivated_at"] is not None
 
     # every price exactly as listed (Decimal, not float)
-    index = fake_catalog.openrouter_pricing_index(fake_catalog.openrouter_models())
+    index = fake_catalog.openrouter_pricing_index(fake_catalog.openrouter_models()
+                                                  + fake_catalog.openrouter_embedding_models())
     for model_id in or_ids:
         assert after[model_id]["prompt_price"] == index[model_id]["prompt"], model_id
         assert after[model_id]["completion_price"] == index[model_id]["completion"], model_id
@@ -95,7 +98,7 @@ async def test_first_sync_adds_updates_and_deactivates(catalog_env: CatalogEnv) 
     assert after["google/gemini-2.5-flash"]["input_cache_read_price"] == D("0.00000003")
 
     syncs = env.sql("SELECT * FROM catalog_syncs")
-    assert [(s["status"], s["added"], s["deactivated"]) for s in syncs] == [("ok", 279, 4)]
+    assert [(s["status"], s["added"], s["deactivated"]) for s in syncs] == [("ok", 283, 4)]
     sources = {s["source"]: s for s in env.sql("SELECT * FROM catalog_sources")}
     assert sources["openrouter"]["last_count"] == 300 and sources["openrouter"]["consecutive_failures"] == 0
 
@@ -197,7 +200,7 @@ async def test_failing_source_keeps_the_last_good_catalogue(catalog_env: Catalog
     src = env.sql("SELECT * FROM catalog_sources WHERE source = 'openrouter'")[0]
     assert src["consecutive_failures"] == 1 and src["last_error"] == "HTTP 500" and src["last_count"] == 300
     catalogue, _ = await cache.get_catalogue()
-    assert catalogue.version == first.published_version and len(catalogue) == 301
+    assert catalogue.version == first.published_version and len(catalogue) == 305
 
     env.fake_recover("openrouter")
     recovered = await discovery.discover(trigger="test")
@@ -314,14 +317,39 @@ async def test_concurrent_runs_serialise(catalog_env: CatalogEnv) -> None:
     env = catalog_env
     a, b = await asyncio.gather(discovery.discover(trigger="test"), discovery.discover(trigger="test"))
     assert a.status == b.status == "ok"
-    assert a.added + b.added == 279 and a.deactivated + b.deactivated == 4
-    assert env.sql("SELECT count(*) AS n FROM model_pricing WHERE active")[0]["n"] == 301
+    assert a.added + b.added == 283 and a.deactivated + b.deactivated == 4
+    assert env.sql("SELECT count(*) AS n FROM model_pricing WHERE active")[0]["n"] == 305
 
 
 async def test_dry_run_writes_nothing(catalog_env: CatalogEnv) -> None:
     env = catalog_env
     before = rows(env)
     result = await discovery.discover(trigger="test", dry_run=True)
-    assert result.dry_run and result.added == 279 and result.deactivated == 4
+    assert result.dry_run and result.added == 283 and result.deactivated == 4
     assert rows(env) == before
     assert env.sql("SELECT count(*) AS n FROM catalog_syncs")[0]["n"] == 0
+
+
+async def test_openrouter_embedding_models_are_discovered_and_repriced(catalog_env: CatalogEnv) -> None:
+    """OpenRouter lists its embedding models apart (GET /embeddings/models): discovery imports
+    them as embedding models (per-input-token price, no output) and keeps seeded ones priced."""
+    env = catalog_env
+    env.sql("""INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+                   max_completion_tokens, prompt_price, completion_price, output_modalities)
+               VALUES ('openai/text-embedding-3-large', 'seeded', 'openai', 'text-embedding-3-large', 'openai',
+                       8192, 0, 0.0000001, 0, ARRAY['embeddings'])""")
+    result = await discovery.discover(trigger="test")
+    assert result.status == "ok"
+    after = rows(env, "id = ANY(ARRAY['openai/text-embedding-3-small', 'openai/text-embedding-3-large', "
+                      "'google/gemini-embedding-001'])")
+    small = after["openai/text-embedding-3-small"]
+    assert small["active"] and small["output_modalities"] == ["embeddings"] and small["max_completion_tokens"] == 0
+    assert small["prompt_price"] == D("0.00000002") and small["completion_price"] == 0
+    assert small["context_length"] == 8192 and small["source"] == "discovery"
+    large = after["openai/text-embedding-3-large"]  # the seeded row: repriced, its direct route kept
+    assert large["active"] and large["prompt_price"] == D("0.00000013") and large["provider"] == "openai"
+    assert after["google/gemini-embedding-001"]["context_length"] == 2048
+    registry.invalidate()
+    embedding = await registry.embedding_models()
+    assert set(fake_catalog.OPENROUTER_EMBEDDING_IDS) <= set(embedding)
+    assert not set(fake_catalog.OPENROUTER_EMBEDDING_IDS) & set(await registry.models())

@@ -82,7 +82,7 @@ def assert_error(r: httpx.Response, status: int, code: str) -> None:
 async def test_list_shape_and_our_prices(synced: CatalogEnv, client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/models")
     models = data(r)
-    assert len(models) == 301
+    assert len(models) == 305
     gpt = models["openai/gpt-4o"]
     assert gpt["object"] == "model" and gpt["owned_by"] == "openai" and gpt["name"] == "OpenAI: GPT-4o"
     assert gpt["context_length"] == 128000 and gpt["max_completion_tokens"] == 16384
@@ -179,7 +179,7 @@ async def test_refresh_needs_the_admin_key(synced: CatalogEnv, client: httpx.Asy
     r = await client.get("/v1/models?refresh=true", headers=auth(ADMIN_KEY))
     assert r.status_code == 200 and r.headers["x-catalog-sync"] == "ok" and r.headers["x-catalog-sync-id"]
     assert "brand-new/model-x" in data(r)
-    assert len(env.fake_requests("openrouter")) == before + 1
+    assert len(env.fake_requests("openrouter")) == before + 2  # /models and /embeddings/models
 
 
 async def test_key_protected_mode(synced: CatalogEnv, client: httpx.AsyncClient, make_user: Any,
@@ -189,11 +189,11 @@ async def test_key_protected_mode(synced: CatalogEnv, client: httpx.AsyncClient,
     user = await make_user()
     assert_error(await client.get("/v1/models"), 401, "missing_api_key")
     assert_error(await client.get("/v1/models/openai/gpt-4o"), 401, "missing_api_key")
-    assert len(data(await client.get("/v1/models", headers=auth(user.api_key)))) == 301
-    assert len(data(await client.get("/v1/models", headers=auth(ADMIN_KEY)))) == 301
+    assert len(data(await client.get("/v1/models", headers=auth(user.api_key)))) == 305
+    assert len(data(await client.get("/v1/models", headers=auth(ADMIN_KEY)))) == 305
     monkeypatch.delenv("MODELS_AUTH")
     reset_settings()
-    assert len(data(await client.get("/v1/models"))) == 301
+    assert len(data(await client.get("/v1/models"))) == 305
 
 
 async def test_bad_key_is_401_even_when_public(synced: CatalogEnv, client: httpx.AsyncClient) -> None:
@@ -273,7 +273,7 @@ def test_warm_lambda_invocation(synced: CatalogEnv) -> None:
     response = handler(http_api_event("/v1/models"), FakeContext())
     assert response["statusCode"] == 200
     body = json.loads(response["body"])
-    assert len(body["data"]) == 301
+    assert len(body["data"]) == 305
     assert response["headers"]["x-catalog-cache"] == "local"
     gz_event = http_api_event("/v1/models")
     gz_event["headers"]["accept-encoding"] = "gzip"

@@ -99,15 +99,15 @@ def test_scheduled_invocation_syncs_and_warms_the_cache(catalog_env: CatalogEnv,
 
     result = invoke(event)
 
-    assert result["status"] == "ok" and result["added"] == 279 and result["deactivated"] == 4
-    assert result["active"] == 301 and result["published_version"]
+    assert result["status"] == "ok" and result["added"] == 283 and result["deactivated"] == 4
+    assert result["active"] == 305 and result["published_version"]
     snapshot = cached_snapshot(env)
     assert snapshot is not None and snapshot["version"] == result["published_version"]
-    assert len(snapshot["models"]) == 301
+    assert len(snapshot["models"]) == 305
     sync = env.sql("SELECT trigger, trigger_id, status FROM catalog_syncs")
     assert sync == [{"trigger": "schedule", "trigger_id": f"{SCHEDULE_ARN}@2025-06-01T12:30:00Z", "status": "ok"}]
     docs = emf_metrics(capsys.readouterr().out)
-    assert any("CatalogModelsAdded" in d and d["CatalogModelsAdded"] in (279, [279.0], 279.0) for d in docs), docs
+    assert any("CatalogModelsAdded" in d and d["CatalogModelsAdded"] in (283, [283.0], 283.0) for d in docs), docs
 
     # Scheduler may deliver the same slot again (retry after a timeout on its side): no second run
     again = invoke(scheduler_event(attempt=2, execution_id="e0000000000000002"))
@@ -133,7 +133,7 @@ def test_provider_failure_keeps_the_catalogue_and_emits_a_metric(catalog_env: Ca
     assert (result["added"], result["updated"], result["deactivated"]) == (0, 0, 0)
     assert result["published_version"] == first["published_version"]
     snapshot = cached_snapshot(env)
-    assert snapshot is not None and len(snapshot["models"]) == 301
+    assert snapshot is not None and len(snapshot["models"]) == 305
     docs = emf_metrics(capsys.readouterr().out)
     per_source = [d for d in docs if "CatalogSourceFailure" in d]
     assert per_source and per_source[0]["source"] == "openrouter"

@@ -167,6 +167,7 @@ async def test_streaming_with_usage_chunk(client: Any, make_user: Any, test_mode
     content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert len(content.split()) == 5
     assert all(c["model"] == model for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1  # the usage chunk too
     usage_chunks = [c for c in chunks if not c["choices"]]
     assert len(usage_chunks) == 1 and usage_chunks[0]["usage"]["completion_tokens"] == 5
     state = await _state(user.user_id)

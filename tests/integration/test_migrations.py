@@ -130,18 +130,23 @@ def test_seed_catalog(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT id, owned_by, provider, prompt_price, completion_price, is_free, context_length, "
-            "max_completion_tokens, active FROM model_pricing").fetchall()
+            "max_completion_tokens, active, output_modalities FROM model_pricing").fetchall()
     assert len(rows) >= 23
     owners = {r[1] for r in rows}
     assert {"openai", "anthropic", "google", "meta-llama", "mistralai", "deepseek"} <= owners
     free = [r for r in rows if r[0].endswith(":free")]
     assert free, "the seed has free models"
-    for model_id, owner, provider, prompt, completion, is_free, ctx, max_out, active in rows:
+    embedding = [r[0] for r in rows if r[9] == ["embeddings"]]
+    assert {"openai/text-embedding-3-small", "google/gemini-embedding-001"} <= set(embedding)
+    for model_id, owner, provider, prompt, completion, is_free, ctx, max_out, active, outputs in rows:
         assert model_id.startswith(owner + "/"), model_id
         assert provider in {"openai", "anthropic", "gemini", "openrouter", "compat"}, model_id
         assert isinstance(prompt, Decimal) and isinstance(completion, Decimal)
-        assert ctx > 0 and 0 < max_out <= ctx, model_id
         assert active
+        if outputs == ["embeddings"]:  # billed per input token; no output
+            assert ctx > 0 and max_out == 0 and prompt > 0 and completion == 0 and not is_free, model_id
+            continue
+        assert ctx > 0 and 0 < max_out <= ctx, model_id
         if model_id.endswith(":free"):
             assert is_free and prompt == 0 and completion == 0, model_id
         else:

@@ -199,8 +199,9 @@ def test_response_translation_text_and_usage() -> None:
     # input + cache writes + cache reads are all prompt tokens; cache reads are the cached ones
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reported) == \
         (3195, 503, 1000, True)
+    # the cache writes are shown where OpenRouter shows them (contract.Tokens.cache_write_tokens)
     assert out["usage"] == {"prompt_tokens": 3195, "completion_tokens": 503, "total_tokens": 3698,
-                            "prompt_tokens_details": {"cached_tokens": 1000}}
+                            "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 100}}
 
 
 def test_response_translation_tool_use() -> None:

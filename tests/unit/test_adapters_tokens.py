@@ -106,3 +106,47 @@ def test_tools_and_schemas_count() -> None:
     assert measure_prompt(with_tools).text_estimate > base.text_estimate + TOOLS_OVERHEAD
     assert estimate_prompt_tokens(schema) > estimate_prompt_tokens(plain)
     assert estimate_prompt_tokens({"messages": []}) == REPLY_PRIMING + math.ceil(len('{"messages":[]}') / 4)
+
+
+# --------------------------------------------------------------------------- issue 13 parts and parameters
+def _user(*parts: dict) -> dict:
+    return {"messages": [{"role": "user", "content": list(parts)}]}
+
+
+def test_audio_is_bounded_by_its_base64_size_not_as_text() -> None:
+    from gateway.adapters.tokens import AUDIO_CHARS_PER_TOKEN, AUDIO_CHARS_PER_TOKEN_BOUND
+
+    data = "A" * 80_000  # ~60 kB of audio: at worst 8 kbit/s mp3, ~1 minute, ~1,920 tokens at 32/s
+    size = measure_prompt(_user({"type": "input_audio", "input_audio": {"data": data, "format": "mp3"}}))
+    empty = measure_prompt(_user({"type": "input_audio", "input_audio": {"data": "", "format": "mp3"}}))
+    assert size.audio == 1
+    assert size.text_bound - empty.text_bound == 80_000 // AUDIO_CHARS_PER_TOKEN_BOUND == 10_000
+    assert size.text_estimate - empty.text_estimate == 80_000 // AUDIO_CHARS_PER_TOKEN
+    # the bound covers a minute of audio at the highest known rate (Gemini, 32 tokens/s) 5 times
+    assert size.text_bound - empty.text_bound >= 5 * 60 * 32
+    # the data itself is not measured as text (it would refuse a minute of audio as too long)
+    assert size.text_estimate < 80_000 // 4
+
+
+def test_an_original_detail_image_is_bounded_by_the_context() -> None:
+    url = {"url": "https://x/y.png"}
+    high = measure_prompt(_user({"type": "image_url", "image_url": {**url, "detail": "high"}}))
+    original = measure_prompt(_user({"type": "image_url", "image_url": {**url, "detail": "original"}}))
+    assert (high.images, high.files) == (1, 0)
+    assert (original.images, original.files) == (0, 1)
+    assert original.bound("openai/gpt-5", 400_000) == 400_000
+
+
+def test_a_prediction_is_held_as_extra_output_at_its_byte_size() -> None:
+    body = {**_user({"type": "text", "text": "hi"})}
+    assert measure_prompt(body).output_extra == 0
+    assert measure_prompt({**body, "prediction": {"type": "content", "content": "é" * 10}}).output_extra == 20
+    parts = [{"type": "text", "text": "abc"}, {"type": "text", "text": "de"}]
+    assert measure_prompt({**body, "prediction": {"type": "content", "content": parts}}).output_extra == 5
+
+
+def test_legacy_functions_count_like_tools() -> None:
+    body = {**_user({"type": "text", "text": "hi"})}
+    functions = [{"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    with_functions = measure_prompt({**body, "functions": functions, "function_call": "auto"})
+    assert with_functions.text_bound - measure_prompt(body).text_bound >= TOOLS_OVERHEAD + len(_json(functions))

@@ -291,3 +291,11 @@ def test_direct_names_map_to_catalogue_ids(provider: str, name: str, expected: s
     ids = catalogue_ids(provider, name)
     assert ids[0] == expected
     assert ids[-1].endswith("/" + name)  # the literal name is always a candidate too
+
+
+def test_an_openrouter_embedding_model_has_no_output() -> None:
+    raw = json.loads(json.dumps(fake_catalog.openrouter_embedding_models()[0]), parse_float=Decimal)
+    model = parse_openrouter_model(raw)
+    assert model.output_modalities == ["embeddings"] and model.max_completion_tokens == 0
+    assert model.prices["prompt"] == Decimal("0.00000002") and model.prices["completion"] == 0
+    assert model.context_length == 8192 and not model.is_free

@@ -4,6 +4,7 @@ both encodings (read back by the openai SDK), and the OpenAI-format and Gemini t
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -201,3 +202,13 @@ def test_from_gemini_joins_batches_in_order(encoding_format: str) -> None:
 def test_from_gemini_bad_answers(answers: list[Any]) -> None:
     with pytest.raises(UpstreamError):
         T.from_gemini(answers, req(input=["a", "b"]), model="m")
+
+
+def test_openrouter_reported_cost_is_kept() -> None:
+    req = EmbeddingsRequest(model="m", input=["a", "b"])
+    data = {"data": [{"index": 0, "embedding": [0.1]}, {"index": 1, "embedding": [0.2]}],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2, "cost": 0.0000042}}
+    _, usage = T.from_openai(data, req, model="m", provider="openrouter")
+    assert usage.prompt_tokens == 2 and usage.reported and usage.cost == Decimal("0.0000042")
+    _, plain = T.from_openai({**data, "usage": {"prompt_tokens": 2}}, req, model="m")
+    assert plain.cost is None

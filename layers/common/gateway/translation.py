@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,13 @@ def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
     return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
 
 
+def with_dropped(headers: Mapping[str, str], dropped: Iterable[str]) -> dict[str, str]:
+    """``headers`` with ``dropped`` named in :data:`DROPPED_PARAMS_HEADER`, after what it may already
+    name (what the serving adapter did not carry, set by the chat pipeline)."""
+    existing = [name.strip() for name in headers.get(DROPPED_PARAMS_HEADER, "").split(",") if name.strip()]
+    return {**headers, **dropped_header([*dropped, *existing])}
+
+
 def bad_request(exc: ValidationError) -> BadRequest:
     """A request body that failed its schema as our 400 (``param`` = the first bad field), for the
     surfaces that answer errors in their own shape (Anthropic's on ``/v1/messages``)."""
@@ -110,6 +117,31 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
         obj = _chunk_of(event.data)
         if obj is not None:
             yield obj
+
+
+async def translated_stream(stream: AsyncIterator[bytes],
+                            events: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]]
+                            ) -> AsyncIterator[bytes]:
+    """A surface's SSE events (``events``: e.g. ``messages.translate.to_events``) over the pipeline's
+    chat stream (``chat.service.open_stream``). Returned started: however it ends (completed, an
+    error, closed early, never iterated by a response that failed), closing it closes the pipeline's
+    stream, which is what settles the request."""
+    out = _translated(stream, events)
+    await out.__anext__()  # the priming b"": from here its finally runs whatever happens
+    return out
+
+
+async def _translated(stream: AsyncIterator[bytes],
+                      events: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]]
+                      ) -> AsyncIterator[bytes]:
+    try:
+        yield b""
+        async for frame in events(chat_chunks(stream)):
+            yield frame
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _chunk_of(data: str) -> dict[str, Any] | None:

@@ -21,12 +21,15 @@ from gateway.adapters.shapes import (
     completion_dict,
     join_url,
     json_instruction,
+    legacy_tool_calls,
+    legacy_tools,
     new_id,
     now,
     parse_data_url,
     parse_tool_arguments,
     plain_call_id,
     stop_list,
+    unmapped,
 )
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
@@ -164,7 +167,7 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, A
             push("user", content_blocks(content))
         elif role == "assistant":
             blocks = [b for b in content_blocks(content) if b["type"] == "text"]
-            for call in msg.get("tool_calls") or []:
+            for call in legacy_tool_calls(msg):
                 fn = call.get("function") or {}
                 blocks.append({
                     "type": "tool_use",
@@ -218,6 +221,21 @@ def translate_tool_choice(tool_choice: Any, parallel_tool_calls: Any) -> dict[st
     return choice
 
 
+# The chat parameters this adapter carries to the Messages API (the rest: ``dropped``).
+MAPPED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "user", "safety_identifier",
+                    "tools", "tool_choice", "parallel_tool_calls", "response_format", "functions", "function_call",
+                    "n"})
+
+
+def dropped(body: dict[str, Any]) -> list[str]:
+    """What ``build_body`` does not carry: ``shapes.unmapped``, and ``top_p`` beside a temperature
+    (recent Claude models take one of the two)."""
+    names = unmapped(body, MAPPED)
+    if body.get("temperature") is not None and body.get("top_p") is not None:
+        names.append("top_p")
+    return names
+
+
 def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     if (body.get("n") or 1) > 1:
         raise BadRequest("n > 1 is not supported for this model", param="n")
@@ -244,12 +262,14 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
     stops = stop_list(body.get("stop"))
     if stops:
         out["stop_sequences"] = stops
-    if body.get("user"):
-        out["metadata"] = {"user_id": str(body["user"])[:256]}
-    tools = translate_tools(body.get("tools"))
+    user = body.get("user") or body.get("safety_identifier")  # Anthropic's one end-user identifier
+    if user:
+        out["metadata"] = {"user_id": str(user)[:256]}
+    tools, tool_choice = legacy_tools(body)
+    tools = translate_tools(tools)
     if tools:
         out["tools"] = tools
-        choice = translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+        choice = translate_tool_choice(tool_choice, body.get("parallel_tool_calls"))
         if choice:
             out["tool_choice"] = choice
     if stream:
@@ -431,6 +451,7 @@ class AnthropicAdapter(TranslatingAdapter):
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
     usage_of = staticmethod(usage_of)
+    dropped = staticmethod(dropped)
     stream_class = AnthropicStream
 
 

@@ -14,20 +14,63 @@ Which adapter serves which provider is ``gateway.adapters.registry``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
 
 
+def _count(openai: str | None, doc: str) -> Any:
+    """One token count of :class:`Tokens`: ``openai`` is its place in OpenAI's ``usage`` object
+    (dotted, e.g. ``prompt_tokens_details.cached_tokens``; None when OpenAI's shape has no such
+    count), read by ``shapes.usage_from_openai`` and written by :meth:`Usage.as_openai`."""
+    return field(default=0, metadata={"openai": openai, "doc": doc})
+
+
+@dataclass(slots=True, kw_only=True)
+class Tokens:
+    """THE list of usage counts: every field is a count an adapter reports, a ``usage_records``
+    column of the same name (``money.ledger.UsageRecord`` inherits them and the settle statement
+    lists its columns from its fields), a parameter of ``ModelPrice.provider_cost`` (which bills
+    it) and, where ``openai`` is set, a place in the OpenAI ``usage`` object we read and render.
+
+    Adding a count: one field here, a migration adding the column (``layers/common/gateway/
+    migrations``), its price rule in ``ModelPrice.provider_cost`` (and, if it has its own price,
+    a ``<name>_price`` on ``ModelPrice`` and ``UsageRecord``), and the adapters that report it.
+    """
+
+    prompt_tokens: int = _count("prompt_tokens", "every input token, including the parts below")
+    completion_tokens: int = _count("completion_tokens", "every output token (reasoning and rejected "
+                                    "prediction tokens included)")
+    cached_tokens: int = _count("prompt_tokens_details.cached_tokens", "part of prompt_tokens read from the "
+                                "provider's prompt cache")
+    cache_write_tokens: int = _count("prompt_tokens_details.cache_write_tokens", "part of prompt_tokens written "
+                                     "to the provider's prompt cache")
+    cache_write_1h_tokens: int = _count(None, "part of cache_write_tokens written with the 1-hour TTL (Anthropic)")
+    audio_tokens: int = _count("prompt_tokens_details.audio_tokens", "part of prompt_tokens that is audio input "
+                               "(billed at the model's audio price)")
+
+
+TOKEN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Tokens))
+# Always rendered in OpenAI's usage even when 0 (clients read them unconditionally); the other
+# details are rendered when non-zero.
+ALWAYS_RENDERED = frozenset({"prompt_tokens", "completion_tokens", "cached_tokens"})
+
+
+def openai_path(name: str) -> str | None:
+    """Where OpenAI's ``usage`` object carries the count ``name`` of :class:`Tokens`."""
+    return _OPENAI_PATHS[name]
+
+
+_OPENAI_PATHS: dict[str, str | None] = {f.name: f.metadata["openai"] for f in fields(Tokens)}
+
+
 @dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0  # part of prompt_tokens written to the provider's prompt cache
-    cache_write_1h_tokens: int = 0  # part of cache_write_tokens written with the 1-hour TTL (Anthropic)
+class Usage(Tokens):
+    """What an adapter reports for one call: the :class:`Tokens` counts, plus whether the provider
+    reported them and the cost it says it billed."""
+
     reported: bool = True  # False when we had to estimate (provider reported none)
     cost: Decimal | None = None  # what the provider says it billed (OpenRouter ``usage.cost``), USD
 
@@ -35,13 +78,24 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def tokens(self) -> dict[str, int]:
+        """The counts by name (``TOKEN_FIELDS``)."""
+        return {name: getattr(self, name) for name in TOKEN_FIELDS}
+
     def as_openai(self, *, reasoning_tokens: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        }
+        """OpenAI's ``usage`` object: every count at its ``openai`` place (the details when non-zero,
+        ``cached_tokens`` always), ``total_tokens``, and ``reasoning_tokens`` when given."""
+        out: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": self.total_tokens,
+                               "prompt_tokens_details": {}}
+        for name, value in self.tokens().items():
+            path = _OPENAI_PATHS[name]
+            if path is None or (not value and name not in ALWAYS_RENDERED):
+                continue
+            *parents, leaf = path.split(".")
+            node = out
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
         if reasoning_tokens is not None:
             out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return out
@@ -80,6 +134,12 @@ class Adapter(Protocol):
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """The headers every call to the provider carries (also its model-list requests)."""
+        ...
+
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """The parameters of ``body`` this adapter does not carry to its provider (OpenAI-compatible
+        upstreams get everything; translating adapters map what has an equivalent). The pipeline
+        names them in the ``x-dropped-params`` response header and logs them."""
         ...
 
 

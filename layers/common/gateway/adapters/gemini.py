@@ -27,11 +27,14 @@ from gateway.adapters.shapes import (
     content_text,
     guess_mime,
     join_url,
+    legacy_tool_calls,
+    legacy_tools,
     new_id,
     now,
     parse_data_url,
     parse_tool_arguments,
     stop_list,
+    unmapped,
 )
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
@@ -236,7 +239,7 @@ def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[str], list[
             push("user", content_parts(content))
         elif role == "assistant":
             parts = [p for p in content_parts(content) if "text" in p]
-            for call in msg.get("tool_calls") or []:
+            for call in legacy_tool_calls(msg):
                 fn = call.get("function") or {}
                 name = fn.get("name") or ""
                 call_id = call.get("id") or ""
@@ -287,15 +290,26 @@ def translate_tool_choice(tool_choice: Any) -> dict[str, Any] | None:
     return None
 
 
+# The chat parameters this adapter carries to generateContent (the rest: ``dropped``).
+MAPPED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
+                    "frequency_penalty", "n", "response_format", "tools", "tool_choice", "functions", "function_call"})
+
+
+def dropped(body: dict[str, Any]) -> list[str]:
+    """What ``build_body`` does not carry (``shapes.unmapped``)."""
+    return unmapped(body, MAPPED)
+
+
 def build_body(target: Target, body: dict[str, Any]) -> dict[str, Any]:
     system, contents = translate_messages(body.get("messages") or [])
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-    tools = translate_tools(body.get("tools"))
+    tools, tool_choice = legacy_tools(body)
+    tools = translate_tools(tools)
     if tools:
         out["tools"] = tools
-        tool_config = translate_tool_choice(body.get("tool_choice"))
+        tool_config = translate_tool_choice(tool_choice)
         if tool_config:
             out["toolConfig"] = tool_config
     gen: dict[str, Any] = {}
@@ -360,10 +374,14 @@ def usage_from_gemini(meta: Any) -> tuple[Usage | None, int]:
     if not isinstance(meta, dict) or not meta:
         return None, 0
     thoughts = as_int(meta.get("thoughtsTokenCount"))
+    details = meta.get("promptTokensDetails")
+    audio = sum(as_int(d.get("tokenCount")) for d in details if isinstance(d, dict) and d.get("modality") == "AUDIO"
+                ) if isinstance(details, list) else 0
     usage = Usage(
         prompt_tokens=as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount")),
         completion_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
         cached_tokens=as_int(meta.get("cachedContentTokenCount")),
+        audio_tokens=audio,
         reported=True,
     )
     return usage, thoughts
@@ -510,6 +528,7 @@ class GeminiAdapter(TranslatingAdapter):
     build_request = staticmethod(build_request)
     translate_response = staticmethod(translate_response)
     usage_of = staticmethod(usage_of)
+    dropped = staticmethod(dropped)
     stream_class = GeminiStream
 
 

@@ -96,6 +96,12 @@ class OpenAICompatAdapter(TranslatingAdapter):
             out.setdefault("max_completion_tokens", limit)
         return out
 
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """Everything is forwarded but OpenRouter's own fields to a server that is not OpenRouter."""
+        if self.openrouter_fields:
+            return []
+        return [key for key, value in body.items() if key in OPENROUTER_ONLY and value is not None]
+
     def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
                       stream: bool) -> httpx.Request:
         return client.build_request(

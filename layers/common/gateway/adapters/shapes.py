@@ -11,7 +11,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from .contract import Usage
+from .contract import TOKEN_FIELDS, Usage, openai_path
 
 
 def now() -> int:
@@ -133,21 +133,24 @@ def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str
 
 
 def usage_from_openai(u: Any) -> Usage | None:
-    """OpenAI-style ``usage`` → Usage: ``prompt_tokens_details.cached_tokens`` → cached,
-    ``prompt_tokens_details.cache_write_tokens`` (OpenRouter) → cache writes, ``cost`` (OpenRouter:
-    the USD it billed for the call) → cost."""
+    """OpenAI-style ``usage`` → Usage: every count of ``contract.Tokens`` read from its ``openai``
+    place (``prompt_tokens_details.cached_tokens`` → cached, ``...cache_write_tokens`` (OpenRouter)
+    → cache writes, ``...audio_tokens`` → audio input), ``cost`` (OpenRouter: the USD it billed for
+    the call) → cost."""
     if not isinstance(u, dict):
         return None
-    details = u.get("prompt_tokens_details") or {}
-    if not isinstance(details, dict):
-        details = {}
-    cached = as_int(details.get("cached_tokens"))
-    if not cached:
-        cached = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek-style compat servers
-    return Usage(prompt_tokens=as_int(u.get("prompt_tokens")),
-                 completion_tokens=as_int(u.get("completion_tokens")),
-                 cached_tokens=cached, cache_write_tokens=as_int(details.get("cache_write_tokens")),
-                 reported=True, cost=as_cost(u.get("cost")))
+    counts: dict[str, int] = {}
+    for name in TOKEN_FIELDS:
+        path = openai_path(name)
+        if path is None:
+            continue
+        node: Any = u
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        counts[name] = as_int(node)
+    if not counts["cached_tokens"]:
+        counts["cached_tokens"] = as_int(u.get("prompt_cache_hit_tokens"))  # DeepSeek-style compat servers
+    return Usage(**counts, reported=True, cost=as_cost(u.get("cost")))
 
 
 def as_cost(value: Any) -> Decimal | None:
@@ -160,3 +163,60 @@ def as_cost(value: Any) -> Decimal | None:
     except ArithmeticError:
         return None
     return cost if cost.is_finite() and cost >= 0 else None
+
+
+# --------------------------------------------------------------------------------------------
+# What a translating adapter carries over, and what it drops
+# --------------------------------------------------------------------------------------------
+# Request fields the gateway itself handles for every provider (never mapped or dropped by one).
+GATEWAY_FIELDS = frozenset({"model", "models", "messages", "stream", "stream_options", "service_tier", "usage"})
+# Values that ask for what a provider does anyway (so nothing is lost by not forwarding them).
+DEFAULT_VALUES: dict[str, Any] = {"modalities": ["text"], "n": 1}
+
+
+def unmapped(body: dict[str, Any], mapped: frozenset[str]) -> list[str]:
+    """The request parameters a translating adapter does not carry to its provider: every set
+    field that is neither the gateway's own nor in ``mapped`` (a value that asks for the provider's
+    default is not lost), plus the tool kinds it has no equivalent for (``tools[].custom``,
+    ``tool_choice.allowed_tools`` / ``tool_choice.custom``). Named in the response's
+    ``x-dropped-params`` header."""
+    names = [key for key, value in body.items()
+             if value is not None and key not in GATEWAY_FIELDS and key not in mapped
+             and DEFAULT_VALUES.get(key, object()) != value]
+    if any(isinstance(t, dict) and t.get("type") == "custom" for t in body.get("tools") or ()):
+        names.append("tools[].custom")
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") in ("allowed_tools", "custom"):
+        names.append(f"tool_choice.{choice['type']}")
+    return names
+
+
+def legacy_tools(body: dict[str, Any]) -> tuple[Any, Any]:
+    """``(tools, tool_choice)`` of a request, the deprecated ``functions`` / ``function_call``
+    read as function tools when ``tools`` / ``tool_choice`` are not given."""
+    tools = body.get("tools")
+    if not tools and isinstance(body.get("functions"), list):
+        tools = [{"type": "function", "function": f} for f in body["functions"] if isinstance(f, dict)]
+    choice = body.get("tool_choice")
+    legacy = body.get("function_call")
+    if choice is None and legacy is not None:
+        if isinstance(legacy, dict) and legacy.get("name"):
+            choice = {"type": "function", "function": {"name": legacy["name"]}}
+        elif legacy in ("none", "auto"):
+            choice = legacy
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        mode = (choice.get("allowed_tools") or {}).get("mode")
+        choice = "required" if mode == "required" else "auto"  # the restriction itself is dropped
+    return tools, choice
+
+
+def legacy_tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """An assistant message's tool calls, its deprecated ``function_call`` read as one (its id is
+    the function's name, which the matching ``function`` role message carries)."""
+    calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict) and c.get("type", "function")
+             == "function"]
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict) and legacy.get("name"):
+        calls = [{"id": legacy["name"], "type": "function",
+                  "function": {"name": legacy["name"], "arguments": legacy.get("arguments") or "{}"}}]
+    return calls

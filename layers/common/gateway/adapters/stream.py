@@ -176,6 +176,10 @@ class TranslatingAdapter:
     def usage_of(self, data: Any) -> Usage | None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """The request parameters this adapter does not carry to its provider (none by default)."""
+        return []
+
     async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
                        read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]:
         """``read_timeout`` overrides the client's for this call: a non-streaming answer only

@@ -13,9 +13,16 @@ with media parts taken out and counted per part:
   scripts that the 4-characters rule underestimates up to 4x;
 * **images** at the serving model's per-image maximum (``image_token_max``), on top of the text;
 * **files** (PDF and other documents) at the model's whole context length in the bound (a page
-  costs image and text tokens, a few bytes of PDF can be a page), not in the estimate;
-* **audio** stays in the JSON text (its base64 data is far more bytes than the provider's
-  tokens per second of audio).
+  costs image and text tokens, a few bytes of PDF can be a page), not in the estimate; so are
+  images sent with ``detail: "original"`` (not downscaled: no per-image maximum is documented);
+* **audio** (``input_audio`` parts, base64 wav or mp3) by the size of its data: the bound at one
+  token per :data:`AUDIO_CHARS_PER_TOKEN_BOUND` base64 characters, the estimate at one per
+  :data:`AUDIO_CHARS_PER_TOKEN`. The least data per second of audio is 8 kbit/s mp3 (1,000
+  bytes, 1,334 base64 characters) and the most tokens per second a provider bills is Gemini's 32
+  (OpenAI fewer): at least ~41 characters per token, so the bound holds with a 5x margin;
+* a **prediction** (``prediction.content``, Predicted Outputs) is not prompt: its rejected tokens
+  are billed as output, so its bound (one token per UTF-8 byte) is :attr:`PromptSize.output_extra`,
+  held at the completion price on top of the output limit.
 
 Both are capped at the model's context length by the caller (a provider refuses a longer prompt,
 so it never bills more than that), plus the fixed prompt overheads below.
@@ -34,9 +41,12 @@ REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 # The tool-use system prompt a provider adds when tools are declared (Anthropic: up to 346 tokens
 # for Claude 4 models; OpenAI and Gemini fewer).
 TOOLS_OVERHEAD = 500
-PROMPT_FIELDS = ("messages", "tools", "tool_choice", "response_format")
+PROMPT_FIELDS = ("messages", "tools", "tool_choice", "response_format", "functions", "function_call")
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 FILE_PARTS = frozenset({"file", "input_file"})
+AUDIO_PARTS = frozenset({"input_audio"})
+AUDIO_CHARS_PER_TOKEN = 40        # expected: ~41 base64 characters per token at the worst bitrate/rate
+AUDIO_CHARS_PER_TOKEN_BOUND = 8   # the bound: 5x the most tokens per character any provider bills
 
 # The most one image can cost on the model serving it, first match on the catalogue id wins.
 # Providers resize large images, so every image has a maximum:
@@ -94,7 +104,9 @@ class PromptSize:
     text_estimate: int
     text_bound: int
     images: int = 0
-    files: int = 0
+    files: int = 0                 # files and images without a per-image maximum: the bound is the context
+    audio: int = 0                 # input_audio parts (their tokens are in text_estimate / text_bound)
+    output_extra: int = 0          # tokens billed as output beyond the output limit (a prediction's bound)
 
     def estimate(self, model_id: str) -> int:
         """Expected prompt tokens on ``model_id`` (not capped: compared with the context length).
@@ -108,11 +120,29 @@ class PromptSize:
         return min(context_length, self.text_bound + self.images * image_token_max(model_id))
 
 
-def _strip_media(messages: Any) -> tuple[Any, int, int]:
-    """``messages`` with image and file parts reduced to their type, and how many there were."""
+def _audio_chars(part: dict[str, Any]) -> int:
+    audio = part.get("input_audio")
+    data = audio.get("data") if isinstance(audio, dict) else None
+    return len(data) if isinstance(data, str) else 0
+
+
+def _unbounded_image(part: dict[str, Any]) -> bool:
+    image = part.get("image_url")
+    return isinstance(image, dict) and image.get("detail") == "original"
+
+
+@dataclass(slots=True)
+class _Media:
+    images: int = 0
+    files: int = 0
+    audio: int = 0
+    audio_chars: int = 0
+
+
+def _strip_media(messages: Any, media: _Media) -> Any:
+    """``messages`` with image, file and audio parts reduced to their type, counted in ``media``."""
     if not isinstance(messages, list):
-        return messages, 0, 0
-    images = files = 0
+        return messages
     out: list[Any] | None = None
     for i, msg in enumerate(messages):
         content = msg.get("content") if isinstance(msg, dict) else None
@@ -123,9 +153,15 @@ def _strip_media(messages: Any) -> tuple[Any, int, int]:
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in IMAGE_PARTS:
-                images += 1
+                if _unbounded_image(part):
+                    media.files += 1
+                else:
+                    media.images += 1
             elif kind in FILE_PARTS:
-                files += 1
+                media.files += 1
+            elif kind in AUDIO_PARTS:
+                media.audio += 1
+                media.audio_chars += _audio_chars(part)
             else:
                 parts.append(part)
                 continue
@@ -135,12 +171,23 @@ def _strip_media(messages: Any) -> tuple[Any, int, int]:
             if out is None:
                 out = list(messages)
             out[i] = {**msg, "content": parts}
-    return (messages if out is None else out), images, files
+    return messages if out is None else out
+
+
+def _prediction_bound(prediction: Any) -> int:
+    """The most tokens a ``prediction`` can add to the output: one per UTF-8 byte of its content."""
+    if not isinstance(prediction, dict):
+        return 0
+    content = prediction.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return _text_size(content)[1] if isinstance(content, str) else 0
 
 
 def measure_prompt(body: dict[str, Any]) -> PromptSize:
     """The :class:`PromptSize` of an OpenAI chat request (a plain dict)."""
-    messages, images, files = _strip_media(body.get("messages"))
+    media = _Media()
+    messages = _strip_media(body.get("messages"), media)
     prompt = {k: body[k] for k in PROMPT_FIELDS if body.get(k) is not None}
     if "messages" in prompt:
         prompt["messages"] = messages
@@ -149,8 +196,11 @@ def measure_prompt(body: dict[str, Any]) -> PromptSize:
     except (TypeError, ValueError):
         text = str(prompt)
     estimate, bound = _text_size(text)
-    overhead = REPLY_PRIMING + (TOOLS_OVERHEAD if body.get("tools") else 0)
-    return PromptSize(text_estimate=estimate + overhead, text_bound=bound + overhead, images=images, files=files)
+    estimate += -(-media.audio_chars // AUDIO_CHARS_PER_TOKEN)
+    bound += -(-media.audio_chars // AUDIO_CHARS_PER_TOKEN_BOUND)
+    overhead = REPLY_PRIMING + (TOOLS_OVERHEAD if body.get("tools") or body.get("functions") else 0)
+    return PromptSize(text_estimate=estimate + overhead, text_bound=bound + overhead, images=media.images,
+                      files=media.files, audio=media.audio, output_extra=_prediction_bound(body.get("prediction")))
 
 
 def estimate_prompt_tokens(body: dict[str, Any], model_id: str = "") -> int:

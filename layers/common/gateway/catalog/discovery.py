@@ -3,7 +3,9 @@
 Sources, fetched concurrently with the shared upstream HTTP client:
 
 * ``openrouter``: ``GET {OPENROUTER_BASE_URL}/models`` -- hundreds of priced models (public
-  endpoint; our key is sent when we hold one);
+  endpoint; our key is sent when we hold one) -- and ``GET .../embeddings/models``, its embedding
+  models (``output_modalities: ["embeddings"]``, priced per input token; one source: either list
+  failing fails it);
 * ``openai`` / ``anthropic`` / ``gemini``: each direct provider's own list, only where we hold a
   key. They carry no prices; they say which models we can route directly (and under which name).
 
@@ -163,9 +165,15 @@ async def _fetch(name: str, settings: Settings, client: httpx.AsyncClient) -> So
             entry = providers.provider(name)
             base_url = entry.base_url(settings).rstrip("/")
             headers = providers.get_adapter(name).auth_headers(entry.api_key(settings))
-            if name == OPENROUTER:  # the priced catalogue
-                payload = await get(f"{base_url}/models", headers, None)
+            if name == OPENROUTER:  # the priced catalogue: chat models, then embedding models
+                payload, embedding_payload = await asyncio.gather(
+                    get(f"{base_url}/models", headers, None), get(f"{base_url}/embeddings/models", headers, None))
                 models, skipped, count = parse_openrouter_payload(payload)
+                chat_ids = {m.id for m in models}
+                embedding_models, embedding_skipped, _ = parse_openrouter_payload(embedding_payload)
+                models += [m for m in embedding_models if m.id not in chat_ids]
+                skipped += embedding_skipped
+                # ``count`` (the truncation guard's size) stays the chat list's
                 result.models, result.skipped, result.count = models, skipped, count
                 result.listed_ids = {m.id for m in models} | {i for i, _ in skipped if i != "?"}
             else:

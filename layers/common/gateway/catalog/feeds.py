@@ -189,6 +189,10 @@ def _modalities(arch: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     return inputs or ["text"], outputs or ["text"]
 
 
+# The output modality of an embedding model in OpenRouter's lists (GET /embeddings/models).
+EMBEDDINGS_MODALITY = "embeddings"
+
+
 def parse_openrouter_model(raw: Any) -> DiscoveredModel:
     """One entry of OpenRouter's ``data`` array. Raises ``SkipModel`` when it cannot be billed."""
     if not isinstance(raw, dict):
@@ -241,6 +245,8 @@ def parse_openrouter_model(raw: Any) -> DiscoveredModel:
 
     arch = raw.get("architecture") if isinstance(raw.get("architecture"), dict) else None
     inputs, outputs = _modalities(arch)
+    if EMBEDDINGS_MODALITY in outputs:
+        max_completion_tokens = 0  # an embedding model produces no tokens (billed per input token)
     architecture = None
     if arch is not None:
         architecture = {k: arch.get(k) for k in ("modality", "tokenizer", "instruct_type") if k in arch}

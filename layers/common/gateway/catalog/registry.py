@@ -3,18 +3,26 @@
 Loaded from ``model_pricing`` (the source of truth for billing) and kept in the warm container
 for ``CATALOG_TTL_S`` seconds (default 60), so resolving a model costs no round trip on the hot path. Concurrent
 reloads are collapsed into one.
+
+Two kinds of model, by ``output_modalities``: chat models (:func:`models`, what the chat pipeline
+and the surfaces translated onto it resolve) and embedding models (``{embeddings}``:
+:func:`embedding_models`, served by ``POST /v1/embeddings`` only). Each surface sees only its own
+kind; :func:`wrong_surface` is the clear refusal for a model of the other kind.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from .. import db
 from ..config import Tier, get_settings
+from ..errors import BadRequest
 from ..loops import loop_lock
-from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice
+from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice, parse_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +38,11 @@ class ModelInfo:
     is_free: bool
     markup: Decimal | None
     input_modalities: tuple[str, ...]
+    kind: str = "chat"  # CHAT | EMBEDDINGS (by output_modalities)
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.kind == EMBEDDINGS
 
     def allowed_for(self, tier: Tier) -> bool:
         return tier_allows(tier, self.is_free, self.price.prompt, self.price.completion)
@@ -47,16 +60,34 @@ def tier_allows(tier: Tier, is_free: bool, prompt_price: Decimal, completion_pri
     return cap is not None and prompt_price <= cap and completion_price <= cap
 
 
+CHAT = "chat"
+EMBEDDINGS = "embeddings"  # the output modality of an embedding model (OpenRouter's name)
+
+
+def kind_of(output_modalities: Iterable[str] | None) -> str:
+    return EMBEDDINGS if EMBEDDINGS in (output_modalities or ()) else CHAT
+
+
 _models: dict[str, ModelInfo] = {}
+_embedding_models: dict[str, ModelInfo] = {}
 _loaded_at = 0.0
 _lock = loop_lock()
 
 SELECT_ACTIVE = """
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
        completion_price, request_price, input_cache_read_price, input_cache_write_price, image_price, is_free,
-       markup, input_modalities
+       markup, input_modalities, output_modalities, pricing_extra
 FROM model_pricing WHERE active
 """
+
+
+def _extra_price(extra: Any, name: str) -> Decimal | None:
+    """A per-unit price of the catalogue's ``pricing_extra`` (e.g. ``audio``), None when absent or
+    not a price (never fails the catalogue load)."""
+    try:
+        return parse_price(extra.get(name)) if isinstance(extra, dict) else None
+    except (TypeError, ValueError, ArithmeticError):
+        return None
 
 
 def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
@@ -67,25 +98,54 @@ def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
                          cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"],
                          cache_write_1h=r["prompt_price"] * ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER
                          if r["provider"] == "anthropic" else None,
-                         image=r["image_price"] or ZERO),
-        is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)))
+                         image=r["image_price"] or ZERO, audio=_extra_price(r.get("pricing_extra"), "audio")),
+        is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)),
+        kind=kind_of(r.get("output_modalities")))
 
 
 async def _reload() -> None:
-    global _models, _loaded_at
+    global _models, _embedding_models, _loaded_at
     rows = await db.fetchall(SELECT_ACTIVE)
-    _models = {r["id"]: _row_to_model(r) for r in rows}
+    loaded = [_row_to_model(r) for r in rows]
+    _models = {m.id: m for m in loaded if not m.is_embedding}
+    _embedding_models = {m.id: m for m in loaded if m.is_embedding}
     _loaded_at = time.monotonic()
 
 
-async def models() -> dict[str, ModelInfo]:
+async def _fresh() -> None:
     ttl = get_settings().catalog_ttl_s
-    if time.monotonic() - _loaded_at < ttl and _models:
-        return _models
+    if time.monotonic() - _loaded_at < ttl and (_models or _embedding_models):
+        return
     async with _lock.get():
-        if time.monotonic() - _loaded_at >= ttl or not _models:
+        if time.monotonic() - _loaded_at >= ttl or not (_models or _embedding_models):
             await _reload()
+
+
+async def models() -> dict[str, ModelInfo]:
+    """The active chat models (embedding models are not among them)."""
+    await _fresh()
     return _models
+
+
+async def embedding_models() -> dict[str, ModelInfo]:
+    """The active embedding models."""
+    await _fresh()
+    return _embedding_models
+
+
+async def wrong_surface(model_id: str, *, wanted: str) -> BadRequest | None:
+    """The refusal for a request naming a model of the other kind (a chat model sent to
+    ``/v1/embeddings``, an embedding model sent to a chat surface), or None."""
+    if wanted == EMBEDDINGS:
+        if model_id in await models():
+            return BadRequest(f"The model `{model_id}` is a chat model and does not produce embeddings; use an "
+                              "embedding model (GET /v1/models?modality=embeddings).",
+                              code="model_not_embedding", param="model")
+        return None
+    if model_id in await embedding_models():
+        return BadRequest(f"The model `{model_id}` is an embedding model: use POST /v1/embeddings.",
+                          code="model_not_chat", param="model")
+    return None
 
 
 async def get_model(model_id: str) -> ModelInfo | None:

@@ -1,7 +1,11 @@
 """The OpenAI chat-completions request, validated strictly (plus OpenRouter's ``models``).
 
 Unknown top-level fields are refused with a clear 400 (as OpenAI does) so a typo never
-silently changes behaviour; the known OpenAI/OpenRouter optional fields are accepted.
+silently changes behaviour; every parameter of the installed openai SDK's
+``CompletionCreateParams`` is accepted (tests/unit/test_chat_schema_parity.py diffs the two), and
+the OpenRouter extensions. Accepted is not the same as served: :func:`refusals` names the
+parameters that would change what a request costs without a price we can hold and bill
+(audio output, web search), which the pipeline answers with a 400 before any hold.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..errors import BadRequest
+
 MODEL_ID = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -17,23 +23,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(_Strict):
+class _Part(_Strict):
+    cache_control: dict[str, Any] | None = None  # Anthropic/OpenRouter prompt-cache hint
+    prompt_cache_breakpoint: dict[str, Any] | None = None  # OpenAI explicit prompt-cache breakpoint
+
+
+class TextPart(_Part):
     type: Literal["text"]
     text: str
-    cache_control: dict[str, Any] | None = None
 
 
 class ImageURL(_Strict):
     url: str = Field(min_length=1)
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
-class ImagePart(_Strict):
+class ImagePart(_Part):
     type: Literal["image_url"]
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class InputAudio(_Strict):
+    data: str = Field(min_length=1)  # base64
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Part):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileRef(_Strict):
+    file_data: str | None = None  # a base64 data URL
+    file_id: str | None = None
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FileRef:
+        if not self.file_data and not self.file_id:
+            raise ValueError("a file part needs `file_data` or `file_id`")
+        return self
+
+
+class FilePart(_Part):
+    type: Literal["file"]
+    file: FileRef
+
+
+class RefusalPart(_Part):  # assistant history only
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")]
 
 
 class FunctionCall(_Strict):
@@ -41,17 +83,29 @@ class FunctionCall(_Strict):
     arguments: str
 
 
+class CustomCall(_Strict):
+    name: str = Field(min_length=1)
+    input: str
+
+
 class ToolCall(_Strict):
     id: str = Field(min_length=1)
-    type: Literal["function"] = "function"
-    function: FunctionCall
+    type: Literal["function", "custom"] = "function"
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
     index: int | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ToolCall:
+        if (self.function is None) == (self.custom is None) or (self.type == "custom") != (self.custom is not None):
+            raise ValueError("a tool call carries `function` (type function) or `custom` (type custom)")
+        return self
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")  # providers add fields (e.g. "refusal", "reasoning")
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
@@ -61,10 +115,13 @@ class Message(BaseModel):
     def _check_role_fields(self) -> Message:
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
+        if self.role == "function" and not self.name:
+            raise ValueError("a function message needs name")
         if self.role in ("system", "developer", "user") and self.content is None:
             raise ValueError(f"a {self.role} message needs content")
-        if self.role == "assistant" and self.content is None and not self.tool_calls:
-            raise ValueError("an assistant message needs content or tool_calls")
+        if self.role == "assistant" and self.content is None and not self.tool_calls and not (
+                self.model_extra or {}).get("function_call") and not (self.model_extra or {}).get("audio"):
+            raise ValueError("an assistant message needs content, tool_calls, function_call or audio")
         return self
 
 
@@ -75,14 +132,46 @@ class FunctionDef(_Strict):
     strict: bool | None = None
 
 
+class CustomToolDef(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    format: dict[str, Any] | None = None  # {"type": "text"} or {"type": "grammar", "grammar": {...}}
+
+
 class Tool(_Strict):
-    type: Literal["function"]
-    function: FunctionDef
+    type: Literal["function", "custom"]
+    function: FunctionDef | None = None
+    custom: CustomToolDef | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> Tool:
+        if self.type == "function" and (self.function is None or self.custom is not None):
+            raise ValueError("a function tool carries `function`")
+        if self.type == "custom" and (self.custom is None or self.function is not None):
+            raise ValueError("a custom tool carries `custom`")
+        return self
+
+
+class AllowedTools(_Strict):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]] = Field(min_length=1)
 
 
 class NamedToolChoice(_Strict):
-    type: Literal["function"]
-    function: dict[str, str]
+    type: Literal["function", "custom", "allowed_tools"]
+    function: dict[str, str] | None = None
+    custom: dict[str, str] | None = None
+    allowed_tools: AllowedTools | None = None
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> NamedToolChoice:
+        if getattr(self, self.type) is None:
+            raise ValueError(f"a tool_choice of type {self.type} carries `{self.type}`")
+        return self
+
+
+class LegacyFunctionChoice(_Strict):  # the deprecated ``function_call: {"name": ...}``
+    name: str = Field(min_length=1)
 
 
 class ResponseFormat(_Strict):
@@ -93,6 +182,31 @@ class ResponseFormat(_Strict):
 class StreamOptions(_Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = None
+
+
+class Prediction(_Strict):
+    type: Literal["content"]
+    content: str | list[TextPart]
+
+
+class AudioOutput(_Strict):
+    voice: str | dict[str, Any]
+    format: Literal["wav", "aac", "mp3", "flac", "opus", "pcm16"]
+
+
+class Moderation(_Strict):
+    model: str
+    policy: dict[str, Any] | None = None
+
+
+class PromptCacheOptions(_Strict):
+    mode: Literal["implicit", "explicit"] | None = None
+    ttl: str | None = None
+
+
+class WebSearchOptions(_Strict):
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: dict[str, Any] | None = None
 
 
 class ChatRequest(_Strict):
@@ -111,6 +225,8 @@ class ChatRequest(_Strict):
     user: str | None = Field(default=None, max_length=256)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    functions: list[FunctionDef] | None = Field(default=None, max_length=128)  # deprecated form of tools
+    function_call: Literal["none", "auto"] | LegacyFunctionChoice | None = None  # of tool_choice
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -120,8 +236,18 @@ class ChatRequest(_Strict):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     metadata: dict[str, str] | None = None
     store: bool | None = None
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     service_tier: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOutput | None = None
+    prediction: Prediction | None = None
+    web_search_options: WebSearchOptions | None = None
+    moderation: Moderation | None = None
+    prompt_cache_key: str | None = Field(default=None, max_length=1024)
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: PromptCacheOptions | None = None
+    safety_identifier: str | None = Field(default=None, max_length=256)
     # OpenRouter extras accepted and ignored by direct providers
     transforms: list[str] | None = None
     route: str | None = None
@@ -154,3 +280,31 @@ class ChatRequest(_Strict):
     def upstream_body(self) -> dict[str, Any]:
         """The request as a plain dict for the adapters (unset fields dropped)."""
         return self.model_dump(exclude_none=True, exclude={"models"})
+
+
+def check_priced(req: ChatRequest) -> None:
+    """Refuse (400, before any hold) the parameters that would make a provider bill something our
+    catalogue has no price for, so neither the hold nor the charge could be right:
+
+    * audio output (``modalities`` with ``"audio"``, ``audio``): audio output tokens cost several
+      times text tokens and no catalogue price covers them;
+    * ``web_search_options``: a per-search fee plus search-context tokens, neither priced.
+
+    Everything else the SDK sends is forwarded (OpenAI-compatible upstreams) or mapped/dropped
+    (translating adapters); what changes the bill is priced: ``prediction`` (rejected prediction
+    tokens are billed as output) is held at its size on top of the output limit, ``input_audio``
+    parts need an audio price (``ModelPrice.audio``), ``prompt_cache_retention``/``prompt_cache_options``
+    are billed through the cache prices the hold already counts.
+    """
+    if req.audio is not None:
+        raise BadRequest("Audio output (`audio`) is not supported: it is billed at audio rates this gateway does not "
+                         "price. Omit `audio` and use `modalities: [\"text\"]`.", code="unsupported_parameter",
+                         param="audio")
+    if req.modalities and "audio" in req.modalities:
+        raise BadRequest("Audio output (`modalities: [\"audio\"]`) is not supported: it is billed at audio rates this "
+                         "gateway does not price. Use `modalities: [\"text\"]`.", code="unsupported_parameter",
+                         param="modalities")
+    if req.web_search_options is not None:
+        raise BadRequest("`web_search_options` is not supported: web search is billed per search on top of tokens, "
+                         "which this gateway does not price. Omit it (or pass search results in the messages).",
+                         code="unsupported_parameter", param="web_search_options")

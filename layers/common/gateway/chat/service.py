@@ -28,10 +28,10 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi.responses import JSONResponse
@@ -41,7 +41,7 @@ from starlette.types import Scope
 from .. import ratelimit
 from ..account import byok
 from ..adapters import registry as providers
-from ..adapters.contract import Target, UpstreamStream, Usage
+from ..adapters.contract import Adapter, Target, UpstreamStream, Usage
 from ..adapters.http_client import get_http_client
 from ..adapters.registry import OPENROUTER, get_adapter
 from ..adapters.tokens import PromptSize, measure_prompt
@@ -63,8 +63,9 @@ from ..money import ledger
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from ..translation import dropped_header
 from .responses import assemble
-from .schema import ChatRequest
+from .schema import ChatRequest, check_priced
 
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
@@ -87,6 +88,53 @@ class Candidate:
     byok: bool
     output_limit: int              # the output limit sent upstream (what the hold counts)
     body: dict[str, Any]           # the request as sent to this model
+    dropped: list[str] = field(default_factory=list)  # parameters its adapter does not carry (x-dropped-params)
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _chat_error_frame(err: GatewayError) -> bytes:
+    return _sse(err.body())
+
+
+def _chat_tail(call: Call, c: Candidate, first: dict[str, Any] | None, usage: Usage | None) -> list[bytes]:
+    """The end of a chat stream: the usage chunk (``stream_options.include_usage``; same ``id`` and
+    ``created`` as the other chunks), then ``[DONE]``."""
+    opts = call.req.stream_options
+    if opts is not None and opts.include_usage and usage is not None:
+        first = first or {}
+        return [_sse({"id": first.get("id") or call.request_id, "object": "chat.completion.chunk",
+                      "created": first.get("created") or int(time.time()), "model": c.model.id, "choices": [],
+                      "usage": usage.as_openai()}), DONE]
+    return [DONE]
+
+
+def _chat_assemble(chunks: list[dict[str, Any]], model: str, usage: Usage) -> dict[str, Any]:
+    return assemble(chunks, model, usage.as_openai())
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What the pipeline speaks upstream and downstream. The default is chat: the registry's
+    adapters (every provider behind the OpenAI chat format), chunks framed as ``data:`` lines,
+    in-stream errors in the OpenAI shape, a usage chunk and ``[DONE]`` at the end, and a buffered
+    stream assembled into a ``chat.completion``. A surface that talks to a provider in its own
+    format (the Anthropic Messages passthrough, ``gateway.messages.native``) gives its own; the
+    admission, fallback, deadline, drain and settlement stay the pipeline's."""
+
+    adapter: Callable[[str], Adapter] = get_adapter
+    frame: Callable[[dict[str, Any]], bytes] = _sse
+    error_frame: Callable[[GatewayError], bytes] = _chat_error_frame
+    tail: Callable[[Call, Candidate, dict[str, Any] | None, Usage | None], list[bytes]] = _chat_tail
+    assemble: Callable[[list[dict[str, Any]], str, Usage], dict[str, Any]] = _chat_assemble
+
+
+CHAT = Wire()
 
 
 @dataclass(slots=True)
@@ -109,6 +157,9 @@ class Call:
     timed_out: bool = False        # the deadline stopped the upstream call
     mark: asyncio.TimerHandle | None = None
     marking: asyncio.Task[None] | None = None
+    wire: Wire = CHAT
+    surface: str = "chat"          # the API surface that admitted it (logged): chat, messages, responses
+    usage: Usage | None = None     # the usage of the answer (final once the relay ended), for surfaces
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -222,6 +273,7 @@ def candidate_body(body: dict[str, Any], target: Target, model: ModelInfo, limit
 
 
 def _check_options(req: ChatRequest) -> None:
+    check_priced(req)
     if req.service_tier is not None and req.service_tier not in LIST_PRICE_SERVICE_TIERS:
         raise BadRequest(f"`service_tier` {req.service_tier!r} is not supported: requests are served and billed at "
                          "the standard tier (omit it, or use \"auto\" or \"default\").",
@@ -252,6 +304,7 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
             f"This model's maximum context length is {primary.context_length} tokens, but the messages are "
             f"about {estimate} tokens.", param="messages")
     models = [primary] + [m for m in models[1:] if size.estimate(m.id) <= m.context_length]
+    models = _priced_for_audio(size, models)
     byok_keys = await byok_keys_for(principal)
     tier = settings.tier(principal.tier)
     candidates = []
@@ -259,14 +312,28 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
     for m in models:
         target, is_byok = route(m, settings, byok_keys)
         limit = output_limit(req, m, size.estimate(m.id))
-        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit,
-                                    body=candidate_body(body, target, m, limit, size)))
-        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit, m.markup_for(tier),
-                                  images=size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
+        sent = candidate_body(body, target, m, limit, size)
+        candidates.append(Candidate(model=m, target=target, byok=is_byok, output_limit=limit, body=sent,
+                                    dropped=get_adapter(target.provider).dropped(sent)))
+        hold = max(hold, hold_for(m.price, size.bound(m.id, m.context_length), limit + size.output_extra,
+                                  m.markup_for(tier), images=size.images, audio=size.audio > 0, byok=is_byok,
+                                  byok_fee=settings.byok_platform_fee))
     loop_now = asyncio.get_running_loop().time()
     budget = settings.request_deadline_s if budget_s is None else budget_s
     return Call(request_id=request_id, principal=principal, req=req, candidates=candidates, size=size, hold=hold,
                 started=time.perf_counter(), deadline=loop_now + budget, buffered=buffered)
+
+
+def _priced_for_audio(size: PromptSize, models: list[ModelInfo]) -> list[ModelInfo]:
+    """Audio input is billed at the model's audio price: without one (``ModelPrice.audio``) neither
+    the hold nor the charge could be right, so the primary model refuses it (400) and a fallback
+    without one is skipped."""
+    if not size.audio:
+        return models
+    if models[0].price.audio is None:
+        raise BadRequest(f"The model `{models[0].id}` does not take audio input (`input_audio` content parts) "
+                         "through this gateway: it has no audio price.", code="unsupported_content", param="messages")
+    return [m for m in models if m.price.audio is not None]
 
 
 def _check_plan(call: Call, tier: Tier) -> None:
@@ -327,18 +394,13 @@ def _record(call: Call, status: str, *, candidate: Candidate | None = None, usag
         tier = call.tier or settings.tier(call.principal.tier)
         record.model_served = m.id
         record.provider = candidate.target.provider
-        record.prompt_price, record.completion_price = m.price.prompt, m.price.completion
-        record.cache_read_price, record.request_price = m.price.cache_read, m.price.request
-        record.cache_write_price, record.cache_write_1h_price = m.price.cache_write, m.price.cache_write_1h
+        record.price(m.price)
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
-        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        record.cached_tokens, record.cache_write_tokens = usage.cached_tokens, usage.cache_write_tokens
-        record.cache_write_1h_tokens = usage.cache_write_1h_tokens
+        record.count(usage)
         record.estimated = not usage.reported
-        cost = candidate.model.price.provider_cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        cost = candidate.model.price.cost_of(usage)
         # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
         # its routing, cache writes and fees exactly).
         record.reported_cost = usage.cost
@@ -446,7 +508,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "served": record.model_served, "provider": record.provider, "status": record.status,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
-        "attempts": call.attempts})
+        "attempts": call.attempts, "surface": call.surface})
 
 
 async def _shielded_finish(call: Call, record: ledger.UsageRecord) -> None:
@@ -461,9 +523,52 @@ def _should_fall_back(err: UpstreamError, index: int, call: Call) -> bool:
     return False
 
 
-def _check_time_left(call: Call) -> None:
-    if call.remaining() <= 0:
-        raise deadline_error()
+# --------------------------------------------------------------------------- fallback
+T = TypeVar("T")
+
+
+class Unanswered(Exception):
+    """An attempt failed before the provider produced anything billable, with an error that lets
+    the pipeline try the next candidate (``_first_answer`` decides)."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _first_answer(call: Call, attempt: Callable[[Candidate], Awaitable[T]]) -> tuple[Candidate, T]:
+    """The candidate loop of every upstream call: try each candidate in order within the deadline
+    (each one noted in ``call.attempts``, its reservation marked as sent when it runs long) until
+    ``attempt`` answers. An attempt that raises :class:`Unanswered` with a retryable error falls
+    back to the next candidate; any other exception ends the request (the attempt settled what it
+    must). When no candidate answered, the request is settled as failed (nothing charged) and the
+    last error raised."""
+    last: UpstreamError | None = None
+    for i, c in enumerate(call.candidates):
+        if call.remaining() <= 0:
+            last = deadline_error()
+            break
+        call.attempts.append(c.model.id)
+        _sending(call)
+        try:
+            return c, await attempt(c)
+        except Unanswered as miss:
+            last = miss.error
+            if _should_fall_back(last, i, call):
+                continue
+            break
+    assert last is not None
+    await _shielded_finish(call, _record(call, "failed", error=last))
+    raise last
+
+
+def _served_by(call: Call, c: Candidate) -> None:
+    """The response comes from ``c``: name the parameters its adapter did not carry (the
+    ``x-dropped-params`` header, with the rate-limit headers) and log them."""
+    if c.dropped:
+        call.rate_headers.update(dropped_header(c.dropped))
+        logger.info("parameters not forwarded", extra={"request_id": call.request_id, "model": c.model.id,
+                                                       "provider": c.target.provider, "dropped": c.dropped})
 
 
 # --------------------------------------------------------------------------- non-streaming
@@ -473,18 +578,11 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
     if call.buffered:
         return await complete_buffered(call)
     client = get_http_client()
-    last: UpstreamError | None = None
-    for i, c in enumerate(call.candidates):
-        try:
-            _check_time_left(call)
-        except UpstreamTimeout as err:
-            last = err
-            break
-        call.attempts.append(c.model.id)
-        _sending(call)
+
+    async def attempt(c: Candidate) -> tuple[dict[str, Any], Usage]:
         try:
             async with asyncio.timeout_at(call.deadline):
-                response, usage = await get_adapter(c.target.provider).complete(
+                return await call.wire.adapter(c.target.provider).complete(
                     client, c.target, c.body, read_timeout=call.remaining() + READ_TIMEOUT_SLACK_S)
         except TimeoutError:
             # A non-streaming answer only comes when the generation is done, and the provider bills
@@ -501,10 +599,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
                 await _shielded_finish(call, _record(call, "failed", candidate=c, usage=limit_usage(call, c),
                                                      error=err))
                 raise
-            last = err
-            if _should_fall_back(err, i, call):
-                continue
-            break
+            raise Unanswered(err) from err
         except GatewayError as err:  # refused before sending (e.g. a part this provider cannot take)
             await _shielded_finish(call, _record(call, "failed", candidate=c, error=err))
             raise
@@ -514,20 +609,27 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
         except Exception:  # a bug building the request: nothing was sent
             await _shielded_finish(call, _record(call, "failed", candidate=c))
             raise
-        # the adapter already set ``model`` (target.public_id == model id) and ``usage``
-        # (including provider details such as reasoning tokens)
-        return response, _record(call, "ok", candidate=c, usage=usage)
-    assert last is not None
-    await _shielded_finish(call, _record(call, "failed", error=last))
-    raise last
+
+    c, (response, usage) = await _first_answer(call, attempt)
+    _served_by(call, c)
+    call.usage = usage
+    # the adapter already set ``model`` (target.public_id == model id) and ``usage``
+    # (including provider details such as reasoning tokens)
+    return response, _record(call, "ok", candidate=c, usage=usage)
 
 
-async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord) -> JSONResponse:
+async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord, *,
+                  headers: Mapping[str, str] | None = None,
+                  build: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> JSONResponse:
     """The JSON response, settled: in Lambda BEFORE it is sent (behind the Web Adapter the
     environment is frozen once the response completes, so work after it may never run), locally
-    right after it. A response that cannot be rendered is still settled."""
+    right after it. A response that cannot be rendered is still settled. ``headers`` are sent
+    besides the rate-limit headers and ``build`` turns the answer into a surface's body (a
+    translated surface: Anthropic ``Message``, Responses ``Response``); a failing ``build`` is a
+    render failure (settled, billed)."""
     try:
-        rendered = JSONResponse(response, headers=call.rate_headers)
+        body = build(response) if build is not None else response
+        rendered = JSONResponse(body, headers={**call.rate_headers, **(headers or {})})
     except BaseException:
         record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
         await _shielded_finish(call, record)
@@ -561,23 +663,17 @@ async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRec
         raise
     finally:
         timer.cancel()
-    usage = upstream.usage
+    usage = call.usage = upstream.usage
     failure = deadline_error() if call.timed_out else error
     if failure is not None:
         await _shielded_finish(call, _record(call, "timeout" if call.timed_out else "partial", candidate=c,
                                              usage=usage, error=failure))
         raise failure
     assert usage is not None
-    return assemble(chunks, c.model.id, usage.as_openai()), _record(call, "ok", candidate=c, usage=usage)
+    return call.wire.assemble(chunks, c.model.id, usage), _record(call, "ok", candidate=c, usage=usage)
 
 
 # --------------------------------------------------------------------------- streaming
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
-
 
 def _arm_deadline(call: Call, upstream: UpstreamStream) -> asyncio.TimerHandle:
     """At the deadline, close the upstream: the read in progress ends and what was produced is
@@ -596,23 +692,16 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
     """Open the upstream stream, falling back until one produces its FIRST chunk (within the
     deadline); errors up to that point raise."""
     client = get_http_client()
-    last: UpstreamError | None = None
-    for i, c in enumerate(call.candidates):
-        try:
-            _check_time_left(call)
-        except UpstreamTimeout as err:
-            last = err
-            break
-        call.attempts.append(c.model.id)
-        _sending(call)
-        upstream = get_adapter(c.target.provider).stream(client, c.target, c.body)
+
+    async def attempt(c: Candidate) -> tuple[UpstreamStream, Any, dict[str, Any] | None]:
+        upstream = call.wire.adapter(c.target.provider).stream(client, c.target, c.body)
         try:
             async with asyncio.timeout_at(call.deadline):
                 await upstream.open()
                 iterator = upstream.__aiter__()
                 first = await iterator.__anext__()
         except StopAsyncIteration:
-            return c, upstream, None, None
+            return upstream, None, None
         except TimeoutError:
             expired = deadline_error()
             with anyio.CancelScope(shield=True):
@@ -621,19 +710,17 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
             raise expired from None
         except UpstreamError as err:
             await upstream.aclose()
-            last = err
-            if _should_fall_back(err, i, call):
-                continue
-            break
+            raise Unanswered(err) from err
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
                 await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
             raise
-        return c, upstream, iterator, first
-    assert last is not None
-    await _shielded_finish(call, _record(call, "failed", error=last))
-    raise last
+        return upstream, iterator, first
+
+    c, (upstream, iterator, first) = await _first_answer(call, attempt)
+    _served_by(call, c)
+    return c, upstream, iterator, first
 
 
 async def open_stream(call: Call) -> AsyncIterator[bytes]:
@@ -657,14 +744,16 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
     try:
         yield b""  # consumed by open_stream (priming), never sent
         try:
+            frame = call.wire.frame
             if first is not None:
-                yield _sse(first)
+                yield frame(first)
             if iterator is not None:
                 async for chunk in iterator:
-                    yield _sse(chunk)
+                    yield frame(chunk)
         except UpstreamError as err:
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
+        call.usage = upstream.usage
         if call.timed_out:
             status, error = "timeout", deadline_error()
         elif error is not None:
@@ -672,13 +761,10 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
         else:
             status = "cancelled" if call.client_gone else "ok"
         if error is not None:
-            yield _sse(error.body())
+            yield call.wire.error_frame(error)
             return
-        opts = call.req.stream_options
-        if opts is not None and opts.include_usage and upstream.usage is not None:
-            yield _sse({"id": call.request_id, "object": "chat.completion.chunk", "created": int(time.time()),
-                        "model": c.model.id, "choices": [], "usage": upstream.usage.as_openai()})
-        yield DONE
+        for tail in call.wire.tail(call, c, first, upstream.usage):
+            yield tail
     finally:
         timer.cancel()
         with anyio.CancelScope(shield=True):

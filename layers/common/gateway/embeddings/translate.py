@@ -7,7 +7,8 @@ route splits bigger requests with :func:`gemini_batches`; token ids are refused,
 only).
 
 Usage to bill (prompt tokens only; embeddings have no completion): the provider's
-``usage.prompt_tokens`` when it reports it (OpenAI, OpenRouter, most compat servers), else Gemini's
+``usage.prompt_tokens`` when it reports it (OpenAI, OpenRouter, most compat servers; OpenRouter's
+``usage.cost`` too: the charge is never below it), else Gemini's
 ``usageMetadata.promptTokenCount`` when present, else the estimate of
 ``schema.estimate_input_tokens`` marked ``reported=False``.
 """
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.adapters.contract import Usage
+from gateway.adapters.shapes import as_cost, as_int
 from gateway.adapters.upstream_errors import bad_response
 from gateway.errors import BadRequest
 
@@ -53,7 +55,9 @@ def from_openai(data: Any, req: EmbeddingsRequest, *, model: str, provider: str 
             decode(vector), req.encoding_format)
     raw_usage = data.get("usage") if isinstance(data, dict) else None
     if isinstance(raw_usage, dict) and raw_usage.get("prompt_tokens") is not None:
-        usage = Usage(prompt_tokens=int(raw_usage["prompt_tokens"]), completion_tokens=0)
+        # ``cost``: what OpenRouter says it billed (never charged below it, as for chat)
+        usage = Usage(prompt_tokens=as_int(raw_usage["prompt_tokens"]), completion_tokens=0,
+                      cost=as_cost(raw_usage.get("cost")))
     else:
         usage = Usage(prompt_tokens=estimate_input_tokens(req), completion_tokens=0, reported=False)
     return embeddings_response(ordered, model=model, prompt_tokens=usage.prompt_tokens), usage

@@ -16,11 +16,14 @@ from .pricing import ZERO, ModelPrice, charge_for, exact
 
 
 def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, markup: Decimal,
-             *, images: int = 0, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
+             *, images: int = 0, audio: bool = False, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:
     """Worst-case charge reserved before the upstream call: ``prompt_tokens`` (an upper bound of
-    the prompt, see ``adapters.tokens``) at the highest prompt-class price, the output limit sent
-    upstream at the completion price, the per-image and per-request fees."""
+    the prompt, see ``adapters.tokens``) at the highest prompt-class price (the audio price too
+    when the request carries ``audio`` input), ``max_output_tokens`` (the output limit sent
+    upstream, plus what else is billed as output, e.g. a ``prediction``) at the completion price,
+    the per-image and per-request fees."""
     with exact():
-        worst = (Decimal(prompt_tokens) * price.max_prompt_price + Decimal(max_output_tokens) * price.completion
+        worst = (Decimal(prompt_tokens) * price.prompt_bound_price(audio=audio)
+                 + Decimal(max_output_tokens) * price.completion
                  + Decimal(images) * price.image + price.request)
     return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

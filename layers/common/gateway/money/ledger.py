@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -24,11 +24,12 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from .. import db
+from ..adapters.contract import TOKEN_FIELDS, Tokens
 from ..config import FREE_TIER
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
 from .format import money
-from .pricing import ZERO, to_credit
+from .pricing import ZERO, ModelPrice, to_credit
 
 CREDIT_KINDS = frozenset({"grant", "purchase", "usage", "refund", "adjustment", "subscription_credit", "welcome"})
 
@@ -263,8 +264,13 @@ async def cancel(request_id: str) -> bool:
 
 
 # --------------------------------------------------------------------------- settle / release
-@dataclass(slots=True)
-class UsageRecord:
+@dataclass(slots=True, kw_only=True)
+class UsageRecord(Tokens):
+    """One ``usage_records`` row: the token counts of ``adapters.contract.Tokens`` (inherited: THE
+    list of usage fields), the unit prices they were billed at and the request's facts. Every field
+    but ``user_id`` (taken from the reservation) and ``extra`` is a column of the same name; the
+    settle statement's column list is derived from the fields (:data:`RECORD_COLUMNS`)."""
+
     request_id: str
     user_id: UUID | str
     model_requested: str
@@ -272,16 +278,13 @@ class UsageRecord:
     api_key_id: UUID | str | None = None
     model_served: str | None = None
     provider: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_write_1h_tokens: int = 0
+    # unit prices: ``<name>_price`` for each billed price ``name`` of ``ModelPrice`` (see ``price``)
     prompt_price: Decimal = ZERO
     completion_price: Decimal = ZERO
     cache_read_price: Decimal | None = None
     cache_write_price: Decimal | None = None
     cache_write_1h_price: Decimal | None = None
+    audio_price: Decimal | None = None
     request_price: Decimal = ZERO
     markup: Decimal = ZERO
     byok: bool = False
@@ -294,6 +297,24 @@ class UsageRecord:
     estimated: bool = False
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, tokens: Tokens) -> None:
+        """Take every count of ``tokens`` (``TOKEN_FIELDS``)."""
+        for name in TOKEN_FIELDS:
+            setattr(self, name, getattr(tokens, name))
+
+    def price(self, price: ModelPrice) -> None:
+        """Take the unit prices of ``price`` (each ``ModelPrice`` field with a ``<name>_price`` here)."""
+        for name in PRICE_FIELDS:
+            setattr(self, f"{name}_price", getattr(price, name))
+
+
+# The ModelPrice fields recorded on a usage record (the per-image fee is part of holds only).
+PRICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelPrice)
+                                      if f"{f.name}_price" in {g.name for g in fields(UsageRecord)})
+# The usage_records columns written from a UsageRecord: every field but the reservation's user_id
+# (the row's user comes from the reservation it closes) and ``extra``.
+RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord) if f.name not in ("user_id", "extra"))
 
 
 SETTLE_SQL = """
@@ -320,17 +341,8 @@ WITH r AS (
     WHERE %(charge)s::numeric > 0
     RETURNING id
 ), u AS (
-    INSERT INTO usage_records (request_id, user_id, api_key_id, model_requested, model_served, provider,
-        prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, prompt_price, completion_price,
-        cache_read_price, cache_write_price, request_price, markup, byok, provider_cost, charge, hold, latency_ms,
-        ttfb_ms, status, error_code,
-        estimated, stream, cache_write_1h_tokens, cache_write_1h_price, reported_cost)
-    SELECT %(request_id)s, r.user_id, %(api_key_id)s, %(model_requested)s, %(model_served)s, %(provider)s,
-        %(prompt_tokens)s, %(completion_tokens)s, %(cached_tokens)s, %(cache_write_tokens)s, %(prompt_price)s,
-        %(completion_price)s, %(cache_read_price)s, %(cache_write_price)s, %(request_price)s, %(markup)s,
-        %(byok)s, %(provider_cost)s, %(charge)s, r.amount,
-        %(latency_ms)s, %(ttfb_ms)s, %(status)s, %(error_code)s, %(estimated)s, %(stream)s,
-        %(cache_write_1h_tokens)s, %(cache_write_1h_price)s, %(reported_cost)s FROM r
+    INSERT INTO usage_records (user_id, hold, """ + ", ".join(RECORD_COLUMNS) + """)
+    SELECT r.user_id, r.amount, """ + ", ".join(f"%({c})s" for c in RECORD_COLUMNS) + """ FROM r
     RETURNING id
 )
 SELECT b.balance, b.reserved, b.hold, (SELECT count(*) FROM l) AS ledger_rows FROM b
@@ -376,24 +388,13 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
         raise ValueError("charge must be >= 0")
     if record.charge != to_credit(record.charge):
         raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
-    params = {
-        "request_id": record.request_id, "charge": record.charge, "period": period_start(),
+    params: dict[str, Any] = {name: getattr(record, name) for name in RECORD_COLUMNS}
+    params.update({
+        "period": period_start(),
         "uncount": record.status in ("failed", "orphaned") and record.charge == 0,
         "description": f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
                        f"{record.completion_tokens} tokens",
-        "api_key_id": record.api_key_id, "model_requested": record.model_requested,
-        "model_served": record.model_served, "provider": record.provider,
-        "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
-        "cached_tokens": record.cached_tokens, "cache_write_tokens": record.cache_write_tokens,
-        "cache_write_price": record.cache_write_price, "prompt_price": record.prompt_price,
-        "cache_write_1h_tokens": record.cache_write_1h_tokens, "cache_write_1h_price": record.cache_write_1h_price,
-        "reported_cost": record.reported_cost,
-        "completion_price": record.completion_price, "cache_read_price": record.cache_read_price,
-        "request_price": record.request_price, "markup": record.markup, "byok": record.byok,
-        "provider_cost": record.provider_cost, "latency_ms": record.latency_ms, "ttfb_ms": record.ttfb_ms,
-        "status": record.status, "error_code": record.error_code, "estimated": record.estimated,
-        "stream": record.stream,
-    }
+    })
     give_up = time.monotonic() + retry_for
     delay = RETRY_FIRST_DELAY_S
     while True:

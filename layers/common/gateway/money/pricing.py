@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from typing import Any
 
+from ..adapters.contract import TOKEN_FIELDS, Tokens
+
 CREDIT_QUANTUM = Decimal("0.00000001")
 ZERO = Decimal(0)
 ONE = Decimal(1)
@@ -67,31 +69,47 @@ class ModelPrice:
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None  # 1-hour cache writes (Anthropic); None: not offered
     image: Decimal = ZERO                  # per input image on top of its tokens (OpenRouter ``image``)
+    audio: Decimal | None = None           # per input audio token (catalogue ``pricing_extra.audio``); None: unknown
 
     def __post_init__(self) -> None:
         _no_float(*(getattr(self, f.name) for f in fields(self)))
 
     @property
     def max_prompt_price(self) -> Decimal:
-        """The most a prompt token can cost: plain, read from or written to the prompt cache."""
+        """The most a prompt token can cost: plain, read from or written to the prompt cache
+        (audio input not counted: see :meth:`prompt_bound_price`)."""
         return max(p for p in (self.prompt, self.cache_read, self.cache_write, self.cache_write_1h) if p is not None)
 
+    def prompt_bound_price(self, *, audio: bool = False) -> Decimal:
+        """The most a prompt token of a request can cost: :attr:`max_prompt_price`, or the audio
+        price when higher and the request carries audio input."""
+        if audio and self.audio is not None:
+            return max(self.max_prompt_price, self.audio)
+        return self.max_prompt_price
+
     def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                      cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0) -> Decimal:
+                      cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0, audio_tokens: int = 0) -> Decimal:
         """Exact provider cost. ``cached_tokens`` (read from the prompt cache) and
         ``cache_write_tokens`` (written to it; ``cache_write_1h_tokens`` of them with the 1-hour
         TTL) are parts of ``prompt_tokens`` billed at the cache read / write prices where the model
-        has them. The request fee is part of every call's cost, whatever the token counts."""
+        has them; ``audio_tokens`` (audio input, of the rest) at the audio price where it has one.
+        The request fee is part of every call's cost, whatever the token counts."""
         cached = max(0, min(cached_tokens, prompt_tokens))
         written = max(0, min(cache_write_tokens, prompt_tokens - cached))
         written_1h = max(0, min(cache_write_1h_tokens, written))
+        audio = max(0, min(audio_tokens, prompt_tokens - cached - written))
         read_price = self.cache_read if self.cache_read is not None else self.prompt
         write_price = self.cache_write if self.cache_write is not None else self.prompt
         write_1h_price = self.cache_write_1h if self.cache_write_1h is not None else write_price
+        audio_price = self.audio if self.audio is not None else self.prompt
         with exact():
-            return (Decimal(prompt_tokens - cached - written) * self.prompt + Decimal(cached) * read_price
+            return (Decimal(prompt_tokens - cached - written - audio) * self.prompt + Decimal(cached) * read_price
                     + Decimal(written - written_1h) * write_price + Decimal(written_1h) * write_1h_price
-                    + Decimal(completion_tokens) * self.completion + self.request)
+                    + Decimal(audio) * audio_price + Decimal(completion_tokens) * self.completion + self.request)
+
+    def cost_of(self, tokens: Tokens) -> Decimal:
+        """:meth:`provider_cost` of every count of ``tokens`` (``adapters.contract.TOKEN_FIELDS``)."""
+        return self.provider_cost(**{name: getattr(tokens, name) for name in TOKEN_FIELDS})
 
 
 def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:

@@ -849,7 +849,9 @@
   }
   async function playgroundPage(el, current) {
     const balance = await api('GET', '/v1/balance');
-    const models = await loadModels(balance.tier);
+    // chat models only: embedding models answer POST /v1/embeddings, not chat
+    const models = (await loadModels(balance.tier)).filter(
+      (m) => !((m.architecture && m.architecture.output_modalities) || []).includes('embeddings'));
     if (!current()) return;
     const modelSel = h('select', { name: 'model' }, models.map((m) => h('option', { value: m.id }, m.id)));
     const preferred = ['openai/gpt-4o-mini', 'google/gemini-2.5-flash'].find((id) => models.some((m) => m.id === id));

@@ -1,0 +1,12 @@
+"""POST /v1/embeddings — OpenAI's embeddings API for the catalogue's embedding models (OpenAI,
+Gemini, OpenRouter, OpenAI-compatible servers), billed per input token through the same money
+path as chat completions (gateway.embeddings)."""
+
+from mangum import Mangum
+
+from gateway.embeddings.routes import router
+from gateway.http import create_app
+from gateway.observability import instrument
+
+app = create_app("embeddings", [router])
+handler = instrument(Mangum(app, lifespan="off"))

@@ -1,0 +1,15 @@
+"""POST /v1/messages and /v1/messages/count_tokens — the Anthropic Messages API (native for models
+Anthropic serves, translated for every other provider), metered and billed like chat completions.
+
+Behind API Gateway (Mangum, ``handler``) responses are buffered, streams included; true streaming
+is QueryStreamFunction's Function URL (functions/query/app.py ``stream_app`` serves this router too).
+"""
+
+from mangum import Mangum
+
+from gateway.http import create_app
+from gateway.messages.routes import router
+from gateway.observability import instrument
+
+app = create_app("messages", [router])
+handler = instrument(Mangum(app, lifespan="off"))

@@ -1,0 +1,15 @@
+"""POST /v1/responses — the OpenAI Responses API (stateless), translated onto the chat pipeline for
+every provider and metered and billed like chat completions.
+
+Behind API Gateway (Mangum, ``handler``) responses are buffered, streams included; true streaming
+is QueryStreamFunction's Function URL (functions/query/app.py ``stream_app`` serves this router too).
+"""
+
+from mangum import Mangum
+
+from gateway.http import create_app
+from gateway.observability import instrument
+from gateway.responses.routes import router
+
+app = create_app("responses", [router])
+handler = instrument(Mangum(app, lifespan="off"))
