@@ -78,6 +78,7 @@ def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[
     def lambda_handler(event: dict[str, Any], context: Any) -> Any:
         global _cold, _deferring
         request_context = event.get("requestContext") if isinstance(event, dict) else None
+        logger.clear_state()  # keys an earlier invocation added (as inject_lambda_context(clear_state=True))
         logger.append_keys(function_request_id=getattr(context, "aws_request_id", None), cold_start=_cold,
                            correlation_id=(request_context or {}).get("requestId"))
         if _cold and _METRICS_ON:
