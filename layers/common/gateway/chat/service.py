@@ -293,7 +293,8 @@ async def plan(request_id: str, principal: Principal, req: ChatRequest, *, budge
     for mid in ids:
         info = catalog.get(mid)
         if info is None:
-            raise ModelNotFound(f"The model `{mid}` does not exist or is not available.", param="model")
+            raise (await registry.wrong_surface(mid, wanted=registry.CHAT)
+                   or ModelNotFound(f"The model `{mid}` does not exist or is not available.", param="model"))
         models.append(info)
     body = req.upstream_body()
     size = measure_prompt(body)
