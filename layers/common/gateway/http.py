@@ -30,7 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from .config import get_settings
-from .errors import BadRequest, GatewayError, PayloadTooLarge, error_body
+from .errors import BadRequest, GatewayError, InternalError, PayloadTooLarge
 from .observability import logger
 
 Scope = MutableMapping[str, Any]
@@ -144,12 +144,12 @@ class GatewayMiddleware:
                     # The framework may have turned our error into something else (FastAPI maps
                     # any error while parsing a body to a generic 400): answer ours regardless.
                     replaced = True
-                    await _send_error(send_with_headers, rejected)
+                    await _send_error(send_with_headers, rejected, scope, request_id)
                     return
             await send_with_headers(message)
 
         if _nul_in_head(scope):
-            await _send_error(send_with_headers, _nul_error())
+            await _send_error(send_with_headers, _nul_error(), scope, request_id)
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -158,7 +158,7 @@ class GatewayMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _send_error(send_with_headers, _too_large(limit))
+                    await _send_error(send_with_headers, _too_large(limit), scope, request_id)
                     return
                 break
 
@@ -190,12 +190,12 @@ class GatewayMiddleware:
             if started:
                 raise  # e.g. a stream that broke mid-way: the server closes the connection
             if rejected is not None or isinstance(exc, PayloadTooLarge):
-                await _send_error(send_with_headers, rejected or _too_large(limit))
+                await _send_error(send_with_headers, rejected or _too_large(limit), scope, request_id)
                 return
             # Answer here (not only in Starlette's outermost handler) so that the 500 carries the
             # request id and security headers like every other response. Logged once, not re-raised.
             logger.exception("unhandled error", extra={"request_id": request_id})
-            await _send_json(send_with_headers, 500, _internal_error_body(request_id))
+            await _send_error(send_with_headers, _internal_error(request_id), scope, request_id)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -218,9 +218,27 @@ def _nul_in_body(body: bytes) -> bool:
     return b"\x00" in body or (b"u0000" in body and _JSON_NUL.search(body) is not None)
 
 
-def _internal_error_body(request_id: str) -> dict[str, Any]:
-    return error_body(f"Internal server error (request id {request_id}).", type="api_error",
-                      code="internal_error")
+def _internal_error(request_id: str) -> InternalError:
+    return InternalError(f"Internal server error (request id {request_id}).")
+
+
+# A surface that answers in another API's error shape (Anthropic's on ``/v1/messages``) registers
+# its path prefix and body builder when its routes module is imported; every error answered here
+# (the middleware's 413 and NUL refusals, 404/405, validation, 503, 500) then takes that shape on
+# those paths. Everything else gets the OpenAI shape (``GatewayError.body``).
+ErrorShape = Callable[[GatewayError, str | None], dict[str, Any]]
+_ERROR_SHAPES: dict[str, ErrorShape] = {}
+
+
+def register_error_shape(path_prefix: str, shape: ErrorShape) -> None:
+    _ERROR_SHAPES[path_prefix] = shape
+
+
+def shaped_error_body(path: str, err: GatewayError, request_id: str | None) -> dict[str, Any]:
+    for prefix, shape in _ERROR_SHAPES.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return shape(err, request_id)
+    return err.body()
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any],
@@ -234,8 +252,13 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, err: GatewayError) -> None:
-    await _send_json(send, err.status, err.body(), err.headers)
+async def _send_error(send: Send, err: GatewayError, scope: Scope, request_id: str) -> None:
+    await _send_json(send, err.status, shaped_error_body(scope.get("path", ""), err, request_id), err.headers)
+
+
+def _shaped_response(request: Request, err: GatewayError) -> JSONResponse:
+    body = shaped_error_body(request.url.path, err, request_id_of(request))
+    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -247,7 +270,7 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status >= 500:
         logger.warning("request failed", extra={"request_id": request_id_of(request), "code": exc.code,
                                                  "status": exc.status})
-    return error_response(exc)
+    return _shaped_response(request, exc)
 
 
 def _loc(loc: Iterable[Any]) -> str:
@@ -265,9 +288,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         message = "Request body is not valid JSON."
     else:
         message = "Invalid request: " + "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
-    return JSONResponse(error_body(message, type="invalid_request_error", code="invalid_request",
-                                   param=details[0]["loc"] if details else None, details=details),
-                        status_code=400)
+    return _shaped_response(request, BadRequest(message, code="invalid_request",
+                                                param=details[0]["loc"] if details else None, details=details))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -276,8 +298,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = {404: f"No route for {request.method} {request.url.path}.",
                405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
         exc.status_code, str(exc.detail))
-    return JSONResponse(error_body(message, type="invalid_request_error", code=code),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return _shaped_response(request, BadRequest(message, code=code, status=exc.status_code,
+                                                headers=getattr(exc, "headers", None)))
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -288,13 +310,13 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, psycopg.OperationalError)
     logger.warning("request failed: database unavailable", extra={
         "request_id": request_id_of(request), "reason": db.describe(exc), "error": type(exc).__name__})
-    return error_response(db.as_service_unavailable(exc))
+    return _shaped_response(request, db.as_service_unavailable(exc))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     logger.exception("unhandled error", extra={"request_id": request_id})
-    return JSONResponse(_internal_error_body(request_id), status_code=500)
+    return _shaped_response(request, _internal_error(request_id))
 
 
 # ----------------------------------------------------------------------------------- OpenAPI
