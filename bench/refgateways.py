@@ -201,11 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.kind == "bare":
         import asyncio
+        import importlib.util
 
-        import uvloop
         from aiohttp import web
 
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        if importlib.util.find_spec("uvloop") is not None:  # when installed (not in the dev install)
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         web.run_app(bare_app(args.upstream), host="127.0.0.1", port=args.port, access_log=None, print=None)
     else:
         import uvicorn

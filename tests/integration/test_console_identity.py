@@ -170,7 +170,8 @@ async def _usage(user_id: Any, key_id: Any, model: str, day: dt.datetime, charge
 
 async def test_usage_breakdown_by_day_model_and_key_is_scoped_to_the_caller(api: Any, make_user: Any) -> None:
     me, other = await make_user(), await make_user()
-    today = dt.datetime.now(dt.UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    # in the past (the breakdown ends now by default): a fixed hour such as 12:00 is in the future before noon
+    today = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     yesterday = today - dt.timedelta(days=1)
     await _usage(me.user_id, me.key_id, "openai/gpt-4o-mini", today, "0.00000300", (10, 5))
     await _usage(me.user_id, me.key_id, "openai/gpt-4o-mini", today, "0.00000200", (4, 1), status="failed")

@@ -221,6 +221,35 @@ async def test_errors_in_anthropic_shape_change_nothing(http: Any, make_user: An
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
+async def test_errors_before_the_route_are_anthropic_shaped_too(http: Any, make_user: Any,
+                                                                 fake_upstream: Any) -> None:
+    """The middleware's refusals (NUL, body too large) and the router's 404/405 answer in Anthropic's
+    shape on /v1/messages; other paths keep the OpenAI shape."""
+    user = await make_user("5")
+    key = {"x-api-key": user.api_key, "content-type": "application/json"}
+    nul = json.dumps({"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "a\u0000b"}]})
+    huge = b'{"model": "x", "pad": "' + b"a" * 5_000_001 + b'"}'
+    cases = [
+        (await http.post("/v1/messages", headers=key, content=nul.encode()), 400, "invalid_request_error",
+         "nul_character"),
+        (await http.post("/v1/messages", headers=key, content=huge), 413, "request_too_large", "payload_too_large"),
+        (await http.post("/v1/messages/nope", headers=key, json={}), 404, "not_found_error", "not_found"),
+        (await http.get("/v1/messages", headers=key), 405, "invalid_request_error", "method_not_allowed"),
+    ]
+    for r, status, kind, code in cases:
+        assert r.status_code == status, r.text
+        body = r.json()
+        assert body["type"] == "error" and body["error"]["type"] == kind, body
+        assert body["error"]["code"] == code and body["error"]["message"]
+        assert body["request_id"] == r.headers["x-request-id"]
+    other = await http.post("/v1/chat/completions", headers=key, json={})  # not a route of this function
+    assert other.status_code == 404 and "type" not in other.json()  # the OpenAI shape off /v1/messages
+    assert other.json()["error"]["code"] == "not_found"
+    assert upstream_requests(fake_upstream) == []
+    state = await _money(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
 async def test_sdk_raises_its_typed_errors(http: Any, make_user: Any) -> None:
     user = await make_user("0")
     client = _sdk(http, user.api_key)

@@ -366,3 +366,75 @@ async def test_no_cors_without_allowlist() -> None:
 # ----------------------------------------------------------------------------------- docs
 async def test_docs_only_outside_deployed_stages(client: httpx.AsyncClient) -> None:
     assert (await client.get("/openapi.json")).status_code == 200
+
+
+# ----------------------------------------------------------------------------- the lean path
+lean_router = APIRouter()
+
+
+@lean_router.post("/lean/raise")
+async def lean_raise(request: Request) -> Any:
+    await request.body()
+    raise errors.InsufficientCredits(balance="0.5", required="1.25", headers={"Retry-After": "7"})
+
+
+@lean_router.post("/lean/boom")
+async def lean_boom(request: Request) -> Any:
+    raise RuntimeError(SECRET_TEXT)
+
+
+@lean_router.post("/lean/http")
+async def lean_http(request: Request) -> Any:
+    from fastapi import HTTPException
+
+    raise HTTPException(status_code=404)
+
+
+@lean_router.post("/lean/dict")
+async def lean_dict(request: Request) -> Any:
+    return {"request_id": request_id_of(request), "bytes": len(await request.body())}
+
+
+def _lean_app() -> FastAPI:
+    reset_settings()
+    return create_app("lean-test", [lean_router])
+
+
+async def test_lean_path_serves_request_only_post_routes_like_the_full_path() -> None:
+    app = _lean_app()
+    assert sorted(app._build_lean()) == ["/lean/boom", "/lean/dict", "/lean/http", "/lean/raise"]  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                 base_url="http://t") as c:
+        r = await c.post("/lean/dict", content=b"abc", headers={"x-request-id": "lean-1"})
+        assert r.status_code == 200 and r.json() == {"request_id": "lean-1", "bytes": 3}
+        assert r.headers["x-request-id"] == "lean-1" and r.headers["x-content-type-options"] == "nosniff"
+        r = await c.post("/lean/raise", content=b"{}")
+        assert r.status_code == 402 and r.headers["retry-after"] == "7"
+        assert r.json()["error"]["code"] == "insufficient_credits" and r.headers["x-request-id"]
+        r = await c.post("/lean/boom")
+        assert r.status_code == 500 and SECRET_TEXT not in r.text and r.json()["error"]["code"] == "internal_error"
+        r = await c.post("/lean/http")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = await c.post("/lean/dict", content=b"a\x00b")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "nul_character"
+        r = await c.get("/lean/dict")  # other methods: the full path (405)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_lean_path_is_off_when_middleware_is_added_later() -> None:
+    app = _lean_app()
+    seen: list[str] = []
+
+    class Mark:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope["path"])
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Mark)
+    assert app._build_lean() == {}  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.post("/lean/dict", content=b"abc")).status_code == 200
+    assert seen == ["/lean/dict"]

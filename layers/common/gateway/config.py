@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # interval instead of +UPSTASH_TIMEOUT_S on every request.
     upstash_breaker_s: float = Field(default=10.0, ge=0)
     ratelimit_fail_open: bool = True
+    # Token leases (gateway.ratelimit): a warm container takes up to this many request tokens per
+    # Upstash call for the per-minute request limits, never more than rpm // 50 (so at most 2% of a
+    # user's limit sits unused in one container); 1 = one Upstash call per request, exact.
+    ratelimit_lease_max: int = Field(default=10, ge=1)
+    ratelimit_lease_ttl_s: float = Field(default=10.0, gt=0)  # an unused lease is dropped after this
     # Prefix of every Redis key (rate limits, the catalogue cache). Empty = "mlp-" + a short hash
     # of the database (host, port, name), so stacks with different databases sharing one Upstash
     # database (two stages, two local stacks) never serve each other's catalogue or limits.

@@ -213,7 +213,12 @@ async def get_pool() -> AsyncConnectionPool[Any]:
 
 async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[Any]:
     """``pool.getconn()``, but give up as soon as a connection attempt fails (refused, TLS,
-    authentication): the pool would keep retrying in the background until its timeout."""
+    authentication): the pool would keep retrying in the background until its timeout.
+
+    With an idle connection in the pool (the warm path) no connection attempt can be involved:
+    take it directly, without the race's future, task and ``asyncio.wait`` (~40 us per statement)."""
+    if getattr(pool, "_pool", None):  # psycopg_pool's deque of idle connections
+        return await pool.getconn()
     failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
     _connect_waiters.add(failed)
     getter = asyncio.ensure_future(pool.getconn())

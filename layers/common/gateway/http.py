@@ -12,6 +12,7 @@ far as a statement). The middleware is plain ASGI so streamed responses pass thr
 
 from __future__ import annotations
 
+import inspect
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -22,12 +23,14 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 
 from .config import get_settings
-from .errors import BadRequest, GatewayError, PayloadTooLarge, error_body
+from .errors import BadRequest, GatewayError, InternalError, PayloadTooLarge
 from .observability import logger
 
 Scope = MutableMapping[str, Any]
@@ -141,12 +144,12 @@ class GatewayMiddleware:
                     # The framework may have turned our error into something else (FastAPI maps
                     # any error while parsing a body to a generic 400): answer ours regardless.
                     replaced = True
-                    await _send_error(send_with_headers, rejected)
+                    await _send_error(send_with_headers, rejected, scope, request_id)
                     return
             await send_with_headers(message)
 
         if _nul_in_head(scope):
-            await _send_error(send_with_headers, _nul_error())
+            await _send_error(send_with_headers, _nul_error(), scope, request_id)
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -155,7 +158,7 @@ class GatewayMiddleware:
                 except ValueError:
                     too_big = False
                 if too_big:
-                    await _send_error(send_with_headers, _too_large(limit))
+                    await _send_error(send_with_headers, _too_large(limit), scope, request_id)
                     return
                 break
 
@@ -187,12 +190,12 @@ class GatewayMiddleware:
             if started:
                 raise  # e.g. a stream that broke mid-way: the server closes the connection
             if rejected is not None or isinstance(exc, PayloadTooLarge):
-                await _send_error(send_with_headers, rejected or _too_large(limit))
+                await _send_error(send_with_headers, rejected or _too_large(limit), scope, request_id)
                 return
             # Answer here (not only in Starlette's outermost handler) so that the 500 carries the
             # request id and security headers like every other response. Logged once, not re-raised.
             logger.exception("unhandled error", extra={"request_id": request_id})
-            await _send_json(send_with_headers, 500, _internal_error_body(request_id))
+            await _send_error(send_with_headers, _internal_error(request_id), scope, request_id)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -215,9 +218,27 @@ def _nul_in_body(body: bytes) -> bool:
     return b"\x00" in body or (b"u0000" in body and _JSON_NUL.search(body) is not None)
 
 
-def _internal_error_body(request_id: str) -> dict[str, Any]:
-    return error_body(f"Internal server error (request id {request_id}).", type="api_error",
-                      code="internal_error")
+def _internal_error(request_id: str) -> InternalError:
+    return InternalError(f"Internal server error (request id {request_id}).")
+
+
+# A surface that answers in another API's error shape (Anthropic's on ``/v1/messages``) registers
+# its path prefix and body builder when its routes module is imported; every error answered here
+# (the middleware's 413 and NUL refusals, 404/405, validation, 503, 500) then takes that shape on
+# those paths. Everything else gets the OpenAI shape (``GatewayError.body``).
+ErrorShape = Callable[[GatewayError, str | None], dict[str, Any]]
+_ERROR_SHAPES: dict[str, ErrorShape] = {}
+
+
+def register_error_shape(path_prefix: str, shape: ErrorShape) -> None:
+    _ERROR_SHAPES[path_prefix] = shape
+
+
+def shaped_error_body(path: str, err: GatewayError, request_id: str | None) -> dict[str, Any]:
+    for prefix, shape in _ERROR_SHAPES.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return shape(err, request_id)
+    return err.body()
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any],
@@ -231,8 +252,13 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, err: GatewayError) -> None:
-    await _send_json(send, err.status, err.body(), err.headers)
+async def _send_error(send: Send, err: GatewayError, scope: Scope, request_id: str) -> None:
+    await _send_json(send, err.status, shaped_error_body(scope.get("path", ""), err, request_id), err.headers)
+
+
+def _shaped_response(request: Request, err: GatewayError) -> JSONResponse:
+    body = shaped_error_body(request.url.path, err, request_id_of(request))
+    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
 
 
 def error_response(err: GatewayError) -> JSONResponse:
@@ -244,7 +270,7 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status >= 500:
         logger.warning("request failed", extra={"request_id": request_id_of(request), "code": exc.code,
                                                  "status": exc.status})
-    return error_response(exc)
+    return _shaped_response(request, exc)
 
 
 def _loc(loc: Iterable[Any]) -> str:
@@ -262,9 +288,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         message = "Request body is not valid JSON."
     else:
         message = "Invalid request: " + "; ".join(f"{d['loc']}: {d['msg']}" for d in details[:5])
-    return JSONResponse(error_body(message, type="invalid_request_error", code="invalid_request",
-                                   param=details[0]["loc"] if details else None, details=details),
-                        status_code=400)
+    return _shaped_response(request, BadRequest(message, code="invalid_request",
+                                                param=details[0]["loc"] if details else None, details=details))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -273,8 +298,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     message = {404: f"No route for {request.method} {request.url.path}.",
                405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
         exc.status_code, str(exc.detail))
-    return JSONResponse(error_body(message, type="invalid_request_error", code=code),
-                        status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return _shaped_response(request, BadRequest(message, code=code, status=exc.status_code,
+                                                headers=getattr(exc, "headers", None)))
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -285,13 +310,13 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, psycopg.OperationalError)
     logger.warning("request failed: database unavailable", extra={
         "request_id": request_id_of(request), "reason": db.describe(exc), "error": type(exc).__name__})
-    return error_response(db.as_service_unavailable(exc))
+    return _shaped_response(request, db.as_service_unavailable(exc))
 
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = request_id_of(request)
     logger.exception("unhandled error", extra={"request_id": request_id})
-    return JSONResponse(_internal_error_body(request_id), status_code=500)
+    return _shaped_response(request, _internal_error(request_id))
 
 
 # ----------------------------------------------------------------------------------- OpenAPI
@@ -389,6 +414,108 @@ def openapi_schema(app: FastAPI, routers: Iterable[APIRouter] = ()) -> dict[str,
     return schema
 
 
+# ----------------------------------------------------------------------------------- lean path
+def _lean_endpoint(route: Any) -> APIRoute | None:
+    """A route the lean path can serve: a fixed path, POST, no response model, and an endpoint
+    that takes only the ``Request`` (it parses and validates its own body, e.g.
+    ``chat_completions``): FastAPI's dependency and validation machinery has nothing to do for it."""
+    if not isinstance(route, APIRoute) or "{" in route.path or route.methods != {"POST"}:
+        return None
+    if (route.dependant.dependencies or route.dependencies or route.response_model not in (None, Any)
+            or not inspect.iscoroutinefunction(route.endpoint)):
+        return None
+    params = list(inspect.signature(route.endpoint).parameters.values())
+    if len(params) != 1 or params[0].annotation not in (Request, "Request"):
+        return None
+    return route
+
+
+def _as_response(route: APIRoute, result: Any) -> Response:
+    """What FastAPI makes of an endpoint's return value when the route has no response model."""
+    if isinstance(result, Response):
+        return result
+    from fastapi.encoders import jsonable_encoder
+
+    response_class: Any = getattr(route.response_class, "value", route.response_class)
+    return response_class(jsonable_encoder(result), status_code=route.status_code or 200)  # type: ignore[no-any-return]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, plus a lean path for the hot routes (``_lean_endpoint``): ``POST`` to such a route
+    goes from our middleware straight to the endpoint, past Starlette's and FastAPI's
+    middleware, router and request/response wrappers (~8 ASGI layers), with the same exception
+    handlers, the same ``GatewayMiddleware`` (and CORS when configured) and the same response.
+    Everything else (other methods and routes, OpenAPI, 404/405) takes FastAPI's full path. The
+    lean path switches itself off if middleware was added after ``create_app``."""
+
+    _lean_routes: dict[str, APIRoute] | None = None
+    _lean_stack: ASGIApp | None = None
+    _lean_middleware_count = 0
+    _lean_sources: tuple[APIRouter, ...] = ()  # the routers create_app included
+
+    def _build_lean(self) -> dict[str, APIRoute]:
+        routes: dict[str, APIRoute] = {}
+        if len(self.user_middleware) == self._lean_middleware_count and not self.router.dependencies:
+            for router in self._lean_sources:  # the routers create_app included, as they were given
+                if router.dependencies or router.prefix:
+                    continue
+                for route in router.routes:
+                    lean = _lean_endpoint(route)
+                    if lean is not None:
+                        routes.setdefault(lean.path, lean)
+        stack: ASGIApp = self._lean_call
+        for middleware in reversed(self.user_middleware):  # as Starlette builds it: first added outermost
+            stack = middleware.cls(stack, *middleware.args, **middleware.kwargs)  # type: ignore[call-arg]
+        self._lean_stack = stack
+        self._lean_routes = routes
+        return routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+        if scope["type"] == "http" and scope["method"] == "POST":
+            routes = self._lean_routes if self._lean_routes is not None else self._build_lean()
+            if scope["path"] in routes:
+                scope["app"] = self
+                assert self._lean_stack is not None
+                await self._lean_stack(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _lean_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self._lean_routes is not None
+        route = self._lean_routes[scope["path"]]
+        request = Request(scope, receive)  # type: ignore[arg-type]
+        started = False
+
+        async def sender(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            response = _as_response(route, await route.endpoint(request))
+            await response(scope, receive, sender)  # type: ignore[arg-type]
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None or started:
+                raise  # GatewayMiddleware: 500 (or the server closes a broken stream)
+            error = handler(request, exc)
+            if inspect.isawaitable(error):
+                error = await error
+            await error(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> Any:
+        handlers = self.exception_handlers
+        if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers:
+            return handlers[exc.status_code]
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None  # unhandled: answered by GatewayMiddleware, as on the full path
+            if cls in handlers:
+                return handlers[cls]
+        return None
+
+
 def create_app(title: str, routers: Iterable[APIRouter] = (),
                security_headers: list[tuple[bytes, bytes]] = SECURITY_HEADERS, **fastapi_kwargs: Any) -> FastAPI:
     """``security_headers`` are added to every response (the API's strict defaults; the console
@@ -397,7 +524,7 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
     fastapi_kwargs.setdefault("docs_url", None if settings.deployed else "/docs")
     fastapi_kwargs.setdefault("redoc_url", None)
     fastapi_kwargs.setdefault("openapi_url", None if settings.deployed else "/openapi.json")
-    app = FastAPI(title=title, **fastapi_kwargs)
+    app = GatewayApp(title=title, **fastapi_kwargs)
     routers = list(routers)
     for router in routers:
         app.include_router(router)
@@ -411,6 +538,8 @@ def create_app(title: str, routers: Iterable[APIRouter] = (),
                            allow_methods=list(CORS_ALLOW_METHODS), allow_headers=list(CORS_ALLOW_HEADERS),
                            expose_headers=list(CORS_EXPOSE_HEADERS), max_age=CORS_MAX_AGE_S)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.max_body_bytes, security_headers=security_headers)
+    app._lean_middleware_count = len(app.user_middleware)
+    app._lean_sources = tuple(routers)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

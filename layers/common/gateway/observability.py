@@ -1,8 +1,8 @@
 """Powertools Logger and Metrics: one instance each per process.
 
-``instrument(handler)`` wraps a Mangum handler in the order the Powertools docs show: logger
-(Lambda context and the API Gateway correlation id) outermost, then metrics (flushed once per
-invocation, cold-start metric).
+``instrument(handler)`` wraps a Mangum handler: log keys (Lambda request id, cold start, the API
+Gateway request id as correlation id), then metrics, flushed once per invocation as ONE EMF record (see
+``flush_metrics``), with a ``ColdStart`` count in it on the first invocation.
 
 ``instrument_asgi(app)`` does the same for the streaming function, which runs the app under
 uvicorn behind the Lambda Web Adapter: there is no handler to decorate, and the execution
@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -38,6 +37,10 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Mult
 __all__ = ["MetricUnit", "count", "emit", "instrument", "instrument_asgi", "logger", "metrics"]
 
 _METRICS_ON = not is_metrics_disabled()
+# Inside an instrumented invocation, ``emit()`` records are held here and written with the
+# function-wide set by ``flush_metrics`` (one log line per invocation instead of one per record).
+_pending: list[dict[str, Any]] = []
+_deferring = False
 
 
 def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
@@ -58,18 +61,38 @@ def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]]
         m.add_dimension(name=key, value=value)
     for name, amount, unit in values:
         m.add_metric(name=name, unit=unit, value=amount)
+    if _deferring:
+        _pending.append(dict(m.serialize_metric_set()))
+        return
     m.flush_metrics()
 
 
 def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
-    """Wrap a Lambda handler (a ``Mangum`` instance) with Powertools, in the documented order."""
-    def lambda_handler(event: dict[str, Any], context: Any) -> Any:
-        return handler(event, context)
+    """Wrap a Lambda handler (a ``Mangum`` instance): the invocation's log keys, then its metrics
+    written once at its end (``flush_metrics``).
 
-    wrapped = metrics.log_metrics(lambda_handler, capture_cold_start_metric=True)
-    wrapped = logger.inject_lambda_context(wrapped, correlation_id_path=correlation_paths.API_GATEWAY_HTTP,
-                                           clear_state=True)
-    return wrapped
+    The log keys are the ones the streaming function's lines carry (``function_request_id``,
+    ``cold_start``) plus the API Gateway request id as ``correlation_id``; not Powertools'
+    ``inject_lambda_context`` set (function name, ARN, memory size, X-Ray id: ~200 bytes on every
+    line that the log group and the platform's REPORT line already say)."""
+    def lambda_handler(event: dict[str, Any], context: Any) -> Any:
+        global _cold, _deferring
+        request_context = event.get("requestContext") if isinstance(event, dict) else None
+        logger.clear_state()  # keys an earlier invocation added (as inject_lambda_context(clear_state=True))
+        logger.append_keys(function_request_id=getattr(context, "aws_request_id", None), cold_start=_cold,
+                           correlation_id=(request_context or {}).get("requestId"))
+        if _cold and _METRICS_ON:
+            metrics.add_metric(name="ColdStart", unit=MetricUnit.Count, value=1)
+        _cold = False
+        _deferring = True
+        try:
+            return handler(event, context)
+        finally:
+            _deferring = False
+            flush_metrics()
+            logger.remove_keys([*_LOG_KEYS, "correlation_id"])
+
+    return lambda_handler
 
 
 # ----------------------------------------------------------------------------- Lambda Web Adapter
@@ -93,9 +116,29 @@ def adapter_context(scope: Scope) -> dict[str, Any]:
 
 
 def flush_metrics() -> None:
-    """Write the function-wide metric set now (one EMF line), if it holds anything."""
-    if _METRICS_ON and metrics.metric_set:
-        metrics.flush_metrics()
+    """Write the function-wide metric set and the ``emit()`` records held since the last flush
+    as ONE EMF line: EMF allows several metric directives (each with its own dimensions) in one
+    record whose metric values are shared top-level keys, so records merge as long as a key they
+    share has the same value (``Requests: 1`` function-wide and per provider); a record that
+    would contradict the merged one is written on its own line."""
+    records = list(_pending)
+    _pending.clear()
+    if not _METRICS_ON:
+        return
+    if metrics.metric_set:
+        records.insert(0, dict(metrics.serialize_metric_set()))
+        metrics.clear_metrics()
+    if not records:
+        return
+    merged, alone = records[0], []
+    for record in records[1:]:
+        if all(merged.get(k, v) == v for k, v in record.items() if k != "_aws"):
+            merged["_aws"]["CloudWatchMetrics"].extend(record["_aws"]["CloudWatchMetrics"])
+            merged.update((k, v) for k, v in record.items() if k != "_aws")
+        else:
+            alone.append(record)
+    for record in (merged, *alone):
+        print(json.dumps(record, separators=(",", ":")))
 
 
 def instrument_asgi(app: ASGIApp) -> ASGIApp:
@@ -108,17 +151,23 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         context = adapter_context(scope)
+        global _deferring
         keys = {"function_request_id": str(context.get("request_id") or "")[:64] or None, "cold_start": _cold}
         logger.append_keys(**keys)
         if _cold and _METRICS_ON:
             metrics.add_metric(name="ColdStart", unit=MetricUnit.Count, value=1)
         _cold = False
         flushed = False
+        # The Web Adapter sends one request at a time: this invocation's emit() records are held
+        # for its one EMF line (a local uvicorn with concurrent requests has metrics off).
+        _deferring = True
 
         async def send_and_flush(message: Message) -> None:
             nonlocal flushed
+            global _deferring
             if message["type"] == "http.response.body" and not message.get("more_body", False) and not flushed:
                 flushed = True
+                _deferring = False
                 flush_metrics()
             await send(message)
 
@@ -126,6 +175,7 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_and_flush)
         finally:
             if not flushed:  # no complete response (the client went away, an error mid-stream)
+                _deferring = False
                 flush_metrics()
             logger.remove_keys(list(_LOG_KEYS))
 

@@ -7,6 +7,27 @@ logged and counted as ``RateLimiterUnavailable``, which raises an alarm) unless
 ``RATELIMIT_FAIL_OPEN`` is false, in which case it is refused with 503 and ``Retry-After``.
 A degraded decision carries no ``X-RateLimit-*`` headers: nothing was counted, so it cannot
 claim what remains.
+
+Token leases (``check``, the per-minute request limits): a warm container takes a small batch
+of tokens in one Upstash call (upstash-ratelimit's ``limit(id, rate=n)``: the sliding window
+counts all ``n`` at once) and hands them out to its next requests without calling Upstash, so
+under steady load a container calls Upstash once per ``n`` requests. The accuracy cost, bounded:
+- ``n = min(RATELIMIT_LEASE_MAX, rpm // 50)``: a limit under 100 rpm is never leased (exact), and a
+  container holds at most ``n - 1 ≤ 2%`` of the limit unused; tokens it never hands out count
+  against the user until the window slides past them. So with ``k`` warm containers serving one
+  user, that user can be refused up to ``k·(n - 1)`` requests before reaching ``rpm`` (never
+  allowed more than ``rpm``: every token was counted in Upstash before it was used).
+- a lease is taken only while Upstash reported at least ``4n`` remaining for the key; closer to
+  the limit every request asks Upstash for exactly one token. A lease asked for when fewer than
+  ``n`` remain (another container took them meanwhile) is refused by Upstash as a whole: that
+  request is refused up to ``n - 1`` tokens early (the 429 carries the window's real reset).
+- a lease expires at the end of the Upstash window it was counted in and after
+  ``RATELIMIT_LEASE_TTL_S`` (a container frozen for a while never spends old tokens).
+- one lease call in flight per key and container: concurrent requests wait for it instead of
+  each taking a batch.
+``X-RateLimit-Remaining`` on a leased answer is Upstash's remaining plus the lease's unspent
+tokens. Degraded (fail-open/closed) decisions and the breaker are unchanged: a lease is only
+ever filled from an answer of Upstash.
 """
 
 from __future__ import annotations
@@ -15,6 +36,7 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
@@ -24,6 +46,8 @@ from .observability import count, logger
 from .upstash import UpstashUnavailable, get_redis
 
 WINDOW_SECONDS = 60
+LEASE_FRACTION = 50  # a lease is at most rpm // LEASE_FRACTION tokens
+LEASE_MARGIN = 4     # ... and only taken while Upstash reports >= LEASE_MARGIN * n remaining
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +85,16 @@ def _limiter(name: str, max_requests: int, window_s: int) -> Ratelimit:
     return rl
 
 
-async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SECONDS, name: str = "req") -> Decision:
-    """One sliding-window decision (one Upstash call), with the fail-open/closed policy applied
-    when Upstash does not answer in time. ``name`` separates independent limits."""
+async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SECONDS, name: str = "req",
+                rate: int = 1) -> Decision:
+    """One sliding-window decision (one Upstash call counting ``rate`` tokens), with the
+    fail-open/closed policy applied when Upstash does not answer in time. ``name`` separates
+    independent limits."""
     settings = get_settings()
     try:
         # bounded by the Upstash client's own total timeout (UPSTASH_TIMEOUT_S, gateway.upstash);
         # no asyncio.wait_for here: its timer bookkeeping costs ~0.1 ms per call on this path
-        r = await _limiter(name, max_requests, window_s).limit(identifier)
+        r = await _limiter(name, max_requests, window_s).limit(identifier, rate)
         return Decision(allowed=r.allowed, limit=r.limit, remaining=r.remaining, reset=r.reset)
     except Exception as exc:  # network, timeout, protocol: Upstash is unavailable
         count("RateLimiterUnavailable")
@@ -80,12 +106,79 @@ async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SE
                         reset=time.time() + window_s, degraded=True, retry_after=retry_after)
 
 
+@dataclass(slots=True)
+class _Lease:
+    tokens: int        # counted in Upstash, not handed out yet
+    remaining: int     # Upstash's remaining after the last lease call
+    limit: int
+    reset: float       # epoch seconds: end of the window the tokens were counted in
+    expires: float     # monotonic seconds: RATELIMIT_LEASE_TTL_S after the lease call
+
+
+_leases: dict[tuple[Any, ...], _Lease] = {}
+_in_flight: dict[tuple[Any, ...], asyncio.Future[None]] = {}
+
+
+def lease_size(rpm: int) -> int:
+    """Tokens one lease call takes for a per-minute limit of ``rpm`` (1 = no leasing)."""
+    return max(1, min(get_settings().ratelimit_lease_max, rpm // LEASE_FRACTION))
+
+
+def _take(lease: _Lease | None) -> Decision | None:
+    if lease is None or lease.tokens <= 0 or time.monotonic() >= lease.expires or time.time() >= lease.reset:
+        return None
+    lease.tokens -= 1
+    return Decision(allowed=True, limit=lease.limit, remaining=lease.remaining + lease.tokens, reset=lease.reset)
+
+
+async def leased(identifier: str, max_requests: int) -> Decision:
+    """A per-minute request-limit decision served from this container's lease when it has a token
+    left, else from one Upstash call that takes a new lease (module docstring: the bounds)."""
+    n = lease_size(max_requests)
+    if n <= 1:
+        return await limit(identifier, max_requests)
+    key = (id(get_redis()), identifier, max_requests)
+    while True:
+        decision = _take(_leases.get(key))
+        if decision is not None:
+            return decision
+        pending = _in_flight.get(key)
+        if pending is None:
+            break
+        await asyncio.shield(pending)  # another request is taking a lease: share it
+    previous = _leases.get(key)
+    size = n if previous is None or previous.remaining >= LEASE_MARGIN * n or time.time() >= previous.reset else 1
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    _in_flight[key] = done
+    try:
+        decision = await limit(identifier, max_requests, rate=size)
+    finally:
+        del _in_flight[key]
+        done.set_result(None)
+    if decision.degraded:
+        return decision
+    if len(_leases) > 4096:
+        _leases.clear()
+    tokens = size - 1 if decision.allowed else 0
+    _leases[key] = _Lease(tokens=tokens, remaining=decision.remaining, limit=decision.limit, reset=decision.reset,
+                          expires=time.monotonic() + get_settings().ratelimit_lease_ttl_s)
+    if decision.allowed and tokens:
+        return Decision(allowed=True, limit=decision.limit, remaining=decision.remaining + tokens,
+                        reset=decision.reset)
+    return decision
+
+
+def reset_leases() -> None:
+    """Forget every lease (tests; the tokens stay counted in Upstash)."""
+    _leases.clear()
+
+
 async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None) -> Decision:
-    """Apply the user's tier limit (and the key's own limit, if it has one)."""
+    """Apply the user's tier limit (and the key's own limit, if it has one), from leases."""
     if key_id is not None and key_rpm:
-        user_d, key_d = await asyncio.gather(limit(f"user:{user_id}", rpm), limit(f"key:{key_id}", key_rpm))
+        user_d, key_d = await asyncio.gather(leased(f"user:{user_id}", rpm), leased(f"key:{key_id}", key_rpm))
         return user_d if not user_d.allowed or (key_d.allowed and user_d.remaining <= key_d.remaining) else key_d
-    return await limit(f"user:{user_id}", rpm)
+    return await leased(f"user:{user_id}", rpm)
 
 
 def enforce(decision: Decision, *, message: str | None = None, code: str | None = None,

@@ -20,15 +20,17 @@ from gateway.chat import service
 from gateway.chat.responses import RelayResponse
 from gateway.config import get_settings
 from gateway.errors import GatewayError
-from gateway.http import error_responses, server_request_id
+from gateway.http import error_responses, register_error_shape, server_request_id
 from gateway.observability import logger
 from gateway.translation import bad_request, translated_stream, with_dropped
 
 from . import service as messages
 from .schema import CountTokensRequest, MessagesRequest
-from .translate import error_response, to_events, to_message
+from .translate import error_body, error_response, to_events, to_message
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
+# the errors answered before a route runs (413, NUL, 404/405, 500) take Anthropic's shape here too
+register_error_shape("/v1/messages", error_body)
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {

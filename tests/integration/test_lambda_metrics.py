@@ -1,0 +1,93 @@
+"""The query function's Lambda handler writes ONE EMF record per invocation: the function-wide
+set (``Requests``, ``ColdStart`` on the first invocation) and the per-provider record merged as
+two metric directives of one line (gateway.observability.flush_metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gateway import db, observability, upstash
+from tests.integration.test_health import http_api_v2_event, invoke_in_own_loop
+
+pytestmark = pytest.mark.integration
+
+APP = Path(__file__).resolve().parents[2] / "functions" / "query" / "app.py"
+
+
+@pytest.fixture
+def query_module(stack: str, fake_upstream: Any) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mlp_query_lambda_under_test", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _chat_event(api_key: str) -> dict[str, Any]:
+    event = http_api_v2_event("/v1/chat/completions", headers={"authorization": f"Bearer {api_key}",
+                                                                 "content-type": "application/json"})
+    event["routeKey"] = "POST /v1/chat/completions"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["body"] = json.dumps({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    return event
+
+
+async def test_log_lines_carry_the_request_ids_only(query_module: ModuleType, make_user: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await make_user(balance="5")
+    await db.close_pool()
+    upstash.reset_redis()
+    log = io.StringIO()  # the Powertools handler writes to the stdout it saw at import: redirect it
+    handler = observability.logger.registered_handler
+    old_stream = handler.setStream(log)  # type: ignore[attr-defined]
+    level = observability.logger.log_level
+    observability.logger.setLevel("INFO")
+    try:
+        response = await asyncio.to_thread(invoke_in_own_loop, query_module.handler, _chat_event(user.api_key))
+        observability.logger.info("after the invocation")
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        observability.logger.setLevel(level)
+    assert response["statusCode"] == 200, response
+    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+    completion = [e for e in lines if e["message"] == "chat completion"]
+    assert len(completion) == 1, lines
+    entry = completion[0]
+    assert entry["function_request_id"] == "6f1a7c2e-52b4-4a47-9d0e-1d3c8f0b9a11"  # FakeLambdaContext
+    assert entry["correlation_id"] == "RlkqXgWJoAMEPnA=" and entry["cold_start"] in (True, False)
+    assert not {"function_arn", "function_name", "function_memory_size", "xray_trace_id"} & set(entry)
+    after = lines[-1]
+    assert after["message"] == "after the invocation" and "function_request_id" not in after
+    assert "correlation_id" not in after
+
+
+async def test_one_emf_record_per_invocation(query_module: ModuleType, make_user: Any,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    user = await make_user(balance="5")
+    await db.close_pool()  # the handler's thread gets its own loop and pool
+    upstash.reset_redis()
+    observability.flush_metrics()  # start from an empty set
+    capsys.readouterr()
+    for invocation in range(2):
+        event = _chat_event(user.api_key)
+        event["requestContext"]["requestId"] = f"emf-{invocation}"
+        response = await asyncio.to_thread(invoke_in_own_loop, query_module.handler, event)
+        assert response["statusCode"] == 200, response
+        out = capsys.readouterr().out
+        records = [json.loads(line) for line in out.splitlines() if line.startswith('{"_aws"')]
+        assert len(records) == 1, out[-3000:]
+        record = records[0]
+        dimensions = [d["Dimensions"] for d in record["_aws"]["CloudWatchMetrics"]]
+        assert dimensions == [[["service"]], [["provider", "service"]]]
+        assert record["provider"] == "openai" and record["Requests"] == [1.0] and record["CompletionTokens"]
+        assert "Requests" in {m["Name"] for m in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
