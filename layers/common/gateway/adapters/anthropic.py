@@ -34,7 +34,7 @@ from gateway.adapters.shapes import (
 )
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
-from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
+from gateway.adapters.upstream_errors import bad_response, error_from_event
 from gateway.errors import BadRequest
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -426,10 +426,8 @@ class AnthropicStream(SSEUpstreamStream):
         }
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
-        if not event.data.strip():
-            return []
-        obj = load_json_event(self.provider, event.data)
-        if not isinstance(obj, dict):
+        obj = self._json_object(event)
+        if obj is None:
             return []
         kind = obj.get("type") or event.event
         if kind == "message_start":

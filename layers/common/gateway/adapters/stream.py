@@ -15,7 +15,7 @@ from .contract import Target, Usage
 from .sse import SSEEvent, iter_sse
 from .tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from .transport import post_json, read_error, send
-from .upstream_errors import billed, error_from_status, error_from_transport, is_transport_error
+from .upstream_errors import billed, error_from_status, error_from_transport, is_transport_error, load_json_event
 
 # Seconds we keep reading after the terminal event so the connection ends cleanly and goes back
 # to the pool (a half-read body makes aiohttp drop the connection).
@@ -69,6 +69,14 @@ class SSEUpstreamStream:
 
     def _on_eof(self) -> None:
         return None
+
+    def _json_object(self, event: SSEEvent) -> dict[str, Any] | None:
+        """The event's data as a JSON object, for ``_on_event``: None for an empty event or data
+        that is not an object; malformed JSON raises (``upstream_bad_response``)."""
+        if not event.data.strip():
+            return None
+        obj = load_json_event(self.provider, event.data)
+        return obj if isinstance(obj, dict) else None
 
     # API -----------------------------------------------------------------------------------
     async def open(self) -> None:

@@ -108,6 +108,13 @@ class PromptSize:
     audio: int = 0                 # input_audio parts (their tokens are in text_estimate / text_bound)
     output_extra: int = 0          # tokens billed as output beyond the output limit (a prediction's bound)
 
+    @classmethod
+    def of_text(cls, text: str, overhead: int = 0, *, images: int = 0, files: int = 0) -> PromptSize:
+        """The size of a prompt given as one text (the JSON of a native body's prompt fields): its
+        estimate and bound (one token per UTF-8 byte) plus ``overhead`` tokens on both."""
+        estimate, bound = _text_size(text)
+        return cls(text_estimate=estimate + overhead, text_bound=bound + overhead, images=images, files=files)
+
     def estimate(self, model_id: str) -> int:
         """Expected prompt tokens on ``model_id`` (not capped: compared with the context length).
         Files are not in it: their size is unknown until the provider reads them."""

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import httpx
+
+from ..adapters.contract import Target
+from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
 from ..auth import Principal
 from ..catalog.registry import ModelInfo
@@ -27,8 +31,26 @@ from ..config import get_settings
 from ..errors import ContextLengthExceeded
 from ..money.holds import hold_for
 from ..money.pricing import ZERO
+from ..translation import dumps
 from . import service
 from .schema import ChatRequest
+
+
+def native_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], path: str,
+                   headers: Mapping[str, str], *, stream: bool,
+                   buffered_drops: tuple[str, ...] = ("stream",)) -> httpx.Request:
+    """The provider call of a native body: ``model`` replaced by the target's, ``stream: true``
+    when streaming (else ``buffered_drops`` removed), ``POST {base_url}/{path}`` with ``headers``
+    (authentication included) as JSON."""
+    payload = {**body, "model": target.upstream_model}
+    if stream:
+        payload["stream"] = True
+    else:
+        for name in buffered_drops:
+            payload.pop(name, None)
+    return client.build_request("POST", join_url(target.base_url, path),
+                                headers={**headers, "content-type": "application/json"},
+                                content=dumps(payload).encode())
 
 
 @dataclass(slots=True)

@@ -29,11 +29,12 @@ import httpx
 
 from gateway.adapters.anthropic import auth_headers, usage_from_anthropic, usage_of
 from gateway.adapters.contract import Target, Usage
-from gateway.adapters.shapes import join_url, parse_tool_arguments
+from gateway.adapters.shapes import parse_tool_arguments
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
-from gateway.adapters.tokens import REPLY_PRIMING, TOOLS_OVERHEAD, PromptSize, estimate_tokens
-from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
+from gateway.adapters.tokens import REPLY_PRIMING, TOOLS_OVERHEAD, PromptSize
+from gateway.adapters.upstream_errors import bad_response, error_from_event
+from gateway.chat.native import native_request
 from gateway.chat.service import Wire
 from gateway.translation import dumps, sse_event
 
@@ -98,22 +99,14 @@ def native_size(body: Mapping[str, Any]) -> PromptSize:
             files += 1  # a server tool: what it fetches is prompt
     if body.get("mcp_servers"):
         files += 1
-    return PromptSize(text_estimate=estimate_tokens(text) + overhead,
-                      text_bound=len(text.encode("utf-8", "surrogatepass")) + overhead, images=images, files=files)
+    return PromptSize.of_text(text, overhead, images=images, files=files)
 
 
 # =============================================================================== upstream
 def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], headers: Mapping[str, str], *,
              stream: bool) -> httpx.Request:
-    payload = {**body, "model": target.upstream_model}
-    if stream:
-        payload["stream"] = True
-    else:
-        payload.pop("stream", None)
-    return client.build_request("POST", join_url(target.base_url, "messages"),
-                                headers={**auth_headers(target.api_key), **headers,
-                                         "content-type": "application/json"},
-                                content=dumps(payload).encode())
+    return native_request(client, target, body, "messages", {**auth_headers(target.api_key), **headers},
+                          stream=stream)
 
 
 class NativeStream(SSEUpstreamStream):
@@ -128,10 +121,8 @@ class NativeStream(SSEUpstreamStream):
         return _request(self._client, self._target, self._body, self._headers, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
-        if not event.data.strip():
-            return []
-        obj = load_json_event(self.provider, event.data)
-        if not isinstance(obj, dict):
+        obj = self._json_object(event)
+        if obj is None:
             return []
         kind = obj.get("type") or event.event
         if kind == "message_start":

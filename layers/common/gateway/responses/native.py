@@ -37,12 +37,12 @@ import httpx
 
 from gateway.adapters.contract import Target, Usage
 from gateway.adapters.registry import get_adapter
-from gateway.adapters.shapes import as_int, join_url
+from gateway.adapters.shapes import as_int
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter
-from gateway.adapters.tokens import REPLY_PRIMING, TOOLS_OVERHEAD, PromptSize, estimate_tokens
-from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
-from gateway.chat.native import NativeBody
+from gateway.adapters.tokens import REPLY_PRIMING, TOOLS_OVERHEAD, PromptSize
+from gateway.adapters.upstream_errors import bad_response, error_from_event
+from gateway.chat.native import NativeBody, native_request
 from gateway.chat.service import LIST_PRICE_SERVICE_TIERS, Wire
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import Translation, dumps, sse_event
@@ -167,8 +167,7 @@ def native_size(body: dict[str, Any]) -> PromptSize:
             if isinstance(item, dict) else item for item in prompt["input"]]
     text = dumps(prompt)
     overhead = REPLY_PRIMING + (TOOLS_OVERHEAD if body.get("tools") else 0)
-    return PromptSize(text_estimate=estimate_tokens(text) + overhead,
-                      text_bound=len(text.encode("utf-8", "surrogatepass")) + overhead, images=images, files=files)
+    return PromptSize.of_text(text, overhead, images=images, files=files)
 
 
 # =============================================================================== usage
@@ -190,16 +189,8 @@ def _estimated(body: dict[str, Any], out_chars: int, model_id: str) -> Usage:
 
 # =============================================================================== upstream
 def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *, stream: bool) -> httpx.Request:
-    payload = {**body, "model": target.upstream_model}
-    if stream:
-        payload["stream"] = True
-    else:
-        payload.pop("stream", None)
-        payload.pop("stream_options", None)
-    return client.build_request("POST", join_url(target.base_url, "responses"),
-                                headers={**get_adapter(OPENAI).auth_headers(target.api_key),
-                                         "content-type": "application/json"},
-                                content=dumps(payload).encode())
+    return native_request(client, target, body, "responses", get_adapter(OPENAI).auth_headers(target.api_key),
+                          stream=stream, buffered_drops=("stream", "stream_options"))
 
 
 def _with_model(obj: dict[str, Any], model: str) -> dict[str, Any]:
@@ -214,10 +205,8 @@ class ResponsesStream(SSEUpstreamStream):
         return _request(self._client, self._target, self._body, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
-        if not event.data.strip() or event.data.strip() == "[DONE]":
-            return []
-        obj = load_json_event(self.provider, event.data)
-        if not isinstance(obj, dict):
+        obj = None if event.data.strip() == "[DONE]" else self._json_object(event)
+        if obj is None:
             return []
         kind = obj.get("type") or event.event
         if kind == "error":
