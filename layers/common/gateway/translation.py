@@ -84,6 +84,15 @@ def bad_request(exc: ValidationError) -> BadRequest:
     return BadRequest(message, param=details[0][0] if details and details[0][0] else None)
 
 
+def parse[M: BaseModel](model: type[M], data: bytes | Mapping[str, Any]) -> M:
+    """``data`` (a request's raw body, or a translated body) validated as ``model``; a failure is
+    :func:`bad_request`."""
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        raise bad_request(exc) from None
+
+
 def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 

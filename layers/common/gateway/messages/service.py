@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway.adapters.anthropic import anthropic_names
 from gateway.adapters.http_client import get_http_client
 from gateway.adapters.shapes import join_url
@@ -34,7 +32,7 @@ from gateway.chat.native import NativeBody, plan_native
 from gateway.chat.schema import ChatRequest
 from gateway.config import get_settings
 from gateway.errors import ModelNotFound, UpstreamError
-from gateway.translation import bad_request, dumps
+from gateway.translation import dumps, parse
 
 from . import native
 from .schema import CountTokensRequest, MessagesRequest
@@ -75,11 +73,8 @@ async def plan(request_id: str, principal: Principal, req: MessagesRequest, head
     if mode_for(target.provider) == "translate":
         t = to_chat(req)
         t.body["model"] = primary.id
-        try:
-            chat = ChatRequest.model_validate(t.body)
-        except ValidationError as exc:
-            raise bad_request(exc) from None
-        call = await service.plan(request_id, principal, chat, budget_s=budget_s, buffered=buffered)
+        call = await service.plan(request_id, principal, parse(ChatRequest, t.body), budget_s=budget_s,
+                                  buffered=buffered)
         call.surface = "messages"
         return Plan(call=call, native=False, model=primary.id, dropped=t.dropped)
 

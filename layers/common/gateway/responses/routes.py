@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 
 from gateway.auth import require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
 from gateway.http import error_responses, server_request_id
 from gateway.observability import logger
-from gateway.translation import bad_request, new_id, translated_stream, with_dropped
+from gateway.translation import new_id, parse, translated_stream, with_dropped
 
 from . import service as responses
 from .schema import ResponsesRequest
@@ -32,17 +31,10 @@ _OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ResponsesRequest.model_json_schema()}}}}
 
 
-def _parse(raw: bytes) -> ResponsesRequest:
-    try:
-        return ResponsesRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise bad_request(exc) from None
-
-
 @router.post("/v1/responses", response_model=None, openapi_extra=_OPENAPI)
 async def create_response(request: Request) -> Any:
     principal = await require_api_key(request)
-    req = _parse(await request.body())
+    req = parse(ResponsesRequest, await request.body())
     request_id = server_request_id(request)
     budget_s, buffered = service.budget_for(request.scope)
     plan = await responses.plan(request_id, principal, req, budget_s=budget_s, buffered=buffered)

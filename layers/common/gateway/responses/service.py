@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
 from gateway.auth import Principal
 from gateway.catalog import registry
 from gateway.catalog.registry import ModelInfo
@@ -23,7 +21,7 @@ from gateway.chat import service
 from gateway.chat.native import NativeBody, plan_native
 from gateway.chat.schema import ChatRequest
 from gateway.config import get_settings
-from gateway.translation import bad_request
+from gateway.translation import parse
 
 from . import native
 from .schema import ResponsesRequest
@@ -54,10 +52,7 @@ async def plan(request_id: str, principal: Principal, req: ResponsesRequest, *, 
                                             buffered=buffered, param="input")
             return Plan(call=call, native=True, dropped=first.dropped)
     t = to_chat(req)
-    try:
-        chat = ChatRequest.model_validate(t.body)
-    except ValidationError as exc:
-        raise bad_request(exc) from None
-    call = await service.plan(request_id, principal, chat, budget_s=budget_s, buffered=buffered)
+    call = await service.plan(request_id, principal, parse(ChatRequest, t.body), budget_s=budget_s,
+                              buffered=buffered)
     call.surface = "responses"
     return Plan(call=call, native=False, dropped=t.dropped)
