@@ -7,22 +7,22 @@ settle through the chat pipeline, answer. Every error is answered in Anthropic's
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import psycopg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from gateway import db, ratelimit
-from gateway.auth import require_api_key
+from gateway.auth import Principal, require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
 from gateway.config import get_settings
 from gateway.errors import GatewayError
 from gateway.http import error_responses, register_error_shape, server_request_id
 from gateway.observability import logger
-from gateway.translation import bad_request, translated_stream, with_dropped
+from gateway.translation import parse, translated_stream, with_dropped
 
 from . import service as messages
 from .schema import CountTokensRequest, MessagesRequest
@@ -39,28 +39,26 @@ _COUNT_OPENAPI = {"requestBody": {"required": True, "content": {"application/jso
     "schema": CountTokensRequest.model_json_schema()}}}}
 
 
-def _parse[M: BaseModel](model: type[M], raw: bytes) -> M:
+async def _answer[M: BaseModel](request: Request, model: type[M],
+                                 run: Callable[[str, Principal, M], Awaitable[Response]]) -> Response:
+    """Authenticate, parse the body as ``model`` and ``run(request_id, principal, req)``; every
+    error (a database outage as a 503) in Anthropic's shape."""
+    request_id = server_request_id(request)
     try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise bad_request(exc) from None
-
-
-def _anthropic_error(exc: Exception, request_id: str) -> JSONResponse:
-    if isinstance(exc, psycopg.OperationalError):
-        logger.warning("request failed: database unavailable", extra={
-            "request_id": request_id, "reason": db.describe(exc), "error": type(exc).__name__})
-        exc = db.as_service_unavailable(exc)
-    assert isinstance(exc, GatewayError)
-    return error_response(exc, request_id)
+        principal = await require_api_key(request)
+        return await run(request_id, principal, parse(model, await request.body()))
+    except (GatewayError, psycopg.OperationalError) as exc:
+        if isinstance(exc, psycopg.OperationalError):
+            logger.warning("request failed: database unavailable", extra={
+                "request_id": request_id, "reason": db.describe(exc), "error": type(exc).__name__})
+            exc = db.as_service_unavailable(exc)
+        assert isinstance(exc, GatewayError)
+        return error_response(exc, request_id)
 
 
 @router.post("/v1/messages", response_model=None, openapi_extra=_OPENAPI)
 async def create_message(request: Request) -> Response:
-    request_id = server_request_id(request)
-    try:
-        principal = await require_api_key(request)
-        req = _parse(MessagesRequest, await request.body())
+    async def run(request_id: str, principal: Principal, req: MessagesRequest) -> Response:
         budget_s, buffered = service.budget_for(request.scope)
         plan = await messages.plan(request_id, principal, req, request.headers, budget_s=budget_s,
                                    buffered=buffered)
@@ -83,21 +81,18 @@ async def create_message(request: Request) -> Response:
         build = None if plan.native else (lambda completion: to_message(completion, usage=call.usage))
         headers = with_dropped({**call.rate_headers, "request-id": request_id}, plan.dropped)
         return await service.respond(call, response, record, headers=headers, build=build)
-    except (GatewayError, psycopg.OperationalError) as exc:
-        return _anthropic_error(exc, request_id)
+
+    return await _answer(request, MessagesRequest, run)
 
 
 @router.post("/v1/messages/count_tokens", response_model=None, openapi_extra=_COUNT_OPENAPI)
-async def count_tokens(request: Request) -> Any:
+async def count_tokens(request: Request) -> Response:
     """Free (no credit moves), rate limited like every request of the key."""
-    request_id = server_request_id(request)
-    try:
-        principal = await require_api_key(request)
-        req = _parse(CountTokensRequest, await request.body())
+    async def run(request_id: str, principal: Principal, req: CountTokensRequest) -> Response:
         decision = await ratelimit.check(str(principal.user_id), get_settings().tier(principal.tier).rpm,
                                          key_id=str(principal.key_id), key_rpm=principal.key_rpm)
         ratelimit.enforce(decision)
         counted = await messages.count_tokens(principal, req, request.headers)
         return JSONResponse(counted, headers={"request-id": request_id, **decision.headers()})
-    except (GatewayError, psycopg.OperationalError) as exc:
-        return _anthropic_error(exc, request_id)
+
+    return await _answer(request, CountTokensRequest, run)
