@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..auth import require_api_key
 from ..http import error_responses, server_request_id
@@ -16,9 +16,15 @@ from .schema import ChatRequest
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
-STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": ChatRequest.model_json_schema()}}}}
+STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # every surface's relayed stream
+
+
+def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its JSON body itself: the body's schema is ``model``."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+_OPENAPI = body_openapi(ChatRequest)
 
 
 @router.post("/v1/chat/completions", response_model=None, openapi_extra=_OPENAPI)
