@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,16 @@ async def _close_pool_at_end() -> AsyncIterator[None]:
 
 def settings():  # type: ignore[no-untyped-def]
     return get_settings()
+
+
+@pytest.fixture
+def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``setting(name=value, ...)``: settings from the environment for this test (undone after)."""
+    def set_(**values: Any) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name.upper(), str(value))
+        reset_settings()
+
+    yield set_
+    monkeypatch.undo()
+    reset_settings()

@@ -4,13 +4,10 @@ fake providers, through the query function's FastAPI app (the object Mangum wrap
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway import db, upstash
@@ -20,30 +17,10 @@ from gateway.money import ledger
 from gateway.money.holds import hold_for
 from gateway.money.pricing import ModelPrice, charge_for
 from tests.support.account import upstream_requests
+from tests.support.apps import function_fixtures
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def _load_app(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location("fn_" + path.replace("/", "_"), ROOT / path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.app
-
-
-@pytest.fixture(scope="session")
-def query_app(stack: str, fake_upstream: Any) -> Any:
-    return _load_app("functions/query/app.py")
-
-
-@pytest.fixture
-async def client(query_app: Any, fake_upstream: Any) -> Any:
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=query_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
+query_app, client = function_fixtures("functions/query/app.py", app="query_app", client="client")
 
 
 def _auth(user: Any) -> dict[str, str]:

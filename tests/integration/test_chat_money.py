@@ -30,12 +30,15 @@ from gateway.money import ledger, sweeper
 from gateway.money.holds import hold_for
 from gateway.money.pricing import ModelPrice, charge_for
 from infra.local.servers import start_in_thread
-from tests.integration.test_chat import _auth, _load_app, _msg, _parse_sse
-from tests.integration.test_health import FakeLambdaContext, http_api_v2_event, invoke_in_own_loop
+from tests.integration.test_chat import _auth, _msg, _parse_sse
+from tests.integration.test_health import FakeLambdaContext, invoke_in_own_loop
 from tests.support.account import upstream_requests
+from tests.support.apps import function_fixtures, post_event
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
+# the query function's app (what Mangum wraps, and uvicorn serves behind the Web Adapter)
+app, api = function_fixtures("functions/query/app.py", app="app", client="api")
 D = Decimal
 MARKUP = D("0.10")
 PLAIN_MONEY = re.compile(r"^-?\d+\.\d{8}$")
@@ -90,21 +93,6 @@ def charged(price: ModelPrice, usage: dict[str, Any], **tokens: int) -> Decimal:
     return charge_for(cost, MARKUP)
 
 
-@pytest.fixture(scope="session")
-def app(stack: str, fake_upstream: Any) -> Any:
-    """The query function's app (what Mangum wraps, and uvicorn serves behind the Web Adapter)."""
-    return _load_app("functions/query/app.py")
-
-
-@pytest.fixture
-async def api(app: Any, fake_upstream: Any) -> AsyncIterator[httpx.AsyncClient]:
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
-
-
 @pytest.fixture
 async def models(stack: str) -> AsyncIterator[None]:
     """Test rows: a model with a request fee, one routed through OpenRouter with cache prices."""
@@ -121,18 +109,6 @@ async def models(stack: str) -> AsyncIterator[None]:
     yield
     await db.execute("DELETE FROM model_pricing WHERE source = 'test'")
     registry.invalidate()
-
-
-@pytest.fixture
-def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def set_(**values: Any) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name.upper(), str(value))
-        reset_settings()
-
-    yield set_
-    monkeypatch.undo()
-    reset_settings()
 
 
 # =================================================================================== 1. the hold
@@ -364,14 +340,7 @@ async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_
 
 
 def _post_event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
-    event = http_api_v2_event("/v1/chat/completions", headers={
-        "authorization": f"Bearer {api_key}", "content-type": "application/json",
-        "content-length": str(len(json.dumps(body)))})
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/chat/completions"
-    event["requestContext"]["http"]["method"] = "POST"
-    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
-    event["body"] = json.dumps(body)
-    return event
+    return post_event("/v1/chat/completions", body, {"authorization": f"Bearer {api_key}"})
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")

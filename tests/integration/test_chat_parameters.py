@@ -10,7 +10,6 @@ import json
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway import db
@@ -21,9 +20,11 @@ from gateway.translation import DROPPED_PARAMS_HEADER
 from tests.integration.test_chat import _auth, _parse_sse
 from tests.integration.test_chat_money import balance, direct, records
 from tests.support.account import upstream_requests
+from tests.support.apps import function_fixtures
 from tests.support.chat_contract import REFUSED_PARAMETERS, SDK_PARAMETERS, every_parameter_body
 
 pytestmark = pytest.mark.integration
+query_app, api = function_fixtures("functions/query/app.py", app="query_app", client="api")
 D = Decimal
 MARKUP = D("0.10")
 ANTHROPIC_DROPPED = {"frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs", "metadata",
@@ -32,22 +33,6 @@ ANTHROPIC_DROPPED = {"frequency_penalty", "presence_penalty", "logit_bias", "log
 GEMINI_DROPPED = {"logit_bias", "logprobs", "top_logprobs", "metadata", "moderation", "parallel_tool_calls",
                   "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
                   "safety_identifier", "store", "user", "verbosity"}  # reasoning_effort: thinkingConfig
-
-
-@pytest.fixture
-async def api(query_app: Any, fake_upstream: Any) -> Any:
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=query_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
-def query_app(stack: str, fake_upstream: Any) -> Any:
-    from tests.integration.test_chat import _load_app
-
-    return _load_app("functions/query/app.py")
 
 
 @pytest.fixture

@@ -28,9 +28,10 @@ from gateway.money import ledger
 from gateway.money.holds import hold_for
 from gateway.money.pricing import charge_for
 from infra.local.fake_surfaces import fake_vector
-from tests.integration.test_chat import _auth, _load_app, _msg, _state
+from tests.integration.test_chat import _auth, _msg, _state
 from tests.integration.test_health import http_api_v2_event, invoke_in_own_loop
 from tests.support.account import upstream_requests
+from tests.support.apps import app_client, load_app
 
 pytestmark = pytest.mark.integration
 D = Decimal
@@ -46,7 +47,7 @@ MODELS = [
 
 @pytest.fixture(scope="session")
 def embeddings_app(stack: str, fake_upstream: Any) -> Any:
-    return _load_app("functions/embeddings/app.py")
+    return load_app("functions/embeddings/app.py")
 
 
 @pytest.fixture
@@ -57,10 +58,7 @@ async def client(embeddings_app: Any, fake_upstream: Any) -> Any:
            VALUES ('compat/nomic-embed-text', 'Local: nomic-embed-text', 'compat', 'nomic-embed-text:latest',
                    'local', 2048, 0, 0.00000001, 0, ARRAY['embeddings'], 'test')
            ON CONFLICT (id) DO NOTHING""")
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=embeddings_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+    async with app_client(embeddings_app, fake_upstream) as c:
         yield c
     await db.execute("DELETE FROM model_pricing WHERE source = 'test'")
     registry.invalidate()
@@ -248,7 +246,7 @@ async def test_x_api_key_is_accepted(client: Any, make_user: Any) -> None:
 
 
 async def test_an_embedding_model_is_refused_by_chat(stack: str, fake_upstream: Any, make_user: Any) -> None:
-    chat = _load_app("functions/query/app.py")
+    chat = load_app("functions/query/app.py")
     registry.invalidate()
     httpx.delete(fake_upstream.url + "/__fake/requests")
     user = await make_user("5")
@@ -314,7 +312,7 @@ async def test_deadline_is_504_and_bills_the_inputs(client: Any, make_user: Any,
 
 # ================================================================================ catalogue
 async def test_embedding_models_in_the_catalogue(stack: str) -> None:
-    app = _load_app("functions/models/app.py")
+    app = load_app("functions/models/app.py")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as c:
         from gateway.catalog import cache
         cache.reset_local()

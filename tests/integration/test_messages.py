@@ -6,12 +6,8 @@ one usage record and balance == sum(ledger)."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -19,39 +15,17 @@ import httpx
 import pytest
 
 from gateway import db
-from gateway.catalog import registry
-from gateway.config import reset_settings
-from gateway.money import ledger
 from tests.support.account import upstream_requests
+from tests.support.apps import function_fixtures, load_module, post_event
+from tests.support.money import money_state, one_record
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
+messages_app, http = function_fixtures("functions/messages/app.py", app="messages_app", client="http")
 
 NATIVE = "anthropic/claude-3.5-haiku"
 TRANSLATED = "openai/gpt-4o-mini"
 TOOL = {"name": "get_weather", "description": "Weather of a city",
         "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-def _load_app(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location("fn_" + path.replace("/", "_"), ROOT / path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.app
-
-
-@pytest.fixture(scope="session")
-def messages_app(stack: str, fake_upstream: Any) -> Any:
-    return _load_app("functions/messages/app.py")
-
-
-@pytest.fixture
-async def http(messages_app: Any, fake_upstream: Any) -> Any:
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=messages_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
 
 
 def _sdk(http: httpx.AsyncClient, key: str) -> anthropic.AsyncAnthropic:
@@ -62,25 +36,6 @@ def _sdk(http: httpx.AsyncClient, key: str) -> anthropic.AsyncAnthropic:
     client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app, raise_app_exceptions=False),
                                 base_url="http://gateway")
     return anthropic.AsyncAnthropic(api_key=key, base_url="http://gateway", http_client=client, max_retries=0)
-
-
-async def _money(user_id: Any) -> dict[str, Any]:
-    usage = await db.fetchall("SELECT * FROM usage_records WHERE user_id = %s ORDER BY id", (user_id,))
-    entries = await db.fetchall("SELECT amount FROM ledger_entries WHERE user_id = %s", (user_id,))
-    reservations = await db.fetchall("SELECT * FROM reservations WHERE user_id = %s", (user_id,))
-    balance = await ledger.get_balance(user_id)
-    assert balance is not None
-    assert balance["balance"] == sum((e["amount"] for e in entries), Decimal(0))
-    return {"usage": usage, "balance": balance["balance"], "reservations": reservations}
-
-
-async def _one_record(user_id: Any, status: str = "ok") -> dict[str, Any]:
-    state = await _money(user_id)
-    assert len(state["usage"]) == 1, state["usage"]
-    assert state["reservations"] == []
-    rec = state["usage"][0]
-    assert rec["status"] == status
-    return rec
 
 
 # --------------------------------------------------------------------------- the SDK, both paths
@@ -94,7 +49,7 @@ async def test_sdk_create(http: Any, make_user: Any, fake_upstream: Any, model: 
     assert message.content[0].type == "text" and len(message.content[0].text.split()) == 6
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens == 6 and message.usage.input_tokens > 0
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] == 6 and rec["charge"] > 0 and rec["model_served"] == model
     provider = "anthropic" if model == NATIVE else "openai"
     seen = upstream_requests(fake_upstream, provider)
@@ -113,7 +68,7 @@ async def test_sdk_stream(http: Any, make_user: Any, model: str) -> None:
         final = await stream.get_final_message()
     assert len("".join(texts).split()) == 5
     assert final.usage.output_tokens == 5 and final.stop_reason == "end_turn"
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] == 5 and rec["stream"] is True
 
 
@@ -133,7 +88,7 @@ async def test_sdk_tool_use_round_trip(http: Any, make_user: Any, model: str) ->
                                                         "type": "tool_result", "tool_use_id": call.id,
                                                         "content": "Sunny"}]}])
     assert second.stop_reason == "end_turn" and second.content[0].type == "text"
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "ok"]
 
 
@@ -145,7 +100,7 @@ async def test_stream_tool_use_translated(http: Any, make_user: Any) -> None:
         final = await stream.get_final_message()
     assert final.stop_reason == "tool_use"
     assert [b.type for b in final.content] == ["tool_use"] and final.content[0].input == {"x": 1}  # type: ignore[union-attr]
-    await _one_record(user.user_id)
+    await one_record(user.user_id)
 
 
 async def test_claude_code_model_name_resolves_to_the_catalogue(http: Any, make_user: Any) -> None:
@@ -156,7 +111,7 @@ async def test_claude_code_model_name_resolves_to_the_catalogue(http: Any, make_
     assert r.status_code == 200, r.text
     assert r.json()["model"] == NATIVE
     assert r.headers["request-id"]
-    await _one_record(user.user_id)
+    await one_record(user.user_id)
 
 
 # --------------------------------------------------------------------------- hold: client numbers
@@ -174,7 +129,7 @@ async def test_max_tokens_is_clamped_to_the_model_and_bounds_the_hold(http: Any,
     sent = upstream_requests(fake_upstream, "anthropic")[0]["body"]
     assert sent["max_tokens"] == model["max_completion_tokens"]
     assert sent["thinking"]["budget_tokens"] < sent["max_tokens"]
-    await _one_record(user.user_id)
+    await one_record(user.user_id)
 
 
 async def test_images_count_in_the_hold(http: Any, make_user: Any, fake_upstream: Any) -> None:
@@ -187,7 +142,7 @@ async def test_images_count_in_the_hold(http: Any, make_user: Any, fake_upstream
     assert r.status_code == 402, r.text
     assert r.json()["error"]["type"] == "billing_error"
     assert upstream_requests(fake_upstream) == []
-    assert (await _money(user.user_id))["usage"] == []
+    assert (await money_state(user.user_id))["usage"] == []
     r = await http.post("/v1/messages", headers={"x-api-key": user.api_key}, json={
         "model": NATIVE, "max_tokens": 1, "messages": [{"role": "user", "content": [text]}]})
     assert r.status_code == 200, r.text
@@ -217,7 +172,7 @@ async def test_errors_in_anthropic_shape_change_nothing(http: Any, make_user: An
         assert err["type"] == "error" and err["error"]["type"] == kind and err["error"]["message"]
         assert r.headers["request-id"]
     assert upstream_requests(fake_upstream) == []
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
@@ -246,7 +201,7 @@ async def test_errors_before_the_route_are_anthropic_shaped_too(http: Any, make_
     assert other.status_code == 404 and "type" not in other.json()  # the OpenAI shape off /v1/messages
     assert other.json()["error"]["code"] == "not_found"
     assert upstream_requests(fake_upstream) == []
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
@@ -269,7 +224,7 @@ async def test_upstream_error_is_anthropic_shaped_and_free(http: Any, make_user:
                               "messages": [{"role": "user", "content": "[[fail:400]]"}]})
     assert r.status_code == 400, r.text
     assert r.json()["type"] == "error"
-    rec = await _one_record(user.user_id, "failed")
+    rec = await one_record(user.user_id, "failed")
     assert rec["charge"] == 0
 
 
@@ -283,7 +238,7 @@ async def test_error_mid_stream_is_an_error_event_and_charges_what_was_produced(
     assert r.status_code == 200
     events = [line[len("event: "):] for line in r.text.splitlines() if line.startswith("event: ")]
     assert events[0] == "message_start" and events[-1] == "error"
-    rec = await _one_record(user.user_id, "partial")
+    rec = await one_record(user.user_id, "partial")
     assert rec["charge"] > 0
 
 
@@ -320,7 +275,7 @@ async def test_client_disconnect_mid_stream_still_settles(messages_app: Any, mak
                 raise OSError("client gone")
 
     await messages_app(scope, receive, send)
-    rec = await _one_record(user.user_id, "cancelled")
+    rec = await one_record(user.user_id, "cancelled")
     assert rec["completion_tokens"] == 8 and rec["estimated"] is False and rec["charge"] > 0
 
 
@@ -335,38 +290,15 @@ async def test_count_tokens(http: Any, make_user: Any, fake_upstream: Any) -> No
     translated = await http.post("/v1/messages/count_tokens", headers={"x-api-key": user.api_key},
                                  json={"model": TRANSLATED, **body})
     assert translated.status_code == 200 and translated.json()["input_tokens"] > 0
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
 # --------------------------------------------------------------------------- behind API Gateway (Mangum)
-def _event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
-    from tests.integration.test_health import http_api_v2_event
-
-    event = http_api_v2_event("/v1/messages", headers={
-        "x-api-key": api_key, "content-type": "application/json", "content-length": str(len(json.dumps(body)))})
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/messages"
-    event["requestContext"]["http"]["method"] = "POST"
-    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
-    event["body"] = json.dumps(body)
-    return event
-
-
-@pytest.fixture
-def buffered_deadline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def set_(seconds: float) -> None:
-        monkeypatch.setenv("BUFFERED_DEADLINE_S", str(seconds))
-        reset_settings()
-
-    yield set_
-    monkeypatch.undo()
-    reset_settings()
-
-
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
 @pytest.mark.parametrize("model", [NATIVE, TRANSLATED])
 async def test_api_gateway_path_assembles_the_message_and_stops_at_the_deadline(
-        messages_app: Any, make_user: Any, buffered_deadline: Any, model: str) -> None:
+        messages_app: Any, make_user: Any, setting: Any, model: str) -> None:
     """Under Mangum a non-streaming request reads the upstream as a stream: the Message is
     assembled from its events (tool input from the JSON deltas), and the deadline stops a long
     generation with Anthropic's timeout error, charging what was produced."""
@@ -374,13 +306,14 @@ async def test_api_gateway_path_assembles_the_message_and_stops_at_the_deadline(
 
     from tests.integration.test_health import invoke_in_own_loop
 
-    buffered_deadline(0.8)
+    setting(buffered_deadline_s=0.8)
     user = await make_user("5")
+    key = {"x-api-key": user.api_key}
     handler = Mangum(messages_app, lifespan="off")
     await db.close_pool()
     body = {"model": model, "max_tokens": 64, "tools": [TOOL],
             "messages": [{"role": "user", "content": "[[tool:get_weather]]"}]}
-    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, post_event("/v1/messages", body, key))
     assert response["statusCode"] == 200, response
     message = json.loads(response["body"])
     assert message["type"] == "message" and message["stop_reason"] == "tool_use"
@@ -388,11 +321,11 @@ async def test_api_gateway_path_assembles_the_message_and_stops_at_the_deadline(
     assert message["content"][-1]["input"] == {"x": 1} and message["usage"]["output_tokens"] > 0
     body = {"model": model, "max_tokens": 1000,
             "messages": [{"role": "user", "content": "long [[words:200]] [[chunk_delay:0.02]]"}]}
-    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, post_event("/v1/messages", body, key))
     assert response["statusCode"] == 504, response
     err = json.loads(response["body"])
     assert err["type"] == "error" and err["error"]["type"] == "timeout_error"
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "timeout"] and state["reservations"] == []
     assert 0 < state["usage"][1]["completion_tokens"] < 200 and state["usage"][1]["charge"] > 0
 
@@ -401,9 +334,7 @@ async def test_one_streaming_function_serves_every_surface(stack: str, fake_upst
     """QueryStreamFunction (functions/query/app.py ``stream_app``, what run.sh serves) answers chat,
     Messages and Responses, so a client has one streaming base URL; the buffered QueryFunction app
     serves chat only and does not build the streaming app until it is asked for."""
-    spec = importlib.util.spec_from_file_location("fn_query_stream_surfaces", ROOT / "functions/query/app.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = load_module("functions/query/app.py", "fn_query_stream_surfaces")
     assert "stream_app" not in vars(module)
     user = await make_user("5")
     bodies = {"/v1/chat/completions": {"model": TRANSLATED, "messages": [{"role": "user", "content": "Hi"}]},
@@ -469,7 +400,7 @@ async def test_a_claude_code_request(http: Any, make_user: Any, fake_upstream: A
         assert body["max_completion_tokens"] == 16384  # gpt-4o-mini's maximum: the clamp the hold counted
         assert "thinking blocks" in r.headers["x-dropped-params"]
         assert body["messages"][2]["tool_calls"][0]["function"]["name"] == "Bash"
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] >= 4 and rec["charge"] > 0
 
 
@@ -483,4 +414,4 @@ async def test_translated_max_tokens_is_clamped_too(http: Any, make_user: Any, f
     assert model is not None
     sent = upstream_requests(fake_upstream, "openai")[0]["body"]
     assert sent["max_completion_tokens"] == model["max_completion_tokens"] and sent["reasoning_effort"] == "high"
-    await _one_record(user.user_id)
+    await one_record(user.user_id)

@@ -5,51 +5,24 @@ chat pipeline for every provider; every request leaves one usage record and bala
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
 from gateway import db
-from gateway.catalog import registry
-from gateway.config import reset_settings
-from gateway.money import ledger
 from tests.support.account import upstream_requests
+from tests.support.apps import function_fixtures, post_event
+from tests.support.money import money_state, one_record
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
+responses_app, http = function_fixtures("functions/responses/app.py", app="responses_app", client="http")
 
 MODELS = ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "google/gemini-2.5-flash"]
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-def _load_app(path: str) -> Any:
-    spec = importlib.util.spec_from_file_location("fn_" + path.replace("/", "_"), ROOT / path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.app
-
-
-@pytest.fixture(scope="session")
-def responses_app(stack: str, fake_upstream: Any) -> Any:
-    return _load_app("functions/responses/app.py")
-
-
-@pytest.fixture
-async def http(responses_app: Any, fake_upstream: Any) -> Any:
-    registry.invalidate()
-    httpx.delete(fake_upstream.url + "/__fake/requests")
-    transport = httpx.ASGITransport(app=responses_app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
-        yield c
 
 
 def _sdk(app: Any, key: str) -> openai.AsyncOpenAI:
@@ -60,25 +33,6 @@ def _sdk(app: Any, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(api_key=key, base_url="http://gateway/v1", http_client=client, max_retries=0)
 
 
-async def _money(user_id: Any) -> dict[str, Any]:
-    usage = await db.fetchall("SELECT * FROM usage_records WHERE user_id = %s ORDER BY id", (user_id,))
-    entries = await db.fetchall("SELECT amount FROM ledger_entries WHERE user_id = %s", (user_id,))
-    reservations = await db.fetchall("SELECT * FROM reservations WHERE user_id = %s", (user_id,))
-    balance = await ledger.get_balance(user_id)
-    assert balance is not None
-    assert balance["balance"] == sum((e["amount"] for e in entries), Decimal(0))
-    return {"usage": usage, "balance": balance["balance"], "reservations": reservations}
-
-
-async def _one_record(user_id: Any, status: str = "ok") -> dict[str, Any]:
-    state = await _money(user_id)
-    assert len(state["usage"]) == 1, state["usage"]
-    assert state["reservations"] == []
-    rec = state["usage"][0]
-    assert rec["status"] == status
-    return rec
-
-
 @pytest.mark.parametrize("model", MODELS)
 async def test_create_plain(responses_app: Any, make_user: Any, model: str) -> None:
     user = await make_user("5")
@@ -87,7 +41,7 @@ async def test_create_plain(responses_app: Any, make_user: Any, model: str) -> N
     assert response.status == "completed" and response.model == model
     assert len(response.output_text.split()) == 6
     assert response.usage is not None and response.usage.output_tokens == 6 and response.usage.input_tokens > 0
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] == 6 and rec["charge"] > 0 and rec["model_served"] == model
 
 
@@ -106,7 +60,7 @@ async def test_stream(responses_app: Any, make_user: Any, model: str) -> None:
     assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
     assert len(text.split()) == 5
     assert final is not None and final.usage is not None and final.usage.output_tokens == 5
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["stream"] is True and rec["completion_tokens"] == 5
 
 
@@ -122,7 +76,7 @@ async def test_function_call_round_trip(responses_app: Any, make_user: Any, mode
         {"role": "user", "content": "Weather?"}, calls[0].model_dump(exclude_none=True),  # type: ignore[list-item]
         {"type": "function_call_output", "call_id": calls[0].call_id, "output": "Sunny"}])
     assert second.status == "completed" and second.output_text
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "ok"]
 
 
@@ -132,7 +86,7 @@ async def test_stream_function_call(responses_app: Any, make_user: Any) -> None:
         model="openai/gpt-4o-mini", input="[[tool:get_weather]]", tools=[TOOL], stream=True)  # type: ignore[list-item]
     done = [e async for e in stream if e.type == "response.function_call_arguments.done"]
     assert len(done) == 1 and json.loads(done[0].arguments) == {"x": 1}
-    await _one_record(user.user_id)
+    await one_record(user.user_id)
 
 
 async def test_text_format_and_reasoning_are_forwarded(http: Any, responses_app: Any, make_user: Any,
@@ -150,7 +104,7 @@ async def test_text_format_and_reasoning_are_forwarded(http: Any, responses_app:
     assert native["reasoning"] == {"effort": "low"} and native["text"] == text
     translated = upstream_requests(fake_upstream, "gemini")[0]["body"]
     assert translated["generationConfig"]["responseSchema"]["properties"] == {"a": {"type": "string"}}
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "ok"]
 
 
@@ -160,7 +114,7 @@ async def test_max_output_tokens_is_incomplete(responses_app: Any, make_user: An
         model="openai/gpt-4o-mini", input="[[words:50]]", max_output_tokens=16)
     assert response.status == "incomplete"
     assert response.incomplete_details is not None and response.incomplete_details.reason == "max_output_tokens"
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] == 16
 
 
@@ -179,7 +133,7 @@ async def test_stateful_requests_are_refused_and_change_nothing(http: Any, make_
     r = await http.post("/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "x"})
     assert r.status_code == 401
     assert upstream_requests(fake_upstream) == []
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
@@ -211,7 +165,7 @@ async def test_error_mid_stream_ends_the_stream_and_charges_what_was_produced(ht
         numbers = [json.loads(line[len("data: "):])["sequence_number"] for line in r.text.splitlines()
                    if line.startswith("data: ")]
         assert numbers == list(range(len(numbers)))
-    await _one_record(user.user_id, "partial")
+    await one_record(user.user_id, "partial")
 
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "google/gemini-2.5-flash"])
@@ -241,7 +195,7 @@ async def test_client_disconnect_mid_stream_still_settles(responses_app: Any, ma
             raise OSError("client gone")
 
     await responses_app(scope, receive, send)
-    rec = await _one_record(user.user_id, "cancelled")
+    rec = await one_record(user.user_id, "cancelled")
     assert rec["completion_tokens"] == 8 and rec["estimated"] is False and rec["charge"] > 0
 
 
@@ -288,7 +242,7 @@ async def test_native_sends_the_responses_body_and_bills_its_usage(http: Any, re
     assert body["include"] == ["reasoning.encrypted_content"] and body["instructions"] == "Be brief."
     assert body["max_output_tokens"] == model["max_completion_tokens"]
     assert bool(body.get("stream")) is stream
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["completion_tokens"] == final.usage.output_tokens == 12  # words + reasoning
     assert rec["prompt_tokens"] == final.usage.input_tokens and rec["cached_tokens"] == 2
     assert rec["estimated"] is False and 0 < rec["charge"] <= rec["hold"]
@@ -303,7 +257,7 @@ async def test_native_output_limit_is_clamped_and_bounds_the_hold(http: Any, mak
     assert r.status_code == 200, r.text
     assert "max_output_tokens above" in r.headers["x-dropped-params"]
     assert upstream_requests(fake_upstream, "openai")[0]["body"]["max_output_tokens"] == model["max_completion_tokens"]
-    rec = await _one_record(user.user_id)
+    rec = await one_record(user.user_id)
     assert rec["charge"] <= rec["hold"]
 
 
@@ -320,7 +274,7 @@ async def test_native_images_and_files_count_in_the_hold(http: Any, make_user: A
             "model": NATIVE, "max_output_tokens": 16, "input": [{"role": "user", "content": parts}]})
         assert r.status_code == 402, r.text
     assert upstream_requests(fake_upstream) == []
-    assert (await _money(user.user_id))["usage"] == []
+    assert (await money_state(user.user_id))["usage"] == []
     r = await http.post("/v1/responses", headers=auth, json={
         "model": NATIVE, "max_output_tokens": 16, "input": [{"role": "user", "content": [text]}]})
     assert r.status_code == 200, r.text
@@ -349,7 +303,7 @@ async def test_native_refusals_change_nothing(http: Any, make_user: Any, fake_up
         assert r.status_code == 400, (extra, r.text)
         assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
     assert upstream_requests(fake_upstream) == []
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
@@ -359,57 +313,35 @@ async def test_native_upstream_error_is_free(http: Any, make_user: Any) -> None:
                         json={"model": NATIVE, "input": "[[fail:500]]"})
     assert r.status_code == 502, r.text
     assert r.json()["error"]["message"]
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [u["status"] for u in state["usage"]] == ["failed"] and state["balance"] == Decimal("5")
 
 
 # --------------------------------------------------------------------------- behind API Gateway (Mangum)
-def _event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
-    from tests.integration.test_health import http_api_v2_event
-
-    event = http_api_v2_event("/v1/responses", headers={
-        "x-api-key": api_key, "content-type": "application/json", "content-length": str(len(json.dumps(body)))})
-    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/responses"
-    event["requestContext"]["http"]["method"] = "POST"
-    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
-    event["body"] = json.dumps(body)
-    return event
-
-
-@pytest.fixture
-def buffered_deadline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    def set_(seconds: float) -> None:
-        monkeypatch.setenv("BUFFERED_DEADLINE_S", str(seconds))
-        reset_settings()
-
-    yield set_
-    monkeypatch.undo()
-    reset_settings()
-
-
 @pytest.mark.filterwarnings("ignore:No application metrics to publish")
 async def test_native_api_gateway_path_assembles_the_response_and_stops_at_the_deadline(
-        responses_app: Any, make_user: Any, buffered_deadline: Any) -> None:
+        responses_app: Any, make_user: Any, setting: Any) -> None:
     """Under Mangum a native request reads OpenAI's stream: the Response is the terminal event's
     (function call included), and the deadline stops a long generation, charging what it produced."""
     from mangum import Mangum
 
     from tests.integration.test_health import invoke_in_own_loop
 
-    buffered_deadline(0.8)
+    setting(buffered_deadline_s=0.8)
     user = await make_user("5")
+    key = {"x-api-key": user.api_key}
     handler = Mangum(responses_app, lifespan="off")
     await db.close_pool()
     body = {"model": NATIVE, "tools": [TOOL], "input": "[[tool:get_weather]]"}
-    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, post_event("/v1/responses", body, key))
     assert response["statusCode"] == 200, response
     answer = json.loads(response["body"])
     assert answer["object"] == "response" and answer["model"] == NATIVE and answer["status"] == "completed"
     assert answer["output"][-1]["type"] == "function_call" and json.loads(answer["output"][-1]["arguments"]) == {"x": 1}
     assert answer["usage"]["output_tokens"] > 0
     body = {"model": NATIVE, "input": "long [[words:200]] [[chunk_delay:0.02]]"}
-    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, post_event("/v1/responses", body, key))
     assert response["statusCode"] == 504, response
-    state = await _money(user.user_id)
+    state = await money_state(user.user_id)
     assert [r["status"] for r in state["usage"]] == ["ok", "timeout"] and state["reservations"] == []
     assert 0 < state["usage"][1]["completion_tokens"] < 200 and state["usage"][1]["charge"] > 0
