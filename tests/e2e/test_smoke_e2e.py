@@ -5,19 +5,17 @@ itself (uvicorn serving the streaming function's app, as behind the Lambda Web A
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from infra.local.servers import free_port
-from tests.e2e.conftest import ROOT, create_user
+from tests.e2e.conftest import create_user
+from tests.support.apps import stream_function
 
 pytestmark = pytest.mark.e2e
 
@@ -26,41 +24,12 @@ MLP = Path(sys.executable).parent / "mlp"
 
 @pytest.fixture(scope="module")
 def stream_url(local_stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     fake = local_stack["fake_providers_url"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "UPSTASH_", "LAMBDA_"))}
-    env.update({
-        "STAGE": "local", "PORT": str(port), "PYTHONPATH": str(ROOT / "layers" / "common"),
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # run.sh runs `python`
-        "DATABASE_URL": local_stack["functions_database_url"],
-        "UPSTASH_REDIS_REST_URL": local_stack["upstash_url"], "UPSTASH_REDIS_REST_TOKEN": local_stack["upstash_token"],
-        "ADMIN_API_KEY": local_stack["admin_key"], "POWERTOOLS_LOG_LEVEL": "WARNING",
-        "OPENAI_BASE_URL": f"{fake}/openai/v1", "OPENAI_API_KEY": "sk-fake-openai",
-        "OPENROUTER_BASE_URL": f"{fake}/openrouter/api/v1", "OPENROUTER_API_KEY": "sk-or-fake",
-    })
-    if local_stack.get("database_pooled"):
-        env["DATABASE_POOLED"] = "true"
-    log = tmp_path_factory.mktemp("stream") / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(ROOT / "functions" / "query" / "run.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("run.sh exited:\n" + log.read_text()[-3000:])
-            try:
-                httpx.get(url + "/v1/chat/completions", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("run.sh did not start:\n" + log.read_text()[-3000:]) from None
-                time.sleep(0.2)
+    env = {"ADMIN_API_KEY": local_stack["admin_key"],
+           "OPENAI_BASE_URL": f"{fake}/openai/v1", "OPENAI_API_KEY": "sk-fake-openai",
+           "OPENROUTER_BASE_URL": f"{fake}/openrouter/api/v1", "OPENROUTER_API_KEY": "sk-or-fake"}
+    with stream_function(local_stack, tmp_path_factory.mktemp("stream"), env, "/v1/chat/completions") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
 
 
 def _smoke(*args: str) -> subprocess.CompletedProcess[str]:

@@ -7,24 +7,18 @@ sum of the ledger."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import psycopg
 import pytest
 
-from infra.local.servers import free_port
-from tests.e2e.conftest import ROOT, create_user
+from tests.e2e.conftest import create_user
+from tests.support.apps import stream_function
 
 pytestmark = pytest.mark.e2e
 
@@ -196,41 +190,11 @@ def test_responses_refuses_stored_state(local_stack: dict[str, Any], user: dict[
 def stream_url(local_stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """functions/query/run.sh itself (uvicorn serving ``stream_app``, as behind the Lambda Web
     Adapter): ONE streaming function for chat, Messages and Responses."""
-    port = free_port()
     fake = local_stack["fake_providers_url"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "UPSTASH_", "LAMBDA_"))}
-    env.update({
-        "STAGE": "local", "PORT": str(port), "PYTHONPATH": str(ROOT / "layers" / "common"),
-        "PATH": f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # run.sh runs `python`
-        "DATABASE_URL": local_stack["functions_database_url"],
-        "UPSTASH_REDIS_REST_URL": local_stack["upstash_url"], "UPSTASH_REDIS_REST_TOKEN": local_stack["upstash_token"],
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-        "OPENAI_BASE_URL": f"{fake}/openai/v1", "OPENAI_API_KEY": "sk-fake-openai",
-        "ANTHROPIC_BASE_URL": f"{fake}/anthropic/v1", "ANTHROPIC_API_KEY": "sk-ant-fake",
-    })
-    if local_stack.get("database_pooled"):
-        env["DATABASE_POOLED"] = "true"
-    log = tmp_path_factory.mktemp("stream") / "run.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(ROOT / "functions" / "query" / "run.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError("run.sh exited:\n" + log.read_text()[-3000:])
-            try:
-                httpx.get(url + "/v1/messages", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("run.sh did not start:\n" + log.read_text()[-3000:]) from None
-                time.sleep(0.2)
+    env = {"OPENAI_BASE_URL": f"{fake}/openai/v1", "OPENAI_API_KEY": "sk-fake-openai",
+           "ANTHROPIC_BASE_URL": f"{fake}/anthropic/v1", "ANTHROPIC_API_KEY": "sk-ant-fake"}
+    with stream_function(local_stack, tmp_path_factory.mktemp("stream"), env, "/v1/messages") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
 
 
 @pytest.mark.parametrize("model", MESSAGES_MODELS)

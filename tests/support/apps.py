@@ -1,5 +1,6 @@
-"""A function's FastAPI app in-process (the object Mangum wraps), an httpx client on it, and an API
-Gateway (HTTP API v2) event for its Mangum handler.
+"""A function's FastAPI app in-process (the object Mangum wraps), an httpx client on it, an API
+Gateway (HTTP API v2) event for its Mangum handler; and the streaming function as a process
+(``functions/query/run.sh``, as behind the Lambda Web Adapter) for the end-to-end tests.
 
 ``function_fixtures`` gives a test module the two fixtures it needs::
 
@@ -14,9 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,7 +30,7 @@ import httpx
 import pytest
 
 from gateway.catalog import registry
-from infra.local.servers import RunningServer
+from infra.local.servers import RunningServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,3 +90,41 @@ def post_event(path: str, body: dict[str, Any], headers: Mapping[str, str]) -> d
     return event
 
 
+
+@contextmanager
+def stream_function(local_stack: dict[str, Any], log_dir: Path, env: Mapping[str, str], probe: str) -> Iterator[str]:
+    """``functions/query/run.sh`` itself (uvicorn serving ``stream_app``) on the local stack's
+    database and Upstash, with ``env`` added (provider URLs and keys); its URL once ``probe``
+    answers. The process is stopped on exit."""
+    port = free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "UPSTASH_", "LAMBDA_"))}
+    full.update({
+        "STAGE": "local", "PORT": str(port), "PYTHONPATH": str(ROOT / "layers" / "common"),
+        "PATH": f"{Path(sys.executable).parent}:{full.get('PATH', '')}",  # run.sh runs `python`
+        "DATABASE_URL": local_stack["functions_database_url"],
+        "UPSTASH_REDIS_REST_URL": local_stack["upstash_url"], "UPSTASH_REDIS_REST_TOKEN": local_stack["upstash_token"],
+        "POWERTOOLS_LOG_LEVEL": "WARNING", **env,
+    })
+    if local_stack.get("database_pooled"):
+        full["DATABASE_POOLED"] = "true"
+    log = log_dir / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", str(ROOT / "functions" / "query" / "run.sh")], env=full, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError("run.sh exited:\n" + log.read_text()[-3000:])
+            try:
+                httpx.get(url + probe, timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("run.sh did not start:\n" + log.read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
