@@ -16,7 +16,7 @@ import pytest
 
 from gateway import db
 from tests.support.account import upstream_requests
-from tests.support.apps import function_fixtures, load_module, post_event
+from tests.support.apps import client_leaves_mid_stream, function_fixtures, load_module, post_event
 from tests.support.money import money_state, one_record
 
 pytestmark = pytest.mark.integration
@@ -248,33 +248,10 @@ async def test_client_disconnect_mid_stream_still_settles(messages_app: Any, mak
     """The client leaves after the first event: the relay keeps reading to the provider's usage
     and the request is settled once (charged what was produced, nothing held)."""
     user = await make_user("5")
-    raw = json.dumps({"model": model, "max_tokens": 64, "stream": True, "messages": [
-        {"role": "user", "content": "[[words:8]] [[chunk_delay:0.05]]"}]}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/messages", "raw_path": b"/v1/messages", "query_string": b"",
-             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
-                         (b"x-api-key", user.api_key.encode())]}
-    gone = asyncio.Event()
-    sent: list[dict[str, Any]] = []
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and message.get("body"):
-            gone.set()  # the client leaves after the first event
-            if len(sent) > 3:
-                raise OSError("client gone")
-
-    await messages_app(scope, receive, send)
+    body = {"model": model, "max_tokens": 64, "stream": True, "messages": [
+        {"role": "user", "content": "[[words:8]] [[chunk_delay:0.05]]"}]}
+    # the send fails a little after the client left
+    await client_leaves_mid_stream(messages_app, "/v1/messages", body, {"x-api-key": user.api_key}, accepted=3)
     rec = await one_record(user.user_id, "cancelled")
     assert rec["completion_tokens"] == 8 and rec["estimated"] is False and rec["charge"] > 0
 

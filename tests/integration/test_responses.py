@@ -14,7 +14,7 @@ import pytest
 
 from gateway import db
 from tests.support.account import upstream_requests
-from tests.support.apps import function_fixtures, post_event
+from tests.support.apps import client_leaves_mid_stream, function_fixtures, post_event
 from tests.support.money import money_state, one_record
 
 pytestmark = pytest.mark.integration
@@ -171,30 +171,8 @@ async def test_error_mid_stream_ends_the_stream_and_charges_what_was_produced(ht
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "google/gemini-2.5-flash"])
 async def test_client_disconnect_mid_stream_still_settles(responses_app: Any, make_user: Any, model: str) -> None:
     user = await make_user("5")
-    raw = json.dumps({"model": model, "stream": True,
-                      "input": "[[words:8]] [[chunk_delay:0.05]]"}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/responses", "raw_path": b"/v1/responses", "query_string": b"",
-             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
-                         (b"authorization", f"Bearer {user.api_key}".encode())]}
-    gone = asyncio.Event()
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and message.get("body"):
-            gone.set()
-            raise OSError("client gone")
-
-    await responses_app(scope, receive, send)
+    body = {"model": model, "stream": True, "input": "[[words:8]] [[chunk_delay:0.05]]"}
+    await client_leaves_mid_stream(responses_app, "/v1/responses", body, {"authorization": f"Bearer {user.api_key}"})
     rec = await one_record(user.user_id, "cancelled")
     assert rec["completion_tokens"] == 8 and rec["estimated"] is False and rec["charge"] > 0
 

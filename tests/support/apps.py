@@ -13,6 +13,7 @@ only the test's own calls).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -89,6 +90,41 @@ def post_event(path: str, body: dict[str, Any], headers: Mapping[str, str]) -> d
     event["body"] = json.dumps(body)
     return event
 
+
+
+
+async def client_leaves_mid_stream(app: Any, path: str, body: dict[str, Any], headers: Mapping[str, str], *,
+                                   accepted: int = 1) -> None:
+    """Drive ``app`` as uvicorn does for ``POST path`` (``stream: true`` in ``body``) with a client
+    that leaves at the first streamed body: from then on ``receive`` answers ``http.disconnect``, and
+    ``send`` raises ``OSError`` once more than ``accepted`` messages were sent."""
+    raw = json.dumps(body).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
+                         *((k.encode(), v.encode()) for k, v in headers.items())]}
+    gone = asyncio.Event()
+    sent = 0
+    delivered = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal sent
+        sent += 1
+        if message["type"] == "http.response.body" and message.get("body"):
+            gone.set()
+            if sent > accepted:
+                raise OSError("client gone")
+
+    await app(scope, receive, send)
 
 
 @contextmanager
