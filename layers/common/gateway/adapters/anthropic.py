@@ -402,8 +402,37 @@ def translate_response(target: Target, body: dict[str, Any], data: Any) -> tuple
     return out, usage
 
 
-class AnthropicStream(SSEUpstreamStream):
+class AnthropicEventStream(SSEUpstreamStream):
+    """A stream of Anthropic Messages events: :meth:`_read` parses one and keeps what every reader
+    of them needs — the usage (``message_start``, then ``message_delta``: final once it reports
+    ``output_tokens``), the end (``message_stop``) and an in-stream ``error`` (raised)."""
+
     provider = "anthropic"
+
+    def _read(self, event: SSEEvent) -> tuple[dict[str, Any], str | None] | None:
+        """``(event object, its type)``, or None for an event without an object."""
+        obj = self._json_object(event)
+        if obj is None:
+            return None
+        kind = obj.get("type") or event.event
+        if kind == "message_start":
+            message = obj.get("message")
+            self.usage = usage_from_anthropic(message.get("usage") if isinstance(message, dict) else None)
+        elif kind == "message_delta":
+            raw = obj.get("usage")
+            if isinstance(raw, dict):
+                self.usage = usage_from_anthropic(raw, self.usage)
+                if raw.get("output_tokens") is not None:
+                    self._final_usage = True
+        elif kind == "message_stop":
+            self._done = True
+        elif kind == "error":
+            raise error_from_event(self.provider, obj, api_key=self._target.api_key)
+        return obj, kind
+
+
+class AnthropicStream(AnthropicEventStream):
+    """Anthropic's events as OpenAI chat completion chunks."""
 
     def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> None:
         super().__init__(client, target, body)
@@ -426,15 +455,14 @@ class AnthropicStream(SSEUpstreamStream):
         }
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
-        obj = self._json_object(event)
-        if obj is None:
+        read = self._read(event)
+        if read is None:
             return []
-        kind = obj.get("type") or event.event
+        obj, kind = read
         if kind == "message_start":
             message = obj.get("message") or {}
             if message.get("id"):
                 self._id = message["id"]
-            self.usage = usage_from_anthropic(message.get("usage"))
             return [self._chunk({"content": ""})]
         if kind == "content_block_start":
             block = obj.get("content_block") or {}
@@ -468,21 +496,10 @@ class AnthropicStream(SSEUpstreamStream):
                 return [self._chunk({"tool_calls": [call]})]
             return []  # thinking_delta, signature_delta, citations_delta
         if kind == "message_delta":
-            raw_usage = obj.get("usage")
-            if isinstance(raw_usage, dict):
-                self.usage = usage_from_anthropic(raw_usage, self.usage)
-                if raw_usage.get("output_tokens") is not None:
-                    self._final_usage = True
             reason = (obj.get("delta") or {}).get("stop_reason")
             if reason:
                 return [self._chunk({}, map_stop_reason(reason))]
-            return []
-        if kind == "message_stop":
-            self._done = True
-            return []
-        if kind == "error":
-            raise error_from_event(self.provider, obj, api_key=self._target.api_key)
-        return []  # ping, content_block_stop, unknown future events
+        return []  # message_stop, ping, content_block_stop, unknown future events
 
 
 def usage_of(data: Any) -> Usage | None:

@@ -27,11 +27,11 @@ from typing import Any
 
 import httpx
 
-from gateway.adapters.anthropic import auth_headers, usage_from_anthropic, usage_of
+from gateway.adapters.anthropic import AnthropicEventStream, auth_headers, usage_from_anthropic, usage_of
 from gateway.adapters.contract import Target, Usage
 from gateway.adapters.shapes import parse_tool_arguments
 from gateway.adapters.sse import SSEEvent
-from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
+from gateway.adapters.stream import TranslatingAdapter, estimated_usage
 from gateway.adapters.tokens import REPLY_PRIMING, TOOLS_OVERHEAD, PromptSize
 from gateway.adapters.upstream_errors import bad_response, error_from_event
 from gateway.chat.native import native_request
@@ -109,8 +109,8 @@ def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], he
                           stream=stream)
 
 
-class NativeStream(SSEUpstreamStream):
-    provider = "anthropic"
+class NativeStream(AnthropicEventStream):
+    """Anthropic's events relayed as they are (our model id in ``message_start``)."""
 
     def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any],
                  headers: Mapping[str, str]) -> None:
@@ -121,13 +121,12 @@ class NativeStream(SSEUpstreamStream):
         return _request(self._client, self._target, self._body, self._headers, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
-        obj = self._json_object(event)
-        if obj is None:
+        read = self._read(event)
+        if read is None:
             return []
-        kind = obj.get("type") or event.event
+        obj, kind = read
         if kind == "message_start":
             message: dict[str, Any] = obj["message"] if isinstance(obj.get("message"), dict) else {}
-            self.usage = usage_from_anthropic(message.get("usage"))
             obj = {**obj, "message": {**message, "model": self._target.public_id}}
         elif kind == "content_block_start":
             block: dict[str, Any] = obj["content_block"] if isinstance(obj.get("content_block"), dict) else {}
@@ -135,16 +134,6 @@ class NativeStream(SSEUpstreamStream):
         elif kind == "content_block_delta":
             delta: dict[str, Any] = obj["delta"] if isinstance(obj.get("delta"), dict) else {}
             self._out_chars += len(str(delta.get("text") or delta.get("thinking") or delta.get("partial_json") or ""))
-        elif kind == "message_delta":
-            raw = obj.get("usage")
-            if isinstance(raw, dict):
-                self.usage = usage_from_anthropic(raw, self.usage)
-                if raw.get("output_tokens") is not None:
-                    self._final_usage = True
-        elif kind == "message_stop":
-            self._done = True
-        elif kind == "error":
-            raise error_from_event(self.provider, obj, api_key=self._target.api_key)
         return [obj]
 
 
