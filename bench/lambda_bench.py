@@ -351,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-requests", type=int, default=500)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--tracing", action="store_true", help="X-Ray tracer on for the buffered invocations")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold starts of the query function (tracer off), medians and each run")
     parser.add_argument("--db-utilisation", type=float, default=0.25)
     parser.add_argument("--cold-start-rate", type=float, default=0.01)
     parser.add_argument("--network-ms", type=float, default=3.0,
@@ -359,6 +361,15 @@ def main(argv: list[str] | None = None) -> None:
     load_before = load_average()
     svc = start_services()
     try:
+        if args.cold_only:
+            rows = cold_starts(svc, args.cold_runs, tracing=False)
+            keys = ("interpreter_ms", "import_ms", "first_ms", "init_ms", "import_cpu_ms", "init_cpu_ms",
+                    "peak_rss_mib")
+            print(f"load {load_before} -> {load_average()}; medians of {len(rows)} cold starts (tracer off): " +
+                  ", ".join(f"{k} {_median(rows, k):.1f}" for k in keys if k in rows[0]))
+            for r in rows:
+                print("  " + ", ".join(f"{k} {r[k]:.1f}" for k in keys if k in r))
+            return
         cold = {"off": cold_starts(svc, args.cold_runs, tracing=False),
                 "on (as deployed)": cold_starts(svc, args.cold_runs, tracing=True)}
         series, query_usage = run_buffered(svc, args.invocations, args.tracing)

@@ -116,7 +116,9 @@ def start_function(svc: Services, function: str, attr: str, route: str, body: di
     env = svc.gateway_env(**provider_env(svc))
     proc = spawn(f"surf-{function}", [sys.executable, "-m", "uvicorn", f"app:{attr}", "--app-dir",
                                       f"functions/{function}", "--host", "127.0.0.1", "--port", str(port),
-                                      "--no-access-log", "--log-level", "warning"], env)
+                                      "--no-access-log", "--log-level", "warning",
+                                      # as functions/query/run.sh serves the streaming function
+                                      "--loop", "uvloop", "--http", "httptools"], env)
     base = f"http://127.0.0.1:{port}"
     wait_until(proc, base + route, body=body, headers={"authorization": f"Bearer {svc.api_key}"}, timeout=90)
     return proc, base
