@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import cpu_seconds, descendants, load_average, measure, warm_up
+from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
 from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
@@ -127,6 +127,7 @@ async def one(side: Side, svc: Services, case: str, batch: int) -> None:
                       stream=stream, warmup=2)
     r["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / (n + 2)
     r["upstash"] = (svc.upstash_commands() - up0) / (n + 2)
+    r["rss_mib"] = rss_mib(pids)
     side.samples.setdefault(case, []).append(r)
 
 
@@ -134,7 +135,8 @@ def summary(a: Side, b: Side, cases: list[str]) -> str:
     keys = [("p50", "p50 ms"), ("p99", "p99 ms"), ("ttfb_p50", "TTFB p50 ms"), ("rps", "req/s"),
             ("cpu_ms", "CPU ms/req"), ("upstash", "Upstash cmd/req"), ("import_ms", "import ms"),
             ("first_ms", "first invocation ms"), ("init_ms", "interpreter + import + first ms"),
-            ("init_cpu_ms", "CPU ms to the end of the first invocation"), ("peak_rss_mib", "peak RSS MiB")]
+            ("init_cpu_ms", "CPU ms to the end of the first invocation"), ("peak_rss_mib", "peak RSS MiB"),
+            ("rss_mib", "RSS after the case MiB")]
     lines = ["| case | figure | A median | B median | median of B - A per round | B better in |",
              "|---|---|---|---|---|---|"]
     for case in cases:
