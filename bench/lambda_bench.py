@@ -15,8 +15,8 @@ process so that this process's CPU time is the function's:
    does under Mangum. Logs and EMF metrics go to stdout, as in Lambda, and are counted (bytes).
    Per invocation: wall time and CPU time (this process); billed ms = wall rounded up to 1 ms.
 2. The streaming function (functions/query/run.sh: uvicorn behind the Lambda Web Adapter) under
-   uvicorn with the layer's dependencies (asyncio loop, h11: uvloop/httptools are not in the
-   layer); a streamed request's duration is what the adapter bills.
+   uvicorn as run.sh starts it (uvloop + httptools, layer dependencies since issue 15 lever 9);
+   a streamed request's duration is what the adapter bills.
 3. Cold start of the query function in a fresh interpreter: import (which builds the app), the
    first invocation (lazy setup: DB pool, catalogue, Upstash and HTTP clients) and the next ones,
    with the X-Ray tracer off and on (on is how it is deployed: Tracing: Active).
@@ -219,7 +219,8 @@ async def run_streaming(svc: Services, n: int, memory_mb: int) -> dict[str, Any]
     env = svc.gateway_env(AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_LOG_LEVEL="INFO",
                           POWERTOOLS_TRACE_DISABLED="true")
     proc = spawn("stream", [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host",
-                            "127.0.0.1", "--port", str(port), "--no-access-log", "--loop", "asyncio", "--http", "h11"],
+                            "127.0.0.1", "--port", str(port), "--no-access-log", "--loop", "uvloop",
+                            "--http", "httptools"],
                  env=env)
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -280,7 +281,7 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
                 f"(transactions), {query_usage['db_active_ms']:.3f} ms Postgres active time (statements executing, "
                 f"commit flushes included), {query_usage['db_cpu_ms']:.3f} ms Postgres backend CPU, "
                 f"{query_usage['upstash_commands']:.2f} Upstash commands.", ""]
-    out += [f"Streaming function (uvicorn, asyncio + h11 as in the layer), c=1, {stream['n']} streams: duration "
+    out += [f"Streaming function (uvicorn, uvloop + httptools as run.sh), c=1, {stream['n']} streams: duration "
             f"p50 {stream['p50']:.2f} ms (direct to the upstream {stream['direct_p50']:.2f}), p99 {stream['p99']:.2f}, "
             f"first byte p50 {stream['ttfb_p50']:.2f} ms, CPU {stream['cpu_ms']:.2f} ms per stream, billed "
             f"{stream['billed']} ms at {stream['memory_mb']} MB; non-200: {int(stream['errors'])}.", ""]
