@@ -513,6 +513,56 @@ GEMINI_FIELDS = frozenset({"contents", "systemInstruction", "tools", "toolConfig
                            "safetySettings", "cachedContent", "labels"})
 
 
+def anthropic_thinking_problem(body: dict[str, Any]) -> str:
+    """Anthropic's refusals of an extended-thinking request ("" when it is valid): a budget of at
+    least 1,024 below ``max_tokens``, no temperature other than 1 and no ``top_k``, ``top_p`` within
+    0.95..1, ``tool_choice`` auto or none, and a final assistant turn with tool use starting with
+    its thinking block."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return ""
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if budget >= (body.get("max_tokens") or 0):
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    if body.get("temperature") not in (None, 1, 1.0):
+        return "`temperature` may only be set to 1 when thinking is enabled."
+    if body.get("top_k") is not None:
+        return "`top_k` must be unset when thinking is enabled."
+    if body.get("top_p") is not None and not 0.95 <= float(body["top_p"]) <= 1:
+        return "`top_p` must be between 0.95 and 1 when thinking is enabled."
+    if isinstance(body.get("tool_choice"), dict) and body["tool_choice"].get("type") in ("any", "tool"):
+        return "Thinking may not be enabled when tool_choice forces tool use."
+    assistants = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    content = assistants[-1].get("content") if assistants else None
+    if isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content) \
+            and not (isinstance(content[0], dict) and content[0].get("type") in ("thinking", "redacted_thinking")):
+        return ("messages: Expected `thinking` or `redacted_thinking`, but found `tool_use`. When `thinking` is "
+                "enabled, a final `assistant` message must start with a thinking block.")
+    return ""
+
+
+def gemini_thinking_problem(model: str, body: dict[str, Any]) -> str:
+    """Gemini's refusals of a ``thinkingConfig`` ("" when valid): a level or a budget, not both;
+    levels on Gemini 3 only, budgets on 2.5 only, and 2.5 Pro cannot turn thinking off."""
+    config = body.get("generationConfig")
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    if not isinstance(thinking, dict):
+        return ""
+    level, budget = thinking.get("thinkingLevel"), thinking.get("thinkingBudget")
+    if level is not None and budget is not None:
+        return "You can only set only one of thinking budget and thinking level."
+    if level is not None and not model.startswith("gemini-3"):
+        return "Thinking level is not supported for this model."
+    if budget is not None:
+        if not model.startswith("gemini-2.5"):
+            return "Thinking budget is not supported for this model."
+        if budget == 0 and model.startswith("gemini-2.5-pro"):
+            return "Budget 0 is invalid. This model only works in thinking mode."
+    return ""
+
+
 def parse_anthropic_chat(body: dict[str, Any]) -> Chat:
     chars = _weight(_anthropic_text(body.get("system"), tool_results=False))
     last_user = ""
@@ -1275,13 +1325,13 @@ class FakeProviders:
             problem = ("model: Field required" if not chat.model else
                        "messages: Field required" if not body.get("messages") else
                        "max_tokens: Field required" if chat.max_tokens is None else
-                       f"{extra[0]}: Extra inputs are not permitted" if extra else "")
+                       f"{extra[0]}: Extra inputs are not permitted" if extra else anthropic_thinking_problem(body))
         elif provider == "gemini":
             chat = parse_gemini_chat(gemini_model, body, gemini_stream)
             extra = sorted(set(body) - GEMINI_FIELDS)
             problem = ("* GenerateContentRequest.contents: contents is not specified" if not body.get("contents") else
                        f'Invalid JSON payload received. Unknown name "{extra[0]}": Cannot find field.' if extra
-                       else "")
+                       else gemini_thinking_problem(gemini_model, body))
         else:
             chat = parse_openai_chat(provider, body)
             problem = ("you must provide a model parameter" if not chat.model else

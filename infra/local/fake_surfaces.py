@@ -19,7 +19,8 @@ ceil(characters / 4) tokens per text (at least 1), one per token id; Gemini repo
 Responses (``POST /openai/v1/responses``): the chat fake's reply and token rules (``Hello from openai
 <model>.``, ``[[words:N]]``, ``[[tool:NAME]]`` when function tools were sent, ``[[reasoning:N]]`` adds
 a reasoning item and reasoning tokens, ``[[cached:N]]``, ``[[nousage]]`` → ``usage: null``);
-``max_output_tokens`` cuts the words and answers ``status: incomplete``. A stream sends the typed
+``max_output_tokens`` cuts the words and answers ``status: incomplete``; a top-level field the real API
+does not know is a 400. A stream sends the typed
 events with ``sequence_number`` (``[[stream_error:N]]``: an ``error`` event after N events;
 ``[[cut:N]]``, ``[[chunk_delay:S]]``, ``[[ttfb:S]]`` as for chat). ``previous_response_id`` is a 400
 "not found" (the fake stores nothing).
@@ -58,6 +59,14 @@ if TYPE_CHECKING:
     from infra.local.fake_providers import FakeProviders
 
 DEFAULT_DIMENSIONS = 16
+# The top-level fields of OpenAI's Responses request (the openai SDK's ``ResponseCreateParams``);
+# any other is refused (400), as the real API does.
+RESPONSES_FIELDS = frozenset({
+    "access_programs", "background", "background_options", "context_management", "conversation", "image", "include",
+    "input", "instructions", "max_output_tokens", "max_tool_calls", "metadata", "model", "moderation",
+    "parallel_tool_calls", "previous_response_id", "prompt", "prompt_cache_key", "prompt_cache_options",
+    "prompt_cache_retention", "reasoning", "safety_identifier", "service_tier", "store", "stream", "stream_options",
+    "temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation", "user"})
 MAX_DIMENSIONS = 4096
 MAX_OPENAI_INPUTS = 2048
 MAX_GEMINI_BATCH = 100
@@ -216,6 +225,9 @@ class FakeSurfaces:
         model = str(body.get("model") or "")
         if not model:
             return self.fake._error(entry, "openai", 400, message="Missing required parameter: 'model'.")
+        extra = sorted(set(body) - RESPONSES_FIELDS)
+        if extra:
+            return self.fake._error(entry, "openai", 400, model=model, message=f"Unknown parameter: '{extra[0]}'.")
         if body.get("previous_response_id"):
             return self.fake._error(entry, "openai", 400, model=model,
                                     message=f"Previous response with id '{body['previous_response_id']}' not found.")

@@ -31,7 +31,7 @@ ANTHROPIC_DROPPED = {"frequency_penalty", "presence_penalty", "logit_bias", "log
                      "reasoning_effort", "seed", "store", "verbosity", "top_p"}
 GEMINI_DROPPED = {"logit_bias", "logprobs", "top_logprobs", "metadata", "moderation", "parallel_tool_calls",
                   "prediction", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
-                  "reasoning_effort", "safety_identifier", "store", "user", "verbosity"}
+                  "safety_identifier", "store", "user", "verbosity"}  # reasoning_effort: thinkingConfig
 
 
 @pytest.fixture
@@ -113,6 +113,30 @@ async def test_rejected_prediction_tokens_beyond_the_output_limit_stay_within_th
     rec = (await _money_is_consistent(database_url, user, 1))[0]
     assert rec["completion_tokens"] == 10_004
     assert 0 < rec["charge"] <= rec["hold"]  # no overrun
+
+
+@pytest.mark.parametrize(("model", "provider"), [("anthropic/claude-3.7-sonnet", "anthropic"),
+                                               ("google/gemini-2.5-flash", "gemini")])
+async def test_reasoning_effort_becomes_the_providers_thinking_within_the_hold(
+        api: Any, make_user: Any, fake_upstream: Any, database_url: str, model: str, provider: str) -> None:
+    """Anthropic: extended thinking with a budget below max_tokens (temperature, which thinking
+    rules out, named); Gemini 2.5: a thinking budget, thoughts spent from maxOutputTokens. The
+    fakes refuse an invalid thinking request as the real APIs do; reasoning is billed within the hold."""
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": model, "messages": [{"role": "user", "content": "Think [[words:3]] [[reasoning:40]]"}],
+        "reasoning_effort": "medium", "temperature": 0.4, "max_tokens": 4000})
+    assert r.status_code == 200, r.text
+    [sent] = upstream_requests(fake_upstream, provider)
+    if provider == "anthropic":
+        assert sent["body"]["thinking"] == {"type": "enabled", "budget_tokens": 3999}  # medium: 8,192, below 4,000
+        assert "temperature" not in sent["body"] and r.headers[DROPPED_PARAMS_HEADER] == "temperature"
+    else:
+        config = sent["body"]["generationConfig"]
+        assert config["thinkingConfig"] == {"thinkingBudget": 8192} and config["maxOutputTokens"] == 4000
+        assert DROPPED_PARAMS_HEADER not in r.headers
+    rec = (await _money_is_consistent(database_url, user, 1))[0]
+    assert rec["completion_tokens"] >= 3 and 0 < rec["charge"] <= rec["hold"]
 
 
 @pytest.mark.parametrize(("model", "provider", "dropped"), [

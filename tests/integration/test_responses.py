@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 
 from gateway import db
 from gateway.catalog import registry
+from gateway.config import reset_settings
 from gateway.money import ledger
 from tests.support.account import upstream_requests
 
@@ -137,16 +140,18 @@ async def test_text_format_and_reasoning_are_forwarded(http: Any, responses_app:
     user = await make_user("5")
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
               "additionalProperties": False}
-    response = await _sdk(responses_app, user.api_key).responses.create(
-        model="openai/gpt-4o-mini", input="JSON please", reasoning={"effort": "low"},
-        text={"format": {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}})
-    assert response.status == "completed"
-    assert response.text is not None and response.text.format is not None
-    sent = upstream_requests(fake_upstream, "openai")[0]["body"]
-    assert sent["reasoning_effort"] == "low"
-    assert sent["response_format"]["type"] == "json_schema"
-    assert sent["response_format"]["json_schema"]["schema"] == schema
-    await _one_record(user.user_id)
+    text = {"format": {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}}
+    for model in ("openai/gpt-4o-mini", "google/gemini-2.5-flash"):
+        response = await _sdk(responses_app, user.api_key).responses.create(
+            model=model, input="JSON please", reasoning={"effort": "low"}, text=text)  # type: ignore[arg-type]
+        assert response.status == "completed"
+        assert response.text is not None and response.text.format is not None
+    native = upstream_requests(fake_upstream, "openai")[0]["body"]  # OpenAI's own Responses API, as written
+    assert native["reasoning"] == {"effort": "low"} and native["text"] == text
+    translated = upstream_requests(fake_upstream, "gemini")[0]["body"]
+    assert translated["generationConfig"]["responseSchema"]["properties"] == {"a": {"type": "string"}}
+    state = await _money(user.user_id)
+    assert [r["status"] for r in state["usage"]] == ["ok", "ok"]
 
 
 async def test_max_output_tokens_is_incomplete(responses_app: Any, make_user: Any) -> None:
@@ -178,28 +183,41 @@ async def test_stateful_requests_are_refused_and_change_nothing(http: Any, make_
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
-async def test_store_is_never_forwarded(http: Any, make_user: Any, fake_upstream: Any) -> None:
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku"])
+async def test_store_is_never_forwarded(http: Any, make_user: Any, fake_upstream: Any, model: str) -> None:
     user = await make_user("5")
     r = await http.post("/v1/responses", headers={"x-api-key": user.api_key},
-                        json={"model": "openai/gpt-4o-mini", "input": "hi", "store": True})
+                        json={"model": model, "input": "hi", "store": True})
     assert r.status_code == 200, r.text
     assert r.headers["x-response-stored"] == "false" and r.json()["store"] is False
-    assert "store" not in upstream_requests(fake_upstream, "openai")[0]["body"]
+    [sent] = upstream_requests(fake_upstream)
+    if model.startswith("openai/"):  # native: told not to store
+        assert sent["path"].endswith("/responses") and sent["body"]["store"] is False
+    else:
+        assert "store" not in sent["body"]
 
 
-async def test_error_mid_stream_is_response_failed(http: Any, make_user: Any) -> None:
+@pytest.mark.parametrize(("model", "last"), [("openai/gpt-4o-mini", "error"),
+                                             ("anthropic/claude-3.5-haiku", "response.failed")])
+async def test_error_mid_stream_ends_the_stream_and_charges_what_was_produced(http: Any, make_user: Any,
+                                                                              model: str, last: str) -> None:
     user = await make_user("5")
     r = await http.post("/v1/responses", headers={"x-api-key": user.api_key}, json={
-        "model": "openai/gpt-4o-mini", "input": "[[words:20]] [[stream_error:4]]", "stream": True})
+        "model": model, "input": "[[words:20]] [[stream_error:4]]", "stream": True})
     assert r.status_code == 200
     kinds = [line[len("event: "):] for line in r.text.splitlines() if line.startswith("event: ")]
-    assert kinds[0] == "response.created" and kinds[-1] == "response.failed"
+    assert kinds[0] == "response.created" and kinds[-1] == last
+    if last == "error":  # the sequence continues in our error event
+        numbers = [json.loads(line[len("data: "):])["sequence_number"] for line in r.text.splitlines()
+                   if line.startswith("data: ")]
+        assert numbers == list(range(len(numbers)))
     await _one_record(user.user_id, "partial")
 
 
-async def test_client_disconnect_mid_stream_still_settles(responses_app: Any, make_user: Any) -> None:
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "google/gemini-2.5-flash"])
+async def test_client_disconnect_mid_stream_still_settles(responses_app: Any, make_user: Any, model: str) -> None:
     user = await make_user("5")
-    raw = json.dumps({"model": "openai/gpt-4o-mini", "stream": True,
+    raw = json.dumps({"model": model, "stream": True,
                       "input": "[[words:8]] [[chunk_delay:0.05]]"}).encode()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
              "scheme": "http", "path": "/v1/responses", "raw_path": b"/v1/responses", "query_string": b"",
@@ -225,3 +243,173 @@ async def test_client_disconnect_mid_stream_still_settles(responses_app: Any, ma
     await responses_app(scope, receive, send)
     rec = await _one_record(user.user_id, "cancelled")
     assert rec["completion_tokens"] == 8 and rec["estimated"] is False and rec["charge"] > 0
+
+
+# --------------------------------------------------------------------------- native: OpenAI's own Responses API
+NATIVE = "openai/gpt-4o-mini"
+
+
+async def _pricing(model: str) -> dict[str, Any]:
+    row = await db.fetchone("SELECT upstream_model, max_completion_tokens, context_length FROM model_pricing "
+                            "WHERE id = %s", (model,))
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_native_sends_the_responses_body_and_bills_its_usage(http: Any, responses_app: Any, make_user: Any,
+                                                                   fake_upstream: Any, stream: bool) -> None:
+    """An OpenAI model: the client's Responses body goes to OpenAI's /responses (model replaced,
+    store false, the list-price tier, max_output_tokens injected as the hold counted it), and
+    response.usage is billed — cached and reasoning tokens included — within the hold."""
+    user = await make_user("5")
+    model = await _pricing(NATIVE)
+    reasoning_item = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAA-opaque"}
+    client = _sdk(responses_app, user.api_key)
+    kwargs: dict[str, Any] = {
+        "model": NATIVE, "instructions": "Be brief.", "include": ["reasoning.encrypted_content"],
+        "input": [{"role": "user", "content": "Earlier"}, reasoning_item,
+                  {"role": "user", "content": [{"type": "input_text", "text": "Now [[words:7]] [[reasoning:5]] "
+                                                                                 "[[cached:2]]"}]}]}
+    if stream:
+        events = [e async for e in await client.responses.create(stream=True, **kwargs)]
+        assert events[0].type == "response.created" and events[-1].type == "response.completed"
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        final = events[-1].response  # type: ignore[union-attr]
+    else:
+        final = await client.responses.create(**kwargs)
+    assert final.model == NATIVE and final.status == "completed" and len(final.output_text.split()) == 7
+    assert final.usage is not None and final.usage.output_tokens_details.reasoning_tokens == 5
+    [sent] = upstream_requests(fake_upstream, "openai")
+    assert sent["path"].endswith("/responses")
+    body = sent["body"]
+    assert body["model"] == model["upstream_model"] and body["input"][1] == reasoning_item
+    assert body["store"] is False and body["service_tier"] == "default"
+    assert body["include"] == ["reasoning.encrypted_content"] and body["instructions"] == "Be brief."
+    assert body["max_output_tokens"] == model["max_completion_tokens"]
+    assert bool(body.get("stream")) is stream
+    rec = await _one_record(user.user_id)
+    assert rec["completion_tokens"] == final.usage.output_tokens == 12  # words + reasoning
+    assert rec["prompt_tokens"] == final.usage.input_tokens and rec["cached_tokens"] == 2
+    assert rec["estimated"] is False and 0 < rec["charge"] <= rec["hold"]
+
+
+async def test_native_output_limit_is_clamped_and_bounds_the_hold(http: Any, make_user: Any,
+                                                                  fake_upstream: Any) -> None:
+    user = await make_user("5")
+    model = await _pricing(NATIVE)
+    r = await http.post("/v1/responses", headers={"x-api-key": user.api_key},
+                        json={"model": NATIVE, "input": "Hi", "max_output_tokens": 10_000_000})
+    assert r.status_code == 200, r.text
+    assert "max_output_tokens above" in r.headers["x-dropped-params"]
+    assert upstream_requests(fake_upstream, "openai")[0]["body"]["max_output_tokens"] == model["max_completion_tokens"]
+    rec = await _one_record(user.user_id)
+    assert rec["charge"] <= rec["hold"]
+
+
+async def test_native_images_and_files_count_in_the_hold(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    """A balance that covers the text but not the images' maximum (or a file at the context length)
+    is refused before any call."""
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    file = {"type": "input_file", "file_url": "https://example.com/a.pdf"}
+    text = {"type": "input_text", "text": "What is this?"}
+    user = await make_user("0.01")
+    auth = {"x-api-key": user.api_key}
+    for parts in ([image, image, text], [file, text]):  # an image: up to 48,169 tokens on gpt-4o-mini
+        r = await http.post("/v1/responses", headers=auth, json={
+            "model": NATIVE, "max_output_tokens": 16, "input": [{"role": "user", "content": parts}]})
+        assert r.status_code == 402, r.text
+    assert upstream_requests(fake_upstream) == []
+    assert (await _money(user.user_id))["usage"] == []
+    r = await http.post("/v1/responses", headers=auth, json={
+        "model": NATIVE, "max_output_tokens": 16, "input": [{"role": "user", "content": [text]}]})
+    assert r.status_code == 200, r.text
+
+
+async def test_native_refusals_change_nothing(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    user = await make_user("5")
+    auth = {"x-api-key": user.api_key}
+    cases = [
+        ({"tools": [{"type": "web_search"}]}, "tools.0"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools.0"),
+        ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools.0"),
+        ({"tools": [{"type": "image_generation"}]}, "tools.0"),
+        ({"tools": [{"type": "computer_use_preview", "display_width": 1, "display_height": 1,
+                     "environment": "linux"}]}, "tools.0"),
+        ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
+        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"service_tier": "priority"}, "service_tier"),
+        ({"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]}, "input.0"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input.0"),
+        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+         "input.0.content.0"),
+    ]
+    for extra, param in cases:
+        r = await http.post("/v1/responses", headers=auth, json={"model": NATIVE, "input": "x", **extra})
+        assert r.status_code == 400, (extra, r.text)
+        assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
+    assert upstream_requests(fake_upstream) == []
+    state = await _money(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
+async def test_native_upstream_error_is_free(http: Any, make_user: Any) -> None:
+    user = await make_user("5")
+    r = await http.post("/v1/responses", headers={"x-api-key": user.api_key},
+                        json={"model": NATIVE, "input": "[[fail:500]]"})
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["message"]
+    state = await _money(user.user_id)
+    assert [u["status"] for u in state["usage"]] == ["failed"] and state["balance"] == Decimal("5")
+
+
+# --------------------------------------------------------------------------- behind API Gateway (Mangum)
+def _event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
+    from tests.integration.test_health import http_api_v2_event
+
+    event = http_api_v2_event("/v1/responses", headers={
+        "x-api-key": api_key, "content-type": "application/json", "content-length": str(len(json.dumps(body)))})
+    event["routeKey"] = event["requestContext"]["routeKey"] = "POST /v1/responses"
+    event["requestContext"]["http"]["method"] = "POST"
+    event["requestContext"]["requestId"] = f"rid-{time.monotonic_ns()}="
+    event["body"] = json.dumps(body)
+    return event
+
+
+@pytest.fixture
+def buffered_deadline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    def set_(seconds: float) -> None:
+        monkeypatch.setenv("BUFFERED_DEADLINE_S", str(seconds))
+        reset_settings()
+
+    yield set_
+    monkeypatch.undo()
+    reset_settings()
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+async def test_native_api_gateway_path_assembles_the_response_and_stops_at_the_deadline(
+        responses_app: Any, make_user: Any, buffered_deadline: Any) -> None:
+    """Under Mangum a native request reads OpenAI's stream: the Response is the terminal event's
+    (function call included), and the deadline stops a long generation, charging what it produced."""
+    from mangum import Mangum
+
+    from tests.integration.test_health import invoke_in_own_loop
+
+    buffered_deadline(0.8)
+    user = await make_user("5")
+    handler = Mangum(responses_app, lifespan="off")
+    await db.close_pool()
+    body = {"model": NATIVE, "tools": [TOOL], "input": "[[tool:get_weather]]"}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    assert response["statusCode"] == 200, response
+    answer = json.loads(response["body"])
+    assert answer["object"] == "response" and answer["model"] == NATIVE and answer["status"] == "completed"
+    assert answer["output"][-1]["type"] == "function_call" and json.loads(answer["output"][-1]["arguments"]) == {"x": 1}
+    assert answer["usage"]["output_tokens"] > 0
+    body = {"model": NATIVE, "input": "long [[words:200]] [[chunk_delay:0.02]]"}
+    response = await asyncio.to_thread(invoke_in_own_loop, handler, _event(body, user.api_key))
+    assert response["statusCode"] == 504, response
+    state = await _money(user.user_id)
+    assert [r["status"] for r in state["usage"]] == ["ok", "timeout"] and state["reservations"] == []
+    assert 0 < state["usage"][1]["completion_tokens"] < 200 and state["usage"][1]["charge"] > 0

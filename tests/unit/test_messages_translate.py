@@ -181,7 +181,8 @@ def test_tool_results_with_images_errors_and_parallel_calls() -> None:
             {"type": "tool_result", "tool_use_id": "toolu_1", "content": [
                 {"type": "text", "text": "map:"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]},
-            {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True, "content": "city not found"}]},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "is_error": True, "content": "city not found",
+             "cache_control": {"type": "ephemeral"}}]},
     ]))
     msgs = t.body["messages"]
     assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "tool", "user"]
@@ -190,7 +191,7 @@ def test_tool_results_with_images_errors_and_parallel_calls() -> None:
     assert msgs[3] == {"role": "tool", "tool_call_id": "toolu_2", "content": "city not found"}
     assert msgs[4] == {"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}}]}
-    assert t.dropped == ["tool_result.is_error"]
+    assert t.dropped == ["tool_result.is_error", "tool_result.cache_control"]
     assert_chat_body(t.body)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
+from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     as_int,
     completion_dict,
@@ -224,15 +225,58 @@ def translate_tool_choice(tool_choice: Any, parallel_tool_calls: Any) -> dict[st
 # The chat parameters this adapter carries to the Messages API (the rest: ``dropped``).
 MAPPED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "user", "safety_identifier",
                     "tools", "tool_choice", "parallel_tool_calls", "response_format", "functions", "function_call",
-                    "n"})
+                    "n", "reasoning_effort"})
+# Anthropic's smallest thinking budget.
+MIN_THINKING_BUDGET = 1_024
+# Models with extended thinking (Claude 3.7 and 4 onwards; our ids and Anthropic's names).
+THINKING_MODELS = re.compile(r"claude-(3[.-]7|[4-9]|(opus|sonnet|haiku)-[4-9])")
+
+
+def thinks(model: str) -> bool:
+    """Whether ``model`` (our catalogue id or Anthropic's name) has extended thinking."""
+    return THINKING_MODELS.search(model) is not None
+
+
+def output_limit(body: dict[str, Any]) -> int:
+    return int(body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS)
+
+
+def thinking_budget(body: dict[str, Any], model: str) -> int | None:
+    """The ``thinking.budget_tokens`` a chat request's ``reasoning_effort`` becomes on ``model``
+    (``adapters.reasoning``), below ``max_tokens`` (thinking counts inside it, so the hold is
+    unchanged); None for no thinking: no effort or ``none``, a model without extended thinking
+    (before Claude 3.7), an output limit too small for
+    Anthropic's minimum budget, a forced tool choice (thinking allows only auto/none), or a tool
+    loop in progress (Anthropic wants the last assistant turn's own thinking block back, which the
+    chat format does not carry)."""
+    effort = body.get("reasoning_effort")
+    if not isinstance(effort, str) or effort not in EFFORT_BUDGETS or effort == "none" or not thinks(model):
+        return None
+    limit = output_limit(body)
+    if limit <= MIN_THINKING_BUDGET:
+        return None
+    choice = body.get("tool_choice") or body.get("function_call")
+    if choice == "required" or isinstance(choice, dict):
+        return None
+    assistants = [m for m in body.get("messages") or [] if isinstance(m, dict) and m.get("role") == "assistant"]
+    if assistants and (assistants[-1].get("tool_calls") or assistants[-1].get("function_call")):
+        return None
+    return max(MIN_THINKING_BUDGET, min(budget_for_effort(effort), limit - 1))
 
 
 def dropped(body: dict[str, Any]) -> list[str]:
-    """What ``build_body`` does not carry: ``shapes.unmapped``, and ``top_p`` beside a temperature
-    (recent Claude models take one of the two)."""
+    """What ``build_body`` does not carry: ``shapes.unmapped``; ``top_p`` beside a temperature
+    (recent Claude models take one of the two); with thinking, ``temperature`` and ``top_p``
+    (thinking requires the defaults); ``reasoning_effort`` when thinking cannot be enabled."""
     names = unmapped(body, MAPPED)
-    if body.get("temperature") is not None and body.get("top_p") is not None:
-        names.append("top_p")
+    effort = body.get("reasoning_effort")
+    if thinking_budget(body, str(body.get("model") or "")) is not None:
+        names += [name for name in ("temperature", "top_p") if body.get(name) is not None]
+    else:
+        if effort is not None and effort != "none":
+            names.append("reasoning_effort")
+        if body.get("temperature") is not None and body.get("top_p") is not None:
+            names.append("top_p")
     return names
 
 
@@ -246,7 +290,7 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
     out: dict[str, Any] = {
         "model": target.upstream_model,
         "messages": messages,
-        "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
+        "max_tokens": output_limit(body),
     }
     if system:
         if any("cache_control" in b for b in system):
@@ -254,7 +298,10 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
         else:
             out["system"] = "\n\n".join(b["text"] for b in system)
     temperature = body.get("temperature")
-    if temperature is not None:
+    budget = thinking_budget(body, target.upstream_model)
+    if budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}  # sampling stays at its defaults
+    elif temperature is not None:
         out["temperature"] = min(float(temperature), 1.0)  # Anthropic's range is 0..1
     elif body.get("top_p") is not None:
         # Recent Claude models reject temperature and top_p together: temperature wins.

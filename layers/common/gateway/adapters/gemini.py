@@ -13,6 +13,7 @@ the tool-call id we hand out (``call_<hex>__thought__<signature>``) and is resto
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
+from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     THOUGHT_SEP,
     as_int,
@@ -292,12 +294,47 @@ def translate_tool_choice(tool_choice: Any) -> dict[str, Any] | None:
 
 # The chat parameters this adapter carries to generateContent (the rest: ``dropped``).
 MAPPED = frozenset({"max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
-                    "frequency_penalty", "n", "response_format", "tools", "tool_choice", "functions", "function_call"})
+                    "frequency_penalty", "n", "response_format", "tools", "tool_choice", "functions", "function_call",
+                    "reasoning_effort"})
+# Gemini 3 takes a thinking level (Pro: low/high; Flash: minimal/low/medium/high), not a budget.
+_LEVELS_PRO = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "high",
+               "max": "high"}
+_LEVELS_FLASH = {"none": "minimal", "minimal": "minimal", "low": "low", "medium": "medium", "high": "high",
+                 "xhigh": "high", "max": "high"}
+# Gemini 2.5 thinking budgets: (smallest, largest, 0 allowed = thinking can be turned off).
+_BUDGETS = ((re.compile(r"^gemini-2\.5-pro"), (128, 32_768, False)),
+            (re.compile(r"^gemini-2\.5-flash-lite"), (512, 24_576, True)),
+            (re.compile(r"^gemini-2\.5-flash"), (1, 24_576, True)))
+
+
+def thinking_config(model: str, effort: Any) -> dict[str, Any] | None:
+    """``generationConfig.thinkingConfig`` for an OpenAI ``reasoning_effort`` on ``model`` (the
+    provider's name): Gemini 3 a ``thinkingLevel``, Gemini 2.5 a ``thinkingBudget`` from
+    ``adapters.reasoning`` within the model's range (``none`` → 0 where thinking can be turned
+    off, else the smallest budget); None for a model without thinking controls. Thoughts are
+    spent from ``maxOutputTokens`` (always sent), so the hold is unchanged."""
+    if not isinstance(effort, str) or effort not in EFFORT_BUDGETS:
+        return None
+    name = model.rsplit("/", 1)[-1]
+    if name.startswith("gemini-3"):
+        return {"thinkingLevel": (_LEVELS_FLASH if "flash" in name else _LEVELS_PRO)[effort]}
+    for pattern, (low, high, off) in _BUDGETS:
+        if pattern.match(name):
+            budget = budget_for_effort(effort)
+            if budget == 0 and off:
+                return {"thinkingBudget": 0}
+            return {"thinkingBudget": max(low, min(budget, high))}
+    return None
 
 
 def dropped(body: dict[str, Any]) -> list[str]:
-    """What ``build_body`` does not carry (``shapes.unmapped``)."""
-    return unmapped(body, MAPPED)
+    """What ``build_body`` does not carry (``shapes.unmapped``), and ``reasoning_effort`` on a model
+    without thinking controls."""
+    names = unmapped(body, MAPPED)
+    effort = body.get("reasoning_effort")
+    if effort is not None and thinking_config(str(body.get("model") or ""), effort) is None:
+        names.append("reasoning_effort")
+    return names
 
 
 def build_body(target: Target, body: dict[str, Any]) -> dict[str, Any]:
@@ -337,6 +374,9 @@ def build_body(target: Target, body: dict[str, Any]) -> dict[str, Any]:
         schema = (rf.get("json_schema") or {}).get("schema") if rf.get("type") == "json_schema" else None
         if isinstance(schema, dict):
             gen["responseSchema"] = to_gemini_schema(schema)
+    thinking = thinking_config(target.upstream_model, body.get("reasoning_effort"))
+    if thinking is not None:
+        gen["thinkingConfig"] = thinking
     if gen:
         out["generationConfig"] = gen
     return out

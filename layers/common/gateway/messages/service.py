@@ -16,8 +16,6 @@ Fallbacks (``MODEL_FALLBACKS``) of a native request are the ones Anthropic serve
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,12 +30,11 @@ from gateway.auth import Principal
 from gateway.catalog import registry
 from gateway.catalog.registry import ModelInfo
 from gateway.chat import service
+from gateway.chat.native import NativeBody, plan_native
 from gateway.chat.schema import ChatRequest
 from gateway.config import get_settings
-from gateway.errors import ContextLengthExceeded, ModelNotFound, UpstreamError
-from gateway.money.holds import hold_for
-from gateway.money.pricing import ZERO
-from gateway.translation import Translation, bad_request, dumps
+from gateway.errors import ModelNotFound, UpstreamError
+from gateway.translation import bad_request, dumps
 
 from . import native
 from .schema import CountTokensRequest, MessagesRequest
@@ -87,42 +84,15 @@ async def plan(request_id: str, principal: Principal, req: MessagesRequest, head
         return Plan(call=call, native=False, model=primary.id, dropped=t.dropped)
 
     forward, dropped_betas = native_headers(headers)
-    ids = [primary.id] + [m for m in settings.model_fallbacks.get(primary.id, []) if m != primary.id]
-    tier = settings.tier(principal.tier)
-    candidates: list[service.Candidate] = []
-    hold = ZERO
-    first: Translation | None = None
-    size = None
-    for mid in ids:
-        m = catalog.get(mid)
-        if m is None:
-            continue
-        target, is_byok = service.route(m, settings, byok_keys)
-        if target.provider != ANTHROPIC:
-            continue  # a fallback this path cannot send natively
+
+    def build(m: ModelInfo) -> NativeBody:
         t = native_body(req, m.upstream_model, max_tokens_limit=m.max_completion_tokens)
-        m_size = native.native_size(t.body)
-        if first is None:
-            first, size = t, m_size
-            estimate = m_size.estimate(m.id)
-            if estimate > m.context_length:
-                raise ContextLengthExceeded(
-                    f"This model's maximum context length is {m.context_length} tokens, but the messages are "
-                    f"about {estimate} tokens.", param="messages")
-        elif m_size.estimate(m.id) > m.context_length:
-            continue
-        limit = int(t.body["max_tokens"])
-        candidates.append(service.Candidate(model=m, target=target, byok=is_byok, output_limit=limit, body=t.body))
-        hold = max(hold, hold_for(m.price, m_size.bound(m.id, m.context_length), limit, m.markup_for(tier),
-                                  images=m_size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
-    assert first is not None and size is not None  # the primary routes to Anthropic
-    # The pipeline's view of the request (what records and the relay read): stream and output limit.
-    chat = ChatRequest.model_construct(model=primary.id, messages=[], stream=req.stream,
-                                       max_tokens=candidates[0].output_limit)
-    call = service.Call(request_id=request_id, principal=principal, req=chat, candidates=candidates, size=size,
-                        hold=hold, started=time.perf_counter(),
-                        deadline=asyncio.get_running_loop().time() + budget_s, buffered=buffered,
-                        wire=native.wire(forward), surface="messages")
+        return NativeBody(body=t.body, size=native.native_size(t.body), output_limit=int(t.body["max_tokens"]),
+                          dropped=t.dropped)
+
+    call, first = await plan_native(request_id, principal, primary, provider=ANTHROPIC, catalog=catalog,
+                                    byok_keys=byok_keys, build=build, wire=native.wire(forward), surface="messages",
+                                    stream=req.stream, budget_s=budget_s, buffered=buffered, param="messages")
     return Plan(call=call, native=True, model=primary.id, dropped=first.dropped + dropped_betas)
 
 

@@ -41,7 +41,8 @@ What the translation drops for non-Anthropic models (named in ``x-dropped-params
 ``mcp_servers``, ``diagnostics``, ``user_profile_id``, ``workspace_id``, top-level
 ``cache_control`` (automatic caching; block-level ``cache_control`` is kept on text parts, which
 OpenRouter honours, and dropped from images), ``thinking.display``, thinking and redacted-thinking
-blocks of earlier turns, citations, ``tool_result.is_error``, tool ``cache_control`` / extra tool
+blocks of earlier turns, citations, ``tool_result.is_error``, ``tool_result.cache_control`` (the
+block's; ``cache_control`` on the text blocks inside it is kept), tool ``cache_control`` / extra tool
 fields, ``disable_parallel_tool_use`` on ``tool_choice: none``.
 
 It refuses (400) what it cannot express: Anthropic-defined tools (``bash_…``, ``text_editor_…``,
@@ -54,7 +55,7 @@ known gap) and plain-text document parts; ``tool_use`` → ``tool_calls``; ``too
 ``tool`` messages (images in a result follow in a user message); ``tools`` → function tools;
 ``tool_choice`` auto/any/tool/none → auto/required/named/none (``disable_parallel_tool_use`` →
 ``parallel_tool_calls: false``); ``thinking`` enabled → ``reasoning_effort`` from the budget
-(≤2048 low, ≤8192 medium, else high); ``output_config.effort`` → ``reasoning_effort``;
+(``adapters.reasoning``: ≤2048 low, ≤8192 medium, else high); ``output_config.effort`` → ``reasoning_effort``;
 ``output_config.format`` → ``response_format`` json_schema; ``stop_sequences`` → ``stop``;
 ``temperature``/``top_p``; ``metadata.user_id`` → ``user``; ``max_tokens`` →
 ``max_completion_tokens`` (it bounds reasoning tokens too); ``stream`` → ``stream`` +
@@ -82,6 +83,7 @@ from starlette.responses import JSONResponse
 
 from gateway.adapters.anthropic import ANTHROPIC_VERSION, usage_from_anthropic
 from gateway.adapters.contract import Usage
+from gateway.adapters.reasoning import effort_for_budget
 from gateway.adapters.shapes import parse_tool_arguments
 from gateway.adapters.sse import SSEDecoder
 from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
@@ -216,13 +218,6 @@ def _reasoning(req: MessagesRequest | CountTokensRequest, body: dict[str, Any], 
         body["reasoning_effort"] = effort
 
 
-def effort_for_budget(budget_tokens: int) -> str:
-    """An Anthropic thinking budget as an OpenAI reasoning effort."""
-    if budget_tokens <= 2048:
-        return "low"
-    return "medium" if budget_tokens <= 8192 else "high"
-
-
 def _system_message(system: str | list[TextBlock] | None, t: Translation) -> dict[str, Any] | None:
     if system is None:
         return None
@@ -346,6 +341,8 @@ def _tool_message(block: ToolResultBlock, at: str, t: Translation,
     follow in the user message of the same turn)."""
     if block.is_error:
         t.drop("tool_result.is_error")
+    if block.cache_control is not None:
+        t.drop("tool_result.cache_control")
     content = block.content
     if content is None or isinstance(content, str):
         return {"role": "tool", "tool_call_id": block.tool_use_id, "content": content or ""}

@@ -1,9 +1,10 @@
 """``POST /v1/responses`` (the OpenAI Responses API, stateless).
 
-Thin: authenticate, parse, translate (``translate.to_chat``), then exactly the chat pipeline (plan,
-admit, call with fallback, settle: ``chat.service``) for every provider, OpenAI included, and the
-answer translated back (``to_response`` / the typed ``to_events`` stream). Errors are OpenAI's shape
-(the app's handlers), as on chat completions; nothing is stored (``x-response-stored: false``).
+Thin: authenticate, parse, plan (``responses.service``: native for a model OpenAI serves, else
+translated by ``translate.to_chat``), then the chat pipeline (admit, call with fallback, settle:
+``chat.service``) and the answer — OpenAI's own, or translated back (``to_response`` / the typed
+``to_events`` stream). Errors are OpenAI's shape (the app's handlers), as on chat completions;
+nothing is stored (``x-response-stored: false``).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from pydantic import ValidationError
 from gateway.auth import require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
-from gateway.chat.schema import ChatRequest
 from gateway.http import error_responses, server_request_id
 from gateway.observability import logger
 from gateway.translation import bad_request, new_id, translated_stream, with_dropped
 
+from . import service as responses
 from .schema import ResponsesRequest
-from .translate import STORED_HEADER, to_chat, to_events, to_response
+from .translate import STORED_HEADER, to_events, to_response
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
@@ -31,11 +32,9 @@ _OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ResponsesRequest.model_json_schema()}}}}
 
 
-def _parse[M: Any](model: type[M], data: Any) -> M:
+def _parse(raw: bytes) -> ResponsesRequest:
     try:
-        if isinstance(data, bytes):
-            return model.model_validate_json(data)  # type: ignore[attr-defined, no-any-return]
-        return model.model_validate(data)  # type: ignore[attr-defined, no-any-return]
+        return ResponsesRequest.model_validate_json(raw)
     except ValidationError as exc:
         raise bad_request(exc) from None
 
@@ -43,25 +42,24 @@ def _parse[M: Any](model: type[M], data: Any) -> M:
 @router.post("/v1/responses", response_model=None, openapi_extra=_OPENAPI)
 async def create_response(request: Request) -> Any:
     principal = await require_api_key(request)
-    req = _parse(ResponsesRequest, await request.body())
-    t = to_chat(req)
-    chat = _parse(ChatRequest, t.body)
+    req = _parse(await request.body())
     request_id = server_request_id(request)
-    if t.dropped:
-        logger.info("parameters not forwarded", extra={"request_id": request_id, "model": req.model,
-                                                       "dropped": t.dropped})
     budget_s, buffered = service.budget_for(request.scope)
-    call = await service.plan(request_id, principal, chat, budget_s=budget_s, buffered=buffered)
-    call.surface = "responses"
+    plan = await responses.plan(request_id, principal, req, budget_s=budget_s, buffered=buffered)
+    call = plan.call
+    if plan.dropped:
+        logger.info("parameters not forwarded", extra={"request_id": request_id, "model": req.model,
+                                                       "dropped": plan.dropped})
     await service.admit(call)
     response_id = new_id("resp_")
     if req.stream:
         relay = await service.open_stream(call)
-        body = await translated_stream(relay, lambda chunks: to_events(
+        body = relay if plan.native else await translated_stream(relay, lambda chunks: to_events(
             chunks, req, model=req.model, response_id=response_id, final_usage=lambda: call.usage))
         return RelayResponse(call, body, with_dropped({**STREAM_HEADERS, **call.rate_headers, STORED_HEADER: "false"},
-                                                      t.dropped))
+                                                      plan.dropped))
     response, record = await service.complete(call)
-    headers = with_dropped({**call.rate_headers, STORED_HEADER: "false"}, t.dropped)
-    return await service.respond(call, response, record, headers=headers, build=lambda completion: to_response(
-        completion, req, usage=call.usage, response_id=response_id))
+    headers = with_dropped({**call.rate_headers, STORED_HEADER: "false"}, plan.dropped)
+    build = None if plan.native else (lambda completion: to_response(completion, req, usage=call.usage,
+                                                                     response_id=response_id))
+    return await service.respond(call, response, record, headers=headers, build=build)

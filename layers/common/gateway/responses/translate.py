@@ -8,8 +8,9 @@ Interface for the route (``gateway/responses/routes.py``, to be wired)::
     non-stream: completion, usage = pipeline(t.body)  →  to_response(completion, req, usage=usage)
     stream:     to_events(chat_chunks(pipeline_bytes), req, model=..., final_usage=lambda: upstream.usage)
 
-The same translation serves every provider (OpenAI included: its chat endpoint bills the same
-tokens as its Responses endpoint; reasoning items cannot round-trip, see below).
+The translation serves every provider but OpenAI itself (``native.py`` passes OpenAI's own format
+through), and an OpenAI model reached through OpenRouter; reasoning items cannot round-trip, see
+below.
 
 **Storage.** The API's ``store`` defaults to true and the official SDK sends ``store`` only when
 set. We never store a response: ``store`` (any value) is accepted, not forwarded (a chat
@@ -110,7 +111,7 @@ def response_headers(t: Translation) -> dict[str, str]:
 # =============================================================================== request → chat
 def to_chat(req: ResponsesRequest) -> Translation:
     t = Translation(body={})
-    _refuse_stateful(req)
+    refuse_stateful(req)
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -148,7 +149,7 @@ def to_chat(req: ResponsesRequest) -> Translation:
     return t
 
 
-def _refuse_stateful(req: ResponsesRequest) -> None:
+def refuse_stateful(req: ResponsesRequest) -> None:
     for name, why in STATEFUL.items():
         if getattr(req, name) is not None:
             raise BadRequest(f"`{name}` is not supported: this gateway does not store responses ({why}); send the "
