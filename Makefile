@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install services lint typecheck pytest pytest-pgbouncer sam-validate lock lock-upgrade lock-check bench bench-peers bench-lambda clean
+.PHONY: dev test install services lint typecheck pytest pytest-pgbouncer sam-validate lock lock-upgrade lock-check bench bench-surfaces bench-peers bench-lambda clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,12 @@ lock-check:
 
 bench: install services
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.surfaces
+
+## make bench-surfaces — overhead of chat, /v1/messages (native, translated), /v1/responses and
+## /v1/embeddings over a direct call to the fake upstream, c=1 and c=16, then the money check
+bench-surfaces: install services
+	$(BIN)/python -m bench.surfaces $(BENCH_ARGS)
 
 ## make bench-peers — our gateway next to LiteLLM, Portkey, a naive billing gateway and a bare
 ## passthrough (installed on first use into .local/peers/), same fake upstream; prints the issue-15 table.

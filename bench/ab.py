@@ -16,7 +16,10 @@ the median of the per-round differences B - A, and how many rounds B was faster.
 average is printed at the start and at the end.
 
 Cases: ``c1`` (non-streaming, sequential), ``c16`` (non-streaming, 16 connections), ``stream``
-(c=1, TTFB and whole stream), ``slow1`` / ``slow16`` (the upstream waits 100 ms before answering).
+(c=1, TTFB and whole stream), ``slow1`` / ``slow16`` (the upstream waits 100 ms before answering),
+``cold`` (one cold start of the query function per side and round: bench/coldstart.py in a fresh
+interpreter from the side's tree, Lambda environment, tracer off: import, first invocation, their
+sum, CPU to the end of the first invocation, peak RSS after 50 invocations).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.harness import cpu_seconds, descendants, load_average, measure, warm_up
+from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
 from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
@@ -93,7 +96,28 @@ CASES: dict[str, tuple[Callable[[], dict[str, Any]], int, int, bool]] = {
 }
 
 
+def cold(side: Side, svc: Services) -> None:
+    import json
+
+    from bench.lambda_bench import lambda_env
+
+    env = lambda_env(svc, tracing=False)
+    env.update(side.env, BENCH_API_KEY=svc.api_key, PYTHONPATH=f"{side.tree / 'layers' / 'common'}:{side.tree}")
+    t0 = time.time()
+    done = subprocess.run([sys.executable, "-m", "bench.coldstart", "--invocations", "50"], cwd=side.tree, env=env,
+                          capture_output=True, text=True, timeout=180, check=True)
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    interpreter_ms = (row["started_wall"] - t0) * 1000
+    side.samples.setdefault("cold", []).append({
+        "import_ms": row["import_ms"], "first_ms": row["first_ms"],
+        "init_ms": interpreter_ms + row["import_ms"] + row["first_ms"], "init_cpu_ms": row["init_cpu_ms"],
+        "peak_rss_mib": row["peak_rss_mib"], "errors": 0})
+
+
 async def one(side: Side, svc: Services, case: str, batch: int) -> None:
+    if case == "cold":
+        cold(side, svc)
+        return
     make_body, mult, conc, stream = CASES[case]
     n = batch * mult if mult else (20 if conc == 1 else 160)
     assert side.proc is not None
@@ -103,12 +127,16 @@ async def one(side: Side, svc: Services, case: str, batch: int) -> None:
                       stream=stream, warmup=2)
     r["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / (n + 2)
     r["upstash"] = (svc.upstash_commands() - up0) / (n + 2)
+    r["rss_mib"] = rss_mib(pids)
     side.samples.setdefault(case, []).append(r)
 
 
 def summary(a: Side, b: Side, cases: list[str]) -> str:
     keys = [("p50", "p50 ms"), ("p99", "p99 ms"), ("ttfb_p50", "TTFB p50 ms"), ("rps", "req/s"),
-            ("cpu_ms", "CPU ms/req"), ("upstash", "Upstash cmd/req")]
+            ("cpu_ms", "CPU ms/req"), ("upstash", "Upstash cmd/req"), ("import_ms", "import ms"),
+            ("first_ms", "first invocation ms"), ("init_ms", "interpreter + import + first ms"),
+            ("init_cpu_ms", "CPU ms to the end of the first invocation"), ("peak_rss_mib", "peak RSS MiB"),
+            ("rss_mib", "RSS after the case MiB")]
     lines = ["| case | figure | A median | B median | median of B - A per round | B better in |",
              "|---|---|---|---|---|---|"]
     for case in cases:
@@ -140,6 +168,8 @@ async def main_async(args: argparse.Namespace) -> None:
     svc = start_services("mlp_ab")
     try:
         for side in (a, b):
+            if cases == ["cold"]:
+                break  # no server needed
             start(side, svc, side.env)
             await warm_up(side.url, {"authorization": f"Bearer {svc.api_key}"}, chat_body(), 100)
         started = time.time()

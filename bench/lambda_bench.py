@@ -15,8 +15,8 @@ process so that this process's CPU time is the function's:
    does under Mangum. Logs and EMF metrics go to stdout, as in Lambda, and are counted (bytes).
    Per invocation: wall time and CPU time (this process); billed ms = wall rounded up to 1 ms.
 2. The streaming function (functions/query/run.sh: uvicorn behind the Lambda Web Adapter) under
-   uvicorn with the layer's dependencies (asyncio loop, h11: uvloop/httptools are not in the
-   layer); a streamed request's duration is what the adapter bills.
+   uvicorn as run.sh starts it (uvloop + httptools, layer dependencies since issue 15 lever 9);
+   a streamed request's duration is what the adapter bills.
 3. Cold start of the query function in a fresh interpreter: import (which builds the app), the
    first invocation (lazy setup: DB pool, catalogue, Upstash and HTTP clients) and the next ones,
    with the X-Ray tracer off and on (on is how it is deployed: Tracing: Active).
@@ -219,7 +219,8 @@ async def run_streaming(svc: Services, n: int, memory_mb: int) -> dict[str, Any]
     env = svc.gateway_env(AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_LOG_LEVEL="INFO",
                           POWERTOOLS_TRACE_DISABLED="true")
     proc = spawn("stream", [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host",
-                            "127.0.0.1", "--port", str(port), "--no-access-log", "--loop", "asyncio", "--http", "h11"],
+                            "127.0.0.1", "--port", str(port), "--no-access-log", "--loop", "uvloop",
+                            "--http", "httptools"],
                  env=env)
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -280,7 +281,7 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
                 f"(transactions), {query_usage['db_active_ms']:.3f} ms Postgres active time (statements executing, "
                 f"commit flushes included), {query_usage['db_cpu_ms']:.3f} ms Postgres backend CPU, "
                 f"{query_usage['upstash_commands']:.2f} Upstash commands.", ""]
-    out += [f"Streaming function (uvicorn, asyncio + h11 as in the layer), c=1, {stream['n']} streams: duration "
+    out += [f"Streaming function (uvicorn, uvloop + httptools as run.sh), c=1, {stream['n']} streams: duration "
             f"p50 {stream['p50']:.2f} ms (direct to the upstream {stream['direct_p50']:.2f}), p99 {stream['p99']:.2f}, "
             f"first byte p50 {stream['ttfb_p50']:.2f} ms, CPU {stream['cpu_ms']:.2f} ms per stream, billed "
             f"{stream['billed']} ms at {stream['memory_mb']} MB; non-200: {int(stream['errors'])}.", ""]
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stream-requests", type=int, default=500)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--tracing", action="store_true", help="X-Ray tracer on for the buffered invocations")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold starts of the query function (tracer off), medians and each run")
     parser.add_argument("--db-utilisation", type=float, default=0.25)
     parser.add_argument("--cold-start-rate", type=float, default=0.01)
     parser.add_argument("--network-ms", type=float, default=3.0,
@@ -359,6 +362,15 @@ def main(argv: list[str] | None = None) -> None:
     load_before = load_average()
     svc = start_services()
     try:
+        if args.cold_only:
+            rows = cold_starts(svc, args.cold_runs, tracing=False)
+            keys = ("interpreter_ms", "import_ms", "first_ms", "init_ms", "import_cpu_ms", "init_cpu_ms",
+                    "peak_rss_mib")
+            print(f"load {load_before} -> {load_average()}; medians of {len(rows)} cold starts (tracer off): " +
+                  ", ".join(f"{k} {_median(rows, k):.1f}" for k in keys if k in rows[0]))
+            for r in rows:
+                print("  " + ", ".join(f"{k} {r[k]:.1f}" for k in keys if k in r))
+            return
         cold = {"off": cold_starts(svc, args.cold_runs, tracing=False),
                 "on (as deployed)": cold_starts(svc, args.cold_runs, tracing=True)}
         series, query_usage = run_buffered(svc, args.invocations, args.tracing)

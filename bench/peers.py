@@ -156,7 +156,8 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
     if key == "ours":
         return Peer(key, "ours: query function (full billing)",
                     [py, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host", "127.0.0.1",
-                     "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                     "--port", str(port), "--no-access-log", "--log-level", "warning",
+                     "--loop", "uvloop", "--http", "httptools"],  # as run.sh
                     svc.gateway_env(), port, ours_headers, _our_version())
     if key == "ours-all":
         return Peer(key, "ours: all functions in one process",

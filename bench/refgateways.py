@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
 
         from aiohttp import web
 
-        if importlib.util.find_spec("uvloop") is not None:  # when installed (not in the dev install)
+        if importlib.util.find_spec("uvloop") is not None:  # a layer dependency since issue 15 lever 9
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -280,8 +281,45 @@ def test_common_layer(template: dict[str, Any]) -> None:
     assert props["ContentUri"].rstrip("/") == "layers/common"
     assert props["CompatibleRuntimes"] == ["python3.12"]
     assert "arm64" in props.get("CompatibleArchitectures", [])
-    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    assert layer["Metadata"]["BuildMethod"] == "makefile"  # layers/common/Makefile: wheels + bytecode
+    assert layer["Metadata"]["BuildArchitecture"] == "arm64"
     assert (REPO_ROOT / "layers/common/gateway").is_dir()
+
+
+def _python312() -> str | None:
+    """A real CPython 3.12 (pyenv's, or on PATH), as `sam build` needs."""
+    pyenv = [str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"))]
+    for candidate in [*pyenv, shutil.which("python3.12")]:
+        check = "import sys; assert sys.version_info[:2] == (3, 12)"
+        if candidate and subprocess.run([candidate, "-c", check], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+def test_layer_build_ships_unchecked_bytecode(tmp_path: Path) -> None:
+    """What `sam build` runs for CommonLayer (``make build-CommonLayer``), with one locked wheel from
+    requirements.txt: the gateway package and the wheel land under python/, every module with its
+    CPython 3.12 bytecode, hash-based and unchecked (Lambda's code directories are read-only, and the
+    zip does not keep mtimes exactly: timestamp .pyc files would be recompiled at every cold start)."""
+    python = _python312()
+    if python is None:
+        pytest.skip("python3.12 is not installed (sam build needs it too)")
+    lock = (LAYER_DIR / "requirements.txt").read_text()
+    block = re.search(r"^typing-extensions==.*?(?=^\S)", lock, re.M | re.S)
+    assert block is not None, "typing-extensions is no longer in the layer lock: pick another small wheel"
+    (tmp_path / "req.txt").write_text(block.group(0))
+    out = tmp_path / "artifacts"
+    subprocess.run(["make", "-s", "-C", str(LAYER_DIR), "build-CommonLayer", f"ARTIFACTS_DIR={out}",
+                    f"REQUIREMENTS={tmp_path / 'req.txt'}", f"PYTHON={python}"], check=True, capture_output=True)
+    root = out / "python"
+    assert (root / "typing_extensions.py").is_file() and (root / "gateway" / "chat" / "service.py").is_file()
+    sources = [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
+    assert len(sources) > 50
+    for source in sources:
+        compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-312.pyc"
+        assert compiled.is_file(), f"{source.relative_to(root)} has no bytecode"
+        flags = int.from_bytes(compiled.read_bytes()[4:8], "little")
+        assert flags == 0b01, f"{compiled.relative_to(root)}: not unchecked-hash bytecode (flags {flags})"
 
 
 def test_layer_requirements_exist() -> None:

@@ -66,6 +66,19 @@ async def test_stale_keepalive_connection_is_retried_once(proxied: TcpProxy) -> 
     assert proxied.dropped == 1 and proxied.accepted == 2  # the first try used the stale connection
 
 
+async def test_client_is_built_without_upstash_redis_own_http_client(proxied: TcpProxy) -> None:
+    """make_client never builds upstash-redis's httpx executor (a CA bundle load on the cold
+    start); the library's class is put back, and ours answers."""
+    import upstash_redis.asyncio.client as lib
+    import upstash_redis.http
+
+    client = upstash.make_client()
+    assert isinstance(client._http, upstash.AiohttpExecutor)
+    assert lib.AsyncHttpClient is upstash_redis.http.AsyncHttpClient
+    assert await client.ping() == "PONG"
+    await client._http.close()
+
+
 async def test_refused_connection_is_not_retried(proxied: TcpProxy) -> None:
     proxied.set_mode("refuse")
     result, _ = await _timed_ping()

@@ -376,3 +376,23 @@ async def test_create_http_client_custom_timeout() -> None:
         assert client.timeout.read == 1.0
     finally:
         await client.aclose()
+
+
+async def test_upstream_connections_share_one_tls_context() -> None:
+    """The upstream client does not load a CA bundle of its own: it verifies with the context
+    aiohttp already built (a CA bundle costs tens of ms and 1-2.5 MiB of a cold start)."""
+    import ssl
+
+    import aiohttp.connector
+
+    from gateway.adapters.http_client import shared_ssl_context
+
+    ctx = shared_ssl_context()
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert ctx is shared_ssl_context()
+    client = create_http_client()
+    try:
+        assert client._transport.ssl_context is ctx  # type: ignore[attr-defined]
+        assert ctx is getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ctx)
+    finally:
+        await client.aclose()

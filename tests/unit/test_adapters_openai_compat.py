@@ -299,6 +299,46 @@ async def test_stream_chunks_and_usage() -> None:
     assert up.stream is not None and up.stream.closed
 
 
+def compact(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    """A chunk as OpenAI sends it: compact JSON, UTF-8, ``"usage":null`` with include_usage."""
+    obj = {"id": "chatcmpl-123", "object": "chat.completion.chunk", "created": 1694268190,
+           "model": "gpt-4o-mini-2024-07-18", "service_tier": "default", "system_fingerprint": "fp_44709d6fcb",
+           "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], "usage": None,
+           "obfuscation": "x1", **extra}
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+async def test_stream_relays_the_upstream_bytes_with_our_model_name() -> None:
+    """Compact OpenAI chunks are relayed as the upstream's own text with the model renamed and the
+    ``"usage":null`` removed (no second serialisation); other forms are serialised from the chunk.
+    Either way the frame decodes to exactly the chunk every other consumer reads."""
+    from gateway.adapters.sse import FramedChunk
+    from gateway.chat.service import _sse
+
+    pieces = [
+        compact({"role": "assistant", "content": ""}),
+        compact({"content": "Grüße \"model\":\"gpt-4o-mini-2024-07-18\""}),  # the needle inside content
+        chunk({"content": " spaced"}, usage=None),                        # json.dumps' default spacing
+        compact({"content": "!"}, provider="OpenAI"),                       # a key we drop
+        compact({}, "stop"),
+        USAGE_CHUNK,
+        b"data: [DONE]\n\n",
+    ]
+    up = Upstream(pieces=pieces)
+    async with up.client() as client:
+        chunks = await collect(get_adapter("openai").stream(client, OPENAI, {**BODY, "stream": True}))
+    assert [type(c) is FramedChunk for c in chunks] == [True, True, False, False, True]
+    for c in chunks:
+        frame = _sse(c)
+        assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
+        assert json.loads(frame[6:]) == dict(c)
+        assert c["model"] == "openai/gpt-4o-mini" and "usage" not in c and "provider" not in c
+    relayed = _sse(chunks[1]).decode()
+    assert "Grüße" in relayed and relayed.count('"model":"openai/gpt-4o-mini"') == 1
+    assert chunks[1]["choices"][0]["delta"]["content"] == 'Grüße "model":"gpt-4o-mini-2024-07-18"'
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 async def test_stream_tool_call_deltas() -> None:
     pieces = [
         chunk({"role": "assistant", "content": None, "tool_calls": [

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
+import aiohttp.connector
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -38,6 +40,15 @@ def default_timeout(settings: Any = None) -> httpx.Timeout:
                          write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S)
 
 
+def shared_ssl_context() -> ssl.SSLContext:
+    """The verified TLS context every upstream connection uses: the one aiohttp built when it was
+    imported (the system CA store, as our Upstash client's aiohttp sessions use). Loading a CA
+    bundle again (httpx's default: certifi's) costs ~20-80 ms and ~1-2.5 MiB per copy on a cold
+    start (BENCHMARKS.md, issue 15 lever 8)."""
+    ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)
+    return ctx if isinstance(ctx, ssl.SSLContext) else httpx.create_ssl_context()
+
+
 def create_http_client(settings: Any = None, *, timeout: httpx.Timeout | None = None,
                        limits: httpx.Limits | None = None) -> httpx.AsyncClient:
     """A new client with the aiohttp transport (the caller owns it; ``await client.aclose()``).
@@ -47,7 +58,7 @@ def create_http_client(settings: Any = None, *, timeout: httpx.Timeout | None = 
     a stream), ``pool`` → aiohttp ``connect`` (waiting for a pooled connection *plus* connecting).
     """
     limits = limits or DEFAULT_LIMITS
-    transport = AiohttpTransport(limits=limits)
+    transport = AiohttpTransport(verify=shared_ssl_context(), limits=limits)
     return httpx.AsyncClient(
         transport=transport,
         timeout=timeout or default_timeout(settings),

@@ -16,7 +16,7 @@ import httpx
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
 from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
-from gateway.adapters.sse import SSEEvent
+from gateway.adapters.sse import FramedChunk, SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
 from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
 
@@ -190,7 +190,28 @@ class OpenAIStream(SSEUpstreamStream):
         chunk = {k: v for k, v in obj.items() if k not in DROP_FROM_OUTPUT and k != "usage" and k != "x_groq"}
         chunk["object"] = "chat.completion.chunk"
         chunk["model"] = self._target.public_id
-        return [chunk]
+        sse = self._relayed(data, obj)
+        return [FramedChunk(chunk, sse) if sse is not None else chunk]
+
+    def _relayed(self, data: str, obj: dict[str, Any]) -> bytes | None:
+        """The upstream's own event as our ``data:`` frame, when it differs from the chunk above
+        only by the model name and a ``"usage":null`` (OpenAI's form, compact JSON): those are
+        edited in the text, so the chunk is not serialised again. None otherwise (the relay then
+        serialises the chunk)."""
+        model = obj.get("model")
+        if (obj.get("object") != "chat.completion.chunk" or not isinstance(model, str) or "\n" in data
+                or "x_groq" in obj or any(k in obj for k in DROP_FROM_OUTPUT)):
+            return None
+        if "usage" in obj:
+            if obj["usage"] is not None or data.count(',"usage":null') != 1:
+                return None
+            data = data.replace(',"usage":null', "", 1)
+        needle = f'"model":{json.dumps(model)}'
+        if data.count(needle) != 1:
+            return None
+        if model != self._target.public_id:
+            data = data.replace(needle, f'"model":{json.dumps(self._target.public_id)}', 1)
+        return b"data: " + data.encode() + b"\n\n"
 
     def _on_eof(self) -> None:
         # Some compat servers (older Ollama/llama.cpp builds) end the body without "[DONE]".

@@ -16,6 +16,18 @@ class SSEEvent:
     data: str
 
 
+class FramedChunk(dict):  # type: ignore[type-arg]
+    """A chat chunk (the dict every consumer reads) that also carries its ``data:`` frame, made
+    from the upstream's own bytes by the adapter: the chat relay sends ``sse`` instead of
+    serialising the dict again (issue 15 lever 6b). Built once, never changed afterwards."""
+
+    __slots__ = ("sse",)
+
+    def __init__(self, chunk: dict, sse: bytes) -> None:  # type: ignore[type-arg]
+        super().__init__(chunk)
+        self.sse = sse
+
+
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 

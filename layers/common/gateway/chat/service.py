@@ -44,6 +44,7 @@ from ..adapters import registry as providers
 from ..adapters.contract import Adapter, Target, UpstreamStream, Usage
 from ..adapters.http_client import get_http_client
 from ..adapters.registry import OPENROUTER, get_adapter
+from ..adapters.sse import FramedChunk
 from ..adapters.tokens import PromptSize, measure_prompt
 from ..auth import Principal
 from ..catalog import registry
@@ -92,6 +93,8 @@ class Candidate:
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
+    if type(obj) is FramedChunk:  # the upstream's own bytes, already framed (adapters/openai_compat.py)
+        return obj.sse
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
