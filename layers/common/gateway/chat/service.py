@@ -385,7 +385,7 @@ async def admit(call: Call) -> None:
 
 
 # --------------------------------------------------------------------------- records and settlement
-def _record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
+def usage_record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
             error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
     record = ledger.UsageRecord(
@@ -467,7 +467,7 @@ async def _mark_sent(request_id: str) -> None:
                        extra={"request_id": request_id, "error": type(exc).__name__})
 
 
-def _sending(call: Call) -> None:
+def sending(call: Call) -> None:
     """The request is about to reach a provider: if it is still running after
     ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
     if call.mark is None:
@@ -515,7 +515,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "attempts": call.attempts, "surface": call.surface})
 
 
-async def _shielded_finish(call: Call, record: ledger.UsageRecord) -> None:
+async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
     with anyio.CancelScope(shield=True):
         await _finish(call, record)
 
@@ -553,7 +553,7 @@ async def _first_answer(call: Call, attempt: Callable[[Candidate], Awaitable[T]]
             last = deadline_error()
             break
         call.attempts.append(c.model.id)
-        _sending(call)
+        sending(call)
         try:
             return c, await attempt(c)
         except Unanswered as miss:
@@ -562,7 +562,7 @@ async def _first_answer(call: Call, attempt: Callable[[Candidate], Awaitable[T]]
                 continue
             break
     assert last is not None
-    await _shielded_finish(call, _record(call, "failed", error=last))
+    await finish_shielded(call, usage_record(call, "failed", error=last))
     raise last
 
 
@@ -592,26 +592,27 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
             # A non-streaming answer only comes when the generation is done, and the provider bills
             # a generation it started: charge the output limit, marked estimated.
             expired = deadline_error()
-            await _shielded_finish(call, _record(call, "timeout", candidate=c, usage=limit_usage(call, c),
+            await finish_shielded(call, usage_record(call, "timeout", candidate=c, usage=limit_usage(call, c),
                                                  error=expired))
             raise expired from None
         except UpstreamError as err:
             if err.billed_usage is not None:  # a 200 the provider billed but we could not use
-                await _shielded_finish(call, _record(call, "failed", candidate=c, usage=err.billed_usage, error=err))
+                await finish_shielded(call, usage_record(call, "failed", candidate=c, usage=err.billed_usage,
+                                                         error=err))
                 raise
             if err.code == "response_build_failed":
-                await _shielded_finish(call, _record(call, "failed", candidate=c, usage=limit_usage(call, c),
+                await finish_shielded(call, usage_record(call, "failed", candidate=c, usage=limit_usage(call, c),
                                                      error=err))
                 raise
             raise Unanswered(err) from err
         except GatewayError as err:  # refused before sending (e.g. a part this provider cannot take)
-            await _shielded_finish(call, _record(call, "failed", candidate=c, error=err))
+            await finish_shielded(call, usage_record(call, "failed", candidate=c, error=err))
             raise
         except asyncio.CancelledError:  # the call was on its way: the provider bills it
-            await _shielded_finish(call, _record(call, "cancelled", candidate=c, usage=limit_usage(call, c)))
+            await finish_shielded(call, usage_record(call, "cancelled", candidate=c, usage=limit_usage(call, c)))
             raise
         except Exception:  # a bug building the request: nothing was sent
-            await _shielded_finish(call, _record(call, "failed", candidate=c))
+            await finish_shielded(call, usage_record(call, "failed", candidate=c))
             raise
 
     c, (response, usage) = await _first_answer(call, attempt)
@@ -619,7 +620,7 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
     call.usage = usage
     # the adapter already set ``model`` (target.public_id == model id) and ``usage``
     # (including provider details such as reasoning tokens)
-    return response, _record(call, "ok", candidate=c, usage=usage)
+    return response, usage_record(call, "ok", candidate=c, usage=usage)
 
 
 async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord, *,
@@ -636,12 +637,12 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
         rendered = JSONResponse(body, headers={**call.rate_headers, **(headers or {})})
     except BaseException:
         record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
-        await _shielded_finish(call, record)
+        await finish_shielded(call, record)
         raise
     if in_lambda():
-        await _shielded_finish(call, record)
+        await finish_shielded(call, record)
     else:
-        rendered.background = BackgroundTask(_shielded_finish, call, record)
+        rendered.background = BackgroundTask(finish_shielded, call, record)
     return rendered
 
 
@@ -663,18 +664,18 @@ async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRec
     except BaseException:
         with anyio.CancelScope(shield=True):
             await upstream.aclose()
-            await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
+            await _finish(call, usage_record(call, "cancelled", candidate=c, usage=upstream.usage))
         raise
     finally:
         timer.cancel()
     usage = call.usage = upstream.usage
     failure = deadline_error() if call.timed_out else error
     if failure is not None:
-        await _shielded_finish(call, _record(call, "timeout" if call.timed_out else "partial", candidate=c,
+        await finish_shielded(call, usage_record(call, "timeout" if call.timed_out else "partial", candidate=c,
                                              usage=usage, error=failure))
         raise failure
     assert usage is not None
-    return call.wire.assemble(chunks, c.model.id, usage), _record(call, "ok", candidate=c, usage=usage)
+    return call.wire.assemble(chunks, c.model.id, usage), usage_record(call, "ok", candidate=c, usage=usage)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -710,7 +711,7 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
             expired = deadline_error()
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-                await _finish(call, _record(call, "timeout", candidate=c, usage=upstream.usage, error=expired))
+                await _finish(call, usage_record(call, "timeout", candidate=c, usage=upstream.usage, error=expired))
             raise expired from None
         except UpstreamError as err:
             await upstream.aclose()
@@ -718,7 +719,7 @@ async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, A
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await upstream.aclose()
-                await _finish(call, _record(call, "cancelled", candidate=c, usage=upstream.usage))
+                await _finish(call, usage_record(call, "cancelled", candidate=c, usage=upstream.usage))
             raise
         return upstream, iterator, first
 
@@ -778,7 +779,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             usage = upstream.usage
             if call.client_gone and (usage is None or not usage.reported):
                 usage = limit_usage(call, c)  # the client left and the provider's usage never came
-            await _finish(call, _record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
+            await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
 
 
 async def _drain(call: Call, iterator: Any) -> None:

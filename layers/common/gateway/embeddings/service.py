@@ -7,7 +7,7 @@ Money: the hold is an upper bound of the input tokens a provider can bill
 (``schema.hold_tokens``: UTF-8 bytes per text, token ids exactly, each item at most the model's
 input limit) at the model's input price, x (1 + markup), rounded once, up (``money.holds.hold_for``
 with no output). The charge is the provider's reported ``prompt_tokens`` at the same price
-(``chat.service._record``), or, where it reports none (Gemini), the estimate of
+(``chat.service.usage_record``), or, where it reports none (Gemini), the estimate of
 ``schema.estimate_input_tokens`` marked estimated (and ``x-usage-estimated: true`` on the answer).
 A call that reached the provider is billed even when it fails afterwards (timeout, cancellation,
 an answer we cannot use): at the estimate.
@@ -169,37 +169,37 @@ async def embed(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[str, Any]
     c = call.candidates[0]
     if call.remaining() <= 0:
         expired = chat.deadline_error()
-        await chat._shielded_finish(call, chat._record(call, "failed", error=expired))
+        await chat.finish_shielded(call, chat.usage_record(call, "failed", error=expired))
         raise expired
     call.attempts.append(c.model.id)
-    chat._sending(call)
+    chat.sending(call)
     try:
         async with asyncio.timeout_at(call.deadline):
             response, usage = await _call_provider(call, req)
     except TimeoutError:  # the provider got the inputs: it bills them
         expired = chat.deadline_error()
-        await chat._shielded_finish(call, chat._record(call, "timeout", candidate=c, usage=input_usage(call),
+        await chat.finish_shielded(call, chat.usage_record(call, "timeout", candidate=c, usage=input_usage(call),
                                                        error=expired))
         raise expired from None
     except UpstreamError as err:
         if err.billed_usage is not None:  # a 200 the provider billed but we could not use
-            await chat._shielded_finish(call, chat._record(call, "failed", candidate=c, usage=err.billed_usage,
+            await chat.finish_shielded(call, chat.usage_record(call, "failed", candidate=c, usage=err.billed_usage,
                                                            error=err))
         else:
-            await chat._shielded_finish(call, chat._record(call, "failed", error=err))
+            await chat.finish_shielded(call, chat.usage_record(call, "failed", error=err))
         raise
     except GatewayError as err:  # refused before sending
-        await chat._shielded_finish(call, chat._record(call, "failed", candidate=c, error=err))
+        await chat.finish_shielded(call, chat.usage_record(call, "failed", candidate=c, error=err))
         raise
     except asyncio.CancelledError:  # the call was on its way: the provider bills it
-        await chat._shielded_finish(call, chat._record(call, "cancelled", candidate=c, usage=input_usage(call)))
+        await chat.finish_shielded(call, chat.usage_record(call, "cancelled", candidate=c, usage=input_usage(call)))
         raise
     except Exception:  # a bug building the request: nothing was sent
-        await chat._shielded_finish(call, chat._record(call, "failed", candidate=c))
+        await chat.finish_shielded(call, chat.usage_record(call, "failed", candidate=c))
         raise
     if not usage.reported:
         call.rate_headers = {**call.rate_headers, ESTIMATED_HEADER: "true"}
-    return response, chat._record(call, "ok", candidate=c, usage=usage)
+    return response, chat.usage_record(call, "ok", candidate=c, usage=usage)
 
 
 __all__ = ["ESTIMATED_HEADER", "embed", "input_usage", "plan", "upstream_body"]
