@@ -28,6 +28,9 @@ def _alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize(("function", "parameter"), [
     ("QueryFunction", "QueryReservedConcurrency"),
     ("QueryStreamFunction", "QueryStreamReservedConcurrency"),
+    ("MessagesFunction", "MessagesReservedConcurrency"),
+    ("ResponsesFunction", "ResponsesReservedConcurrency"),
+    ("EmbeddingsFunction", "EmbeddingsReservedConcurrency"),
     ("WebhooksFunction", "WebhooksReservedConcurrency"),
 ])
 def test_reserved_concurrency_parameters_unset_by_default(template: dict[str, Any], function: str,
