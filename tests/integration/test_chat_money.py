@@ -324,6 +324,27 @@ async def test_non_streaming_call_past_the_deadline_is_504_and_charged_what_the_
     assert balance(database_url, user.user_id)["reserved"] == 0
 
 
+async def test_a_file_without_the_providers_count_is_charged_at_the_bound_held_for_it(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """A file's tokens are not in our estimate: when the provider's usage never comes (here the
+    deadline stops a non-streaming call) the prompt is charged at the context length the hold
+    reserved for the file, not at the few tokens of the surrounding text."""
+    setting(request_deadline_s=0.5)
+    user = await make_user("5")
+    pdf = "data:application/pdf;base64," + "JVBERi0xLjQK" * 2000
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o", "max_tokens": 50, "messages": [{"role": "user", "content": [
+            {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}},
+            {"type": "text", "text": "slow [[ttfb:3]]"}]}]})
+    assert r.status_code == 504, r.text
+    rec = records(database_url, user.user_id)[0]
+    context = (await registry.models())["openai/gpt-4o"].context_length
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["prompt_tokens"] == context and rec["completion_tokens"] == 50
+    assert rec["charge"] <= rec["hold"]
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
 async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_produced(
         api: Any, make_user: Any, setting: Any, database_url: str) -> None:
     setting(request_deadline_s=0.6)

@@ -29,7 +29,7 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -386,7 +386,7 @@ async def admit(call: Call) -> None:
 
 # --------------------------------------------------------------------------- records and settlement
 def usage_record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
-            error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
+                 error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
     record = ledger.UsageRecord(
         request_id=call.request_id, user_id=call.principal.user_id, api_key_id=call.principal.key_id,
@@ -402,6 +402,12 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
+        if call.size.files and not usage.reported:
+            # A file's tokens are not in our estimate (its size is unknown until the provider reads it):
+            # without the provider's count, the prompt is charged at the bound the hold reserved for it.
+            usage = replace(usage, prompt_tokens=max(usage.prompt_tokens,
+                                                     call.size.bound(candidate.model.id,
+                                                                     candidate.model.context_length)))
         record.count(usage)
         record.estimated = not usage.reported
         cost = candidate.model.price.cost_of(usage)
