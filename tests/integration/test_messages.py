@@ -205,6 +205,23 @@ async def test_errors_before_the_route_are_anthropic_shaped_too(http: Any, make_
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
+async def test_server_tools_that_loop_on_anthropics_side_are_refused(http: Any, make_user: Any,
+                                                                      fake_upstream: Any) -> None:
+    """web_fetch, tool search and MCP servers run several billed rounds upstream: no hold bounds them."""
+    user = await make_user("5")
+    base = {"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    for extra, param in [({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}, "tools.0"),
+                         ({"tools": [{"type": "tool_search_tool_regex_20251119", "name": "tool_search"}]}, "tools.0"),
+                         ({"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "m"}]},
+                          "mcp_servers")]:
+        r = await http.post("/v1/messages", headers={"x-api-key": user.api_key}, json={**base, **extra})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+    assert upstream_requests(fake_upstream) == []
+    state = await money_state(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
 async def test_sdk_raises_its_typed_errors(http: Any, make_user: Any) -> None:
     user = await make_user("0")
     client = _sdk(http, user.api_key)

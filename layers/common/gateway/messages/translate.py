@@ -116,6 +116,10 @@ MAX_CHAT_STOP_SEQUENCES = 4
 
 # Server tools billed per use on top of tokens (not in our prices): refused on both paths.
 UNPRICED_TOOL_PREFIXES = ("web_search_", "code_execution_")
+# Server tools Anthropic runs in a loop on its side (up to ~10 sampling rounds before ``pause_turn``),
+# each round re-reading the prompt plus what was fetched, billed as the sum: no hold bounds that, so
+# they are refused on the native path (the translated path has no equivalent and refuses them too).
+LOOPING_TOOL_PREFIXES = ("web_fetch_", "tool_search_tool_")
 # Betas forwarded on the native path: features billed as plain tokens. Anything else is dropped
 # (and named in x-dropped-params) until its price is known: ``context-1m-*`` (long-context premium),
 # ``fast-mode-*``, ``files-api-*`` (our organisation's files), ``code-execution-*``, ``skills-*``.
@@ -397,10 +401,19 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
     own organisation). ``max_tokens_limit`` (the model's output maximum the hold was computed with)
     clamps ``max_tokens`` — and a thinking budget with it — so the hold stays an upper bound."""
     _refuse_unpriced(req)
+    for i, tool in enumerate(req.tools or []):
+        if tool.type and tool.type.startswith(LOOPING_TOOL_PREFIXES):
+            raise BadRequest(f"The server tool `{tool.type}` runs several billed rounds on the provider's side, "
+                             "which no credit hold can bound; define it as a custom tool instead.",
+                             param=f"tools.{i}", code="unsupported_tool")
     if req.speed == "fast":
         raise BadRequest("speed: \"fast\" is premium-priced and not available through this gateway.",
                          param="speed", code="unsupported_parameter")
     if isinstance(req, MessagesRequest):
+        if req.mcp_servers:
+            raise BadRequest("MCP servers run several billed rounds on the provider's side, which no credit hold "
+                             "can bound; call their tools as custom tools instead.", param="mcp_servers",
+                             code="unsupported_parameter")
         if req.inference_geo not in (None, "global"):
             raise BadRequest("inference_geo other than \"global\" is priced differently and not available "
                              "through this gateway.", param="inference_geo", code="unsupported_parameter")
