@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.adapters import get_adapter
-from gateway.adapters.anthropic import build_body, translate_response
+from gateway.adapters.anthropic import build_body, translate_response, usage_from_anthropic
 from gateway.adapters.contract import Target
 from gateway.errors import BadRequest, UpstreamError
 
@@ -373,3 +373,13 @@ async def test_complete_and_error_body() -> None:
         with pytest.raises(UpstreamError) as info:
             await get_adapter("anthropic").complete(client, T, {"messages": [{"role": "user", "content": "fail"}]})
     assert info.value.retryable and info.value.upstream_status == 529
+
+
+def test_compaction_iterations_are_billed() -> None:
+    # server-side compaction: the top-level counts leave its sampling out, usage.iterations has it
+    u = usage_from_anthropic({"input_tokens": 300, "output_tokens": 50, "cache_read_input_tokens": 0,
+                              "iterations": [{"type": "compaction", "input_tokens": 180_000, "output_tokens": 3_000},
+                                             {"type": "message", "input_tokens": 300, "output_tokens": 50}]})
+    assert (u.prompt_tokens, u.completion_tokens) == (180_300, 3_050)
+    plain = usage_from_anthropic({"input_tokens": 300, "output_tokens": 50, "cache_read_input_tokens": 7})
+    assert (plain.prompt_tokens, plain.completion_tokens, plain.cached_tokens) == (307, 50, 7)

@@ -12,13 +12,13 @@ translates into and out of those shapes with pure functions; nothing here does I
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gateway.adapters.shapes import new_id as new_id  # re-exported: one id scheme for every surface
 from gateway.errors import BadRequest
 
 
@@ -91,10 +91,6 @@ def parse[M: BaseModel](model: type[M], data: bytes | Mapping[str, Any]) -> M:
         return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
     except ValidationError as exc:
         raise bad_request(exc) from None
-
-
-def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
 
 
 def dumps(obj: Any) -> str:

@@ -348,20 +348,28 @@ def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any
 def usage_from_anthropic(u: Any, into: Usage | None = None) -> Usage:
     """``input_tokens`` excludes cache reads/writes; all three are prompt tokens for us. The
     writes with the 1-hour TTL (billed at 2x the input price) are in
-    ``cache_creation.ephemeral_1h_input_tokens``."""
+    ``cache_creation.ephemeral_1h_input_tokens``. Server-side compaction reports its own sampling
+    only in ``usage.iterations`` (the top-level counts leave it out, the bill does not): each count
+    is the larger of the top-level one and the sum over the iterations."""
     usage = into or Usage()
     if not isinstance(u, dict):
         return usage
+    iterations = [i for i in u.get("iterations") or [] if isinstance(i, dict)] \
+        if isinstance(u.get("iterations"), list) else []
+
+    def count(key: str) -> int:
+        return max(as_int(u.get(key)), sum(as_int(i.get(key)) for i in iterations))
+
     keys = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     if any(u.get(k) is not None for k in keys):
-        usage.prompt_tokens = sum(as_int(u.get(k)) for k in keys)
-        usage.cached_tokens = as_int(u.get("cache_read_input_tokens"))
-        usage.cache_write_tokens = as_int(u.get("cache_creation_input_tokens"))
+        usage.prompt_tokens = sum(count(k) for k in keys)
+        usage.cached_tokens = count("cache_read_input_tokens")
+        usage.cache_write_tokens = count("cache_creation_input_tokens")
     creation = u.get("cache_creation")
     if isinstance(creation, dict):
         usage.cache_write_1h_tokens = as_int(creation.get("ephemeral_1h_input_tokens"))
     if u.get("output_tokens") is not None:
-        usage.completion_tokens = as_int(u.get("output_tokens"))
+        usage.completion_tokens = count("output_tokens")
     return usage
 
 
