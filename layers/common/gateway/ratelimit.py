@@ -19,8 +19,11 @@ under steady load a container calls Upstash once per ``n`` requests. The accurac
   allowed more than ``rpm``: every token was counted in Upstash before it was used).
 - a lease is taken only while Upstash reported at least ``4n`` remaining for the key; closer to
   the limit every request asks Upstash for exactly one token. A lease asked for when fewer than
-  ``n`` remain (another container took them meanwhile) is refused by Upstash as a whole: that
-  request is refused up to ``n - 1`` tokens early (the 429 carries the window's real reset).
+  ``n`` remain (another container took them meanwhile) is refused by Upstash as a whole, yet its
+  ``n`` tokens stay counted (upstash-ratelimit's sliding-window script checks the count BEFORE its
+  INCRBY, not count + rate): that request is refused up to ``n - 1`` tokens early and the window
+  holds up to ``n`` extra counted tokens (more refusals, never more allowed; the 429 carries the
+  window's real reset).
 - a lease expires at the end of the Upstash window it was counted in and after
   ``RATELIMIT_LEASE_TTL_S`` (a container frozen for a while never spends old tokens).
 - one lease call in flight per key and container: concurrent requests wait for it instead of
