@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..auth import require_api_key
-from ..http import error_responses, server_request_id
+from ..http import BodyOpenAPI, error_responses, server_request_id
 from . import service
 from .responses import RelayResponse
 from .schema import ChatRequest
@@ -19,12 +19,7 @@ router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # every surface's relayed stream
 
 
-def body_openapi(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` of a route that reads its JSON body itself: the body's schema is ``model``."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-_OPENAPI = body_openapi(ChatRequest)
+_OPENAPI = BodyOpenAPI(ChatRequest)
 
 
 @router.post("/v1/chat/completions", response_model=None, openapi_extra=_OPENAPI)

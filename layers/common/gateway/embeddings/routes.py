@@ -11,14 +11,13 @@ from pydantic import ValidationError
 
 from ..auth import require_api_key
 from ..chat import service as chat
-from ..chat.routes import body_openapi
-from ..http import error_responses, server_request_id
+from ..http import BodyOpenAPI, error_responses, server_request_id
 from . import service
 from .schema import EmbeddingsRequest
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
-_OPENAPI = body_openapi(EmbeddingsRequest)
+_OPENAPI = BodyOpenAPI(EmbeddingsRequest)
 
 
 @router.post("/v1/embeddings", response_model=None, openapi_extra=_OPENAPI)

@@ -18,10 +18,10 @@ from gateway import db, ratelimit
 from gateway.auth import Principal, require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
-from gateway.chat.routes import STREAM_HEADERS, body_openapi
+from gateway.chat.routes import STREAM_HEADERS
 from gateway.config import get_settings
 from gateway.errors import GatewayError
-from gateway.http import error_responses, register_error_shape, server_request_id
+from gateway.http import BodyOpenAPI, error_responses, register_error_shape, server_request_id
 from gateway.observability import logger
 from gateway.translation import parse, translated_stream, with_dropped
 
@@ -33,8 +33,8 @@ router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 # the errors answered before a route runs (413, NUL, 404/405, 500) take Anthropic's shape here too
 register_error_shape("/v1/messages", error_body)
 
-_OPENAPI = body_openapi(MessagesRequest)
-_COUNT_OPENAPI = body_openapi(CountTokensRequest)
+_OPENAPI = BodyOpenAPI(MessagesRequest)
+_COUNT_OPENAPI = BodyOpenAPI(CountTokensRequest)
 
 
 async def _answer[M: BaseModel](request: Request, model: type[M],

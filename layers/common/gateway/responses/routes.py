@@ -16,8 +16,8 @@ from fastapi import APIRouter, Request
 from gateway.auth import require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
-from gateway.chat.routes import STREAM_HEADERS, body_openapi
-from gateway.http import error_responses, server_request_id
+from gateway.chat.routes import STREAM_HEADERS
+from gateway.http import BodyOpenAPI, error_responses, server_request_id
 from gateway.observability import logger
 from gateway.translation import new_id, parse, translated_stream, with_dropped
 
@@ -27,7 +27,7 @@ from .translate import STORED_HEADER, to_events, to_response
 
 router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
-_OPENAPI = body_openapi(ResponsesRequest)
+_OPENAPI = BodyOpenAPI(ResponsesRequest)
 
 
 @router.post("/v1/responses", response_model=None, openapi_extra=_OPENAPI)
