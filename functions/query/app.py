@@ -6,7 +6,9 @@ Lambda request id in the logs, metrics flushed before each response completes). 
 function serves every surface — chat completions, the Anthropic Messages API
 (``/v1/messages``, ``/v1/messages/count_tokens``) and the Responses API — so a client has one base
 URL (template.yaml says why); ``stream_app`` is built on first use, so the buffered QueryFunction
-does not import the other surfaces.
+does not import the other surfaces. The buffered app is built without FastAPI (``create_lean_app``:
+its one route takes the lean path; anything else is answered by the FastAPI app of the same route,
+built on first use), which keeps FastAPI's import out of the function's cold start.
 """
 
 from typing import Any
@@ -14,10 +16,10 @@ from typing import Any
 from mangum import Mangum
 
 from gateway.chat.routes import router
-from gateway.http import create_app
+from gateway.http import create_app, create_lean_app
 from gateway.observability import instrument, instrument_asgi
 
-app = create_app("query", [router])
+app = create_lean_app("query", [router])
 handler = instrument(Mangum(app, lifespan="off"))
 
 
