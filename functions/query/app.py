@@ -11,13 +11,19 @@ its one route takes the lean path; anything else is answered by the FastAPI app 
 built on first use), which keeps FastAPI's import out of the function's cold start.
 """
 
+import sys
 from typing import Any
 
-from mangum import Mangum
+# httpx (under upstash-redis and the adapters) imports its command-line client on import when click
+# is installed, which it is in the layer (and rich/pygments too in a dev environment): this process
+# never runs it. Blocked, httpx defines its stub ``main`` instead (its own ImportError fallback).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
-from gateway.chat.routes import router
-from gateway.http import create_app, create_lean_app
-from gateway.observability import instrument, instrument_asgi
+from mangum import Mangum  # noqa: E402
+
+from gateway.chat.routes import router  # noqa: E402
+from gateway.http import create_app, create_lean_app  # noqa: E402
+from gateway.observability import instrument, instrument_asgi  # noqa: E402
 
 app = create_lean_app("query", [router])
 handler = instrument(Mangum(app, lifespan="off"))
