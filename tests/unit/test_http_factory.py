@@ -3,6 +3,7 @@ limit and the CORS allowlist — exercised in-process through httpx's ASGI trans
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -548,13 +549,32 @@ def test_lean_app_serves_request_only_routes_and_leaves_the_rest_to_fastapi(lean
     assert lean.openapi()["paths"].keys() == full.openapi()["paths"].keys()
 
 
-def test_the_query_function_is_built_without_fastapi_or_cryptography() -> None:
+def test_the_query_function_is_built_without_what_a_chat_completion_does_not_use() -> None:
     """A cold start of QueryFunction (import of functions/query/app.py, which builds the app) does
-    not import FastAPI (its OpenAPI models are a quarter of the import) nor the BYOK cipher."""
+    not import FastAPI (its OpenAPI models are a quarter of the import), the BYOK cipher, the
+    account schemas, nor httpx's command-line client (click; rich and pygments where installed)."""
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys; import app; "
-            "print(sorted(m for m in ('fastapi', 'cryptography') if m in sys.modules))")
+    unused = ("fastapi", "cryptography", "gateway.account.schema", "httpx._main", "click", "rich", "pygments")
+    code = f"import sys; import app; print(sorted(m for m in {unused!r} if sys.modules.get(m)))"
     env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
     done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
                           capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
+def test_the_query_function_verifies_tls_with_the_system_store_and_leaves_ssl_unpatched() -> None:
+    """functions/query/app.py spares aiohttp's unverified (``ssl=False``) context the CA store load
+    at import; the verified context every connection uses still has it, and ``ssl`` is as it was."""
+    root = Path(__file__).resolve().parents[2]
+    code = ("import ssl, json, app, aiohttp.connector as c\n"
+            "from gateway.adapters.http_client import shared_ssl_context\n"
+            "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
+            "print(json.dumps([shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
+            "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
+            "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(done.stdout.splitlines()[-1])
+    assert shared and required and hostname and ca > 0
+    assert unverified and ca_unverified == 0 and not patched
