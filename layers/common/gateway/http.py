@@ -331,8 +331,9 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 
 
 # ----------------------------------------------------------------------------------- OpenAPI
+# Only the OpenAPI reads these two: built on first use (defer_build), not at every cold start.
 class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow")  # e.g. balance/required on 402, resets_at on quota 429
+    model_config = ConfigDict(extra="allow", defer_build=True)  # e.g. balance/required on 402, resets_at on quota 429
 
     message: str
     type: str
@@ -342,6 +343,8 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     """Every error: OpenAI's shape (``{"error": {...}}``)."""
+
+    model_config = ConfigDict(defer_build=True)
 
     error: ErrorDetail
 
