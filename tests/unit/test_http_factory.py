@@ -578,3 +578,22 @@ def test_the_query_function_verifies_tls_with_the_system_store_and_leaves_ssl_un
     shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(done.stdout.splitlines()[-1])
     assert shared and required and hostname and ca > 0
     assert unverified and ca_unverified == 0 and not patched
+
+
+async def test_lean_app_lifespan_is_the_fastapi_apps() -> None:
+    reset_settings()
+    exchanges = []
+    for app in (create_lean_app("lean", [lean_routes]), create_app("lean", [lean_routes])):
+        inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return inbox.pop(0)
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}, receive, send)
+        exchanges.append(sent)
+    assert exchanges[0] == exchanges[1] == [{"type": "lifespan.startup.complete"},
+                                            {"type": "lifespan.shutdown.complete"}]

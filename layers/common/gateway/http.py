@@ -732,6 +732,9 @@ class LeanApp:
             scope["app"] = self
             await self._stack(scope, receive, send)
             return
+        if scope["type"] == "lifespan" and not self._fastapi_kwargs:
+            await _lifespan(receive, send)  # under uvicorn: what Starlette answers for an app without handlers
+            return
         await self.full(scope, receive, send)  # type: ignore[arg-type]
 
     async def _lean_call(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -740,6 +743,17 @@ class LeanApp:
         if validation is not None and validation.RequestValidationError not in handlers:
             handlers = self._handlers = {**handlers, validation.RequestValidationError: _validation_error}
         await _serve_lean(self.lean_routes[scope["path"]], handlers, scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """The ASGI lifespan of an app with no startup or shutdown work (Starlette's, for such an app)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def create_lean_app(title: str, routers: Iterable[Routes],
