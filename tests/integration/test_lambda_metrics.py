@@ -9,6 +9,8 @@ import importlib.util
 import io
 import json
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,24 +44,31 @@ def _chat_event(api_key: str) -> dict[str, Any]:
     return event
 
 
+def _logged(level: str, invoke: Callable[[], Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """``invoke()``'s result and the Powertools log lines it wrote at ``level``."""
+    log = io.StringIO()  # the Powertools handler writes to the stdout it saw at import: redirect it
+    handler = observability.logger.registered_handler
+    old_stream = handler.setStream(log)  # type: ignore[attr-defined]
+    old_level = observability.logger.log_level
+    observability.logger.setLevel(level)
+    try:
+        result = invoke()
+        observability.logger.info("after the invocation")
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        observability.logger.setLevel(old_level)
+    return result, [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+
+
 async def test_log_lines_carry_the_request_ids_only(query_module: ModuleType, make_user: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     user = await make_user(balance="5")
     await db.close_pool()
     upstash.reset_redis()
-    log = io.StringIO()  # the Powertools handler writes to the stdout it saw at import: redirect it
-    handler = observability.logger.registered_handler
-    old_stream = handler.setStream(log)  # type: ignore[attr-defined]
-    level = observability.logger.log_level
-    observability.logger.setLevel("INFO")
-    try:
-        response = await asyncio.to_thread(invoke_in_own_loop, query_module.handler, _chat_event(user.api_key))
-        observability.logger.info("after the invocation")
-    finally:
-        handler.setStream(old_stream)  # type: ignore[attr-defined]
-        observability.logger.setLevel(level)
+    event = _chat_event(user.api_key)
+    response, lines = await asyncio.to_thread(
+        _logged, "DEBUG", lambda: invoke_in_own_loop(query_module.handler, event))  # a success: DEBUG
     assert response["statusCode"] == 200, response
-    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
     completion = [e for e in lines if e["message"] == "chat completion"]
     assert len(completion) == 1, lines
     entry = completion[0]
@@ -69,6 +78,35 @@ async def test_log_lines_carry_the_request_ids_only(query_module: ModuleType, ma
     after = lines[-1]
     assert after["message"] == "after the invocation" and "function_request_id" not in after
     assert "correlation_id" not in after
+
+
+async def test_only_a_request_that_did_not_end_ok_logs_its_completion_at_info(
+        query_module: ModuleType, make_user: Any) -> None:
+    """A plain success is in its usage_records row (found by the request id an on-call engineer
+    has) and in the metrics; its "chat completion" line is DEBUG. A failure keeps it at INFO."""
+    user = await make_user(balance="5")
+    await db.close_pool()
+    upstash.reset_redis()
+    ok, failed = _chat_event(user.api_key), _chat_event(user.api_key)
+    ok["requestContext"]["requestId"] = "ok-" + uuid.uuid4().hex
+    failed["requestContext"]["requestId"] = "failed-" + uuid.uuid4().hex
+    failed["body"] = json.dumps({"model": "openai/gpt-4o-mini",
+                                 "messages": [{"role": "user", "content": "[[fail:500]]"}]})
+
+    def both() -> list[dict[str, Any]]:
+        return [invoke_in_own_loop(query_module.handler, event) for event in (ok, failed)]
+
+    responses, lines = await asyncio.to_thread(_logged, "INFO", both)
+    assert [r["statusCode"] for r in responses] == [200, 502], responses
+    completion = [e for e in lines if e["message"] == "chat completion"]
+    assert [(e["correlation_id"], e["status"], e["level"]) for e in completion] == [
+        (failed["requestContext"]["requestId"], "failed", "INFO")]
+    rows = await db.fetchall("SELECT request_id, status, provider, completion_tokens, charge FROM usage_records "
+                             "WHERE user_id = %s ORDER BY id", (user.user_id,))
+    await db.close_pool()
+    assert [(r["request_id"], r["status"]) for r in rows] == [
+        (ok["requestContext"]["requestId"], "ok"), (failed["requestContext"]["requestId"], "failed")]
+    assert rows[0]["provider"] == "openai" and rows[0]["completion_tokens"] > 0 and rows[0]["charge"] > 0
 
 
 async def test_one_emf_record_per_invocation(query_module: ModuleType, make_user: Any,

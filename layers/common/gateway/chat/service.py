@@ -513,7 +513,13 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         count("UpstreamErrors")
         values.append(("UpstreamErrors", 1, MetricUnit.Count))
     emit({"provider": record.provider or "none"}, values)
-    logger.info("chat completion", extra={
+    # The audit trail of every request is its usage_records row (request_id, user, models, provider,
+    # tokens, charge, latency, status, error_code, estimated; docs/deploy.md "Logs"). This line adds
+    # the fallback chain and the surface, so it is INFO only when it says something the row and the
+    # metrics do not: a request that did not end "ok", an estimated usage, or a fallback. A plain
+    # success is DEBUG (LogLevel=DEBUG shows it again): ~650 bytes of CloudWatch Logs per request.
+    notable = record.status != "ok" or record.estimated or len(call.attempts) > 1
+    (logger.info if notable else logger.debug)("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
