@@ -498,8 +498,9 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         logger.warning("charge exceeded hold", extra={"request_id": call.request_id, "hold": str(result.hold),
                                                        "charge": str(record.charge),
                                                        "user_id": str(call.principal.user_id)})
-    # function-wide counts (alarms) + one EMF record dimensioned by provider (dashboards)
-    count("Requests")
+    # One EMF record dimensioned by provider (dashboards); a success adds no function-wide
+    # [service] count: its total is the sum over providers (and Lambda's Invocations), and no
+    # alarm reads it. A failure also counts UpstreamErrors function-wide, where an alarm can read it.
     values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
     if record.status == "ok":
         values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
