@@ -83,12 +83,15 @@ async def test_log_lines_carry_the_request_ids_only(query_module: ModuleType, ma
 
 
 async def test_only_a_request_that_did_not_end_ok_logs_its_completion_at_info(
-        query_module: ModuleType, make_user: Any) -> None:
+        query_module: ModuleType, make_user: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A plain success is in its usage_records row (found by the request id an on-call engineer
-    has) and in the metrics; its "chat completion" line is DEBUG. A failure keeps it at INFO."""
+    has) and in the metrics; its "chat completion" line is DEBUG. A failure keeps it at INFO, and
+    counts UpstreamErrors function-wide (where an alarm can read it) and per provider."""
     user = await make_user(balance="5")
     await db.close_pool()
     upstash.reset_redis()
+    observability.flush_metrics()  # start from an empty set
+    capsys.readouterr()
     ok, failed = _chat_event(user.api_key), _chat_event(user.api_key)
     ok["requestContext"]["requestId"] = "ok-" + uuid.uuid4().hex
     failed["requestContext"]["requestId"] = "failed-" + uuid.uuid4().hex
@@ -109,6 +112,13 @@ async def test_only_a_request_that_did_not_end_ok_logs_its_completion_at_info(
     assert [(r["request_id"], r["status"]) for r in rows] == [
         (ok["requestContext"]["requestId"], "ok"), (failed["requestContext"]["requestId"], "failed")]
     assert rows[0]["provider"] == "openai" and rows[0]["completion_tokens"] > 0 and rows[0]["charge"] > 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert len(records) == 2, records  # one line per invocation
+    failure = records[1]
+    errors_under = [d["Dimensions"] for d in failure["_aws"]["CloudWatchMetrics"]
+                    if "UpstreamErrors" in {m["Name"] for m in d["Metrics"]}]
+    assert sorted(errors_under) == [[["provider", "service"]], [["service"]]]
+    assert failure["UpstreamErrors"] == [1.0]
 
 
 async def test_one_emf_record_per_invocation(query_module: ModuleType, make_user: Any,
