@@ -194,3 +194,8 @@ def test_a_negative_or_unusable_extra_price_is_no_price(extra: Any, audio: Decim
     r = {**row(pricing_extra=extra), "markup": None, "input_modalities": ["text", "audio"],
          "output_modalities": ["text"]}
     assert _row_to_model(r).price.audio == audio
+    rendered = render_entry(entry_from_row(r), D("0.10"))["pricing"]
+    if audio is None:
+        assert "audio" not in rendered  # the catalogue publishes no price it does not bill
+    elif audio:
+        assert D(rendered["audio"]) == audio * D("1.10")
