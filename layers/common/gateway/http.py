@@ -10,7 +10,7 @@ characters anywhere in the request (400: Postgres cannot store them, so they mus
 far as a statement). The middleware is plain ASGI so streamed responses pass through untouched.
 
 FastAPI is imported only when an app is built with it (``create_app``): routes declared with
-``Routes`` (the chat route) are served by ``LeanApp`` without it, which keeps ~0.25 s of FastAPI's
+``Routes`` (the chat route) are served by ``LeanApp`` without it, which keeps ~0.2 s of FastAPI's
 import (its OpenAPI models) out of the query function's cold start.
 """
 
@@ -685,7 +685,7 @@ class Routes:
 class LeanApp:
     """The app of a function whose routes all take the lean path (the query function): ``POST`` to
     a lean route runs through the same ``GatewayMiddleware`` (and CORS when configured), endpoint
-    and exception handlers as ``GatewayApp``'s lean path, without FastAPI ever imported (~0.25 s of
+    and exception handlers as ``GatewayApp``'s lean path, without FastAPI ever imported (~0.2 s of
     a cold start). Anything else — another method or path (404/405), a CORS preflight, the local
     docs and OpenAPI — is served by the very app ``create_app`` builds from the same routes, built
     (and FastAPI imported) on the first such request; ``openapi()`` and any other attribute of a
