@@ -15,7 +15,8 @@ tests/infrastructure/test_architecture.py):
   ``translation`` (helpers shared by the translated surfaces), ``adapters`` (the provider registry
   and one adapter per wire format);
 - kernel: ``http`` (the app factory — FastAPI, or without it for the query function — and the
-  error mapping), ``ratelimit`` (Upstash sliding windows), ``auth`` (API keys, the admin key), ``migrate`` (SQL migrations), ``db`` (Postgres),
+  error mapping), ``ratelimit`` (Upstash sliding windows), ``auth`` (API keys, the admin key),
+  ``migrate`` (SQL migrations), ``db`` (Postgres),
   ``upstash`` (the Redis REST client), ``loops`` (event-loop-bound state), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
   errors, the OpenAI error shape).
