@@ -17,8 +17,8 @@ process so that this process's CPU time is the function's:
 2. The streaming function (functions/query/run.sh: uvicorn behind the Lambda Web Adapter) under
    uvicorn as run.sh starts it (uvloop + httptools, layer dependencies since issue 15 lever 9);
    a streamed request's duration is what the adapter bills.
-3. Cold start of the query function in a fresh interpreter: import (which builds the app), the
-   first invocation (lazy setup: DB pool, catalogue, Upstash and HTTP clients) and the next ones,
+3. Cold start of the query function in a fresh interpreter, its sources compiled first as the
+   layer ships them (bytecode): import (which builds the app), the first invocation (lazy setup: DB pool, catalogue, Upstash and HTTP clients) and the next ones,
    with the Powertools X-Ray tracer off and on (the layer no longer ships the X-Ray SDK, so both
    measure the same code; template.yaml's ``Tracing`` parameter is Lambda's own tracing).
 4. Cost per million requests (bench/costs.py) at the template's memory size and at 256/512/1024/
@@ -259,10 +259,19 @@ async def run_streaming(svc: Services, n: int, memory_mb: int) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------- cold start
+def compile_sources() -> None:
+    """Compile the gateway package and the query function, as the deployed layer ships them
+    (layers/common/Makefile). The environment sets PYTHONDONTWRITEBYTECODE, so without this every
+    cold start would compile the ~40 gateway modules it imports (as bench/ab.py's cold case does)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "layers" / "common" / "gateway"),
+                    str(ROOT / "functions" / "query")], check=True, capture_output=True)
+
+
 def cold_starts(svc: Services, runs: int, tracing: bool) -> list[dict[str, float]]:
     """``runs`` fresh interpreters running bench/coldstart.py (50 invocations each)."""
     env = lambda_env(svc, tracing=tracing)
     env["BENCH_API_KEY"] = svc.api_key
+    compile_sources()
     out = []
     for _ in range(runs):
         t0 = time.time()
