@@ -20,7 +20,8 @@ process so that this process's CPU time is the function's:
 3. Cold start of the query function in a fresh interpreter, its sources compiled first as the
    layer ships them (bytecode): import (which builds the app), the first invocation (lazy setup:
    DB pool, catalogue, Upstash and HTTP clients) and the next ones, with the Powertools X-Ray
-   tracer off and on (the layer no longer ships the X-Ray SDK, so both measure the same code; template.yaml's ``Tracing`` parameter is Lambda's own tracing).
+   tracer off and on (the layer no longer ships the X-Ray SDK, so both measure the same code;
+   template.yaml's ``Tracing`` parameter is Lambda's own tracing).
 4. Cost per million requests (bench/costs.py) at the template's memory size and at 256/512/1024/
    1769 MB equivalents (CPU time stretched by the documented vCPU share, an approximation), with
    the template's defaults for Lambda's platform log lines (``SystemLogLevel``) and X-Ray
