@@ -5,8 +5,8 @@ path as chat completions (gateway.embeddings)."""
 from mangum import Mangum
 
 from gateway.embeddings.routes import router
-from gateway.http import create_app
+from gateway.http import create_lean_app
 from gateway.observability import instrument
 
-app = create_app("embeddings", [router])
+app = create_lean_app("embeddings", [router])
 handler = instrument(Mangum(app, lifespan="off"))

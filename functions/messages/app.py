@@ -7,9 +7,9 @@ is QueryStreamFunction's Function URL (functions/query/app.py ``stream_app`` ser
 
 from mangum import Mangum
 
-from gateway.http import create_app
+from gateway.http import create_lean_app
 from gateway.messages.routes import router
 from gateway.observability import instrument
 
-app = create_app("messages", [router])
+app = create_lean_app("messages", [router])
 handler = instrument(Mangum(app, lifespan="off"))

@@ -7,9 +7,9 @@ is QueryStreamFunction's Function URL (functions/query/app.py ``stream_app`` ser
 
 from mangum import Mangum
 
-from gateway.http import create_app
+from gateway.http import create_lean_app
 from gateway.observability import instrument
 from gateway.responses.routes import router
 
-app = create_app("responses", [router])
+app = create_lean_app("responses", [router])
 handler = instrument(Mangum(app, lifespan="off"))

@@ -597,3 +597,64 @@ async def test_lean_app_lifespan_is_the_fastapi_apps() -> None:
         exchanges.append(sent)
     assert exchanges[0] == exchanges[1] == [{"type": "lifespan.startup.complete"},
                                             {"type": "lifespan.shutdown.complete"}]
+
+
+SURFACES = ("messages", "responses", "embeddings")
+
+
+@pytest.mark.parametrize("function", SURFACES)
+def test_the_surface_functions_are_built_without_fastapi_and_serve_every_route_lean(function: str) -> None:
+    """MessagesFunction, ResponsesFunction and EmbeddingsFunction are built like the query function
+    (create_lean_app): the import loads no FastAPI, and every route they declare takes the lean path."""
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, json, app\n"
+            "print(json.dumps([sorted(app.app.lean_routes), sorted(p for p, _, _ in app.router.posts),\n"
+            "    'fastapi' in sys.modules]))")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / function}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / function, env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    lean, declared, fastapi_loaded = json.loads(done.stdout.splitlines()[-1])
+    assert lean == declared and lean and not fastapi_loaded, done.stderr[-2000:]
+
+
+# Requests each surface's lean app must answer as the FastAPI app of the same routes (no database:
+# refused before a key is looked up, or not routed).
+SURFACE_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "{path}", {"json": {"model": "m"}}),
+    ("POST", "{path}", {"json": {"model": "m"}, "headers": {"authorization": "Basic x"}}),
+    ("POST", "{path}", {"content": b"a\x00b", "headers": {"authorization": "Bearer sk-x"}}),
+    ("POST", "{path}", {"content": b"x" * (LIMIT + 1)}),
+    ("GET", "{path}", {}),
+    ("POST", "{path}/nope", {}),
+]
+
+
+def _surface_comparable(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """``_comparable``, and the Messages API's ``request-id`` header (the generated id) left out too."""
+    status, body, headers = _comparable(response)
+    rid = response.headers.get("request-id", "")
+    return status, body.replace(rid.encode(), b"req_*") if rid else body, [h for h in headers if h[0] != "request-id"]
+
+
+@pytest.mark.parametrize("function", SURFACES)
+@pytest.mark.parametrize("method,path,options", SURFACE_REQUESTS, ids=lambda v: str(v)[:40])
+async def test_the_surface_lean_apps_answer_like_their_fastapi_apps(function: str, method: str, path: str,
+                                                                    options: dict[str, Any],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setenv("MAX_BODY_BYTES", str(LIMIT))
+    reset_settings()
+    router = importlib.import_module(f"gateway.{function}.routes").router
+    first = router.posts[0][0]
+    answers = []
+    try:
+        for app in (create_lean_app(function, [router]), create_app(function, [router])):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                         base_url="http://t") as c:
+                answers.append(_surface_comparable(await c.request(method, path.format(path=first), **options)))
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert answers[0] == answers[1]
+    assert answers[0][0] >= 400

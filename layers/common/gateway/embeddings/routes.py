@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from ..auth import require_api_key
 from ..chat import service as chat
-from ..http import BodyOpenAPI, error_responses, server_request_id
+from ..http import BodyOpenAPI, Routes, error_responses, invalid_request, server_request_id
 from . import service
 from .schema import EmbeddingsRequest
 
-router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
+# Declared without FastAPI: functions/embeddings serves it with create_lean_app (gateway.http.Routes).
+router = Routes(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
 _OPENAPI = BodyOpenAPI(EmbeddingsRequest)
 
@@ -26,7 +26,7 @@ async def create_embeddings(request: Request) -> Any:
     try:
         req = EmbeddingsRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        raise invalid_request(exc.errors(include_url=False, include_context=False)) from None
     budget_s, _ = chat.budget_for(request.scope)
     call = await service.plan(server_request_id(request), principal, req, budget_s=budget_s)
     await chat.admit(call)

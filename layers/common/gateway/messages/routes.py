@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import psycopg
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from gateway import db, ratelimit
 from gateway.auth import Principal, require_api_key
@@ -21,7 +21,7 @@ from gateway.chat.responses import RelayResponse
 from gateway.chat.routes import STREAM_HEADERS
 from gateway.config import get_settings
 from gateway.errors import GatewayError
-from gateway.http import BodyOpenAPI, error_responses, register_error_shape, server_request_id
+from gateway.http import BodyOpenAPI, Routes, error_responses, register_error_shape, server_request_id
 from gateway.observability import logger
 from gateway.translation import parse, translated_stream, with_dropped
 
@@ -29,7 +29,8 @@ from . import service as messages
 from .schema import CountTokensRequest, MessagesRequest
 from .translate import error_body, error_response, to_events, to_message
 
-router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
+# Declared without FastAPI: functions/messages serves it with create_lean_app (gateway.http.Routes).
+router = Routes(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 # the errors answered before a route runs (413, NUL, 404/405, 500) take Anthropic's shape here too
 register_error_shape("/v1/messages", error_body)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 
 from gateway.auth import require_api_key
 from gateway.chat import service
 from gateway.chat.responses import RelayResponse
 from gateway.chat.routes import STREAM_HEADERS
-from gateway.http import BodyOpenAPI, error_responses, server_request_id
+from gateway.http import BodyOpenAPI, Routes, error_responses, server_request_id
 from gateway.observability import logger
 from gateway.translation import new_id, parse, translated_stream, with_dropped
 
@@ -25,7 +25,8 @@ from . import service as responses
 from .schema import ResponsesRequest
 from .translate import STORED_HEADER, to_events, to_response
 
-router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
+# Declared without FastAPI: functions/responses serves it with create_lean_app (gateway.http.Routes).
+router = Routes(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
 _OPENAPI = BodyOpenAPI(ResponsesRequest)
 
