@@ -529,6 +529,14 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
 
 
 async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
+    """Settle, to the end even if the request is cancelled meanwhile (a client that left), the
+    cancellation propagating afterwards. Under Mangum (``call.buffered``) nothing cancels an
+    invocation (the runtime runs it to completion on its loop; a timeout ends the process), so
+    there is nothing to shield from: settled directly, which spares the first invocation the
+    import of anyio's asyncio backend (~20-30 ms of a cold start)."""
+    if call.buffered:
+        await _finish(call, record)
+        return
     with anyio.CancelScope(shield=True):
         await _finish(call, record)
 
