@@ -6,25 +6,29 @@ client disconnects, database outages, orphans)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
 from mangum import Mangum
 from psycopg.rows import dict_row
 
-from gateway import db
+from gateway import auth, db, observability
 from gateway.adapters.http_client import aclose_http_client
 from gateway.adapters.tokens import measure_prompt
 from gateway.catalog import registry
 from gateway.chat import service
+from gateway.chat.schema import ChatRequest
 from gateway.config import reset_settings
 from gateway.money import ledger, sweeper
 from gateway.money.holds import hold_for
@@ -579,4 +583,47 @@ async def test_sweeper_charges_orphans_that_reached_upstream_and_releases_the_ot
     assert (state["balance"], state["reserved"], state["in_flight"]) == (D("9.25"), D("1"), 1)
     assert state["period_requests"] == 2  # the released one gave its quota request back
     assert (await sweeper.run({}))["charged"] == []  # a second run changes nothing
+    assert await ledger.invariant_violations() == []
+
+
+async def test_a_request_cancelled_while_the_provider_works_is_settled_before_the_cancellation_propagates(
+        api: Any, make_user: Any, database_url: str) -> None:
+    """What Starlette does to a request whose client left: an anyio cancel scope, cancelled, which
+    delivers its cancellation again on every loop iteration until the task leaves it. The call was
+    on its way (the provider bills it): the settle runs to the end under its shield, even while it
+    waits (here for a lock another transaction holds on the balance), then the cancellation
+    propagates (the scope catches it)."""
+    user = await make_user("5")
+    principal = await auth.authenticate_key(user.api_key)
+    req = ChatRequest.model_validate({"model": "openai/gpt-4o-mini", "max_tokens": 50,
+                                      "messages": _msg("slow [[sleep:3]]")})
+    call = await service.plan("req-cancel-" + uuid.uuid4().hex, principal, req)
+    assert not call.buffered
+    await service.admit(call)
+    blocker = await psycopg.AsyncConnection.connect(database_url)
+    await blocker.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (user.user_id,))
+
+    async def release() -> None:
+        await asyncio.sleep(1.0)  # the settle has been waiting for the lock for ~0.6 s
+        await blocker.rollback()
+
+    releasing = asyncio.create_task(release())
+    log = io.StringIO()  # the Powertools handler writes to the stdout it saw at import: redirect it
+    handler = observability.logger.registered_handler
+    old_stream = handler.setStream(log)  # type: ignore[attr-defined]
+    try:
+        with anyio.CancelScope() as scope:
+            asyncio.get_running_loop().call_later(0.4, scope.cancel)
+            await service.complete(call)
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        await releasing
+        await blocker.close()
+    assert scope.cancelled_caught
+    # the whole settle ran, up to its log line (without the shield it ends at the settle statement)
+    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith("{")]
+    assert [e["status"] for e in lines if e["message"] == "chat completion"] == ["cancelled"], lines
+    (rec,) = records(database_url, user.user_id)
+    assert rec["status"] == "cancelled" and rec["estimated"] is True and rec["completion_tokens"] == 50
+    assert balance(database_url, user.user_id)["reserved"] == 0
     assert await ledger.invariant_violations() == []
