@@ -1,6 +1,10 @@
 """POST /v1/embeddings — OpenAI's embeddings API for the catalogue's embedding models (OpenAI,
 Gemini, OpenRouter, OpenAI-compatible servers), billed per input token through the same money
-path as chat completions (gateway.embeddings)."""
+path as chat completions (gateway.embeddings).
+
+Built without FastAPI (``create_lean_app``, as the query function): every route takes the lean
+path; anything else is answered by the FastAPI app of the same routes, built on first use.
+"""
 
 from mangum import Mangum
 

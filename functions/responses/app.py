@@ -3,6 +3,9 @@ every provider and metered and billed like chat completions.
 
 Behind API Gateway (Mangum, ``handler``) responses are buffered, streams included; true streaming
 is QueryStreamFunction's Function URL (functions/query/app.py ``stream_app`` serves this router too).
+
+Built without FastAPI (``create_lean_app``, as the query function): every route takes the lean
+path; anything else is answered by the FastAPI app of the same routes, built on first use.
 """
 
 from mangum import Mangum
