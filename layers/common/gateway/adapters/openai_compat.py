@@ -12,9 +12,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
-
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
 from gateway.adapters.sse import FramedChunk, SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
@@ -102,8 +101,8 @@ class OpenAICompatAdapter(TranslatingAdapter):
             return []
         return [key for key, value in body.items() if key in OPENROUTER_ONLY and value is not None]
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                      stream: bool) -> httpx.Request:
+    def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> UpstreamRequest:
         return client.build_request(
             "POST", join_url(target.base_url, "chat/completions"),
             content=json.dumps(self.build_body(target, body, stream=stream), separators=(",", ":")),
@@ -137,19 +136,19 @@ class OpenAICompatAdapter(TranslatingAdapter):
     def usage_of(self, data: Any) -> Usage | None:
         return usage_from_openai(data.get("usage")) if isinstance(data, dict) else None
 
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
+    def stream(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
         return OpenAIStream(self, client, target, body)
 
 
 class OpenAIStream(SSEUpstreamStream):
-    def __init__(self, adapter: OpenAICompatAdapter, client: httpx.AsyncClient, target: Target,
+    def __init__(self, adapter: OpenAICompatAdapter, client: UpstreamClient, target: Target,
                  body: dict[str, Any]) -> None:
         super().__init__(client, target, body)
         self.provider = adapter.provider
         self._adapter = adapter
         self._finished = False  # saw a finish_reason
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:

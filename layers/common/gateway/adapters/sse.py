@@ -1,5 +1,5 @@
 """Server-sent events: an incremental, byte-level parser (spec framing) and an iterator over an
-httpx response."""
+upstream response (``UpstreamResponse``; an httpx response reads the same)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-import httpx
+from gateway.adapters.http_client import UpstreamResponse
 
 
 @dataclass(slots=True)
@@ -85,7 +85,7 @@ class SSEDecoder:
             self._event = value
 
 
-async def iter_sse(response: httpx.Response) -> AsyncGenerator[SSEEvent, None]:
+async def iter_sse(response: UpstreamResponse) -> AsyncGenerator[SSEEvent, None]:
     decoder = SSEDecoder()
     async for chunk in response.aiter_bytes():
         for ev in decoder.feed(chunk):
