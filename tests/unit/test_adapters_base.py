@@ -62,6 +62,15 @@ def test_sse_line_endings_split_anywhere(sep: bytes) -> None:
     assert _feed_all([bytes([b]) for b in raw]) == expected
 
 
+def test_sse_mixed_line_endings_split_anywhere() -> None:
+    """LF-only reads take a fast path; a read with a CR the spec's framing: mixed, they agree."""
+    raw = b'data: {"a": 1}\n\r\ndata: b\r\n\ndata:  c\rdata: d\n\n: keep-alive\n\nevent: e\ndata: f\r\r'
+    expected = [(None, '{"a": 1}'), (None, "b"), (None, " c\nd"), ("e", "f")]
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            assert _feed_all([raw[:i], raw[i:j], raw[j:]]) == expected, (i, j)
+
+
 def test_sse_last_event_without_blank_line_is_kept() -> None:
     assert _feed_all([b'data: {"end": true}']) == [(None, '{"end": true}')]
 

@@ -147,6 +147,9 @@ class OpenAIStream(SSEUpstreamStream):
         self.provider = adapter.provider
         self._adapter = adapter
         self._finished = False  # saw a finish_reason
+        self._model: str | None = None  # the upstream's model name, its "model" field, ours
+        self._needle = ""
+        self._ours: str | None = None
 
     def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
@@ -205,11 +208,15 @@ class OpenAIStream(SSEUpstreamStream):
             if obj["usage"] is not None or data.count(',"usage":null') != 1:
                 return None
             data = data.replace(',"usage":null', "", 1)
-        needle = f'"model":{json.dumps(model)}'
+        if model != self._model:  # the upstream names one model per stream: built once
+            self._model, self._needle = model, f'"model":{json.dumps(model)}'
+        needle = self._needle
         if data.count(needle) != 1:
             return None
         if model != self._target.public_id:
-            data = data.replace(needle, f'"model":{json.dumps(self._target.public_id)}', 1)
+            if self._ours is None:
+                self._ours = f'"model":{json.dumps(self._target.public_id)}'
+            data = data.replace(needle, self._ours, 1)
         return b"data: " + data.encode() + b"\n\n"
 
     def _on_eof(self) -> None:

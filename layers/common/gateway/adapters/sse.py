@@ -42,10 +42,15 @@ class SSEDecoder:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        self._buf += chunk
+        buf = self._buf + chunk if self._buf else chunk
         events: list[SSEEvent] = []
+        if b"\r" not in buf:  # the usual LF-only stream: one split, no regex
+            *lines, self._buf = buf.split(b"\n")
+            line = self._line
+            for raw in lines:
+                line(raw, events)
+            return events
         pos = 0
-        buf = self._buf
         while True:
             m = _EOL.search(buf, pos)
             if m is None:
@@ -72,6 +77,9 @@ class SSEDecoder:
                 events.append(SSEEvent(self._event, "\n".join(self._data)))
             self._event = None
             self._data = []
+            return
+        if raw[:6] == b"data: ":  # the usual field first
+            self._data.append(raw[6:].decode("utf-8", "replace"))
             return
         if raw[:1] == b":":
             return  # comment / keep-alive (": OPENROUTER PROCESSING")
