@@ -126,9 +126,11 @@ class OpenAICompatAdapter(TranslatingAdapter):
         if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
             usage = estimated_usage(body, _output_chars(choices), target.public_id)
         out = {k: v for k, v in data.items() if k not in DROP_FROM_OUTPUT}
-        out.setdefault("id", new_id())
+        if "id" not in out:  # (not setdefault: a uuid4 per answer for nothing)
+            out["id"] = new_id()
         out["object"] = "chat.completion"
-        out.setdefault("created", now())
+        if "created" not in out:
+            out["created"] = now()
         out["model"] = target.public_id
         out["usage"] = _usage_dict(usage, data.get("usage"))
         return out, usage
