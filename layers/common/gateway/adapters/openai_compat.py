@@ -26,6 +26,8 @@ DROP_ALWAYS = frozenset({"models", "usage"})
 OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reasoning"})
 # Response/chunk fields we do not pass on (OpenRouter's upstream name; its cost accounting).
 DROP_FROM_OUTPUT = ("provider",)
+# ... and in a chunk, the usage (read into ``.usage``; Groq's under ``x_groq``)
+_NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
 # Billing is at the standard (list) price: OpenAI is always asked for its "default" tier (never
 # "auto", which follows the project's setting); the gateway refuses other tiers before this.
 OPENAI_SERVICE_TIER = "default"
@@ -191,11 +193,13 @@ class OpenAIStream(SSEUpstreamStream):
             for call in delta.get("tool_calls") or []:
                 fn = (call or {}).get("function") or {}
                 self._out_chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-        chunk = {k: v for k, v in obj.items() if k not in DROP_FROM_OUTPUT and k != "usage" and k != "x_groq"}
-        chunk["object"] = "chat.completion.chunk"
-        chunk["model"] = self._target.public_id
         sse = self._relayed(data, obj)
-        return [FramedChunk(chunk, sse) if sse is not None else chunk]
+        for key in _NOT_IN_CHUNK:  # the parsed event becomes the chunk (it is ours: no copy)
+            if key in obj:
+                del obj[key]
+        obj["object"] = "chat.completion.chunk"
+        obj["model"] = self._target.public_id
+        return [FramedChunk(obj, sse) if sse is not None else obj]
 
     def _relayed(self, data: str, obj: dict[str, Any]) -> bytes | None:
         """The upstream's own event as our ``data:`` frame, when it differs from the chunk above
