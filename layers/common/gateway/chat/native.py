@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
-
 from ..adapters.contract import Target
+from ..adapters.http_client import UpstreamClient, UpstreamRequest
 from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
 from ..auth import Principal

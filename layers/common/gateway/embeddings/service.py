@@ -23,10 +23,8 @@ import json
 import time
 from typing import Any
 
-from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
-
 from ..adapters.contract import Target, Usage
-from ..adapters.http_client import get_http_client
+from ..adapters.http_client import UpstreamClient, UpstreamRequest, get_http_client
 from ..adapters.registry import get_adapter
 from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
