@@ -51,6 +51,37 @@ PRICES: dict[str, Price] = {
 }
 
 
+# Lambda's START/END/REPORT lines per invocation (text format; assumed, not measured here). With
+# the JSON log format and a system log level of WARN (template.yaml's default) Lambda writes none
+# of them: they are INFO platform events.
+PLATFORM_LINES_BYTES = 350
+_SYSTEM_LEVELS = ("DEBUG", "INFO", "WARN")
+# X-Ray's default sampling rule: the first request each second, then 5%.
+XRAY_DEFAULT_SAMPLING = 0.05
+
+
+def platform_log_bytes(system_log_level: str | None) -> int:
+    """Bytes of Lambda's own log lines per invocation at a ``SystemLogLevel`` (None: no advanced
+    logging controls, the plain-text START/END/REPORT lines)."""
+    if system_log_level is None:
+        return PLATFORM_LINES_BYTES
+    if system_log_level not in _SYSTEM_LEVELS:
+        raise ValueError(f"unknown system log level {system_log_level!r}")
+    return 0 if system_log_level == "WARN" else PLATFORM_LINES_BYTES
+
+
+def traced_fraction(tracing_mode: str) -> float:
+    """Share of requests X-Ray records for a Lambda ``Tracing`` mode. Active samples by X-Ray's
+    default rule (the reservoir of 1 request per second is ignored); PassThrough records only an
+    invocation whose caller sent a sampled trace header: an HTTP API has no X-Ray support and sends
+    none, and callers of the streaming Function URL are assumed not to."""
+    if tracing_mode == "Active":
+        return XRAY_DEFAULT_SAMPLING
+    if tracing_mode == "PassThrough":
+        return 0.0
+    raise ValueError(f"unknown tracing mode {tracing_mode!r}")
+
+
 def price(name: str) -> Decimal:
     return PRICES[name].amount
 

@@ -19,9 +19,12 @@ process so that this process's CPU time is the function's:
    a streamed request's duration is what the adapter bills.
 3. Cold start of the query function in a fresh interpreter: import (which builds the app), the
    first invocation (lazy setup: DB pool, catalogue, Upstash and HTTP clients) and the next ones,
-   with the X-Ray tracer off and on (on is how it is deployed: Tracing: Active).
+   with the Powertools X-Ray tracer off and on (the layer no longer ships the X-Ray SDK, so both
+   measure the same code; template.yaml's ``Tracing`` parameter is Lambda's own tracing).
 4. Cost per million requests (bench/costs.py) at the template's memory size and at 256/512/1024/
-   1769 MB equivalents (CPU time stretched by the documented vCPU share, an approximation).
+   1769 MB equivalents (CPU time stretched by the documented vCPU share, an approximation), with
+   the template's defaults for Lambda's platform log lines (``SystemLogLevel``) and X-Ray
+   (``Tracing``); ``--system-log-level`` / ``--tracing-mode`` price other settings.
 
 Postgres time is the database's own ``active_time`` (pg_stat_database) over the query run;
 Upstash commands are counted by the bridge. Tracing for the buffered invocations is off by
@@ -47,7 +50,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.coldstart import FakeContext, captured_stdout, http_api_event, new_trace_id
-from bench.costs import PRICES, PRICES_READ, Assumptions, Usage, billed_ms, cost_per_million, scaled_duration_ms
+from bench.costs import (
+    PRICES,
+    PRICES_READ,
+    Assumptions,
+    Usage,
+    billed_ms,
+    cost_per_million,
+    platform_log_bytes,
+    scaled_duration_ms,
+    traced_fraction,
+)
 from bench.costs import upstream_wait_cost_per_million as wait_cost
 from bench.harness import cpu_seconds, descendants, load_average, measure, percentile
 from bench.stack import ROOT, Services, spawn, start_services, wait_until
@@ -56,8 +69,6 @@ from infra.local.servers import free_port
 from infra.local.template import load_template, serverless_functions
 
 MEMORY_SIZES = (256, 512, 1024, 1769)
-PLATFORM_LOG_BYTES = 350      # START/END/REPORT lines Lambda writes per invocation (assumed)
-TRACED_FRACTION = 0.05        # X-Ray default sampling beyond its 1 request/s reservoir
 WEBHOOK_SECRET = "whsec_bench_" + "0" * 24
 ADMIN_KEY = "bench-admin-key"
 
@@ -75,11 +86,19 @@ def load_handler(code_uri: str, handler: str) -> Callable[[dict[str, Any], Any],
     return getattr(module, attr)  # type: ignore[no-any-return]
 
 
+def template_defaults() -> dict[str, str]:
+    """template.yaml's parameter defaults (what a stack deployed without overrides runs with)."""
+    params = load_template(str(ROOT / "template.yaml")).get("Parameters", {})
+    return {name: str(p["Default"]) for name, p in params.items() if "Default" in p}
+
+
 def lambda_env(svc: Services, *, tracing: bool, function_name: str = "QueryFunction") -> dict[str, str]:
-    """The environment our functions see in Lambda: the template's Globals (INFO logs, metrics on),
-    plus the bench services. STAGE stays local (no SSM); AWS_LAMBDA_FUNCTION_NAME marks Lambda."""
+    """The environment our functions see in Lambda: the template's Globals (INFO logs, metrics on,
+    the JSON log format at INFO as Lambda's advanced logging controls set it), plus the bench
+    services. STAGE stays local (no SSM); AWS_LAMBDA_FUNCTION_NAME marks Lambda."""
     return svc.gateway_env(
         AWS_LAMBDA_FUNCTION_NAME=function_name, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+        AWS_LAMBDA_LOG_FORMAT="JSON", AWS_LAMBDA_LOG_LEVEL="INFO",
         LOG_LEVEL="INFO", POWERTOOLS_LOG_LEVEL="INFO", POWERTOOLS_METRICS_DISABLED="false",
         POWERTOOLS_TRACE_DISABLED="false" if tracing else "true", POWERTOOLS_LOGGER_LOG_EVENT="false",
         POWERTOOLS_TRACER_CAPTURE_RESPONSE="false", ADMIN_API_KEY=ADMIN_KEY, STRIPE_SECRET_KEY="sk_test_" + "x" * 24,
@@ -265,7 +284,8 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 
 def report(series: list[Series], query_usage: dict[str, float], stream: dict[str, Any],
            cold: dict[str, list[dict[str, float]]], meta: dict[str, str], assumptions: Assumptions,
-           network_ms: float) -> str:
+           network_ms: float, system_log_level: str = "WARN", tracing_mode: str = "PassThrough") -> str:
+    platform_bytes, traced_share = platform_log_bytes(system_log_level), traced_fraction(tracing_mode)
     out = [f"Measured {meta['when']}; load average before {meta['load_before']}, after {meta['load_after']}. "
            f"{meta['sizes']}", ""]
     out += ["Buffered functions (Mangum handler in-process, API Gateway v2 events, warm container):", "",
@@ -304,8 +324,8 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
 
     def usage(memory: int, billed: float, api: bool = True, s: Series = q) -> Usage:
         return Usage(billed_ms=billed, memory_mb=memory, upstash_commands=query_usage["upstash_commands"],
-                     db_active_ms=query_usage["db_active_ms"], log_bytes=s.log_bytes + PLATFORM_LOG_BYTES,
-                     response_bytes=s.response_bytes + 300, api_gateway=api, traced_fraction=TRACED_FRACTION)
+                     db_active_ms=query_usage["db_active_ms"], log_bytes=s.log_bytes + platform_bytes,
+                     response_bytes=s.response_bytes + 300, api_gateway=api, traced_fraction=traced_share)
 
     def cold_billed(memory: int) -> float:
         return billed_ms(scaled_duration_ms(init_ms, min(init_cpu, init_ms), memory))
@@ -326,7 +346,7 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
                    f"**{c['total']}** | {c_net['total']} |")
     s_usage = Usage(billed_ms=stream["billed"], memory_mb=stream["memory_mb"],
                     upstash_commands=query_usage["upstash_commands"], db_active_ms=query_usage["db_active_ms"],
-                    log_bytes=q.log_bytes + PLATFORM_LOG_BYTES, api_gateway=False, traced_fraction=TRACED_FRACTION)
+                    log_bytes=q.log_bytes + platform_bytes, api_gateway=False, traced_fraction=traced_share)
     sc = cost_per_million(s_usage, Assumptions(assumptions.db_utilisation, assumptions.cold_start_rate,
                                                cold_billed(stream["memory_mb"])))
     out += ["", f"Streaming function at {stream['memory_mb']} MB (Function URL, no API Gateway): "
@@ -338,8 +358,9 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
     out += [f"Assumptions: Postgres = Neon compute at {assumptions.db_utilisation:.0%} average utilisation "
             f"(cost = active time / utilisation x CU-hour price); cold starts {assumptions.cold_start_rate:.0%} of "
             f"invocations, billed INIT + first invocation (tracer on) with CPU stretched like the rest; "
-            f"{PLATFORM_LOG_BYTES} bytes of Lambda platform log lines per invocation; X-Ray records "
-            f"{TRACED_FRACTION:.0%} of requests; response bytes + 300 bytes of headers go out through API "
+            f"SystemLogLevel {system_log_level}: {platform_bytes} bytes of Lambda platform log lines per "
+            f"invocation; Tracing {tracing_mode}: X-Ray records {traced_share:.0%} of requests; response bytes + 300 "
+            "bytes of headers go out through API "
             f"Gateway; +{network_ms:g} ms network wait = in-region round trips the loopback run does not have "
             "(admit stage + settle).", "", f"Prices (USD, us-east-1, read {PRICES_READ}):"]
     out += [f"- {name}: {p.amount.normalize():f} per {p.unit} — {p.source}" for name, p in PRICES.items()]
@@ -358,6 +379,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-start-rate", type=float, default=0.01)
     parser.add_argument("--network-ms", type=float, default=3.0,
                         help="extra wait per request for in-region round trips (Upstash/Postgres)")
+    defaults = template_defaults()
+    parser.add_argument("--system-log-level", choices=("DEBUG", "INFO", "WARN"),
+                        default=defaults.get("SystemLogLevel", "INFO"),
+                        help="Lambda's SystemLogLevel for the cost (default: template.yaml's)")
+    parser.add_argument("--tracing-mode", choices=("Active", "PassThrough"), default=defaults.get("Tracing", "Active"),
+                        help="Lambda's Tracing mode for the cost (default: template.yaml's)")
     args = parser.parse_args(argv)
     load_before = load_average()
     svc = start_services()
@@ -384,7 +411,8 @@ def main(argv: list[str] | None = None) -> None:
                          f" {args.stream_requests} streams, {args.cold_runs} cold starts per tracer setting; "
                          f"buffered invocations with the X-Ray tracer {'on' if args.tracing else 'off'}."}
         print(report(series, query_usage, stream, cold, meta,
-                     Assumptions(args.db_utilisation, args.cold_start_rate), args.network_ms))
+                     Assumptions(args.db_utilisation, args.cold_start_rate), args.network_ms,
+                     args.system_log_level, args.tracing_mode))
     finally:
         svc.close()
 

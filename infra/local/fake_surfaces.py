@@ -14,7 +14,9 @@ Embeddings: a deterministic unit vector per input (from the SHA-256 of its text,
 ids), 16 dimensions unless ``dimensions`` / ``outputDimensionality`` asks for another size (at most
 4096); ``encoding_format: base64`` gives little-endian float32 in base64, as OpenAI does. Usage:
 ceil(characters / 4) tokens per text (at least 1), one per token id; Gemini reports no token counts
-(as the real API). At most 2048 inputs (OpenAI) and 100 requests per Gemini batch.
+(as the real API). At most 2048 inputs (OpenAI) and 100 requests per Gemini batch. OpenRouter adds
+``usage.cost`` (USD, at the serving endpoint's price: the catalogue's x ``[[endpoint_price:F]]``) and,
+as for chat, answers its 404 when that endpoint costs more than the request's ``provider.max_price``.
 
 Responses (``POST /openai/v1/responses``): the chat fake's reply and token rules (``Hello from openai
 <model>.``, ``[[words:N]]``, ``[[tool:NAME]]`` when function tools were sent, ``[[reasoning:N]]`` adds
@@ -34,6 +36,8 @@ import json
 import math
 import struct
 import time
+from decimal import Decimal
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -136,6 +140,15 @@ class FakeSurfaces:
         dims = _dimensions(body.get("dimensions"))
         if dims is None:
             return self.fake._error(entry, provider, 400, model=model, message="Invalid value for 'dimensions'.")
+        prices: dict[str, Decimal] = {}
+        if provider == "openrouter":  # the endpoint's price, and routing under ``provider.max_price``
+            prices = {name: value * d.endpoint_price
+                      for name, value in _openrouter_embedding_prices().get(model, {}).items() if value > 0}
+            prefs = body.get("provider")
+            max_price = prefs.get("max_price") if isinstance(prefs, dict) else None
+            if self.fake._over_max_price(prices, max_price if isinstance(max_price, dict) else None):
+                return self.fake._error(entry, provider, 404, model=model,
+                                        message=f"No endpoints found for {model} matching your max_price.")
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         tokens = 0
@@ -149,6 +162,9 @@ class FakeSurfaces:
         out: dict[str, Any] = {"object": "list", "data": data, "model": model}
         if not d.nousage:
             out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+            if provider == "openrouter":  # what the call cost at the endpoint that served it (USD)
+                cost = tokens * prices.get("prompt", Decimal(0)) + prices.get("request", Decimal(0))
+                out["usage"]["cost"] = float(cost)
         entry["status"] = 200
         return FakeResponse(200, _JSON, body=_dumps(out), sleep=d.sleep, ttfb=d.ttfb, cut=d.cut)
 
@@ -253,6 +269,12 @@ class FakeSurfaces:
                                 cut=d.cut)
         return FakeResponse(200, _JSON, body=_dumps(builder.response(builder.items(), final=True)), sleep=d.sleep,
                             ttfb=d.ttfb, cut=d.cut)
+
+
+@cache
+def _openrouter_embedding_prices() -> dict[str, dict[str, Decimal]]:
+    """OpenRouter's embedding models' per-unit prices (its ``/embeddings/models`` list)."""
+    return fake_catalog.openrouter_pricing_index(fake_catalog.openrouter_embedding_models())
 
 
 def _int(value: Any) -> int | None:

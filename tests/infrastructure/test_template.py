@@ -228,11 +228,38 @@ def test_parameters(template: dict[str, Any]) -> None:
     )
 
 
+def test_tracing_is_a_parameter_off_by_default(template: dict[str, Any]) -> None:
+    """X-Ray costs $5 per million traces and records only Lambda's own segments (no SDK in the
+    layer): PassThrough unless a stack asks for Active (docs/deploy.md, "Tracing")."""
+    param = template["Parameters"]["Tracing"]
+    assert param["Default"] == "PassThrough" and param["AllowedValues"] == ["Active", "PassThrough"]
+    for name, res in resources_of_type(template, "AWS::Serverless::Function").items():
+        assert "Tracing" not in res["Properties"], f"{name}: tracing comes from Globals"
+
+
+def test_lambda_log_levels_keep_every_emf_record(template: dict[str, Any]) -> None:
+    """JSON log format with Lambda's level filters. Lambda files a stdout line without a "level" key
+    (every EMF metric record) as INFO, so the application level must never be above INFO or the
+    alarms' metrics are dropped; the platform's START/END/REPORT lines go (SystemLogLevel WARN)."""
+    logging_config = template["Globals"]["Function"]["LoggingConfig"]
+    assert logging_config["LogFormat"] == "JSON"
+    assert logging_config["SystemLogLevel"] == {"Ref": "SystemLogLevel"}
+    assert template["Parameters"]["SystemLogLevel"]["Default"] == "WARN"
+    assert logging_config["ApplicationLogLevel"] == {"Fn::FindInMap": ["ApplicationLogLevels", {"Ref": "LogLevel"},
+                                                                       "Level"]}
+    levels = template["Mappings"]["ApplicationLogLevels"]
+    assert set(levels) == set(template["Parameters"]["LogLevel"]["AllowedValues"])
+    assert {name: entry["Level"] for name, entry in levels.items()} == {
+        "DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "INFO", "ERROR": "INFO"}
+    for name, res in resources_of_type(template, "AWS::Serverless::Function").items():
+        assert "LoggingConfig" not in res["Properties"], f"{name}: the log format and levels come from Globals"
+
+
 def test_globals(template: dict[str, Any]) -> None:
     glob = template["Globals"]["Function"]
     assert glob["Runtime"] == "python3.12"
     assert glob["Architectures"] == ["arm64"]
-    assert glob["Tracing"] == "Active"
+    assert glob["Tracing"] == {"Ref": "Tracing"}
     assert isinstance(glob.get("MemorySize"), int)
     env = glob["Environment"]["Variables"]
     for name in (

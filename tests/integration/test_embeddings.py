@@ -376,3 +376,32 @@ async def test_the_lambda_handler_answers_and_settles(embeddings_app: Any, make_
                             (user.user_id,)).fetchall()
         reserved = conn.execute("SELECT reserved FROM balances WHERE user_id = %s", (user.user_id,)).fetchone()
     assert [r[0] for r in rows] == ["ok"] and rows[0][1] > 0 and reserved == (0,)
+
+
+# ================================================================================ OpenRouter's routing price
+async def test_openrouter_is_told_our_price_and_never_routes_above_the_hold(client: Any, make_user: Any,
+                                                                            fake_upstream: Any) -> None:
+    """OpenRouter picks the endpoint; ``provider.max_price`` = the catalogue price keeps it from one
+    that costs more than the hold counts (the fake's ``[[endpoint_price:F]]``): OpenRouter's 404
+    (no endpoint), a 400 ``upstream_bad_request`` as for chat, nothing charged. At the catalogue
+    price the call is billed, never below OpenRouter's cost."""
+    model = "mistralai/mistral-embed-2312"
+    price = await price_of(model)
+    user = await make_user("5")
+    r = await embed(client, user, model=model, input=["pricier endpoint [[endpoint_price:1.5]]"])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "upstream_bad_request", r.text
+    assert "max_price" in r.json()["error"]["message"]
+    (sent,) = upstream_requests(fake_upstream, "openrouter")
+    assert sent["body"]["provider"] == {"max_price": {"prompt": format((price * 1_000_000).normalize(), "f"),
+                                                      "completion": "0", "request": "0"}}
+    state = await _state(user.user_id)
+    assert state["ledger"] == [] and state["reservations"] == [] and state["balance"]["balance"] == D("5")
+    assert [rec["charge"] for rec in state["usage"]] == [0]
+
+    other = await make_user("5")
+    r = await embed(client, other, model=model, input=["same price [[endpoint_price:1]]"])
+    assert r.status_code == 200, r.text
+    (rec,) = (await _state(other.user_id))["usage"]
+    cost = r.json()["usage"]["prompt_tokens"] * price
+    assert rec["charge"] == charge_for(cost, MARKUP) and rec["charge"] >= cost
+    assert await ledger.invariant_violations() == []

@@ -10,7 +10,9 @@ from bench.costs import (
     billed_ms,
     cost_per_million,
     cpu_share,
+    platform_log_bytes,
     scaled_duration_ms,
+    traced_fraction,
     upstream_wait_cost_per_million,
 )
 
@@ -73,3 +75,27 @@ def test_cold_starts_are_billed_at_their_rate() -> None:
 def test_waiting_for_the_provider_is_billed_at_full_memory() -> None:
     assert upstream_wait_cost_per_million(1.0, 1024) == Decimal("13.33")
     assert upstream_wait_cost_per_million(1.0, 256) == Decimal("3.33")
+
+
+def test_platform_lines_are_gone_at_system_log_level_warn() -> None:
+    # template.yaml: LogFormat JSON, SystemLogLevel WARN (START/END/REPORT are INFO platform events)
+    assert platform_log_bytes("WARN") == 0
+    assert platform_log_bytes("INFO") == platform_log_bytes("DEBUG") == platform_log_bytes(None) == 350
+    with pytest.raises(ValueError):
+        platform_log_bytes("ERROR")
+
+
+def test_xray_records_only_with_active_tracing() -> None:
+    assert traced_fraction("Active") == 0.05
+    assert traced_fraction("PassThrough") == 0.0
+    with pytest.raises(ValueError):
+        traced_fraction("Disabled")
+    base = Usage(billed_ms=5, memory_mb=1024, log_bytes=570)
+    active = cost_per_million(Usage(billed_ms=5, memory_mb=1024, log_bytes=570 + platform_log_bytes("INFO"),
+                                    traced_fraction=traced_fraction("Active")))
+    lean = cost_per_million(Usage(billed_ms=5, memory_mb=1024, log_bytes=570 + platform_log_bytes("WARN"),
+                                  traced_fraction=traced_fraction("PassThrough")))
+    assert active["xray"] == Decimal("0.2500") and lean["xray"] == 0
+    # 920 vs 570 bytes per request at $0.50 per GiB
+    assert active["cloudwatch_logs"] == Decimal("0.4284") and lean["cloudwatch_logs"] == Decimal("0.2654")
+    assert lean["total"] == cost_per_million(base)["total"]

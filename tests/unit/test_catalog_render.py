@@ -180,3 +180,22 @@ def test_gzip_only_when_asked_and_worth_it() -> None:
     assert cat.list_body(D("0.1"), gzipped=True)[0] is packed  # compressed once per view
     filtered, zipped = cat.list_body(D("0.1"), gzipped=True, filters=Filters(providers=frozenset({"v1"})))
     assert not zipped and json.loads(filtered)["data"][0]["id"] == "v1/model-1"  # small: sent as is
+
+
+@pytest.mark.parametrize(("extra", "audio"), [
+    ({"audio": "0.00004"}, D("0.00004")), ({"audio": "0"}, D(0)), ({"audio": "-1"}, None),
+    ({"audio": "-0.00001"}, None), ({"audio": "NaN"}, None), ({"audio": "x"}, None), (None, None),
+])
+def test_a_negative_or_unusable_extra_price_is_no_price(extra: Any, audio: Decimal | None) -> None:
+    """OpenRouter sends ``"-1"`` for a price that varies: read as a price, every audio token would
+    credit the caller. No price instead: audio input to that model is then refused (400)."""
+    from gateway.catalog.registry import _row_to_model
+
+    r = {**row(pricing_extra=extra), "markup": None, "input_modalities": ["text", "audio"],
+         "output_modalities": ["text"]}
+    assert _row_to_model(r).price.audio == audio
+    rendered = render_entry(entry_from_row(r), D("0.10"))["pricing"]
+    if audio is None:
+        assert "audio" not in rendered  # the catalogue publishes no price it does not bill
+    elif audio:
+        assert D(rendered["audio"]) == audio * D("1.10")

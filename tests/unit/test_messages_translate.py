@@ -355,38 +355,6 @@ def test_native_headers() -> None:
     assert {T.mode_for(p) for p in ("openai", "openrouter", "gemini", "compat")} == {"translate"}
 
 
-ANTHROPIC_STREAM = (
-    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
-    b'"role":"assistant","model":"claude-x","content":[],"stop_reason":null,"stop_sequence":null,'
-    b'"usage":{"input_tokens":20,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":1}}}\n\n'
-    b'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text",'
-    b'"text":""}}\n\nevent: ping\ndata: {"type":"ping"}\n\n'
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta",'
-    b'"text":"Hi"}}\n\nevent: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-    b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
-    b'"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
-)
-
-
-@pytest.mark.parametrize("piece", [1, 7, 64, len(ANTHROPIC_STREAM)])
-def test_native_stream_meter_reads_usage_across_any_chunking(piece: int) -> None:
-    meter = T.NativeStreamMeter()
-    for i in range(0, len(ANTHROPIC_STREAM), piece):
-        meter.feed(ANTHROPIC_STREAM[i:i + piece])
-    meter.close()
-    assert meter.usage == Usage(prompt_tokens=125, completion_tokens=42, cached_tokens=100, cache_write_tokens=5)
-    assert meter.complete and meter.final_usage and meter.stop_reason == "end_turn" and meter.error is None
-
-
-def test_native_stream_meter_cut_and_error() -> None:
-    meter = T.NativeStreamMeter()
-    meter.feed(ANTHROPIC_STREAM[:ANTHROPIC_STREAM.index(b"event: message_delta")])
-    assert not meter.complete and not meter.final_usage and meter.usage is not None
-    assert meter.usage.prompt_tokens == 125 and meter.usage.completion_tokens == 1
-    meter.feed(b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n')
-    assert meter.error == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-
-
 # =============================================================================== to_message
 def completion(message: dict[str, Any], finish: str = "stop", usage: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "openai/gpt-4o-mini",
@@ -583,14 +551,3 @@ def test_count_tokens_estimate_grows_with_the_prompt_and_survives_native_only_co
     assert T.count_tokens_estimate(native_only)["input_tokens"] >= 100
 
 
-def test_hold_estimate_is_the_context_length_when_only_anthropic_sees_the_size() -> None:
-    pdf = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": PDF}}
-    by_url = {"type": "document", "source": {"type": "url", "url": "https://x/big.pdf"}}
-    in_result = {"type": "tool_result", "tool_use_id": "t", "content": [
-        {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]}
-    for block in (pdf, by_url, in_result):
-        r = req(messages=[{"role": "user", "content": [block, {"type": "text", "text": "read it"}]}])
-        assert T.estimate_input_tokens(r, context_length=200_000) == 200_000
-    plain = req(messages=[{"role": "user", "content": [
-        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x" * 400}}]}])
-    assert 100 <= T.estimate_input_tokens(plain, context_length=200_000) < 200_000

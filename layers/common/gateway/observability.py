@@ -12,15 +12,21 @@ metrics just BEFORE the last body message of the response is sent (after the str
 settlement), so they are written while the invocation is still running.
 
 No X-Ray SDK: the Powertools tracer extra pulled the maintenance-mode aws-xray-sdk and ~24 MiB of
-botocore into the layer for little; ``Tracing: Active`` in template.yaml still records every
-invocation. Locally and in tests metrics are only flushed inside a Lambda invocation.
+botocore into the layer for little; the template's ``Tracing`` parameter (PassThrough by default,
+docs/deploy.md) can still have Lambda record its own segments. Locally and in tests metrics are
+only flushed inside a Lambda invocation.
+
+Lambda's JSON log format passes these lines unchanged (they are JSON already); its application
+log level is capped at INFO by the template because EMF records carry no "level" key (see
+``apply_stricter_log_level``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -32,6 +38,22 @@ if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTIO
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "multi-llm")
 logger = Logger(service=SERVICE)
+
+
+def apply_stricter_log_level(environ: Mapping[str, str] = os.environ) -> None:
+    """Powertools prefers Lambda's application log level (``AWS_LAMBDA_LOG_LEVEL``, advanced
+    logging controls) to ``POWERTOOLS_LOG_LEVEL``. template.yaml caps Lambda's at INFO: a stdout
+    line without a "level" key, such as every EMF record, is INFO to Lambda and would be dropped at
+    WARN. So a stricter ``POWERTOOLS_LOG_LEVEL`` (the LogLevel parameter: WARNING, ERROR) is
+    applied here, to the logger itself."""
+    if not environ.get("AWS_LAMBDA_LOG_LEVEL"):
+        return
+    wanted = logging.getLevelName((environ.get("POWERTOOLS_LOG_LEVEL") or environ.get("LOG_LEVEL") or "").upper())
+    if isinstance(wanted, int) and wanted > logger.log_level:
+        logging.getLogger(logger.name).setLevel(wanted)
+
+
+apply_stricter_log_level()
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM"), service=SERVICE)
 
 __all__ = ["MetricUnit", "count", "emit", "instrument", "instrument_asgi", "logger", "metrics"]

@@ -83,11 +83,13 @@ FROM model_pricing WHERE active
 
 def _extra_price(extra: Any, name: str) -> Decimal | None:
     """A per-unit price of the catalogue's ``pricing_extra`` (e.g. ``audio``), None when absent or
-    not a price (never fails the catalogue load)."""
+    not a price (never fails the catalogue load). A negative one (OpenRouter's ``"-1"`` means
+    "varies") is no price either: billed, it would credit the caller for every such token."""
     try:
-        return parse_price(extra.get(name)) if isinstance(extra, dict) else None
+        price = parse_price(extra.get(name)) if isinstance(extra, dict) else None
     except (TypeError, ValueError, ArithmeticError):
         return None
+    return price if price is not None and price >= 0 else None
 
 
 def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]

@@ -61,7 +61,13 @@ def entry_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None:
             cost[key] = format_amount(value)
     for key, value in sorted((row.get("pricing_extra") or {}).items()):
-        cost.setdefault(key, format_amount(Decimal(str(value))))
+        try:
+            amount = Decimal(str(value))
+            usable = amount.is_finite() and amount >= 0
+        except ArithmeticError:
+            usable = False
+        if usable:  # a negative one ("-1": varies) is no price we bill (registry._extra_price)
+            cost.setdefault(key, format_amount(amount))
     inputs = list(row.get("input_modalities") or ["text"])
     outputs = list(row.get("output_modalities") or ["text"])
     arch = dict(row.get("architecture") or {})

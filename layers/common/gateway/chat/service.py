@@ -498,8 +498,9 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         logger.warning("charge exceeded hold", extra={"request_id": call.request_id, "hold": str(result.hold),
                                                        "charge": str(record.charge),
                                                        "user_id": str(call.principal.user_id)})
-    # function-wide counts (alarms) + one EMF record dimensioned by provider (dashboards)
-    count("Requests")
+    # One EMF record dimensioned by provider (dashboards); a success adds no function-wide
+    # [service] count: its total is the sum over providers (and Lambda's Invocations), and no
+    # alarm reads it. A failure also counts UpstreamErrors function-wide, where an alarm can read it.
     values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
     if record.status == "ok":
         values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
@@ -513,7 +514,13 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         count("UpstreamErrors")
         values.append(("UpstreamErrors", 1, MetricUnit.Count))
     emit({"provider": record.provider or "none"}, values)
-    logger.info("chat completion", extra={
+    # The audit trail of every request is its usage_records row (request_id, user, models, provider,
+    # tokens, charge, latency, status, error_code, estimated; docs/deploy.md "Logs"). This line adds
+    # the fallback chain and the surface, so it is INFO only when it says something the row and the
+    # metrics do not: a request that did not end "ok", an estimated usage, or a fallback. A plain
+    # success is DEBUG (LogLevel=DEBUG shows it again): ~650 bytes of CloudWatch Logs per request.
+    notable = record.status != "ok" or record.estimated or len(call.attempts) > 1
+    (logger.info if notable else logger.debug)("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,

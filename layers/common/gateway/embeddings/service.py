@@ -25,7 +25,7 @@ from typing import Any
 
 from ..adapters.contract import Target, Usage
 from ..adapters.http_client import UpstreamClient, UpstreamRequest, get_http_client
-from ..adapters.registry import get_adapter
+from ..adapters.registry import OPENROUTER, get_adapter
 from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
 from ..adapters.transport import post_json
@@ -60,13 +60,18 @@ def _check_inputs(req: EmbeddingsRequest, model: ModelInfo) -> None:
                 "input.", param="input")
 
 
-def upstream_body(req: EmbeddingsRequest, target: Target) -> dict[str, Any]:
+def upstream_body(req: EmbeddingsRequest, target: Target, model: ModelInfo) -> dict[str, Any]:
     """What is sent: OpenAI's embeddings body, or for Gemini the ``batchEmbedContents`` bodies of
-    every batch (``{"batches": [...]}``; token-id inputs refused there with a 400)."""
+    every batch (``{"batches": [...]}``; token-id inputs refused there with a 400). OpenRouter is
+    told ``provider.max_price`` = our catalogue price, as for chat: it then never routes to an
+    endpoint that costs more than the hold counts (the hold stays an upper bound)."""
     if target.provider == GEMINI:
         return {"batches": [translate.gemini_body(texts, target.upstream_model, dimensions=req.dimensions)
                             for texts in translate.gemini_batches(req)]}
-    return translate.openai_body(req, target.upstream_model)
+    body = translate.openai_body(req, target.upstream_model)
+    if target.provider == OPENROUTER:
+        body["provider"] = chat.openrouter_preferences(None, model.price)
+    return body
 
 
 async def plan(request_id: str, principal: Principal, req: EmbeddingsRequest, *,
@@ -82,7 +87,7 @@ async def plan(request_id: str, principal: Principal, req: EmbeddingsRequest, *,
         raise ModelNotFound(f"The model `{req.model}` does not exist or is not available.", param="model")
     _check_inputs(req, model)
     target, is_byok = chat.route(model, settings, await chat.byok_keys_for(principal))
-    body = upstream_body(req, target)
+    body = upstream_body(req, target, model)
     bound = hold_tokens(req, per_item_cap=model.context_length)
     hold = hold_for(model.price, bound, 0, model.markup_for(settings.tier(principal.tier)), byok=is_byok,
                     byok_fee=settings.byok_platform_fee)

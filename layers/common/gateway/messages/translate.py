@@ -7,9 +7,8 @@ Two modes, chosen per served model by :func:`mode_for`:
   :func:`native_body` replaced ``model``, refused what would change our cost without a price and
   stripped what addresses our own Anthropic organisation; :func:`native_headers` picks the
   ``anthropic-version`` / ``anthropic-beta`` headers to forward. The upstream answer goes back to the
-  client unchanged; the usage to bill comes from ``usage_from_anthropic(body["usage"])``
-  (``gateway.adapters.anthropic``) or, for a stream, from a :class:`NativeStreamMeter` fed every
-  byte on the way through.
+  client unchanged; the usage to bill is read from the answer, or from the events of a stream, by
+  ``gateway.messages.native`` (its ``NativeStream``).
 * ``"translate"`` (every other provider): :func:`to_chat` turns the request into the internal
   OpenAI chat body (``Translation.body``, with ``Translation.dropped`` naming what had no
   equivalent: send ``Translation.headers()`` and log it); the pipeline runs as for chat; then
@@ -21,20 +20,6 @@ Errors are answered in Anthropic's shape on this route: :func:`error_body` /
 :func:`error_response` for a ``GatewayError`` (status kept, ``error.type`` from the status) and
 :func:`error_event` inside a stream. ``count_tokens`` is native for Anthropic models (a free upstream
 call) and :func:`count_tokens_estimate` for the others.
-
-Interface for the route (``gateway/messages/routes.py``, to be wired)::
-
-    req = MessagesRequest.model_validate_json(body)   # ValidationError → error_response(bad_request(exc))
-    if mode_for(candidate.provider) == "native":
-        t = native_body(req, upstream_model, max_tokens_limit=model.max_completion_tokens)
-        headers, dropped_betas = native_headers(request.headers)
-        hold from estimate_input_tokens(req, context_length=model.context_length) and that limit
-        POST {anthropic_base_url}/messages and relay the bytes (a stream: NativeStreamMeter.feed each chunk);
-        bill usage_from_anthropic(response["usage"]) or the meter's usage
-    else:
-        t = to_chat(req)                                          # t.body: internal chat body
-        completion, usage = pipeline(t.body)  →  to_message(completion, usage=usage)
-        stream: to_events(chat_chunks(pipeline_bytes), model=..., final_usage=lambda: upstream.usage)
 
 What the translation drops for non-Anthropic models (named in ``x-dropped-params``): ``top_k``,
 ``service_tier``, ``speed``, ``inference_geo``, ``container``, ``context_management``,
@@ -81,11 +66,10 @@ from typing import Any, Literal
 
 from starlette.responses import JSONResponse
 
-from gateway.adapters.anthropic import ANTHROPIC_VERSION, usage_from_anthropic
+from gateway.adapters.anthropic import ANTHROPIC_VERSION
 from gateway.adapters.contract import Usage
 from gateway.adapters.reasoning import effort_for_budget
 from gateway.adapters.shapes import parse_tool_arguments
-from gateway.adapters.sse import SSEDecoder
 from gateway.adapters.tokens import CHARS_PER_TOKEN, estimate_prompt_tokens
 from gateway.errors import BadRequest, GatewayError
 from gateway.translation import (
@@ -464,53 +448,6 @@ def native_headers(headers: Mapping[str, str]) -> tuple[dict[str, str], list[str
     return out, [f"anthropic-beta: {b}" for b in dict.fromkeys(dropped)]
 
 
-class NativeStreamMeter:
-    """Reads Anthropic's SSE bytes as they are relayed to the client, to bill the stream.
-
-    ``feed(chunk)`` for every chunk, in order (the bytes are not changed or buffered beyond one
-    partial line); ``usage`` is the usage so far (message_start's input counts, message_delta's
-    cumulative output), ``complete`` is True once ``message_stop`` arrived, ``error`` holds an
-    in-stream ``error`` event's payload.
-    """
-
-    def __init__(self) -> None:
-        self._decoder = SSEDecoder()
-        self.usage: Usage | None = None
-        self.final_usage = False
-        self.complete = False
-        self.stop_reason: str | None = None
-        self.error: dict[str, Any] | None = None
-
-    def feed(self, chunk: bytes) -> None:
-        for event in self._decoder.feed(chunk):
-            self._on(event.data)
-
-    def close(self) -> None:
-        for event in self._decoder.close():
-            self._on(event.data)
-
-    def _on(self, data: str) -> None:
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return
-        if not isinstance(obj, dict):
-            return
-        kind = obj.get("type")
-        if kind == "message_start":
-            self.usage = usage_from_anthropic((obj.get("message") or {}).get("usage"))
-        elif kind == "message_delta":
-            raw = obj.get("usage")
-            if isinstance(raw, dict):
-                self.usage = usage_from_anthropic(raw, self.usage)
-                self.final_usage = raw.get("output_tokens") is not None
-            self.stop_reason = (obj.get("delta") or {}).get("stop_reason") or self.stop_reason
-        elif kind == "message_stop":
-            self.complete = True
-        elif kind == "error":
-            self.error = obj
-
-
 # =============================================================================== chat → Message
 def anthropic_usage(usage: Any) -> dict[str, int]:
     """Anthropic ``usage`` from a ``Usage`` or an OpenAI usage dict: ``input_tokens`` excludes cache
@@ -729,34 +666,11 @@ def count_tokens_estimate(req: CountTokensRequest | MessagesRequest) -> dict[str
     return {"input_tokens": estimate_input_tokens(req)}
 
 
-def estimate_input_tokens(req: CountTokensRequest | MessagesRequest, *, context_length: int | None = None) -> int:
-    """The prompt estimate for a hold on either path: the chat estimator over the translated body (a
-    request only the native path can express counts its JSON length at 4 characters per token).
-    Content whose size only Anthropic sees (PDFs, whose pages cost text and image tokens, and
-    documents or images fetched by URL or file id) makes the estimate ``context_length`` when given:
-    the most any prompt of the model can bill."""
-    if context_length is not None and any(_unsized(block) for block in _blocks(req)):
-        return context_length
+def estimate_input_tokens(req: CountTokensRequest | MessagesRequest) -> int:
+    """The chat estimator over the translated body (a request only the native path can express
+    counts its JSON length at 4 characters per token)."""
     try:
         return estimate_prompt_tokens(to_chat(req).body)
     except BadRequest:
         raw = req.model_dump_json(by_alias=True, exclude_none=True)
         return math.ceil(len(raw) / CHARS_PER_TOKEN)
-
-
-def _blocks(req: CountTokensRequest | MessagesRequest) -> list[Any]:
-    out: list[Any] = []
-    for msg in req.messages:
-        for block in msg.content if isinstance(msg.content, list) else []:
-            out.append(block)
-            if isinstance(block, ToolResultBlock) and isinstance(block.content, list):
-                out.extend(block.content)
-    return out
-
-
-def _unsized(block: Any) -> bool:
-    if isinstance(block, DocumentBlock):
-        return block.source.type in ("base64", "url", "file")
-    if isinstance(block, ImageBlock):
-        return block.source.type == "file"
-    return isinstance(block, OtherBlock) and block.type == "container_upload"
