@@ -3,18 +3,23 @@ limit and the CORS allowlist — exercised in-process through httpx's ASGI trans
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from gateway import errors
 from gateway.config import reset_settings
-from gateway.http import create_app, request_id_of
+from gateway.http import Routes, create_app, create_lean_app, invalid_request, request_id_of
 
 LIMIT = 1000
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -438,3 +443,157 @@ async def test_lean_path_is_off_when_middleware_is_added_later() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.post("/lean/dict", content=b"abc")).status_code == 200
     assert seen == ["/lean/dict"]
+
+
+# ------------------------------------------------------------------- the app without FastAPI
+lean_routes = Routes()
+
+
+@lean_routes.post("/routes/dict", response_model=None)
+async def routes_dict(request: Request) -> Any:
+    return {"request_id": request_id_of(request), "bytes": len(await request.body())}
+
+
+@lean_routes.post("/routes/raise", response_model=None)
+async def routes_raise(request: Request) -> Any:
+    await request.body()
+    raise errors.InsufficientCredits(balance="0.5", required="1.25", headers={"Retry-After": "7"})
+
+
+@lean_routes.post("/routes/boom", response_model=None)
+async def routes_boom(request: Request) -> Any:
+    raise RuntimeError(SECRET_TEXT)
+
+
+@lean_routes.post("/routes/body", response_model=None)
+async def routes_body(request: Request) -> Any:
+    try:
+        body = Body.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise invalid_request(exc.errors(include_url=False, include_context=False)) from None
+    return {"model": body.model}
+
+
+@lean_routes.post("/routes/fastapi-validation", response_model=None)
+async def routes_fastapi_validation(request: Request) -> Any:
+    from fastapi.exceptions import RequestValidationError
+
+    raise RequestValidationError([{"loc": ("body", "model"), "msg": "Field required", "type": "missing"}])
+
+
+@lean_routes.post("/routes/typed")
+async def routes_typed(request: Request) -> Body:  # a response model: FastAPI's path
+    return Body(model="m")
+
+
+# Requests that each app must answer identically (status, body, headers but the generated request id).
+PARITY_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("POST", "/routes/dict", {"content": b"abc", "headers": {"x-request-id": "lean-1"}}),
+    ("POST", "/routes/raise", {"content": b"{}"}),
+    ("POST", "/routes/boom", {"headers": {"x-request-id": "boom-1"}}),
+    ("POST", "/routes/body", {"json": {"model": "", "max_tokens": -1}}),
+    ("POST", "/routes/body", {"content": b'{"model": "x",'}),
+    ("POST", "/routes/body", {"json": {"model": "x"}, "headers": {"origin": ALLOWED_ORIGIN}}),
+    ("POST", "/routes/fastapi-validation", {}),
+    ("POST", "/routes/typed", {}),
+    ("POST", "/routes/dict", {"content": b"a\x00b"}),
+    ("POST", "/routes/dict", {"content": b"x" * (LIMIT + 1)}),
+    ("POST", "/routes/dict?q=%00", {}),
+    ("GET", "/routes/dict", {}),
+    ("POST", "/nope", {}),
+    ("OPTIONS", "/routes/dict", {"headers": {"origin": ALLOWED_ORIGIN, "access-control-request-method": "POST"}}),
+    ("OPTIONS", "/routes/dict", {"headers": {"origin": "https://evil.example.net",
+                                             "access-control-request-method": "POST"}}),
+]
+
+
+@pytest.fixture(scope="module")
+def lean_pair() -> Iterator[tuple[Any, Any]]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MAX_BODY_BYTES", str(LIMIT))
+    mp.setenv("CORS_ALLOW_ORIGINS", ALLOWED_ORIGIN)
+    reset_settings()
+    try:
+        yield create_lean_app("lean", [lean_routes]), create_app("lean", [lean_routes])
+    finally:
+        mp.undo()
+        reset_settings()
+
+
+def _comparable(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, str]]]:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k not in ("x-request-id", "content-length")]
+    body = response.content
+    rid = response.headers.get("x-request-id", "")
+    if rid.startswith("req_"):
+        body = body.replace(rid.encode(), b"req_*")
+    return response.status_code, body, headers
+
+
+@pytest.mark.parametrize("method,path,options", PARITY_REQUESTS, ids=lambda v: str(v)[:40])
+async def test_lean_app_answers_exactly_like_the_fastapi_app(lean_pair: tuple[Any, Any], method: str, path: str,
+                                                             options: dict[str, Any]) -> None:
+    answers = []
+    for app in lean_pair:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                     base_url="http://t") as c:
+            answers.append(_comparable(await c.request(method, path, **options)))
+    assert answers[0] == answers[1]
+    assert answers[0][0] != 200 or path in ("/routes/dict", "/routes/body", "/routes/typed")
+
+
+def test_lean_app_serves_request_only_routes_and_leaves_the_rest_to_fastapi(lean_pair: tuple[Any, Any]) -> None:
+    lean, full = lean_pair
+    assert sorted(lean.lean_routes) == ["/routes/body", "/routes/boom", "/routes/dict", "/routes/fastapi-validation",
+                                        "/routes/raise"]
+    assert sorted(full._build_lean()) == sorted(lean.lean_routes)  # the same rule, read from the declaration
+    assert lean.openapi()["paths"].keys() == full.openapi()["paths"].keys()
+
+
+def test_the_query_function_is_built_without_what_a_chat_completion_does_not_use() -> None:
+    """A cold start of QueryFunction (import of functions/query/app.py, which builds the app) does
+    not import FastAPI (its OpenAPI models are a quarter of the import), the BYOK cipher, the
+    account schemas, nor httpx's command-line client (click; rich and pygments where installed)."""
+    root = Path(__file__).resolve().parents[2]
+    unused = ("fastapi", "cryptography", "gateway.account.schema", "httpx._main", "click", "rich", "pygments")
+    code = f"import sys; import app; print(sorted(m for m in {unused!r} if sys.modules.get(m)))"
+    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+
+
+def test_the_query_function_verifies_tls_with_the_system_store_and_leaves_ssl_unpatched() -> None:
+    """functions/query/app.py spares aiohttp's unverified (``ssl=False``) context the CA store load
+    at import; the verified context every connection uses still has it, and ``ssl`` is as it was."""
+    root = Path(__file__).resolve().parents[2]
+    code = ("import ssl, json, app, aiohttp.connector as c\n"
+            "from gateway.adapters.http_client import shared_ssl_context\n"
+            "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
+            "print(json.dumps([shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
+            "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
+            "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(done.stdout.splitlines()[-1])
+    assert shared and required and hostname and ca > 0
+    assert unverified and ca_unverified == 0 and not patched
+
+
+async def test_lean_app_lifespan_is_the_fastapi_apps() -> None:
+    reset_settings()
+    exchanges = []
+    for app in (create_lean_app("lean", [lean_routes]), create_app("lean", [lean_routes])):
+        inbox = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent: list[Any] = []
+
+        async def receive() -> Any:
+            return inbox.pop(0)
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}, receive, send)
+        exchanges.append(sent)
+    assert exchanges[0] == exchanges[1] == [{"type": "lifespan.startup.complete"},
+                                            {"type": "lifespan.shutdown.complete"}]

@@ -14,8 +14,9 @@ tests/infrastructure/test_architecture.py):
 - core: ``money`` (prices, the rounding rule, holds, the ledger, the orphan sweeper),
   ``translation`` (helpers shared by the translated surfaces), ``adapters`` (the provider registry
   and one adapter per wire format);
-- kernel: ``http`` (the FastAPI app factory and the error mapping), ``ratelimit`` (Upstash sliding
-  windows), ``auth`` (API keys, the admin key), ``migrate`` (SQL migrations), ``db`` (Postgres),
+- kernel: ``http`` (the app factory — FastAPI, or without it for the query function — and the
+  error mapping), ``ratelimit`` (Upstash sliding windows), ``auth`` (API keys, the admin key),
+  ``migrate`` (SQL migrations), ``db`` (Postgres),
   ``upstash`` (the Redis REST client), ``loops`` (event-loop-bound state), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
   errors, the OpenAI error shape).

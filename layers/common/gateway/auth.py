@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from uuid import UUID
 
-from fastapi import Request
+from starlette.requests import Request
 
 from . import db
 from .config import get_settings

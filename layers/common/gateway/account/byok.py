@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from .. import db
@@ -34,7 +34,9 @@ from ..auth import SealedProviderKey, forget_key, forget_user
 from ..config import get_settings
 from ..errors import BadRequest, ServiceUnavailable
 from ..observability import count, logger
-from .schema import ProviderKey
+
+if TYPE_CHECKING:  # the query path opens keys and never lists them: no account schemas at its cold start
+    from .schema import ProviderKey
 
 # Providers a user can bring a key for (``byok`` in the provider registry; routing: chat.service.route()).
 PROVIDERS: tuple[str, ...] = BYOK_PROVIDERS
@@ -197,6 +199,8 @@ _COLUMNS = "provider, last4, key_version, created_at, updated_at"
 
 
 def _public(row: dict[str, Any]) -> ProviderKey:
+    from .schema import ProviderKey
+
     return ProviderKey(provider=row["provider"], last4=row["last4"], key_version=row["key_version"],
                        created_at=row["created_at"], updated_at=row["updated_at"])
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from ..auth import require_api_key
-from ..http import BodyOpenAPI, error_responses, server_request_id
+from ..http import BodyOpenAPI, Routes, error_responses, invalid_request, server_request_id
 from . import service
 from .responses import RelayResponse
 from .schema import ChatRequest
 
-router = APIRouter(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
+# Declared without FastAPI: the query function serves it with create_lean_app, the streaming one
+# (and the local stack) through FastAPI (create_app includes it as an APIRouter).
+router = Routes(responses=error_responses(401, 402, 403, 404, 429, 502, 504))
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # every surface's relayed stream
 
@@ -30,7 +31,7 @@ async def chat_completions(request: Request) -> Any:
     try:
         req = ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        raise invalid_request(exc.errors(include_url=False, include_context=False)) from None
     budget_s, buffered = service.budget_for(request.scope)
     call = await service.plan(server_request_id(request), principal, req, budget_s=budget_s, buffered=buffered)
     await service.admit(call)

@@ -34,8 +34,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import anyio
-from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
+from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from .. import ratelimit
