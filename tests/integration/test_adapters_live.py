@@ -462,3 +462,129 @@ async def test_unreachable_provider(client: httpx.AsyncClient) -> None:
     s = get_adapter("openai").stream(client, t, body("hi"))
     with pytest.raises(UpstreamError):
         await s.open()
+
+
+async def test_read_timeout_of_one_call(fake: tuple[str, Spy], client: httpx.AsyncClient) -> None:
+    """``complete(read_timeout=...)`` (the caller's deadline) bounds that call below the client's 5 s."""
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as info:
+        await get_adapter("openai").complete(client, target(fake, "openai"), body("slow [[sleep:3]]"),
+                                             read_timeout=0.3)
+    assert time.monotonic() - t0 < 2.0 and info.value.status == 504 and info.value.retryable
+    out, _ = await get_adapter("openai").complete(client, target(fake, "openai"), body("hi"), read_timeout=2.0)
+    assert out["choices"][0]["message"]["content"]
+
+
+# --------------------------------------------------------------------------------------------
+# a raw HTTP/1.1 server: dead pooled connections, disconnects, compressed answers
+# --------------------------------------------------------------------------------------------
+
+ANSWER = (b'{"id":"c1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,'
+          b'"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],'
+          b'"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}')
+
+
+@dataclass
+class RawServer:
+    """``answers(connection_no, request_no_on_it)`` -> the raw response bytes, or None to close
+    the connection without answering."""
+
+    answers: Any
+    connections: int = 0
+    requests: int = 0
+    seen_headers: list[bytes] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn, n = self.connections, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                self.requests += 1
+                self.seen_headers.append(head)
+                n += 1
+                answer = self.answers(conn, n)
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def http_answer(body: bytes, *extra: bytes) -> bytes:
+    head = [b"HTTP/1.1 200 OK", b"content-type: application/json", b"content-length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Any]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answers: Any) -> tuple[RawServer, Target]:
+        raw = RawServer(answers)
+        server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return raw, Target("openai", "gpt-4o-mini", "openai/gpt-4o-mini", f"http://127.0.0.1:{port}/v1", "k")
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+async def test_dead_pooled_connection_is_retried_once(raw_server: Any) -> None:
+    """The provider closed the kept-alive connection when our next request arrived: the request is
+    sent again on a new connection (nothing was answered, nothing billed), once."""
+    raw, t = await raw_server(lambda conn, n: http_answer(ANSWER) if n == 1 else None)
+    c = create_http_client()
+    try:
+        adapter = get_adapter("openai")
+        await adapter.complete(c, t, body("one"))
+        out, usage = await adapter.complete(c, t, body("two"))
+        assert out["choices"][0]["message"]["content"] == "hello" and usage.prompt_tokens == 3
+        assert (raw.connections, raw.requests) == (2, 3)
+        s = adapter.stream(c, t, body("three"))  # the stream's open() retries the same way
+        with pytest.raises(UpstreamError):  # (the answer is not SSE: what matters is the retry)
+            await s.open()
+            _ = [x async for x in s]
+        await s.aclose()
+        assert (raw.connections, raw.requests) == (3, 5)
+    finally:
+        await c.aclose()
+
+
+async def test_provider_closing_before_answering(raw_server: Any) -> None:
+    """Closed without an answer twice: ``upstream_connection_error`` (502, retryable: fallback)."""
+    raw, t = await raw_server(lambda conn, n: None)
+    c = create_http_client()
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await get_adapter("openai").complete(c, t, body("hi"))
+        assert type(info.value) is UpstreamError and info.value.code == "upstream_connection_error"
+        assert info.value.status == 502 and info.value.retryable
+        assert raw.requests == 2  # the first attempt and one retry
+    finally:
+        await c.aclose()
+
+
+async def test_compressed_answer_and_request_headers(raw_server: Any) -> None:
+    import gzip
+
+    raw, t = await raw_server(lambda conn, n: http_answer(gzip.compress(ANSWER), b"content-encoding: gzip"))
+    c = create_http_client()
+    try:
+        out, usage = await get_adapter("openai").complete(c, t, body("hi"))
+        assert out["choices"][0]["message"]["content"] == "hello" and usage.completion_tokens == 1
+    finally:
+        await c.aclose()
+    head = raw.seen_headers[0].lower()
+    assert head.startswith(b"post /v1/chat/completions http/1.1")
+    for expected in (b"authorization: bearer k", b"content-type: application/json",
+                     b"user-agent: multi-llm-gateway/", b"accept-encoding: gzip"):
+        assert expected in head

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.adapters import registry, transport, upstream_errors
 from gateway.adapters.contract import Target, Usage
-from gateway.adapters.http_client import aclose_http_client, create_http_client, get_http_client
+from gateway.adapters.http_client import UpstreamClient, aclose_http_client, create_http_client, get_http_client
 from gateway.adapters.registry import get_adapter
 from gateway.adapters.shapes import parse_data_url
 from gateway.adapters.sse import SSEDecoder
@@ -60,6 +60,15 @@ def test_sse_line_endings_split_anywhere(sep: bytes) -> None:
     for i in range(len(raw) + 1):
         assert _feed_all([raw[:i], raw[i:]]) == expected, i
     assert _feed_all([bytes([b]) for b in raw]) == expected
+
+
+def test_sse_mixed_line_endings_split_anywhere() -> None:
+    """LF-only reads take a fast path; a read with a CR the spec's framing: mixed, they agree."""
+    raw = b'data: {"a": 1}\n\r\ndata: b\r\n\ndata:  c\rdata: d\n\n: keep-alive\n\nevent: e\ndata: f\r\r'
+    expected = [(None, '{"a": 1}'), (None, "b"), (None, " c\nd"), ("e", "f")]
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            assert _feed_all([raw[:i], raw[i:j], raw[j:]]) == expected, (i, j)
 
 
 def test_sse_last_event_without_blank_line_is_kept() -> None:
@@ -337,16 +346,21 @@ async def test_get_http_client_is_shared_per_loop() -> None:
     c1 = get_http_client()
     c2 = get_http_client()
     assert c1 is c2
-    assert type(c1._transport).__name__ == "AiohttpTransport"
+    assert isinstance(c1, UpstreamClient)
     t = c1.timeout
     from gateway.config import get_settings
 
     s = get_settings()
     assert (t.connect, t.read, t.write, t.pool) == (s.upstream_connect_timeout_s, s.upstream_read_timeout_s,
                                                     10.0, 5.0)
+    # aiohttp's phases, as httpx_aiohttp mapped them: no total, pool -> connect
+    assert (c1._timeout.total, c1._timeout.sock_connect, c1._timeout.sock_read, c1._timeout.connect) == (
+        None, s.upstream_connect_timeout_s, s.upstream_read_timeout_s, 5.0)
+    connector = c1.session.connector
+    assert connector is not None and connector.limit == 200 and connector._keepalive_timeout == 30.0
 
     # another loop (a thread running its own loop) gets its own client
-    other: list[httpx.AsyncClient] = []
+    other: list[UpstreamClient] = []
 
     def run() -> None:
         async def grab() -> None:
@@ -392,7 +406,7 @@ async def test_upstream_connections_share_one_tls_context() -> None:
     assert ctx is shared_ssl_context()
     client = create_http_client()
     try:
-        assert client._transport.ssl_context is ctx  # type: ignore[attr-defined]
+        assert client.session.connector._ssl is ctx  # type: ignore[union-attr]
         assert ctx is getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ctx)
     finally:
         await client.aclose()

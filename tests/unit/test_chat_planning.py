@@ -109,3 +109,27 @@ def test_assemble_a_completion_from_chunks() -> None:
                                                 "function": {"name": "look", "arguments": '{"x":1}'}}]
     empty = assemble([], "m", None)
     assert empty["choices"][0]["message"]["content"] == "" and empty["choices"][0]["finish_reason"] == "stop"
+
+
+def test_assemble_joins_many_pieces_per_choice_and_field() -> None:
+    """Two choices interleaved, reasoning and content, a tool call's arguments in many pieces: each
+    field is the concatenation of its pieces in order."""
+    words = [f"w{i} " for i in range(3000)]
+    chunks = []
+    for i, word in enumerate(words):
+        chunks.append({"id": "c", "choices": [
+            {"index": 1, "delta": {"content": word.upper()}},
+            {"index": 0, "delta": {"reasoning": str(i % 10), "content": word}},
+        ]})
+    chunks.append({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "call_9", "function": {"name": "f", "arguments": ""}}]}}]})
+    chunks += [{"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": ch}}]}}]} for ch in '{"a": [1, 2, 3]}']
+    out = assemble(chunks, "m", None)
+    first, second = out["choices"]
+    assert first["message"]["content"] == "".join(words)
+    assert first["message"]["reasoning"] == "".join(str(i % 10) for i in range(3000))
+    assert first["message"]["tool_calls"] == [{"id": "call_9", "type": "function",
+                                               "function": {"name": "f", "arguments": '{"a": [1, 2, 3]}'}}]
+    assert second["index"] == 1 and second["message"]["content"] == "".join(words).upper()
+    assert "tool_calls" not in second["message"] and second["message"]["refusal"] is None

@@ -13,9 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     as_int,
@@ -333,8 +332,8 @@ def headers(target: Target) -> dict[str, str]:
     return {**auth_headers(target.api_key), "content-type": "application/json"}
 
 
-def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                  stream: bool) -> httpx.Request:
+def build_request(client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                  stream: bool) -> UpstreamRequest:
     payload = build_body(target, body, stream=stream)
     return client.build_request("POST", join_url(target.base_url, "messages"), headers=headers(target),
                                 content=json.dumps(payload, separators=(",", ":")))
@@ -442,14 +441,14 @@ class AnthropicEventStream(SSEUpstreamStream):
 class AnthropicStream(AnthropicEventStream):
     """Anthropic's events as OpenAI chat completion chunks."""
 
-    def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> None:
+    def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
         super().__init__(client, target, body)
         self._id = new_id()
         self._created = now()
         self._role_sent = False
         self._tool_index: dict[int, int] = {}  # content block index → OpenAI tool_calls index
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return build_request(self._client, self._target, self._body, stream=True)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:

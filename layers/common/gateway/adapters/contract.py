@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Protocol
 
-import httpx
+from gateway.adapters.http_client import UpstreamClient
 
 
 def _count(openai: str | None, doc: str) -> Any:
@@ -127,10 +127,10 @@ class UpstreamStream(Protocol):
 class Adapter(Protocol):
     provider: str
 
-    async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+    async def complete(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
                        read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]: ...
 
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> UpstreamStream: ...
+    def stream(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> UpstreamStream: ...
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """The headers every call to the provider carries (also its model-list requests)."""

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     THOUGHT_SEP,
@@ -393,8 +392,8 @@ def model_path(model: str) -> str:
     return "models/" + quote(model, safe="-._~")
 
 
-def build_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                  stream: bool) -> httpx.Request:
+def build_request(client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                  stream: bool) -> UpstreamRequest:
     path = model_path(target.upstream_model)
     url = join_url(target.base_url, f"{path}:streamGenerateContent" if stream else f"{path}:generateContent")
     return client.build_request(
@@ -484,7 +483,7 @@ class GeminiStream(SSEUpstreamStream):
 
     provider = "gemini"
 
-    def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> None:
+    def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
         super().__init__(client, target, body)
         self._id: str | None = None
         self._created = now()
@@ -494,7 +493,7 @@ class GeminiStream(SSEUpstreamStream):
         self._finished: set[int] = set()
         self._blocked = False
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return build_request(self._client, self._target, self._body, stream=True)
 
     def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:

@@ -12,9 +12,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
-
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
 from gateway.adapters.sse import FramedChunk, SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
@@ -27,6 +26,8 @@ DROP_ALWAYS = frozenset({"models", "usage"})
 OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reasoning"})
 # Response/chunk fields we do not pass on (OpenRouter's upstream name; its cost accounting).
 DROP_FROM_OUTPUT = ("provider",)
+# ... and in a chunk, the usage (read into ``.usage``; Groq's under ``x_groq``)
+_NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
 # Billing is at the standard (list) price: OpenAI is always asked for its "default" tier (never
 # "auto", which follows the project's setting); the gateway refuses other tiers before this.
 OPENAI_SERVICE_TIER = "default"
@@ -102,8 +103,8 @@ class OpenAICompatAdapter(TranslatingAdapter):
             return []
         return [key for key, value in body.items() if key in OPENROUTER_ONLY and value is not None]
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                      stream: bool) -> httpx.Request:
+    def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> UpstreamRequest:
         return client.build_request(
             "POST", join_url(target.base_url, "chat/completions"),
             content=json.dumps(self.build_body(target, body, stream=stream), separators=(",", ":")),
@@ -127,9 +128,11 @@ class OpenAICompatAdapter(TranslatingAdapter):
         if usage is None or (usage.prompt_tokens == 0 and usage.completion_tokens == 0):
             usage = estimated_usage(body, _output_chars(choices), target.public_id)
         out = {k: v for k, v in data.items() if k not in DROP_FROM_OUTPUT}
-        out.setdefault("id", new_id())
+        if "id" not in out:  # (not setdefault: a uuid4 per answer for nothing)
+            out["id"] = new_id()
         out["object"] = "chat.completion"
-        out.setdefault("created", now())
+        if "created" not in out:
+            out["created"] = now()
         out["model"] = target.public_id
         out["usage"] = _usage_dict(usage, data.get("usage"))
         return out, usage
@@ -137,19 +140,22 @@ class OpenAICompatAdapter(TranslatingAdapter):
     def usage_of(self, data: Any) -> Usage | None:
         return usage_from_openai(data.get("usage")) if isinstance(data, dict) else None
 
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
+    def stream(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> OpenAIStream:
         return OpenAIStream(self, client, target, body)
 
 
 class OpenAIStream(SSEUpstreamStream):
-    def __init__(self, adapter: OpenAICompatAdapter, client: httpx.AsyncClient, target: Target,
+    def __init__(self, adapter: OpenAICompatAdapter, client: UpstreamClient, target: Target,
                  body: dict[str, Any]) -> None:
         super().__init__(client, target, body)
         self.provider = adapter.provider
         self._adapter = adapter
         self._finished = False  # saw a finish_reason
+        self._model: str | None = None  # the upstream's model name, its "model" field, ours
+        self._needle = ""
+        self._ours: str | None = None
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
@@ -187,11 +193,13 @@ class OpenAIStream(SSEUpstreamStream):
             for call in delta.get("tool_calls") or []:
                 fn = (call or {}).get("function") or {}
                 self._out_chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-        chunk = {k: v for k, v in obj.items() if k not in DROP_FROM_OUTPUT and k != "usage" and k != "x_groq"}
-        chunk["object"] = "chat.completion.chunk"
-        chunk["model"] = self._target.public_id
         sse = self._relayed(data, obj)
-        return [FramedChunk(chunk, sse) if sse is not None else chunk]
+        for key in _NOT_IN_CHUNK:  # the parsed event becomes the chunk (it is ours: no copy)
+            if key in obj:
+                del obj[key]
+        obj["object"] = "chat.completion.chunk"
+        obj["model"] = self._target.public_id
+        return [FramedChunk(obj, sse) if sse is not None else obj]
 
     def _relayed(self, data: str, obj: dict[str, Any]) -> bytes | None:
         """The upstream's own event as our ``data:`` frame, when it differs from the chunk above
@@ -206,11 +214,15 @@ class OpenAIStream(SSEUpstreamStream):
             if obj["usage"] is not None or data.count(',"usage":null') != 1:
                 return None
             data = data.replace(',"usage":null', "", 1)
-        needle = f'"model":{json.dumps(model)}'
+        if model != self._model:  # the upstream names one model per stream: built once
+            self._model, self._needle = model, f'"model":{json.dumps(model)}'
+        needle = self._needle
         if data.count(needle) != 1:
             return None
         if model != self._target.public_id:
-            data = data.replace(needle, f'"model":{json.dumps(self._target.public_id)}', 1)
+            if self._ours is None:
+                self._ours = f'"model":{json.dumps(self._target.public_id)}'
+            data = data.replace(needle, self._ours, 1)
         return b"data: " + data.encode() + b"\n\n"
 
     def _on_eof(self) -> None:

@@ -132,6 +132,11 @@ def completion_dict(*, id: str, created: int, model: str, choices: list[dict[str
 
 
 
+# (count name, its keys in OpenAI's ``usage``), split once
+_USAGE_KEYS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (name, tuple(path.split("."))) for name in TOKEN_FIELDS if (path := openai_path(name)) is not None)
+
+
 def usage_from_openai(u: Any) -> Usage | None:
     """OpenAI-style ``usage`` → Usage: every count of ``contract.Tokens`` read from its ``openai``
     place (``prompt_tokens_details.cached_tokens`` → cached, ``...cache_write_tokens`` (OpenRouter)
@@ -140,12 +145,9 @@ def usage_from_openai(u: Any) -> Usage | None:
     if not isinstance(u, dict):
         return None
     counts: dict[str, int] = {}
-    for name in TOKEN_FIELDS:
-        path = openai_path(name)
-        if path is None:
-            continue
+    for name, keys in _USAGE_KEYS:
         node: Any = u
-        for key in path.split("."):
+        for key in keys:
             node = node.get(key) if isinstance(node, dict) else None
         counts[name] = as_int(node)
     if not counts["cached_tokens"]:

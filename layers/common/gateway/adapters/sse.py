@@ -1,5 +1,5 @@
 """Server-sent events: an incremental, byte-level parser (spec framing) and an iterator over an
-httpx response."""
+upstream response (``UpstreamResponse``; an httpx response reads the same)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-import httpx
+from gateway.adapters.http_client import UpstreamResponse
 
 
 @dataclass(slots=True)
@@ -42,10 +42,15 @@ class SSEDecoder:
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        self._buf += chunk
+        buf = self._buf + chunk if self._buf else chunk
         events: list[SSEEvent] = []
+        if b"\r" not in buf:  # the usual LF-only stream: one split, no regex
+            *lines, self._buf = buf.split(b"\n")
+            line = self._line
+            for raw in lines:
+                line(raw, events)
+            return events
         pos = 0
-        buf = self._buf
         while True:
             m = _EOL.search(buf, pos)
             if m is None:
@@ -73,6 +78,9 @@ class SSEDecoder:
             self._event = None
             self._data = []
             return
+        if raw[:6] == b"data: ":  # the usual field first
+            self._data.append(raw[6:].decode("utf-8", "replace"))
+            return
         if raw[:1] == b":":
             return  # comment / keep-alive (": OPENROUTER PROCESSING")
         line = raw.decode("utf-8", "replace")
@@ -85,7 +93,7 @@ class SSEDecoder:
             self._event = value
 
 
-async def iter_sse(response: httpx.Response) -> AsyncGenerator[SSEEvent, None]:
+async def iter_sse(response: UpstreamResponse) -> AsyncGenerator[SSEEvent, None]:
     decoder = SSEDecoder()
     async for chunk in response.aiter_bytes():
         for ev in decoder.feed(chunk):

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httpx
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 from ..errors import UpstreamError
 from .contract import Target, Usage
@@ -44,12 +44,12 @@ class SSEUpstreamStream:
 
     provider = "?"
 
-    def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> None:
+    def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
         self.usage: Usage | None = None
         self._client = client
         self._target = target
         self._body = body
-        self._response: httpx.Response | None = None
+        self._response: UpstreamResponse | None = None
         self._opened = False
         self._done = False
         self._closed = False
@@ -61,7 +61,7 @@ class SSEUpstreamStream:
         self._usage_is_cumulative = False
 
     # hooks ---------------------------------------------------------------------------------
-    def _build_request(self) -> httpx.Request:  # pragma: no cover - abstract
+    def _build_request(self) -> UpstreamRequest:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:  # pragma: no cover - abstract
@@ -173,8 +173,8 @@ class TranslatingAdapter:
     provider = "?"
     stream_class: type[SSEUpstreamStream] = SSEUpstreamStream
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                      stream: bool) -> httpx.Request:  # pragma: no cover - abstract
+    def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> UpstreamRequest:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def translate_response(self, target: Target, body: dict[str, Any],
@@ -188,11 +188,11 @@ class TranslatingAdapter:
         """The request parameters this adapter does not carry to its provider (none by default)."""
         return []
 
-    async def complete(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
+    async def complete(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
                        read_timeout: float | None = None) -> tuple[dict[str, Any], Usage]:
         """``read_timeout`` overrides the client's for this call: a non-streaming answer only
         arrives when the whole generation is done, so the caller bounds it by its deadline."""
-        def request() -> httpx.Request:
+        def request() -> UpstreamRequest:
             req = self.build_request(client, target, body, stream=False)
             if read_timeout is not None:
                 req.extensions["timeout"] = {**req.extensions.get("timeout", {}), "read": read_timeout}
@@ -210,7 +210,7 @@ class TranslatingAdapter:
             failure.billed_usage = _lenient(self.usage_of, data)
             raise failure from exc
 
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> SSEUpstreamStream:
+    def stream(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> SSEUpstreamStream:
         return self.stream_class(client, target, body)
 
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, UpstreamResponse
 
 from .upstream_errors import (
     bad_response,
@@ -20,8 +20,8 @@ from .upstream_errors import (
 MAX_ERROR_BODY = 64 * 1024
 
 
-async def send(client: httpx.AsyncClient, request_factory: Callable[[], httpx.Request],
-               provider: str) -> httpx.Response:
+async def send(client: UpstreamClient, request_factory: Callable[[], UpstreamRequest],
+               provider: str) -> UpstreamResponse:
     """Send and return once the response headers arrived (the body is not read yet).
 
     Retries once when a pooled keep-alive connection turns out to be dead before any response
@@ -41,7 +41,7 @@ async def send(client: httpx.AsyncClient, request_factory: Callable[[], httpx.Re
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def post_json(client: httpx.AsyncClient, request_factory: Callable[[], httpx.Request],
+async def post_json(client: UpstreamClient, request_factory: Callable[[], UpstreamRequest],
                     provider: str, api_key: str) -> Any:
     """Non-streaming call: the parsed JSON of a 200 answer, else the mapped error."""
     response = await send(client, request_factory, provider)
@@ -62,7 +62,7 @@ async def post_json(client: httpx.AsyncClient, request_factory: Callable[[], htt
         raise bad_response(provider, "returned invalid JSON") from None
 
 
-async def read_error(response: httpx.Response) -> bytes:
+async def read_error(response: UpstreamResponse) -> bytes:
     try:
         data = b""
         async for piece in response.aiter_bytes():

@@ -21,18 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from ..errors import UpstreamError, UpstreamTimeout
 from .contract import Usage
-
-try:  # the aiohttp transport re-raises some aiohttp errors unmapped
-    import aiohttp as _aiohttp
-except ImportError:  # pragma: no cover - aiohttp is a runtime dependency
-    _aiohttp = None  # type: ignore[assignment]
 
 MAX_MESSAGE_CHARS = 500
 
@@ -235,42 +231,52 @@ def _chain(exc: BaseException) -> Iterable[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
+def _httpx() -> Any:
+    """httpx when something imported it (the catalog's client, tests driving the adapters with an
+    httpx client), else None: without the module there is no httpx error to map, and the query
+    path does not import it for this."""
+    return sys.modules.get("httpx")
+
+
 def is_transport_error(exc: BaseException) -> bool:
-    if isinstance(exc, (httpx.TransportError, asyncio.TimeoutError, ConnectionError)):
+    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
         return True
-    return _aiohttp is not None and isinstance(exc, _aiohttp.ClientError)
+    httpx = _httpx()
+    return httpx is not None and isinstance(exc, httpx.TransportError)
 
 
 def is_stale_connection_error(exc: BaseException) -> bool:
     """The pooled keep-alive connection was closed by the server before it answered."""
-    for e in _chain(exc):
-        if _aiohttp is not None and isinstance(e, (_aiohttp.ServerDisconnectedError,
-                                                   _aiohttp.ClientConnectionResetError)):
-            return True
-        if isinstance(e, (httpx.RemoteProtocolError, ConnectionResetError)):
-            return True
-    return False
+    httpx = _httpx()
+    stale: tuple[type[BaseException], ...] = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError,
+                                              ConnectionResetError)
+    if httpx is not None:
+        stale += (httpx.RemoteProtocolError,)
+    return any(isinstance(e, stale) for e in _chain(exc))
 
 
 def error_from_transport(provider: str, exc: BaseException, *, mid_stream: bool = False) -> UpstreamError:
-    """Map a connect error / timeout / reset (httpx or raw aiohttp) to our typed error.
+    """Map a connect error / timeout / reset (aiohttp's, or httpx's) to our typed error.
 
-    The aiohttp transport maps some aiohttp errors to the wrong httpx class (a refused connection
-    or a server disconnect surfaces as ``httpx.ConnectTimeout``), so the original cause decides.
+    An aiohttp error in the chain decides (httpx's aiohttp transport, still used by the catalog,
+    maps some to the wrong httpx class: a refused connection or a server disconnect surfaces as
+    ``httpx.ConnectTimeout``).
     """
     where = "while answering" if mid_stream else "before answering"
     chain = list(_chain(exc))
     timeout = connect = False
-    root = next((e for e in chain if _aiohttp is not None and isinstance(e, _aiohttp.ClientError)), None)
+    root = next((e for e in chain if isinstance(e, aiohttp.ClientError)), None)
     if root is not None:  # the original aiohttp error decides
-        timeout = isinstance(root, _aiohttp.ServerTimeoutError)
-        connect = isinstance(root, _aiohttp.ClientConnectorError) and not timeout
+        timeout = isinstance(root, aiohttp.ServerTimeoutError)
+        connect = isinstance(root, aiohttp.ClientConnectorError) and not timeout
     else:
+        httpx = _httpx()
         for e in chain:
-            if isinstance(e, httpx.ConnectError):
+            if httpx is not None and isinstance(e, httpx.ConnectError):
                 connect = True
                 break
-            if isinstance(e, (httpx.TimeoutException, asyncio.TimeoutError, TimeoutError)):
+            if isinstance(e, (asyncio.TimeoutError, TimeoutError)) or (
+                    httpx is not None and isinstance(e, httpx.TimeoutException)):
                 timeout = True
                 break
     if timeout:

@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 from .. import db
 from ..adapters import registry as providers
 from ..adapters.contract import DirectModel
-from ..adapters.http_client import get_http_client
+from ..adapters.http_client import get_catalog_http_client
 from ..adapters.registry import DIRECT_PROVIDERS, OPENROUTER, catalogue_ids
 from ..config import Settings, get_settings
 from ..observability import MetricUnit, count, in_lambda, logger
@@ -195,7 +195,7 @@ async def _fetch(name: str, settings: Settings, client: httpx.AsyncClient) -> So
 async def fetch_sources(names: Iterable[str], settings: Settings | None = None,
                         progress: Progress | None = None) -> dict[str, SourceResult]:
     settings = settings or get_settings()
-    client = get_http_client()
+    client = get_catalog_http_client()
 
     async def one(name: str) -> SourceResult:
         result = await _fetch(name, settings, client)

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx
-
 from ..adapters.contract import Target
+from ..adapters.http_client import UpstreamClient, UpstreamRequest
 from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
 from ..auth import Principal
@@ -36,9 +35,9 @@ from . import service
 from .schema import ChatRequest
 
 
-def native_request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], path: str,
+def native_request(client: UpstreamClient, target: Target, body: dict[str, Any], path: str,
                    headers: Mapping[str, str], *, stream: bool,
-                   buffered_drops: tuple[str, ...] = ("stream",)) -> httpx.Request:
+                   buffered_drops: tuple[str, ...] = ("stream",)) -> UpstreamRequest:
     """The provider call of a native body: ``model`` replaced by the target's, ``stream: true``
     when streaming (else ``buffered_drops`` removed), ``POST {base_url}/{path}`` with ``headers``
     (authentication included) as JSON."""

@@ -94,10 +94,17 @@ class RelayResponse(StreamingResponse):
             watcher.cancel()
 
 
+_TEXT_FIELDS = ("content", "refusal", "reasoning")
+
+
 def assemble(chunks: list[dict[str, Any]], model: str, usage: dict[str, Any] | None) -> dict[str, Any]:
     """One ``chat.completion`` from OpenAI ``chat.completion.chunk`` dicts (content, refusal and
-    reasoning text concatenated, tool calls merged by index, the last finish reason, logprobs)."""
+    reasoning text concatenated, tool calls merged by index, the last finish reason, logprobs).
+
+    Text arrives one token per chunk: the pieces are collected and joined once at the end (adding
+    each to a growing string would copy the answer once per chunk: quadratic in its length)."""
     choices: dict[int, dict[str, Any]] = {}
+    pieces: dict[int, _Pieces] = {}
     for chunk in chunks:
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict):
@@ -108,7 +115,8 @@ def assemble(chunks: list[dict[str, Any]], model: str, usage: dict[str, Any] | N
                 slot = choices[index] = {"index": index, "message": {"role": "assistant", "content": None,
                                                                      "refusal": None},
                                          "finish_reason": None, "logprobs": None}
-            _merge_delta(slot["message"], choice.get("delta") or {})
+                pieces[index] = _Pieces()
+            pieces[index].add(choice.get("delta") or {})
             if choice.get("finish_reason"):
                 slot["finish_reason"] = choice["finish_reason"]
             logprobs = choice.get("logprobs")
@@ -118,8 +126,10 @@ def assemble(chunks: list[dict[str, Any]], model: str, usage: dict[str, Any] | N
     if not choices:
         choices[0] = {"index": 0, "message": {"role": "assistant", "content": None, "refusal": None},
                       "finish_reason": "stop", "logprobs": None}
-    for slot in choices.values():
+    for index, slot in choices.items():
         message = slot["message"]
+        if index in pieces:
+            pieces[index].into(message)
         if message["content"] is None and not message.get("tool_calls"):
             message["content"] = ""
         slot["finish_reason"] = slot["finish_reason"] or "stop"
@@ -134,22 +144,39 @@ def assemble(chunks: list[dict[str, Any]], model: str, usage: dict[str, Any] | N
     return out
 
 
-def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
-    for key in ("content", "refusal", "reasoning"):
-        piece = delta.get(key)
-        if isinstance(piece, str):
-            message[key] = (message.get(key) or "") + piece
-    for call in delta.get("tool_calls") or ():
-        if not isinstance(call, dict):
-            continue
-        calls = message.setdefault("tool_calls", [])
-        index = call.get("index")
-        index = len(calls) if not isinstance(index, int) else index
-        while len(calls) <= index:
-            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-        slot = calls[index]
-        if call.get("id"):
-            slot["id"] = call["id"]
-        fn = call.get("function") or {}
-        slot["function"]["name"] += fn.get("name") or ""
-        slot["function"]["arguments"] += fn.get("arguments") or ""
+class _Pieces:
+    """One choice's deltas: its text fields and tool calls (by index) as lists of pieces."""
+
+    __slots__ = ("calls", "text")
+
+    def __init__(self) -> None:
+        self.text: dict[str, list[str]] = {}
+        self.calls: list[dict[str, Any]] = []
+
+    def add(self, delta: dict[str, Any]) -> None:
+        for key in _TEXT_FIELDS:
+            piece = delta.get(key)
+            if isinstance(piece, str):
+                self.text.setdefault(key, []).append(piece)
+        for call in delta.get("tool_calls") or ():
+            if not isinstance(call, dict):
+                continue
+            calls = self.calls
+            index = call.get("index")
+            index = len(calls) if not isinstance(index, int) else index
+            while len(calls) <= index:
+                calls.append({"id": None, "name": [], "arguments": []})
+            slot = calls[index]
+            if call.get("id"):
+                slot["id"] = call["id"]
+            fn = call.get("function") or {}
+            slot["name"].append(fn.get("name") or "")
+            slot["arguments"].append(fn.get("arguments") or "")
+
+    def into(self, message: dict[str, Any]) -> None:
+        for key, parts in self.text.items():
+            message[key] = "".join(parts)
+        if self.calls:
+            message["tool_calls"] = [{"id": c["id"], "type": "function",
+                                      "function": {"name": "".join(c["name"]), "arguments": "".join(c["arguments"])}}
+                                     for c in self.calls]

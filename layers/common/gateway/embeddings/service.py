@@ -23,10 +23,8 @@ import json
 import time
 from typing import Any
 
-import httpx
-
 from ..adapters.contract import Target, Usage
-from ..adapters.http_client import get_http_client
+from ..adapters.http_client import UpstreamClient, UpstreamRequest, get_http_client
 from ..adapters.registry import OPENROUTER, get_adapter
 from ..adapters.shapes import join_url
 from ..adapters.tokens import PromptSize
@@ -110,8 +108,8 @@ def input_usage(call: chat.Call) -> Usage:
     return Usage(prompt_tokens=call.size.text_estimate, completion_tokens=0, reported=False)
 
 
-def _request(client: httpx.AsyncClient, target: Target, path: str, body: dict[str, Any], read_timeout: float
-             ) -> httpx.Request:
+def _request(client: UpstreamClient, target: Target, path: str, body: dict[str, Any], read_timeout: float
+             ) -> UpstreamRequest:
     request = client.build_request(
         "POST", join_url(target.base_url, path), content=json.dumps(body, separators=(",", ":")),
         headers={"content-type": "application/json", **get_adapter(target.provider).auth_headers(target.api_key)})

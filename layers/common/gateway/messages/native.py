@@ -25,10 +25,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from gateway.adapters.anthropic import AnthropicEventStream, auth_headers, usage_from_anthropic, usage_of
 from gateway.adapters.contract import Target, Usage
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.shapes import parse_tool_arguments
 from gateway.adapters.sse import SSEEvent
 from gateway.adapters.stream import TranslatingAdapter, estimated_usage
@@ -103,8 +102,8 @@ def native_size(body: Mapping[str, Any]) -> PromptSize:
 
 
 # =============================================================================== upstream
-def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], headers: Mapping[str, str], *,
-             stream: bool) -> httpx.Request:
+def _request(client: UpstreamClient, target: Target, body: dict[str, Any], headers: Mapping[str, str], *,
+             stream: bool) -> UpstreamRequest:
     return native_request(client, target, body, "messages", {**auth_headers(target.api_key), **headers},
                           stream=stream)
 
@@ -112,12 +111,12 @@ def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], he
 class NativeStream(AnthropicEventStream):
     """Anthropic's events relayed as they are (our model id in ``message_start``)."""
 
-    def __init__(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any],
+    def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any],
                  headers: Mapping[str, str]) -> None:
         super().__init__(client, target, body)
         self._headers = headers
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return _request(self._client, self._target, self._body, self._headers, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
@@ -149,8 +148,8 @@ class NativeAdapter(TranslatingAdapter):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {**auth_headers(api_key), **self.headers}
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                      stream: bool) -> httpx.Request:
+    def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> UpstreamRequest:
         return _request(client, target, body, self.headers, stream=stream)
 
     def translate_response(self, target: Target, body: dict[str, Any], data: Any) -> tuple[dict[str, Any], Usage]:
@@ -166,7 +165,7 @@ class NativeAdapter(TranslatingAdapter):
             usage = estimated_usage(body, chars, target.public_id)
         return {**data, "model": target.public_id}, usage
 
-    def stream(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any]) -> NativeStream:
+    def stream(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> NativeStream:
         return NativeStream(client, target, body, self.headers)
 
 

@@ -33,9 +33,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
 from gateway.adapters.contract import Target, Usage
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
 from gateway.adapters.registry import get_adapter
 from gateway.adapters.shapes import as_int
 from gateway.adapters.sse import SSEEvent
@@ -188,7 +187,7 @@ def _estimated(body: dict[str, Any], out_chars: int, model_id: str) -> Usage:
 
 
 # =============================================================================== upstream
-def _request(client: httpx.AsyncClient, target: Target, body: dict[str, Any], *, stream: bool) -> httpx.Request:
+def _request(client: UpstreamClient, target: Target, body: dict[str, Any], *, stream: bool) -> UpstreamRequest:
     return native_request(client, target, body, "responses", get_adapter(OPENAI).auth_headers(target.api_key),
                           stream=stream, buffered_drops=("stream", "stream_options"))
 
@@ -201,7 +200,7 @@ def _with_model(obj: dict[str, Any], model: str) -> dict[str, Any]:
 class ResponsesStream(SSEUpstreamStream):
     provider = OPENAI
 
-    def _build_request(self) -> httpx.Request:
+    def _build_request(self) -> UpstreamRequest:
         return _request(self._client, self._target, self._body, stream=True)
 
     def _on_event(self, event: SSEEvent) -> list[dict[str, Any]]:
@@ -245,8 +244,8 @@ class ResponsesAdapter(TranslatingAdapter):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return get_adapter(OPENAI).auth_headers(api_key)
 
-    def build_request(self, client: httpx.AsyncClient, target: Target, body: dict[str, Any], *,
-                      stream: bool) -> httpx.Request:
+    def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
+                      stream: bool) -> UpstreamRequest:
         return _request(client, target, body, stream=stream)
 
     def translate_response(self, target: Target, body: dict[str, Any], data: Any) -> tuple[dict[str, Any], Usage]:
