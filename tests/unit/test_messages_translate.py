@@ -296,8 +296,22 @@ def test_native_body_forwards_every_field_unchanged_but_the_model() -> None:
            "tools": [WEATHER], "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
            "metadata": {"user_id": "u"}, "top_k": 5}
     t = T.native_body(MessagesRequest.model_validate(raw), "claude-sonnet-4-20250514")
-    assert t.body == {**raw, "model": "claude-sonnet-4-20250514"}
+    assert t.body == {**raw, "model": "claude-sonnet-4-20250514", "service_tier": "standard_only"}
     assert t.dropped == []
+
+
+@pytest.mark.parametrize("asked", [None, "auto", "standard_only"])
+def test_native_body_always_asks_for_the_standard_tier(asked: str | None) -> None:
+    """Our price is Anthropic's standard one: "auto" (also Anthropic's default when the field is
+    absent) would use Priority Tier capacity, billed at Priority prices, whenever the organisation
+    has some. count_tokens takes no tier."""
+    raw = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    if asked is not None:
+        raw["service_tier"] = asked
+    assert T.native_body(MessagesRequest.model_validate(raw), "claude-x").body["service_tier"] == "standard_only"
+    counted = T.native_body(CountTokensRequest.model_validate(
+        {k: v for k, v in raw.items() if k not in ("max_tokens", "service_tier")}), "claude-x")
+    assert "service_tier" not in counted.body
 
 
 def test_native_body_refuses_premium_options_and_strips_org_fields() -> None:

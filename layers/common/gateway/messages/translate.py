@@ -378,12 +378,17 @@ def _tool_choice(req: MessagesRequest | CountTokensRequest, body: dict[str, Any]
 
 
 # =============================================================================== native path
+# Anthropic's standard capacity, at its list price (never Priority Tier, priced higher).
+STANDARD_SERVICE_TIER = "standard_only"
+
+
 def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, *,
                 max_tokens_limit: int | None = None) -> Translation:
     """The client's request for Anthropic itself: ``model`` replaced; refused (400) what costs more
-    than our price (module docstring); ``workspace_id``/``user_profile_id`` stripped (they address our
-    own organisation). ``max_tokens_limit`` (the model's output maximum the hold was computed with)
-    clamps ``max_tokens`` — and a thinking budget with it — so the hold stays an upper bound."""
+    than our price (module docstring); ``workspace_id``/``user_profile_id`` stripped (they address
+    our own organisation); ``service_tier`` always ``standard_only`` (the price we bill).
+    ``max_tokens_limit`` (the model's output maximum the hold was computed with) clamps
+    ``max_tokens`` — and a thinking budget with it — so the hold stays an upper bound."""
     _refuse_unpriced(req)
     for i, tool in enumerate(req.tools or []):
         if tool.type and tool.type.startswith(LOOPING_TOOL_PREFIXES):
@@ -416,6 +421,10 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
                 t.drop("thinking blocks without a signature")
                 msg["content"] = kept
     body["model"] = upstream_model
+    if isinstance(req, MessagesRequest):
+        # Our price is Anthropic's standard one: "auto" (its default) would spend Priority Tier
+        # capacity, billed at Priority prices, whenever the organisation has some.
+        body["service_tier"] = STANDARD_SERVICE_TIER
     if max_tokens_limit is not None and body.get("max_tokens", 0) > max_tokens_limit:
         body["max_tokens"] = max_tokens_limit
         t.drop(f"max_tokens above {max_tokens_limit}")
