@@ -111,6 +111,14 @@ def test_request_defaults_and_options() -> None:
     assert out["max_tokens"] == 50
 
 
+@pytest.mark.parametrize("asked", [None, "auto", "default"])
+def test_always_the_standard_tier(asked: str | None) -> None:
+    """Our price is Anthropic's standard one: never "auto" (its default), which would spend
+    Priority Tier capacity at Priority prices whenever the organisation has some."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "service_tier": asked}
+    assert build_body(T, body, stream=False)["service_tier"] == "standard_only"
+
+
 @pytest.mark.parametrize(("choice", "parallel", "expected"), [
     ("auto", None, {"type": "auto"}),
     ("none", None, {"type": "none"}),

@@ -290,6 +290,9 @@ def build_body(target: Target, body: dict[str, Any], *, stream: bool) -> dict[st
         "model": target.upstream_model,
         "messages": messages,
         "max_tokens": output_limit(body),
+        # The catalogue's price is Anthropic's standard one: "auto" (its default) would spend
+        # Priority Tier capacity, billed at Priority prices, whenever the organisation has some.
+        "service_tier": "standard_only",
     }
     if system:
         if any("cache_control" in b for b in system):
