@@ -316,6 +316,44 @@ def test_get_adapter() -> None:
         get_adapter("bedrock")
 
 
+def test_native_adapters_load_on_first_use_of_their_provider() -> None:
+    """A cold start of the query function (functions/query/app.py) does not import the Anthropic
+    and Gemini adapters; the first use of their provider does (adapter, model list, catalogue
+    names), and gives what the eager registry gave."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import asyncio, json, sys, app\n"
+            "native = ('gateway.adapters.anthropic', 'gateway.adapters.gemini')\n"
+            "out = [sorted(m for m in native if m in sys.modules)]\n"
+            "from gateway.adapters import registry\n"
+            "openai = registry.get_adapter('openai')\n"
+            "out.append(sorted(m for m in native if m in sys.modules))\n"
+            "a = registry.get_adapter('anthropic')\n"
+            "out.append([type(a).__module__, type(a).__name__, a is registry.get_adapter('anthropic'),\n"
+            "            'gateway.adapters.gemini' in sys.modules])\n"
+            "out.append(registry.catalogue_ids('anthropic', 'claude-3-7-sonnet-20250219'))\n"
+            "async def get(url, headers, params):\n"
+            "    return {'models': [{'name': 'models/gemini-2.5-flash',\n"
+            "                        'supportedGenerationMethods': ['generateContent']}]}\n"
+            "models, listed = asyncio.run(registry.provider('gemini').list_models(get, 'https://g.test/v1beta', {}))\n"
+            "out.append([[m.provider, m.upstream] for m in models] + [listed])\n"
+            "out.append(type(registry.get_adapter('gemini')).__name__)\n"
+            "print(json.dumps(out))")
+    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    at_import, after_openai, anthropic, ids, gemini_models, gemini = json.loads(done.stdout.splitlines()[-1])
+    assert at_import == [] and after_openai == []
+    assert anthropic == ["gateway.adapters.anthropic", "AnthropicAdapter", True, False]
+    assert ids[0] == "anthropic/claude-3.7-sonnet"
+    assert gemini_models == [["gemini", "gemini-2.5-flash"], 1]
+    assert gemini == "GeminiAdapter"
+
+
 def test_target_repr_hides_key() -> None:
     t = Target("openai", "gpt-4o-mini", "openai/gpt-4o-mini", "https://api.openai.com/v1", "sk-very-secret")
     assert "sk-very-secret" not in repr(t)

@@ -15,8 +15,11 @@ Adding a provider:
 * native: one adapter module (``build_request``/``translate_response``/stream class, see
   ``anthropic.py``) plus one entry. docs/architecture.md walks through both.
 
-This module imports the concrete adapters; they import only the shared pieces (``contract``,
-``shapes``, ``sse``, ``stream``, ``transport``, ``upstream_errors``), never this module.
+The native adapters (``anthropic``, ``gemini``) are imported on the first use of their provider
+(``get_adapter``, its model list, its catalogue names), not with this module: a cold start whose
+requests go to OpenAI-compatible providers never loads their translations (issue 15, fourth pass).
+The concrete adapters import only the shared pieces
+(``contract``, ``shapes``, ``sse``, ``stream``, ``transport``, ``upstream_errors``), never this module.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Settings, get_settings
-from . import anthropic, gemini, openai_compat
+from . import openai_compat
 from .contract import Adapter, DirectModel, GetJson
 
 ModelLister = Callable[[GetJson, str, Mapping[str, str]], Any]  # -> Awaitable[(models, entries listed)]
@@ -63,6 +66,36 @@ class Provider:
 
 OPENROUTER = "openrouter"
 
+
+# The native adapters, imported on first use of their provider. The OpenAI-compatible one is
+# imported with this module: it serves three providers (OpenRouter among them), and what it imports
+# (``stream``, ``transport``, ``upstream_errors``) every adapter needs; a cold start pays it during
+# the init phase instead of the first request.
+def _anthropic() -> Adapter:
+    from .anthropic import AnthropicAdapter
+    return AnthropicAdapter()
+
+
+def _gemini() -> Adapter:
+    from .gemini import GeminiAdapter
+    return GeminiAdapter()
+
+
+async def _list_anthropic(get: GetJson, base_url: str, headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
+    from .anthropic import list_anthropic_models
+    return await list_anthropic_models(get, base_url, headers)
+
+
+async def _list_gemini(get: GetJson, base_url: str, headers: Mapping[str, str]) -> tuple[list[DirectModel], int]:
+    from .gemini import list_gemini_models
+    return await list_gemini_models(get, base_url, headers)
+
+
+def _anthropic_names(upstream: str) -> list[str]:
+    from .anthropic import anthropic_names
+    return anthropic_names(upstream)
+
+
 _ENTRIES = (
     Provider("openai", lambda: openai_compat.OpenAICompatAdapter(
                  "openai", service_tier=openai_compat.OPENAI_SERVICE_TIER, output_limit_field="max_completion_tokens"),
@@ -71,12 +104,12 @@ _ENTRIES = (
     Provider(OPENROUTER, lambda: openai_compat.OpenAICompatAdapter(
                  OPENROUTER, openrouter_fields=True, extra_headers=openrouter_attribution),
              api_key=lambda s: s.openrouter_api_key, base_url=lambda s: s.openrouter_base_url),
-    Provider("anthropic", anthropic.AnthropicAdapter,
+    Provider("anthropic", _anthropic,
              api_key=lambda s: s.anthropic_api_key, base_url=lambda s: s.anthropic_base_url,
-             vendor="anthropic", list_models=anthropic.list_anthropic_models, names=anthropic.anthropic_names),
-    Provider("gemini", gemini.GeminiAdapter,
+             vendor="anthropic", list_models=_list_anthropic, names=_anthropic_names),
+    Provider("gemini", _gemini,
              api_key=lambda s: s.gemini_api_key, base_url=lambda s: s.gemini_base_url,
-             shares_context=False, vendor="google", list_models=gemini.list_gemini_models),
+             shares_context=False, vendor="google", list_models=_list_gemini),
     Provider("compat", lambda: openai_compat.OpenAICompatAdapter(
                  "compat", output_limit_field="max_tokens", lenient_eof=True),
              api_key=lambda s: s.compat_api_key, base_url=lambda s: s.compat_base_url,
