@@ -339,6 +339,51 @@ async def test_stream_relays_the_upstream_bytes_with_our_model_name() -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize("provider", ["openai", "openrouter", "compat"])
+async def test_a_buffered_stream_builds_no_relay_frames(provider: str) -> None:
+    """``relay = False`` (a buffered answer: the chunks are assembled, never sent): plain dicts,
+    no ``data:`` frames built, and the same chunks and usage (exact, from the provider's last
+    event; a Groq-style ``x_groq.usage`` too) as the relayed stream."""
+    from gateway.adapters.sse import FramedChunk
+
+    pieces = [
+        compact({"role": "assistant", "content": ""}),
+        compact({"content": "Hello"}),
+        chunk({"content": " spaced"}, usage=None),
+        compact({"content": "!"}, provider="OpenAI"),
+        compact({}, "stop"),
+        USAGE_CHUNK,
+        b"data: [DONE]\n\n",
+    ]
+    target = Target(provider, "gpt-4o-mini", "openai/gpt-4o-mini", "https://api.example.com/v1", "sk-test")
+    runs = []
+    for relay in (True, False):
+        up = Upstream(pieces=pieces)
+        async with up.client() as client:
+            stream = get_adapter(provider).stream(client, target, {**BODY, "stream": True})
+            assert stream.relay is True  # the default: a relay
+            stream.relay = relay
+            chunks = await collect(stream)
+        runs.append((chunks, stream.usage))
+    (relayed, relayed_usage), (buffered, buffered_usage) = runs
+    assert any(type(c) is FramedChunk for c in relayed)
+    assert [type(c) for c in buffered] == [dict] * 5
+    assert [dict(c) for c in relayed] == buffered
+    assert buffered_usage == relayed_usage and buffered_usage is not None and buffered_usage.reported
+    assert (buffered_usage.prompt_tokens, buffered_usage.completion_tokens, buffered_usage.cached_tokens) == (9, 12, 4)
+
+    groq = [chunk({"content": "Hi"}), chunk({}, "stop", x_groq={"id": "req_1", "usage": {
+        "prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}}), b"data: [DONE]\n\n"]
+    up = Upstream(pieces=groq)
+    async with up.client() as client:
+        stream = get_adapter(provider).stream(client, target, {**BODY, "stream": True})
+        stream.relay = False
+        chunks = await collect(stream)
+    assert [type(c) for c in chunks] == [dict, dict] and "x_groq" not in chunks[1]
+    assert stream.usage is not None and stream.usage.reported
+    assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (7, 2)
+
+
 async def test_stream_tool_call_deltas() -> None:
     pieces = [
         chunk({"role": "assistant", "content": None, "tool_calls": [

@@ -116,6 +116,10 @@ class Target:
 
 class UpstreamStream(Protocol):
     usage: Usage | None
+    # False when the consumer assembles the chunks and never sends them (a buffered response):
+    # set before iterating; the stream then skips what only a relay uses (the OpenAI-compatible
+    # stream's ready-made ``data:`` frames). The chunks are the same dicts either way.
+    relay: bool
 
     async def open(self) -> None: ...
 

@@ -171,12 +171,15 @@ class OpenAIStream(SSEUpstreamStream):
         if obj.get("error") or obj.get("object") == "error" or event.event == "error":
             raise error_from_event(self.provider, obj, api_key=self._target.api_key)
         usage = obj.get("usage")
-        if usage is None and isinstance(obj.get("x_groq"), dict):
-            usage = obj["x_groq"].get("usage")
-        parsed = usage_from_openai(usage)
-        if parsed is not None:
-            self.usage = parsed
-            self._final_usage = True
+        if usage is None:
+            groq = obj.get("x_groq")
+            if isinstance(groq, dict):
+                usage = groq.get("usage")
+        if usage is not None:  # (most chunks carry none, or "usage":null)
+            parsed = usage_from_openai(usage)
+            if parsed is not None:
+                self.usage = parsed
+                self._final_usage = True
         choices = obj.get("choices")
         if not choices:
             return []  # the usage-only chunk (or a keep-alive object)
@@ -193,7 +196,7 @@ class OpenAIStream(SSEUpstreamStream):
             for call in delta.get("tool_calls") or []:
                 fn = (call or {}).get("function") or {}
                 self._out_chars += len(fn.get("name") or "") + len(fn.get("arguments") or "")
-        sse = self._relayed(data, obj)
+        sse = self._relayed(data, obj) if self.relay else None  # a buffered consumer never sends it
         for key in _NOT_IN_CHUNK:  # the parsed event becomes the chunk (it is ours: no copy)
             if key in obj:
                 del obj[key]

@@ -43,6 +43,7 @@ class SSEUpstreamStream:
     """
 
     provider = "?"
+    relay = True  # the chunks will be framed and sent (False: assembled into one answer; see contract)
 
     def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
         self.usage: Usage | None = None

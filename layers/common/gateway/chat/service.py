@@ -670,7 +670,7 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
 async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
     """Behind API Gateway: read the upstream as a stream and assemble the completion, so the
     deadline (before API Gateway's 30 s) stops the generation and charges what it produced."""
-    c, upstream, iterator, first = await _open(call)
+    c, upstream, iterator, first = await _open(call, relay=False)
     chunks = [] if first is None else [first]
     error: UpstreamError | None = None
     timer = _arm_deadline(call, upstream)
@@ -714,13 +714,14 @@ def _arm_deadline(call: Call, upstream: UpstreamStream) -> asyncio.TimerHandle:
     return loop.call_at(call.deadline, expire)
 
 
-async def _open(call: Call) -> tuple[Candidate, UpstreamStream, Any, dict[str, Any] | None]:
+async def _open(call: Call, *, relay: bool = True) -> tuple[Candidate, UpstreamStream, Any, dict[str, Any] | None]:
     """Open the upstream stream, falling back until one produces its FIRST chunk (within the
-    deadline); errors up to that point raise."""
+    deadline); errors up to that point raise. ``relay=False``: the chunks are assembled, not sent."""
     client = get_http_client()
 
     async def attempt(c: Candidate) -> tuple[UpstreamStream, Any, dict[str, Any] | None]:
         upstream = call.wire.adapter(c.target.provider).stream(client, c.target, c.body)
+        upstream.relay = relay
         try:
             async with asyncio.timeout_at(call.deadline):
                 await upstream.open()
