@@ -308,6 +308,24 @@ async def test_post_json_invalid_json_is_retryable_502() -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("data", [
+    '{"a":1,"b":[true,null,"x"]}', '[1,2]', '"text"', '42', '-1.5e3', 'null', 'NaN', '{"x":Infinity}',
+    ' {"a":1}', '{"a":1} ', '\t{"a":1}\n', '{"a":"caf\\u00e9 \u00e9"}', '{"a":{"b":{"c":[{}]}}}',
+])
+def test_load_json_event_parses_as_json_loads(data: str) -> None:
+    assert repr(upstream_errors.load_json_event("openai", data)) == repr(json.loads(data))  # (NaN != NaN)
+
+
+@pytest.mark.parametrize("data", ['{"a":1', '{"a":1}x', '{"a":1} {"b":2}', '\ufeff{"a":1}', '', '   ', "{'a':1}",
+                                  '[1,]', 'nul', '{"a":1}}'])
+def test_load_json_event_refuses_what_json_loads_refuses(data: str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(data)
+    with pytest.raises(UpstreamError) as caught:
+        upstream_errors.load_json_event("openai", data)
+    assert caught.value.code == "upstream_bad_response" and caught.value.status == 502
+
+
 def test_get_adapter() -> None:
     for p in registry.PROVIDERS:
         assert get_adapter(p).provider == p
