@@ -105,13 +105,10 @@ class TemplateRouter:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            from gateway.http import lifespan_without_work
+
+            await lifespan_without_work(receive, send)
+            return
         method = scope.get("method", "GET")
         app, path_known = self.resolve(method, scope["path"])
         if app is None and method in ("OPTIONS", "HEAD") and path_known:

@@ -164,3 +164,13 @@ def stream_function(local_stack: dict[str, Any], log_dir: Path, env: Mapping[str
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
+
+
+def in_fresh_function(function: str, code: str) -> str:
+    """The last line ``code`` prints, run in a fresh interpreter as the function's cold start would
+    import it (``functions/<function>`` on the path with the layer): what an import loads."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'common'}:{ROOT / 'functions' / function}"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "functions" / function, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]

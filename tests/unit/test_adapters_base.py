@@ -27,6 +27,7 @@ from gateway.adapters.upstream_errors import (
     scrub,
 )
 from gateway.errors import UpstreamError, UpstreamTimeout
+from tests.support.apps import in_fresh_function
 
 # --------------------------------------------------------------------------------------------
 # SSE decoder
@@ -338,12 +339,7 @@ def test_native_adapters_load_on_first_use_of_their_provider() -> None:
     """A cold start of the query function (functions/query/app.py) does not import the Anthropic
     and Gemini adapters; the first use of their provider does (adapter, model list, catalogue
     names), and gives what the eager registry gave."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
     code = ("import asyncio, json, sys, app\n"
             "native = ('gateway.adapters.anthropic', 'gateway.adapters.gemini')\n"
             "out = [sorted(m for m in native if m in sys.modules)]\n"
@@ -361,10 +357,7 @@ def test_native_adapters_load_on_first_use_of_their_provider() -> None:
             "out.append([[m.provider, m.upstream] for m in models] + [listed])\n"
             "out.append(type(registry.get_adapter('gemini')).__name__)\n"
             "print(json.dumps(out))")
-    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    at_import, after_openai, anthropic, ids, gemini_models, gemini = json.loads(done.stdout.splitlines()[-1])
+    at_import, after_openai, anthropic, ids, gemini_models, gemini = json.loads(in_fresh_function("query", code))
     assert at_import == [] and after_openai == []
     assert anthropic == ["gateway.adapters.anthropic", "AnthropicAdapter", True, False]
     assert ids[0] == "anthropic/claude-3.7-sonnet"

@@ -4,12 +4,8 @@ limit and the CORS allowlist — exercised in-process through httpx's ASGI trans
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from gateway import errors
 from gateway.config import reset_settings
 from gateway.http import Routes, create_app, create_lean_app, invalid_request, request_id_of
+from tests.support.apps import in_fresh_function
 
 LIMIT = 1000
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -553,29 +550,21 @@ def test_the_query_function_is_built_without_what_a_chat_completion_does_not_use
     """A cold start of QueryFunction (import of functions/query/app.py, which builds the app) does
     not import FastAPI (its OpenAPI models are a quarter of the import), the BYOK cipher, the
     account schemas, nor httpx's command-line client (click; rich and pygments where installed)."""
-    root = Path(__file__).resolve().parents[2]
     unused = ("fastapi", "cryptography", "gateway.account.schema", "httpx._main", "click", "rich", "pygments")
     code = f"import sys; import app; print(sorted(m for m in {unused!r} if sys.modules.get(m)))"
-    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip().splitlines()[-1] == "[]", done.stderr[-2000:]
+    assert in_fresh_function("query", code) == "[]"
 
 
 def test_the_query_function_verifies_tls_with_the_system_store_and_leaves_ssl_unpatched() -> None:
     """functions/query/app.py spares aiohttp's unverified (``ssl=False``) context the CA store load
     at import; the verified context every connection uses still has it, and ``ssl`` is as it was."""
-    root = Path(__file__).resolve().parents[2]
     code = ("import ssl, json, app, aiohttp.connector as c\n"
             "from gateway.adapters.http_client import shared_ssl_context\n"
             "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
             "print(json.dumps([shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
             "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
             "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
-    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / 'query'}"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / "query", env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(done.stdout.splitlines()[-1])
+    shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(in_fresh_function("query", code))
     assert shared and required and hostname and ca > 0
     assert unverified and ca_unverified == 0 and not patched
 
@@ -606,15 +595,11 @@ SURFACES = ("messages", "responses", "embeddings")
 def test_the_surface_functions_are_built_without_fastapi_and_serve_every_route_lean(function: str) -> None:
     """MessagesFunction, ResponsesFunction and EmbeddingsFunction are built like the query function
     (create_lean_app): the import loads no FastAPI, and every route they declare takes the lean path."""
-    root = Path(__file__).resolve().parents[2]
     code = ("import sys, json, app\n"
             "print(json.dumps([sorted(app.app.lean_routes), sorted(p for p, _, _ in app.router.posts),\n"
             "    'fastapi' in sys.modules]))")
-    env = {**os.environ, "PYTHONPATH": f"{root / 'layers' / 'common'}:{root / 'functions' / function}"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=root / "functions" / function, env=env,
-                          capture_output=True, text=True, timeout=120, check=True)
-    lean, declared, fastapi_loaded = json.loads(done.stdout.splitlines()[-1])
-    assert lean == declared and lean and not fastapi_loaded, done.stderr[-2000:]
+    lean, declared, fastapi_loaded = json.loads(in_fresh_function(function, code))
+    assert lean == declared and lean and not fastapi_loaded
 
 
 # Requests each surface's lean app must answer as the FastAPI app of the same routes (no database:

@@ -733,7 +733,8 @@ class LeanApp:
             await self._stack(scope, receive, send)
             return
         if scope["type"] == "lifespan" and not self._fastapi_kwargs:
-            await _lifespan(receive, send)  # under uvicorn: what Starlette answers for an app without handlers
+            # under uvicorn: what Starlette answers for an app without handlers
+            await lifespan_without_work(receive, send)
             return
         await self.full(scope, receive, send)  # type: ignore[arg-type]
 
@@ -745,7 +746,7 @@ class LeanApp:
         await _serve_lean(self.lean_routes[scope["path"]], handlers, scope, receive, send)
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def lifespan_without_work(receive: Receive, send: Send) -> None:
     """The ASGI lifespan of an app with no startup or shutdown work (Starlette's, for such an app)."""
     while True:
         message = await receive()
