@@ -7,13 +7,10 @@ did not simply succeed."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import json
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,20 +18,13 @@ import pytest
 
 from gateway import db, observability, upstash
 from tests.integration.test_health import http_api_v2_event, invoke_in_own_loop
+from tests.support.apps import load_module
 
 pytestmark = pytest.mark.integration
 
-APP = Path(__file__).resolve().parents[2] / "functions" / "query" / "app.py"
-
-
 @pytest.fixture
 def query_module(stack: str, fake_upstream: Any) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mlp_query_lambda_under_test", APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("functions/query/app.py", "mlp_query_lambda_under_test")
 
 
 def _chat_event(api_key: str) -> dict[str, Any]:

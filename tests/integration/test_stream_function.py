@@ -6,10 +6,8 @@ forwards in ``x-amzn-lambda-context``."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +18,7 @@ from gateway import observability, upstash
 from gateway.catalog import registry
 from gateway.config import reset_settings
 from infra.local.servers import free_port
+from tests.support.apps import load_module, post_scope
 
 pytestmark = pytest.mark.integration
 
@@ -31,12 +30,7 @@ LAMBDA_CONTEXT = {"request_id": "0f4c2f3e-8c0a-4a8e-9a5b-2b8f3f1a9c11", "deadlin
 
 @pytest.fixture(scope="module")
 def query_module(stack: str, fake_upstream: Any) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mlp_query_stream_under_test", APP)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module("functions/query/app.py", "mlp_query_stream_under_test")
 
 
 async def _call(app: Any, body: dict[str, Any], api_key: str, capsys: pytest.CaptureFixture[str]
@@ -44,12 +38,8 @@ async def _call(app: Any, body: dict[str, Any], api_key: str, capsys: pytest.Cap
     """Drive the ASGI app like uvicorn does; returns the messages sent, each with the stdout
     written before it (under "stdout_before")."""
     raw = json.dumps(body).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 50000),
-             "headers": [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/json"),
-                         (b"authorization", f"Bearer {api_key}".encode()),
-                         (b"x-amzn-lambda-context", json.dumps(LAMBDA_CONTEXT).encode())]}
+    scope = post_scope("/v1/chat/completions", {"authorization": f"Bearer {api_key}",
+                                                "x-amzn-lambda-context": json.dumps(LAMBDA_CONTEXT)})
     sent: list[dict[str, Any]] = []
     received = False
 

@@ -93,17 +93,22 @@ def post_event(path: str, body: dict[str, Any], headers: Mapping[str, str]) -> d
 
 
 
+def post_scope(path: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    """The ASGI scope uvicorn gives a JSON ``POST path`` with ``headers`` (besides host and content type)."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
+            "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
+                        *((k.encode(), v.encode()) for k, v in headers.items())]}
+
+
 async def client_leaves_mid_stream(app: Any, path: str, body: dict[str, Any], headers: Mapping[str, str], *,
                                    accepted: int = 1) -> None:
     """Drive ``app`` as uvicorn does for ``POST path`` (``stream: true`` in ``body``) with a client
     that leaves at the first streamed body: from then on ``receive`` answers ``http.disconnect``, and
     ``send`` raises ``OSError`` once more than ``accepted`` messages were sent."""
     raw = json.dumps(body).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
-                         *((k.encode(), v.encode()) for k, v in headers.items())]}
+    scope = post_scope(path, headers)
     gone = asyncio.Event()
     sent = 0
     delivered = False
