@@ -32,6 +32,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.constants import MAX_DIMENSIONS, MAX_METRICS
 
 if os.environ.get("STAGE", "local") in ("local", "test") and "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MultiLLM")
@@ -78,15 +79,71 @@ def emit(dimensions: dict[str, str], values: list[tuple[str, float, MetricUnit]]
     ``service`` dimension unless ``service_dimension`` is false)."""
     if not _METRICS_ON:
         return
+    if _deferring:
+        record = _record(dimensions, values, service_dimension)
+        _pending.append(record if record is not None else _record_checked(dimensions, values, service_dimension))
+        return
+    _ephemeral(dimensions, values, service_dimension).flush_metrics()
+
+
+def _ephemeral(dimensions: Mapping[str, str], values: list[tuple[str, float, MetricUnit]],
+               service_dimension: bool) -> EphemeralMetrics:
+    """The record's metric set built through Powertools' own checks (``add_dimension``, ``add_metric``)."""
     m = EphemeralMetrics(namespace=metrics.namespace, service=SERVICE if service_dimension else None)
     for key, value in dimensions.items():
         m.add_dimension(name=key, value=value)
     for name, amount, unit in values:
         m.add_metric(name=name, unit=unit, value=amount)
-    if _deferring:
-        _pending.append(dict(m.serialize_metric_set()))
-        return
-    m.flush_metrics()
+    return m
+
+
+def _record_checked(dimensions: Mapping[str, str], values: list[tuple[str, float, MetricUnit]],
+                    service_dimension: bool) -> dict[str, Any]:
+    return dict(_ephemeral(dimensions, values, service_dimension).serialize_metric_set())
+
+
+# One serializer for ``_record``: Powertools' ``serialize_metric_set`` with the metric and
+# dimension sets passed in (no state of its own: no service, no default dimensions).
+_serializer = EphemeralMetrics(namespace="-")
+_serializer.service = None
+_UNIT_VALUES = {unit: unit.value for unit in MetricUnit}
+
+
+def _record(dimensions: Mapping[str, str], values: list[tuple[str, float, MetricUnit]],
+            service_dimension: bool) -> dict[str, Any] | None:
+    """The EMF record ``_record_checked`` makes, without its per-record costs (an
+    ``EphemeralMetrics`` built per record, its unit lists rebuilt, a debug message formatted per
+    metric): the same sets, serialized by the same Powertools ``serialize_metric_set``. Only for
+    what passes Powertools' checks unchanged (non-blank str dimensions, int/float values,
+    ``MetricUnit`` units, metric names of 1-255 chars, no ``service`` key of our own); anything
+    else returns None and takes the checked path (its warnings, errors and conversions)."""
+    namespace = metrics.namespace
+    if namespace is None or not service_dimension or len(values) >= MAX_METRICS or "service" in dimensions:
+        return None  # (without the service dimension Powertools still reads POWERTOOLS_SERVICE_NAME)
+    dims: dict[str, str] = {}
+    for key, value in dimensions.items():
+        if type(value) is not str or not value.strip() or not key.strip():
+            return None
+        dims[key] = value
+    if SERVICE:
+        dims["service"] = SERVICE
+    metric_set: dict[str, dict[str, Any]] = {}
+    for name, amount, unit in values:
+        kind = type(amount)
+        unit_value = _UNIT_VALUES.get(unit) if type(unit) is MetricUnit else None
+        name = name.strip()
+        if unit_value is None or (kind is not int and kind is not float) or not 0 < len(name) <= 255:
+            return None
+        metric = metric_set.get(name)
+        if metric is None:
+            metric_set[name] = {"Unit": unit_value, "StorageResolution": 60, "Value": [float(amount)]}
+        else:
+            metric["Unit"] = unit_value
+            metric["Value"].append(float(amount))
+    if len(dims) > MAX_DIMENSIONS:
+        return None
+    _serializer.namespace = namespace
+    return dict(_serializer.serialize_metric_set(metrics=metric_set, dimensions=dims, metadata={}))
 
 
 def instrument(handler: Callable[[dict[str, Any], Any], Any]) -> Callable[[dict[str, Any], Any], Any]:
