@@ -504,3 +504,31 @@ async def test_stream_aclose_is_idempotent_and_finalises_usage() -> None:
         await s.aclose()
     assert up.stream is not None and up.stream.closed
     assert s.usage is not None and s.usage.reported is False and s.usage.completion_tokens == 2
+
+
+async def test_stream_events_split_across_reads_and_a_last_event_without_its_blank_line() -> None:
+    """The SSE parse inside the stream's own loop (issue 15 fifth pass): events cut anywhere across
+    reads, several in one read, CRLF framing, and a final ``[DONE]`` the body ends without a blank
+    line after (the parser's end-of-body event) give the same chunks and usage."""
+    body = (chunk({"role": "assistant", "content": ""}) + chunk({"content": "Hel"}) + chunk({"content": "lo"})
+            + chunk({}, "stop") + USAGE_CHUNK + b"data: [DONE]")
+    splits = [body[:7], body[7:200], body[200:201], body[201:-3], body[-3:]]
+    crlf = [body.replace(b"\n", b"\r\n")]
+    for pieces in (splits, crlf, [body]):
+        up = Upstream(pieces=pieces)
+        async with up.client() as client:
+            s = get_adapter("openai").stream(client, OPENAI, BODY)
+            chunks = await collect(s)
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Hello"
+        assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, None, None, "stop"]
+        assert s.usage is not None and s.usage.reported and s.usage.completion_tokens == 12
+        assert up.stream is not None and up.stream.closed
+
+
+async def test_stream_stops_at_done_in_the_middle_of_a_read() -> None:
+    """Events after ``[DONE]`` in the same read are not chunks (the rest of the body is drained)."""
+    up = Upstream(pieces=[chunk({"content": "Hi"}) + chunk({}, "stop") + b"data: [DONE]\n\n"
+                          + chunk({"content": "late"})])
+    async with up.client() as client:
+        chunks = await collect(get_adapter("openai").stream(client, OPENAI, BODY))
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hi", None]

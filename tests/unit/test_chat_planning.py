@@ -133,3 +133,32 @@ def test_assemble_joins_many_pieces_per_choice_and_field() -> None:
                                                "function": {"name": "f", "arguments": '{"a": [1, 2, 3]}'}}]
     assert second["index"] == 1 and second["message"]["content"] == "".join(words).upper()
     assert "tool_calls" not in second["message"] and second["message"]["refusal"] is None
+
+
+def test_assemble_single_field_deltas() -> None:
+    """Deltas of one field (the usual ``{"content": token}``, which takes a shorter path), mixed with
+    others: reasoning first, a refusal, a ``null`` or non-text content (ignored), logprobs, a
+    second choice that only refuses, and the usage chunk's empty choices."""
+    lp = [{"token": "a", "logprob": -0.1}]
+    chunks: list[dict[str, Any]] = [
+        {"id": "c", "created": 5, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"reasoning": "think"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "A"}, "logprobs": {"content": lp}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": None}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": ["not", "text"]}}]},
+        {"id": "c", "choices": [{"index": 1, "delta": {"refusal": "I can't"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "B"}, "logprobs": {"content": lp}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+        {"id": "c", "choices": []},
+    ]
+    out = assemble(chunks, "m", None)
+    first, second = out["choices"]
+    assert first == {"index": 0, "message": {"role": "assistant", "content": "AB", "refusal": None,
+                                             "reasoning": "think"},
+                     "finish_reason": "length", "logprobs": {"content": lp + lp}}
+    assert list(first["message"]) == ["role", "content", "refusal", "reasoning"]
+    assert second == {"index": 1, "message": {"role": "assistant", "content": "", "refusal": "I can't"},
+                      "finish_reason": "stop", "logprobs": None}
+    assert out["created"] == 5 and "usage" not in out
+    only_null = assemble([{"id": "c", "choices": [{"index": 0, "delta": {"content": None}}]}], "m", None)
+    assert only_null["choices"][0]["message"]["content"] == ""

@@ -104,8 +104,7 @@ def _record_checked(dimensions: Mapping[str, str], values: list[tuple[str, float
 
 # One serializer for ``_record``: Powertools' ``serialize_metric_set`` with the metric and
 # dimension sets passed in (no state of its own: no service, no default dimensions).
-_serializer = EphemeralMetrics(namespace="-")
-_serializer.service = None
+_serializer = EphemeralMetrics(namespace="-", service="")
 _UNIT_VALUES = {unit: unit.value for unit in MetricUnit}
 
 

@@ -154,6 +154,15 @@ class _Pieces:
         self.calls: list[dict[str, Any]] = []
 
     def add(self, delta: dict[str, Any]) -> None:
+        if len(delta) == 1:  # the usual token: {"content": "..."} (else the general case below)
+            piece = delta.get("content")
+            if isinstance(piece, str):
+                text = self.text.get("content")
+                if text is None:
+                    self.text["content"] = [piece]
+                else:
+                    text.append(piece)
+                return
         for key in _TEXT_FIELDS:
             piece = delta.get(key)
             if isinstance(piece, str):
