@@ -180,7 +180,9 @@ def assemble_message(events: list[dict[str, Any]], model: str, usage: Usage) -> 
     message: dict[str, Any] = {"type": "message", "role": "assistant", "content": [], "stop_reason": None,
                                "stop_sequence": None}
     blocks: dict[int, dict[str, Any]] = {}
-    partial: dict[int, str] = {}
+    # a block's text, thinking and tool input (``input_json``) as pieces, joined once at the end
+    # (concatenating per delta is quadratic in the answer's length)
+    pieces: dict[tuple[int, str], list[str]] = {}
     raw_usage: dict[str, Any] = {}
     for event in events:
         kind = event.get("type")
@@ -190,34 +192,52 @@ def assemble_message(events: list[dict[str, Any]], model: str, usage: Usage) -> 
             raw_usage.update(event["message"].get("usage") or {})
         elif kind == "content_block_start" and isinstance(index, int):
             blocks[index] = dict(event.get("content_block") or {})
+            for name in _PIECED:  # a block started again starts over
+                pieces.pop((index, name), None)
         elif kind == "content_block_delta" and isinstance(index, int) and index in blocks:
-            _apply_delta(blocks[index], event.get("delta") or {}, partial, index)
+            _apply_delta(blocks[index], event.get("delta") or {}, pieces, index)
         elif kind == "message_delta":
             delta = event.get("delta") or {}
             for name in ("stop_reason", "stop_sequence", "container"):
                 if name in delta:
                     message[name] = delta[name]
             raw_usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
-    for index, text in partial.items():
-        blocks[index]["input"] = parse_tool_arguments(text) if text else {}
+    for (index, name), parts in pieces.items():
+        joined = "".join(parts)
+        if name == "input_json":
+            blocks[index]["input"] = parse_tool_arguments(joined) if joined else {}
+        else:
+            blocks[index][name] = joined
     message["content"] = [blocks[i] for i in sorted(blocks)]
     message["model"] = model
     message["usage"] = {**raw_usage, **anthropic_usage(usage)} if usage.reported else anthropic_usage(usage)
     return message
 
 
-def _apply_delta(block: dict[str, Any], delta: dict[str, Any], partial: dict[int, str], index: int) -> None:
+_PIECED = ("text", "thinking", "input_json")
+
+
+def _apply_delta(block: dict[str, Any], delta: dict[str, Any], pieces: dict[tuple[int, str], list[str]],
+                 index: int) -> None:
     kind = delta.get("type")
     if kind == "text_delta":
-        block["text"] = (block.get("text") or "") + str(delta.get("text") or "")
+        _piece(pieces, index, "text", block.get("text")).append(str(delta.get("text") or ""))
     elif kind == "thinking_delta":
-        block["thinking"] = (block.get("thinking") or "") + str(delta.get("thinking") or "")
+        _piece(pieces, index, "thinking", block.get("thinking")).append(str(delta.get("thinking") or ""))
     elif kind == "signature_delta":
         block["signature"] = delta.get("signature") or ""
     elif kind == "input_json_delta":
-        partial[index] = partial.get(index, "") + str(delta.get("partial_json") or "")
+        _piece(pieces, index, "input_json", "").append(str(delta.get("partial_json") or ""))
     elif kind == "citations_delta" and delta.get("citation") is not None:
         block.setdefault("citations", []).append(delta["citation"])
+
+
+def _piece(pieces: dict[tuple[int, str], list[str]], index: int, name: str, start: Any) -> list[str]:
+    """The pieces of one field of block ``index``, begun with the block's own value (``start``)."""
+    parts = pieces.get((index, name))
+    if parts is None:
+        parts = pieces[index, name] = [str(start or "")]
+    return parts
 
 
 def wire(headers: Mapping[str, str]) -> Wire:
