@@ -148,6 +148,29 @@ async def test_images_count_in_the_hold(http: Any, make_user: Any, fake_upstream
     assert r.status_code == 200, r.text
 
 
+async def test_server_side_compaction_is_held(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    """Compaction (``context_management`` edit ``compact_*``) runs an extra sampling step once the
+    input reaches its trigger: the whole prompt read again and a summary written, billed on top of
+    the answer (Anthropic reports it only in ``usage.iterations``). The hold counts it whenever the
+    prompt can reach the trigger, and not otherwise."""
+    user = await make_user("0.15")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "compact-2026-01-12"}
+    body = {"model": NATIVE, "max_tokens": 16, "messages": [{"role": "user", "content": "a " * 30_000}]}
+
+    def compact(trigger: int) -> dict[str, Any]:
+        return {**body, "context_management": {"edits": [{"type": "compact_20260112", "trigger": {
+            "type": "input_tokens", "value": trigger}}]}}
+
+    r = await http.post("/v1/messages", headers=key, json=compact(50_000))  # ~60,000-token bound: it can fire
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["type"] == "billing_error"
+    assert upstream_requests(fake_upstream) == []
+    assert (await money_state(user.user_id))["usage"] == []
+    for allowed in (body, compact(100_000)):  # no compaction, or a trigger the prompt cannot reach
+        r = await http.post("/v1/messages", headers=key, json=allowed)
+        assert r.status_code == 200, r.text
+
+
 # --------------------------------------------------------------------------- errors: Anthropic's shape
 async def test_errors_in_anthropic_shape_change_nothing(http: Any, make_user: Any, fake_upstream: Any) -> None:
     user = await make_user("5")
