@@ -307,6 +307,24 @@ async def test_anthropic_one_hour_cache_writes_cost_twice_the_input_price(api: A
     assert rec["charge"] <= rec["hold"]
 
 
+async def test_a_gemini_pro_prompt_past_200k_tokens_is_billed_and_held_at_the_long_context_price(
+        api: Any, make_user: Any, database_url: str) -> None:
+    """Google bills a Gemini 2.5 Pro call whose prompt is over 200,000 tokens at $2.50 / $15 per
+    million (not $1.25 / $10): such a call is charged at those prices, within its hold; a shorter
+    one stays at the base price."""
+    model = "google/gemini-2.5-pro"
+    _, r, rec = await one_request(api, make_user, database_url, model, "abcd " * 161_000, max_tokens=16)
+    usage = r.json()["usage"]
+    assert rec["provider"] == "gemini" and usage["prompt_tokens"] > 200_000
+    assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.0000025")
+                                    + usage["completion_tokens"] * D("0.000015"))
+    assert rec["charge"] == charge_for(rec["provider_cost"], MARKUP) <= rec["hold"]
+    _, r, rec = await one_request(api, make_user, database_url, model, "abcd " * 1_000, max_tokens=16)
+    usage = r.json()["usage"]
+    assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.00000125")
+                                    + usage["completion_tokens"] * D("0.00001"))
+
+
 async def test_request_fee_is_charged_when_the_provider_reports_no_tokens(api: Any, make_user: Any,
                                                                           models: None, database_url: str) -> None:
     _, _, rec = await one_request(api, make_user, database_url, "test/fee-haiku", "[[zero_usage]]")

@@ -7,6 +7,7 @@ from decimal import ROUND_CEILING, Context, Decimal
 
 import pytest
 
+from gateway.catalog.registry import LongContextPrice
 from gateway.money.holds import hold_for
 from gateway.money.pricing import (
     CREDIT_QUANTUM,
@@ -259,3 +260,19 @@ def test_hold_covers_a_prompt_written_entirely_to_the_cache() -> None:
     for written in (0, 500, 1000):
         assert charge_for(price.provider_cost(1000, 100, 0, written), markup) <= hold
     assert charge_for(price.provider_cost(1000, 100, 0, 1000), markup) == hold
+
+
+def test_a_long_context_price_bills_and_holds_a_prompt_past_its_threshold() -> None:
+    """A call past the threshold is billed entirely at the long-context prices; a hold whose prompt
+    bound is past it covers that, one within it needs not."""
+    base = ModelPrice(prompt=D("0.00000125"), completion=D("0.00001"), cache_read=D("0.00000031"))
+    long = ModelPrice(prompt=D("0.0000025"), completion=D("0.000015"), cache_read=D("0.00000062"))
+    price = LongContextPrice(prompt=base.prompt, completion=base.completion, cache_read=base.cache_read,
+                             threshold=200_000, long=long)
+    assert price.provider_cost(200_000, 10) == base.provider_cost(200_000, 10)
+    assert price.provider_cost(200_001, 10, 5) == long.provider_cost(200_001, 10, 5)
+    for bound in (200_001, 1_048_576):
+        hold = hold_for(price, bound, 1000, D("0.1"))
+        for prompt in (200_001, bound):
+            assert charge_for(price.provider_cost(prompt, 1000), D("0.1")) <= hold
+    assert hold_for(price, 200_000, 1000, D("0.1")) == hold_for(base, 200_000, 1000, D("0.1"))
