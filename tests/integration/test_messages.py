@@ -245,6 +245,25 @@ async def test_server_tools_that_loop_on_anthropics_side_are_refused(http: Any, 
     assert state["usage"] == [] and state["balance"] == Decimal("5")
 
 
+async def test_any_tool_anthropic_runs_itself_is_refused(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    """Anthropic-defined tools are an allowlist of the ones the client runs (bash, text editor,
+    computer, memory): a server tool — here the advisor, which consults a pricier model billed at
+    its rates — is refused before any hold, whatever its beta."""
+    user = await make_user("5")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "advisor-tool-2026-03-01"}
+    base = {"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    advisor = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"}
+    r = await http.post("/v1/messages", headers=key, json={**base, "tools": [TOOL, advisor]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == "tools.1"
+    assert upstream_requests(fake_upstream) == []
+    state = await money_state(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+    bash = {"type": "bash_20250124", "name": "bash"}  # a client tool: forwarded
+    r = await http.post("/v1/messages", headers=key, json={**base, "tools": [TOOL, bash]})
+    assert r.status_code == 200, r.text
+
+
 async def test_sdk_raises_its_typed_errors(http: Any, make_user: Any) -> None:
     user = await make_user("0")
     client = _sdk(http, user.api_key)

@@ -37,15 +37,12 @@ from gateway.chat.native import native_request
 from gateway.chat.service import Wire
 from gateway.translation import dumps, sse_event
 
-from .translate import anthropic_usage, error_event
+from .translate import CLIENT_TOOL_PREFIXES, anthropic_usage, error_event
 
 PROMPT_FIELDS = ("system", "messages", "tools", "tool_choice", "output_config", "thinking", "context_management")
 # Anthropic-defined client tools add their own system prompt (computer use ~500 tokens, the text
 # editor ~700, bash ~250): counted on top of the tools overhead, per tool.
 DEFINED_TOOL_OVERHEAD = 1_000
-# Tools Anthropic runs itself whose results enter the prompt (web_fetch, tool search, MCP
-# connector tools): the prompt can grow to the context length.
-CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
 # Server-side compaction (``context_management.edits`` of type ``compact_*``, beta ``compact-…``):
 # once the input reaches the trigger (Anthropic's default 150,000 tokens) Anthropic runs an extra
 # sampling step that reads the whole prompt and writes a summary, then answers from the summary.

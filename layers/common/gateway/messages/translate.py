@@ -104,6 +104,12 @@ UNPRICED_TOOL_PREFIXES = ("web_search_", "code_execution_")
 # each round re-reading the prompt plus what was fetched, billed as the sum: no hold bounds that, so
 # they are refused on the native path (the translated path has no equivalent and refuses them too).
 LOOPING_TOOL_PREFIXES = ("web_fetch_", "tool_search_tool_")
+# Anthropic-defined tools the CLIENT runs (their calls and results are plain tokens, plus their own
+# system prompt): the only Anthropic-defined tools forwarded on the native path. Every other tool type
+# runs on Anthropic's side — the per-use and looping ones above, and any new one (``advisor_*``
+# consults a pricier model, billed at its rates) — and is refused: an allowlist, so a server tool
+# Anthropic adds later is never forwarded at our price by default.
+CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
 # Betas forwarded on the native path: features billed as plain tokens. Anything else is dropped
 # (and named in x-dropped-params) until its price is known: ``context-1m-*`` (long-context premium),
 # ``fast-mode-*``, ``files-api-*`` (our organisation's files), ``code-execution-*``, ``skills-*``.
@@ -395,6 +401,11 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
             raise BadRequest(f"The server tool `{tool.type}` runs several billed rounds on the provider's side, "
                              "which no credit hold can bound; define it as a custom tool instead.",
                              param=f"tools.{i}", code="unsupported_tool")
+        if not tool.is_custom and not tool.type.startswith(CLIENT_TOOL_PREFIXES):  # type: ignore[union-attr]
+            raise BadRequest(f"The tool type `{tool.type}` runs on the provider's side (billed beyond our price: "
+                             "another model, fetched content, per-use fees) and is not available through this "
+                             "gateway; define it as a custom tool instead.", param=f"tools.{i}",
+                             code="unsupported_tool")
     if req.speed == "fast":
         raise BadRequest("speed: \"fast\" is premium-priced and not available through this gateway.",
                          param="speed", code="unsupported_parameter")
