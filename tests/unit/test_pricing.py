@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 from decimal import ROUND_CEILING, Context, Decimal
+from typing import Any
 
 import pytest
 
+from gateway.catalog import registry
 from gateway.catalog.registry import LongContextPrice
 from gateway.money.holds import hold_for
 from gateway.money.pricing import (
@@ -276,3 +278,30 @@ def test_a_long_context_price_bills_and_holds_a_prompt_past_its_threshold() -> N
         for prompt in (200_001, bound):
             assert charge_for(price.provider_cost(prompt, 1000), D("0.1")) <= hold
     assert hold_for(price, 200_000, 1000, D("0.1")) == hold_for(base, 200_000, 1000, D("0.1"))
+
+
+def _row(provider: str, upstream: str, tiers: Any = None) -> dict[str, Any]:
+    return {"id": f"x/{upstream}", "name": upstream, "provider": provider, "upstream_model": upstream,
+            "owned_by": "x", "context_length": 1_048_576, "max_completion_tokens": 65_536,
+            "prompt_price": D("0.00000125"), "completion_price": D("0.00001"), "request_price": D(0),
+            "input_cache_read_price": D("0.000000125"), "input_cache_write_price": None, "image_price": None,
+            "is_free": False, "markup": None, "input_modalities": ["text"], "output_modalities": ["text"],
+            "pricing_extra": None, "price_tiers": tiers}
+
+
+@pytest.mark.parametrize(("provider", "upstream", "threshold"), [
+    ("gemini", "gemini-2.5-pro", 200_000), ("gemini", "gemini-3.1-pro-preview", 200_000),
+    ("openai", "gpt-5.4", 272_000), ("openai", "gpt-5.4-pro", 272_000)])
+def test_direct_models_with_a_long_context_premium_bill_it(provider: str, upstream: str, threshold: int) -> None:
+    price = registry._row_to_model(_row(provider, upstream)).price
+    assert price.provider_cost(threshold, 1) == D("0.00000125") * threshold + D("0.00001")
+    assert price.provider_cost(threshold + 1, 1, 1) == (
+        D("0.0000025") * threshold + D("0.00000025") + D("0.000015"))  # 2x input and cache, 1.5x output
+
+
+@pytest.mark.parametrize(("provider", "upstream", "tiers"), [
+    ("gemini", "gemini-2.5-flash", None), ("openai", "gpt-5.4-mini", None), ("openrouter", "gemini-2.5-pro", None),
+    ("gemini", "gemini-2.5-pro", [{"min_prompt_tokens": 200_000}])])
+def test_other_models_have_one_price(provider: str, upstream: str, tiers: Any) -> None:
+    price = registry._row_to_model(_row(provider, upstream, tiers)).price
+    assert price.provider_cost(500_000, 1) == D("0.00000125") * 500_000 + D("0.00001")

@@ -84,10 +84,12 @@ FROM model_pricing WHERE active
 # Long-context premiums of models billed by a direct provider at one catalogue price (the provider's
 # models list carries no prices, and OpenRouter's listing gives the base tier only): a call whose
 # prompt is over the threshold is billed entirely at the higher rates — Google: Gemini 2.5 Pro
-# $1.25 -> $2.50 input, $10 -> $15 output, cache reads 2x; Gemini 3 / 3.x Pro $2 -> $4, $12 -> $18.
+# $1.25 -> $2.50 input, $10 -> $15 output, cache reads 2x; Gemini 3 / 3.x Pro $2 -> $4, $12 -> $18;
+# OpenAI: GPT-5.4 and GPT-5.4 pro (1.05M context) over 272,000 input tokens, 2x input, 1.5x output.
 # (provider, upstream-model pattern) -> (threshold, input and cache multiplier, output multiplier).
 LONG_CONTEXT_PREMIUMS: tuple[tuple[str, re.Pattern[str], int, Decimal, Decimal], ...] = (
     ("gemini", re.compile(r"^(models/)?gemini-(2\.5|3(\.\d+)?)-pro"), 200_000, Decimal(2), Decimal("1.5")),
+    ("openai", re.compile(r"^gpt-5\.4(-pro)?(-\d{4}-\d{2}-\d{2})?$"), 272_000, Decimal(2), Decimal("1.5")),
 )
 
 
