@@ -382,6 +382,28 @@ async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_
     assert rec["completion_tokens"] >= produced - 1 and rec["charge"] > 0
 
 
+@pytest.mark.xfail(strict=True, reason="red-team finding, fix proposed in chat/service.py usage_record (outside the "
+                   "red lane): without the provider's usage, charge the prompt at its bound, as for files")
+async def test_a_call_cut_before_the_providers_usage_charges_the_prompt_at_its_bound(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """OpenAI reports usage only at the end of a stream (Responses: in its terminal event), so a call
+    the deadline cuts has none: its prompt is charged at 4 characters a token, while the provider
+    bills up to a token per byte (single digits, punctuation, rare words). An attacker makes the cut
+    certain (a slow reasoning model behind the 27 s API Gateway deadline) and pays a quarter of the
+    prompt — up to ~$20 a request on gpt-5.4-pro. The prompt must be charged at its bound."""
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    prompt = "1 2 3 4 5 6 7 8 9 0 " * 1_000  # 20,000 bytes: up to 20,000 tokens on the provider's bill
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "stream": True,
+        "messages": _msg(prompt + "[[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["prompt_tokens"] >= 20_000 and rec["charge"] <= rec["hold"]
+
+
 def _post_event(body: dict[str, Any], api_key: str) -> dict[str, Any]:
     return post_event("/v1/chat/completions", body, {"authorization": f"Bearer {api_key}"})
 
