@@ -252,6 +252,20 @@ async def test_priority_service_tier_is_refused_and_openai_is_asked_for_default(
     assert upstream_requests(fake_upstream, "openai")[-1]["body"]["service_tier"] == "default"
 
 
+async def test_a_file_by_id_is_refused_it_would_read_the_gateways_own_account(
+        api: Any, make_user: Any, fake_upstream: Any, database_url: str) -> None:
+    """A ``file_id`` names a file of the provider account the call is made with — ours: refused
+    before any hold (send ``file_data``)."""
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Summarise"}, {"type": "file", "file": {"file_id": "file-abc123"}}]}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unsupported_parameter" and error["param"] == "messages.0.content.1.file.file_id"
+    assert upstream_requests(fake_upstream) == [] and records(database_url, user.user_id) == []
+
+
 async def test_openrouter_routing_is_capped_at_the_catalogue_price(api: Any, make_user: Any,
                                                                    fake_upstream: Any, database_url: str) -> None:
     user = await make_user("5")

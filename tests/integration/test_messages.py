@@ -264,6 +264,32 @@ async def test_any_tool_anthropic_runs_itself_is_refused(http: Any, make_user: A
     assert r.status_code == 200, r.text
 
 
+async def test_files_api_sources_are_refused_on_the_native_path(http: Any, make_user: Any,
+                                                                 fake_upstream: Any) -> None:
+    """A Files API ``file_id`` names a file of our own Anthropic organisation: refused before any hold,
+    in a message or inside a tool result (the translation refuses it too)."""
+    user = await make_user("5")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "files-api-2025-04-14"}
+    image = {"type": "image", "source": {"type": "file", "file_id": "file_011"}}
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_011"}}
+    turns = [
+        ([{"role": "user", "content": [image, {"type": "text", "text": "what is this?"}]}], "messages.0.content.0"),
+        ([{"role": "user", "content": "go"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+                                             "input": {"city": "Paris"}}]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [document]}]}],
+         "messages.2.content.0.content.0"),
+    ]
+    for messages, param in turns:
+        r = await http.post("/v1/messages", headers=key, json={"model": NATIVE, "max_tokens": 8, "tools": [TOOL],
+                                                               "messages": messages})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+    assert upstream_requests(fake_upstream) == []
+    state = await money_state(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
 async def test_sdk_raises_its_typed_errors(http: Any, make_user: Any) -> None:
     user = await make_user("0")
     client = _sdk(http, user.api_key)

@@ -420,6 +420,7 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
         if req.container is not None:
             raise BadRequest("Containers (code execution) are billed per hour and not available through this "
                              "gateway.", param="container", code="unsupported_parameter")
+    _refuse_file_sources(req)
     t = Translation(body={})
     body = req.model_dump(mode="json", by_alias=True, exclude_unset=True)
     for name in ("workspace_id", "user_profile_id"):
@@ -444,6 +445,21 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
             thinking["budget_tokens"] = max_tokens_limit - 1
     t.body = body
     return t
+
+
+def _refuse_file_sources(req: MessagesRequest | CountTokensRequest) -> None:
+    """Images and documents by Files API ``file_id`` (and ``container_upload`` blocks) would read a file
+    of our own Anthropic organisation: a 400 on the native path too (the translation refuses them)."""
+    for i, msg in enumerate(req.messages):
+        blocks = msg.content if isinstance(msg.content, list) else []
+        for j, block in enumerate(blocks):
+            inner = block.content if isinstance(block, ToolResultBlock) and isinstance(block.content, list) else []
+            for k, part in [(str(j), block)] + [(f"{j}.content.{n}", p) for n, p in enumerate(inner)]:
+                source = getattr(part, "source", None)
+                if getattr(source, "type", None) == "file" or getattr(part, "type", None) == "container_upload":
+                    raise BadRequest("Files API sources (`file_id`) are not supported: they would be read from the "
+                                     "gateway's own organisation. Send the content as base64, text or a URL.",
+                                     param=f"messages.{i}.content.{k}", code="unsupported_content")
 
 
 def _unsigned_thinking(block: dict[str, Any]) -> bool:
