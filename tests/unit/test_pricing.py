@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from gateway.catalog import registry
-from gateway.catalog.registry import LongContextPrice
 from gateway.money.holds import hold_for
 from gateway.money.pricing import (
     CREDIT_QUANTUM,
     ZERO,
+    LongContextPrice,
     ModelPrice,
     charge_for,
     parse_price,
@@ -278,6 +278,17 @@ def test_a_long_context_price_bills_and_holds_a_prompt_past_its_threshold() -> N
         for prompt in (200_001, bound):
             assert charge_for(price.provider_cost(prompt, 1000), D("0.1")) <= hold
     assert hold_for(price, 200_000, 1000, D("0.1")) == hold_for(base, 200_000, 1000, D("0.1"))
+
+
+def test_a_long_context_tier_multiplies_every_prompt_class_price_and_the_output_price() -> None:
+    base = ModelPrice(prompt=D("0.000002"), completion=D("0.000012"), cache_read=D("0.0000002"),
+                      cache_write=D("0.0000025"), audio=D("0.000003"))
+    price = LongContextPrice.tiered(base, 200_000, D(2), D("1.5"))
+    assert price.for_prompt(200_000) is price and price.for_prompt(10) is price
+    long = price.for_prompt(200_001)
+    assert (long.prompt, long.completion, long.cache_read, long.cache_write, long.audio) == (
+        D("0.000004"), D("0.000018"), D("0.0000004"), D("0.000005"), D("0.000006"))
+    assert long.cache_write_1h is None and base.for_prompt(10**9) is base  # a plain price has no tier
 
 
 def _row(provider: str, upstream: str, tiers: Any = None) -> dict[str, Any]:

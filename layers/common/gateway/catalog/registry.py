@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ from .. import db
 from ..config import Tier, get_settings
 from ..errors import BadRequest
 from ..loops import loop_lock
-from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice, parse_price
+from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, LongContextPrice, ModelPrice, parse_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,29 +93,6 @@ LONG_CONTEXT_PREMIUMS: tuple[tuple[str, re.Pattern[str], int, Decimal, Decimal],
 )
 
 
-@dataclass(frozen=True, slots=True)
-class LongContextPrice(ModelPrice):
-    """A model's prices with a long-context tier: a call whose prompt is over ``threshold`` tokens is
-    billed entirely at ``long`` (:meth:`provider_cost`); :meth:`for_prompt` is what a hold of a
-    prompt bound uses (``money.holds.hold_for``)."""
-
-    threshold: int = 0
-    long: ModelPrice | None = None
-
-    def for_prompt(self, prompt_tokens: int) -> ModelPrice:
-        return self.long if self.long is not None and prompt_tokens > self.threshold else self
-
-    def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
-                      cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0, audio_tokens: int = 0) -> Decimal:
-        price = self.for_prompt(prompt_tokens)
-        if price is not self:
-            return price.provider_cost(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,
-                                       cache_write_1h_tokens, audio_tokens)
-        # (not ``super()``: a slotted dataclass is a new class, which zero-argument super() does not see)
-        return ModelPrice.provider_cost(self, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,
-                                        cache_write_1h_tokens, audio_tokens)
-
-
 def _long_context(r: dict, price: ModelPrice) -> ModelPrice:  # type: ignore[type-arg]
     """The row's prices with their long-context tier (:class:`LongContextPrice`) when its provider
     bills one (:data:`LONG_CONTEXT_PREMIUMS`); as they are when it does not, or when the row's prices
@@ -124,13 +101,7 @@ def _long_context(r: dict, price: ModelPrice) -> ModelPrice:  # type: ignore[typ
         return price
     for provider, pattern, threshold, prompt_x, completion_x in LONG_CONTEXT_PREMIUMS:
         if r["provider"] == provider and pattern.match(r["upstream_model"] or ""):
-            def times(value: Decimal | None, factor: Decimal) -> Decimal | None:
-                return None if value is None else value * factor
-            long = replace(price, prompt=price.prompt * prompt_x, completion=price.completion * completion_x,
-                           cache_read=times(price.cache_read, prompt_x), cache_write=times(price.cache_write, prompt_x),
-                           cache_write_1h=times(price.cache_write_1h, prompt_x))
-            return LongContextPrice(**{f.name: getattr(price, f.name) for f in fields(ModelPrice)},
-                                    threshold=threshold, long=long)
+            return LongContextPrice.tiered(price, threshold, prompt_x, completion_x)
     return price
 
 

@@ -23,9 +23,7 @@ def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, mark
     upstream, plus what else is billed as output, e.g. a ``prediction``) at the completion price,
     the per-image and per-request fees — at the long-context prices when ``prompt_tokens`` is past
     their threshold (a prompt within the bound may be billed at them)."""
-    for_prompt = getattr(price, "for_prompt", None)  # a long-context tier (catalog.registry.LongContextPrice)
-    if for_prompt is not None:
-        price = for_prompt(prompt_tokens)
+    price = price.for_prompt(prompt_tokens)  # a long-context tier (pricing.LongContextPrice)
     with exact():
         worst = (Decimal(prompt_tokens) * price.prompt_bound_price(audio=audio)
                  + Decimal(max_output_tokens) * price.completion
