@@ -6,6 +6,12 @@ Hot path (see shared design "money path"): ``reserve`` and ``settle``/``release`
 statement each. The conditional UPDATE on the user's balance row takes the row lock that
 serialises concurrent requests of one user, so available credit can never go below zero
 through reservations, and no decision is ever made on a stale read.
+
+Reserve and settle run inside the PL/pgSQL functions ``mlp_reserve`` / ``mlp_settle`` (migration
+0010, docs/money.md "The statements"): Postgres caches their plans per server backend, also
+through a transaction-mode pooler where the gateway prepares nothing. ``RESERVE_SQL`` and
+``SETTLE_SQL`` are the one-line calls; the usage record goes to ``mlp_settle`` as one jsonb object
+of exactly :data:`RECORD_COLUMNS` (Decimals as strings, never floats).
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ class Reservation:
     tier: str = "free"      # the user's tier as of this statement (fresh, never from a cache)
 
 
+# The reserve statement (mlp_reserve, migration 0010) in words.
 # The quota is looked up from the user's CURRENT tier inside the statement: %(quotas)s maps
 # tier -> monthly quota (-1 = unlimited); %(default_quota)s applies to tiers not in the map.
 # Per-key spend cap (api_keys.spend_cap, lifetime USD): a capped key's row is locked FIRST and read
@@ -239,7 +246,8 @@ class UsageRecord(Tokens):
     """One ``usage_records`` row: the token counts of ``adapters.contract.Tokens`` (inherited: THE
     list of usage fields), the unit prices they were billed at and the request's facts. Every field
     but ``user_id`` (taken from the reservation) and ``extra`` is a column of the same name; the
-    settle statement's column list is derived from the fields (:data:`RECORD_COLUMNS`)."""
+    settle statement's record is derived from the fields (:data:`RECORD_COLUMNS`; mlp_settle refuses
+    any other set, so a new field needs a migration that replaces mlp_settle: docs/money.md)."""
 
     request_id: str
     user_id: UUID | str
