@@ -37,15 +37,17 @@ from gateway.chat.native import native_request
 from gateway.chat.service import Wire
 from gateway.translation import dumps, sse_event
 
-from .translate import anthropic_usage, error_event
+from .translate import CLIENT_TOOL_PREFIXES, anthropic_usage, error_event
 
 PROMPT_FIELDS = ("system", "messages", "tools", "tool_choice", "output_config", "thinking", "context_management")
 # Anthropic-defined client tools add their own system prompt (computer use ~500 tokens, the text
 # editor ~700, bash ~250): counted on top of the tools overhead, per tool.
 DEFINED_TOOL_OVERHEAD = 1_000
-# Tools Anthropic runs itself whose results enter the prompt (web_fetch, tool search, MCP
-# connector tools): the prompt can grow to the context length.
-CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
+# Server-side compaction (``context_management.edits`` of type ``compact_*``, beta ``compact-…``):
+# once the input reaches the trigger (Anthropic's default 150,000 tokens) Anthropic runs an extra
+# sampling step that reads the whole prompt and writes a summary, then answers from the summary.
+COMPACTION_EDIT_PREFIX = "compact_"
+COMPACTION_DEFAULT_TRIGGER = 150_000
 
 
 # =============================================================================== hold
@@ -99,6 +101,27 @@ def native_size(body: Mapping[str, Any]) -> PromptSize:
     if body.get("mcp_servers"):
         files += 1
     return PromptSize.of_text(text, overhead, images=images, files=files)
+
+
+def compaction_extra(body: Mapping[str, Any], prompt_bound: int, max_output: int) -> tuple[int, int]:
+    """``(prompt tokens, output tokens)`` the hold adds for server-side compaction: nothing when
+    the body asks for none or its prompt bound stays below the trigger (it cannot fire); else the
+    extra sampling step — the whole prompt read once more (``prompt_bound``) and a summary of at
+    most ``max_output`` tokens (the model's output maximum) written, then read by the answer.
+    Anthropic bills that step (reported only in ``usage.iterations``) on top of the answer."""
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    trigger: int | None = None
+    for edit in edits if isinstance(edits, list) else []:
+        if not isinstance(edit, dict) or not str(edit.get("type") or "").startswith(COMPACTION_EDIT_PREFIX):
+            continue
+        given = edit.get("trigger")
+        value = given.get("value") if isinstance(given, dict) else None
+        at = value if isinstance(value, int) and not isinstance(value, bool) else COMPACTION_DEFAULT_TRIGGER
+        trigger = at if trigger is None else min(trigger, at)
+    if trigger is None or prompt_bound < trigger:
+        return 0, 0
+    return prompt_bound + max_output, max_output
 
 
 # =============================================================================== upstream
