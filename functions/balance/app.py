@@ -1,6 +1,9 @@
 """GET /v1/balance, GET /v1/usage, GET /v1/usage/summary — the caller's credit and usage
 (API key or sign-in token); GET /v1/key and GET /v1/credits — the same, OpenRouter-shaped."""
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.account.routes_balance import router

@@ -4,6 +4,9 @@ The stripe library (functions/billing/requirements.txt) is imported on the first
 not at cold start.
 """
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.billing.routes import router

@@ -1,6 +1,9 @@
 """GET /console, GET /console/{proxy+} — the customer console's pages and assets, and
 GET /console/api/usage/breakdown (usage per day, model and key for its charts)."""
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.console.routes import create_console_app

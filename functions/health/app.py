@@ -1,5 +1,8 @@
 """GET /health — database, migrations and Upstash status."""
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.health import router

@@ -1,5 +1,8 @@
 """/v1/keys (the caller's API keys) and /v1/provider-keys/{provider} (BYOK provider keys)."""
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.account.routes_keys import router

@@ -1,5 +1,8 @@
 """GET /v1/models and GET /v1/models/{model_id+} — the priced model catalogue (docs/models.md)."""
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.catalog.routes import router

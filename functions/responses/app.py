@@ -8,6 +8,9 @@ Built without FastAPI (``create_lean_app``, as the query function): every route 
 path; anything else is answered by the FastAPI app of the same routes, built on first use.
 """
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.http import create_lean_app

@@ -3,6 +3,9 @@
 The stripe library (functions/webhooks/requirements.txt) is imported on the first event.
 """
 
+from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+
+# isort: split
 from mangum import Mangum
 
 from gateway.billing.webhooks import router
