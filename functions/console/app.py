@@ -1,7 +1,7 @@
 """GET /console, GET /console/{proxy+} — the customer console's pages and assets, and
 GET /console/api/usage/breakdown (usage per day, model and key for its charts)."""
 
-from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
 from mangum import Mangum
@@ -11,3 +11,4 @@ from gateway.observability import instrument
 
 app = create_console_app()
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

@@ -6,7 +6,7 @@ Built without FastAPI (``create_lean_app``, as the query function): every route 
 path; anything else is answered by the FastAPI app of the same routes, built on first use.
 """
 
-from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
 from mangum import Mangum
@@ -17,3 +17,4 @@ from gateway.observability import instrument
 
 app = create_lean_app("embeddings", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

@@ -1,6 +1,6 @@
 """GET /v1/models and GET /v1/models/{model_id+} — the priced model catalogue (docs/models.md)."""
 
-from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
 from mangum import Mangum
@@ -11,3 +11,4 @@ from gateway.observability import instrument
 
 app = create_app("models", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

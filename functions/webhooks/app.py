@@ -3,7 +3,7 @@
 The stripe library (functions/webhooks/requirements.txt) is imported on the first event.
 """
 
-from gateway import coldstart  # noqa: F401  (first: the import trims of gateway/coldstart.py)
+from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
 from mangum import Mangum
@@ -14,3 +14,4 @@ from gateway.observability import instrument
 
 app = create_app("webhooks", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()
