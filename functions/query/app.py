@@ -11,11 +11,11 @@ its one route takes the lean path; anything else is answered by the FastAPI app 
 built on first use), which keeps FastAPI's import out of the function's cold start.
 """
 
-from typing import Any
-
 from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
+from typing import Any
+
 from mangum import Mangum
 
 from gateway.chat.routes import router

@@ -42,3 +42,40 @@ def test_a_function_imports_coldstart_first_and_keeps_its_trims(function: str) -
     assert cli == []
     assert shared and required and hostname and ca > 0
     assert unverified and ca_unverified == 0 and not patched
+
+
+def _import_with_gc_watch(before: str) -> str:
+    """Code that imports the function's app after ``before``, counting the garbage collections the
+    import runs, and prints them, whether the collector then runs, and how many objects are frozen."""
+    return ("import compileall, gc, json, os, sys\n" + before + "\n"
+            # compiled first, as the layer ships it (compiling a module is garbage of its own)
+            "compileall.compile_dir(os.path.join('..', '..', 'layers', 'common', 'gateway'), quiet=1)\n"
+            "compileall.compile_file('app.py', quiet=1)\n"
+            "runs = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and runs.append(info['generation']))\n"
+            "frozen = gc.get_freeze_count()\n"
+            "import app\n"
+            "print(json.dumps([len(runs), gc.isenabled(), gc.get_freeze_count() - frozen, len(gc.get_objects())]))")
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_in_lambda_the_collector_waits_for_the_import_and_its_objects_are_frozen(function: str) -> None:
+    """A function's import in Lambda runs no garbage collection; what it built is in the permanent
+    generation afterwards (never scanned again), and the collector runs again."""
+    code = _import_with_gc_watch(f"os.environ['AWS_LAMBDA_FUNCTION_NAME'] = '{function}'")
+    collections, enabled, frozen, tracked = json.loads(in_fresh_function(function, code))
+    assert collections == 0
+    assert enabled
+    assert frozen > 20_000 and tracked < frozen / 10
+
+
+def test_outside_lambda_the_collector_is_left_alone() -> None:
+    code = _import_with_gc_watch("os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
+    collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
+    assert collections > 0 and enabled and frozen == 0
+
+
+def test_a_collector_paused_by_someone_else_stays_paused() -> None:
+    code = _import_with_gc_watch("os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'\ngc.disable()")
+    collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
+    assert collections == 0 and not enabled and frozen == 0

@@ -1,14 +1,13 @@
 """A function's cold start, before its imports: ``functions/<name>/app.py`` imports this module FIRST
 and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and fifth passes).
 
-- **The garbage collector waits for the imports (in Lambda).** Importing a function creates ~100,000
-  objects that live as long as the process (modules, classes, pydantic validators); the cyclic
-  collector ran ~140 times over them during the query function's import (one full collection), and
-  then again in the first invocations, for ~1,500 garbage objects (~0.4 MB). In Lambda
-  (``AWS_LAMBDA_FUNCTION_NAME`` set) it is paused from here to :func:`done`, which moves what the
-  import built into the permanent generation (``gc.freeze``: never scanned again, so later full
-  collections are short too) and resumes it. Elsewhere (tests, the dev server) the collector is
-  left alone.
+- **The garbage collector waits for the imports (in Lambda).** Importing a function creates
+  ~100,000 objects that live as long as the process (modules, classes, pydantic validators); the
+  cyclic collector ran ~115 times during the query function's import, once over all of them. In
+  Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) it is paused from here to :func:`done`, which moves what
+  the imports built into the permanent generation (``gc.freeze``: never scanned again) and resumes
+  it. The imports' own cyclic garbage (~1,500 objects, ~0.4 MiB) is frozen with them: a fixed cost
+  per process, not a growing one. Elsewhere (tests, the dev server) the collector is left alone.
 - **httpx without its command-line client.** httpx (under upstash-redis and the adapters) imports
   ``httpx._main`` when click is installed, which it is in the layer (and rich/pygments in a dev
   environment); blocked, httpx defines its stub ``main`` instead (its own ImportError fallback).
@@ -27,17 +26,14 @@ from __future__ import annotations
 
 import gc
 import os
-import ssl
-import sys
 
-_paused = False
+# First, before this module's other imports: paused when the Lambda runtime imports the function.
+_paused = "AWS_LAMBDA_FUNCTION_NAME" in os.environ and gc.isenabled()
+if _paused:
+    gc.disable()
 
-
-def _pause_collector() -> None:
-    global _paused
-    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and gc.isenabled():
-        gc.disable()
-        _paused = True
+import ssl  # noqa: E402
+import sys  # noqa: E402
 
 
 def done() -> None:
@@ -69,6 +65,5 @@ def _import_aiohttp() -> None:
         del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
 
 
-_pause_collector()
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 _import_aiohttp()
