@@ -3,7 +3,7 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
 
 - **The garbage collector waits for the imports (in Lambda).** Importing a function creates
   ~100,000 objects that live as long as the process (modules, classes, pydantic validators); the
-  cyclic collector ran ~115 times during the query function's import, once over all of them. In
+  cyclic collector ran 115-140 times during the query function's import, once over all of them. In
   Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) it is paused from here to :func:`done`, which moves what
   the imports built into the permanent generation (``gc.freeze``: never scanned again) and resumes
   it. The imports' own cyclic garbage (~1,500 objects, ~0.4 MiB) is frozen with them: a fixed cost
