@@ -117,6 +117,31 @@ async def test_non_streaming_bills_exactly_once(client: Any, make_user: Any, tes
     assert await ledger.invariant_violations() == []
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_client_request_id_is_echoed_and_the_usage_id_is_returned(client: Any, make_user: Any,
+                                                                         stream: bool) -> None:
+    """A client's own X-Request-Id is echoed but never becomes the billing reference (a client could
+    replay one to collide with another request): the request is billed under a fresh ``req_…`` id,
+    which the response returns as ``x-usage-id`` so the customer (and support) can find its record."""
+    user = await make_user("5")
+    body = {"model": "openai/gpt-4o-mini", "messages": _msg("[[words:3]]"), "stream": stream}
+    usage_ids = []
+    for _ in range(2):  # the same client id twice: two records, two usage ids
+        r = await client.post("/v1/chat/completions", headers={**_auth(user), "X-Request-Id": "client-trace-1"},
+                              json=body)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-request-id"] == "client-trace-1"
+        usage_ids.append(r.headers["x-usage-id"])
+    assert usage_ids[0] != usage_ids[1] and all(u.startswith("req_") for u in usage_ids)
+    state = await _state(user.user_id)
+    assert [rec["request_id"] for rec in state["usage"]] == usage_ids  # GET /v1/usage lists these as ids
+    assert [e["reference"] for e in state["ledger"]] == usage_ids
+    # without a client id the request id is ours already: no second header
+    r = await client.post("/v1/chat/completions", headers=_auth(user), json=body)
+    assert r.status_code == 200 and "x-usage-id" not in r.headers
+    assert (await _state(user.user_id))["usage"][-1]["request_id"] == r.headers["x-request-id"]
+
+
 def _parse_sse(text: str) -> tuple[list[dict[str, Any]], bool]:
     chunks, done = [], False
     for line in text.splitlines():

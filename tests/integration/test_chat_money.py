@@ -252,6 +252,20 @@ async def test_priority_service_tier_is_refused_and_openai_is_asked_for_default(
     assert upstream_requests(fake_upstream, "openai")[-1]["body"]["service_tier"] == "default"
 
 
+async def test_a_file_by_id_is_refused_it_would_read_the_gateways_own_account(
+        api: Any, make_user: Any, fake_upstream: Any, database_url: str) -> None:
+    """A ``file_id`` names a file of the provider account the call is made with — ours: refused
+    before any hold (send ``file_data``)."""
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "Summarise"}, {"type": "file", "file": {"file_id": "file-abc123"}}]}]})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unsupported_parameter" and error["param"] == "messages.0.content.1.file.file_id"
+    assert upstream_requests(fake_upstream) == [] and records(database_url, user.user_id) == []
+
+
 async def test_openrouter_routing_is_capped_at_the_catalogue_price(api: Any, make_user: Any,
                                                                    fake_upstream: Any, database_url: str) -> None:
     user = await make_user("5")
@@ -305,6 +319,24 @@ async def test_anthropic_one_hour_cache_writes_cost_twice_the_input_price(api: A
     assert rec["charge"] == charged(price, usage, cache_write_tokens=200, cache_write_1h_tokens=200)
     assert rec["charge"] > charged(price, usage, cache_write_tokens=200)  # more than 5-minute writes
     assert rec["charge"] <= rec["hold"]
+
+
+async def test_a_gemini_pro_prompt_past_200k_tokens_is_billed_and_held_at_the_long_context_price(
+        api: Any, make_user: Any, database_url: str) -> None:
+    """Google bills a Gemini 2.5 Pro call whose prompt is over 200,000 tokens at $2.50 / $15 per
+    million (not $1.25 / $10): such a call is charged at those prices, within its hold; a shorter
+    one stays at the base price."""
+    model = "google/gemini-2.5-pro"
+    _, r, rec = await one_request(api, make_user, database_url, model, "abcd " * 161_000, max_tokens=16)
+    usage = r.json()["usage"]
+    assert rec["provider"] == "gemini" and usage["prompt_tokens"] > 200_000
+    assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.0000025")
+                                    + usage["completion_tokens"] * D("0.000015"))
+    assert rec["charge"] == charge_for(rec["provider_cost"], MARKUP) <= rec["hold"]
+    _, r, rec = await one_request(api, make_user, database_url, model, "abcd " * 1_000, max_tokens=16)
+    usage = r.json()["usage"]
+    assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.00000125")
+                                    + usage["completion_tokens"] * D("0.00001"))
 
 
 async def test_request_fee_is_charged_when_the_provider_reports_no_tokens(api: Any, make_user: Any,
@@ -362,6 +394,28 @@ async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_
     rec = records(database_url, user.user_id)[0]
     assert rec["status"] == "timeout" and 0 < rec["completion_tokens"] < 100
     assert rec["completion_tokens"] >= produced - 1 and rec["charge"] > 0
+
+
+@pytest.mark.xfail(strict=True, reason="red-team finding, fix proposed in chat/service.py usage_record (outside the "
+                   "red lane): without the provider's usage, charge the prompt at its bound, as for files")
+async def test_a_call_cut_before_the_providers_usage_charges_the_prompt_at_its_bound(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """OpenAI reports usage only at the end of a stream (Responses: in its terminal event), so a call
+    the deadline cuts has none: its prompt is charged at 4 characters a token, while the provider
+    bills up to a token per byte (single digits, punctuation, rare words). An attacker makes the cut
+    certain (a slow reasoning model behind the 27 s API Gateway deadline) and pays a quarter of the
+    prompt — up to ~$20 a request on gpt-5.4-pro. The prompt must be charged at its bound."""
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    prompt = "1 2 3 4 5 6 7 8 9 0 " * 1_000  # 20,000 bytes: up to 20,000 tokens on the provider's bill
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "stream": True,
+        "messages": _msg(prompt + "[[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["prompt_tokens"] >= 20_000 and rec["charge"] <= rec["hold"]
 
 
 def _post_event(body: dict[str, Any], api_key: str) -> dict[str, Any]:

@@ -101,7 +101,7 @@ async def test_embeddings_bill_exactly_once(client: Any, make_user: Any, fake_up
     req = EmbeddingsRequest(model=model, input=texts)
     if estimated:
         assert seen[0]["path"].endswith(":batchEmbedContents")
-        assert usage["prompt_tokens"] == schema.estimate_input_tokens(req)
+        assert usage["prompt_tokens"] == schema.hold_tokens(req, per_item_cap=2048)  # the bound: no count
         assert r.headers[service.ESTIMATED_HEADER] == "true"
     else:
         assert seen[0]["path"].endswith("/embeddings")
@@ -192,7 +192,7 @@ async def test_gemini_splits_batches_of_100(client: Any, make_user: Any, fake_up
     state = await _state(user.user_id)
     assert len(state["usage"]) == 1 and len(state["ledger"]) == 1
     rec = state["usage"][0]
-    assert rec["prompt_tokens"] == schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts))
+    assert rec["prompt_tokens"] == schema.hold_tokens(EmbeddingsRequest(model="m", input=texts), per_item_cap=2048)
     assert rec["estimated"] is True
     assert state["balance"]["balance"] == D("5") - rec["charge"]
     assert await ledger.invariant_violations() == []
@@ -279,6 +279,19 @@ async def test_upstream_errors_release_the_hold(client: Any, make_user: Any, mod
     assert await ledger.invariant_violations() == []
 
 
+async def test_gemini_inputs_without_googles_count_are_billed_at_their_bound(client: Any, make_user: Any) -> None:
+    """Gemini reports no token count for embeddings, and its tokenizer makes a token of every digit:
+    1,000 digits are 1,000 tokens on Google's bill, so they are billed at least that (at 4 characters
+    a token, a quarter of what Google charges us); an input is never billed above the model's limit."""
+    user = await make_user("5")
+    digits = "1234567890" * 100
+    r = await embed(client, user, model="google/gemini-embedding-001", input=[digits, "9" * 5_000])
+    assert r.status_code == 200, r.text
+    (rec,) = (await _state(user.user_id))["usage"]
+    assert rec["estimated"] is True and rec["prompt_tokens"] == 1_000 + 2_048  # the second at the input limit
+    assert r.json()["usage"]["prompt_tokens"] == rec["prompt_tokens"] and rec["charge"] <= rec["hold"]
+
+
 async def test_a_gemini_batch_failing_after_others_bills_the_answered_ones(client: Any, make_user: Any) -> None:
     user = await make_user("5")
     texts = ["boom [[fail:500]]"] + [f"text {i}" for i in range(150)]  # batch 1 fails, 2 is answered
@@ -286,8 +299,8 @@ async def test_a_gemini_batch_failing_after_others_bills_the_answered_ones(clien
     assert r.status_code == 502, r.text
     state = await _state(user.user_id)
     (rec,) = state["usage"]
-    answered = schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts[100:]))
-    assert answered != schema.estimate_input_tokens(EmbeddingsRequest(model="m", input=texts[:51]))
+    answered = schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[100:]), per_item_cap=2048)
+    assert answered != schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[:51]), per_item_cap=2048)
     assert rec["status"] == "failed" and rec["prompt_tokens"] == answered and rec["estimated"] is True
     assert rec["charge"] == charge_for(answered * await price_of("google/gemini-embedding-001"), MARKUP)
     assert state["balance"]["balance"] == D("5") - rec["charge"]

@@ -148,6 +148,29 @@ async def test_images_count_in_the_hold(http: Any, make_user: Any, fake_upstream
     assert r.status_code == 200, r.text
 
 
+async def test_server_side_compaction_is_held(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    """Compaction (``context_management`` edit ``compact_*``) runs an extra sampling step once the
+    input reaches its trigger: the whole prompt read again and a summary written, billed on top of
+    the answer (Anthropic reports it only in ``usage.iterations``). The hold counts it whenever the
+    prompt can reach the trigger, and not otherwise."""
+    user = await make_user("0.15")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "compact-2026-01-12"}
+    body = {"model": NATIVE, "max_tokens": 16, "messages": [{"role": "user", "content": "a " * 30_000}]}
+
+    def compact(trigger: int) -> dict[str, Any]:
+        return {**body, "context_management": {"edits": [{"type": "compact_20260112", "trigger": {
+            "type": "input_tokens", "value": trigger}}]}}
+
+    r = await http.post("/v1/messages", headers=key, json=compact(50_000))  # ~60,000-token bound: it can fire
+    assert r.status_code == 402, r.text
+    assert r.json()["error"]["type"] == "billing_error"
+    assert upstream_requests(fake_upstream) == []
+    assert (await money_state(user.user_id))["usage"] == []
+    for allowed in (body, compact(100_000)):  # no compaction, or a trigger the prompt cannot reach
+        r = await http.post("/v1/messages", headers=key, json=allowed)
+        assert r.status_code == 200, r.text
+
+
 # --------------------------------------------------------------------------- errors: Anthropic's shape
 async def test_errors_in_anthropic_shape_change_nothing(http: Any, make_user: Any, fake_upstream: Any) -> None:
     user = await make_user("5")
@@ -215,6 +238,51 @@ async def test_server_tools_that_loop_on_anthropics_side_are_refused(http: Any, 
                          ({"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "m"}]},
                           "mcp_servers")]:
         r = await http.post("/v1/messages", headers={"x-api-key": user.api_key}, json={**base, **extra})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
+    assert upstream_requests(fake_upstream) == []
+    state = await money_state(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+
+
+async def test_any_tool_anthropic_runs_itself_is_refused(http: Any, make_user: Any, fake_upstream: Any) -> None:
+    """Anthropic-defined tools are an allowlist of the ones the client runs (bash, text editor,
+    computer, memory): a server tool — here the advisor, which consults a pricier model billed at
+    its rates — is refused before any hold, whatever its beta."""
+    user = await make_user("5")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "advisor-tool-2026-03-01"}
+    base = {"model": NATIVE, "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    advisor = {"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-7"}
+    r = await http.post("/v1/messages", headers=key, json={**base, "tools": [TOOL, advisor]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == "tools.1"
+    assert upstream_requests(fake_upstream) == []
+    state = await money_state(user.user_id)
+    assert state["usage"] == [] and state["balance"] == Decimal("5")
+    bash = {"type": "bash_20250124", "name": "bash"}  # a client tool: forwarded
+    r = await http.post("/v1/messages", headers=key, json={**base, "tools": [TOOL, bash]})
+    assert r.status_code == 200, r.text
+
+
+async def test_files_api_sources_are_refused_on_the_native_path(http: Any, make_user: Any,
+                                                                 fake_upstream: Any) -> None:
+    """A Files API ``file_id`` names a file of our own Anthropic organisation: refused before any hold,
+    in a message or inside a tool result (the translation refuses it too)."""
+    user = await make_user("5")
+    key = {"x-api-key": user.api_key, "anthropic-beta": "files-api-2025-04-14"}
+    image = {"type": "image", "source": {"type": "file", "file_id": "file_011"}}
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_011"}}
+    turns = [
+        ([{"role": "user", "content": [image, {"type": "text", "text": "what is this?"}]}], "messages.0.content.0"),
+        ([{"role": "user", "content": "go"},
+          {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+                                             "input": {"city": "Paris"}}]},
+          {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [document]}]}],
+         "messages.2.content.0.content.0"),
+    ]
+    for messages, param in turns:
+        r = await http.post("/v1/messages", headers=key, json={"model": NATIVE, "max_tokens": 8, "tools": [TOOL],
+                                                               "messages": messages})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["param"] == param
     assert upstream_requests(fake_upstream) == []

@@ -68,6 +68,15 @@ def test_images_count_at_the_serving_models_maximum_never_by_payload() -> None:
 
 @pytest.mark.parametrize(("model", "tokens"), [
     ("anthropic/claude-3.5-haiku", 1_600),
+    ("anthropic/claude-sonnet-4.5", 1_600),
+    ("anthropic/claude-opus-4.6", 1_600),
+    ("anthropic/claude-opus-4", 1_600),
+    ("anthropic/claude-opus-4.7", 5_000),
+    ("anthropic/claude-sonnet-5", 5_000),  # not known to be older: the high-resolution maximum
+    ("openai/gpt-5", 85 + 170 * 8),
+    ("openai/gpt-5.1", 85 + 170 * 8),
+    ("openai/gpt-5-chat", 85 + 170 * 8),
+    ("openai/gpt-5.2", math.ceil(1_536 * 2.46)),
     ("openai/gpt-4o", 85 + 170 * 8),
     ("openai/gpt-4.1", 85 + 170 * 8),
     ("openai/gpt-4o-mini", 2_833 + 5_667 * 8),
@@ -150,3 +159,19 @@ def test_legacy_functions_count_like_tools() -> None:
     functions = [{"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
     with_functions = measure_prompt({**body, "functions": functions, "function_call": "auto"})
     assert with_functions.text_bound - measure_prompt(body).text_bound >= TOOLS_OVERHEAD + len(_json(functions))
+
+
+@pytest.mark.parametrize(("model", "at_least"), [
+    # Claude Opus 4.7 and later read images up to 2,576 px on the long edge, ~3.75 MP, in 28 px
+    # patches: a 1,936 px square is 70 x 70 = 4,900 tokens (earlier Claude models: ~1,600)
+    ("anthropic/claude-opus-4.7", 4_900),
+    # GPT-5.2 and later (5.3, 5.4) are patch models at "high": 2,500 patches x 1.2 = 3,000 tokens
+    # (the tile rule `^openai/gpt-5` matches them by prefix and holds 1,445)
+    ("openai/gpt-5.4", 3_000),
+    ("openai/gpt-5.4-pro", 3_000),
+])
+def test_newer_models_hold_their_larger_images(model: str, at_least: int) -> None:
+    """The per-image maximum must cover what the serving model bills for one image, or a request
+    of a few hundred small-file, large-pixel images overruns its hold by hundreds of thousands of
+    tokens (gpt-5.4-pro: ~$30 a request past the hold)."""
+    assert image_token_max(model) >= at_least

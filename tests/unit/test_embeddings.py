@@ -187,7 +187,8 @@ def test_from_gemini_joins_batches_in_order(encoding_format: str) -> None:
     body, usage = T.from_gemini(answers, r, model="google/gemini-embedding-001")
     assert [decode(d["embedding"]) for d in body["data"]] == VECTORS
     assert isinstance(body["data"][0]["embedding"], str) is (encoding_format == "base64")
-    assert (usage.prompt_tokens, usage.reported) == (6, False)  # Gemini reports no tokens: estimated, marked so
+    assert (usage.prompt_tokens, usage.reported) == (24, False)  # Gemini reports no tokens: the bound, marked so
+    assert T.from_gemini(answers, r, model="m", per_item_cap=5)[1].prompt_tokens == 15  # each at most the limit
     reported = [{**answers[0], "usageMetadata": {"promptTokenCount": 4}},
                 {**answers[1], "usageMetadata": {"promptTokenCount": 2}}]
     _, usage = T.from_gemini(reported, r, model="m")

@@ -89,3 +89,29 @@ def test_assemble_message_from_events() -> None:
     ]
     assert message["usage"]["input_tokens"] == 10 and message["usage"]["output_tokens"] == 42
     json.dumps(message)  # renderable
+
+
+def test_assemble_message_joins_long_answers_in_order_and_a_restarted_block_starts_over() -> None:
+    """Thousands of deltas (a long answer) per block, interleaved across blocks, a block whose start
+    already carries text, and a block started again (its earlier pieces are dropped, tool input too)."""
+    n = 5000
+    events: list[dict[str, object]] = [
+        {"type": "message_start", "message": {"id": "msg_2", "usage": {"input_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "Start:"}},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"stale"'}},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}},
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"k": ['}},
+    ]
+    for i in range(n):
+        events.append({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" w{i}"}})
+        events.append({"type": "content_block_delta", "index": 1,
+                       "delta": {"type": "input_json_delta", "partial_json": ("" if i == 0 else ",") + str(i)}})
+    events.append({"type": "content_block_delta", "index": 1,
+                   "delta": {"type": "input_json_delta", "partial_json": "]}"}})
+    message = assemble_message(events, MODEL, Usage(prompt_tokens=1, completion_tokens=n))
+    text, tool = message["content"]
+    assert text["text"] == "Start:" + "".join(f" w{i}" for i in range(n))
+    assert tool["input"] == {"k": list(range(n))}

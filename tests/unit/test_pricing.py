@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 from decimal import ROUND_CEILING, Context, Decimal
+from typing import Any
 
 import pytest
 
+from gateway.catalog import registry
 from gateway.money.holds import hold_for
 from gateway.money.pricing import (
     CREDIT_QUANTUM,
     ZERO,
+    LongContextPrice,
     ModelPrice,
     charge_for,
     parse_price,
@@ -259,3 +262,57 @@ def test_hold_covers_a_prompt_written_entirely_to_the_cache() -> None:
     for written in (0, 500, 1000):
         assert charge_for(price.provider_cost(1000, 100, 0, written), markup) <= hold
     assert charge_for(price.provider_cost(1000, 100, 0, 1000), markup) == hold
+
+
+def test_a_long_context_price_bills_and_holds_a_prompt_past_its_threshold() -> None:
+    """A call past the threshold is billed entirely at the long-context prices; a hold whose prompt
+    bound is past it covers that, one within it needs not."""
+    base = ModelPrice(prompt=D("0.00000125"), completion=D("0.00001"), cache_read=D("0.00000031"))
+    long = ModelPrice(prompt=D("0.0000025"), completion=D("0.000015"), cache_read=D("0.00000062"))
+    price = LongContextPrice(prompt=base.prompt, completion=base.completion, cache_read=base.cache_read,
+                             threshold=200_000, long=long)
+    assert price.provider_cost(200_000, 10) == base.provider_cost(200_000, 10)
+    assert price.provider_cost(200_001, 10, 5) == long.provider_cost(200_001, 10, 5)
+    for bound in (200_001, 1_048_576):
+        hold = hold_for(price, bound, 1000, D("0.1"))
+        for prompt in (200_001, bound):
+            assert charge_for(price.provider_cost(prompt, 1000), D("0.1")) <= hold
+    assert hold_for(price, 200_000, 1000, D("0.1")) == hold_for(base, 200_000, 1000, D("0.1"))
+
+
+def test_a_long_context_tier_multiplies_every_prompt_class_price_and_the_output_price() -> None:
+    base = ModelPrice(prompt=D("0.000002"), completion=D("0.000012"), cache_read=D("0.0000002"),
+                      cache_write=D("0.0000025"), audio=D("0.000003"))
+    price = LongContextPrice.tiered(base, 200_000, D(2), D("1.5"))
+    assert price.for_prompt(200_000) is price and price.for_prompt(10) is price
+    long = price.for_prompt(200_001)
+    assert (long.prompt, long.completion, long.cache_read, long.cache_write, long.audio) == (
+        D("0.000004"), D("0.000018"), D("0.0000004"), D("0.000005"), D("0.000006"))
+    assert long.cache_write_1h is None and base.for_prompt(10**9) is base  # a plain price has no tier
+
+
+def _row(provider: str, upstream: str, tiers: Any = None) -> dict[str, Any]:
+    return {"id": f"x/{upstream}", "name": upstream, "provider": provider, "upstream_model": upstream,
+            "owned_by": "x", "context_length": 1_048_576, "max_completion_tokens": 65_536,
+            "prompt_price": D("0.00000125"), "completion_price": D("0.00001"), "request_price": D(0),
+            "input_cache_read_price": D("0.000000125"), "input_cache_write_price": None, "image_price": None,
+            "is_free": False, "markup": None, "input_modalities": ["text"], "output_modalities": ["text"],
+            "pricing_extra": None, "price_tiers": tiers}
+
+
+@pytest.mark.parametrize(("provider", "upstream", "threshold"), [
+    ("gemini", "gemini-2.5-pro", 200_000), ("gemini", "gemini-3.1-pro-preview", 200_000),
+    ("openai", "gpt-5.4", 272_000), ("openai", "gpt-5.4-pro", 272_000)])
+def test_direct_models_with_a_long_context_premium_bill_it(provider: str, upstream: str, threshold: int) -> None:
+    price = registry._row_to_model(_row(provider, upstream)).price
+    assert price.provider_cost(threshold, 1) == D("0.00000125") * threshold + D("0.00001")
+    assert price.provider_cost(threshold + 1, 1, 1) == (
+        D("0.0000025") * threshold + D("0.00000025") + D("0.000015"))  # 2x input and cache, 1.5x output
+
+
+@pytest.mark.parametrize(("provider", "upstream", "tiers"), [
+    ("gemini", "gemini-2.5-flash", None), ("openai", "gpt-5.4-mini", None), ("openrouter", "gemini-2.5-pro", None),
+    ("gemini", "gemini-2.5-pro", [{"min_prompt_tokens": 200_000}])])
+def test_other_models_have_one_price(provider: str, upstream: str, tiers: Any) -> None:
+    price = registry._row_to_model(_row(provider, upstream, tiers)).price
+    assert price.provider_cost(500_000, 1) == D("0.00000125") * 500_000 + D("0.00001")

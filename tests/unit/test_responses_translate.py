@@ -299,6 +299,38 @@ async def test_stream_read_by_the_sdk_stream_helper() -> None:
     assert final.usage is not None and final.usage.output_tokens == 9
 
 
+async def test_long_stream_texts_are_whole_in_every_done_event_and_the_final_response() -> None:
+    """Thousands of deltas per item (reasoning, text, a refusal, a call's arguments), and arguments for
+    a call already closed (only the final Response can carry those): each `.done` event, each
+    `output_item.done` and the final Response hold the whole text, in order."""
+    n = 3000
+    reasoning = [{"reasoning": f"r{i} "} for i in range(n)]
+    text = [{"content": f"t{i} "} for i in range(n)]
+    refusal = [{"refusal": f"x{i} "} for i in range(n)]
+    args = [{"tool_calls": [{"index": 0, "function": {"arguments": f"{i},"}}]} for i in range(n)]
+    late = {"tool_calls": [{"index": 0, "function": {"arguments": "late"}}]}
+    second = {"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "get_weather", "arguments": "{}"}}]}
+    first = {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get_weather", "arguments": "["}}]}
+    raw = await events_for(chat_stream(*reasoning, *text, *refusal, first, *args, second, late,
+                                       finish="tool_calls", usage=USAGE), req(stream=True, tools=[WEATHER]))
+    events = assert_typed_events(raw)
+    want_reasoning = "".join(d["reasoning"] for d in reasoning)
+    want_text = "".join(d["content"] for d in text)
+    want_refusal = "".join(d["refusal"] for d in refusal)
+    want_args = "[" + "".join(f"{i}," for i in range(n))
+    done = {e["type"]: e for e in events if e["type"].endswith(".done") and e["type"] != "response.output_item.done"}
+    assert done["response.reasoning_summary_text.done"]["text"] == want_reasoning
+    assert done["response.output_text.done"]["text"] == want_text
+    assert done["response.refusal.done"]["refusal"] == want_refusal
+    calls = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [c["arguments"] for c in calls] == [want_args, "{}"]  # "late" came after call_1 was closed
+    final = events[-1]["response"]
+    assert final["output"][0]["summary"][0]["text"] == want_reasoning
+    assert final["output"][1]["content"] == [{"type": "output_text", "text": want_text, "annotations": [],
+                                              "logprobs": []}, {"type": "refusal", "refusal": want_refusal}]
+    assert [o["arguments"] for o in final["output"][2:]] == [want_args + "late", "{}"]
+
+
 async def test_stream_read_by_create_with_stream_true() -> None:
     raw = await events_for(chat_stream({"content": "Hi"}, usage=USAGE))
     events = list(openai_client(raw).responses.create(model="m", input="x", stream=True))

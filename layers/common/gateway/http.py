@@ -59,7 +59,7 @@ CORS_ALLOW_HEADERS = (
 )
 # Exposed: every header we answer with that is not CORS-safelisted.
 CORS_EXPOSE_HEADERS = (
-    "x-request-id", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+    "x-request-id", "x-usage-id", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
     "x-catalog-cache", "x-catalog-sync", "x-catalog-sync-id", "x-catalog-sync-failed",
 )
 CORS_ALLOW_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -88,11 +88,16 @@ def request_id_of(request: Request) -> str:
 
 def server_request_id(request: Request) -> str:
     """A request id the client did not choose (safe as a billing reference): the API Gateway
-    request id or one we generated; a new one if the client supplied ``X-Request-Id``."""
-    state = request.scope.get("state", {})
+    request id or one we generated. When the client supplied ``X-Request-Id`` (echoed as
+    ``x-request-id``), a new ``req_…`` id, the same for the whole request, which the response
+    carries as ``x-usage-id`` (the ``id`` of its record in ``GET /v1/usage``)."""
+    state = request.scope.setdefault("state", {})
     if state.get("request_id_source") in ("aws", "generated"):
         return str(state["request_id"])
-    return "req_" + uuid.uuid4().hex
+    usage_id = state.get("usage_id")
+    if usage_id is None:
+        usage_id = state["usage_id"] = "req_" + uuid.uuid4().hex
+    return str(usage_id)
 
 
 def _pick_request_id(scope: Scope) -> tuple[str, str]:
@@ -136,6 +141,9 @@ class GatewayMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 headers.append(rid_header)
+                usage_id = state.get("usage_id")  # billed under an id of ours (server_request_id)
+                if usage_id is not None:
+                    headers.append((b"x-usage-id", usage_id.encode("latin-1")))
                 headers.extend(self.security_headers)
                 message["headers"] = headers
             await send(message)

@@ -50,22 +50,27 @@ AUDIO_CHARS_PER_TOKEN_BOUND = 8   # the bound: 5x the most tokens per character 
 
 # The most one image can cost on the model serving it, first match on the catalogue id wins.
 # Providers resize large images, so every image has a maximum:
-#   Anthropic: (w x h) / 750 after resizing to <= 1.15 MP and <= 1568 px: ~1,600 tokens;
+#   Anthropic: (w x h) / 750 after resizing to <= 1.15 MP and <= 1568 px: ~1,600 tokens; Claude
+#     Opus 4.7 and later read up to 3.75 MP (2,576 px): ~5,000 tokens (any Claude model not known
+#     to be older is held at that);
 #   OpenAI tile models: fit 2048 x 2048, shortest side 768 -> at most 2 x 4 tiles of 512 px:
 #     base + 8 x tile (gpt-4o / 4.1 / 4-turbo: 85 + 170/tile; o1 / o3: 75 + 150/tile;
 #     gpt-4o-mini: 2,833 + 5,667/tile);
 #   OpenAI patch models: at most 1,536 patches of 32 px x the model's multiplier
-#     (gpt-4.1-mini / gpt-5-mini 1.62, o4-mini 1.72, gpt-4.1-nano / gpt-5-nano 2.46);
+#     (gpt-4.1-mini / gpt-5-mini 1.62, o4-mini 1.72, gpt-4.1-nano / gpt-5-nano 2.46); GPT-5.2 and
+#     later are patch models with a larger budget at "high" (2,500 patches x 1.2 = 3,000): held,
+#     like any OpenAI model not listed, at the largest known maximum;
 #   Gemini: tiles of 768 px at 258 tokens, images scaled to at most 3072 px: 16 x 258.
 IMAGE_TOKEN_RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple((re.compile(p), n) for p, n in (
-    (r"^anthropic/", 1_600),
+    (r"^anthropic/claude-(3|(opus|sonnet|haiku)-4(\.[0-6])?($|[^.\d]))", 1_600),
+    (r"^anthropic/", 5_000),  # Opus 4.7+ (3.75 MP) and any Claude model not known to be older
     (r"^openai/gpt-4o-mini", 2_833 + 5_667 * 8),
     (r"^openai/(gpt-4\.1-nano|gpt-5-nano)", math.ceil(1_536 * 2.46)),
     (r"^openai/o4-mini", math.ceil(1_536 * 1.72)),
     (r"^openai/(gpt-4\.1-mini|gpt-5-mini)", math.ceil(1_536 * 1.62)),
     (r"^openai/(o1|o3)(-pro)?($|-\d)", 75 + 150 * 8),
-    (r"^openai/(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4\.5|gpt-5)", 85 + 170 * 8),
-    (r"^openai/", math.ceil(1_536 * 2.46)),  # an unknown OpenAI model: the largest known maximum
+    (r"^openai/(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4\.5|gpt-5(\.1)?($|-))", 85 + 170 * 8),
+    (r"^openai/", max(math.ceil(1_536 * 2.46), 3_000)),  # GPT-5.2+ and unknown: the largest known maximum
     (r"^google/", 258 * 16),
 ))
 # Any other model (Llama, Qwen-VL and other dynamic-resolution vision models behind OpenRouter

@@ -12,6 +12,7 @@ kind; :func:`wrong_surface` is the clear refusal for a model of the other kind.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from .. import db
 from ..config import Tier, get_settings
 from ..errors import BadRequest
 from ..loops import loop_lock
-from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, ModelPrice, parse_price
+from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, LongContextPrice, ModelPrice, parse_price
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +77,32 @@ _lock = loop_lock()
 SELECT_ACTIVE = """
 SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
        completion_price, request_price, input_cache_read_price, input_cache_write_price, image_price, is_free,
-       markup, input_modalities, output_modalities, pricing_extra
+       markup, input_modalities, output_modalities, pricing_extra, price_tiers
 FROM model_pricing WHERE active
 """
+
+# Long-context premiums of models billed by a direct provider at one catalogue price (the provider's
+# models list carries no prices, and OpenRouter's listing gives the base tier only): a call whose
+# prompt is over the threshold is billed entirely at the higher rates — Google: Gemini 2.5 Pro
+# $1.25 -> $2.50 input, $10 -> $15 output, cache reads 2x; Gemini 3 / 3.x Pro $2 -> $4, $12 -> $18;
+# OpenAI: GPT-5.4 and GPT-5.4 pro (1.05M context) over 272,000 input tokens, 2x input, 1.5x output.
+# (provider, upstream-model pattern) -> (threshold, input and cache multiplier, output multiplier).
+LONG_CONTEXT_PREMIUMS: tuple[tuple[str, re.Pattern[str], int, Decimal, Decimal], ...] = (
+    ("gemini", re.compile(r"^(models/)?gemini-(2\.5|3(\.\d+)?)-pro"), 200_000, Decimal(2), Decimal("1.5")),
+    ("openai", re.compile(r"^gpt-5\.4(-pro)?(-\d{4}-\d{2}-\d{2})?$"), 272_000, Decimal(2), Decimal("1.5")),
+)
+
+
+def _long_context(r: dict, price: ModelPrice) -> ModelPrice:  # type: ignore[type-arg]
+    """The row's prices with their long-context tier (:class:`LongContextPrice`) when its provider
+    bills one (:data:`LONG_CONTEXT_PREMIUMS`); as they are when it does not, or when the row's prices
+    came with tiers (the catalogue then stores the highest already)."""
+    if r.get("price_tiers"):
+        return price
+    for provider, pattern, threshold, prompt_x, completion_x in LONG_CONTEXT_PREMIUMS:
+        if r["provider"] == provider and pattern.match(r["upstream_model"] or ""):
+            return LongContextPrice.tiered(price, threshold, prompt_x, completion_x)
+    return price
 
 
 def _extra_price(extra: Any, name: str) -> Decimal | None:
@@ -93,14 +117,16 @@ def _extra_price(extra: Any, name: str) -> Decimal | None:
 
 
 def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
+    price = ModelPrice(prompt=r["prompt_price"], completion=r["completion_price"], request=r["request_price"],
+                       cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"],
+                       cache_write_1h=r["prompt_price"] * ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER
+                       if r["provider"] == "anthropic" else None,
+                       image=r["image_price"] or ZERO, audio=_extra_price(r.get("pricing_extra"), "audio"))
+    price = _long_context(r, price)
     return ModelInfo(
         id=r["id"], name=r["name"], provider=r["provider"], upstream_model=r["upstream_model"],
         owned_by=r["owned_by"], context_length=r["context_length"], max_completion_tokens=r["max_completion_tokens"],
-        price=ModelPrice(prompt=r["prompt_price"], completion=r["completion_price"], request=r["request_price"],
-                         cache_read=r["input_cache_read_price"], cache_write=r["input_cache_write_price"],
-                         cache_write_1h=r["prompt_price"] * ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER
-                         if r["provider"] == "anthropic" else None,
-                         image=r["image_price"] or ZERO, audio=_extra_price(r.get("pricing_extra"), "audio")),
+        price=price,
         is_free=r["is_free"], markup=r["markup"], input_modalities=tuple(r["input_modalities"] or ("text",)),
         kind=kind_of(r.get("output_modalities")))
 

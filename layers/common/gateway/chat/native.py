@@ -60,6 +60,10 @@ class NativeBody:
     size: PromptSize               # its prompt's upper bound (measured on this body)
     output_limit: int              # the output limit it carries (what the hold counts)
     dropped: list[str] = field(default_factory=list)  # what the client sent and it does not carry
+    # billed beyond one reading of the prompt and the output limit (server-side compaction's extra
+    # sampling step): held at the highest prompt-class and the completion price
+    extra_prompt: int = 0
+    extra_output: int = 0
 
 
 async def plan_native(request_id: str, principal: Principal, primary: ModelInfo, *, provider: str,
@@ -94,8 +98,9 @@ async def plan_native(request_id: str, principal: Principal, primary: ModelInfo,
             continue
         candidates.append(service.Candidate(model=m, target=target, byok=is_byok, output_limit=native.output_limit,
                                             body=native.body))
-        hold = max(hold, hold_for(m.price, native.size.bound(m.id, m.context_length),
-                                  native.output_limit + native.size.output_extra, m.markup_for(tier),
+        hold = max(hold, hold_for(m.price, native.size.bound(m.id, m.context_length) + native.extra_prompt,
+                                  native.output_limit + native.size.output_extra + native.extra_output,
+                                  m.markup_for(tier),
                                   images=native.size.images, byok=is_byok, byok_fee=settings.byok_platform_fee))
     assert first is not None  # the primary routes to ``provider``
     # The pipeline's view of the request (what records and the relay read): stream and output limit.

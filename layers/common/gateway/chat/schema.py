@@ -288,7 +288,9 @@ def check_priced(req: ChatRequest) -> None:
 
     * audio output (``modalities`` with ``"audio"``, ``audio``): audio output tokens cost several
       times text tokens and no catalogue price covers them;
-    * ``web_search_options``: a per-search fee plus search-context tokens, neither priced.
+    * ``web_search_options``: a per-search fee plus search-context tokens, neither priced;
+
+    and file parts by ``file_id``, which would read a file of the gateway's own provider account.
 
     Everything else the SDK sends is forwarded (OpenAI-compatible upstreams) or mapped/dropped
     (translating adapters); what changes the bill is priced: ``prediction`` (rejected prediction
@@ -304,6 +306,12 @@ def check_priced(req: ChatRequest) -> None:
         raise BadRequest("Audio output (`modalities: [\"audio\"]`) is not supported: it is billed at audio rates this "
                          "gateway does not price. Use `modalities: [\"text\"]`.", code="unsupported_parameter",
                          param="modalities")
+    for i, message in enumerate(req.messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            if isinstance(part, FilePart) and part.file.file_id:
+                raise BadRequest("Files by `file_id` are not supported: they would be read from the gateway's own "
+                                 "provider account. Send the file as `file_data` (a base64 data URL).",
+                                 code="unsupported_parameter", param=f"messages.{i}.content.{j}.file.file_id")
     if req.web_search_options is not None:
         raise BadRequest("`web_search_options` is not supported: web search is billed per search on top of tokens, "
                          "which this gateway does not price. Omit it (or pass search results in the messages).",

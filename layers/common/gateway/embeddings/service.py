@@ -7,8 +7,10 @@ Money: the hold is an upper bound of the input tokens a provider can bill
 (``schema.hold_tokens``: UTF-8 bytes per text, token ids exactly, each item at most the model's
 input limit) at the model's input price, x (1 + markup), rounded once, up (``money.holds.hold_for``
 with no output). The charge is the provider's reported ``prompt_tokens`` at the same price
-(``chat.service.usage_record``), or, where it reports none (Gemini), the estimate of
-``schema.estimate_input_tokens`` marked estimated (and ``x-usage-estimated: true`` on the answer).
+(``chat.service.usage_record``), or, where it reports none (Gemini), the upper bound of
+``schema.hold_tokens`` (what was held) marked estimated (and ``x-usage-estimated: true`` on
+the answer): Gemini's tokenizer makes a token of every digit, so an estimate could bill a quarter
+of what Google charges.
 A call that reached the provider is billed even when it fails afterwards (timeout, cancellation,
 an answer we cannot use): at the estimate.
 
@@ -136,9 +138,10 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
             answered = [part["text"] for b, a in zip(c.body["batches"], answers, strict=True)
                         if not isinstance(a, BaseException) for r in b["requests"] for part in r["content"]["parts"]]
             if answered and isinstance(failure, UpstreamError):  # the batches that were answered are billed
-                raise billed(failure, _estimate(answered))
+                raise billed(failure, _bound(answered, c.model.context_length))
             raise failure
-        return _translated(lambda: translate.from_gemini(answers, req, model=c.model.id), call, target)
+        return _translated(lambda: translate.from_gemini(answers, req, model=c.model.id,
+                                                         per_item_cap=c.model.context_length), call, target)
     data = await post("embeddings", c.body)
     if isinstance(data, dict) and data.get("error"):
         raise error_from_event(target.provider, data, api_key=target.api_key)
@@ -146,9 +149,11 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
                        call, target)
 
 
-def _estimate(texts: list[str]) -> Usage:
-    """The estimate of some texts (the Gemini batches that were answered), marked estimated."""
-    return Usage(prompt_tokens=sum(max(text_tokens(t), 1) for t in texts), completion_tokens=0, reported=False)
+def _bound(texts: list[str], per_item_cap: int) -> Usage:
+    """The upper bound of some texts (the Gemini batches that were answered; Google reports no
+    count): UTF-8 bytes, each at most ``per_item_cap``, marked estimated (``translate.from_gemini``)."""
+    return Usage(prompt_tokens=sum(min(max(len(t.encode("utf-8")), 1), per_item_cap) for t in texts),
+                 completion_tokens=0, reported=False)
 
 
 def _translated(translate_answer: Any, call: chat.Call, target: Target) -> tuple[dict[str, Any], Usage]:

@@ -8,13 +8,15 @@ only).
 
 Usage to bill (prompt tokens only; embeddings have no completion): the provider's
 ``usage.prompt_tokens`` when it reports it (OpenAI, OpenRouter, most compat servers; OpenRouter's
-``usage.cost`` too: the charge is never below it), else Gemini's
-``usageMetadata.promptTokenCount`` when present, else the estimate of
-``schema.estimate_input_tokens`` marked ``reported=False``.
+``usage.cost`` too: the charge is never below it), else the estimate of
+``schema.estimate_input_tokens`` marked ``reported=False``; Gemini's
+``usageMetadata.promptTokenCount`` when present, else the upper bound of ``schema.hold_tokens``
+marked ``reported=False`` (:func:`from_gemini`).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +25,7 @@ from gateway.adapters.shapes import as_cost, as_int
 from gateway.adapters.upstream_errors import bad_response
 from gateway.errors import BadRequest
 
-from .schema import EmbeddingsRequest, decode, embeddings_response, encode, estimate_input_tokens
+from .schema import EmbeddingsRequest, decode, embeddings_response, encode, estimate_input_tokens, hold_tokens
 
 GEMINI_MAX_BATCH = 100
 
@@ -94,8 +96,13 @@ def gemini_body(texts: list[str], upstream_model: str, *, dimensions: int | None
     return {"requests": requests}
 
 
-def from_gemini(answers: list[Any], req: EmbeddingsRequest, *, model: str) -> tuple[dict[str, Any], Usage]:
-    """The ``batchEmbedContents`` answers of every batch, in order, as one OpenAI response."""
+def from_gemini(answers: list[Any], req: EmbeddingsRequest, *, model: str,
+                per_item_cap: int | None = None) -> tuple[dict[str, Any], Usage]:
+    """The ``batchEmbedContents`` answers of every batch, in order, as one OpenAI response. Without
+    Google's count (the Gemini API reports none) the inputs are billed at their upper bound
+    (``schema.hold_tokens``: UTF-8 bytes, each item at most ``per_item_cap``, the model's input
+    limit), marked estimated: Gemini's tokenizer makes a token of every digit and most punctuation,
+    so a 4-characters-per-token estimate could bill a quarter of what Google charges us."""
     vectors: list[list[float] | str] = []
     reported = 0
     all_reported = True
@@ -119,5 +126,6 @@ def from_gemini(answers: list[Any], req: EmbeddingsRequest, *, model: str) -> tu
     if all_reported and answers:
         usage = Usage(prompt_tokens=reported, completion_tokens=0)
     else:
-        usage = Usage(prompt_tokens=estimate_input_tokens(req), completion_tokens=0, reported=False)
+        usage = Usage(prompt_tokens=hold_tokens(req, per_item_cap=per_item_cap or sys.maxsize), completion_tokens=0,
+                      reported=False)
     return embeddings_response(vectors, model=model, prompt_tokens=usage.prompt_tokens), usage

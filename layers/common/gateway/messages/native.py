@@ -37,15 +37,17 @@ from gateway.chat.native import native_request
 from gateway.chat.service import Wire
 from gateway.translation import dumps, sse_event
 
-from .translate import anthropic_usage, error_event
+from .translate import CLIENT_TOOL_PREFIXES, anthropic_usage, error_event
 
 PROMPT_FIELDS = ("system", "messages", "tools", "tool_choice", "output_config", "thinking", "context_management")
 # Anthropic-defined client tools add their own system prompt (computer use ~500 tokens, the text
 # editor ~700, bash ~250): counted on top of the tools overhead, per tool.
 DEFINED_TOOL_OVERHEAD = 1_000
-# Tools Anthropic runs itself whose results enter the prompt (web_fetch, tool search, MCP
-# connector tools): the prompt can grow to the context length.
-CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
+# Server-side compaction (``context_management.edits`` of type ``compact_*``, beta ``compact-…``):
+# once the input reaches the trigger (Anthropic's default 150,000 tokens) Anthropic runs an extra
+# sampling step that reads the whole prompt and writes a summary, then answers from the summary.
+COMPACTION_EDIT_PREFIX = "compact_"
+COMPACTION_DEFAULT_TRIGGER = 150_000
 
 
 # =============================================================================== hold
@@ -99,6 +101,27 @@ def native_size(body: Mapping[str, Any]) -> PromptSize:
     if body.get("mcp_servers"):
         files += 1
     return PromptSize.of_text(text, overhead, images=images, files=files)
+
+
+def compaction_extra(body: Mapping[str, Any], prompt_bound: int, max_output: int) -> tuple[int, int]:
+    """``(prompt tokens, output tokens)`` the hold adds for server-side compaction: nothing when
+    the body asks for none or its prompt bound stays below the trigger (it cannot fire); else the
+    extra sampling step — the whole prompt read once more (``prompt_bound``) and a summary of at
+    most ``max_output`` tokens (the model's output maximum) written, then read by the answer.
+    Anthropic bills that step (reported only in ``usage.iterations``) on top of the answer."""
+    management = body.get("context_management")
+    edits = management.get("edits") if isinstance(management, dict) else None
+    trigger: int | None = None
+    for edit in edits if isinstance(edits, list) else []:
+        if not isinstance(edit, dict) or not str(edit.get("type") or "").startswith(COMPACTION_EDIT_PREFIX):
+            continue
+        given = edit.get("trigger")
+        value = given.get("value") if isinstance(given, dict) else None
+        at = value if isinstance(value, int) and not isinstance(value, bool) else COMPACTION_DEFAULT_TRIGGER
+        trigger = at if trigger is None else min(trigger, at)
+    if trigger is None or prompt_bound < trigger:
+        return 0, 0
+    return prompt_bound + max_output, max_output
 
 
 # =============================================================================== upstream
@@ -180,7 +203,9 @@ def assemble_message(events: list[dict[str, Any]], model: str, usage: Usage) -> 
     message: dict[str, Any] = {"type": "message", "role": "assistant", "content": [], "stop_reason": None,
                                "stop_sequence": None}
     blocks: dict[int, dict[str, Any]] = {}
-    partial: dict[int, str] = {}
+    # a block's text, thinking and tool input (``input_json``) as pieces, joined once at the end
+    # (concatenating per delta is quadratic in the answer's length)
+    pieces: dict[tuple[int, str], list[str]] = {}
     raw_usage: dict[str, Any] = {}
     for event in events:
         kind = event.get("type")
@@ -190,34 +215,52 @@ def assemble_message(events: list[dict[str, Any]], model: str, usage: Usage) -> 
             raw_usage.update(event["message"].get("usage") or {})
         elif kind == "content_block_start" and isinstance(index, int):
             blocks[index] = dict(event.get("content_block") or {})
+            for name in _PIECED:  # a block started again starts over
+                pieces.pop((index, name), None)
         elif kind == "content_block_delta" and isinstance(index, int) and index in blocks:
-            _apply_delta(blocks[index], event.get("delta") or {}, partial, index)
+            _apply_delta(blocks[index], event.get("delta") or {}, pieces, index)
         elif kind == "message_delta":
             delta = event.get("delta") or {}
             for name in ("stop_reason", "stop_sequence", "container"):
                 if name in delta:
                     message[name] = delta[name]
             raw_usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
-    for index, text in partial.items():
-        blocks[index]["input"] = parse_tool_arguments(text) if text else {}
+    for (index, name), parts in pieces.items():
+        joined = "".join(parts)
+        if name == "input_json":
+            blocks[index]["input"] = parse_tool_arguments(joined) if joined else {}
+        else:
+            blocks[index][name] = joined
     message["content"] = [blocks[i] for i in sorted(blocks)]
     message["model"] = model
     message["usage"] = {**raw_usage, **anthropic_usage(usage)} if usage.reported else anthropic_usage(usage)
     return message
 
 
-def _apply_delta(block: dict[str, Any], delta: dict[str, Any], partial: dict[int, str], index: int) -> None:
+_PIECED = ("text", "thinking", "input_json")
+
+
+def _apply_delta(block: dict[str, Any], delta: dict[str, Any], pieces: dict[tuple[int, str], list[str]],
+                 index: int) -> None:
     kind = delta.get("type")
     if kind == "text_delta":
-        block["text"] = (block.get("text") or "") + str(delta.get("text") or "")
+        _piece(pieces, index, "text", block.get("text")).append(str(delta.get("text") or ""))
     elif kind == "thinking_delta":
-        block["thinking"] = (block.get("thinking") or "") + str(delta.get("thinking") or "")
+        _piece(pieces, index, "thinking", block.get("thinking")).append(str(delta.get("thinking") or ""))
     elif kind == "signature_delta":
         block["signature"] = delta.get("signature") or ""
     elif kind == "input_json_delta":
-        partial[index] = partial.get(index, "") + str(delta.get("partial_json") or "")
+        _piece(pieces, index, "input_json", "").append(str(delta.get("partial_json") or ""))
     elif kind == "citations_delta" and delta.get("citation") is not None:
         block.setdefault("citations", []).append(delta["citation"])
+
+
+def _piece(pieces: dict[tuple[int, str], list[str]], index: int, name: str, start: Any) -> list[str]:
+    """The pieces of one field of block ``index``, begun with the block's own value (``start``)."""
+    parts = pieces.get((index, name))
+    if parts is None:
+        parts = pieces[index, name] = [str(start or "")]
+    return parts
 
 
 def wire(headers: Mapping[str, str]) -> Wire:

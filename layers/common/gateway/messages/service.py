@@ -82,8 +82,11 @@ async def plan(request_id: str, principal: Principal, req: MessagesRequest, head
 
     def build(m: ModelInfo) -> NativeBody:
         t = native_body(req, m.upstream_model, max_tokens_limit=m.max_completion_tokens)
-        return NativeBody(body=t.body, size=native.native_size(t.body), output_limit=int(t.body["max_tokens"]),
-                          dropped=t.dropped)
+        size = native.native_size(t.body)
+        extra_prompt, extra_output = native.compaction_extra(t.body, size.bound(m.id, m.context_length),
+                                                             m.max_completion_tokens)
+        return NativeBody(body=t.body, size=size, output_limit=int(t.body["max_tokens"]), dropped=t.dropped,
+                          extra_prompt=extra_prompt, extra_output=extra_output)
 
     call, first = await plan_native(request_id, principal, primary, provider=ANTHROPIC, catalog=catalog,
                                     byok_keys=byok_keys, build=build, wire=native.wire(forward), surface="messages",

@@ -104,6 +104,12 @@ UNPRICED_TOOL_PREFIXES = ("web_search_", "code_execution_")
 # each round re-reading the prompt plus what was fetched, billed as the sum: no hold bounds that, so
 # they are refused on the native path (the translated path has no equivalent and refuses them too).
 LOOPING_TOOL_PREFIXES = ("web_fetch_", "tool_search_tool_")
+# Anthropic-defined tools the CLIENT runs (their calls and results are plain tokens, plus their own
+# system prompt): the only Anthropic-defined tools forwarded on the native path. Every other tool type
+# runs on Anthropic's side — the per-use and looping ones above, and any new one (``advisor_*``
+# consults a pricier model, billed at its rates) — and is refused: an allowlist, so a server tool
+# Anthropic adds later is never forwarded at our price by default.
+CLIENT_TOOL_PREFIXES = ("bash_", "text_editor_", "computer_", "memory_")
 # Betas forwarded on the native path: features billed as plain tokens. Anything else is dropped
 # (and named in x-dropped-params) until its price is known: ``context-1m-*`` (long-context premium),
 # ``fast-mode-*``, ``files-api-*`` (our organisation's files), ``code-execution-*``, ``skills-*``.
@@ -395,6 +401,11 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
             raise BadRequest(f"The server tool `{tool.type}` runs several billed rounds on the provider's side, "
                              "which no credit hold can bound; define it as a custom tool instead.",
                              param=f"tools.{i}", code="unsupported_tool")
+        if not tool.is_custom and not tool.type.startswith(CLIENT_TOOL_PREFIXES):  # type: ignore[union-attr]
+            raise BadRequest(f"The tool type `{tool.type}` runs on the provider's side (billed beyond our price: "
+                             "another model, fetched content, per-use fees) and is not available through this "
+                             "gateway; define it as a custom tool instead.", param=f"tools.{i}",
+                             code="unsupported_tool")
     if req.speed == "fast":
         raise BadRequest("speed: \"fast\" is premium-priced and not available through this gateway.",
                          param="speed", code="unsupported_parameter")
@@ -409,6 +420,7 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
         if req.container is not None:
             raise BadRequest("Containers (code execution) are billed per hour and not available through this "
                              "gateway.", param="container", code="unsupported_parameter")
+    _refuse_file_sources(req)
     t = Translation(body={})
     body = req.model_dump(mode="json", by_alias=True, exclude_unset=True)
     for name in ("workspace_id", "user_profile_id"):
@@ -433,6 +445,21 @@ def native_body(req: MessagesRequest | CountTokensRequest, upstream_model: str, 
             thinking["budget_tokens"] = max_tokens_limit - 1
     t.body = body
     return t
+
+
+def _refuse_file_sources(req: MessagesRequest | CountTokensRequest) -> None:
+    """Images and documents by Files API ``file_id`` (and ``container_upload`` blocks) would read a file
+    of our own Anthropic organisation: a 400 on the native path too (the translation refuses them)."""
+    for i, msg in enumerate(req.messages):
+        blocks = msg.content if isinstance(msg.content, list) else []
+        for j, block in enumerate(blocks):
+            inner = block.content if isinstance(block, ToolResultBlock) and isinstance(block.content, list) else []
+            for k, part in [(str(j), block)] + [(f"{j}.content.{n}", p) for n, p in enumerate(inner)]:
+                source = getattr(part, "source", None)
+                if getattr(source, "type", None) == "file" or getattr(part, "type", None) == "container_upload":
+                    raise BadRequest("Files API sources (`file_id`) are not supported: they would be read from the "
+                                     "gateway's own organisation. Send the content as base64, text or a URL.",
+                                     param=f"messages.{i}.content.{k}", code="unsupported_content")
 
 
 def _unsigned_thinking(block: dict[str, Any]) -> bool:

@@ -21,7 +21,9 @@ def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, mark
     the prompt, see ``adapters.tokens``) at the highest prompt-class price (the audio price too
     when the request carries ``audio`` input), ``max_output_tokens`` (the output limit sent
     upstream, plus what else is billed as output, e.g. a ``prediction``) at the completion price,
-    the per-image and per-request fees."""
+    the per-image and per-request fees — at the long-context prices when ``prompt_tokens`` is past
+    their threshold (a prompt within the bound may be billed at them)."""
+    price = price.for_prompt(prompt_tokens)  # a long-context tier (pricing.LongContextPrice)
     with exact():
         worst = (Decimal(prompt_tokens) * price.prompt_bound_price(audio=audio)
                  + Decimal(max_output_tokens) * price.completion

@@ -9,7 +9,7 @@ Rounding up means a hold always covers its worst case and we never under-charge 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from typing import Any
 
@@ -110,6 +110,47 @@ class ModelPrice:
     def cost_of(self, tokens: Tokens) -> Decimal:
         """:meth:`provider_cost` of every count of ``tokens`` (``adapters.contract.TOKEN_FIELDS``)."""
         return self.provider_cost(**{name: getattr(tokens, name) for name in TOKEN_FIELDS})
+
+    def for_prompt(self, prompt_tokens: int) -> ModelPrice:
+        """The prices a call with ``prompt_tokens`` is billed at: these (a long-context tier bills
+        past its threshold at others, :class:`LongContextPrice`)."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class LongContextPrice(ModelPrice):
+    """A model's prices with a long-context tier (Gemini Pro past 200k prompt tokens, GPT-5.4 past
+    272k): a call whose prompt is over ``threshold`` tokens is billed ENTIRELY at ``long``, every
+    token, output and cache included. A hold uses :meth:`for_prompt` of its prompt bound
+    (``money.holds.hold_for``): a prompt within the bound may be billed at the long prices."""
+
+    threshold: int = 0
+    long: ModelPrice | None = None
+
+    @classmethod
+    def tiered(cls, base: ModelPrice, threshold: int, prompt_factor: Decimal,
+               completion_factor: Decimal) -> LongContextPrice:
+        """``base`` with a tier past ``threshold`` at ``prompt_factor`` times every prompt-class
+        price (plain, cache reads and writes, audio) and ``completion_factor`` times the output
+        price (the provider's published multipliers; exact, rounded nowhere)."""
+        def times(value: Decimal | None) -> Decimal | None:
+            return None if value is None else value * prompt_factor
+
+        with exact():
+            long = replace(base, prompt=base.prompt * prompt_factor, completion=base.completion * completion_factor,
+                           cache_read=times(base.cache_read), cache_write=times(base.cache_write),
+                           cache_write_1h=times(base.cache_write_1h), audio=times(base.audio))
+        return cls(**{f.name: getattr(base, f.name) for f in fields(ModelPrice)}, threshold=threshold, long=long)
+
+    def for_prompt(self, prompt_tokens: int) -> ModelPrice:
+        return self.long if self.long is not None and prompt_tokens > self.threshold else self
+
+    def provider_cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+                      cache_write_tokens: int = 0, cache_write_1h_tokens: int = 0, audio_tokens: int = 0) -> Decimal:
+        # ``ModelPrice.provider_cost`` named, not ``super()``: a slotted dataclass is a new class,
+        # which zero-argument super() does not see
+        return ModelPrice.provider_cost(self.for_prompt(prompt_tokens), prompt_tokens, completion_tokens, cached_tokens,
+                                        cache_write_tokens, cache_write_1h_tokens, audio_tokens)
 
 
 def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: Decimal = ZERO) -> Decimal:

@@ -432,6 +432,24 @@ class _StreamState(ChunkFolder):
         self.item: dict[str, Any] | None = None  # the open item as it will be when done
         self.part: dict[str, Any] | None = None  # the open content part of a message item
         self.calls: dict[int, int] = {}  # chat tool_calls index → output index
+        # the text growing in the open item or part (its dict and key), as pieces joined once when it
+        # is read: concatenating per delta is quadratic in the answer's length
+        self.growing: tuple[dict[str, Any], str, list[str]] | None = None
+
+    def grow(self, target: dict[str, Any], key: str, text: str) -> None:
+        """Append ``text`` to ``target[key]`` (joined by ``settle_text``)."""
+        growing = self.growing
+        if growing is None or growing[0] is not target or growing[1] != key:
+            self.settle_text()
+            growing = self.growing = (target, key, [target[key]])
+        growing[2].append(text)
+
+    def settle_text(self) -> None:
+        """Write the growing text into its dict (before anything reads it)."""
+        if self.growing is not None:
+            target, key, pieces = self.growing
+            target[key] = "".join(pieces)
+            self.growing = None
 
     def event(self, kind: str, **fields: Any) -> bytes:
         frame = sse_event(kind, {"type": kind, "sequence_number": self.seq, **fields})
@@ -440,6 +458,7 @@ class _StreamState(ChunkFolder):
 
     def snapshot(self, status: str, *, usage: dict[str, Any] | None = None,
                  error: dict[str, Any] | None = None) -> dict[str, Any]:
+        self.settle_text()
         return build_response(self.req, response_id=self.response_id, created_at=self.created_at, model=self.model,
                               output=list(self.output), status=status, finish_reason=self.finish, usage=usage,
                               error=error)
@@ -454,6 +473,7 @@ class _StreamState(ChunkFolder):
         return [*frames, self.event("response.output_item.added", output_index=self.index, item=started)]
 
     def close_item(self, status: str) -> list[bytes]:
+        self.settle_text()
         item, self.item = self.item, None
         if item is None:
             return []
@@ -475,6 +495,7 @@ class _StreamState(ChunkFolder):
         return frames
 
     def _close_part(self, item: dict[str, Any], ids: dict[str, Any]) -> list[bytes]:
+        self.settle_text()
         part, self.part = self.part, None
         if part is None:
             return []
@@ -508,7 +529,7 @@ class _StreamState(ChunkFolder):
                                      output_index=self.index, summary_index=0,
                                      part={"type": "summary_text", "text": ""}))
         assert self.item is not None
-        self.item["summary"][0]["text"] += text
+        self.grow(self.item["summary"][0], "text", text)
         delta = self.event("response.reasoning_summary_text.delta", item_id=self.item["id"], output_index=self.index,
                            summary_index=0, delta=text)
         return [*frames, delta]
@@ -530,10 +551,10 @@ class _StreamState(ChunkFolder):
                                      part=dict(self.part)))
         content_index = len(item["content"]) - 1
         if kind == "output_text":
-            self.part["text"] += text
+            self.grow(self.part, "text", text)
             return [*frames, self.event("response.output_text.delta", **ids, content_index=content_index,
                                         delta=text, logprobs=[])]
-        self.part["refusal"] += text
+        self.grow(self.part, "refusal", text)
         return [*frames, self.event("response.refusal.delta", **ids, content_index=content_index, delta=text)]
 
     def _call(self, call: dict[str, Any]) -> list[bytes]:
@@ -553,9 +574,9 @@ class _StreamState(ChunkFolder):
         if self.calls[position] != self.index or self.item is None:
             # arguments for a call already closed (providers stream calls one after the other, so this
             # is only defensive): no event can carry them any more, the final Response does
-            self.output[self.calls[position]]["arguments"] += arguments
+            self.grow(self.output[self.calls[position]], "arguments", arguments)
             return frames
-        self.item["arguments"] += arguments
+        self.grow(self.item, "arguments", arguments)
         return [*frames, self.event("response.function_call_arguments.delta", item_id=self.item["id"],
                                     output_index=self.index, delta=arguments)]
 
