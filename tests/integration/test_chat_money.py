@@ -396,8 +396,6 @@ async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_
     assert rec["completion_tokens"] >= produced - 1 and rec["charge"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="red-team finding, fix proposed in chat/service.py usage_record (outside the "
-                   "red lane): without the provider's usage, charge the prompt at its bound, as for files")
 async def test_a_call_cut_before_the_providers_usage_charges_the_prompt_at_its_bound(
         api: Any, make_user: Any, setting: Any, database_url: str) -> None:
     """OpenAI reports usage only at the end of a stream (Responses: in its terminal event), so a call

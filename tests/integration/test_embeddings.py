@@ -317,7 +317,8 @@ async def test_deadline_is_504_and_bills_the_inputs(client: Any, make_user: Any,
     assert r.json()["error"]["code"] == "upstream_timeout"
     state = await _state(user.user_id)
     (rec,) = state["usage"]
-    tokens = schema.estimate_input_tokens(EmbeddingsRequest(model="m", input="slow [[sleep:3]]"))
+    # the bound that was held (a short input: no cap applies), not the estimate
+    tokens = schema.hold_tokens(EmbeddingsRequest(model="m", input="slow [[sleep:3]]"), per_item_cap=10**9)
     assert rec["status"] == "timeout" and rec["estimated"] is True and rec["prompt_tokens"] == tokens
     assert rec["charge"] == charge_for(tokens * await price_of("openai/text-embedding-3-small"), MARKUP)
     assert state["balance"]["balance"] == D("5") - rec["charge"] and state["reservations"] == []
@@ -359,7 +360,7 @@ async def test_a_cancelled_call_is_billed_its_inputs(client: Any, make_user: Any
         await task
     state = await _state(user.user_id)
     (rec,) = state["usage"]
-    tokens = schema.estimate_input_tokens(req)
+    tokens = schema.hold_tokens(req, per_item_cap=10**9)  # the bound that was held, not the estimate
     assert rec["status"] == "cancelled" and rec["prompt_tokens"] == tokens and rec["estimated"] is True
     assert rec["charge"] == charge_for(tokens * await price_of("openai/text-embedding-3-small"), MARKUP) > 0
     assert state["reservations"] == [] and state["balance"]["balance"] == D("5") - rec["charge"]

@@ -163,6 +163,9 @@ class Call:
     wire: Wire = CHAT
     surface: str = "chat"          # the API surface that admitted it (logged): chat, messages, responses
     usage: Usage | None = None     # the usage of the answer (final once the relay ended), for surfaces
+    # Without the provider's count, the prompt is charged at its bound (``usage_record``); False where
+    # the surface computes what was billed itself (embeddings: only the Gemini batches answered).
+    unreported_prompt_at_bound: bool = True
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -402,9 +405,11 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
     if candidate is not None and usage is not None:
-        if call.size.files and not usage.reported:
-            # A file's tokens are not in our estimate (its size is unknown until the provider reads it):
-            # without the provider's count, the prompt is charged at the bound the hold reserved for it.
+        if not usage.reported and call.unreported_prompt_at_bound:
+            # Without the provider's count (a call cut before its usage arrived, a server that reports
+            # none) the prompt is charged at the bound the hold reserved for it, never at the estimate:
+            # the provider bills up to a token per byte (digits, rare scripts, a file's contents), and
+            # a prompt built for that, cut by the deadline, would otherwise be billed a quarter of it.
             usage = replace(usage, prompt_tokens=max(usage.prompt_tokens,
                                                      call.size.bound(candidate.model.id,
                                                                      candidate.model.context_length)))

@@ -101,13 +101,14 @@ async def plan(request_id: str, principal: Principal, req: EmbeddingsRequest, *,
                      req=ChatRequest.model_construct(model=req.model, messages=[], stream=False),
                      candidates=[chat.Candidate(model=model, target=target, byok=is_byok, output_limit=0, body=body)],
                      size=size, hold=hold, started=time.perf_counter(),
-                     deadline=asyncio.get_running_loop().time() + budget)
+                     deadline=asyncio.get_running_loop().time() + budget, unreported_prompt_at_bound=False)
 
 
 def input_usage(call: chat.Call) -> Usage:
-    """What a call that reached the provider is charged when its usage never comes: the input
-    estimate (capped per item at the model's limit), marked estimated."""
-    return Usage(prompt_tokens=call.size.text_estimate, completion_tokens=0, reported=False)
+    """What a call that reached the provider is charged when its usage never comes (a timeout, a
+    cancellation): every input at its bound (UTF-8 bytes, capped per item at the model's limit:
+    what was held; a provider bills up to a token per byte), marked estimated."""
+    return Usage(prompt_tokens=call.size.text_bound, completion_tokens=0, reported=False)
 
 
 def _request(client: UpstreamClient, target: Target, path: str, body: dict[str, Any], read_timeout: float

@@ -6,6 +6,12 @@ Hot path (see shared design "money path"): ``reserve`` and ``settle``/``release`
 statement each. The conditional UPDATE on the user's balance row takes the row lock that
 serialises concurrent requests of one user, so available credit can never go below zero
 through reservations, and no decision is ever made on a stale read.
+
+Reserve and settle run inside the PL/pgSQL functions ``mlp_reserve`` / ``mlp_settle`` (migration
+0010, docs/money.md "The statements"): Postgres caches their plans per server backend, also
+through a transaction-mode pooler where the gateway prepares nothing. ``RESERVE_SQL`` and
+``SETTLE_SQL`` are the one-line calls; the usage record goes to ``mlp_settle`` as one jsonb object
+of exactly :data:`RECORD_COLUMNS` (Decimals as strings, never floats).
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ class Reservation:
     tier: str = "free"      # the user's tier as of this statement (fresh, never from a cache)
 
 
+# The reserve statement (mlp_reserve, migration 0010) in words.
 # The quota is looked up from the user's CURRENT tier inside the statement: %(quotas)s maps
 # tier -> monthly quota (-1 = unlimited); %(default_quota)s applies to tiers not in the map.
 # Per-key spend cap (api_keys.spend_cap, lifetime USD): a capped key's row is locked FIRST and read
@@ -130,39 +137,9 @@ class Reservation:
 # In flight: ``balances.in_flight`` counts the user's open reservations under the same row lock;
 # %(max_in_flight)s (NULL = no cap) bounds it, so the user's exposure to an overrun is bounded too.
 RESERVE_SQL = """
-WITH kl AS MATERIALIZED (
-    SELECT id, spend_cap - spent - reserved AS headroom FROM api_keys
-    WHERE id = %(api_key_id)s AND user_id = %(user_id)s AND spend_cap IS NOT NULL
-    FOR UPDATE
-), q AS (
-    SELECT u.id AS user_id, u.tier,
-           COALESCE((%(quotas)s::jsonb ->> u.tier)::integer, %(default_quota)s::integer) AS quota
-    FROM users u WHERE u.id = %(user_id)s
-      -- an open Stripe dispute blocks new reservations until it closes (docs/billing.md)
-      AND NOT EXISTS (SELECT 1 FROM stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed)
-), b AS (
-    UPDATE balances SET
-        reserved = reserved + %(hold)s,
-        in_flight = in_flight + 1,
-        period_requests = CASE WHEN period_start < %(period)s THEN 1 ELSE period_requests + 1 END,
-        period_start = GREATEST(period_start, %(period)s),
-        updated_at = now()
-    FROM q LEFT JOIN kl ON true
-    WHERE balances.user_id = q.user_id
-      AND balances.balance - balances.reserved >= %(hold)s
-      AND (kl.id IS NULL OR kl.headroom >= %(hold)s)
-      AND (%(max_in_flight)s::integer IS NULL OR balances.in_flight < %(max_in_flight)s::integer)
-      AND (q.quota < 0
-           OR (CASE WHEN balances.period_start < %(period)s THEN 0 ELSE balances.period_requests END) < q.quota)
-    RETURNING balances.user_id, q.tier, kl.id AS capped_key_id
-), k AS (
-    UPDATE api_keys SET reserved = api_keys.reserved + %(hold)s FROM b WHERE api_keys.id = b.capped_key_id
-), r AS (
-    INSERT INTO reservations (request_id, user_id, api_key_id, model, amount)
-    SELECT %(request_id)s, user_id, %(api_key_id)s, %(model)s, %(hold)s FROM b
-    RETURNING request_id
-)
-SELECT r.request_id, b.tier FROM r, b
+SELECT request_id, tier FROM mlp_reserve(%(user_id)s::uuid, %(request_id)s::text, %(hold)s::numeric,
+    %(period)s::date, %(quotas)s::jsonb, %(default_quota)s::integer, %(api_key_id)s::uuid, %(model)s::text,
+    %(max_in_flight)s::integer)
 """
 
 
@@ -269,7 +246,8 @@ class UsageRecord(Tokens):
     """One ``usage_records`` row: the token counts of ``adapters.contract.Tokens`` (inherited: THE
     list of usage fields), the unit prices they were billed at and the request's facts. Every field
     but ``user_id`` (taken from the reservation) and ``extra`` is a column of the same name; the
-    settle statement's column list is derived from the fields (:data:`RECORD_COLUMNS`)."""
+    settle statement's record is derived from the fields (:data:`RECORD_COLUMNS`; mlp_settle refuses
+    any other set, so a new field needs a migration that replaces mlp_settle: docs/money.md)."""
 
     request_id: str
     user_id: UUID | str
@@ -317,35 +295,22 @@ PRICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelPrice)
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord) if f.name not in ("user_id", "extra"))
 
 
+def _json_value(value: object) -> str:
+    """Decimals (and UUIDs) as JSON strings: numeric_in reads them exactly (never through a float)."""
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not a usage record value")
+
+
+def record_json(record: UsageRecord) -> str:
+    """The usage record as mlp_settle takes it: a JSON object of exactly :data:`RECORD_COLUMNS`."""
+    return json.dumps({name: getattr(record, name) for name in RECORD_COLUMNS}, default=_json_value,
+                      separators=(",", ":"))
+
+
 SETTLE_SQL = """
-WITH r AS (
-    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
-), k AS (
-    -- a capped key: the hold leaves its ``reserved``, the charge joins its ``spent`` (key row first)
-    UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0), spent = api_keys.spent + %(charge)s
-    FROM r WHERE api_keys.id = r.api_key_id AND api_keys.user_id = r.user_id AND api_keys.spend_cap IS NOT NULL
-    RETURNING api_keys.id
-), b AS (
-    UPDATE balances SET
-        balance = balance - %(charge)s,
-        reserved = balances.reserved - r.amount,
-        in_flight = GREATEST(balances.in_flight - 1, 0),
-        period_requests = CASE WHEN %(uncount)s AND period_start = %(period)s
-                               THEN GREATEST(period_requests - 1, 0) ELSE period_requests END,
-        updated_at = now()
-    FROM r LEFT JOIN k ON true WHERE balances.user_id = r.user_id
-    RETURNING balances.balance, balances.reserved, r.amount AS hold
-), l AS (
-    INSERT INTO ledger_entries (user_id, amount, kind, reference, description)
-    SELECT r.user_id, -%(charge)s::numeric, 'usage', %(request_id)s, %(description)s FROM r
-    WHERE %(charge)s::numeric > 0
-    RETURNING id
-), u AS (
-    INSERT INTO usage_records (user_id, hold, """ + ", ".join(RECORD_COLUMNS) + """)
-    SELECT r.user_id, r.amount, """ + ", ".join(f"%({c})s" for c in RECORD_COLUMNS) + """ FROM r
-    RETURNING id
-)
-SELECT b.balance, b.reserved, b.hold, (SELECT count(*) FROM l) AS ledger_rows FROM b
+SELECT balance, reserved, hold, ledger_rows
+FROM mlp_settle(%(record)s::jsonb, %(period)s::date, %(uncount)s::boolean, %(description)s::text)
 """
 
 
@@ -388,13 +353,13 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
         raise ValueError("charge must be >= 0")
     if record.charge != to_credit(record.charge):
         raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
-    params: dict[str, Any] = {name: getattr(record, name) for name in RECORD_COLUMNS}
-    params.update({
+    params: dict[str, Any] = {
+        "record": record_json(record),
         "period": period_start(),
         "uncount": record.status in ("failed", "orphaned") and record.charge == 0,
         "description": f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
                        f"{record.completion_tokens} tokens",
-    })
+    }
     give_up = time.monotonic() + retry_for
     delay = RETRY_FIRST_DELAY_S
     while True:
