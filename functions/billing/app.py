@@ -4,6 +4,9 @@ The stripe library (functions/billing/requirements.txt) is imported on the first
 not at cold start.
 """
 
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from mangum import Mangum
 
 from gateway.billing.routes import router
@@ -12,3 +15,4 @@ from gateway.observability import instrument
 
 app = create_app("billing", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

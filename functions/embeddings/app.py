@@ -6,6 +6,9 @@ Built without FastAPI (``create_lean_app``, as the query function): every route 
 path; anything else is answered by the FastAPI app of the same routes, built on first use.
 """
 
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from mangum import Mangum
 
 from gateway.embeddings.routes import router
@@ -14,3 +17,4 @@ from gateway.observability import instrument
 
 app = create_lean_app("embeddings", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

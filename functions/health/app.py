@@ -1,5 +1,8 @@
 """GET /health — database, migrations and Upstash status."""
 
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from mangum import Mangum
 
 from gateway.health import router
@@ -8,3 +11,4 @@ from gateway.observability import instrument
 
 app = create_app("health", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

@@ -8,6 +8,9 @@ Built without FastAPI (``create_lean_app``, as the query function): every route 
 path; anything else is answered by the FastAPI app of the same routes, built on first use.
 """
 
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from mangum import Mangum
 
 from gateway.http import create_lean_app
@@ -16,3 +19,4 @@ from gateway.observability import instrument
 
 app = create_lean_app("messages", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

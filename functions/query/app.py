@@ -11,43 +11,20 @@ its one route takes the lean path; anything else is answered by the FastAPI app 
 built on first use), which keeps FastAPI's import out of the function's cold start.
 """
 
-import ssl
-import sys
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from typing import Any
 
-# Two import-time costs of third-party modules this function never uses, avoided (the query path
-# imports both libraries at cold start):
-# - httpx (under upstash-redis and the adapters) imports its command-line client when click is
-#   installed, which it is in the layer (and rich/pygments too in a dev environment). Blocked,
-#   httpx defines its stub ``main`` instead (its own ImportError fallback).
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-# - aiohttp builds two TLS contexts at import, and loads the system's CA store (~140 certificates,
-#   ~15-30 ms) into both, the second being its ``ssl=False`` context (CERT_NONE: it never verifies,
-#   and we never use it). The verified one, which every Upstash and upstream connection uses, loads
-#   its store as before.
-_load_ca_store = ssl.SSLContext.set_default_verify_paths
+from mangum import Mangum
 
-
-def _unless_unverified(context: ssl.SSLContext) -> None:
-    if context.verify_mode != ssl.CERT_NONE:
-        _load_ca_store(context)
-
-
-if "aiohttp.connector" not in sys.modules and "set_default_verify_paths" not in vars(ssl.SSLContext):
-    ssl.SSLContext.set_default_verify_paths = _unless_unverified  # type: ignore[method-assign,assignment]
-    try:
-        import aiohttp.connector  # noqa: F401
-    finally:
-        del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
-
-from mangum import Mangum  # noqa: E402
-
-from gateway.chat.routes import router  # noqa: E402
-from gateway.http import create_app, create_lean_app  # noqa: E402
-from gateway.observability import instrument, instrument_asgi  # noqa: E402
+from gateway.chat.routes import router
+from gateway.http import create_app, create_lean_app
+from gateway.observability import instrument, instrument_asgi
 
 app = create_lean_app("query", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,9 @@
 The stripe library (functions/webhooks/requirements.txt) is imported on the first event.
 """
 
+from gateway import coldstart  # first: import trims, the collector paused until done()
+
+# isort: split
 from mangum import Mangum
 
 from gateway.billing.webhooks import router
@@ -11,3 +14,4 @@ from gateway.observability import instrument
 
 app = create_app("webhooks", [router])
 handler = instrument(Mangum(app, lifespan="off"))
+coldstart.done()

@@ -555,20 +555,6 @@ def test_the_query_function_is_built_without_what_a_chat_completion_does_not_use
     assert in_fresh_function("query", code) == "[]"
 
 
-def test_the_query_function_verifies_tls_with_the_system_store_and_leaves_ssl_unpatched() -> None:
-    """functions/query/app.py spares aiohttp's unverified (``ssl=False``) context the CA store load
-    at import; the verified context every connection uses still has it, and ``ssl`` is as it was."""
-    code = ("import ssl, json, app, aiohttp.connector as c\n"
-            "from gateway.adapters.http_client import shared_ssl_context\n"
-            "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
-            "print(json.dumps([shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
-            "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
-            "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
-    shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(in_fresh_function("query", code))
-    assert shared and required and hostname and ca > 0
-    assert unverified and ca_unverified == 0 and not patched
-
-
 async def test_lean_app_lifespan_is_the_fastapi_apps() -> None:
     reset_settings()
     exchanges = []

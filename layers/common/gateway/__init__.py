@@ -19,7 +19,8 @@ tests/infrastructure/test_architecture.py):
   ``migrate`` (SQL migrations), ``db`` (Postgres),
   ``upstash`` (the Redis REST client), ``loops`` (event-loop-bound state), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
-  errors, the OpenAI error shape).
+  errors, the OpenAI error shape), ``coldstart`` (what a function's ``app.py`` imports first: import
+  trims, the garbage collector paused until the app is built).
 """
 
 __version__ = "0.1.0"

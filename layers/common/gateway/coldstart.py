@@ -1,0 +1,69 @@
+"""A function's cold start, before its imports: ``functions/<name>/app.py`` imports this module FIRST
+and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and fifth passes).
+
+- **The garbage collector waits for the imports (in Lambda).** Importing a function creates
+  ~100,000 objects that live as long as the process (modules, classes, pydantic validators); the
+  cyclic collector ran 115-140 times during the query function's import, once over all of them. In
+  Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) it is paused from here to :func:`done`, which moves what
+  the imports built into the permanent generation (``gc.freeze``: never scanned again) and resumes
+  it. The imports' own cyclic garbage (~1,500 objects, ~0.4 MiB) is frozen with them: a fixed cost
+  per process, not a growing one. Elsewhere (tests, the dev server) the collector is left alone.
+- **httpx without its command-line client.** httpx (under upstash-redis and the adapters) imports
+  ``httpx._main`` when click is installed, which it is in the layer (and rich/pygments in a dev
+  environment); blocked, httpx defines its stub ``main`` instead (its own ImportError fallback).
+- **aiohttp's unverified TLS context without the CA store.** aiohttp builds two TLS contexts at
+  import and loads the system CA store (~140 certificates) into both, the second being its
+  ``ssl=False`` context (CERT_NONE: it never verifies, and the gateway never uses it). aiohttp is
+  imported here with ``SSLContext.set_default_verify_paths`` skipping CERT_NONE contexts, then the
+  override is removed (``ssl`` as before). The verified context, which every Upstash and upstream
+  connection uses (``adapters.http_client.shared_ssl_context``), loads its store as before.
+
+Every function imports aiohttp at cold start anyway (the adapters' HTTP client, the Upstash client),
+so importing it here adds nothing to any of them. This room imports no other.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+# First, before this module's other imports: paused when the Lambda runtime imports the function.
+_paused = "AWS_LAMBDA_FUNCTION_NAME" in os.environ and gc.isenabled()
+if _paused:
+    gc.disable()
+
+import ssl  # noqa: E402
+import sys  # noqa: E402
+
+
+def done() -> None:
+    """The function's app is built: freeze what the cold start's imports created and resume the
+    garbage collector, if this module paused it (a second function module imported in the same
+    process finds it running, and leaves it so)."""
+    global _paused
+    if _paused:
+        _paused = False
+        gc.freeze()
+        gc.enable()
+
+
+_load_ca_store = ssl.SSLContext.set_default_verify_paths
+
+
+def _unless_unverified(context: ssl.SSLContext) -> None:
+    if context.verify_mode != ssl.CERT_NONE:
+        _load_ca_store(context)
+
+
+def _import_aiohttp() -> None:
+    if "aiohttp.connector" in sys.modules or "set_default_verify_paths" in vars(ssl.SSLContext):
+        return
+    ssl.SSLContext.set_default_verify_paths = _unless_unverified  # type: ignore[method-assign,assignment]
+    try:
+        import aiohttp.connector  # noqa: F401
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
+
+
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+_import_aiohttp()

@@ -1,0 +1,81 @@
+"""gateway/coldstart.py, which every function's app.py imports first: each function's cold start
+(a fresh interpreter importing ``functions/<name>/app.py``) runs it before anything else, without
+httpx's command-line client, with aiohttp's unverified context spared the CA store while every
+connection still verifies with the system store, and ``ssl`` left as it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.apps import in_fresh_function
+
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/app.py"))
+
+
+def test_every_function_is_listed() -> None:
+    assert {"query", "messages", "responses", "embeddings", "sweeper", "webhooks"} <= set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_a_function_imports_coldstart_first_and_keeps_its_trims(function: str) -> None:
+    code = ("import sys, ssl, json\n"
+            "names = []\n"
+            "sys.addaudithook(lambda event, args: event == 'import' and names.append(args[0]))\n"
+            "import app, aiohttp.connector as c\n"
+            "from gateway.adapters.http_client import shared_ssl_context\n"
+            "first = names.index('gateway.coldstart')\n"
+            "before = [n for n in names[:first] if n.split('.')[0] in\n"
+            "          ('gateway', 'aiohttp', 'mangum', 'pydantic', 'psycopg', 'httpx', 'starlette', 'fastapi')]\n"
+            "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
+            "print(json.dumps([before, sorted(m for m in ('httpx._main', 'click', 'rich', 'pygments')\n"
+            "                                 if sys.modules.get(m)),\n"
+            "    shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
+            "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
+            "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
+    before, cli, shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(
+        in_fresh_function(function, code))
+    assert before == ["gateway"]  # the package, then gateway.coldstart: before any other import begins
+    assert cli == []
+    assert shared and required and hostname and ca > 0
+    assert unverified and ca_unverified == 0 and not patched
+
+
+def _import_with_gc_watch(before: str) -> str:
+    """Code that imports the function's app after ``before``, counting the garbage collections the
+    import runs, and prints them, whether the collector then runs, and how many objects are frozen."""
+    return ("import compileall, gc, json, os, sys\n" + before + "\n"
+            # compiled first, as the layer ships it (compiling a module is garbage of its own)
+            "compileall.compile_dir(os.path.join('..', '..', 'layers', 'common', 'gateway'), quiet=1)\n"
+            "compileall.compile_file('app.py', quiet=1)\n"
+            "runs = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and runs.append(info['generation']))\n"
+            "frozen = gc.get_freeze_count()\n"
+            "import app\n"
+            "print(json.dumps([len(runs), gc.isenabled(), gc.get_freeze_count() - frozen, len(gc.get_objects())]))")
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_in_lambda_the_collector_waits_for_the_import_and_its_objects_are_frozen(function: str) -> None:
+    """A function's import in Lambda runs no garbage collection; what it built is in the permanent
+    generation afterwards (never scanned again), and the collector runs again."""
+    code = _import_with_gc_watch(f"os.environ['AWS_LAMBDA_FUNCTION_NAME'] = '{function}'")
+    collections, enabled, frozen, tracked = json.loads(in_fresh_function(function, code))
+    assert collections == 0
+    assert enabled
+    assert frozen > 20_000 and tracked < frozen / 10
+
+
+def test_outside_lambda_the_collector_is_left_alone() -> None:
+    code = _import_with_gc_watch("os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
+    collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
+    assert collections > 0 and enabled and frozen == 0
+
+
+def test_a_collector_paused_by_someone_else_stays_paused() -> None:
+    code = _import_with_gc_watch("os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'\ngc.disable()")
+    collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
+    assert collections == 0 and not enabled and frozen == 0
