@@ -1,13 +1,10 @@
-"""Server-sent events: an incremental, byte-level parser (spec framing) and an iterator over an
-upstream response (``UpstreamResponse``; an httpx response reads the same)."""
+"""Server-sent events: an incremental, byte-level parser (spec framing); the upstream streams feed
+it their reads (``adapters.stream.SSEUpstreamStream``)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-
-from gateway.adapters.http_client import UpstreamResponse
 
 
 @dataclass(slots=True)
@@ -92,11 +89,3 @@ class SSEDecoder:
         elif field == "event":
             self._event = value
 
-
-async def iter_sse(response: UpstreamResponse) -> AsyncGenerator[SSEEvent, None]:
-    decoder = SSEDecoder()
-    async for chunk in response.aiter_bytes():
-        for ev in decoder.feed(chunk):
-            yield ev
-    for ev in decoder.close():
-        yield ev

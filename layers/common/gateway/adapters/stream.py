@@ -116,8 +116,8 @@ class SSEUpstreamStream:
             if self._closed:
                 return
             raise RuntimeError("call open() before iterating")
-        # The SSE parse is done here rather than through ``iter_sse``: one async generator less
-        # per event (``_on_event`` runs on each event of a read as the read returns).
+        # The SSE parse is done here (no async generator per event): ``_on_event`` runs on each
+        # event of a read as the read returns.
         decoder = SSEDecoder()
         body = response.aiter_bytes()
         try:
