@@ -142,6 +142,27 @@ async def test_a_client_request_id_is_echoed_and_the_usage_id_is_returned(client
     assert (await _state(user.user_id))["usage"][-1]["request_id"] == r.headers["x-request-id"]
 
 
+async def test_a_direct_model_with_image_output_is_not_served(client: Any, make_user: Any) -> None:
+    """Gemini bills image output at $30 per million tokens against a text price of $2.50: a model
+    that outputs images, routed directly, is not served (nothing held, nothing sent upstream)."""
+    user = await make_user("5")
+    await db.execute(
+        """INSERT INTO model_pricing (id, name, provider, upstream_model, owned_by, context_length,
+               max_completion_tokens, prompt_price, completion_price, source, output_modalities)
+           VALUES ('test/image-out', 'image out', 'gemini', 'gemini-2.5-flash-image', 'test', 32768, 8192,
+                   0.0000003, 0.0000025, 'test', ARRAY['image', 'text'])""")
+    registry.invalidate()
+    try:
+        r = await client.post("/v1/chat/completions", headers=_auth(user),
+                              json={"model": "test/image-out", "messages": _msg("draw a cat")})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+        state = await _state(user.user_id)
+        assert state["usage"] == [] and state["reservations"] == []
+    finally:
+        await db.execute("DELETE FROM model_pricing WHERE id = 'test/image-out'")
+        registry.invalidate()
+
+
 def _parse_sse(text: str) -> tuple[list[dict[str, Any]], bool]:
     chunks, done = [], False
     for line in text.splitlines():

@@ -199,3 +199,16 @@ def test_a_negative_or_unusable_extra_price_is_no_price(extra: Any, audio: Decim
         assert "audio" not in rendered  # the catalogue publishes no price it does not bill
     elif audio:
         assert D(rendered["audio"]) == audio * D("1.10")
+
+
+def test_a_model_with_unpriced_outputs_is_listed_only_through_openrouter() -> None:
+    """A model that outputs images or audio, routed to a direct provider, would be billed those
+    outputs at rates our per-token prices do not carry (Gemini image output $30/M against $2.50 for
+    text): not served, not listed. Through OpenRouter its ``usage.cost`` covers them: listed."""
+    image = {"output_modalities": ["image", "text"]}
+    direct = row("google/gemini-2.5-flash-image", provider="gemini", upstream_model="gemini-2.5-flash-image", **image)
+    routed = row("google/gemini-3-pro-image", provider="openrouter", upstream_model="google/gemini-3-pro-image",
+                 **image)
+    speech = row("openai/gpt-4o-audio", provider="openai", output_modalities=["text", "audio"])
+    ids = [m["id"] for m in build_snapshot([direct, routed, speech, row("openai/gpt-4o")])["models"]]
+    assert ids == ["google/gemini-3-pro-image", "openai/gpt-4o"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -67,6 +67,19 @@ EMBEDDINGS = "embeddings"  # the output modality of an embedding model (OpenRout
 
 def kind_of(output_modalities: Iterable[str] | None) -> str:
     return EMBEDDINGS if EMBEDDINGS in (output_modalities or ()) else CHAT
+
+
+# Outputs a provider bills at rates of their own, which a catalogue row's per-token prices do not
+# carry (Gemini's image output: $30 per million tokens against $2.50 for text on gemini-2.5-flash-image).
+UNPRICED_OUTPUTS = frozenset({"image", "audio"})
+
+
+def servable(row: Mapping[str, Any]) -> bool:
+    """Whether an active catalogue row is served (and listed): not a model that outputs images or
+    audio routed to a direct provider, which would bill those outputs beyond our price. Through
+    OpenRouter such a model is served: its ``usage.cost`` covers every output (the charge is never
+    below it)."""
+    return row["provider"] == "openrouter" or not UNPRICED_OUTPUTS & set(row.get("output_modalities") or ())
 
 
 _models: dict[str, ModelInfo] = {}
@@ -134,7 +147,7 @@ def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
 async def _reload() -> None:
     global _models, _embedding_models, _loaded_at
     rows = await db.fetchall(SELECT_ACTIVE)
-    loaded = [_row_to_model(r) for r in rows]
+    loaded = [_row_to_model(r) for r in rows if servable(r)]
     _models = {m.id: m for m in loaded if not m.is_embedding}
     _embedding_models = {m.id: m for m in loaded if m.is_embedding}
     _loaded_at = time.monotonic()

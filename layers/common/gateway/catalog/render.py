@@ -31,7 +31,7 @@ from .. import db
 from ..config import Tier
 from ..money.pricing import ONE, exact
 from .feeds import PRICE_COLUMNS, PRICE_KEYS_ORDER, format_amount
-from .registry import tier_allows
+from .registry import servable, tier_allows
 
 SNAPSHOT_FORMAT = 1
 _ENCODING_PREFIX = "z1:"
@@ -97,7 +97,7 @@ def entry_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_snapshot(rows: Iterable[Mapping[str, Any]], *, built_at: dt.datetime | None = None) -> dict[str, Any]:
-    models = sorted((entry_from_row(r) for r in rows), key=lambda e: e["id"])
+    models = sorted((entry_from_row(r) for r in rows if servable(r)), key=lambda e: e["id"])
     canonical = json.dumps(models, sort_keys=True, separators=(",", ":")).encode()
     return {"format": SNAPSHOT_FORMAT, "version": hashlib.sha256(canonical).hexdigest()[:20],
             "built_at": _iso(built_at or dt.datetime.now(dt.UTC)), "models": models}
