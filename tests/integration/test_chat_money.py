@@ -333,10 +333,13 @@ async def test_a_gemini_pro_prompt_past_200k_tokens_is_billed_and_held_at_the_lo
     assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.0000025")
                                     + usage["completion_tokens"] * D("0.000015"))
     assert rec["charge"] == charge_for(rec["provider_cost"], MARKUP) <= rec["hold"]
+    # the record's unit prices are the ones the call was billed at
+    assert (rec["prompt_price"], rec["completion_price"]) == (D("0.0000025"), D("0.000015"))
     _, r, rec = await one_request(api, make_user, database_url, model, "abcd " * 1_000, max_tokens=16)
     usage = r.json()["usage"]
     assert rec["provider_cost"] == (usage["prompt_tokens"] * D("0.00000125")
                                     + usage["completion_tokens"] * D("0.00001"))
+    assert (rec["prompt_price"], rec["completion_price"]) == (D("0.00000125"), D("0.00001"))
 
 
 async def test_request_fee_is_charged_when_the_provider_reports_no_tokens(api: Any, make_user: Any,

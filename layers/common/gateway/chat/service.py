@@ -433,6 +433,7 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
                                                      call.size.bound(candidate.model.id,
                                                                      candidate.model.context_length)))
         record.count(usage)
+        record.price(candidate.model.price.for_prompt(usage.prompt_tokens))  # a long-context tier's, past it
         record.estimated = not usage.reported
         cost = candidate.model.price.cost_of(usage)
         # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
