@@ -420,29 +420,28 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
         tier = call.tier or settings.tier(call.principal.tier)
         record.model_served = m.id
         record.provider = candidate.target.provider
-        record.price(m.price)
         record.markup = m.markup_for(tier)
         record.byok = candidate.byok
-    if candidate is not None and usage is not None:
-        if not usage.reported and call.unreported_prompt_at_bound:
+        if usage is not None and not usage.reported and call.unreported_prompt_at_bound:
             # Without the provider's count (a call cut before its usage arrived, a server that reports
             # none) the prompt is charged at the bound the hold reserved for it, never at the estimate:
             # the provider bills up to a token per byte (digits, rare scripts, a file's contents), and
             # a prompt built for that, cut by the deadline, would otherwise be billed a quarter of it.
-            usage = replace(usage, prompt_tokens=max(usage.prompt_tokens,
-                                                     call.size.bound(candidate.model.id,
-                                                                     candidate.model.context_length)))
-        record.count(usage)
-        record.price(candidate.model.price.for_prompt(usage.prompt_tokens))  # a long-context tier's, past it
-        record.estimated = not usage.reported
-        cost = candidate.model.price.cost_of(usage)
-        # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
-        # its routing, cache writes and fees exactly).
-        record.reported_cost = usage.cost
-        if usage.cost is not None and usage.cost > cost:
-            cost = usage.cost
-        record.provider_cost = cost
-        record.charge = charge_for(cost, record.markup, byok=candidate.byok, byok_fee=settings.byok_platform_fee)
+            usage = replace(usage, prompt_tokens=max(usage.prompt_tokens, call.size.bound(m.id, m.context_length)))
+        # the unit prices the call is billed at (a long-context tier's past its threshold)
+        price = m.price if usage is None else m.price.for_prompt(usage.prompt_tokens)
+        record.price(price)
+        if usage is not None:
+            record.count(usage)
+            record.estimated = not usage.reported
+            cost = price.cost_of(usage)
+            # Never bill below what the provider says it charged us (OpenRouter's usage.cost covers
+            # its routing, cache writes and fees exactly).
+            record.reported_cost = usage.cost
+            if usage.cost is not None and usage.cost > cost:
+                cost = usage.cost
+            record.provider_cost = cost
+            record.charge = charge_for(cost, record.markup, byok=candidate.byok, byok_fee=settings.byok_platform_fee)
     return record
 
 
