@@ -20,7 +20,7 @@ token count (what our gateway must bill without; ``[[embed_usage]]`` in a batch 
 2048 inputs (OpenAI) and 100 requests per Gemini batch.
 
 Gemini ``countTokens`` (Google's REST shape: ``{"contents": [Content...]}`` or
-``{"generateContentRequest": {"contents": [...]}}``, not both; answers ``{"totalTokens": N,
+``{"generateContentRequest": {"contents": [...]}}``, which makes ``contents`` ignored; answers ``{"totalTokens": N,
 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": N}]}``), N the sum of the embeddings rule
 over every ``Content``'s text. It obeys only its own directives, read from the texts it counts (so
 an embed batch and its count can be driven apart): ``[[count_fail:CODE]]`` (Gemini's error),
@@ -241,10 +241,7 @@ class FakeSurfaces:
         entry, body, problem = await self._start("gemini", request, model)
         if problem is not None:
             return problem
-        if "contents" in body and "generateContentRequest" in body:
-            return self.fake._error(entry, "gemini", 400, model=model,
-                                    message="contents and generateContentRequest cannot both be set.")
-        wrapped = body.get("generateContentRequest")
+        wrapped = body.get("generateContentRequest")  # when set, ``contents`` is ignored (Google's reference)
         contents = (wrapped.get("contents") if isinstance(wrapped, dict) else None) if wrapped is not None \
             else body.get("contents")
         if not isinstance(contents, list) or not contents or not all(isinstance(c, dict) for c in contents):

@@ -112,9 +112,10 @@ def test_gemini_embed_errors(urls: dict[str, str], body: dict[str, Any], headers
 
 
 def test_gemini_count_tokens(urls: dict[str, str], server: str) -> None:
-    """Google's ``countTokens`` REST shape: ``contents`` or ``generateContentRequest.contents`` (not
-    both), answered ``totalTokens`` (+ ``promptTokensDetails``); the embed answer's ``usageMetadata``
-    on ``[[embed_usage]]``; ``[[count_*]]`` directives drive the count apart from the embedding."""
+    """Google's ``countTokens`` REST shape: ``contents`` or ``generateContentRequest.contents`` (then
+    ``contents`` is ignored), answered ``totalTokens`` (+ ``promptTokensDetails``); the embed
+    answer's ``usageMetadata`` on ``[[embed_usage]]``; ``[[count_*]]`` directives drive the count
+    apart from the embedding."""
     base = urls["gemini"]
     headers = {"x-goog-api-key": "gem-key"}
     url = f"{base}/models/gemini-embedding-001:countTokens"
@@ -127,8 +128,10 @@ def test_gemini_count_tokens(urls: dict[str, str], server: str) -> None:
     assert wrapped.status_code == 200 and wrapped.json()["totalTokens"] == 4
     (last,) = [e for e in logged(server, "gemini") if e["body"] == {"contents": contents}]
     assert last["model"] == "gemini-embedding-001" and last["path"].endswith(":countTokens")
-    for body, status in (({"contents": contents, "generateContentRequest": {"contents": contents}}, 400),
-                         ({"contents": []}, 400), ({}, 400)):
+    both = httpx.post(url, headers=headers, json={"contents": [{"parts": [{"text": "x" * 40}]}],
+                                                  "generateContentRequest": {"contents": contents}})
+    assert both.status_code == 200 and both.json()["totalTokens"] == 4  # contents ignored
+    for body, status in (({"contents": []}, 400), ({}, 400), ({"generateContentRequest": {}}, 400)):
         r = httpx.post(url, headers=headers, json=body)
         assert r.status_code == status and r.json()["error"]["code"] == status
     assert httpx.post(url, json={"contents": contents}).status_code == 403  # no key
