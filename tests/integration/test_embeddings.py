@@ -338,6 +338,20 @@ async def test_a_slow_count_never_holds_the_answer_past_the_deadline(client: Any
     assert rec["prompt_tokens"] == schema.hold_tokens(EmbeddingsRequest(model="m", input=texts), per_item_cap=2048)
 
 
+async def test_a_dropped_count_is_not_left_running(client: Any, make_user: Any) -> None:
+    """Nothing may run after a Lambda answers: the slow count is cancelled before ``embed`` returns."""
+    user = await make_user("5")
+    principal = await auth.authenticate_key(user.api_key)
+    req = EmbeddingsRequest(model="google/gemini-embedding-001", input=["slow count [[count_sleep:20]]"])
+    call = await service.plan("req-drop-" + uuid.uuid4().hex, principal, req)
+    await chat_service.admit(call)
+    before = asyncio.all_tasks()
+    response, record = await service.embed(call, req)
+    assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
+    assert record.estimated is True and response["usage"]["prompt_tokens"] == call.size.text_bound
+    await chat_service.finish_shielded(call, record)
+
+
 async def test_googles_own_count_wins_and_batches_are_billed_each_by_their_best_count(
         client: Any, make_user: Any, fake_upstream: Any) -> None:
     """Per batch of 100: Google's ``usageMetadata.promptTokenCount`` when its answer has one (newer
