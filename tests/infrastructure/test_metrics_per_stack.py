@@ -37,33 +37,38 @@ def _dims(dimensions: list[dict[str, Any]] | None) -> dict[str, Any]:
     return {d["Name"]: d["Value"] for d in dimensions or []}
 
 
+def _sub_text(value: Any) -> str | None:
+    """A string, or the string of a ``Fn::Sub``, with ``${AWS::StackName}`` as a marker."""
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+        value = value["Fn::Sub"] if isinstance(value["Fn::Sub"], str) else value["Fn::Sub"][0]
+    return value.replace("${AWS::StackName}", _STACK_MARKER) if isinstance(value, str) else None
+
+
+def _expression_service(expression: str) -> Any:
+    """The ``service`` a metric-math SEARCH filters on (None when it does not)."""
+    match = re.search(r"""service\s*=\s*["']?([^"'\s)}]+)""", expression)
+    return None if match is None else STACK_NAME if match.group(1) == _STACK_MARKER else match.group(1)
+
+
 def _dashboard_metrics(body: Any) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """``(namespace, metric, dimensions)`` of every metric of a dashboard body (a JSON string or a
     ``Fn::Sub`` of one, ``${AWS::StackName}`` read as the stack's name), with CloudWatch's ``"."``
     (same as the row above) shorthand resolved; a metric-math ``expression`` on the namespace (a
     SEARCH) is reported with the ``service`` it filters on, if any."""
-    if isinstance(body, dict) and set(body) == {"Fn::Sub"}:
-        text = body["Fn::Sub"] if isinstance(body["Fn::Sub"], str) else body["Fn::Sub"][0]
-        text = text.replace("${AWS::StackName}", _STACK_MARKER)
-    elif isinstance(body, str):
-        text = body
-    else:
-        raise AssertionError(f"unreadable DashboardBody {body!r}")
+    text = _sub_text(body)
+    assert text is not None, f"unreadable DashboardBody {body!r}"
     for widget in json.loads(text).get("widgets", []):
         previous: list[Any] = []
         for row in (widget.get("properties") or {}).get("metrics", []):
-            if isinstance(row, list) and len(row) == 1 and isinstance(row[0], dict):
-                row = [row[0]]
             options = row[-1] if row and isinstance(row[-1], dict) else {}
             fields = [previous[i] if v == "." and i < len(previous) else v
                       for i, v in enumerate(x for x in row if not isinstance(x, dict))]
-            previous = fields
             expression = options.get("expression")
             if isinstance(expression, str) and NAMESPACE in expression:
-                match = re.search(r"""service\s*=\s*["']?([^"'\s)}]+)""", expression)
-                yield NAMESPACE, "<expression>", {"service": match.group(1) if match else None}
+                yield NAMESPACE, "<expression>", {"service": _expression_service(expression)}
             if len(fields) >= 2:
-                pairs = fields[2:]
+                previous = fields
+                pairs: list[Any] = [STACK_NAME if v == _STACK_MARKER else v for v in fields[2:]]
                 yield fields[0], fields[1], dict(zip(pairs[::2], pairs[1::2], strict=False))
 
 
@@ -80,12 +85,12 @@ def multillm_readers(template: dict[str, Any]) -> list[tuple[str, str, dict[str,
                 metric = (query.get("MetricStat") or {}).get("Metric") or {}
                 if metric.get("Namespace") == NAMESPACE:
                     found.append((rid, metric["MetricName"], _dims(metric.get("Dimensions"))))
-                if NAMESPACE in str(query.get("Expression", "")):
-                    found.append((rid, "<expression>", {"service": None}))
+                expression = _sub_text(query.get("Expression"))
+                if expression is not None and NAMESPACE in expression:
+                    found.append((rid, "<expression>", {"service": _expression_service(expression)}))
         elif resource["Type"] == "AWS::CloudWatch::Dashboard":
-            for namespace, metric, dims in _dashboard_metrics(props.get("DashboardBody")):
-                if namespace == NAMESPACE:
-                    found.append((rid, metric, {k: STACK_NAME if v == _STACK_MARKER else v for k, v in dims.items()}))
+            found += [(rid, metric, dims) for namespace, metric, dims in _dashboard_metrics(props.get("DashboardBody"))
+                      if namespace == NAMESPACE]
     return found
 
 
@@ -126,7 +131,9 @@ def test_the_check_sees_an_unscoped_alarm_or_dashboard(template: dict[str, Any])
         {"widgets": [{"type": "metric", "properties": {"metrics": [
             [NAMESPACE, "Requests", "service", "${AWS::StackName}"],
             [".", "UpstreamErrors", ".", "mlp-staging"],
-            [{"expression": f"SEARCH('{{{NAMESPACE},service}} MetricName=\"Requests\"', 'Sum', 300)"}]]}}]})}}}
+            [{"expression": f"SEARCH('{{{NAMESPACE},service}} MetricName=\"Requests\"', 'Sum', 300)"}],
+            [{"expression": f"SEARCH('{{{NAMESPACE},provider,service}} service=\"${{AWS::StackName}}\"', 'Sum', 300)"}],
+            ["AWS/Lambda", "Errors", "FunctionName", "x"]]}}]})}}}
     assert sorted(not_scoped_to_the_stack(bad)) == sorted([
         "Board: <expression> {'service': None}",
         "Board: UpstreamErrors {'service': 'mlp-staging'}",
