@@ -148,6 +148,15 @@ async def test_call_returns_the_first_row_as_text(fresh_pool: None) -> None:
     assert await db.call(NONE, (b"t",)) == [b"1"]
 
 
+async def test_call_text_in_another_client_encoding(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # libpq's; the parameters are still given as UTF-8
+    await db.close_pool()
+    assert await db.call(ECHO, (b"1", "é".encode(), b"1")) == [b"2", "é".encode("latin-1"), b"1"]
+    monkeypatch.undo()
+    await db.close_pool()
+    assert await db.call(ECHO, (b"1", "é".encode(), b"1")) == [b"2", "é".encode(), b"1"]
+
+
 async def test_call_prepares_once_per_connection_directly_and_nothing_through_a_pooler(
         one_connection: None, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(3):

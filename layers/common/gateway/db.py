@@ -153,9 +153,11 @@ class _Connection(psycopg.AsyncConnection[Any]):
             raise
         _last_connect_error = None
         conn.prepared_here = set()
+        conn.utf8 = conn.info.encoding == "utf-8"
         return conn
 
     prepared_here: set[bytes]  # the names of the ``Statement``s prepared on this connection
+    utf8: bool  # the client encoding is UTF-8 (``call``'s parameters are UTF-8 text)
 
 
 def connect_kwargs(settings: Settings, *, pooled: bool | None = None) -> dict[str, Any]:
@@ -412,7 +414,7 @@ async def execute(sql: str, params: Params = None) -> int:
 class Statement:
     """A hot statement (the money path's reserve and settle) sent through psycopg's lower layer by
     ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and passed as
-    text (bytes, None for NULL), the first row's values returned as text.
+    UTF-8 text (bytes, None for NULL), the first row's values returned as text.
 
     What the cursor layer does per statement and this skips (BENCHMARKS.md lever 22): converting
     ``%(name)s`` placeholders and choosing a dumper per parameter, its prepared-statement
@@ -445,13 +447,16 @@ def _result(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult],
     if res.status == status:
         return res
     if res.status == _FATAL_ERROR:
-        raise psycopg.errors.error_from_result(res, encoding=conn.pgconn._encoding)
+        raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
     raise psycopg.InternalError(f"unexpected result status: {pq.ExecStatus(res.status).name}")
 
 
 async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
                    params: Sequence[bytes | None]) -> pq.abc.PGresult:
     pgconn = conn.pgconn
+    if not getattr(conn, "utf8", False):  # another client encoding (psycopg encodes text in it)
+        encoding = conn.info.encoding
+        params = [None if p is None else bytes(p).decode().encode(encoding) for p in params]
     if conn.prepare_threshold is None:  # through a pooler: nothing named
         pgconn.send_query_params(statement.sql, params)
         return _result(conn, await conn.wait(generators.execute(pgconn)), _TUPLES_OK)
