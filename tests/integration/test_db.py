@@ -177,11 +177,17 @@ async def test_call_prepares_again_after_the_server_forgot(one_connection: None)
         await conn.execute("DEALLOCATE ALL")
     assert await db.call(ECHO, (b"2", b"b", b"1")) == [b"3", b"b", b"1"]
     assert "test_echo" in await prepared_names()
+    pool = await db.get_pool()
+    async with pool.connection() as conn:  # a call cancelled after the server had prepared it
+        conn.prepared_here.discard(b"test_echo")  # type: ignore[attr-defined]
+    assert await db.call(ECHO, (b"3", b"c", b"1")) == [b"4", b"c", b"1"]
 
 
 async def test_call_raises_sql_errors_as_psycopg_does_and_the_connection_stays_usable(fresh_pool: None) -> None:
     with pytest.raises(psycopg.errors.InvalidTextRepresentation):
         await db.call(ECHO, (b"not a number", b"x", b"1"))
+    with pytest.raises(psycopg.DataError, match="NUL"):  # as psycopg's str dumper: never truncated at the NUL
+        await db.call(ECHO, (b"1", b"a\x00b", b"1"))
     with pytest.raises(psycopg.errors.UndefinedFunction):
         await db.call(db.Statement("test_missing", "SELECT no_such_function($1::int)"), (b"1",))
     assert await db.call(ECHO, (b"1", b"x", b"1")) == [b"2", b"x", b"1"]

@@ -437,7 +437,13 @@ class Statement:
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
-_NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name: e.g. after a DEALLOCATE ALL / DISCARD ALL
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: e.g. after a DEALLOCATE ALL / DISCARD ALL
+_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
+
+
+def _sqlstate(results: list[pq.abc.PGresult]) -> bytes | None:
+    res = results[-1]
+    return res.error_field(pq.DiagnosticField.SQLSTATE) if res.status == _FATAL_ERROR else None
 
 
 def _result(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult],
@@ -453,6 +459,9 @@ def _result(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult],
 
 async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
                    params: Sequence[bytes | None]) -> pq.abc.PGresult:
+    for p in params:  # libpq reads a text parameter up to its first NUL: never truncate one silently
+        if p is not None and b"\x00" in p:
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
     pgconn = conn.pgconn
     if not getattr(conn, "utf8", False):  # another client encoding (psycopg encodes text in it)
         encoding = conn.info.encoding
@@ -466,12 +475,13 @@ async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
     for attempt in (1, 2):
         if statement.name not in prepared:
             pgconn.send_prepare(statement.name, statement.sql)
-            _result(conn, await conn.wait(generators.execute(pgconn)), _COMMAND_OK)
+            results = await conn.wait(generators.execute(pgconn))
+            if _sqlstate(results) != _ALREADY_PREPARED:  # e.g. by a call cancelled after its Parse
+                _result(conn, results, _COMMAND_OK)
             prepared.add(statement.name)
         pgconn.send_query_prepared(statement.name, params)
         results = await conn.wait(generators.execute(pgconn))
-        if attempt == 1 and results[-1].status == _FATAL_ERROR and \
-                results[-1].error_field(pq.DiagnosticField.SQLSTATE) == _NO_SUCH_STATEMENT.encode():
+        if attempt == 1 and _sqlstate(results) == _NO_SUCH_STATEMENT:
             prepared.discard(statement.name)  # gone from the server: prepare it again (nothing ran)
             continue
         return _result(conn, results, _TUPLES_OK)
