@@ -143,7 +143,7 @@ class Reservation:
 RESERVE_SQL = (
     "SELECT request_id, tier FROM mlp_reserve($1::uuid, $2::text, $3::numeric, $4::date, $5::jsonb, $6::integer, "
     "$7::uuid, $8::text, $9::integer)")
-RESERVE = db.Statement("mlp_reserve", RESERVE_SQL)
+RESERVE = db.Statement("ledger_reserve", RESERVE_SQL)
 
 
 class _Quotas:
@@ -248,9 +248,10 @@ async def mark_upstream(request_id: str) -> None:
     await db.execute(MARK_UPSTREAM_SQL, (request_id,))
 
 
+# Sent through ``db.call`` (see RESERVE_SQL): request_id, period; a row when a reservation was undone.
 CANCEL_SQL = """
 WITH r AS (
-    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
+    DELETE FROM reservations WHERE request_id = $1::text RETURNING user_id, amount, api_key_id
 ), k AS (
     UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0)
     FROM r WHERE api_keys.id = r.api_key_id AND api_keys.user_id = r.user_id AND api_keys.spend_cap IS NOT NULL
@@ -258,17 +259,19 @@ WITH r AS (
 )
 UPDATE balances SET reserved = balances.reserved - r.amount,
     in_flight = GREATEST(balances.in_flight - 1, 0),
-    period_requests = CASE WHEN period_start = %(period)s THEN GREATEST(period_requests - 1, 0)
+    period_requests = CASE WHEN period_start = $2::date THEN GREATEST(period_requests - 1, 0)
                            ELSE period_requests END,
     updated_at = now()
 FROM r LEFT JOIN k ON true WHERE balances.user_id = r.user_id
+RETURNING balances.user_id
 """
+CANCEL = db.Statement("ledger_cancel", CANCEL_SQL)
 
 
 async def cancel(request_id: str) -> bool:
     """Undo a reservation as if the request never happened (refused before any work: rate
     limit, tier check). No usage record, no ledger row, the quota count given back."""
-    return bool(await db.execute(CANCEL_SQL, {"request_id": request_id, "period": period_start()}))
+    return await db.call(CANCEL, (request_id.encode(), period_start().isoformat().encode())) is not None
 
 
 # --------------------------------------------------------------------------- settle / release
@@ -347,7 +350,7 @@ def record_json(record: UsageRecord) -> str:
 # Sent through ``db.call`` (see RESERVE_SQL): record, period, uncount, description.
 SETTLE_SQL = (
     "SELECT balance, reserved, hold, ledger_rows FROM mlp_settle($1::jsonb, $2::date, $3::boolean, $4::text)")
-SETTLE = db.Statement("mlp_settle", SETTLE_SQL)
+SETTLE = db.Statement("ledger_settle", SETTLE_SQL)
 
 
 @dataclass(frozen=True, slots=True)
