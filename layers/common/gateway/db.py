@@ -23,8 +23,8 @@ shut so nothing hangs); then every call fails at once with ``DatabaseUnavailable
 ``DB_RETRY_AFTER_S`` seconds (the routes answer 503 with ``Retry-After``) and the next call after
 that tries again: recovery needs no restart.
 
-The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``) go through
-``call``: psycopg's lower layer (``pgconn`` + ``generators.execute`` + ``AsyncConnection.wait``)
+The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``; and
+``ledger.CANCEL`` on a refusal) go through ``call``: psycopg's lower layer (``pgconn`` + ``generators.execute`` + ``AsyncConnection.wait``)
 with text parameters and a text row, the connection taken from the pool and returned directly;
 same bounds, retry, outage and cancellation rules as ``run``, ~0.1 ms less client CPU per
 statement (BENCHMARKS.md lever 22). Everything else uses ``run`` / ``connection()`` and cursors.
