@@ -24,10 +24,11 @@ shut so nothing hangs); then every call fails at once with ``DatabaseUnavailable
 that tries again: recovery needs no restart.
 
 The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``; and
-``ledger.CANCEL`` on a refusal) go through ``call``: psycopg's lower layer (``pgconn`` + ``generators.execute`` + ``AsyncConnection.wait``)
-with text parameters and a text row, the connection taken from the pool and returned directly;
-same bounds, retry, outage and cancellation rules as ``run``, ~0.1 ms less client CPU per
-statement (BENCHMARKS.md lever 22). Everything else uses ``run`` / ``connection()`` and cursors.
+``ledger.CANCEL`` on a refusal) go through ``call``: psycopg's lower layer (``pgconn``,
+``generators.execute``, ``AsyncConnection.wait``) with text parameters and a text row, the
+connection taken from the pool and returned directly; same bounds, retry, outage and cancellation
+rules as ``run``, ~0.08 ms less client CPU per statement (BENCHMARKS.md lever 22). Everything else
+uses ``run`` / ``connection()`` and cursors.
 """
 
 from __future__ import annotations
@@ -418,7 +419,7 @@ async def execute(sql: str, params: Params = None) -> int:
 
 # ----------------------------------------------------------------------------- hot statements
 class Statement:
-    """A hot statement (the money path's reserve and settle) sent through psycopg's lower layer by
+    """A hot statement (the money path's reserve, settle and cancel) sent through psycopg's lower layer by
     ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and passed as
     UTF-8 text (bytes, None for NULL), the first row's values returned as text.
 
