@@ -419,16 +419,17 @@ async def execute(sql: str, params: Params = None) -> int:
 
 # ----------------------------------------------------------------------------- hot statements
 class Statement:
-    """A hot statement (the money path's reserve, settle and cancel) sent through psycopg's lower layer by
-    ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and passed as
-    UTF-8 text (bytes, None for NULL), the first row's values returned as text.
+    """A hot statement (the money path's reserve, settle and cancel) sent through psycopg's lower
+    layer by ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and
+    passed as UTF-8 text (bytes, None for NULL), the first row's values returned as text.
 
     What the cursor layer does per statement and this skips (BENCHMARKS.md lever 22): converting
     ``%(name)s`` placeholders and choosing a dumper per parameter, its prepared-statement
     bookkeeping, loaders and a row dict. Prepared statements follow the connection's
     ``prepare_threshold`` as psycopg's do: on a direct connection the statement is prepared once per
     connection under ``name``; through a transaction-mode pooler (``prepare_threshold=None``) it is
-    sent unnamed every time (Parse/Bind/Execute in one message, as psycopg sends any statement there).
+    sent unnamed every time (Parse, Bind, Execute in one round trip, as psycopg sends any statement
+    there).
     """
 
     __slots__ = ("name", "sql")
