@@ -23,12 +23,12 @@ shut so nothing hangs); then every call fails at once with ``DatabaseUnavailable
 ``DB_RETRY_AFTER_S`` seconds (the routes answer 503 with ``Retry-After``) and the next call after
 that tries again: recovery needs no restart.
 
-The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``; and
-``ledger.CANCEL`` on a refusal) go through ``call``: psycopg's lower layer (``pgconn``,
-``generators.execute``, ``AsyncConnection.wait``) with text parameters and a text row, the
-connection taken from the pool and returned directly; same bounds, retry, outage and cancellation
-rules as ``run``, ~0.08 ms less client CPU per statement (BENCHMARKS.md lever 22). Everything else
-uses ``run`` / ``connection()`` and cursors.
+The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``; also
+``ledger.CANCEL`` on a refusal and ``ledger.MARK_UPSTREAM`` after 1 s) go through ``call``:
+psycopg's lower layer (``pgconn``, ``generators.execute``, ``AsyncConnection.wait``) with text
+parameters and a text row, the connection taken from the pool and returned directly; same bounds,
+retry, outage and cancellation rules as ``run``, ~0.08 ms less client CPU per statement
+(BENCHMARKS.md lever 22). Everything else uses ``run`` / ``connection()`` and cursors.
 """
 
 from __future__ import annotations
@@ -419,7 +419,7 @@ async def execute(sql: str, params: Params = None) -> int:
 
 # ----------------------------------------------------------------------------- hot statements
 class Statement:
-    """A hot statement (the money path's reserve, settle and cancel) sent through psycopg's lower
+    """A hot statement (the query path's reserve, settle, cancel and mark) sent through psycopg's lower
     layer by ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and
     passed as UTF-8 text (bytes, None for NULL), the first row's values returned as text.
 

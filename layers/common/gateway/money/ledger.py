@@ -239,13 +239,17 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "available.", balance=money(available), required=money(hold))
 
 
-MARK_UPSTREAM_SQL = "UPDATE reservations SET upstream_at = now() WHERE request_id = %s AND upstream_at IS NULL"
+# Sent through ``db.call`` (see RESERVE_SQL): request_id. Every request still running after
+# ``chat.service.MARK_SENT_AFTER_S`` (1 s: most real provider calls) sends it.
+MARK_UPSTREAM_SQL = ("UPDATE reservations SET upstream_at = now() WHERE request_id = $1::text AND upstream_at IS NULL "
+                     "RETURNING request_id")
+MARK_UPSTREAM = db.Statement("ledger_mark_upstream", MARK_UPSTREAM_SQL)
 
 
 async def mark_upstream(request_id: str) -> None:
     """Record on the reservation that the request is being sent to a provider (the orphan sweeper
     then charges it instead of releasing it)."""
-    await db.execute(MARK_UPSTREAM_SQL, (request_id,))
+    await db.call(MARK_UPSTREAM, (request_id.encode(),))
 
 
 # Sent through ``db.call`` (see RESERVE_SQL): request_id, period; a row when a reservation was undone.
