@@ -9,7 +9,12 @@ Two measurements, no gateway code of ours involved:
    process right after ``await asyncio.sleep(S)`` for S = 0, 0.2 ms, 2 ms, 20 ms and 100 ms; then
    after 100 ms with a 1 ms busy spin first (a CPU that only needed waking up would be fast
    again) and with the same work run once first (caches refilled).
-2. ``apps``: minimal aiohttp passthroughs against the same fake upstream (bench/stack.py), each
+2. ``pg``: Postgres round trips from one psycopg connection: ``SELECT 1`` back to back, after a
+   100 ms sleep, after a 100 ms busy spin of this process (so only the server side was idle) and
+   after a 100 ms sleep with another connection's ``SELECT 1`` 1 ms before it; an autocommitted
+   UPDATE of one balance row (a reserve's shape) back to back and after a 100 ms sleep, with the
+   commit's WAL flush and without it (``synchronous_commit = off`` on that session).
+3. ``apps``: minimal aiohttp passthroughs against the same fake upstream (bench/stack.py), each
    a bare passthrough plus ONE thing, measured at c=1 with a 0 ms and a 100 ms upstream in
    interleaved rounds (the order rotates every round); printed: each one's p50 minus the bare
    passthrough's, at 0 and at 100 ms, and how much that grows with the 100 ms upstream:
@@ -84,7 +89,59 @@ async def work_after_sleep(rounds: int) -> list[tuple[str, float, float]]:
             for label, v in seen.items()]
 
 
-# --------------------------------------------------------------------------- 2. the minimal apps
+# --------------------------------------------------------------------------- 2. Postgres after idle
+async def pg_after_idle(rounds: int) -> list[tuple[str, float]]:
+    import psycopg
+
+    from tests.support import services
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    url = services.create_database("mlp_bench_idle")
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        other = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        async_commit = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        await conn.execute(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, balance numeric NOT NULL, "
+                           "reserved numeric NOT NULL)")
+        await conn.execute(f"INSERT INTO {TABLE} VALUES (1, 1000000000, 0)")
+        await async_commit.execute("SET synchronous_commit = off")
+        update = f"UPDATE {TABLE} SET reserved = reserved + 1 WHERE id = 1"
+        cases: list[tuple[str, Any, str]] = [
+            ("SELECT 1, back to back", conn, ""), ("SELECT 1, after a 100 ms sleep", conn, "sleep"),
+            ("SELECT 1, after a 100 ms busy spin of this process", conn, "spin"),
+            ("SELECT 1, after a 100 ms sleep, another connection's SELECT 1 1 ms before", conn, "ping"),
+            ("UPDATE (autocommit), back to back", conn, "update"),
+            ("UPDATE (autocommit), after a 100 ms sleep", conn, "update sleep"),
+            ("UPDATE, synchronous_commit off, back to back", async_commit, "update"),
+            ("UPDATE, synchronous_commit off, after a 100 ms sleep", async_commit, "update sleep")]
+        seen: dict[str, list[float]] = {}
+        for _ in range(rounds):
+            for label, c, how in cases:
+                times = []
+                for _ in range(20):
+                    if "sleep" in how:
+                        await asyncio.sleep(0.1)
+                    elif how == "spin":
+                        spin(0.1)
+                    elif how == "ping":
+                        await asyncio.sleep(0.099)
+                        await other.execute("SELECT 1")
+                    t0 = time.perf_counter()
+                    await c.execute(update if how.startswith("update") else "SELECT 1")
+                    times.append(time.perf_counter() - t0)
+                seen.setdefault(label, []).append(statistics.median(times) * 1000)
+        for c in (conn, other, async_commit):
+            await c.close()
+        return [(label, statistics.median(v)) for label, v in seen.items()]
+    finally:
+        services.drop_database(url)
+
+
+# --------------------------------------------------------------------------- 3. the minimal apps
 def serve(kind: str, port: int, upstream: str, database_url: str) -> None:
     from aiohttp import web
 
@@ -202,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=200, help="per batch with the 0 ms upstream")
     parser.add_argument("--requests-slow", type=int, default=40, help="per batch with the 100 ms upstream")
-    parser.add_argument("--only", choices=["work", "apps"])
+    parser.add_argument("--only", choices=["work", "pg", "apps"])
     parser.add_argument("--with-ours", action="store_true", help="our query function in the same rounds")
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -218,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         print("\n| fixed work (JSON + Decimal) | wall ms | CPU ms |\n|---|---|---|")
         for label, wall, cpu in rows:
             print(f"| {label} | {wall:.3f} | {cpu:.3f} |")
+    if args.only in (None, "pg"):
+        rows_pg = asyncio.run(pg_after_idle(args.rounds))
+        print("\n| Postgres round trip (one psycopg connection) | p50 ms |\n|---|---|")
+        for label, ms in rows_pg:
+            print(f"| {label} | {ms:.3f} |")
     if args.only in (None, "apps"):
         p50 = asyncio.run(run_apps(args.rounds, args.requests, args.requests_slow, args.with_ours))
         print("\n| app | p50 over bare, 0 ms upstream | p50 over bare, 100 ms upstream | growth (ms) |")
