@@ -15,9 +15,9 @@ Two measurements, no gateway code of ours involved:
    UPDATE of one balance row (a reserve's shape) back to back and after a 100 ms sleep, with the
    commit's WAL flush and without it (``synchronous_commit = off`` on that session).
 3. ``apps``: minimal aiohttp passthroughs against the same fake upstream (bench/stack.py), each
-   a bare passthrough plus ONE thing, measured at c=1 with a 0 ms and a 100 ms upstream in
-   interleaved rounds (the order rotates every round); printed: each one's p50 minus the bare
-   passthrough's, at 0 and at 100 ms, and how much that grows with the 100 ms upstream:
+   a bare passthrough plus ONE thing, measured at c=1 (``--concurrency``) with a 0 ms and a 100 ms
+   upstream in interleaved rounds (the order rotates every round); printed: each one's p50 minus
+   the bare passthrough's, at 0 and at 100 ms, and how much that grows with the 100 ms upstream:
      bare     the passthrough (bench/refgateways.py)
      cpu      + ~0.5 ms of fixed Python work after the upstream answer
      pg1      + one autocommitted UPDATE of a balance row before the upstream call (our reserve)
@@ -197,7 +197,8 @@ def serve(kind: str, port: int, upstream: str, database_url: str) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-async def run_apps(rounds: int, n0: int, n100: int, with_ours: bool) -> dict[str, dict[float, list[float]]]:
+async def run_apps(rounds: int, n0: int, n100: int, with_ours: bool, concurrency: int = 1
+                   ) -> dict[str, dict[float, list[float]]]:
     import psycopg
 
     from bench.harness import measure
@@ -237,7 +238,7 @@ async def run_apps(rounds: int, n0: int, n100: int, with_ours: bool) -> dict[str
             for delay, n in ((0.0, n0), (0.1, n100)):
                 body = chat_body(upstream_delay_s=delay)
                 for kind in order:
-                    r = await measure(urls[kind], auth.get(kind, headers), body, n, 1, warmup=5)
+                    r = await measure(urls[kind], auth.get(kind, headers), body, n, concurrency, warmup=5)
                     p50[kind][delay].append(r["p50"])
             print(f"round {i + 1}/{rounds}: " + ", ".join(
                 f"{k} {p50[k][0.0][-1]:.2f}/{p50[k][0.1][-1]:.2f}" for k in kinds), flush=True)
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests-slow", type=int, default=40, help="per batch with the 100 ms upstream")
     parser.add_argument("--only", choices=["work", "pg", "apps"])
     parser.add_argument("--with-ours", action="store_true", help="our query function in the same rounds")
+    parser.add_argument("--concurrency", type=int, default=1, help="connections of the apps' load (e.g. 16)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.kind, args.port, args.upstream, args.database_url)
@@ -281,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         for label, ms in rows_pg:
             print(f"| {label} | {ms:.3f} |")
     if args.only in (None, "apps"):
-        p50 = asyncio.run(run_apps(args.rounds, args.requests, args.requests_slow, args.with_ours))
-        print("\n| app | p50 over bare, 0 ms upstream | p50 over bare, 100 ms upstream | growth (ms) |")
+        p50 = asyncio.run(run_apps(args.rounds, args.requests, args.requests_slow, args.with_ours, args.concurrency))
+        print(f"\n| app, c={args.concurrency} | p50 over bare, 0 ms upstream | p50 over bare, 100 ms upstream "
+              "| growth (ms) |")
         print("|---|---|---|---|")
         for kind in [k for k in p50 if k != "bare"]:
             d0 = [a - b for a, b in zip(p50[kind][0.0], p50["bare"][0.0], strict=True)]
