@@ -788,10 +788,28 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
 async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
     """Forward chunks as they arrive; settle before the last byte (or on failure/deadline). A client
-    that left does not stop the reading: the provider's final usage is what it bills."""
+    that left does not stop the reading: the provider's final usage is what it bills.
+
+    A stream that completes is settled from its terminal event (``upstream.on_done``: the usage is
+    final there), in a task of its own, while the upstream's body is drained, the tail framed and
+    the last chunks sent; the relay awaits that settlement before it ends (issue 15 lever 27)."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     timer = _arm_deadline(call, upstream)
+    settling: asyncio.Task[None] | None = None
+
+    def settle_now() -> None:
+        nonlocal settling, status
+        if settling is not None or call.timed_out:
+            return
+        status = "cancelled" if call.client_gone else "ok"
+        usage = call.usage = upstream.usage
+        if call.client_gone and (usage is None or not usage.reported):
+            usage = limit_usage(call, c)  # the client left and the provider reported no usage
+        record = usage_record(call, status, candidate=c, usage=usage, ttfb_ms=ttfb_ms)
+        settling = asyncio.Task(_finish(call, record), loop=asyncio.get_running_loop(), eager_start=True)
+
+    upstream.on_done = settle_now
     try:
         yield b""  # consumed by open_stream (priming), never sent
         try:
@@ -805,7 +823,9 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
         call.usage = upstream.usage
-        if call.timed_out:
+        if settling is not None:
+            pass  # settled as it completed (status set there): the deadline or a client leaving since changes nothing
+        elif call.timed_out:
             status, error = "timeout", deadline_error()
         elif error is not None:
             status = "partial"
@@ -818,14 +838,20 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             yield tail
     finally:
         timer.cancel()
+        upstream.on_done = None
         with anyio.CancelScope(shield=True):
-            if status == "cancelled" and iterator is not None and not call.timed_out:
-                await _drain(call, iterator)
-            await upstream.aclose()
-            usage = upstream.usage
-            if call.client_gone and (usage is None or not usage.reported):
-                usage = limit_usage(call, c)  # the client left and the provider's usage never came
-            await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
+            if settling is not None:
+                await upstream.aclose()
+                await settling
+            else:
+                if status == "cancelled" and iterator is not None and not call.timed_out:
+                    await _drain(call, iterator)
+                await upstream.aclose()
+                usage = upstream.usage
+                if call.client_gone and (usage is None or not usage.reported):
+                    usage = limit_usage(call, c)  # the client left and the provider's usage never came
+                await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error,
+                                                 ttfb_ms=ttfb_ms))
 
 
 async def _drain(call: Call, iterator: Any) -> None:
