@@ -479,6 +479,41 @@ async def test_web_adapter_path_settles_before_the_response_ends(app: Any, make_
     assert settled_at_end == [True]
 
 
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "google/gemini-2.5-flash"])
+async def test_a_completed_stream_is_settled_once_before_its_last_byte(app: Any, make_user: Any, fake_upstream: Any,
+                                                                       database_url: str, model: str) -> None:
+    """A stream that completes is settled from its terminal event (issue 15 lever 27), in a task
+    of its own while the rest is sent: by its final body message it is settled exactly once, at the
+    provider's usage (the one the usage chunk reports), status ok, nothing left reserved."""
+    user = await make_user("5")
+    at_end: list[list[dict[str, Any]]] = []
+
+    async def checked(scope: Any, receive: Any, send: Any) -> None:
+        async def checking_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                at_end.append(await asyncio.to_thread(records, database_url, user.user_id))
+            await send(message)
+        await app(scope, receive, checking_send)
+
+    registry.invalidate()
+    transport = httpx.ASGITransport(app=checked)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        r = await c.post("/v1/chat/completions", headers=_auth(user), json={
+            "model": model, "stream": True, "stream_options": {"include_usage": True},
+            "messages": _msg("[[words:7]]")})
+    assert r.status_code == 200
+    chunks, done = _parse_sse(r.text)
+    assert done
+    usage = chunks[-1]["usage"]
+    assert len(at_end) == 1 and len(at_end[0]) == 1
+    rec = at_end[0][0]
+    assert rec["status"] == "ok" and rec["estimated"] is False and rec["stream"] is True
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert rec["completion_tokens"] == 7 and rec["charge"] > 0
+    assert records(database_url, user.user_id) == at_end[0]  # once
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
 def _stream_then_leave(url: str, api_key: str, body: dict[str, Any]) -> int:
     """Read the first SSE event, then close the connection (the client goes away)."""
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=10,
