@@ -823,8 +823,8 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
         call.usage = upstream.usage
-        if settling is not None:
-            pass  # settled as it completed (status set there): the deadline or a client leaving since changes nothing
+        if settling is not None:  # settled as it completed (status set there): nothing since changes it
+            error = None
         elif call.timed_out:
             status, error = "timeout", deadline_error()
         elif error is not None:
