@@ -33,7 +33,7 @@ from gateway.config import reset_settings
 from gateway.money import ledger, sweeper
 from gateway.money.holds import hold_for
 from gateway.money.pricing import ModelPrice, charge_for
-from infra.local.servers import start_in_thread
+from infra.local.servers import free_port, start_in_thread
 from tests.integration.test_chat import _auth, _msg, _parse_sse
 from tests.integration.test_health import FakeLambdaContext, invoke_in_own_loop
 from tests.support.account import upstream_requests
@@ -511,6 +511,76 @@ async def test_a_completed_stream_is_settled_once_before_its_last_byte(app: Any,
     assert (rec["prompt_tokens"], rec["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
     assert rec["completion_tokens"] == 7 and rec["charge"] > 0
     assert records(database_url, user.user_id) == at_end[0]  # once
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+    obj = {"id": "chatcmpl-late", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
+           "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+           "usage": usage}
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def test_a_stream_is_settled_while_its_upstream_body_is_still_open(app: Any, make_user: Any, fake_upstream: Any,
+                                                                         database_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream that keeps its body open after ``[DONE]`` (its end in a later packet, a server
+    that closes late): the relay drains that body before it ends (the connection goes back to the
+    pool), and the settlement runs meanwhile, from the terminal event (issue 15 lever 27), not after
+    the drain. The upstream here looks for the usage record before it ends its body."""
+    from aiohttp import web
+
+    user = await make_user("5")
+    usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    answer = (_openai_chunk({"role": "assistant", "content": ""}) + _openai_chunk({"content": "one two three"})
+              + _openai_chunk({}, "stop") + _openai_chunk({}, usage=usage) + b"data: [DONE]\n\n")
+    settled_while_open: list[bool] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(answer)
+        give_up = time.monotonic() + 0.15  # the relay drains for up to DRAIN_TIMEOUT_S = 0.2 s
+        while True:
+            rows = await asyncio.to_thread(records, database_url, user.user_id)
+            if rows or time.monotonic() > give_up:
+                settled_while_open.append(bool(rows))
+                break
+            await asyncio.sleep(0.005)
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/openai/v1/chat/completions", chat)
+    runner = web.AppRunner(upstream)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        registry.invalidate()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/openai/v1")
+            reset_settings()
+            r = await c.post("/v1/chat/completions", headers=_auth(user), json={
+                "model": "openai/gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                "messages": _msg("hi")})
+        assert r.status_code == 200
+        chunks, done = _parse_sse(r.text)
+        assert done and chunks[-1]["usage"]["completion_tokens"] == 3
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        await runner.cleanup()
+        await aclose_http_client()
+    assert settled_while_open == [True]
+    rec = records(database_url, user.user_id)
+    assert len(rec) == 1 and rec[0]["status"] == "ok" and rec[0]["completion_tokens"] == 3
+    assert rec[0]["estimated"] is False
     assert balance(database_url, user.user_id)["reserved"] == 0
 
 
