@@ -428,6 +428,13 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
             # the provider bills up to a token per byte (digits, rare scripts, a file's contents), and
             # a prompt built for that, cut by the deadline, would otherwise be billed a quarter of it.
             usage = replace(usage, prompt_tokens=max(usage.prompt_tokens, call.size.bound(m.id, m.context_length)))
+        if usage is not None and not usage.reported and status == "timeout":
+            # Cut by OUR deadline before the provider's count: the output it generated is unknown
+            # (hidden reasoning is never streamed, and the provider bills it), so it is charged at its
+            # limit, what the hold reserved for it — as when a client leaves and the count never
+            # comes. Else a prompt that makes a model think past the 27 s API Gateway deadline would
+            # pay for the visible output only (usually none) while the provider bills the thinking.
+            usage = replace(usage, completion_tokens=max(usage.completion_tokens, candidate.output_limit))
         # the unit prices the call is billed at (a long-context tier's past its threshold)
         price = m.price if usage is None else m.price.for_prompt(usage.prompt_tokens)
         record.price(price)
