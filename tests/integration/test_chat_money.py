@@ -406,6 +406,23 @@ async def test_stream_past_the_deadline_without_the_providers_count_charges_the_
     assert balance(database_url, user.user_id)["reserved"] == 0
 
 
+async def test_a_cut_call_with_a_prediction_charges_its_rejected_tokens_bound_too(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """A ``prediction``'s rejected tokens are billed as output beyond ``max_tokens``: a call the
+    deadline cuts before OpenAI's count is charged the whole output bound the hold counted."""
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "stream": True, "max_tokens": 300,
+        "prediction": {"type": "content", "content": "x" * 1000},
+        "messages": _msg("long [[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["completion_tokens"] == 300 + 1000 and 0 < rec["charge"] <= rec["hold"]
+
+
 async def test_stream_past_the_deadline_with_the_providers_running_count_charges_that_count(
         api: Any, make_user: Any, setting: Any, database_url: str) -> None:
     """Gemini reports its usage cumulatively in every chunk (thoughts included): a stream the

@@ -434,7 +434,7 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
             # limit, what the hold reserved for it — as when a client leaves and the count never
             # comes. Else a prompt that makes a model think past the 27 s API Gateway deadline would
             # pay for the visible output only (usually none) while the provider bills the thinking.
-            usage = replace(usage, completion_tokens=max(usage.completion_tokens, candidate.output_limit))
+            usage = replace(usage, completion_tokens=max(usage.completion_tokens, output_bound(call, candidate)))
         # the unit prices the call is billed at (a long-context tier's past its threshold)
         price = m.price if usage is None else m.price.for_prompt(usage.prompt_tokens)
         record.price(price)
@@ -452,11 +452,17 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
     return record
 
 
+def output_bound(call: Call, c: Candidate) -> int:
+    """The most output the provider can bill for the call: the output limit sent upstream plus what
+    else it bills as output (a ``prediction``'s rejected tokens), as the hold counts them."""
+    return c.output_limit + call.size.output_extra
+
+
 def limit_usage(call: Call, c: Candidate) -> Usage:
     """The usage to charge when the provider was reached but its usage never arrives: the prompt
-    estimate and the whole output limit, marked estimated."""
+    estimate (``usage_record`` raises it to its bound) and the whole output bound, marked estimated."""
     prompt = min(call.size.estimate(c.model.id), c.model.context_length)
-    return Usage(prompt_tokens=prompt, completion_tokens=c.output_limit, reported=False)
+    return Usage(prompt_tokens=prompt, completion_tokens=output_bound(call, c), reported=False)
 
 
 # Settlements the database could not take (it stayed away through the retries), oldest first:
