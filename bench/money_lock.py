@@ -120,7 +120,8 @@ def main() -> None:
                 for side in ("AB" if i % 2 == 0 else "BA"):
                     url, uid = urls[side]
                     results[c][side].append(run(url, uid, period, script, c, args.seconds))
-            print(f"round {i + 1}/{args.rounds} done; load {os.getloadavg()[0]:.2f}", flush=True)
+            line = ", ".join(f"c={c} A {results[c]['A'][-1][0]:.0f} B {results[c]['B'][-1][0]:.0f}" for c in counts)
+            print(f"round {i + 1}/{args.rounds} pairs/s {line}; load {os.getloadavg()[0]:.2f}", flush=True)
         for c in counts:
             a, b = results[c]["A"], results[c]["B"]
             dtps = [y[0] - x[0] for x, y in zip(a, b, strict=True)]
