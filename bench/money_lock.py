@@ -53,6 +53,9 @@ SELECT balance FROM mlp_settle(
 
 
 def base_migrations(ref: str) -> Path:
+    """A's migrations: a directory as it is, else the ones of git ref ``ref``."""
+    if Path(ref).is_dir():
+        return Path(ref)
     out = Path(tempfile.mkdtemp(prefix="mlp-migrations-"))
     names = subprocess.run(["git", "ls-tree", "--name-only", f"{ref}:{MIGRATIONS}"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()
@@ -63,9 +66,11 @@ def base_migrations(ref: str) -> Path:
     return out
 
 
-def create(name: str, migrations: Path) -> tuple[str, str]:
+def create(name: str, migrations: Path, async_commit: bool = False) -> tuple[str, str]:
     with psycopg.connect(SERVER + "/postgres", autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if async_commit:
+            conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(name)))
     url = f"{SERVER}/{name}"
     migrate(url, migrations)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -98,10 +103,13 @@ def books(url: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="main")
+    parser.add_argument("--base", default="main", help="A's migrations: a git ref or a directory")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clients", default="1,16")
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--async-commit", action="store_true",
+                        help="synchronous_commit = off on both databases: the row's hold without the WAL flush "
+                             "(and without its noise on a shared disk)")
     args = parser.parse_args()
     tag = f"mlp_bench_lock_{os.getpid()}"
     urls = {}
@@ -111,8 +119,8 @@ def main() -> None:
     today = dt.datetime.now(dt.UTC).date()
     period = dt.date(today.year, today.month, 1).isoformat()
     try:
-        urls["A"] = create(f"{tag}_a", base_migrations(args.base))
-        urls["B"] = create(f"{tag}_b", ROOT / MIGRATIONS)
+        urls["A"] = create(f"{tag}_a", base_migrations(args.base), args.async_commit)
+        urls["B"] = create(f"{tag}_b", ROOT / MIGRATIONS, args.async_commit)
         counts = [int(c) for c in args.clients.split(",")]
         results: dict[int, dict[str, list[tuple[float, float]]]] = {c: {"A": [], "B": []} for c in counts}
         for i in range(args.rounds):
