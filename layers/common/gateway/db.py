@@ -202,8 +202,10 @@ async def get_pool() -> AsyncConnectionPool[Any]:
             settings = get_settings()
             kwargs = {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
             wait = _pool_timeout(settings)
+            # max_size 1 until the first connection is there (_getconn then sets DB_POOL_MAX):
+            # else the first getconn, finding none idle, grows the pool by a second connect
             pool = AsyncConnectionPool(settings.database_url, kwargs=kwargs, connection_class=_Connection,
-                                       min_size=1, max_size=max(1, settings.db_pool_max), open=False,
+                                       min_size=1, max_size=1, open=False,
                                        name="gateway", timeout=wait, max_idle=300, reconnect_timeout=30)
             await pool.open(wait=False)  # connection() waits, and gives up on the first failed attempt
             slot.pool = pool
@@ -227,12 +229,16 @@ async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[An
     finally:
         _connect_waiters.discard(failed)
     if getter.done():
-        return getter.result()  # a connection, or PoolTimeout
-    getter.cancel()
-    try:
-        conn = await getter  # the pool hands a connection that arrived meanwhile back to us
-    except (asyncio.CancelledError, psycopg.Error):
-        raise failed.result() from None
+        conn = getter.result()  # a connection, or PoolTimeout
+    else:
+        getter.cancel()
+        try:
+            conn = await getter  # the pool hands a connection that arrived meanwhile back to us
+        except (asyncio.CancelledError, psycopg.Error):
+            raise failed.result() from None
+    wanted = max(1, get_settings().db_pool_max)
+    if pool.max_size != wanted:  # the pool's first connection: now it may grow (get_pool)
+        await pool.resize(pool.min_size, wanted)
     return conn
 
 
