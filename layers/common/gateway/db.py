@@ -239,6 +239,9 @@ async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[An
     wanted = max(1, get_settings().db_pool_max)
     if pool.max_size != wanted:  # the pool's first connection: now it may grow (get_pool)
         await pool.resize(pool.min_size, wanted)
+        async with pool._lock:
+            if pool._waiting:  # callers queued behind the first connection: grow as getconn would have
+                pool._maybe_grow_pool()
     return conn
 
 
