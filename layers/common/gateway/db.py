@@ -238,11 +238,21 @@ async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[An
             raise failed.result() from None
     wanted = max(1, get_settings().db_pool_max)
     if pool.max_size != wanted:  # the pool's first connection: now it may grow (get_pool)
-        await pool.resize(pool.min_size, wanted)
-        async with pool._lock:
-            if pool._waiting:  # callers queued behind the first connection: grow as getconn would have
-                pool._maybe_grow_pool()
+        # in a task: nothing here may wait (a cancellation would leave `conn` checked out)
+        task = asyncio.ensure_future(_open_up(pool, wanted))
+        _opening_up.add(task)
+        task.add_done_callback(_opening_up.discard)
     return conn
+
+
+_opening_up: set[asyncio.Future[None]] = set()
+
+
+async def _open_up(pool: AsyncConnectionPool[Any], max_size: int) -> None:
+    await pool.resize(pool.min_size, max_size)
+    async with pool._lock:
+        if pool._waiting:  # callers queued behind the first connection: grow as getconn would have
+            pool._maybe_grow_pool()
 
 
 def _pool_timeout(settings: Settings) -> float:
