@@ -108,3 +108,17 @@ def test_no_pydantic_plugin_is_installed() -> None:
     from importlib.metadata import entry_points
 
     assert list(entry_points(group="pydantic")) == []
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_ca_store_is_loaded_beside_the_import_and_complete_when_it_ends(function: str) -> None:
+    """aiohttp's verified context gets its CA store from a thread started once aiohttp is imported
+    (OpenSSL reads it without the GIL while the rest imports); the import waits for it (done())."""
+    code = ("import json, threading\n"
+            "import app, aiohttp.connector as c\n"
+            "from gateway import coldstart\n"
+            "loader = coldstart._store_loader\n"
+            "print(json.dumps([loader.ident is not None, loader.ident != threading.main_thread().ident,\n"
+            "                  loader.is_alive(), c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'] > 0,\n"
+            "                  coldstart._to_load]))")
+    assert json.loads(in_fresh_function(function, code)) == [True, True, False, True, []]
