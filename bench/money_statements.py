@@ -131,12 +131,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="the event loop (uvicorn runs the query function on uvloop)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--user", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child(args))
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(child(args))
+        else:
+            asyncio.run(child(args))
         return
 
     from gateway.migrate import migrate
@@ -148,14 +155,15 @@ def main() -> None:
     try:
         migrate(url)
         user, key = seed(url)
-        print(f"load at start: {os.getloadavg()}")
+        print(f"load at start: {os.getloadavg()}, loop: {args.loop}")
         for mode in args.modes.split(","):
             env = {**os.environ, "STAGE": "local", "DB_POOL_MAX": "1", "POWERTOOLS_LOG_LEVEL": "ERROR",
                    "DATABASE_URL": bouncer.pooled(url) if mode == "pgbouncer" else url,
                    "DATABASE_POOLED": "false" if mode == "direct" else "true"}
             done = subprocess.run([sys.executable, "-m", "bench.money_statements", "--child", "--base", args.base,
-                                   "--rounds", str(args.rounds), "--pairs", str(args.pairs), "--user", user,
-                                   "--key", key], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+                                   "--rounds", str(args.rounds), "--pairs", str(args.pairs), "--loop", args.loop,
+                                   "--user", user, "--key", key], cwd=ROOT, env=env, capture_output=True, text=True,
+                                  check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
             summarise(mode, json.loads(done.stdout.strip().splitlines()[-1]))

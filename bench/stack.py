@@ -144,7 +144,8 @@ class Services:
                     "RATELIMIT_PREFIX": self.redis_prefix, "OPENAI_BASE_URL": self.openai_base,
                     "OPENAI_API_KEY": "sk-fake-openai", "POWERTOOLS_LOG_LEVEL": "ERROR",
                     "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
-                    "POWERTOOLS_SERVICE_NAME": "multi-llm-gateway", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM"})
+                    # as template.yaml's Globals: the service (EMF dimension, log key) is the stack name
+                    "POWERTOOLS_SERVICE_NAME": "mlp-prod", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM"})
         env.update(extra)
         return env
 

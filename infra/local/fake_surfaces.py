@@ -3,7 +3,8 @@
     openai      {server}/openai/v1            POST /embeddings, POST /responses (plain and stream)
     openrouter  {server}/openrouter/api/v1    POST /embeddings, GET /embeddings/models
     compat      {server}/compat/v1            POST /embeddings
-    gemini      {server}/gemini/v1beta        POST /models/{model}:embedContent, :batchEmbedContents
+    gemini      {server}/gemini/v1beta        POST /models/{model}:embedContent, :batchEmbedContents,
+                                              :countTokens
     anthropic   {server}/anthropic/v1         POST /messages/count_tokens
 
 Authentication, the request log (``/__fake/requests``) and error bodies are the chat endpoints'
@@ -13,8 +14,18 @@ being embedded and, for Responses, from the last user message of ``input``.
 Embeddings: a deterministic unit vector per input (from the SHA-256 of its text, or of its token
 ids), 16 dimensions unless ``dimensions`` / ``outputDimensionality`` asks for another size (at most
 4096); ``encoding_format: base64`` gives little-endian float32 in base64, as OpenAI does. Usage:
-ceil(characters / 4) tokens per text (at least 1), one per token id; Gemini reports no token counts
-(as the real API). At most 2048 inputs (OpenAI) and 100 requests per Gemini batch. OpenRouter adds
+ceil(characters / 4) tokens per text (at least 1), one per token id. Gemini's embed answers carry no
+token count (what our gateway must bill without; ``[[embed_usage]]`` in a batch adds Google's
+``usageMetadata`` with ``promptTokenCount``, as its reference documents for newer models). At most
+2048 inputs (OpenAI) and 100 requests per Gemini batch.
+
+Gemini ``countTokens`` (Google's REST shape: ``{"contents": [Content...]}`` or
+``{"generateContentRequest": {"contents": [...]}}``, which makes ``contents`` ignored; answers ``{"totalTokens": N,
+"promptTokensDetails": [{"modality": "TEXT", "tokenCount": N}]}``), N the sum of the embeddings rule
+over every ``Content``'s text. It obeys only its own directives, read from the texts it counts (so
+an embed batch and its count can be driven apart): ``[[count_fail:CODE]]`` (Gemini's error),
+``[[count_sleep:S]]`` (answers after S seconds), ``[[count_tokens:N]]`` (reports N, even negative)
+and ``[[count_tokens:none]]`` (no ``totalTokens``: what proto3 JSON sends for 0). OpenRouter adds
 ``usage.cost`` (USD, at the serving endpoint's price: the catalogue's x ``[[endpoint_price:F]]``) and,
 as for chat, answers its 404 when that endpoint costs more than the request's ``provider.max_price``.
 
@@ -34,6 +45,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import struct
 import time
 from decimal import Decimal
@@ -75,6 +87,8 @@ MAX_DIMENSIONS = 4096
 MAX_OPENAI_INPUTS = 2048
 MAX_GEMINI_BATCH = 100
 _JSON = {"content-type": "application/json"}
+# The directives of the Gemini embed/countTokens fakes (the chat fake's parse_directives has the rest).
+_COUNT_DIRECTIVE_RE = re.compile(r"\[\[(count_fail|count_sleep|count_tokens|embed_usage)(?::([^\]]*))?\]\]")
 _SSE = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
 
 
@@ -213,9 +227,41 @@ class FakeSurfaces:
         if any(dims is None for _, dims in texts):
             return self.fake._error(entry, "gemini", 400, model=model, message="Invalid outputDimensionality.")
         embeddings = [{"values": fake_vector(text, dims or DEFAULT_DIMENSIONS)} for text, dims in texts]
-        out = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+        out: dict[str, Any] = {"embeddings": embeddings} if batch else {"embedding": embeddings[0]}
+        if "embed_usage" in _gemini_directives(" ".join(t for t, _ in texts)):
+            tokens = sum(_embedding_tokens(t) for t, _ in texts)
+            out["usageMetadata"] = {"promptTokenCount": tokens,
+                                    "promptTokenDetails": [{"modality": "TEXT", "tokenCount": tokens}]}
         entry["status"] = 200
         return FakeResponse(200, _JSON, body=_dumps(out), sleep=d.sleep, ttfb=d.ttfb, cut=d.cut)
+
+    async def gemini_count_tokens(self, request: Request) -> FakeResponse:
+        """``POST models/{model}:countTokens`` (Google's REST shape; see the module docstring)."""
+        model = request.path_params["model"]
+        entry, body, problem = await self._start("gemini", request, model)
+        if problem is not None:
+            return problem
+        wrapped = body.get("generateContentRequest")  # when set, ``contents`` is ignored (Google's reference)
+        contents = (wrapped.get("contents") if isinstance(wrapped, dict) else None) if wrapped is not None \
+            else body.get("contents")
+        if not isinstance(contents, list) or not contents or not all(isinstance(c, dict) for c in contents):
+            return self.fake._error(entry, "gemini", 400, model=model,
+                                    message="* CountTokensRequest.contents: contents is not specified")
+        texts = ["".join(p.get("text", "") for p in (c.get("parts") or []) if isinstance(p, dict))
+                 for c in contents]
+        d = _gemini_directives(" ".join(texts))
+        sleep = _float(d.get("count_sleep")) or 0.0
+        fail = _arg_int(d.get("count_fail"))
+        if fail is not None and 400 <= fail <= 599:
+            return self.fake._error(entry, "gemini", fail, model=model, d=Directives(sleep=sleep))
+        total: int | None = sum(_embedding_tokens(t) for t in texts)
+        if "count_tokens" in d:
+            total = _arg_int(d["count_tokens"])
+        out: dict[str, Any] = {}
+        if total is not None:
+            out = {"totalTokens": total, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]}
+        entry["status"] = 200
+        return FakeResponse(200, _JSON, body=_dumps(out), sleep=sleep)
 
     # -------------------------------------------------------------------------- Anthropic count_tokens
     async def anthropic_count_tokens(self, request: Request) -> FakeResponse:
@@ -275,6 +321,31 @@ class FakeSurfaces:
 def _openrouter_embedding_prices() -> dict[str, dict[str, Decimal]]:
     """OpenRouter's embedding models' per-unit prices (its ``/embeddings/models`` list)."""
     return fake_catalog.openrouter_pricing_index(fake_catalog.openrouter_embedding_models())
+
+
+def _gemini_directives(text: str) -> dict[str, str]:
+    """The ``[[count_*]]`` / ``[[embed_usage]]`` directives in ``text`` (name -> argument)."""
+    return {name: arg.strip() for name, arg in _COUNT_DIRECTIVE_RE.findall(text)} if "[[" in text else {}
+
+
+def _embedding_tokens(text: str) -> int:
+    """The fake's embedding token rule: ceil(characters / 4), at least 1 (OpenAI-format fakes too)."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _arg_int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(number, 0.0), 30.0) if number == number else None
 
 
 def _int(value: Any) -> int | None:
@@ -433,6 +504,7 @@ def routes(fake: FakeProviders) -> list[Route]:
         Route(f"{BASE_PATHS['openrouter']}/embeddings/models", s.openrouter_embedding_models, methods=["GET"]),
         Route(f"{gemini}/models/{{model}}:embedContent", s.gemini_embed, methods=["POST"]),
         Route(f"{gemini}/models/{{model}}:batchEmbedContents", s.gemini_embed, methods=["POST"]),
+        Route(f"{gemini}/models/{{model}}:countTokens", s.gemini_count_tokens, methods=["POST"]),
         Route(f"{BASE_PATHS['anthropic']}/messages/count_tokens", s.anthropic_count_tokens, methods=["POST"]),
     ]
     return out

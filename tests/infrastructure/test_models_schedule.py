@@ -108,10 +108,10 @@ def test_dlq_depth_alarm(template: dict[str, Any], schedule: dict[str, Any]) -> 
 def test_source_failure_alarm_watches_the_metric_discovery_emits(template: dict[str, Any]) -> None:
     alarm = template["Resources"]["ModelsSourceFailureAlarm"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"]) == ("MultiLLM", "CatalogSourceFailures")
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": "multi-llm-gateway"}]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]  # this stack's only
     env = template["Globals"]["Function"]["Environment"]["Variables"]
     assert env["POWERTOOLS_METRICS_NAMESPACE"] == "MultiLLM"
-    assert env["POWERTOOLS_SERVICE_NAME"] == "multi-llm-gateway"
+    assert env["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
 
 
 def test_least_privilege(functions: dict[str, dict[str, Any]]) -> None:

@@ -67,7 +67,7 @@ def test_orphans_are_older_than_any_request_can_live(template: dict[str, Any]) -
 def test_hold_overrun_alarm(template: dict[str, Any]) -> None:
     alarm = template["Resources"]["HoldOverrunAlarm"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"]) == ("MultiLLM", "HoldOverrun")
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": "multi-llm-gateway"}]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AWS::StackName"}}]  # this stack's only
     assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert {"Ref": "AlarmTopic"} in alarm["AlarmActions"]
 

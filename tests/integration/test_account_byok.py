@@ -149,13 +149,18 @@ async def test_query_path_costs_no_extra_round_trip(api: Any, make_user: Any, mo
     await api.put("/v1/provider-keys/openai", json={"api_key": provider_secret()}, headers=bearer(a.api_key))
     assert (await api.post("/v1/chat/completions", json=chat_body(), headers=bearer(a.api_key))).status_code == 200
     calls: list[str] = []
-    real_run = db.run
+    real_run, real_call = db.run, db.call
 
     async def counting_run(sql: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(" ".join(sql.split())[:60])
         return await real_run(sql, *args, **kwargs)
 
+    async def counting_call(statement: db.Statement, *args: Any, **kwargs: Any) -> Any:  # reserve, settle
+        calls.append(repr(statement))
+        return await real_call(statement, *args, **kwargs)
+
     monkeypatch.setattr(db, "run", counting_run)
+    monkeypatch.setattr(db, "call", counting_call)
     r = await api.post("/v1/chat/completions", json=chat_body(), headers=bearer(a.api_key))
     assert r.status_code == 200
     row = await db.fetchone("SELECT count(*) AS n FROM usage_records WHERE user_id = %s AND byok", (a.user_id,))

@@ -33,7 +33,7 @@ from gateway.config import reset_settings
 from gateway.money import ledger, sweeper
 from gateway.money.holds import hold_for
 from gateway.money.pricing import ModelPrice, charge_for
-from infra.local.servers import start_in_thread
+from infra.local.servers import free_port, start_in_thread
 from tests.integration.test_chat import _auth, _msg, _parse_sse
 from tests.integration.test_health import FakeLambdaContext, invoke_in_own_loop
 from tests.support.account import upstream_requests
@@ -384,19 +384,59 @@ async def test_a_file_without_the_providers_count_is_charged_at_the_bound_held_f
     assert balance(database_url, user.user_id)["reserved"] == 0
 
 
-async def test_stream_past_the_deadline_ends_with_an_error_and_charges_what_was_produced(
+async def test_stream_past_the_deadline_without_the_providers_count_charges_the_output_limit(
         api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """The deadline cuts a stream before the provider's final usage (Anthropic and OpenAI report
+    it at the end): what the model generated is unknown — thinking and reasoning are billed by the
+    provider and never (or only in summary) streamed — so the output is charged at its limit, what
+    the hold reserved for it, and marked estimated. Charging the visible output would let a prompt
+    that makes a model think past the deadline pay for none of the thinking."""
     setting(request_deadline_s=0.6)
     user = await make_user("5")
     r = await api.post("/v1/chat/completions", headers=_auth(user), json={
-        "model": "anthropic/claude-3.5-haiku", "stream": True,
+        "model": "anthropic/claude-3.5-haiku", "stream": True, "max_tokens": 300,
         "messages": _msg("long [[words:100]] [[chunk_delay:0.05]]")})
     chunks, done = _parse_sse(r.text)
     assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
     produced = sum(1 for c in chunks if c.get("choices") and c["choices"][0]["delta"].get("content"))
+    assert 0 < produced < 100
     rec = records(database_url, user.user_id)[0]
-    assert rec["status"] == "timeout" and 0 < rec["completion_tokens"] < 100
-    assert rec["completion_tokens"] >= produced - 1 and rec["charge"] > 0
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["completion_tokens"] == 300 and 0 < rec["charge"] <= rec["hold"]
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+async def test_a_cut_call_with_a_prediction_charges_its_rejected_tokens_bound_too(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """A ``prediction``'s rejected tokens are billed as output beyond ``max_tokens``: a call the
+    deadline cuts before OpenAI's count is charged the whole output bound the hold counted."""
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "openai/gpt-4o-mini", "stream": True, "max_tokens": 300,
+        "prediction": {"type": "content", "content": "x" * 1000},
+        "messages": _msg("long [[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["completion_tokens"] == 300 + 1000 and 0 < rec["charge"] <= rec["hold"]
+
+
+async def test_stream_past_the_deadline_with_the_providers_running_count_charges_that_count(
+        api: Any, make_user: Any, setting: Any, database_url: str) -> None:
+    """Gemini reports its usage cumulatively in every chunk (thoughts included): a stream the
+    deadline cuts is charged that count, exact, not the output limit."""
+    setting(request_deadline_s=0.6)
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": "google/gemini-2.5-flash", "stream": True, "max_tokens": 300,
+        "messages": _msg("long [[words:100]] [[chunk_delay:0.05]]")})
+    chunks, done = _parse_sse(r.text)
+    assert not done and chunks[-1]["error"]["code"] == "upstream_timeout"
+    rec = records(database_url, user.user_id)[0]
+    assert rec["status"] == "timeout" and rec["estimated"] is False
+    assert 0 < rec["completion_tokens"] < 100 and 0 < rec["charge"] < rec["hold"]
 
 
 async def test_a_call_cut_before_the_providers_usage_charges_the_prompt_at_its_bound(
@@ -428,18 +468,21 @@ async def test_api_gateway_path_answers_504_before_api_gateway_gives_up(
         app: Any, make_user: Any, setting: Any, database_url: str) -> None:
     """Under Mangum (QueryFunction behind API Gateway, 30 s) the deadline comes from the Lambda
     context and BUFFERED_DEADLINE_S; a non-streaming request reads the upstream as a stream, so the
-    deadline stops the generation and charges exactly what it produced."""
+    deadline stops the generation (charged at the output limit: OpenAI's count never came)."""
     setting(buffered_deadline_s=0.8)
     user = await make_user("5")
     assert FakeLambdaContext().get_remaining_time_in_millis() > 20_000  # the buffered budget binds
     handler = Mangum(app, lifespan="off")
     await db.close_pool()
-    body = {"model": "openai/gpt-4o-mini", "messages": _msg("long [[words:200]] [[chunk_delay:0.02]]")}
+    body = {"model": "openai/gpt-4o-mini", "max_tokens": 500,
+            "messages": _msg("long [[words:200]] [[chunk_delay:0.02]]")}
     response = await asyncio.to_thread(invoke_in_own_loop, handler, _post_event(body, user.api_key))
     assert response["statusCode"] == 504, response
     assert json.loads(response["body"])["error"]["code"] == "upstream_timeout"
     rec = records(database_url, user.user_id)[0]
-    assert rec["status"] == "timeout" and 0 < rec["completion_tokens"] < 200 and rec["charge"] > 0
+    # OpenAI's count comes at the end of its stream: the output is charged at its limit
+    assert rec["status"] == "timeout" and rec["estimated"] is True
+    assert rec["completion_tokens"] == 500 and 0 < rec["charge"] <= rec["hold"]
     assert balance(database_url, user.user_id)["reserved"] == 0
     # within the deadline the same path answers a normal completion, billed from the stream's usage
     body = {"model": "openai/gpt-4o-mini", "messages": _msg("quick [[words:6]]")}
@@ -477,6 +520,111 @@ async def test_web_adapter_path_settles_before_the_response_ends(app: Any, make_
                          json={"model": "openai/gpt-4o-mini", "messages": _msg()})
     assert r.status_code == 200
     assert settled_at_end == [True]
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "google/gemini-2.5-flash"])
+async def test_a_completed_stream_is_settled_once_before_its_last_byte(app: Any, make_user: Any, fake_upstream: Any,
+                                                                       database_url: str, model: str) -> None:
+    """A stream that completes is settled from its terminal event (issue 15 lever 27), in a task
+    of its own while the rest is sent: by its final body message it is settled exactly once, at the
+    provider's usage (the one the usage chunk reports), status ok, nothing left reserved."""
+    user = await make_user("5")
+    at_end: list[list[dict[str, Any]]] = []
+
+    async def checked(scope: Any, receive: Any, send: Any) -> None:
+        async def checking_send(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                at_end.append(await asyncio.to_thread(records, database_url, user.user_id))
+            await send(message)
+        await app(scope, receive, checking_send)
+
+    registry.invalidate()
+    transport = httpx.ASGITransport(app=checked)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        r = await c.post("/v1/chat/completions", headers=_auth(user), json={
+            "model": model, "stream": True, "stream_options": {"include_usage": True},
+            "messages": _msg("[[words:7]]")})
+    assert r.status_code == 200
+    chunks, done = _parse_sse(r.text)
+    assert done
+    usage = chunks[-1]["usage"]
+    assert len(at_end) == 1 and len(at_end[0]) == 1
+    rec = at_end[0][0]
+    assert rec["status"] == "ok" and rec["estimated"] is False and rec["stream"] is True
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert rec["completion_tokens"] == 7 and rec["charge"] > 0
+    assert records(database_url, user.user_id) == at_end[0]  # once
+    assert balance(database_url, user.user_id)["reserved"] == 0
+
+
+def _openai_chunk(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+    obj = {"id": "chatcmpl-late", "object": "chat.completion.chunk", "created": 1700000000, "model": "gpt-4o-mini",
+           "choices": [] if usage else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+           "usage": usage}
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def test_a_stream_is_settled_while_its_upstream_body_is_still_open(app: Any, make_user: Any, fake_upstream: Any,
+                                                                         database_url: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream that keeps its body open after ``[DONE]`` (its end in a later packet, a server
+    that closes late): the relay drains that body before it ends (the connection goes back to the
+    pool), and the settlement runs meanwhile, from the terminal event (issue 15 lever 27), not after
+    the drain. The upstream here looks for the usage record before it ends its body."""
+    from aiohttp import web
+
+    user = await make_user("5")
+    usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+    answer = (_openai_chunk({"role": "assistant", "content": ""}) + _openai_chunk({"content": "one two three"})
+              + _openai_chunk({}, "stop") + _openai_chunk({}, usage=usage) + b"data: [DONE]\n\n")
+    settled_while_open: list[bool] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(answer)
+        give_up = time.monotonic() + 0.15  # the relay drains for up to DRAIN_TIMEOUT_S = 0.2 s
+        while True:
+            rows = await asyncio.to_thread(records, database_url, user.user_id)
+            if rows or time.monotonic() > give_up:
+                settled_while_open.append(bool(rows))
+                break
+            await asyncio.sleep(0.005)
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/openai/v1/chat/completions", chat)
+    runner = web.AppRunner(upstream)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        registry.invalidate()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/openai/v1")
+            reset_settings()
+            r = await c.post("/v1/chat/completions", headers=_auth(user), json={
+                "model": "openai/gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                "messages": _msg("hi")})
+        assert r.status_code == 200
+        chunks, done = _parse_sse(r.text)
+        assert done and chunks[-1]["usage"]["completion_tokens"] == 3
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        await runner.cleanup()
+        await aclose_http_client()
+    assert settled_while_open == [True]
+    rec = records(database_url, user.user_id)
+    assert len(rec) == 1 and rec[0]["status"] == "ok" and rec[0]["completion_tokens"] == 3
+    assert rec[0]["estimated"] is False
+    assert balance(database_url, user.user_id)["reserved"] == 0
 
 
 def _stream_then_leave(url: str, api_key: str, body: dict[str, Any]) -> int:

@@ -142,3 +142,110 @@ async def test_pool_is_per_event_loop(fresh_pool: None) -> None:
     await db.close_pool()
     assert await asyncio.to_thread(other_loop) == 7
     assert await db.fetchone("SELECT 8 AS x") == {"x": 8}  # back on this loop: a new pool
+
+
+# ----------------------------------------------------------------------------- db.call (hot statements)
+ECHO = db.Statement("test_echo", "SELECT $1::int + 1 AS n, $2::text AS t, $3::numeric AS d")
+NONE = db.Statement("test_none", "SELECT 1 WHERE $1::boolean")
+SLEEP = db.Statement("test_sleep", "SELECT pg_sleep($1::float8), 'done'")
+
+
+@pytest.fixture
+def one_connection(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool of one connection: every call and ``db.connection()`` use the same server backend."""
+    monkeypatch.setenv("DB_POOL_MAX", "1")
+    reset_settings()
+
+
+async def prepared_names() -> set[str]:
+    rows = await db.fetchall("SELECT name FROM pg_prepared_statements")
+    return {r["name"] for r in rows}
+
+
+async def test_call_returns_the_first_row_as_text(fresh_pool: None) -> None:
+    assert await db.call(ECHO, (b"41", "é".encode(), b"0.00000001")) == [b"42", "é".encode(), b"0.00000001"]
+    assert await db.call(ECHO, (b"1", None, None)) == [b"2", None, None]
+    assert await db.call(NONE, (b"f",)) is None
+    assert await db.call(NONE, (b"t",)) == [b"1"]
+
+
+async def test_call_text_in_another_client_encoding(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")  # libpq's; the parameters are still given as UTF-8
+    await db.close_pool()
+    assert await db.call(ECHO, (b"1", "é".encode(), b"1")) == [b"2", "é".encode("latin-1"), b"1"]
+    monkeypatch.undo()
+    await db.close_pool()
+    assert await db.call(ECHO, (b"1", "é".encode(), b"1")) == [b"2", "é".encode(), b"1"]
+
+
+async def test_call_prepares_once_per_connection_directly_and_nothing_through_a_pooler(
+        one_connection: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(3):
+        assert await db.call(ECHO, (str(i).encode(), b"x", b"1")) == [str(i + 1).encode(), b"x", b"1"]
+    assert "test_echo" in await prepared_names()  # direct: psycopg's rule (prepare_threshold set)
+
+    monkeypatch.setenv("DATABASE_POOLED", "true")  # what a transaction-mode pooler gets: nothing named
+    reset_settings()
+    await db.close_pool()
+    for i in range(10):
+        assert await db.call(ECHO, (str(i).encode(), b"x", b"1")) == [str(i + 1).encode(), b"x", b"1"]
+    assert await prepared_names() == set()
+
+
+async def test_call_prepares_again_after_the_server_forgot(one_connection: None) -> None:
+    assert await db.call(ECHO, (b"1", b"a", b"1")) == [b"2", b"a", b"1"]
+    async with db.connection() as conn:  # the same connection (a pool of one)
+        await conn.execute("DEALLOCATE ALL")
+    assert await db.call(ECHO, (b"2", b"b", b"1")) == [b"3", b"b", b"1"]
+    assert "test_echo" in await prepared_names()
+    pool = await db.get_pool()
+    async with pool.connection() as conn:  # a call cancelled after the server had prepared it
+        conn.prepared_here.discard(b"test_echo")  # type: ignore[attr-defined]
+    assert await db.call(ECHO, (b"3", b"c", b"1")) == [b"4", b"c", b"1"]
+
+
+async def test_call_raises_sql_errors_as_psycopg_does_and_the_connection_stays_usable(fresh_pool: None) -> None:
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        await db.call(ECHO, (b"not a number", b"x", b"1"))
+    with pytest.raises(psycopg.DataError, match="NUL"):  # as psycopg's str dumper: never truncated at the NUL
+        await db.call(ECHO, (b"1", b"a\x00b", b"1"))
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        await db.call(db.Statement("test_missing", "SELECT no_such_function($1::int)"), (b"1",))
+    assert await db.call(ECHO, (b"1", b"x", b"1")) == [b"2", b"x", b"1"]
+
+
+async def test_call_retries_a_dead_connection_once(fresh_pool: None, database_url: str) -> None:
+    pid = db.Statement("test_pid", "SELECT pg_backend_pid() WHERE $1::boolean")
+    before = await db.call(pid, (b"t",))
+    assert before is not None
+    assert kill_our_backends(database_url) >= 1
+    after = await db.call(pid, (b"t",))  # no error reaches the caller
+    assert after is not None and after != before
+
+
+async def test_call_statement_timeout(fresh_pool: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_STATEMENT_TIMEOUT_MS", "200")
+    reset_settings()
+    await db.close_pool()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        await db.call(SLEEP, (b"3",))
+    assert await db.call(SLEEP, (b"0",)) == [b"", b"done"]
+
+
+async def test_a_cancelled_call_never_returns_a_busy_connection_to_the_pool(one_connection: None,
+                                                                             database_url: str) -> None:
+    task = asyncio.ensure_future(db.call(SLEEP, (b"5",)))
+    await asyncio.sleep(0.3)  # the statement is running on the server
+    task.cancel()
+    started = time.perf_counter()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.perf_counter() - started < 2  # psycopg cancelled it on the server, not waited 5 s
+    pool = await db.get_pool()
+    async with pool.connection() as conn:  # back in the pool idle, or replaced
+        assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert await db.call(SLEEP, (b"0",)) == [b"", b"done"]
+    with psycopg.connect(database_url, autocommit=True) as other:
+        running = other.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                "AND query LIKE 'SELECT pg_sleep($1::float8)%%'").fetchone()
+    assert running == (0,)

@@ -170,6 +170,36 @@ async def test_database_hung_is_503_within_the_bound(
     assert response.status_code == 200, response.text
 
 
+async def test_a_hot_statement_fails_fast_on_a_hung_or_refusing_database(pg_proxy: TcpProxy,
+                                                                       closed_pool: None) -> None:
+    """``db.call`` (reserve and settle) keeps ``run``'s bounds: no answer within DB_TIMEOUT_S is
+    DatabaseUnavailable (then at once until Retry-After), a refused connection too; then it recovers."""
+    statement = db.Statement("test_hot", "SELECT $1::int + 1")
+    assert await db.call(statement, (b"1",)) == [b"2"]  # a pooled connection open
+
+    pg_proxy.set_mode("stall")
+    started = time.perf_counter()
+    with pytest.raises(db.DatabaseUnavailable) as info:
+        await db.call(statement, (b"2",))
+    assert DB_TIMEOUT_S <= time.perf_counter() - started < DB_TIMEOUT_S + 1.5
+    assert info.value.reason == f"no answer within {DB_TIMEOUT_S:g} s" and 1 <= info.value.retry_after <= 2
+    started = time.perf_counter()
+    with pytest.raises(db.DatabaseUnavailable):
+        await db.call(statement, (b"3",))
+    assert time.perf_counter() - started < 0.5  # within the interval: no second wait
+
+    pg_proxy.set_mode("refuse")
+    time.sleep(RETRY_AFTER_S)
+    started = time.perf_counter()
+    with pytest.raises(db.DatabaseUnavailable) as info:
+        await db.call(statement, (b"4",))
+    assert time.perf_counter() - started < 1.0 and info.value.reason == "connection refused"
+
+    pg_proxy.set_mode("forward")
+    time.sleep(RETRY_AFTER_S)
+    assert await db.call(statement, (b"5",)) == [b"6"]
+
+
 async def test_statement_timeout_is_503(closed_pool: None, gateway: httpx.AsyncClient,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.errors import ServiceUnavailable

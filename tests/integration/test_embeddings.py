@@ -95,18 +95,20 @@ async def test_embeddings_bill_exactly_once(client: Any, make_user: Any, fake_up
     assert all(d["object"] == "embedding" and isinstance(d["embedding"], list) for d in body["data"])
     assert body["data"][1]["embedding"] == pytest.approx(fake_vector(texts[1], 16))
     seen = upstream_requests(fake_upstream, provider)
-    assert len(seen) == 1 and len(upstream_requests(fake_upstream)) == 1
+    assert len(upstream_requests(fake_upstream)) == len(seen)  # only this provider was called
     usage = body["usage"]
-    estimated = provider == "gemini"  # Gemini reports no token counts
-    req = EmbeddingsRequest(model=model, input=texts)
-    if estimated:
-        assert seen[0]["path"].endswith(":batchEmbedContents")
-        assert usage["prompt_tokens"] == schema.hold_tokens(req, per_item_cap=2048)  # the bound: no count
-        assert r.headers[service.ESTIMATED_HEADER] == "true"
-    else:
-        assert seen[0]["path"].endswith("/embeddings")
-        assert usage["prompt_tokens"] == sum(math.ceil(len(t) / 4) for t in texts)  # what the fake reports
-        assert service.ESTIMATED_HEADER not in r.headers
+    if provider == "gemini":
+        # the batch, and at the same time Google's free token count of the same texts (its answer
+        # carries no count): what Google bills, counted by its tokenizer, not the bound
+        assert sorted(s["path"].rsplit(":", 1)[1] for s in seen) == ["batchEmbedContents", "countTokens"]
+        (count,) = [s for s in seen if s["path"].endswith("/models/gemini-embedding-001:countTokens")]
+        assert count["body"] == {"contents": [{"parts": [{"text": t}]} for t in texts]}
+        assert count["key_source"] == "x-goog-api-key"
+    else:  # OpenAI's format: one call, its reported usage; no count is asked
+        assert len(seen) == 1 and seen[0]["path"].endswith("/embeddings")
+    assert usage["prompt_tokens"] == sum(math.ceil(len(t) / 4) for t in texts)  # what the fake reports / counts
+    assert usage["prompt_tokens"] < schema.hold_tokens(EmbeddingsRequest(model=model, input=texts), per_item_cap=2048)
+    assert service.ESTIMATED_HEADER not in r.headers
     assert usage["total_tokens"] == usage["prompt_tokens"]
     assert r.headers["x-ratelimit-limit"] == "60"
 
@@ -117,7 +119,7 @@ async def test_embeddings_bill_exactly_once(client: Any, make_user: Any, fake_up
     rec = state["usage"][0]
     assert rec["status"] == "ok" and rec["model_served"] == model and rec["provider"] == provider
     assert rec["prompt_tokens"] == usage["prompt_tokens"] and rec["completion_tokens"] == 0
-    assert rec["charge"] == expected and rec["estimated"] is estimated and rec["stream"] is False
+    assert rec["charge"] == expected and rec["estimated"] is False and rec["stream"] is False
     assert state["ledger"][0]["amount"] == -expected
     assert state["balance"]["balance"] == D("5") - expected
     assert state["balance"]["reserved"] == 0 and state["reservations"] == []
@@ -188,12 +190,15 @@ async def test_gemini_splits_batches_of_100(client: Any, make_user: Any, fake_up
     assert data[0]["embedding"] == pytest.approx(fake_vector(texts[0], 16))
     assert data[249]["embedding"] == pytest.approx(fake_vector(texts[249], 16))
     seen = upstream_requests(fake_upstream, "gemini")
-    assert sorted(len(s["body"]["requests"]) for s in seen) == [50, 100, 100]
+    embeds = [s for s in seen if s["path"].endswith(":batchEmbedContents")]
+    counts = [s for s in seen if s["path"].endswith(":countTokens")]
+    assert len(seen) == 6 and sorted(len(s["body"]["requests"]) for s in embeds) == [50, 100, 100]
+    assert sorted(len(s["body"]["contents"]) for s in counts) == [50, 100, 100]  # one count per batch
     state = await _state(user.user_id)
     assert len(state["usage"]) == 1 and len(state["ledger"]) == 1
     rec = state["usage"][0]
-    assert rec["prompt_tokens"] == schema.hold_tokens(EmbeddingsRequest(model="m", input=texts), per_item_cap=2048)
-    assert rec["estimated"] is True
+    assert rec["prompt_tokens"] == sum(math.ceil(len(t) / 4) for t in texts)
+    assert rec["estimated"] is False
     assert state["balance"]["balance"] == D("5") - rec["charge"]
     assert await ledger.invariant_violations() == []
 
@@ -279,29 +284,117 @@ async def test_upstream_errors_release_the_hold(client: Any, make_user: Any, mod
     assert await ledger.invariant_violations() == []
 
 
-async def test_gemini_inputs_without_googles_count_are_billed_at_their_bound(client: Any, make_user: Any) -> None:
-    """Gemini reports no token count for embeddings, and its tokenizer makes a token of every digit:
-    1,000 digits are 1,000 tokens on Google's bill, so they are billed at least that (at 4 characters
-    a token, a quarter of what Google charges us); an input is never billed above the model's limit."""
+async def test_gemini_inputs_without_any_count_are_billed_at_their_bound(client: Any, make_user: Any) -> None:
+    """No count from Google (its answer carries none, countTokens failed): Gemini's tokenizer makes a
+    token of every digit, so 1,000 digits are 1,000 tokens on Google's bill; they are billed at
+    least that (at 4 characters a token, a quarter of what Google charges us); an input is never
+    billed above the model's limit."""
     user = await make_user("5")
     digits = "1234567890" * 100
-    r = await embed(client, user, model="google/gemini-embedding-001", input=[digits, "9" * 5_000])
+    inputs = [digits, "9" * 5_000 + " [[count_fail:500]]"]
+    r = await embed(client, user, model="google/gemini-embedding-001", input=inputs)
     assert r.status_code == 200, r.text
     (rec,) = (await _state(user.user_id))["usage"]
     assert rec["estimated"] is True and rec["prompt_tokens"] == 1_000 + 2_048  # the second at the input limit
     assert r.json()["usage"]["prompt_tokens"] == rec["prompt_tokens"] and rec["charge"] <= rec["hold"]
+    assert r.headers[service.ESTIMATED_HEADER] == "true"
 
 
-async def test_a_gemini_batch_failing_after_others_bills_the_answered_ones(client: Any, make_user: Any) -> None:
+# Google's countTokens failing, slow or talking nonsense never fails nor delays the answer: that
+# batch is billed at its bound (what was held for it), marked estimated.
+@pytest.mark.parametrize("directive", [
+    "[[count_fail:500]]", "[[count_fail:429]]", "[[count_fail:400]]",
+    "[[count_sleep:5]]",                          # not back COUNT_GRACE_S after the batch answered
+    "[[count_tokens:100000]]",                    # above the bound (what was held)
+    "[[count_tokens:-5]]", "[[count_tokens:0]]", "[[count_tokens:none]]",  # negative, zero, missing
+])
+async def test_a_count_that_fails_or_is_nonsense_bills_the_bound(client: Any, make_user: Any, fake_upstream: Any,
+                                                                 directive: str) -> None:
     user = await make_user("5")
-    texts = ["boom [[fail:500]]"] + [f"text {i}" for i in range(150)]  # batch 1 fails, 2 is answered
+    texts = ["hello world", f"second text {directive}"]
+    r = await embed(client, user, model="google/gemini-embedding-001", input=texts)
+    assert r.status_code == 200, r.text
+    assert [d["embedding"] for d in r.json()["data"]] == [pytest.approx(fake_vector(t, 16)) for t in texts]
+    bound = schema.hold_tokens(EmbeddingsRequest(model="m", input=texts), per_item_cap=2048)
+    assert r.json()["usage"]["prompt_tokens"] == bound and r.headers[service.ESTIMATED_HEADER] == "true"
+    state = await _state(user.user_id)
+    (rec,) = state["usage"]
+    assert rec["status"] == "ok" and rec["prompt_tokens"] == bound and rec["estimated"] is True
+    assert rec["charge"] == charge_for(bound * await price_of("google/gemini-embedding-001"), MARKUP) <= rec["hold"]
+    assert state["balance"]["balance"] == D("5") - rec["charge"] and state["reservations"] == []
+    assert await ledger.invariant_violations() == []
+
+
+async def test_a_slow_count_never_holds_the_answer_past_the_deadline(client: Any, make_user: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUEST_DEADLINE_S", "1")
+    reset_settings()
+    user = await make_user("5")
+    texts = ["slow count [[count_sleep:20]]"]
+    r = await embed(client, user, model="google/gemini-embedding-001", input=texts)
+    assert r.status_code == 200, r.text  # not the deadline's 504: the count is dropped
+    (rec,) = (await _state(user.user_id))["usage"]
+    assert rec["status"] == "ok" and rec["estimated"] is True
+    assert rec["prompt_tokens"] == schema.hold_tokens(EmbeddingsRequest(model="m", input=texts), per_item_cap=2048)
+
+
+async def test_a_dropped_count_is_not_left_running(client: Any, make_user: Any) -> None:
+    """Nothing may run after a Lambda answers: the slow count is cancelled before ``embed`` returns."""
+    user = await make_user("5")
+    principal = await auth.authenticate_key(user.api_key)
+    req = EmbeddingsRequest(model="google/gemini-embedding-001", input=["slow count [[count_sleep:20]]"])
+    call = await service.plan("req-drop-" + uuid.uuid4().hex, principal, req)
+    await chat_service.admit(call)
+    before = asyncio.all_tasks()
+    response, record = await service.embed(call, req)
+    assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
+    assert record.estimated is True and response["usage"]["prompt_tokens"] == call.size.text_bound
+    await chat_service.finish_shielded(call, record)
+
+
+async def test_googles_own_count_wins_and_batches_are_billed_each_by_their_best_count(
+        client: Any, make_user: Any, fake_upstream: Any) -> None:
+    """Per batch of 100: Google's ``usageMetadata.promptTokenCount`` when its answer has one (newer
+    models report it), else countTokens' total, else the bound: 250 texts, batch 1 reported
+    (``[[embed_usage]]``), batch 2 counted, batch 3's count refused."""
+    user = await make_user("5")
+    texts = [f"text number {i}" for i in range(250)]
+    texts[0] += " [[embed_usage]] [[count_tokens:1]]"   # the reported count wins over a (bad) count
+    texts[200] += " [[count_fail:503]]"
+    r = await embed(client, user, model="google/gemini-embedding-001", input=texts)
+    assert r.status_code == 200, r.text
+    fake = [sum(math.ceil(len(t) / 4) for t in texts[i:i + 100]) for i in (0, 100)]
+    bound = schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[200:]), per_item_cap=2048)
+    (rec,) = (await _state(user.user_id))["usage"]
+    assert rec["prompt_tokens"] == fake[0] + fake[1] + bound and rec["estimated"] is True
+    assert r.json()["usage"]["prompt_tokens"] == rec["prompt_tokens"]
+    # all three reported or counted: exact
+    other = await make_user("5")
+    texts[200] = "text number 200"
+    r = await embed(client, other, model="google/gemini-embedding-001", input=texts)
+    (rec,) = (await _state(other.user_id))["usage"]
+    assert rec["estimated"] is False and service.ESTIMATED_HEADER not in r.headers
+    assert rec["prompt_tokens"] == fake[0] + sum(math.ceil(len(t) / 4) for t in texts[100:])
+    assert await ledger.invariant_violations() == []
+
+
+@pytest.mark.parametrize("count_directive", ["", " [[count_fail:500]]"])
+async def test_a_gemini_batch_failing_after_others_bills_the_answered_ones(client: Any, make_user: Any,
+                                                                           count_directive: str) -> None:
+    """Only the answered batches are billed: at their count, or their bound when it failed."""
+    user = await make_user("5")
+    texts = ["boom [[fail:500]]"] + [f"text {i}{count_directive}" for i in range(150)]  # batch 1 fails, 2 answers
     r = await embed(client, user, model="google/gemini-embedding-001", input=texts)
     assert r.status_code == 502, r.text
     state = await _state(user.user_id)
     (rec,) = state["usage"]
-    answered = schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[100:]), per_item_cap=2048)
-    assert answered != schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[:51]), per_item_cap=2048)
-    assert rec["status"] == "failed" and rec["prompt_tokens"] == answered and rec["estimated"] is True
+    if count_directive:
+        answered = schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[100:]), per_item_cap=2048)
+        assert answered != schema.hold_tokens(EmbeddingsRequest(model="m", input=texts[:51]), per_item_cap=2048)
+    else:
+        answered = sum(math.ceil(len(t) / 4) for t in texts[100:])
+    assert rec["status"] == "failed" and rec["prompt_tokens"] == answered
+    assert rec["estimated"] is bool(count_directive)
     assert rec["charge"] == charge_for(answered * await price_of("google/gemini-embedding-001"), MARKUP)
     assert state["balance"]["balance"] == D("5") - rec["charge"]
     assert await ledger.invariant_violations() == []

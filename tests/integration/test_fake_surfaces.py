@@ -111,6 +111,49 @@ def test_gemini_embed_errors(urls: dict[str, str], body: dict[str, Any], headers
     assert r.status_code == status and r.json()["error"]["code"] == status
 
 
+def test_gemini_count_tokens(urls: dict[str, str], server: str) -> None:
+    """Google's ``countTokens`` REST shape: ``contents`` or ``generateContentRequest.contents`` (then
+    ``contents`` is ignored), answered ``totalTokens`` (+ ``promptTokensDetails``); the embed
+    answer's ``usageMetadata`` on ``[[embed_usage]]``; ``[[count_*]]`` directives drive the count
+    apart from the embedding."""
+    base = urls["gemini"]
+    headers = {"x-goog-api-key": "gem-key"}
+    url = f"{base}/models/gemini-embedding-001:countTokens"
+    contents = [{"parts": [{"text": "hello world"}]}, {"parts": [{"text": "日本"}]}]
+    counted = httpx.post(url, headers=headers, json={"contents": contents})
+    assert counted.status_code == 200
+    assert counted.json() == {"totalTokens": 3 + 1, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 4}]}
+    wrapped = httpx.post(url, headers=headers, json={"generateContentRequest": {
+        "model": "models/gemini-embedding-001", "contents": contents}})
+    assert wrapped.status_code == 200 and wrapped.json()["totalTokens"] == 4
+    (last,) = [e for e in logged(server, "gemini") if e["body"] == {"contents": contents}]
+    assert last["model"] == "gemini-embedding-001" and last["path"].endswith(":countTokens")
+    both = httpx.post(url, headers=headers, json={"contents": [{"parts": [{"text": "x" * 40}]}],
+                                                  "generateContentRequest": {"contents": contents}})
+    assert both.status_code == 200 and both.json()["totalTokens"] == 4  # contents ignored
+    for body, status in (({"contents": []}, 400), ({}, 400), ({"generateContentRequest": {}}, 400)):
+        r = httpx.post(url, headers=headers, json=body)
+        assert r.status_code == status and r.json()["error"]["code"] == status
+    assert httpx.post(url, json={"contents": contents}).status_code == 403  # no key
+    directives = [("[[count_fail:429]]", 429, None), ("[[count_tokens:-5]]", 200, {"totalTokens": -5}),
+                  ("[[count_tokens:none]]", 200, {}), ("[[count_sleep:0.1]]", 200, None)]
+    for directive, status, answer in directives:
+        r = httpx.post(url, headers=headers, json={"contents": [{"parts": [{"text": f"x {directive}"}]}]})
+        assert r.status_code == status
+        if answer is not None:
+            assert {k: v for k, v in r.json().items() if k == "totalTokens"} == answer
+    # the embed answer: no count, unless [[embed_usage]] (Google's usageMetadata)
+    batch = {"requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": t}]}}
+                          for t in ("a [[embed_usage]]", "b")]}
+    answer = httpx.post(f"{base}/models/gemini-embedding-001:batchEmbedContents", headers=headers, json=batch).json()
+    assert answer["usageMetadata"] == {"promptTokenCount": 5 + 1,
+                                       "promptTokenDetails": [{"modality": "TEXT", "tokenCount": 6}]}
+    # the count directives do not touch the embedding
+    batch["requests"][0]["content"]["parts"][0]["text"] = "a [[count_fail:500]]"
+    plain = httpx.post(f"{base}/models/gemini-embedding-001:batchEmbedContents", headers=headers, json=batch)
+    assert plain.status_code == 200 and "usageMetadata" not in plain.json()
+
+
 # =============================================================================== count_tokens
 def test_anthropic_count_tokens_with_the_sdk(urls: dict[str, str]) -> None:
     client = anthropic.Anthropic(base_url=urls["anthropic"].removesuffix("/v1"), api_key=KEY, max_retries=0)

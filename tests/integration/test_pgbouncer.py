@@ -113,6 +113,19 @@ async def test_gateway_queries_through_the_pooler(gateway_via: str) -> None:
         assert await cur.fetchone() == (2,)
 
 
+async def test_hot_statements_through_the_pooler(gateway_via: str) -> None:
+    """``db.call`` (reserve, settle) sends nothing named through the pooler: 400 calls of one
+    statement, two at a time, over server connections that never saw it."""
+    statement = db.Statement("test_hot", "SELECT $1::int + 1")
+
+    async def batch(n: int) -> list[bytes | None]:
+        rows = await asyncio.gather(*(db.call(statement, (str(n * 10 + i).encode(),)) for i in range(2)))
+        return [r[0] for r in rows if r]
+
+    seen = [v for k in range(200) for v in await batch(k)]
+    assert seen == [str(k * 10 + i + 1).encode() for k in range(200) for i in range(2)]
+
+
 async def test_statement_timeout_applies_without_startup_options(gateway_via: str) -> None:
     # `mlp migrate` set the database default (300 ms here); the pooled sessions get it.
     row = await db.fetchone("SELECT current_setting('statement_timeout') AS t, "

@@ -532,3 +532,56 @@ async def test_stream_stops_at_done_in_the_middle_of_a_read() -> None:
     async with up.client() as client:
         chunks = await collect(get_adapter("openai").stream(client, OPENAI, BODY))
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["Hi", None]
+
+
+async def test_stream_on_done_runs_at_the_terminal_event_with_the_final_usage() -> None:
+    """``on_done`` (issue 15 lever 27: the relay settles from it) runs once, right after the
+    terminal event, before the rest of the body is read, with ``usage`` already final (reported, or
+    estimated when the provider sent none); a stream that breaks or ends early never calls it."""
+    served: list[int] = []
+
+    class Counting(Chunks):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            for i, p in enumerate(self.pieces):
+                served.append(i)
+                yield p
+
+    async def run(provider: str, target: Target, pieces: list[bytes]) -> tuple[list[Any], Any]:
+        served.clear()
+        up = Upstream(pieces=pieces)
+        up.stream = Counting(pieces)
+        seen: list[Any] = []
+        async with up.client() as client:
+            s = get_adapter(provider).stream(client, target, BODY)
+            s.on_done = lambda: seen.append((len(served), s.usage and (s.usage.completion_tokens, s.usage.reported)))
+            try:
+                await collect(s)
+            except UpstreamError:
+                pass
+        return seen, s.usage
+
+    # reported usage: called after the read holding [DONE], before the two reads after it
+    seen, usage = await run("openai", OPENAI, [chunk({"content": "Hi"}), chunk({}, "stop"),
+                                               USAGE_CHUNK + b"data: [DONE]\n\n", b": after\n\n", b": more\n\n"])
+    assert seen == [(3, (12, True))] and served == [0, 1, 2, 3, 4]
+    assert (usage.completion_tokens, usage.reported) == (12, True)  # aclose left it as it was
+    # no usage from the provider: the estimate, final at that point
+    seen, usage = await run("compat", COMPAT, [chunk({"content": "12345678"}), chunk({}, "stop"),
+                                               b"data: [DONE]\n\n", b": after\n\n"])
+    assert seen == [(3, (2, False))] and (usage.completion_tokens, usage.reported) == (2, False)
+    # broken streams: cut before [DONE], an in-stream error
+    seen, _ = await run("openai", OPENAI, [chunk({"content": "Hi"})])
+    assert seen == []
+    seen, _ = await run("openai", OPENAI, [chunk({"content": "Hi"}), b'data: {"error": {"message": "boom"}}\n\n'])
+    assert seen == []
+
+
+@pytest.mark.parametrize(("budget", "limit", "sent"),
+                         [(9_000, 4_000, 3_999), (4_000, 4_000, 3_999), (2_000, 4_000, 2_000)])
+def test_openrouter_reasoning_budget_is_kept_below_the_output_limit_sent(budget: int, limit: int, sent: int) -> None:
+    """OpenRouter bills a reasoning budget as output: above the limit the hold counts (a limit the
+    pipeline clamped to the model's maximum) it is lowered to fit; within it, forwarded as is."""
+    body = {**BODY, "max_completion_tokens": limit, "reasoning": {"max_tokens": budget, "exclude": True}}
+    out = get_adapter("openrouter").build_body(OPENROUTER, body, stream=False)
+    assert out["reasoning"] == {"max_tokens": sent, "exclude": True}
+    assert body["reasoning"]["max_tokens"] == budget  # the client's body is not changed

@@ -180,19 +180,57 @@ def test_gemini_batches_and_body() -> None:
 
 
 @pytest.mark.parametrize("encoding_format", ["float", "base64"])
-def test_from_gemini_joins_batches_in_order(encoding_format: str) -> None:
+def test_from_gemini_joins_batches_in_order(encoding_format: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(T, "GEMINI_MAX_BATCH", 2)  # batches of 2 texts: [a, b], [c]
     r = req(input=["a" * 8, "b" * 8, "c" * 8], encoding_format=encoding_format)
     answers = [{"embeddings": [{"values": VECTORS[0]}, {"values": VECTORS[1]}]},
                {"embeddings": [{"values": VECTORS[2]}]}]
     body, usage = T.from_gemini(answers, r, model="google/gemini-embedding-001")
     assert [decode(d["embedding"]) for d in body["data"]] == VECTORS
     assert isinstance(body["data"][0]["embedding"], str) is (encoding_format == "base64")
-    assert (usage.prompt_tokens, usage.reported) == (24, False)  # Gemini reports no tokens: the bound, marked so
+    assert (usage.prompt_tokens, usage.reported) == (24, False)  # no count at all: the bound, marked so
     assert T.from_gemini(answers, r, model="m", per_item_cap=5)[1].prompt_tokens == 15  # each at most the limit
     reported = [{**answers[0], "usageMetadata": {"promptTokenCount": 4}},
                 {**answers[1], "usageMetadata": {"promptTokenCount": 2}}]
     _, usage = T.from_gemini(reported, r, model="m")
     assert (usage.prompt_tokens, usage.reported) == (6, True)
+    # Google's own count wins over countTokens'; a batch with neither is billed at its bound
+    _, usage = T.from_gemini([reported[0], answers[1]], r, model="m", counts=[3, 1])
+    assert (usage.prompt_tokens, usage.reported) == (4 + 1, True)
+    _, usage = T.from_gemini(answers, r, model="m", counts=[5, None])
+    assert (usage.prompt_tokens, usage.reported) == (5 + 8, False)
+    with pytest.raises(UpstreamError):  # an answer per batch, each with one vector per text
+        T.from_gemini([{"embeddings": [{"values": v} for v in VECTORS]}], r, model="m")
+
+
+@pytest.mark.parametrize(("count", "billed", "exact"), [
+    (5, 5, True),            # the counted tokens
+    (2, 2, True),            # a token per text: the least plausible count
+    (16, 16, True),          # the bound itself
+    (17, 16, False),         # above the bound (what was held): nonsense, the bound
+    (1, 16, False),          # fewer tokens than texts: nonsense
+    (0, 16, False),
+    (-3, 16, False),
+    (None, 16, False),       # failed, timed out, refused, missing
+])
+def test_gemini_batch_tokens_uses_a_plausible_count_else_the_bound(count: int | None, billed: int,
+                                                                     exact: bool) -> None:
+    texts = ["a" * 8, "b" * 8]
+    assert T.gemini_batch_tokens(texts, {"embeddings": []}, count, per_item_cap=2048) == (billed, exact)
+    # Google's count in the answer is the authority (even when a countTokens total differs)
+    answer = {"usageMetadata": {"promptTokenCount": 7}}
+    assert T.gemini_batch_tokens(texts, answer, count, per_item_cap=2048) == (7, True)
+    for nonsense in ({"promptTokenCount": -1}, {"promptTokenCount": True}, {"promptTokenCount": "7"}, {}):
+        assert T.gemini_batch_tokens(texts, {"usageMetadata": nonsense}, count, per_item_cap=2048) == (billed, exact)
+
+
+def test_gemini_count_tokens_request_and_answer() -> None:
+    assert T.gemini_count_path("gemini-embedding-001") == "models/gemini-embedding-001:countTokens"
+    assert T.gemini_count_path("models/x y") == "models/x%20y:countTokens"
+    assert T.gemini_count_body(["a", "b"]) == {"contents": [{"parts": [{"text": "a"}]}, {"parts": [{"text": "b"}]}]}
+    assert T.gemini_total_tokens({"totalTokens": 12, "promptTokensDetails": []}) == 12
+    for nonsense in ({}, {"totalTokens": "12"}, {"totalTokens": 1.5}, {"totalTokens": True}, [], None):
+        assert T.gemini_total_tokens(nonsense) is None
 
 
 @pytest.mark.parametrize("answers", [

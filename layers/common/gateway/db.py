@@ -22,6 +22,13 @@ a connection, ``DB_TIMEOUT_S`` for a statement or transaction block, after which
 shut so nothing hangs); then every call fails at once with ``DatabaseUnavailable`` for
 ``DB_RETRY_AFTER_S`` seconds (the routes answer 503 with ``Retry-After``) and the next call after
 that tries again: recovery needs no restart.
+
+The two statements every chat request runs (``ledger.RESERVE`` / ``ledger.SETTLE``; also
+``ledger.CANCEL`` on a refusal and ``ledger.MARK_UPSTREAM`` after 1 s) go through ``call``:
+psycopg's lower layer (``pgconn``, ``generators.execute``, ``AsyncConnection.wait``) with text
+parameters and a text row, the connection taken from the pool and returned directly; same bounds,
+retry, outage and cancellation rules as ``run``, ~0.08 ms less client CPU per statement
+(BENCHMARKS.md lever 22). Everything else uses ``run`` / ``connection()`` and cursors.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg import generators, pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -151,7 +159,12 @@ class _Connection(psycopg.AsyncConnection[Any]):
                     waiter.set_result(exc)
             raise
         _last_connect_error = None
+        conn.prepared_here = set()
+        conn.utf8 = conn.info.encoding == "utf-8"
         return conn
+
+    prepared_here: set[bytes]  # the names of the ``Statement``s prepared on this connection
+    utf8: bool  # the client encoding is UTF-8 (``call``'s parameters are UTF-8 text)
 
 
 def connect_kwargs(settings: Settings, *, pooled: bool | None = None) -> dict[str, Any]:
@@ -296,19 +309,24 @@ def _shut(conn: psycopg.AsyncConnection[Any]) -> None:
         sock.close()
 
 
-@asynccontextmanager
-async def connection() -> AsyncIterator[Connection]:
-    """A pooled connection for one statement or one short block, bounded by DB_TIMEOUT_S."""
-    settings = get_settings()
+async def _acquire(settings: Settings) -> tuple[AsyncConnectionPool[Any], psycopg.AsyncConnection[Any]]:
+    """The pool and a connection from it; an outage (recorded, or found now) is DatabaseUnavailable."""
     _breaker.check(settings.database_url)
     try:
         pool = await get_pool()
-        conn = await _getconn(pool)
+        return pool, await _getconn(pool)
     except PoolTimeout:
         reason = describe(_last_connect_error) if _last_connect_error else "no connection within the timeout"
         raise await _unavailable(reason) from None
     except psycopg.OperationalError as exc:
         raise await _unavailable(describe(exc)) from None
+
+
+@asynccontextmanager
+async def connection() -> AsyncIterator[Connection]:
+    """A pooled connection for one statement or one short block, bounded by DB_TIMEOUT_S."""
+    settings = get_settings()
+    pool, conn = await _acquire(settings)
     timed_out = False
 
     def expire() -> None:
@@ -416,3 +434,132 @@ async def fetchall(sql: str, params: Params = None) -> list[dict[str, Any]]:
 
 async def execute(sql: str, params: Params = None) -> int:
     return await run(sql, params, fetch="rowcount")  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- hot statements
+class Statement:
+    """A hot statement (the query path's reserve, settle, cancel and mark) sent through psycopg's lower
+    layer by ``call``: ``$1``-style placeholders, each parameter typed by a cast in the SQL and
+    passed as UTF-8 text (bytes, None for NULL), the first row's values returned as text.
+
+    What the cursor layer does per statement and this skips (BENCHMARKS.md lever 22): converting
+    ``%(name)s`` placeholders and choosing a dumper per parameter, its prepared-statement
+    bookkeeping, loaders and a row dict. Prepared statements follow the connection's
+    ``prepare_threshold`` as psycopg's do: on a direct connection the statement is prepared once per
+    connection under ``name``; through a transaction-mode pooler (``prepare_threshold=None``) it is
+    sent unnamed every time (Parse, Bind, Execute in one round trip, as psycopg sends any statement
+    there).
+    """
+
+    __slots__ = ("name", "sql")
+
+    def __init__(self, name: str, sql: str) -> None:
+        self.name = name.encode()
+        self.sql = sql.encode()
+
+    def __repr__(self) -> str:
+        return f"Statement({self.name.decode()!r})"
+
+
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_COMMAND_OK = pq.ExecStatus.COMMAND_OK
+_FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: e.g. after a DEALLOCATE ALL / DISCARD ALL
+_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
+
+
+def _sqlstate(results: list[pq.abc.PGresult]) -> bytes | None:
+    res = results[-1]
+    return res.error_field(pq.DiagnosticField.SQLSTATE) if res.status == _FATAL_ERROR else None
+
+
+def _result(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult],
+            status: int) -> pq.abc.PGresult:
+    """The statement's result if it has ``status``, else its error raised as psycopg raises it."""
+    res = results[-1]
+    if res.status == status:
+        return res
+    if res.status == _FATAL_ERROR:
+        raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
+    raise psycopg.InternalError(f"unexpected result status: {pq.ExecStatus(res.status).name}")
+
+
+async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
+                   params: Sequence[bytes | None]) -> pq.abc.PGresult:
+    for p in params:  # libpq reads a text parameter up to its first NUL: never truncate one silently
+        if p is not None and b"\x00" in p:
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    pgconn = conn.pgconn
+    if not getattr(conn, "utf8", False):  # another client encoding (psycopg encodes text in it)
+        encoding = conn.info.encoding
+        params = [None if p is None else bytes(p).decode().encode(encoding) for p in params]
+    if conn.prepare_threshold is None:  # through a pooler: nothing named
+        pgconn.send_query_params(statement.sql, params)
+        return _result(conn, await conn.wait(generators.execute(pgconn)), _TUPLES_OK)
+    prepared = getattr(conn, "prepared_here", None)
+    if prepared is None:
+        prepared = conn.prepared_here = set()  # type: ignore[attr-defined]
+    for attempt in (1, 2):
+        if statement.name not in prepared:
+            pgconn.send_prepare(statement.name, statement.sql)
+            results = await conn.wait(generators.execute(pgconn))
+            if _sqlstate(results) != _ALREADY_PREPARED:  # e.g. by a call cancelled after its Parse
+                _result(conn, results, _COMMAND_OK)
+            prepared.add(statement.name)
+        pgconn.send_query_prepared(statement.name, params)
+        results = await conn.wait(generators.execute(pgconn))
+        if attempt == 1 and _sqlstate(results) == _NO_SUCH_STATEMENT:
+            prepared.discard(statement.name)  # gone from the server: prepare it again (nothing ran)
+            continue
+        return _result(conn, results, _TUPLES_OK)
+    raise AssertionError("unreachable")
+
+
+class _Expiry:
+    """The DB_TIMEOUT_S timer's callback: shut the connection's socket, and remember it did."""
+
+    __slots__ = ("conn", "fired")
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        _shut(self.conn)
+
+
+async def call(statement: Statement, params: Sequence[bytes | None]) -> list[bytes | None] | None:
+    """``fetchone`` of a hot ``Statement``: the first row's values as text (bytes; None for NULL),
+    or None when there is no row.
+
+    The rules of ``run``: a recorded outage fails at once, no connection is ``DatabaseUnavailable``,
+    no answer within DB_TIMEOUT_S shuts the socket (``DatabaseUnavailable``), a connection that
+    turned out to be dead is retried once on a fresh one. The connection is taken from the pool and
+    returned to it directly (no context managers, no cursor). A cancelled call is psycopg's
+    (``AsyncConnection.wait``): the statement is cancelled on the server and its result drained,
+    or the connection closed, before the connection goes back to the pool, which discards one that
+    is not idle."""
+    settings = get_settings()
+    for attempt in (1, 2):
+        pool, conn = await _acquire(settings)
+        expiry = _Expiry(conn)
+        timer = asyncio.get_running_loop().call_later(settings.db_timeout_s, expiry)
+        try:
+            try:
+                res = await _call_on(conn, statement, params)
+            finally:
+                timer.cancel()
+                await pool.putconn(conn)  # a broken or busy connection is discarded
+        except psycopg.OperationalError as exc:
+            if expiry.fired:
+                raise await _unavailable(f"no answer within {settings.db_timeout_s:g} s") from None
+            if attempt == 1 and is_connection_failure(exc, conn):
+                logger.warning("database connection lost; retrying once", extra={"error": type(exc).__name__})
+                await drop_dead_connections()
+                continue
+            raise
+        if not res.ntuples:
+            return None
+        return [res.get_value(0, i) for i in range(res.nfields)]
+    raise AssertionError("unreachable")

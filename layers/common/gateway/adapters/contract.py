@@ -120,6 +120,9 @@ class UpstreamStream(Protocol):
     # set before iterating; the stream then skips what only a relay uses (the OpenAI-compatible
     # stream's ready-made ``data:`` frames). The chunks are the same dicts either way.
     relay: bool
+    # Called once when the stream is complete (its terminal event read, ``usage`` final), before the
+    # rest of the body is drained and the connection released: the relay settles from here.
+    on_done: Callable[[], None] | None
 
     async def open(self) -> None: ...
 

@@ -33,6 +33,17 @@ _NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
 OPENAI_SERVICE_TIER = "default"
 
 
+def _reasoning_within_limit(out: dict[str, Any]) -> None:
+    """OpenRouter's ``reasoning.max_tokens`` (a thinking budget, billed as output) kept below the
+    output limit sent, which is what the hold counts: the request schema refuses a budget at or
+    above the client's own limit; this covers a limit the pipeline clamped to the model's maximum."""
+    reasoning = out.get("reasoning")
+    limit = out.get("max_completion_tokens") or out.get("max_tokens")
+    if isinstance(reasoning, dict) and isinstance(limit, int) and isinstance(reasoning.get("max_tokens"), int) \
+            and reasoning["max_tokens"] >= limit:
+        out["reasoning"] = {**reasoning, "max_tokens": max(limit - 1, 0)}
+
+
 class OpenAICompatAdapter(TranslatingAdapter):
     """One OpenAI-compatible provider; its differences are options (set in ``registry``):
 
@@ -88,6 +99,7 @@ class OpenAICompatAdapter(TranslatingAdapter):
         else:
             out.pop("stream", None)
             out.pop("stream_options", None)
+        _reasoning_within_limit(out)
         if self.output_limit_field == "max_tokens" and "max_completion_tokens" in out and "max_tokens" not in out:
             # Ollama and older vLLM only know max_tokens.
             out["max_tokens"] = out.pop("max_completion_tokens")

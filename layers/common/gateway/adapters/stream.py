@@ -44,6 +44,7 @@ class SSEUpstreamStream:
 
     provider = "?"
     relay = True  # the chunks will be framed and sent (False: assembled into one answer; see contract)
+    on_done: Callable[[], None] | None = None  # called once at the terminal event, ``usage`` final (see contract)
 
     def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
         self.usage: Usage | None = None
@@ -150,6 +151,9 @@ class SSEUpstreamStream:
                 if not is_transport_error(exc):
                     raise
                 raise error_from_transport(self.provider, exc, mid_stream=True) from exc
+            if self.on_done is not None:  # complete: the usage is final before the body is drained
+                self._finalize_usage()
+                self.on_done()
             await _drain(body)
         finally:
             close = getattr(body, "aclose", None)  # (an async generator: its own finally runs now)

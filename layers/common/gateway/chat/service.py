@@ -428,6 +428,13 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
             # the provider bills up to a token per byte (digits, rare scripts, a file's contents), and
             # a prompt built for that, cut by the deadline, would otherwise be billed a quarter of it.
             usage = replace(usage, prompt_tokens=max(usage.prompt_tokens, call.size.bound(m.id, m.context_length)))
+        if usage is not None and not usage.reported and status == "timeout":
+            # Cut by OUR deadline before the provider's count: the output it generated is unknown
+            # (hidden reasoning is never streamed, and the provider bills it), so it is charged at its
+            # limit, what the hold reserved for it — as when a client leaves and the count never
+            # comes. Else a prompt that makes a model think past the 27 s API Gateway deadline would
+            # pay for the visible output only (usually none) while the provider bills the thinking.
+            usage = replace(usage, completion_tokens=max(usage.completion_tokens, output_bound(call, candidate)))
         # the unit prices the call is billed at (a long-context tier's past its threshold)
         price = m.price if usage is None else m.price.for_prompt(usage.prompt_tokens)
         record.price(price)
@@ -445,11 +452,17 @@ def usage_record(call: Call, status: str, *, candidate: Candidate | None = None,
     return record
 
 
+def output_bound(call: Call, c: Candidate) -> int:
+    """The most output the provider can bill for the call: the output limit sent upstream plus what
+    else it bills as output (a ``prediction``'s rejected tokens), as the hold counts them."""
+    return c.output_limit + call.size.output_extra
+
+
 def limit_usage(call: Call, c: Candidate) -> Usage:
     """The usage to charge when the provider was reached but its usage never arrives: the prompt
-    estimate and the whole output limit, marked estimated."""
+    estimate (``usage_record`` raises it to its bound) and the whole output bound, marked estimated."""
     prompt = min(call.size.estimate(c.model.id), c.model.context_length)
-    return Usage(prompt_tokens=prompt, completion_tokens=c.output_limit, reported=False)
+    return Usage(prompt_tokens=prompt, completion_tokens=output_bound(call, c), reported=False)
 
 
 # Settlements the database could not take (it stayed away through the retries), oldest first:
@@ -788,10 +801,28 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
 async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
     """Forward chunks as they arrive; settle before the last byte (or on failure/deadline). A client
-    that left does not stop the reading: the provider's final usage is what it bills."""
+    that left does not stop the reading: the provider's final usage is what it bills.
+
+    A stream that completes is settled from its terminal event (``upstream.on_done``: the usage is
+    final there), in a task of its own, while the upstream's body is drained, the tail framed and
+    the last chunks sent; the relay awaits that settlement before it ends (issue 15 lever 27)."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     timer = _arm_deadline(call, upstream)
+    settling: asyncio.Task[None] | None = None
+
+    def settle_now() -> None:
+        nonlocal settling, status
+        if settling is not None or call.timed_out:
+            return
+        status = "cancelled" if call.client_gone else "ok"
+        usage = call.usage = upstream.usage
+        if call.client_gone and (usage is None or not usage.reported):
+            usage = limit_usage(call, c)  # the client left and the provider reported no usage
+        record = usage_record(call, status, candidate=c, usage=usage, ttfb_ms=ttfb_ms)
+        settling = asyncio.Task(_finish(call, record), loop=asyncio.get_running_loop(), eager_start=True)
+
+    upstream.on_done = settle_now
     try:
         yield b""  # consumed by open_stream (priming), never sent
         try:
@@ -805,7 +836,9 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             error = err
         await upstream.aclose()  # finalises usage (estimates where the provider reported none)
         call.usage = upstream.usage
-        if call.timed_out:
+        if settling is not None:  # settled as it completed (status set there): nothing since changes it
+            error = None
+        elif call.timed_out:
             status, error = "timeout", deadline_error()
         elif error is not None:
             status = "partial"
@@ -818,14 +851,20 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             yield tail
     finally:
         timer.cancel()
+        upstream.on_done = None
         with anyio.CancelScope(shield=True):
-            if status == "cancelled" and iterator is not None and not call.timed_out:
-                await _drain(call, iterator)
-            await upstream.aclose()
-            usage = upstream.usage
-            if call.client_gone and (usage is None or not usage.reported):
-                usage = limit_usage(call, c)  # the client left and the provider's usage never came
-            await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error, ttfb_ms=ttfb_ms))
+            if settling is not None:
+                await upstream.aclose()
+                await settling
+            else:
+                if status == "cancelled" and iterator is not None and not call.timed_out:
+                    await _drain(call, iterator)
+                await upstream.aclose()
+                usage = upstream.usage
+                if call.client_gone and (usage is None or not usage.reported):
+                    usage = limit_usage(call, c)  # the client left and the provider's usage never came
+                await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error,
+                                                 ttfb_ms=ttfb_ms))
 
 
 async def _drain(call: Call, iterator: Any) -> None:

@@ -7,12 +7,17 @@ Money: the hold is an upper bound of the input tokens a provider can bill
 (``schema.hold_tokens``: UTF-8 bytes per text, token ids exactly, each item at most the model's
 input limit) at the model's input price, x (1 + markup), rounded once, up (``money.holds.hold_for``
 with no output). The charge is the provider's reported ``prompt_tokens`` at the same price
-(``chat.service.usage_record``), or, where it reports none (Gemini), the upper bound of
-``schema.hold_tokens`` (what was held) marked estimated (and ``x-usage-estimated: true`` on
-the answer): Gemini's tokenizer makes a token of every digit, so an estimate could bill a quarter
-of what Google charges.
+(``chat.service.usage_record``). Gemini, per batch of 100 texts: Google's ``promptTokenCount`` when
+its answer carries one; else the total of Google's free ``models/{model}:countTokens`` for the same
+texts and model, asked concurrently with the batch (:func:`_count_tokens`: no added latency), used
+only when that batch was answered and the count is plausible (at least a token per text, at most
+the batch's bound); else the batch's upper bound (what was held for it) marked estimated (and
+``x-usage-estimated: true`` on the answer): Gemini's tokenizer makes a token of every digit, so an
+estimate could bill a quarter of what Google charges. A count that fails, is refused, is nonsense or
+is not there :data:`COUNT_GRACE_S` after the last batch answered is dropped (the bound is billed):
+it never fails the request nor holds it past the deadline.
 A call that reached the provider is billed even when it fails afterwards (timeout, cancellation,
-an answer we cannot use): at the estimate.
+an answer we cannot use): at the bound; a partial Gemini failure bills the answered batches only.
 
 Embeddings are never retried on another model (a vector space is the model's own), so a call has
 exactly one candidate.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ..adapters.contract import Target, Usage
@@ -46,6 +52,10 @@ from .schema import EmbeddingsRequest, estimate_input_tokens, hold_tokens, text_
 
 GEMINI = "gemini"
 ESTIMATED_HEADER = "x-usage-estimated"
+# How long the Gemini token counts may still take once every batch has answered (never past the
+# deadline): ``countTokens`` runs only the tokenizer and is asked at the same time as the batches,
+# so it is normally back first; a slower one is dropped and the bound billed.
+COUNT_GRACE_S = 0.2
 
 
 def _check_inputs(req: EmbeddingsRequest, model: ModelInfo) -> None:
@@ -133,16 +143,27 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
 
     if target.provider == GEMINI:
         path = translate.gemini_path(target.upstream_model)
-        answers = await asyncio.gather(*(post(path, b) for b in c.body["batches"]), return_exceptions=True)
+        batches = translate.gemini_batches(req)
+        embeds = [asyncio.ensure_future(post(path, b)) for b in c.body["batches"]]
+        count_path = translate.gemini_count_path(target.upstream_model)
+        counting = [asyncio.ensure_future(_count_tokens(post, count_path, texts)) for texts in batches]
+        try:
+            answers = await asyncio.gather(*embeds, return_exceptions=True)
+            counts = await _counts(counting, answers, call)
+        finally:  # nothing is left running once the call is over (a Lambda freezes after its answer)
+            await _drop(counting)
+        cap = c.model.context_length
         failure = next((a for a in answers if isinstance(a, BaseException)), None)
         if failure is not None:
-            answered = [part["text"] for b, a in zip(c.body["batches"], answers, strict=True)
-                        if not isinstance(a, BaseException) for r in b["requests"] for part in r["content"]["parts"]]
+            answered = [translate.gemini_batch_tokens(texts, a, n, per_item_cap=cap)
+                        for texts, a, n in zip(batches, answers, counts, strict=True)
+                        if not isinstance(a, BaseException)]
             if answered and isinstance(failure, UpstreamError):  # the batches that were answered are billed
-                raise billed(failure, _bound(answered, c.model.context_length))
+                raise billed(failure, Usage(prompt_tokens=sum(t for t, _ in answered), completion_tokens=0,
+                                            reported=all(exact for _, exact in answered)))
             raise failure
-        return _translated(lambda: translate.from_gemini(answers, req, model=c.model.id,
-                                                         per_item_cap=c.model.context_length), call, target)
+        return _translated(lambda: translate.from_gemini(answers, req, model=c.model.id, per_item_cap=cap,
+                                                         counts=counts), call, target)
     data = await post("embeddings", c.body)
     if isinstance(data, dict) and data.get("error"):
         raise error_from_event(target.provider, data, api_key=target.api_key)
@@ -150,11 +171,32 @@ async def _call_provider(call: chat.Call, req: EmbeddingsRequest) -> tuple[dict[
                        call, target)
 
 
-def _bound(texts: list[str], per_item_cap: int) -> Usage:
-    """The upper bound of some texts (the Gemini batches that were answered; Google reports no
-    count): UTF-8 bytes, each at most ``per_item_cap``, marked estimated (``translate.from_gemini``)."""
-    return Usage(prompt_tokens=sum(min(max(len(t.encode("utf-8")), 1), per_item_cap) for t in texts),
-                 completion_tokens=0, reported=False)
+async def _count_tokens(post: Callable[[str, dict[str, Any]], Awaitable[Any]], path: str, texts: list[str]
+                       ) -> int | None:
+    """Google's ``countTokens`` total for one batch's texts, or None on any failure (refused, rate
+    limited, unreachable, malformed): a count is only ever a reason to bill less than the bound."""
+    try:
+        return translate.gemini_total_tokens(await post(path, translate.gemini_count_body(texts)))
+    except Exception:
+        return None
+
+
+async def _counts(counting: Sequence[asyncio.Future[int | None]], answers: list[Any], call: chat.Call
+                  ) -> list[int | None]:
+    """The counts that are in once the batches answered: the stragglers get :data:`COUNT_GRACE_S`
+    (never past the deadline), none when every answered batch carries Google's own count."""
+    pending = [f for f in counting if not f.done()]
+    needed = any(not isinstance(a, BaseException) and translate.gemini_reported(a) is None for a in answers)
+    if pending and needed:
+        await asyncio.wait(pending, timeout=max(0.0, min(COUNT_GRACE_S, call.remaining())))
+    return [f.result() if f.done() and not f.cancelled() else None for f in counting]
+
+
+async def _drop(futures: Sequence[asyncio.Future[int | None]]) -> None:
+    """Cancel what is still running and wait for it to end (a count never raises)."""
+    for f in futures:
+        f.cancel()
+    await asyncio.gather(*futures, return_exceptions=True)
 
 
 def _translated(translate_answer: Any, call: chat.Call, target: Target) -> tuple[dict[str, Any], Usage]:

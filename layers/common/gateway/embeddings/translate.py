@@ -9,9 +9,12 @@ only).
 Usage to bill (prompt tokens only; embeddings have no completion): the provider's
 ``usage.prompt_tokens`` when it reports it (OpenAI, OpenRouter, most compat servers; OpenRouter's
 ``usage.cost`` too: the charge is never below it), else the estimate of
-``schema.estimate_input_tokens`` marked ``reported=False``; Gemini's
-``usageMetadata.promptTokenCount`` when present, else the upper bound of ``schema.hold_tokens``
-marked ``reported=False`` (:func:`from_gemini`).
+``schema.estimate_input_tokens`` marked ``reported=False``. Gemini, per batch
+(:func:`gemini_batch_tokens`): the answer's ``usageMetadata.promptTokenCount`` when present, else
+the exact count of Google's free ``models/{model}:countTokens`` for the same texts and model
+(:func:`gemini_count_body` / :func:`gemini_total_tokens`, asked concurrently by the route) when it
+is plausible (at least a token per text, at most the batch's upper bound), else the upper bound of
+``schema.hold_tokens`` marked ``reported=False``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from gateway.adapters.shapes import as_cost, as_int
 from gateway.adapters.upstream_errors import bad_response
 from gateway.errors import BadRequest
 
-from .schema import EmbeddingsRequest, decode, embeddings_response, encode, estimate_input_tokens, hold_tokens
+from .schema import EmbeddingsRequest, decode, embeddings_response, encode, estimate_input_tokens
 
 GEMINI_MAX_BATCH = 100
 
@@ -70,10 +73,51 @@ def _same_encoding(vector: list[Any] | str, encoding_format: str) -> bool:
 
 
 # -------------------------------------------------------------------------------------- Gemini
-def gemini_path(upstream_model: str) -> str:
-    """``models/{model}:batchEmbedContents`` (relative to the Gemini base URL)."""
+def gemini_path(upstream_model: str, method: str = "batchEmbedContents") -> str:
+    """``models/{model}:batchEmbedContents`` (or ``:countTokens``), relative to the Gemini base URL."""
     model = upstream_model.removeprefix("models/")
-    return f"models/{quote(model, safe='-._~')}:batchEmbedContents"
+    return f"models/{quote(model, safe='-._~')}:{method}"
+
+
+def gemini_count_path(upstream_model: str) -> str:
+    """``models/{model}:countTokens``: Google's tokenizer of the same model, free of charge."""
+    return gemini_path(upstream_model, "countTokens")
+
+
+def gemini_count_body(texts: list[str]) -> dict[str, Any]:
+    """A ``countTokens`` body counting one batch's texts: one ``Content`` per text (Google's REST
+    shape ``{"contents": [{"parts": [{"text": ...}]}]}``); the answer's ``totalTokens`` is their sum."""
+    return {"contents": [{"parts": [{"text": text}]} for text in texts]}
+
+
+def gemini_total_tokens(data: Any) -> int | None:
+    """``totalTokens`` of a ``countTokens`` answer, or None when it is missing or not an integer."""
+    total = data.get("totalTokens") if isinstance(data, dict) else None
+    return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+
+def gemini_reported(answer: Any) -> int | None:
+    """``usageMetadata.promptTokenCount`` of one ``batchEmbedContents`` answer (Google's own count of
+    the batch), or None when it is absent or not a non-negative integer."""
+    meta = answer.get("usageMetadata") if isinstance(answer, dict) else None
+    count = meta.get("promptTokenCount") if isinstance(meta, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+
+
+def gemini_batch_tokens(texts: list[str], answer: Any, count: int | None, *, per_item_cap: int
+                        ) -> tuple[int, bool]:
+    """The tokens to bill for one answered batch and whether they are exact: Google's
+    ``promptTokenCount`` in the answer; else ``countTokens``' total when it is plausible (every text
+    is at least a token; no more than the batch's upper bound, which is what we held for it: a
+    count above it is nonsense or a truncated input, and is never billed above the hold); else the
+    upper bound (``schema.hold_tokens``: UTF-8 bytes, each at most ``per_item_cap``), not exact."""
+    reported = gemini_reported(answer)
+    if reported is not None:
+        return reported, True
+    bound = sum(min(max(len(t.encode("utf-8")), 1), per_item_cap) for t in texts)
+    if count is not None and len(texts) <= count <= bound:
+        return count, True
+    return bound, False
 
 
 def gemini_batches(req: EmbeddingsRequest) -> list[list[str]]:
@@ -97,35 +141,36 @@ def gemini_body(texts: list[str], upstream_model: str, *, dimensions: int | None
 
 
 def from_gemini(answers: list[Any], req: EmbeddingsRequest, *, model: str,
-                per_item_cap: int | None = None) -> tuple[dict[str, Any], Usage]:
-    """The ``batchEmbedContents`` answers of every batch, in order, as one OpenAI response. Without
-    Google's count (the Gemini API reports none) the inputs are billed at their upper bound
-    (``schema.hold_tokens``: UTF-8 bytes, each item at most ``per_item_cap``, the model's input
-    limit), marked estimated: Gemini's tokenizer makes a token of every digit and most punctuation,
-    so a 4-characters-per-token estimate could bill a quarter of what Google charges us."""
+                per_item_cap: int | None = None, counts: list[int | None] | None = None
+                ) -> tuple[dict[str, Any], Usage]:
+    """The ``batchEmbedContents`` answers of every batch, in order, as one OpenAI response, and the
+    usage to bill: per batch, Google's ``promptTokenCount``, else the ``countTokens`` total of the
+    same batch (``counts[i]``, None when it failed, timed out or was not asked) when plausible, else
+    the batch's upper bound (``schema.hold_tokens``: UTF-8 bytes, each item at most ``per_item_cap``,
+    the model's input limit). Any batch at its bound marks the usage ``reported=False`` (estimated):
+    Gemini's tokenizer makes a token of every digit and most punctuation, so a 4-characters-per-token
+    estimate could bill a quarter of what Google charges us."""
+    batches = gemini_batches(req)
+    if len(answers) != len(batches):
+        raise bad_response("gemini", f"answered {len(answers)} of {len(batches)} batches")
+    cap = per_item_cap or sys.maxsize
     vectors: list[list[float] | str] = []
-    reported = 0
-    all_reported = True
-    for answer in answers:
+    tokens = 0
+    exact = True
+    for i, (texts, answer) in enumerate(zip(batches, answers, strict=True)):
         embeddings = answer.get("embeddings") if isinstance(answer, dict) else None
         if not isinstance(embeddings, list):
             raise bad_response("gemini", "returned no embeddings")
+        if len(embeddings) != len(texts):
+            raise bad_response("gemini", f"returned {len(embeddings)} embeddings for {len(texts)} inputs")
         for embedding in embeddings:
             values = embedding.get("values") if isinstance(embedding, dict) else None
             if not isinstance(values, list):
                 raise bad_response("gemini", "returned an embedding without values")
             vectors.append(encode(values, req.encoding_format))
-        meta = answer.get("usageMetadata") if isinstance(answer, dict) else None
-        count = meta.get("promptTokenCount") if isinstance(meta, dict) else None
-        if isinstance(count, int):
-            reported += count
-        else:
-            all_reported = False
-    if len(vectors) != len(req.items()):
-        raise bad_response("gemini", f"returned {len(vectors)} embeddings for {len(req.items())} inputs")
-    if all_reported and answers:
-        usage = Usage(prompt_tokens=reported, completion_tokens=0)
-    else:
-        usage = Usage(prompt_tokens=hold_tokens(req, per_item_cap=per_item_cap or sys.maxsize), completion_tokens=0,
-                      reported=False)
+        count = counts[i] if counts is not None and i < len(counts) else None
+        batch_tokens, batch_exact = gemini_batch_tokens(texts, answer, count, per_item_cap=cap)
+        tokens += batch_tokens
+        exact = exact and batch_exact
+    usage = Usage(prompt_tokens=tokens, completion_tokens=0, reported=exact)
     return embeddings_response(vectors, model=model, prompt_tokens=usage.prompt_tokens), usage

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -136,11 +137,40 @@ class Reservation:
 # and cancel lock in the same order (key, then balance), so concurrent requests cannot deadlock.
 # In flight: ``balances.in_flight`` counts the user's open reservations under the same row lock;
 # %(max_in_flight)s (NULL = no cap) bounds it, so the user's exposure to an overrun is bounded too.
-RESERVE_SQL = """
-SELECT request_id, tier FROM mlp_reserve(%(user_id)s::uuid, %(request_id)s::text, %(hold)s::numeric,
-    %(period)s::date, %(quotas)s::jsonb, %(default_quota)s::integer, %(api_key_id)s::uuid, %(model)s::text,
-    %(max_in_flight)s::integer)
-"""
+# Sent through ``db.call`` (psycopg's lower layer: parameters as text, each typed by its cast; the
+# row as text): user_id, request_id, hold, period, quotas, default_quota, api_key_id, model,
+# max_in_flight.
+RESERVE_SQL = (
+    "SELECT request_id, tier FROM mlp_reserve($1::uuid, $2::text, $3::numeric, $4::date, $5::jsonb, $6::integer, "
+    "$7::uuid, $8::text, $9::integer)")
+RESERVE = db.Statement("ledger_reserve", RESERVE_SQL)
+
+
+class _Quotas:
+    """The last quota map's parameters (its jsonb text and the default quota): the map is the same
+    settings on every request of a container, so it is encoded once, not per reserve."""
+
+    __slots__ = ("default", "json", "quotas")
+
+    def __init__(self) -> None:
+        self.quotas: dict[str, int | None] | None = None
+        self.json = b"{}"
+        self.default = -1
+
+    def params(self, quotas: Mapping[str, int | None] | None) -> tuple[bytes, int]:
+        if quotas != self.quotas or quotas is None:
+            quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
+            self.json, self.default = json.dumps(quota_map).encode(), quota_map.get(FREE_TIER, -1)
+            self.quotas = None if quotas is None else dict(quotas)
+        return self.json, self.default
+
+
+_quotas = _Quotas()
+
+
+def _text(value: object) -> bytes | None:
+    """A parameter of ``db.call`` (its SQL casts it): None is NULL, anything else its str()."""
+    return None if value is None else str(value).encode()
 
 
 async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
@@ -162,14 +192,15 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
     if hold != to_credit(hold):
         raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
     period = period_start()
-    quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
-    default_quota = quota_map.get(FREE_TIER, -1)
-    row = await db.fetchone(RESERVE_SQL, {
-        "hold": hold, "period": period, "user_id": user_id, "quotas": json.dumps(quota_map),
-        "default_quota": default_quota, "request_id": request_id, "api_key_id": api_key_id, "model": model,
-        "max_in_flight": max_in_flight})
+    quotas_json, default_quota = _quotas.params(quotas)
+    row = await db.call(RESERVE, (
+        str(user_id).encode(), request_id.encode(), str(hold).encode(), period.isoformat().encode(), quotas_json,
+        str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight)))
     if row is not None:
-        return Reservation(request_id=request_id, user_id=user_id, amount=hold, tier=row["tier"])
+        tier = row[1]
+        return Reservation(request_id=request_id, user_id=user_id, amount=hold,
+                           tier=tier.decode() if tier is not None else FREE_TIER)
+    quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
     state = await db.fetchone(
         "SELECT b.balance, b.reserved, b.in_flight, b.period_start, b.period_requests, u.tier, k.spend_cap, "
         "k.spent AS key_spent, k.reserved AS key_reserved, EXISTS (SELECT 1 FROM stripe_disputes d "
@@ -208,18 +239,23 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "available.", balance=money(available), required=money(hold))
 
 
-MARK_UPSTREAM_SQL = "UPDATE reservations SET upstream_at = now() WHERE request_id = %s AND upstream_at IS NULL"
+# Sent through ``db.call`` (see RESERVE_SQL): request_id. Every request still running after
+# ``chat.service.MARK_SENT_AFTER_S`` (1 s: most real provider calls) sends it.
+MARK_UPSTREAM_SQL = ("UPDATE reservations SET upstream_at = now() WHERE request_id = $1::text AND upstream_at IS NULL "
+                     "RETURNING request_id")
+MARK_UPSTREAM = db.Statement("ledger_mark_upstream", MARK_UPSTREAM_SQL)
 
 
 async def mark_upstream(request_id: str) -> None:
     """Record on the reservation that the request is being sent to a provider (the orphan sweeper
     then charges it instead of releasing it)."""
-    await db.execute(MARK_UPSTREAM_SQL, (request_id,))
+    await db.call(MARK_UPSTREAM, (request_id.encode(),))
 
 
+# Sent through ``db.call`` (see RESERVE_SQL): request_id, period; a row when a reservation was undone.
 CANCEL_SQL = """
 WITH r AS (
-    DELETE FROM reservations WHERE request_id = %(request_id)s RETURNING user_id, amount, api_key_id
+    DELETE FROM reservations WHERE request_id = $1::text RETURNING user_id, amount, api_key_id
 ), k AS (
     UPDATE api_keys SET reserved = GREATEST(api_keys.reserved - r.amount, 0)
     FROM r WHERE api_keys.id = r.api_key_id AND api_keys.user_id = r.user_id AND api_keys.spend_cap IS NOT NULL
@@ -227,17 +263,19 @@ WITH r AS (
 )
 UPDATE balances SET reserved = balances.reserved - r.amount,
     in_flight = GREATEST(balances.in_flight - 1, 0),
-    period_requests = CASE WHEN period_start = %(period)s THEN GREATEST(period_requests - 1, 0)
+    period_requests = CASE WHEN period_start = $2::date THEN GREATEST(period_requests - 1, 0)
                            ELSE period_requests END,
     updated_at = now()
 FROM r LEFT JOIN k ON true WHERE balances.user_id = r.user_id
+RETURNING balances.user_id
 """
+CANCEL = db.Statement("ledger_cancel", CANCEL_SQL)
 
 
 async def cancel(request_id: str) -> bool:
     """Undo a reservation as if the request never happened (refused before any work: rate
     limit, tier check). No usage record, no ledger row, the quota count given back."""
-    return bool(await db.execute(CANCEL_SQL, {"request_id": request_id, "period": period_start()}))
+    return await db.call(CANCEL, (request_id.encode(), period_start().isoformat().encode())) is not None
 
 
 # --------------------------------------------------------------------------- settle / release
@@ -297,21 +335,26 @@ RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord) if f
 
 def _json_value(value: object) -> str:
     """Decimals (and UUIDs) as JSON strings: numeric_in reads them exactly (never through a float)."""
-    if isinstance(value, Decimal | UUID):
+    if value.__class__ is Decimal or isinstance(value, Decimal | UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not a usage record value")
 
 
+_record_values = operator.attrgetter(*RECORD_COLUMNS)
+# json.dumps(..., separators=(",", ":"), default=_json_value) without its per-call encoder set-up
+# (the same C encoder: ensure_ascii, no circular-reference check: a record holds no containers).
+_record_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_value, check_circular=False)
+
+
 def record_json(record: UsageRecord) -> str:
     """The usage record as mlp_settle takes it: a JSON object of exactly :data:`RECORD_COLUMNS`."""
-    return json.dumps({name: getattr(record, name) for name in RECORD_COLUMNS}, default=_json_value,
-                      separators=(",", ":"))
+    return _record_encoder.encode(dict(zip(RECORD_COLUMNS, _record_values(record), strict=True)))
 
 
-SETTLE_SQL = """
-SELECT balance, reserved, hold, ledger_rows
-FROM mlp_settle(%(record)s::jsonb, %(period)s::date, %(uncount)s::boolean, %(description)s::text)
-"""
+# Sent through ``db.call`` (see RESERVE_SQL): record, period, uncount, description.
+SETTLE_SQL = (
+    "SELECT balance, reserved, hold, ledger_rows FROM mlp_settle($1::jsonb, $2::date, $3::boolean, $4::text)")
+SETTLE = db.Statement("ledger_settle", SETTLE_SQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,18 +396,18 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
         raise ValueError("charge must be >= 0")
     if record.charge != to_credit(record.charge):
         raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
-    params: dict[str, Any] = {
-        "record": record_json(record),
-        "period": period_start(),
-        "uncount": record.status in ("failed", "orphaned") and record.charge == 0,
-        "description": f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
-                       f"{record.completion_tokens} tokens",
-    }
+    params = (
+        record_json(record).encode(),
+        period_start().isoformat().encode(),
+        b"t" if record.status in ("failed", "orphaned") and record.charge == 0 else b"f",
+        f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
+        f"{record.completion_tokens} tokens".encode(),
+    )
     give_up = time.monotonic() + retry_for
     delay = RETRY_FIRST_DELAY_S
     while True:
         try:
-            row = await db.fetchone(SETTLE_SQL, params)
+            row = await db.call(SETTLE, params)
             break
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > give_up:
@@ -375,8 +418,10 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
     if row is None:
         return Settlement(settled=False)
-    return Settlement(settled=True, balance=row["balance"], reserved=row["reserved"], hold=row["hold"],
-                      charge=record.charge)
+    balance, reserved, hold = row[0], row[1], row[2]
+    assert balance is not None and reserved is not None and hold is not None  # NOT NULL columns
+    return Settlement(settled=True, balance=Decimal(balance.decode()), reserved=Decimal(reserved.decode()),
+                      hold=Decimal(hold.decode()), charge=record.charge)
 
 
 async def release(record: UsageRecord) -> Settlement:
