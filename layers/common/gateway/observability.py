@@ -183,7 +183,7 @@ def _clear_log_state() -> None:
     invocation that added no keys of its own beyond the ones ``instrument`` removes (issue 15
     lever 35)."""
     global _clean_log_state
-    formatter = logger.registered_formatter
+    formatter: Any = logger.registered_formatter
     clean = _clean_log_state
     if clean is not None and clean[0] is formatter and list(formatter.log_format.items()) == clean[1]:
         return

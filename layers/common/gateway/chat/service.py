@@ -559,7 +559,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     # metrics do not: a request that did not end "ok", an estimated usage, or a fallback. A plain
     # success is DEBUG (LogLevel=DEBUG shows it again): ~650 bytes of CloudWatch Logs per request.
     notable = record.status != "ok" or record.estimated or len(call.attempts) > 1
-    if not notable and not logger.isEnabledFor(logging.DEBUG):
+    if not notable and not _std_logger.isEnabledFor(logging.DEBUG):
         return  # the DEBUG line is not written: its fields are not built either (issue 15 lever 32)
     (logger.info if notable else logger.debug)("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
@@ -567,6 +567,9 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
         "attempts": call.attempts, "surface": call.surface})
+
+
+_std_logger = logging.getLogger(logger.name)  # the logging.Logger that Powertools' logger writes through
 
 
 async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
