@@ -70,6 +70,8 @@ from ..translation import dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
 
+_std_logger = logging.getLogger(logger.name)  # the logging.Logger that Powertools' logger writes through
+
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
 # A non-streaming call's transport read timeout stays just above its deadline, so the deadline
@@ -567,9 +569,6 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
         "attempts": call.attempts, "surface": call.surface})
-
-
-_std_logger = logging.getLogger(logger.name)  # the logging.Logger that Powertools' logger writes through
 
 
 async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
