@@ -31,7 +31,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .config import Settings, get_settings
@@ -93,34 +93,6 @@ def new_request_id() -> str:
     """``"req_" + uuid.uuid4().hex``: the same 16 random bytes (``os.urandom``), variant and version
     bits, in half the time (issue 15 lever 36)."""
     return "req_%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
-
-
-async def request_body(request: Request) -> bytes:
-    """``await request.body()`` without Starlette's stream generator (issue 15 lever 31): the
-    ``http.request`` messages joined, ``ClientDisconnect`` on ``http.disconnect``, the body kept
-    on the request (``request.body()``, ``json()`` and ``stream()`` give it again)."""
-    body = getattr(request, "_body", None)
-    if body is not None:
-        return body  # type: ignore[no-any-return]
-    if request._stream_consumed:
-        raise RuntimeError("Stream consumed")
-    receive = request.receive
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        kind = message["type"]
-        if kind == "http.request":
-            chunk = message.get("body", b"")
-            if chunk:
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        elif kind == "http.disconnect":
-            request._is_disconnected = True
-            raise ClientDisconnect()
-    request._stream_consumed = True
-    body = request._body = b"".join(chunks)  # one chunk: that very object (CPython), no copy
-    return body
 
 
 class CompactJSONResponse(JSONResponse):

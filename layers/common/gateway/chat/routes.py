@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from ..auth import require_api_key
-from ..http import BodyOpenAPI, Routes, error_responses, invalid_request, request_body, server_request_id
+from ..http import BodyOpenAPI, Routes, error_responses, invalid_request, server_request_id
 from . import service
 from .responses import RelayResponse
 from .schema import ChatRequest
@@ -29,7 +29,7 @@ async def chat_completions(request: Request) -> Any:
     # bytes (one pass in pydantic-core) rather than through FastAPI's dict-then-model path.
     principal = await require_api_key(request)
     try:
-        req = ChatRequest.model_validate_json(await request_body(request))
+        req = ChatRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise invalid_request(exc.errors(include_url=False, include_context=False)) from None
     budget_s, buffered = service.budget_for(request.scope)
