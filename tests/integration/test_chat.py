@@ -232,6 +232,10 @@ async def test_insufficient_credit_is_402_without_upstream_call(client: Any, mak
     ({"model": "openai/gpt-4o-mini", "messages": _msg(), "bogus_field": 1}, 400, "invalid_request"),
     ({"model": "openai/gpt-4o-mini", "messages": [{"role": "wizard", "content": "x"}]}, 400, "invalid_request"),
     ({"messages": _msg()}, 400, "invalid_request"),
+    # an OpenRouter reasoning budget at or above the output limit would be billed beyond the hold
+    ({"model": "openai/gpt-4o-mini", "messages": _msg(), "max_tokens": 2000, "reasoning": {"max_tokens": 2000}},
+     400, "invalid_request"),
+    ({"model": "openai/gpt-4o-mini", "messages": _msg(), "reasoning": {"max_tokens": "lots"}}, 400, "invalid_request"),
     ({"model": "test/small-context", "messages": _msg("word " * 400)}, 400, "context_length_exceeded"),
 ])
 async def test_bad_requests_change_nothing(client: Any, make_user: Any, test_models: Any, fake_upstream: Any,

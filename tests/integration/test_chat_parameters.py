@@ -227,3 +227,17 @@ async def test_a_dropped_parameter_is_logged(api: Any, make_user: Any, caplog: p
     assert r.status_code == 200 and r.headers[DROPPED_PARAMS_HEADER] == "seed, verbosity"
     logged = [json.loads(m) if m.startswith("{") else m for m in caplog.messages]
     assert any("parameters not forwarded" in str(m) for m in logged)
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "meta-llama/llama-3.1-8b-instruct"])  # OpenAI, OpenRouter
+async def test_store_true_is_never_stored_in_our_provider_account(api: Any, make_user: Any, fake_upstream: Any,
+                                                                  model: str) -> None:
+    """``store: true`` would keep the customer's conversation among OUR account's stored
+    completions: it goes upstream as false and the answer names it in x-dropped-params."""
+    user = await make_user("5")
+    r = await api.post("/v1/chat/completions", headers=_auth(user), json={
+        "model": model, "store": True, "metadata": {"k": "v"}, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert "store" in r.headers[DROPPED_PARAMS_HEADER].split(", ")
+    sent = upstream_requests(fake_upstream)[-1]["body"]
+    assert sent["store"] is False and sent["metadata"] == {"k": "v"}

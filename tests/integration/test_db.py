@@ -101,6 +101,27 @@ async def test_unreachable_database_fails_fast_without_retry(fresh_pool: None,
     assert await db.fetchone("SELECT 1 AS x") == {"x": 1}  # a failed open leaves nothing behind
 
 
+async def test_a_fresh_pool_opens_one_connection_for_its_first_statement_then_grows(fresh_pool: None) -> None:
+    """A cold start's first statement waits for the pool's first connection; it does not open a
+    second one meanwhile (the pool grew by one when it found none idle). Afterwards concurrent
+    blocks get up to DB_POOL_MAX connections, as before."""
+    assert await db.fetchone("SELECT 1 AS x") == {"x": 1}
+    await asyncio.sleep(0.3)  # a second connect, if one was started, is over by now
+    pool = await db.get_pool()
+    assert pool.get_stats()["connections_num"] == 1
+    assert pool.max_size == get_settings().db_pool_max == 2
+
+    async def hold() -> int:
+        async with db.connection() as conn:
+            cur = await conn.execute("SELECT pg_backend_pid(), pg_sleep(0.2)")
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    pids = await asyncio.gather(hold(), hold(), hold())
+    assert len(set(pids)) == 2 and pool.get_stats()["pool_size"] == 2
+
+
 async def test_pool_is_per_event_loop(fresh_pool: None) -> None:
     pool = await db.get_pool()
     assert await db.get_pool() is pool

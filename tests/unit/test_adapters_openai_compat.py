@@ -574,3 +574,14 @@ async def test_stream_on_done_runs_at_the_terminal_event_with_the_final_usage() 
     assert seen == []
     seen, _ = await run("openai", OPENAI, [chunk({"content": "Hi"}), b'data: {"error": {"message": "boom"}}\n\n'])
     assert seen == []
+
+
+@pytest.mark.parametrize(("budget", "limit", "sent"),
+                         [(9_000, 4_000, 3_999), (4_000, 4_000, 3_999), (2_000, 4_000, 2_000)])
+def test_openrouter_reasoning_budget_is_kept_below_the_output_limit_sent(budget: int, limit: int, sent: int) -> None:
+    """OpenRouter bills a reasoning budget as output: above the limit the hold counts (a limit the
+    pipeline clamped to the model's maximum) it is lowered to fit; within it, forwarded as is."""
+    body = {**BODY, "max_completion_tokens": limit, "reasoning": {"max_tokens": budget, "exclude": True}}
+    out = get_adapter("openrouter").build_body(OPENROUTER, body, stream=False)
+    assert out["reasoning"] == {"max_tokens": sent, "exclude": True}
+    assert body["reasoning"]["max_tokens"] == budget  # the client's body is not changed

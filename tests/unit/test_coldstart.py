@@ -79,3 +79,46 @@ def test_a_collector_paused_by_someone_else_stays_paused() -> None:
     code = _import_with_gc_watch("os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'\ngc.disable()")
     collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
     assert collections == 0 and not enabled and frozen == 0
+
+
+_PLUGIN_SCAN = ("import json, os, sys\n{before}\n"
+                "import app, pydantic.plugin._loader as loader\n"
+                "print(json.dumps([os.environ.get('PYDANTIC_DISABLE_PLUGINS'), loader._plugins]))")
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_in_lambda_pydantic_does_not_scan_for_plugins(function: str) -> None:
+    """The import builds pydantic models (settings, schemas) without pydantic reading every installed
+    distribution's entry points for plugins: ``_plugins`` is never filled."""
+    before = f"os.environ['AWS_LAMBDA_FUNCTION_NAME'] = '{function}'; os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)"
+    disabled, plugins = json.loads(in_fresh_function(function, _PLUGIN_SCAN.format(before=before)))
+    assert disabled == "__all__" and plugins is None
+
+
+def test_outside_lambda_or_when_set_pydantic_plugins_are_left_as_configured() -> None:
+    before = "os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None); os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)"
+    assert json.loads(in_fresh_function("query", _PLUGIN_SCAN.format(before=before))) == [None, {}]  # scanned
+    before = "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'; os.environ['PYDANTIC_DISABLE_PLUGINS'] = ''"
+    assert json.loads(in_fresh_function("query", _PLUGIN_SCAN.format(before=before))) == ["", {}]
+
+
+def test_no_pydantic_plugin_is_installed() -> None:
+    """What the skipped scan would find: nothing (the dev environment holds every layer package). A
+    pydantic plugin added to the dependencies would be disabled in Lambda: remove the skip first."""
+    from importlib.metadata import entry_points
+
+    assert list(entry_points(group="pydantic")) == []
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_the_ca_store_is_loaded_beside_the_import_and_complete_when_it_ends(function: str) -> None:
+    """aiohttp's verified context gets its CA store from a thread started once aiohttp is imported
+    (OpenSSL reads it without the GIL while the rest imports); the import waits for it (done())."""
+    code = ("import json, threading\n"
+            "import app, aiohttp.connector as c\n"
+            "from gateway import coldstart\n"
+            "loader = coldstart._store_loader\n"
+            "print(json.dumps([loader.ident is not None, loader.ident != threading.main_thread().ident,\n"
+            "                  loader.is_alive(), c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'] > 0,\n"
+            "                  coldstart._to_load]))")
+    assert json.loads(in_fresh_function(function, code)) == [True, True, False, True, []]

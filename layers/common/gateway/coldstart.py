@@ -16,7 +16,16 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
   ``ssl=False`` context (CERT_NONE: it never verifies, and the gateway never uses it). aiohttp is
   imported here with ``SSLContext.set_default_verify_paths`` skipping CERT_NONE contexts, then the
   override is removed (``ssl`` as before). The verified context, which every Upstash and upstream
-  connection uses (``adapters.http_client.shared_ssl_context``), loads its store as before.
+  connection uses (``adapters.http_client.shared_ssl_context``), loads the same store, but in a
+  thread started once aiohttp is imported (nothing else touches that context until the app is
+  built): OpenSSL reads the ~140 certificates (15-60 ms) without the GIL while the rest of the
+  function imports, and :func:`done` waits for it (and raises its error, if any), so the context is
+  complete before anything can use it.
+- **No scan for pydantic plugins (in Lambda).** pydantic looks for plugins once per process, at the
+  first model built, by reading the entry points of every installed distribution (~5-10 ms over the
+  dev environment's ~110, about half of that over the layer's); none is installed (the layer's
+  locked requirements have none; ``tests/unit/test_coldstart.py`` checks the environment).
+  ``PYDANTIC_DISABLE_PLUGINS=__all__`` is set for the process unless the environment sets it.
 
 Every function imports aiohttp at cold start anyway (the adapters' HTTP client, the Upstash client),
 so importing it here adds nothing to any of them. This room imports no other.
@@ -28,19 +37,28 @@ import gc
 import os
 
 # First, before this module's other imports: paused when the Lambda runtime imports the function.
-_paused = "AWS_LAMBDA_FUNCTION_NAME" in os.environ and gc.isenabled()
+_in_lambda = "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+_paused = _in_lambda and gc.isenabled()
 if _paused:
     gc.disable()
+if _in_lambda:  # no pydantic plugin is installed: skip the scan for them (unless set otherwise)
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import ssl  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 
 
 def done() -> None:
-    """The function's app is built: freeze what the cold start's imports created and resume the
-    garbage collector, if this module paused it (a second function module imported in the same
-    process finds it running, and leaves it so)."""
-    global _paused
+    """The function's app is built: wait for the CA store (loaded in a thread meanwhile), freeze
+    what the cold start's imports created and resume the garbage collector, if this module paused
+    it (a second function module imported in the same process finds it running, and leaves it so)."""
+    global _paused, _store_error
+    if _store_loader.ident is not None:  # started (by _import_aiohttp)
+        _store_loader.join()
+    if _store_error is not None:
+        error, _store_error = _store_error, None
+        raise error
     if _paused:
         _paused = False
         gc.freeze()
@@ -48,11 +66,27 @@ def done() -> None:
 
 
 _load_ca_store = ssl.SSLContext.set_default_verify_paths
+_to_load: list[ssl.SSLContext] = []  # verifying contexts aiohttp built, their CA store not loaded yet
+_store_error: BaseException | None = None
 
 
 def _unless_unverified(context: ssl.SSLContext) -> None:
     if context.verify_mode != ssl.CERT_NONE:
-        _load_ca_store(context)
+        _to_load.append(context)  # loaded by _store_loader once aiohttp is imported
+
+
+def _load_ca_stores() -> None:
+    global _store_error
+    try:
+        for context in _to_load:
+            _load_ca_store(context)  # OpenSSL reads the store without the GIL: the imports go on
+    except BaseException as exc:  # raised by done(), as the import itself would have
+        _store_error = exc
+    finally:
+        _to_load.clear()
+
+
+_store_loader = threading.Thread(target=_load_ca_stores, name="ca-store", daemon=True)
 
 
 def _import_aiohttp() -> None:
@@ -63,6 +97,8 @@ def _import_aiohttp() -> None:
         import aiohttp.connector  # noqa: F401
     finally:
         del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
+    if _to_load:  # aiohttp is done with its contexts: nothing else touches them before done()
+        _store_loader.start()
 
 
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

@@ -215,8 +215,10 @@ async def get_pool() -> AsyncConnectionPool[Any]:
             settings = get_settings()
             kwargs = {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
             wait = _pool_timeout(settings)
+            # max_size 1 until the first connection is there (_getconn then sets DB_POOL_MAX):
+            # else the first getconn, finding none idle, grows the pool by a second connect
             pool = AsyncConnectionPool(settings.database_url, kwargs=kwargs, connection_class=_Connection,
-                                       min_size=1, max_size=max(1, settings.db_pool_max), open=False,
+                                       min_size=1, max_size=1, open=False,
                                        name="gateway", timeout=wait, max_idle=300, reconnect_timeout=30)
             await pool.open(wait=False)  # connection() waits, and gives up on the first failed attempt
             slot.pool = pool
@@ -240,13 +242,30 @@ async def _getconn(pool: AsyncConnectionPool[Any]) -> psycopg.AsyncConnection[An
     finally:
         _connect_waiters.discard(failed)
     if getter.done():
-        return getter.result()  # a connection, or PoolTimeout
-    getter.cancel()
-    try:
-        conn = await getter  # the pool hands a connection that arrived meanwhile back to us
-    except (asyncio.CancelledError, psycopg.Error):
-        raise failed.result() from None
+        conn = getter.result()  # a connection, or PoolTimeout
+    else:
+        getter.cancel()
+        try:
+            conn = await getter  # the pool hands a connection that arrived meanwhile back to us
+        except (asyncio.CancelledError, psycopg.Error):
+            raise failed.result() from None
+    wanted = max(1, get_settings().db_pool_max)
+    if pool.max_size != wanted:  # the pool's first connection: now it may grow (get_pool)
+        # in a task: nothing here may wait (a cancellation would leave `conn` checked out)
+        task = asyncio.ensure_future(_open_up(pool, wanted))
+        _opening_up.add(task)
+        task.add_done_callback(_opening_up.discard)
     return conn
+
+
+_opening_up: set[asyncio.Future[None]] = set()
+
+
+async def _open_up(pool: AsyncConnectionPool[Any], max_size: int) -> None:
+    await pool.resize(pool.min_size, max_size)
+    async with pool._lock:
+        if pool._waiting:  # callers queued behind the first connection: grow as getconn would have
+            pool._maybe_grow_pool()
 
 
 def _pool_timeout(settings: Settings) -> float:

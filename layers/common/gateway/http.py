@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+import os
 import re
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -82,6 +84,28 @@ SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 
 
+# A random (version 4) UUID's bits: what ``uuid.uuid4()`` sets, without building a ``UUID``.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (0x4000 << 64)
+
+
+def new_request_id() -> str:
+    """``"req_" + uuid.uuid4().hex``: the same 16 random bytes (``os.urandom``), variant and version
+    bits, in half the time (issue 15 lever 36)."""
+    return "req_%032x" % (int.from_bytes(os.urandom(16)) & _UUID4_CLEAR | _UUID4_SET)
+
+
+class CompactJSONResponse(JSONResponse):
+    """Starlette's ``JSONResponse`` rendered by one shared encoder with ``json.dumps``' very
+    arguments (the same bytes), not an encoder built per response (issue 15 lever 33)."""
+
+    def render(self, content: Any) -> bytes:
+        return _COMPACT_JSON.encode(content).encode("utf-8")
+
+
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
+
+
 def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or "")
 
@@ -96,7 +120,7 @@ def server_request_id(request: Request) -> str:
         return str(state["request_id"])
     usage_id = state.get("usage_id")
     if usage_id is None:
-        usage_id = state["usage_id"] = "req_" + uuid.uuid4().hex
+        usage_id = state["usage_id"] = new_request_id()
     return str(usage_id)
 
 
@@ -111,7 +135,7 @@ def _pick_request_id(scope: Scope) -> tuple[str, str]:
     aws_id = (event.get("requestContext") or {}).get("requestId")
     if isinstance(aws_id, str) and _REQUEST_ID_RE.match(aws_id):
         return aws_id, "aws"
-    return "req_" + uuid.uuid4().hex, "generated"
+    return new_request_id(), "generated"
 
 
 class GatewayMiddleware:
@@ -137,18 +161,25 @@ class GatewayMiddleware:
         started = False          # a response has started (it can no longer be replaced)
         replaced = False         # the app's response was replaced by our error
 
+        security_headers = self.security_headers
+
+        def with_headers(message: Message) -> Message:
+            headers = list(message.get("headers", ()))
+            headers.append(rid_header)
+            usage_id = state.get("usage_id")  # billed under an id of ours (server_request_id)
+            if usage_id is not None:
+                headers.append((b"x-usage-id", usage_id.encode("latin-1")))
+            headers.extend(security_headers)
+            message["headers"] = headers
+            return message
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", ()))
-                headers.append(rid_header)
-                usage_id = state.get("usage_id")  # billed under an id of ours (server_request_id)
-                if usage_id is not None:
-                    headers.append((b"x-usage-id", usage_id.encode("latin-1")))
-                headers.extend(self.security_headers)
-                message["headers"] = headers
+                with_headers(message)
             await send(message)
 
         async def send_checked(message: Message) -> None:
+            # the app's messages: one wrapper (send_with_headers inlined), not two (issue 15 lever 34)
             nonlocal started, replaced
             if replaced:
                 return  # drop the body of the response we replaced
@@ -160,7 +191,8 @@ class GatewayMiddleware:
                     replaced = True
                     await _send_error(send_with_headers, rejected, scope, request_id)
                     return
-            await send_with_headers(message)
+                with_headers(message)
+            await send(message)
 
         if _nul_in_head(scope):
             await _send_error(send_with_headers, _nul_error(), scope, request_id)
@@ -221,15 +253,16 @@ def _nul_error() -> BadRequest:
 
 
 def _nul_in_head(scope: Scope) -> bool:
-    """NUL in the path (decoded), the query string (raw or %00) or any header."""
+    """NUL in the path (decoded), the query string (raw or %00) or any header. (``0 in bytes`` is
+    one ``memchr``; ``b"\\x00" in bytes`` a substring search, ~10x slower: issue 15 lever 37.)"""
     query = scope.get("query_string", b"")
-    return ("\x00" in scope.get("path", "") or b"\x00" in query or b"%00" in query
-            or any(b"\x00" in name or b"\x00" in value for name, value in scope.get("headers", ())))
+    return ("\x00" in scope.get("path", "") or 0 in query or b"%00" in query
+            or 0 in b"".join(chain.from_iterable(scope.get("headers", ()))))
 
 
 def _nul_in_body(body: bytes) -> bool:
     """A raw NUL byte, or a JSON "\\u0000" escape (not an escaped backslash followed by "u0000")."""
-    return b"\x00" in body or (b"u0000" in body and _JSON_NUL.search(body) is not None)
+    return 0 in body or (b"u0000" in body and _JSON_NUL.search(body) is not None)
 
 
 def _internal_error(request_id: str) -> InternalError:
@@ -257,8 +290,6 @@ def shaped_error_body(path: str, err: GatewayError, request_id: str | None) -> d
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any],
                      extra_headers: dict[str, str] | None = None) -> None:
-    import json
-
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra_headers or {}).items()]

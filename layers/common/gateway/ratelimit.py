@@ -41,6 +41,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import upstash  # noqa: F401  (first: upstash-redis with httpx deferred, then upstash-ratelimit)
+
+# isort: split
 from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
 from .config import get_settings

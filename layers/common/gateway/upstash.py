@@ -20,19 +20,50 @@ Failures:
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import math
+import sys
 import time
+import types
 from typing import Any
 
-import aiohttp
-import upstash_redis.asyncio.client as _upstash_client
-from upstash_redis.asyncio import Redis as AsyncRedis
-from upstash_redis.errors import UpstashError
-from upstash_redis.http import _format_command, format_response
 
-from .config import Settings, get_settings
-from .loops import PerLoop
+class _DeferredHttpx(types.ModuleType):
+    """httpx as upstash-redis's module sees it: upstash-redis uses httpx only to build its own HTTP
+    clients, which the gateway never builds (``make_client`` replaces the executor), so httpx
+    (~10 ms of a cold start) is imported on the first use of one of its attributes, if ever."""
+
+    def __getattr__(self, name: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _import_upstash_redis() -> None:
+    """Import upstash-redis with httpx deferred in its namespace only: ``import httpx`` anywhere
+    else (now or later) is the real module."""
+    if "upstash_redis.http" in sys.modules or "httpx" in sys.modules:
+        return  # imported already (or httpx is): nothing to defer
+    placeholder = sys.modules["httpx"] = _DeferredHttpx("httpx")
+    try:
+        importlib.import_module("upstash_redis.asyncio.client")
+    finally:
+        if sys.modules.get("httpx") is placeholder:
+            del sys.modules["httpx"]
+
+
+_import_upstash_redis()
+
+# isort: split
+import aiohttp  # noqa: E402
+import upstash_redis.asyncio.client as _upstash_client  # noqa: E402
+from upstash_redis.asyncio import Redis as AsyncRedis  # noqa: E402
+from upstash_redis.errors import UpstashError  # noqa: E402
+from upstash_redis.http import _format_command, format_response  # noqa: E402
+
+from .config import Settings, get_settings  # noqa: E402
+from .loops import PerLoop  # noqa: E402
 
 
 class UpstashUnavailable(UpstashError):

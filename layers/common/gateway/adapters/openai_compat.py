@@ -28,9 +28,24 @@ OPENROUTER_ONLY = frozenset({"route", "provider", "transforms", "plugins", "reas
 DROP_FROM_OUTPUT = ("provider",)
 # ... and in a chunk, the usage (read into ``.usage``; Groq's under ``x_groq``)
 _NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
+# NOT_STORED: ``store: true`` would keep the customer's prompt and answer among the stored
+# completions of OUR provider account (OpenAI's dashboard, evals, distillation), out of the
+# customer's reach and out of their account's deletion (docs/surfaces.md): it is sent as false and
+# named in x-dropped-params, as the Responses surface never stores either.
 # Billing is at the standard (list) price: OpenAI is always asked for its "default" tier (never
 # "auto", which follows the project's setting); the gateway refuses other tiers before this.
 OPENAI_SERVICE_TIER = "default"
+
+
+def _reasoning_within_limit(out: dict[str, Any]) -> None:
+    """OpenRouter's ``reasoning.max_tokens`` (a thinking budget, billed as output) kept below the
+    output limit sent, which is what the hold counts: the request schema refuses a budget at or
+    above the client's own limit; this covers a limit the pipeline clamped to the model's maximum."""
+    reasoning = out.get("reasoning")
+    limit = out.get("max_completion_tokens") or out.get("max_tokens")
+    if isinstance(reasoning, dict) and isinstance(limit, int) and isinstance(reasoning.get("max_tokens"), int) \
+            and reasoning["max_tokens"] >= limit:
+        out["reasoning"] = {**reasoning, "max_tokens": max(limit - 1, 0)}
 
 
 class OpenAICompatAdapter(TranslatingAdapter):
@@ -88,6 +103,9 @@ class OpenAICompatAdapter(TranslatingAdapter):
         else:
             out.pop("stream", None)
             out.pop("stream_options", None)
+        if out.get("store"):  # never stored in our provider account (see NOT_STORED)
+            out["store"] = False
+        _reasoning_within_limit(out)
         if self.output_limit_field == "max_tokens" and "max_completion_tokens" in out and "max_tokens" not in out:
             # Ollama and older vLLM only know max_tokens.
             out["max_tokens"] = out.pop("max_completion_tokens")
@@ -98,10 +116,12 @@ class OpenAICompatAdapter(TranslatingAdapter):
         return out
 
     def dropped(self, body: dict[str, Any]) -> list[str]:
-        """Everything is forwarded but OpenRouter's own fields to a server that is not OpenRouter."""
+        """Everything is forwarded but OpenRouter's own fields to a server that is not OpenRouter,
+        and ``store: true`` (sent as false: see NOT_STORED)."""
+        out = ["store"] if body.get("store") else []
         if self.openrouter_fields:
-            return []
-        return [key for key, value in body.items() if key in OPENROUTER_ONLY and value is not None]
+            return out
+        return out + [key for key, value in body.items() if key in OPENROUTER_ONLY and value is not None]
 
     def build_request(self, client: UpstreamClient, target: Target, body: dict[str, Any], *,
                       stream: bool) -> UpstreamRequest:

@@ -263,6 +263,15 @@ class ChatRequest(_Strict):
             raise ValueError("`stop` accepts at most 4 sequences")
         if self.stream_options is not None and not self.stream:
             raise ValueError("`stream_options` is only allowed when `stream` is true")
+        budget = self.reasoning.get("max_tokens") if self.reasoning else None
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool) or budget < 0):
+            raise ValueError("`reasoning.max_tokens` must be a non-negative integer")
+        if budget is not None and self.output_limit is not None and budget >= self.output_limit:
+            # OpenRouter's reasoning budget is output billed on top of the visible answer: inside the
+            # output limit (as Anthropic requires of budget_tokens) it is inside the hold; above it
+            # the provider could bill more than was held.
+            raise ValueError("`reasoning.max_tokens` must be below `max_tokens`: reasoning tokens are "
+                             "output tokens and count against the output limit")
         return self
 
     @property

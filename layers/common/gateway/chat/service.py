@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -60,6 +61,7 @@ from ..errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from ..http import CompactJSONResponse
 from ..money import ledger
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for
@@ -67,6 +69,8 @@ from ..observability import MetricUnit, adapter_context, count, emit, in_lambda,
 from ..translation import dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
+
+_std_logger = logging.getLogger(logger.name)  # the logging.Logger that Powertools' logger writes through
 
 # Service tiers billed at the catalogue (list) price; "priority", "flex", "scale" are refused.
 LIST_PRICE_SERVICE_TIERS = frozenset({"auto", "default"})
@@ -557,6 +561,8 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     # metrics do not: a request that did not end "ok", an estimated usage, or a fallback. A plain
     # success is DEBUG (LogLevel=DEBUG shows it again): ~650 bytes of CloudWatch Logs per request.
     notable = record.status != "ok" or record.estimated or len(call.attempts) > 1
+    if not notable and not _std_logger.isEnabledFor(logging.DEBUG):
+        return  # the DEBUG line is not written: its fields are not built either (issue 15 lever 32)
     (logger.info if notable else logger.debug)("chat completion", extra={
         "request_id": call.request_id, "user_id": str(call.principal.user_id), "model": record.model_requested,
         "served": record.model_served, "provider": record.provider, "status": record.status,
@@ -692,7 +698,7 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
     render failure (settled, billed)."""
     try:
         body = build(response) if build is not None else response
-        rendered = JSONResponse(body, headers={**call.rate_headers, **(headers or {})})
+        rendered = CompactJSONResponse(body, headers={**call.rate_headers, **(headers or {})})
     except BaseException:
         record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
         await finish_shielded(call, record)
