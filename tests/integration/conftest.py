@@ -139,3 +139,15 @@ def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield set_
     monkeypatch.undo()
     reset_settings()
+
+
+@pytest.fixture
+async def big_pool(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """A pool wide enough for hundreds of concurrent money statements."""
+    monkeypatch.setenv("DB_POOL_MAX", "20")
+    reset_settings()
+    await db.close_pool()
+    yield
+    monkeypatch.delenv("DB_POOL_MAX")
+    reset_settings()
+    await db.close_pool()

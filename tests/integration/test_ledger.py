@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from gateway import db
-from gateway.config import reset_settings
 from gateway.errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded
 from gateway.money import ledger
 from gateway.money.ledger import UsageRecord
@@ -58,18 +56,6 @@ async def assert_books_balance() -> None:
     assert await ledger.invariant_violations() == []
     row = await db.fetchone("SELECT count(*) AS n FROM balances WHERE balance - reserved < 0 AND reserved > 0")
     assert row is not None and row["n"] == 0
-
-
-@pytest.fixture
-async def big_pool(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """A pool wide enough for hundreds of concurrent money statements."""
-    monkeypatch.setenv("DB_POOL_MAX", "20")
-    reset_settings()
-    await db.close_pool()
-    yield
-    monkeypatch.delenv("DB_POOL_MAX")
-    reset_settings()
-    await db.close_pool()
 
 
 # ----------------------------------------------------------------------------------- credit

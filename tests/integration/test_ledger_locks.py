@@ -21,7 +21,6 @@ import psycopg
 import pytest
 
 from gateway import db
-from gateway.config import reset_settings
 from gateway.errors import InsufficientCredits, RateLimited
 from gateway.money import ledger
 from gateway.money.ledger import UsageRecord
@@ -29,18 +28,6 @@ from gateway.money.ledger import UsageRecord
 pytestmark = pytest.mark.integration
 
 D = Decimal
-
-
-@pytest.fixture
-async def big_pool(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
-    """A pool wide enough for many concurrent money statements."""
-    monkeypatch.setenv("DB_POOL_MAX", "20")
-    reset_settings()
-    await db.close_pool()
-    yield
-    monkeypatch.delenv("DB_POOL_MAX")
-    reset_settings()
-    await db.close_pool()
 
 
 def rid() -> str:
