@@ -822,10 +822,8 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
         if settling is not None or call.timed_out:
             return
         status = "cancelled" if call.client_gone else "ok"
-        usage = call.usage = upstream.usage
-        if call.client_gone and (usage is None or not usage.reported):
-            usage = limit_usage(call, c)  # the client left and the provider reported no usage
-        record = usage_record(call, status, candidate=c, usage=usage, ttfb_ms=ttfb_ms)
+        call.usage = upstream.usage
+        record = usage_record(call, status, candidate=c, usage=_relayed_usage(call, c, upstream), ttfb_ms=ttfb_ms)
         settling = asyncio.Task(_finish(call, record), loop=asyncio.get_running_loop(), eager_start=True)
 
     upstream.on_done = settle_now
@@ -866,11 +864,17 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
                 if status == "cancelled" and iterator is not None and not call.timed_out:
                     await _drain(call, iterator)
                 await upstream.aclose()
-                usage = upstream.usage
-                if call.client_gone and (usage is None or not usage.reported):
-                    usage = limit_usage(call, c)  # the client left and the provider's usage never came
-                await _finish(call, usage_record(call, status, candidate=c, usage=usage, error=error,
-                                                 ttfb_ms=ttfb_ms))
+                await _finish(call, usage_record(call, status, candidate=c, usage=_relayed_usage(call, c, upstream),
+                                                 error=error, ttfb_ms=ttfb_ms))
+
+
+def _relayed_usage(call: Call, c: Candidate, upstream: UpstreamStream) -> Usage | None:
+    """The usage a relay settles: the upstream's (the provider's, or the estimate), but the whole
+    limit when the client left and the provider's count never came (``limit_usage``)."""
+    usage = upstream.usage
+    if call.client_gone and (usage is None or not usage.reported):
+        return limit_usage(call, c)
+    return usage
 
 
 async def _drain(call: Call, iterator: Any) -> None:
