@@ -8,6 +8,10 @@ os.environ["STAGE"] = "test"
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "MultiLLMTest")
 os.environ["ADMIN_API_KEY"] = "test-admin-key-7f3a9c1e5b2d4f60"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Carried holds (docs/money.md) leave one standing reservation per key after a request: the suite's
+# "nothing left reserved" assertions hold with them off; tests/integration/test_carried_holds.py and
+# the e2e carried-hold test turn them on (the product's default) and assert what they leave.
+os.environ.setdefault("CARRY_HOLDS", "false")
 for _name in ("DATABASE_URL", "UPSTASH_REDIS_REST_URL", "UPSTASH_REDIS_REST_TOKEN", "SECRETS_SSM_PATH",
               "TIERS_JSON", "CORS_ALLOW_ORIGINS"):
     os.environ.pop(_name, None)

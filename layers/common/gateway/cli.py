@@ -277,6 +277,9 @@ async def _cmd_doctor(args: argparse.Namespace) -> int:
         _out("skip orphan reservations (--no-release)")
     else:
         minutes = args.release_orphans_older_than or get_settings().reservation_orphan_minutes
+        idle = await ledger.release_idle_standing()
+        if idle:
+            _out(f"fixed released {idle} carried hold(s) idle past their time")
         closed = await ledger.settle_orphans(minutes)
         if closed:
             _out(f"fixed closed {len(closed)} orphan reservation(s) older than {minutes} min "

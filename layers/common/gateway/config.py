@@ -162,6 +162,15 @@ class Settings(BaseSettings):
     buffered_deadline_s: float = Field(default=27.0, gt=0)  # ... behind API Gateway, which gives up at 30 s
     deadline_margin_s: float = Field(default=10.0, ge=0)  # kept before the Lambda timeout to settle
     settle_retry_s: float = Field(default=5.0, ge=0)  # transient database errors on settle are retried this long
+    # Carried holds (docs/money.md): a settle opens a standing hold for the next request of the same
+    # key in this container, idle in the database at most carry_hold_s, used here only during the
+    # first carry_hold_s - carry_margin_s (the margin covers the upstream mark that makes it "used"),
+    # of carry_hold_factor x the settled request's hold; at most carry_per_key idle ones per key.
+    carry_holds: bool = True
+    carry_hold_s: int = Field(default=30, ge=5, le=300)
+    carry_margin_s: int = Field(default=10, ge=3)
+    carry_hold_factor: Decimal = Field(default=Decimal("1.25"), ge=1, le=10)
+    carry_per_key: int = Field(default=4, ge=1, le=64)
 
     # Identity (JWT sign-in), BYOK master keys, API keys
     jwt_hs256_secret: str = ""
@@ -290,6 +299,12 @@ class Settings(BaseSettings):
             if len(set(names)) != len(names):
                 raise ValueError("BYOK_MASTER_KEYS has a duplicate version name")
         return v
+
+    @model_validator(mode="after")
+    def _check_carry(self) -> Settings:
+        if self.carry_margin_s >= self.carry_hold_s:
+            raise ValueError("CARRY_MARGIN_S must be below CARRY_HOLD_S (a carried hold would never be usable)")
+        return self
 
     @model_validator(mode="after")
     def _default_redis_prefix(self) -> Settings:

@@ -28,6 +28,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -63,8 +64,9 @@ from ..errors import (
 )
 from ..http import CompactJSONResponse
 from ..money import ledger
+from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
-from ..money.pricing import ZERO, ModelPrice, charge_for
+from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
 from ..translation import dropped_header
 from .responses import assemble
@@ -164,6 +166,7 @@ class Call:
     timed_out: bool = False        # the deadline stopped the upstream call
     mark: asyncio.TimerHandle | None = None
     marking: asyncio.Task[None] | None = None
+    reservation: str | None = None  # a carried hold's id when the request uses one (else its request_id)
     wire: Wire = CHAT
     surface: str = "chat"          # the API surface that admitted it (logged): chat, messages, responses
     usage: Usage | None = None     # the usage of the answer (final once the relay ended), for surfaces
@@ -173,6 +176,11 @@ class Call:
 
     def remaining(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
+
+    @property
+    def held_as(self) -> str:
+        """The id of the reservation holding the request's credit."""
+        return self.reservation or self.request_id
 
 
 # --------------------------------------------------------------------------- deadline
@@ -361,6 +369,10 @@ async def admit(call: Call) -> None:
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
+    standing = _carried().take((str(p.user_id), str(p.key_id)), call.hold) if settings.carry_holds else None
+    if standing is not None:
+        await _admit_carried(call, standing, hint)
+        return
     reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=settings.quotas(),
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
@@ -370,7 +382,7 @@ async def admit(call: Call) -> None:
     if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
         if not isinstance(reserved, BaseException):
             with anyio.CancelScope(shield=True):
-                await ledger.cancel(call.request_id)
+                await ledger.cancel(call.held_as)
         raise decision
     if isinstance(reserved, BaseException):
         if not decision.allowed:
@@ -378,17 +390,48 @@ async def admit(call: Call) -> None:
         if isinstance(reserved, GatewayError):
             count(f"Rejected{reserved.status}")
         raise reserved
-    tier = settings.tier(reserved.tier)
+    await _admitted(call, settings.tier(reserved.tier), hint, decision)
+
+
+async def _admit_carried(call: Call, standing: Standing, hint: Tier) -> None:
+    """Admit on a hold the previous request's settle carried (docs/money.md "Carried holds"): the
+    database already made the reserve's checks and counts for it; the rate limit runs as always."""
+    p = call.principal
+    call.reservation = standing.request_id
+    try:
+        decision = await ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
+    except BaseException:  # cancellation only (ratelimit.check fails open/closed itself)
+        with anyio.CancelScope(shield=True):
+            await ledger.cancel(call.held_as)
+        raise
+    await _admitted(call, get_settings().tier(standing.tier), hint, decision)
+
+
+async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Decision) -> None:
+    """The checks after the hold, against the tier the database read with it: a refusal gives the
+    hold back (no charge, the quota request returned)."""
+    p = call.principal
     try:
         if tier.rpm != hint.rpm:  # the subscription changed since the key was cached
             decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
         ratelimit.enforce(decision)
         _check_plan(call, tier)
     except GatewayError:
-        await ledger.cancel(call.request_id)
+        await ledger.cancel(call.held_as)
         raise
     call.tier = tier
     call.rate_headers = decision.headers()
+
+
+_carried_holds: Carried | None = None
+
+
+def _carried() -> Carried:
+    """This container's carried holds (created on first use, with the settings' per-key bound)."""
+    global _carried_holds
+    if _carried_holds is None:
+        _carried_holds = Carried(per_key=get_settings().carry_per_key)
+    return _carried_holds
 
 
 async def _both(reserve: Coroutine[Any, Any, Any], limit: Coroutine[Any, Any, ratelimit.Decision]
@@ -473,32 +516,57 @@ def limit_usage(call: Call, c: Candidate) -> Usage:
 # written by the next request of this container that settles successfully. Each one is also
 # logged in full, and its reservation (marked as sent upstream) is charged its hold by the orphan
 # sweeper if this container never gets to it.
-_deferred: deque[ledger.UsageRecord] = deque(maxlen=10_000)
+_deferred: deque[tuple[ledger.UsageRecord, str | None]] = deque(maxlen=10_000)
 
 
-async def _settle(record: ledger.UsageRecord) -> ledger.Settlement | None:
+async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledger.Settlement | None:
+    """Settle ``record``; for a request (``call``), also give back the carried holds of its key
+    this container drops and carry one for the next request when it succeeded."""
+    settings = get_settings()
+    reservation = release = carry = None
+    who: tuple[str, str] | None = None
+    if call is not None:
+        reservation = call.reservation
+        if settings.carry_holds:
+            carried = _carried()
+            who = (str(call.principal.user_id), str(call.principal.key_id))
+            release = carried.drop(who, call.hold)
+            if record.status == "ok" and carried.wants(who):
+                carry = ledger.Carry(
+                    request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
+                    seconds=settings.carry_hold_s, quotas=settings.quotas(),
+                    max_in_flight=settings.max_in_flight_per_user)
     try:
-        result = await ledger.settle(record, retry_for=get_settings().settle_retry_s)
+        result = await ledger.settle(record, retry_for=settings.settle_retry_s, reservation=reservation,
+                                     release=release or (), carry=carry)
     except ledger.TRANSIENT_DB_ERRORS as exc:
-        _deferred.append(record)
+        _deferred.append((record, reservation))
         count("SettleDeferred")
         logger.error("settlement deferred: database unavailable", extra={
             "request_id": record.request_id, "error": type(exc).__name__, "user_id": str(record.user_id),
             "status": record.status, "model": record.model_served, "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens, "charge": str(record.charge)})
         return None
+    if carry is not None and who is not None and result.carried_tier is not None:
+        _carried().put(who, Standing(carry.request_id, carry.hold, result.carried_tier,
+                                     time.time() + settings.carry_hold_s - settings.carry_margin_s))
     if _deferred:
         await flush_deferred()
     return result
+
+
+def new_hold_id() -> str:
+    """The id of a carried hold's reservation (never a request's: ``req_`` ids and API Gateway's)."""
+    return "hold_" + uuid.uuid4().hex
 
 
 async def flush_deferred() -> int:
     """Settle what an earlier database outage left in this container; stops at the first failure."""
     done = 0
     while _deferred:
-        record = _deferred[0]
+        record, reservation = _deferred[0]
         try:
-            await ledger.settle(record)
+            await ledger.settle(record, reservation=reservation)
         except ledger.TRANSIENT_DB_ERRORS:
             break
         _deferred.popleft()
@@ -506,12 +574,12 @@ async def flush_deferred() -> int:
     return done
 
 
-async def _mark_sent(request_id: str) -> None:
+async def _mark_sent(call: Call) -> None:
     try:
-        await ledger.mark_upstream(request_id)
+        await ledger.mark_upstream(call.held_as, call.request_id, call.candidates[0].model.id)
     except Exception as exc:  # the settle closes the reservation anyway; the mark only guides the sweeper
         logger.warning("could not mark the reservation as sent upstream",
-                       extra={"request_id": request_id, "error": type(exc).__name__})
+                       extra={"request_id": call.request_id, "error": type(exc).__name__})
 
 
 def sending(call: Call) -> None:
@@ -519,7 +587,7 @@ def sending(call: Call) -> None:
     ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
     if call.mark is None:
         def mark() -> None:
-            call.marking = asyncio.ensure_future(_mark_sent(call.request_id))
+            call.marking = asyncio.ensure_future(_mark_sent(call))
 
         call.mark = asyncio.get_running_loop().call_later(MARK_SENT_AFTER_S, mark)
 
@@ -530,7 +598,7 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         call.mark.cancel()
     if call.marking is not None and not call.marking.done():
         await call.marking
-    result = await _settle(record)
+    result = await _settle(record, call)
     if result is not None and result.overrun:
         count("HoldOverrun")
         emit({"user": str(call.principal.user_id)},

@@ -20,8 +20,9 @@ import asyncio
 import datetime as dt
 import json
 import operator
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
@@ -173,6 +174,19 @@ def _text(value: object) -> bytes | None:
     return None if value is None else str(value).encode()
 
 
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def _text_array(ids: Sequence[str]) -> bytes | None:
+    """A ``text[]`` parameter of ``db.call`` from request ids (no quoting needed: checked)."""
+    if not ids:
+        return None
+    for i in ids:
+        if not _ID.fullmatch(i):
+            raise ValueError(f"not a request id: {i!r}")
+    return ("{" + ",".join(ids) + "}").encode()
+
+
 async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
                   quotas: Mapping[str, int | None] | None = None, api_key_id: UUID | str | None = None,
                   model: str = "", max_in_flight: int | None = None,
@@ -239,17 +253,19 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "available.", balance=money(available), required=money(hold))
 
 
-# Sent through ``db.call`` (see RESERVE_SQL): request_id. Every request still running after
-# ``chat.service.MARK_SENT_AFTER_S`` (1 s: most real provider calls) sends it.
-MARK_UPSTREAM_SQL = ("UPDATE reservations SET upstream_at = now() WHERE request_id = $1::text AND upstream_at IS NULL "
-                     "RETURNING request_id")
-MARK_UPSTREAM = db.Statement("ledger_mark_upstream", MARK_UPSTREAM_SQL)
+# Sent through ``db.call`` (see RESERVE_SQL): reservation id, request id, model. Every request still
+# running after ``chat.service.MARK_SENT_AFTER_S`` (1 s: most real provider calls) sends it. A
+# standing reservation (migration 0012) it marks is no longer idle: never released as such.
+MARK_UPSTREAM_SQL = ("UPDATE reservations SET upstream_at = now(), standing_until = NULL, used_by = $2::text, "
+                     "model = $3::text WHERE request_id = $1::text AND upstream_at IS NULL RETURNING request_id")
+MARK_UPSTREAM = db.Statement("ledger_mark_sent", MARK_UPSTREAM_SQL)
 
 
-async def mark_upstream(request_id: str) -> None:
+async def mark_upstream(reservation_id: str, request_id: str | None = None, model: str = "") -> None:
     """Record on the reservation that the request is being sent to a provider (the orphan sweeper
-    then charges it instead of releasing it)."""
-    await db.call(MARK_UPSTREAM, (request_id.encode(),))
+    then charges it instead of releasing it), and which request uses it (a carried hold's id is
+    not the request's)."""
+    await db.call(MARK_UPSTREAM, (reservation_id.encode(), (request_id or reservation_id).encode(), model.encode()))
 
 
 # Sent through ``db.call`` (see RESERVE_SQL): request_id, period; a row when a reservation was undone.
@@ -357,6 +373,29 @@ SETTLE_SQL = (
 SETTLE = db.Statement("ledger_settle", SETTLE_SQL)
 
 
+# Settle through mlp_settle_carry (migration 0012, docs/money.md "Carried holds"): record, period,
+# uncount, description, user id, the reservation the request used, the standing reservations the
+# container drops, then the standing reservation to open: its id, hold, idle seconds, and
+# mlp_reserve's quota map, default quota and in-flight cap.
+SETTLE_CARRY_SQL = (
+    "SELECT balance, reserved, hold, ledger_rows, carried_tier FROM mlp_settle_carry($1::jsonb, $2::date, "
+    "$3::boolean, $4::text, $5::uuid, $6::text, $7::text[], $8::text, $9::numeric, $10::integer, $11::jsonb, "
+    "$12::integer, $13::integer)")
+SETTLE_CARRY = db.Statement("ledger_settle_carry", SETTLE_CARRY_SQL)
+
+
+@dataclass(frozen=True, slots=True)
+class Carry:
+    """A standing reservation for the next request of the settled request's user and key: opened by
+    its settle when mlp_reserve's checks pass, idle in the database for at most ``seconds``."""
+
+    request_id: str
+    hold: Decimal
+    seconds: int
+    quotas: Mapping[str, int | None] | None = None
+    max_in_flight: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     settled: bool           # False if the reservation was already settled/released (idempotent)
@@ -364,6 +403,7 @@ class Settlement:
     reserved: Decimal = ZERO
     hold: Decimal = ZERO
     charge: Decimal = ZERO  # what was charged (may exceed ``hold``: see ``overrun``)
+    carried_tier: str | None = None  # the user's tier when the settle opened the ``Carry`` asked for
 
     @property
     def overrun(self) -> bool:
@@ -384,9 +424,15 @@ RETRY_FIRST_DELAY_S = 0.05
 RETRY_MAX_DELAY_S = 1.0
 
 
-async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
+async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: str | None = None,
+                 release: Sequence[str] = (), carry: Carry | None = None) -> Settlement:
     """Close a reservation: charge ``record.charge``, release the rest, write the ledger row and
     the usage record, all in one statement. A second call for the same request is a no-op.
+
+    ``reservation``: the reservation the request used when it is not its own id (a standing one,
+    carried by an earlier settle); ``release``: idle standing reservations of the same user and key
+    to give back; ``carry``: a standing reservation to open for the next request
+    (``Settlement.carried_tier`` tells whether it was). Same statement, same transaction.
 
     Transient database errors are retried for up to ``retry_for`` seconds (backing off), then
     raised. If the charge exceeds the hold (a provider billed beyond its documented limits) it is
@@ -396,18 +442,31 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
         raise ValueError("charge must be >= 0")
     if record.charge != to_credit(record.charge):
         raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
-    params = (
+    params: tuple[bytes | None, ...] = (
         record_json(record).encode(),
         period_start().isoformat().encode(),
         b"t" if record.status in ("failed", "orphaned") and record.charge == 0 else b"f",
         f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
         f"{record.completion_tokens} tokens".encode(),
     )
+    statement = SETTLE
+    if reservation is not None or release or carry is not None:
+        statement = SETTLE_CARRY
+        if carry is not None:
+            if carry.hold != to_credit(carry.hold) or carry.hold < 0:
+                raise ValueError("a carried hold must be >= 0 with at most 8 decimal places")
+            quotas_json, default_quota = _quotas.params(carry.quotas)
+            carried: tuple[bytes | None, ...] = (
+                carry.request_id.encode(), str(carry.hold).encode(), str(carry.seconds).encode(), quotas_json,
+                str(default_quota).encode(), _text(carry.max_in_flight))
+        else:
+            carried = (None,) * 6
+        params = (*params, str(record.user_id).encode(), _text(reservation), _text_array(release), *carried)
     give_up = time.monotonic() + retry_for
     delay = RETRY_FIRST_DELAY_S
     while True:
         try:
-            row = await db.call(SETTLE, params)
+            row = await db.call(statement, params)
             break
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > give_up:
@@ -420,8 +479,10 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0) -> Settlement:
         return Settlement(settled=False)
     balance, reserved, hold = row[0], row[1], row[2]
     assert balance is not None and reserved is not None and hold is not None  # NOT NULL columns
+    tier = row[4] if statement is SETTLE_CARRY else None
     return Settlement(settled=True, balance=Decimal(balance.decode()), reserved=Decimal(reserved.decode()),
-                      hold=Decimal(hold.decode()), charge=record.charge)
+                      hold=Decimal(hold.decode()), charge=record.charge,
+                      carried_tier=tier.decode() if tier is not None else None)
 
 
 async def release(record: UsageRecord) -> Settlement:
@@ -431,8 +492,8 @@ async def release(record: UsageRecord) -> Settlement:
 
 
 ORPHANS_SQL = """
-SELECT request_id, user_id, api_key_id, model, amount, upstream_at IS NOT NULL AS reached FROM reservations
-WHERE created_at < now() - make_interval(mins => %s) ORDER BY created_at LIMIT %s
+SELECT request_id, used_by, user_id, api_key_id, model, amount, upstream_at IS NOT NULL AS reached FROM reservations
+WHERE created_at < now() - make_interval(mins => %s) AND standing_until IS NULL ORDER BY created_at LIMIT %s
 """
 
 
@@ -451,13 +512,33 @@ async def settle_orphans(older_than_minutes: int, *, limit: int = 1000) -> list[
     closed = []
     for r in rows:
         charge = r["amount"] if r["reached"] else ZERO
+        # a used standing reservation is recorded under the id of the request that used it
+        request_id = r["used_by"] or r["request_id"]
         result = await settle(UsageRecord(
-            request_id=r["request_id"], user_id=r["user_id"], api_key_id=r["api_key_id"],
+            request_id=request_id, user_id=r["user_id"], api_key_id=r["api_key_id"],
             model_requested=r["model"] or "unknown", status="orphaned", error_code="orphaned_reservation",
-            charge=charge, estimated=r["reached"]))
+            charge=charge, estimated=r["reached"]), reservation=r["request_id"])
         if result.settled:
-            closed.append(Orphan(r["request_id"], charge))
+            closed.append(Orphan(request_id, charge))
     return closed
+
+
+IDLE_STANDING_SQL = """
+SELECT DISTINCT user_id, api_key_id FROM reservations WHERE standing_until < now() LIMIT %s
+"""
+
+
+async def release_idle_standing(*, limit: int = 1000) -> int:
+    """Give back standing reservations (carried holds, migration 0012) idle past their time: no
+    charge, no usage record, the quota request and the in-flight slot returned. One statement per
+    user and key (mlp_release_standing: it never waits on a reservation a request is using)."""
+    released = 0
+    period = period_start()
+    for r in await db.fetchall(IDLE_STANDING_SQL, (limit,)):
+        row = await db.fetchone("SELECT mlp_release_standing(%s, %s, NULL, %s) AS n",
+                                (r["user_id"], r["api_key_id"], period))
+        released += row["n"] if row else 0
+    return released
 
 
 async def release_orphans(older_than_minutes: int) -> list[str]:

@@ -7,6 +7,8 @@ is charged its hold, marked estimated (the provider billed a call whose usage ne
 that was not is released. Every close is one idempotent settle statement, so a retried or
 duplicate delivery changes nothing. The handler raises only when the database cannot be used:
 Scheduler/Lambda retry, then the DLQ raises an alarm. ``mlp doctor`` does the same by hand.
+First it gives back carried holds idle past their time (``ledger.release_idle_standing``,
+docs/money.md "Carried holds").
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from . import ledger
 
 async def run(event: Any) -> dict[str, Any]:
     minutes = get_settings().reservation_orphan_minutes
+    idle = await ledger.release_idle_standing()
+    count("IdleHoldsReleased", idle)
     closed = await ledger.settle_orphans(minutes)
     charged = [o for o in closed if o.charged > 0]
     count("OrphansCharged", len(charged))
     count("OrphansReleased", len(closed) - len(charged))
-    summary = {"older_than_minutes": minutes, "charged": [o.request_id for o in charged],
+    summary = {"older_than_minutes": minutes, "idle_holds_released": idle,
+               "charged": [o.request_id for o in charged],
                "released": [o.request_id for o in closed if o.charged == 0]}
     if closed:
         logger.warning("closed orphan reservations", extra=summary)

@@ -1,0 +1,80 @@
+"""The carried holds this container keeps (docs/money.md "Carried holds"; no I/O).
+
+A settle may open a standing reservation for the next request of the same user and key
+(``ledger.Carry``, migration 0012): the database has checked and counted it exactly as a reserve
+would. The container keeps its id, amount and the user's tier here; the next request of that key
+whose hold fits takes it instead of sending a reserve, until ``usable_until`` (wall clock: right
+again after a Lambda environment thaws; the database keeps it idle ``carry_margin_s`` longer, the
+time the request has to mark it as used). A taken hold is the request's own: ``take`` removes it,
+so two concurrent requests never share one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+Principal = tuple[str, str]   # (user id, key id) as text
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    request_id: str       # the standing reservation's id
+    amount: Decimal       # its hold
+    tier: str             # the user's tier when it was opened
+    usable_until: float   # wall-clock time after which this container no longer uses it
+
+
+class Carried:
+    """Standing reservations by user and key, at most ``per_key`` idle ones each."""
+
+    __slots__ = ("_clock", "_held", "per_key")
+
+    def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
+        self.per_key = per_key
+        self._clock = clock
+        self._held: dict[Principal, list[Standing]] = {}
+
+    def take(self, who: Principal, hold: Decimal) -> Standing | None:
+        """A usable standing reservation of ``who`` of at least ``hold``, removed from the store."""
+        held = self._held.get(who)
+        if not held:
+            return None
+        now = self._clock()
+        for i, s in enumerate(held):
+            if s.amount >= hold and now < s.usable_until:
+                del held[i]
+                return s
+        return None
+
+    def drop(self, who: Principal, hold: Decimal) -> list[str]:
+        """Remove and return the ids of ``who``'s standing reservations this container will not use:
+        past their time, or smaller than ``hold`` (the latest request's: the next one is likely as
+        big). Their settle gives them back in the database."""
+        held = self._held.get(who)
+        if not held:
+            return []
+        now = self._clock()
+        keep = [s for s in held if s.amount >= hold and now < s.usable_until]
+        gone = [s.request_id for s in held if s not in keep]
+        if keep:
+            self._held[who] = keep
+        else:
+            del self._held[who]
+        return gone
+
+    def wants(self, who: Principal) -> bool:
+        """Room for one more idle standing reservation of ``who``."""
+        return len(self._held.get(who, ())) < self.per_key
+
+    def put(self, who: Principal, standing: Standing) -> None:
+        if len(self._held) >= 256:  # many users through one container: forget the stale ones
+            now = self._clock()
+            for key in [k for k, v in self._held.items() if all(now >= s.usable_until for s in v)]:
+                del self._held[key]
+        self._held.setdefault(who, []).append(standing)
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._held.values())

@@ -1,0 +1,221 @@
+"""Carried holds (docs/money.md "Carried holds", migration 0012): a settle opens a standing
+reservation for the next request of the same key, which uses it instead of a reserve. Against real
+Postgres, the Upstash bridge and the fake providers; the books are checked after every scenario."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.chat import service
+from gateway.money import ledger, sweeper
+from gateway.money.pricing import to_credit
+from tests.integration.test_chat_money import api, app, ask, balance, direct, records, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.integration
+D = Decimal
+MODEL = "openai/gpt-4o-mini"
+
+
+@pytest.fixture
+def carrying(setting: Any) -> Iterator[Any]:
+    """Carried holds on (the product's default; the suite runs with them off), a fresh store."""
+    setting(carry_holds="true")
+    service._carried_holds = None
+    yield setting
+    service._carried_holds = None
+
+
+def backdate(database_url: str, sql: str, request_id: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute(sql, (request_id,)).rowcount == 1
+
+
+def standing(database_url: str, user_id: Any) -> list[dict[str, Any]]:
+    return direct(database_url, "SELECT * FROM reservations WHERE user_id = %s AND standing_until IS NOT NULL",
+                  user_id)
+
+
+async def books_balance(user_id: Any) -> None:
+    """mlp doctor's invariants: balance = ledger, reserved = open reservations, in flight = their count."""
+    assert [v for v in await ledger.invariant_violations() if v["user_id"] == user_id] == []
+
+
+async def test_the_next_request_of_the_key_uses_the_hold_its_predecessor_carried(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one [[words:3]]")).status_code == 200
+    first = records(database_url, user.user_id)[0]
+    [held] = standing(database_url, user.user_id)
+    assert held["amount"] == to_credit(first["hold"] * D("1.25")) and held["api_key_id"] == user.key_id
+    b = balance(database_url, user.user_id)
+    # counted as a reservation: credit held, one in flight, one more request of the monthly quota
+    assert (b["reserved"], b["in_flight"], b["period_requests"]) == (held["amount"], 1, 2)
+    await books_balance(user.user_id)
+
+    assert (await ask(api, user, MODEL, "one [[words:3]]")).status_code == 200
+    second = records(database_url, user.user_id)[1]
+    assert second["hold"] == held["amount"]  # held by the carried reservation, not a reserve of its own
+    assert second["status"] == "ok" and second["charge"] == first["charge"]
+    [carried] = standing(database_url, user.user_id)
+    assert carried["request_id"] != held["request_id"]  # used, closed, and a new one carried
+    b = balance(database_url, user.user_id)
+    assert b["balance"] == D("5") - first["charge"] - second["charge"]
+    assert (b["reserved"], b["in_flight"], b["period_requests"]) == (carried["amount"], 1, 3)
+    await books_balance(user.user_id)
+
+
+async def test_a_bigger_request_reserves_for_itself_and_the_small_hold_is_given_back(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "small", max_tokens=10)).status_code == 200
+    [small] = standing(database_url, user.user_id)
+    assert (await ask(api, user, MODEL, "big", max_tokens=4000)).status_code == 200
+    big = records(database_url, user.user_id)[1]
+    assert big["hold"] > small["amount"]  # its own reserve: the carried one did not cover it
+    [carried] = standing(database_url, user.user_id)
+    assert carried["amount"] == to_credit(big["hold"] * D("1.25"))  # the small one is gone, given back
+    b = balance(database_url, user.user_id)
+    assert (b["reserved"], b["in_flight"], b["period_requests"]) == (carried["amount"], 1, 3)
+    await books_balance(user.user_id)
+
+
+async def test_a_hold_past_its_usable_time_is_not_used_and_is_given_back(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    carrying(carry_hold_s=5, carry_margin_s=4)  # usable for 1 s here
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one")).status_code == 200
+    [old] = standing(database_url, user.user_id)
+    await asyncio.sleep(1.1)
+    assert (await ask(api, user, MODEL, "one")).status_code == 200
+    second = records(database_url, user.user_id)[1]
+    assert second["hold"] == records(database_url, user.user_id)[0]["hold"]  # reserved for itself
+    assert [r["request_id"] for r in standing(database_url, user.user_id)] != [old["request_id"]]
+    assert len(standing(database_url, user.user_id)) == 1
+    await books_balance(user.user_id)
+
+
+async def test_a_reserve_refused_for_credit_takes_back_idle_holds_past_their_time(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one", max_tokens=1000)).status_code == 200
+    [held] = standing(database_url, user.user_id)
+    # another container's view: it does not have the hold, and the user has just enough credit left
+    # for one request if the idle hold is given back
+    service._carried_holds = None
+    hold = records(database_url, user.user_id)[0]["hold"]
+    spend = balance(database_url, user.user_id)["balance"] - held["amount"] - hold + D("0.00000001")
+    await ledger.credit(user.user_id, -spend, "adjustment", f"test-spend-{user.user_id}")
+    assert (await ask(api, user, MODEL, "one", max_tokens=1000)).status_code == 402  # the idle hold counts
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", held["request_id"])
+    r = await ask(api, user, MODEL, "one", max_tokens=1000)
+    assert r.status_code == 200, r.text  # past its time, it was given back to this reserve
+    assert held["request_id"] not in [x["request_id"] for x in direct(
+        database_url, "SELECT request_id FROM reservations WHERE user_id = %s", user.user_id)]
+    await books_balance(user.user_id)
+
+
+async def test_concurrent_requests_never_share_a_carried_hold(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one")).status_code == 200
+    [held] = standing(database_url, user.user_id)
+    responses = await asyncio.gather(*[ask(api, user, MODEL, "one [[ttfb:0.2]]") for _ in range(3)])
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    later = records(database_url, user.user_id)[1:]
+    assert len(later) == 3
+    assert sorted(r["hold"] == held["amount"] for r in later) == [False, False, True]  # one used it
+    await books_balance(user.user_id)
+
+
+async def test_no_hold_is_carried_without_the_credit_for_it(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one", max_tokens=1000)).status_code == 200
+    hold = records(database_url, user.user_id)[0]["hold"]
+    service._carried_holds = None
+    for r in standing(database_url, user.user_id):
+        await ledger.cancel(r["request_id"])
+    left = balance(database_url, user.user_id)["balance"]
+    await ledger.credit(user.user_id, -(left - to_credit(hold * D("1.1"))), "adjustment", f"test-spend-{user.user_id}")
+    assert (await ask(api, user, MODEL, "one", max_tokens=1000)).status_code == 200
+    assert standing(database_url, user.user_id) == []  # 1.25 x the hold did not fit: nothing carried
+    b = balance(database_url, user.user_id)
+    assert (b["reserved"], b["in_flight"]) == (0, 0)
+    await books_balance(user.user_id)
+
+
+async def test_a_long_request_marks_the_carried_hold_it_uses(
+        api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one")).status_code == 200
+    [held] = standing(database_url, user.user_id)
+    slow = asyncio.ensure_future(ask(api, user, MODEL, "one [[ttfb:2]]"))
+    marked = await wait_for(lambda: direct(
+        database_url, "SELECT * FROM reservations WHERE request_id = %s AND upstream_at IS NOT NULL",
+        held["request_id"]))
+    # no longer idle (never given back as such), and it names the request that uses it
+    assert marked[0]["standing_until"] is None and marked[0]["used_by"]
+    assert (await slow).status_code == 200
+    assert records(database_url, user.user_id)[1]["request_id"] == marked[0]["used_by"]
+    await books_balance(user.user_id)
+
+
+# ------------------------------------------------------------------ the ledger's statements directly
+def _record(user: Any, request_id: str, charge: str) -> ledger.UsageRecord:
+    return ledger.UsageRecord(request_id=request_id, user_id=user.user_id, api_key_id=user.key_id,
+                              model_requested=MODEL, status="ok", charge=D(charge))
+
+
+async def _carry_one(user: Any, database_url: str) -> str:
+    await ledger.reserve(user.user_id, f"req-a-{user.user_id}", D("0.5"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.5"), seconds=30)
+    result = await ledger.settle(_record(user, f"req-a-{user.user_id}", "0.1"), carry=carry)
+    assert result.settled and result.carried_tier == "pro"
+    return carry.request_id
+
+
+async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charged_once(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    hold_id = await _carry_one(user, database_url)
+    # its mark was lost (a database outage) and the hold went past its time: given back as idle
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", hold_id)
+    assert await ledger.release_idle_standing() >= 1
+    b = balance(database_url, user.user_id)
+    assert (b["reserved"], b["in_flight"]) == (0, 0)
+    result = await ledger.settle(_record(user, f"req-b-{user.user_id}", "0.2"), reservation=hold_id)
+    assert result.settled and result.overrun  # charged all the same, beyond a hold of 0
+    assert balance(database_url, user.user_id)["balance"] == D("5") - D("0.1") - D("0.2")
+    again = await ledger.settle(_record(user, f"req-b-{user.user_id}", "0.2"), reservation=hold_id)
+    assert not again.settled  # a retried settle changes nothing
+    assert balance(database_url, user.user_id)["balance"] == D("4.7")
+    await books_balance(user.user_id)
+
+
+async def test_the_sweeper_gives_back_idle_holds_and_charges_used_orphans_under_the_request_id(
+        make_user: Any, database_url: str, setting: Any) -> None:
+    idle_user, used_user = await make_user("5"), await make_user("5")
+    idle = await _carry_one(idle_user, database_url)
+    used = await _carry_one(used_user, database_url)
+    await ledger.mark_upstream(used, "req-used-1", MODEL)  # a request took it, then its container died
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", idle)
+    backdate(database_url, "UPDATE reservations SET created_at = now() - interval '1 hour' WHERE request_id = %s",
+           used)
+    summary = await sweeper.run({})
+    assert summary["idle_holds_released"] >= 1 and "req-used-1" in summary["charged"]
+    assert records(database_url, idle_user.user_id)[1:] == []  # given back: no usage record, no charge
+    b = balance(database_url, idle_user.user_id)
+    assert (b["balance"], b["reserved"], b["in_flight"], b["period_requests"]) == (D("4.9"), 0, 0, 1)
+    orphan = records(database_url, used_user.user_id)[1]
+    assert (orphan["request_id"], orphan["status"], orphan["charge"]) == ("req-used-1", "orphaned", D("0.5"))
+    await books_balance(idle_user.user_id)
+    await books_balance(used_user.user_id)

@@ -1,0 +1,68 @@
+"""The container's store of carried holds (gateway.money.carried): pure, no I/O."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+from gateway.money.carried import Carried, Standing
+
+WHO = ("user-1", "key-1")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_hold_is_taken_once_and_only_by_a_request_it_covers() -> None:
+    clock = Clock()
+    store = Carried(clock=clock)
+    store.put(WHO, Standing("hold_a", D("0.50"), "pro", usable_until=1020))
+    assert store.take(WHO, D("0.51")) is None          # too small for this request: kept
+    assert store.take(("user-1", "key-2"), D("0.1")) is None  # another key of the same user
+    taken = store.take(WHO, D("0.50"))
+    assert taken is not None and taken.request_id == "hold_a" and taken.tier == "pro"
+    assert store.take(WHO, D("0.01")) is None          # gone: two requests never share one
+    assert len(store) == 0
+
+
+def test_a_hold_past_its_time_is_never_taken_and_is_dropped() -> None:
+    clock = Clock()
+    store = Carried(clock=clock)
+    store.put(WHO, Standing("hold_old", D("1"), "free", usable_until=1020))
+    store.put(WHO, Standing("hold_new", D("1"), "free", usable_until=1040))
+    clock.now = 1020
+    assert store.take(WHO, D("0.5")).request_id == "hold_new"  # type: ignore[union-attr]
+    assert store.take(WHO, D("0.5")) is None
+    assert store.drop(WHO, D("0.5")) == ["hold_old"]
+    assert len(store) == 0 and store.drop(WHO, D("0.5")) == []
+
+
+def test_drop_gives_back_the_holds_smaller_than_the_latest_request_and_keeps_the_rest() -> None:
+    store = Carried(clock=Clock())
+    store.put(WHO, Standing("hold_small", D("0.10"), "free", usable_until=2000))
+    store.put(WHO, Standing("hold_big", D("0.90"), "free", usable_until=2000))
+    assert store.drop(WHO, D("0.50")) == ["hold_small"]
+    assert store.take(WHO, D("0.50")).request_id == "hold_big"  # type: ignore[union-attr]
+
+
+def test_at_most_per_key_idle_holds_are_wanted() -> None:
+    store = Carried(per_key=2, clock=Clock())
+    assert store.wants(WHO)
+    store.put(WHO, Standing("hold_1", D("1"), "free", usable_until=2000))
+    assert store.wants(WHO)
+    store.put(WHO, Standing("hold_2", D("1"), "free", usable_until=2000))
+    assert not store.wants(WHO) and store.wants(("user-2", "key-9"))
+
+
+def test_many_users_through_one_container_forget_their_stale_holds() -> None:
+    clock = Clock()
+    store = Carried(clock=clock)
+    for i in range(256):
+        store.put((f"user-{i}", "k"), Standing(f"hold_{i}", D("1"), "free", usable_until=1010))
+    clock.now = 1011  # all stale (the database gives them back)
+    store.put(WHO, Standing("hold_live", D("1"), "free", usable_until=1030))
+    assert len(store) == 1 and store.take(WHO, D("1")).request_id == "hold_live"  # type: ignore[union-attr]
