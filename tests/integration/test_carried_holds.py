@@ -15,9 +15,11 @@ import pytest
 from gateway.chat import service
 from gateway.money import ledger, sweeper
 from gateway.money.pricing import to_credit
-from tests.integration.test_chat_money import api, app, ask, balance, direct, records, wait_for  # noqa: F401
+from tests.integration.test_chat_money import ask, balance, direct, records, wait_for
+from tests.support.apps import function_fixtures
 
 pytestmark = pytest.mark.integration
+app, api = function_fixtures("functions/query/app.py", app="app", client="api")
 D = Decimal
 MODEL = "openai/gpt-4o-mini"
 

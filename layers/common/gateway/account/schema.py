@@ -63,7 +63,8 @@ class BalanceKey(Body):
     remaining: MoneyStr | None
 
 
-_BALANCE = {"object": "balance", "balance": "11.25000000", "reserved": "1.25000000", "total": "12.50000000",
+_BALANCE = {"object": "balance", "balance": "11.25000000", "reserved": "1.25000000", "carried": "0.25000000",
+            "total": "12.50000000",
             "currency": "USD", "tier": "pro", "rate_limit": {"requests_per_minute": 60},
             "quota": {"period_start": "2025-03-01", "resets_at": "2025-04-01", "requests_used": 4,
                       "requests_limit": 1000, "requests_remaining": 996}}
@@ -75,7 +76,9 @@ class Balance(Body):
 
     object: Literal["balance"] = "balance"
     balance: MoneyStr = Field(description="available to spend now (total - reserved)")
-    reserved: MoneyStr = Field(description="held by requests in flight")
+    reserved: MoneyStr = Field(description="held by requests in flight, and `carried`")
+    carried: MoneyStr = Field(description="part of `reserved`: held for the next request of a key used in the last "
+                                          "30 s (a carried hold, given back unused after that; docs/money.md)")
     total: MoneyStr = Field(description="the ledger balance (balance + reserved)")
     currency: Literal["USD"] = "USD"
     tier: str

@@ -114,6 +114,8 @@ def _filters(user_id: UUID | str, start: dt.datetime | None, end: dt.datetime | 
 async def balance(principal: Principal) -> Balance:
     row = await db.fetchone(
         "SELECT u.tier, b.balance, b.reserved, b.period_start, b.period_requests, "
+        "(SELECT COALESCE(sum(r.amount), 0) FROM reservations r WHERE r.user_id = u.id "
+        "AND r.standing_until IS NOT NULL) AS carried, "
         "k.id AS key_id, k.name AS key_name, k.rpm AS key_rpm, k.spend_cap, k.spent, k.reserved AS key_reserved "
         "FROM users u JOIN balances b ON b.user_id = u.id "
         "LEFT JOIN api_keys k ON k.id = %(key_id)s AND k.user_id = u.id "
@@ -135,7 +137,7 @@ async def balance(principal: Principal) -> Balance:
             remaining=money(max(row["spend_cap"] - row["spent"] - row["key_reserved"], Decimal(0)))
             if capped else None)
     return Balance(
-        balance=money(row["balance"] - row["reserved"]), reserved=money(row["reserved"]),
+        balance=money(row["balance"] - row["reserved"]), reserved=money(row["reserved"]), carried=money(row["carried"]),
         total=money(row["balance"]), tier=tier.name, rate_limit=RateLimit(requests_per_minute=tier.rpm),
         quota=Quota(period_start=period, resets_at=ledger.next_period_start(), requests_used=used,
                     requests_limit=limit, requests_remaining=None if limit is None else max(limit - used, 0)),

@@ -156,7 +156,10 @@ $fn$;
 
 
 -- Settle (mlp_settle, unchanged) a reservation that may be a used standing one, release the
--- container's idle standing holds of the same user and key, and carry a new one.
+-- container's idle standing holds of the same user and key, and carry a new one. A hold is carried
+-- only far from every limit, so that an idle one (in another container, for up to p_carry_s) is
+-- never what refuses a request: credit and the capped key's headroom for 4 such holds, requests in
+-- flight at most half the cap with it, and 4 requests of the monthly quota left.
 --   p_user_id:     the request's user (used only when its standing reservation is gone, below)
 --   p_reservation: the reservation the request used (NULL or the record's request_id: its own)
 --   p_release:     this user's standing reservations the container drops (released if still idle)
@@ -226,7 +229,7 @@ BEGIN
     IF p_carry_id IS NOT NULL THEN
         -- the checks of mlp_reserve, on rows this transaction already holds (key, balance)
         IF v_key IS NOT NULL THEN
-            SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= p_carry_hold, true)
+            SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= 4 * p_carry_hold, true)
               INTO v_capped, v_room
             FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user;
         END IF;
@@ -247,11 +250,11 @@ BEGIN
                     period_start = GREATEST(balances.period_start, p_period),
                     updated_at = now()
                 WHERE balances.user_id = v_user
-                  AND balances.balance - balances.reserved >= p_carry_hold
-                  AND (p_max_in_flight IS NULL OR balances.in_flight < p_max_in_flight)
+                  AND balances.balance - balances.reserved >= 4 * p_carry_hold
+                  AND (p_max_in_flight IS NULL OR 2 * (balances.in_flight + 1) <= p_max_in_flight)
                   AND (v_quota < 0
                        OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
-                          < v_quota);
+                          + 4 <= v_quota);
                 IF FOUND THEN
                     IF v_capped THEN
                         UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold
