@@ -221,3 +221,20 @@ async def test_the_sweeper_gives_back_idle_holds_and_charges_used_orphans_under_
     assert (orphan["request_id"], orphan["status"], orphan["charge"]) == ("req-used-1", "orphaned", D("0.5"))
     await books_balance(idle_user.user_id)
     await books_balance(used_user.user_id)
+
+
+async def test_waves_of_concurrent_requests_on_carried_holds_keep_the_books_exact(
+        api: Any, carrying: Any, make_user: Any, database_url: str, big_pool: None) -> None:
+    user = await make_user("5")
+    for _ in range(3):
+        responses = await asyncio.gather(*[ask(api, user, MODEL, f"wave {i} [[words:2]]") for i in range(12)])
+        assert [r.status_code for r in responses] == [200] * 12, [r.text for r in responses if r.status_code != 200]
+    rows = records(database_url, user.user_id)
+    assert len(rows) == 36 and {r["status"] for r in rows} == {"ok"}
+    carried = standing(database_url, user.user_id)
+    assert any(r["hold"] != rows[0]["hold"] for r in rows)  # some used carried holds
+    b = balance(database_url, user.user_id)
+    assert b["balance"] == D("5") - sum(r["charge"] for r in rows)
+    assert (b["reserved"], b["in_flight"]) == (sum(c["amount"] for c in carried), len(carried))
+    assert len(carried) <= 4  # CARRY_PER_KEY idle ones at most in this container
+    await books_balance(user.user_id)

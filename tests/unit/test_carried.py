@@ -9,6 +9,11 @@ from gateway.money.carried import Carried, Standing
 WHO = ("user-1", "key-1")
 
 
+def put(store: Carried, who: tuple[str, str], standing: Standing) -> None:
+    assert store.claim(who)
+    store.opened(who, standing)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -20,7 +25,7 @@ class Clock:
 def test_a_hold_is_taken_once_and_only_by_a_request_it_covers() -> None:
     clock = Clock()
     store = Carried(clock=clock)
-    store.put(WHO, Standing("hold_a", D("0.50"), "pro", usable_until=1020))
+    put(store, WHO, Standing("hold_a", D("0.50"), "pro", usable_until=1020))
     assert store.take(WHO, D("0.51")) is None          # too small for this request: kept
     assert store.take(("user-1", "key-2"), D("0.1")) is None  # another key of the same user
     taken = store.take(WHO, D("0.50"))
@@ -32,8 +37,8 @@ def test_a_hold_is_taken_once_and_only_by_a_request_it_covers() -> None:
 def test_a_hold_past_its_time_is_never_taken_and_is_dropped() -> None:
     clock = Clock()
     store = Carried(clock=clock)
-    store.put(WHO, Standing("hold_old", D("1"), "free", usable_until=1020))
-    store.put(WHO, Standing("hold_new", D("1"), "free", usable_until=1040))
+    put(store, WHO, Standing("hold_old", D("1"), "free", usable_until=1020))
+    put(store, WHO, Standing("hold_new", D("1"), "free", usable_until=1040))
     clock.now = 1020
     assert store.take(WHO, D("0.5")).request_id == "hold_new"  # type: ignore[union-attr]
     assert store.take(WHO, D("0.5")) is None
@@ -43,26 +48,29 @@ def test_a_hold_past_its_time_is_never_taken_and_is_dropped() -> None:
 
 def test_drop_gives_back_the_holds_smaller_than_the_latest_request_and_keeps_the_rest() -> None:
     store = Carried(clock=Clock())
-    store.put(WHO, Standing("hold_small", D("0.10"), "free", usable_until=2000))
-    store.put(WHO, Standing("hold_big", D("0.90"), "free", usable_until=2000))
+    put(store, WHO, Standing("hold_small", D("0.10"), "free", usable_until=2000))
+    put(store, WHO, Standing("hold_big", D("0.90"), "free", usable_until=2000))
     assert store.drop(WHO, D("0.50")) == ["hold_small"]
     assert store.take(WHO, D("0.50")).request_id == "hold_big"  # type: ignore[union-attr]
 
 
-def test_at_most_per_key_idle_holds_are_wanted() -> None:
+def test_at_most_per_key_holds_counting_those_being_opened_by_concurrent_settles() -> None:
     store = Carried(per_key=2, clock=Clock())
-    assert store.wants(WHO)
-    store.put(WHO, Standing("hold_1", D("1"), "free", usable_until=2000))
-    assert store.wants(WHO)
-    store.put(WHO, Standing("hold_2", D("1"), "free", usable_until=2000))
-    assert not store.wants(WHO) and store.wants(("user-2", "key-9"))
+    assert store.claim(WHO) and store.claim(WHO)  # two settles running at once
+    assert not store.claim(WHO) and store.claim(("user-2", "key-9"))
+    store.opened(WHO, None)  # one opened nothing (no room in the database, or it failed)
+    assert store.claim(WHO)
+    store.opened(WHO, Standing("hold_1", D("1"), "free", usable_until=2000))
+    store.opened(WHO, Standing("hold_2", D("1"), "free", usable_until=2000))
+    assert len(store) == 2 and not store.claim(WHO)
+    assert store.take(WHO, D("1")) is not None and store.claim(WHO)
 
 
 def test_many_users_through_one_container_forget_their_stale_holds() -> None:
     clock = Clock()
     store = Carried(clock=clock)
     for i in range(256):
-        store.put((f"user-{i}", "k"), Standing(f"hold_{i}", D("1"), "free", usable_until=1010))
+        put(store, (f"user-{i}", "k"), Standing(f"hold_{i}", D("1"), "free", usable_until=1010))
     clock.now = 1011  # all stale (the database gives them back)
-    store.put(WHO, Standing("hold_live", D("1"), "free", usable_until=1030))
+    put(store, WHO, Standing("hold_live", D("1"), "free", usable_until=1030))
     assert len(store) == 1 and store.take(WHO, D("1")).request_id == "hold_live"  # type: ignore[union-attr]

@@ -531,11 +531,12 @@ async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledge
             carried = _carried()
             who = (str(call.principal.user_id), str(call.principal.key_id))
             release = carried.drop(who, call.hold)
-            if record.status == "ok" and carried.wants(who):
+            if record.status == "ok" and carried.claim(who):
                 carry = ledger.Carry(
                     request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
                     seconds=settings.carry_hold_s, quotas=settings.quotas(),
                     max_in_flight=settings.max_in_flight_per_user)
+    result = None
     try:
         result = await ledger.settle(record, retry_for=settings.settle_retry_s, reservation=reservation,
                                      release=release or (), carry=carry)
@@ -547,9 +548,11 @@ async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledge
             "status": record.status, "model": record.model_served, "prompt_tokens": record.prompt_tokens,
             "completion_tokens": record.completion_tokens, "charge": str(record.charge)})
         return None
-    if carry is not None and who is not None and result.carried_tier is not None:
-        _carried().put(who, Standing(carry.request_id, carry.hold, result.carried_tier,
-                                     time.time() + settings.carry_hold_s - settings.carry_margin_s))
+    finally:
+        if carry is not None and who is not None:
+            tier = result.carried_tier if result is not None else None
+            _carried().opened(who, None if tier is None else Standing(
+                carry.request_id, carry.hold, tier, time.time() + settings.carry_hold_s - settings.carry_margin_s))
     if _deferred:
         await flush_deferred()
     return result

@@ -159,7 +159,7 @@ $fn$;
 -- container's idle standing holds of the same user and key, and carry a new one. A hold is carried
 -- only far from every limit, so that an idle one (in another container, for up to p_carry_s) is
 -- never what refuses a request: credit and the capped key's headroom for 4 such holds, requests in
--- flight at most half the cap with it, and 4 requests of the monthly quota left.
+-- flight at most three quarters of the cap with it, and 4 requests of the monthly quota left.
 --   p_user_id:     the request's user (used only when its standing reservation is gone, below)
 --   p_reservation: the reservation the request used (NULL or the record's request_id: its own)
 --   p_release:     this user's standing reservations the container drops (released if still idle)
@@ -251,7 +251,7 @@ BEGIN
                     updated_at = now()
                 WHERE balances.user_id = v_user
                   AND balances.balance - balances.reserved >= 4 * p_carry_hold
-                  AND (p_max_in_flight IS NULL OR 2 * (balances.in_flight + 1) <= p_max_in_flight)
+                  AND (p_max_in_flight IS NULL OR 4 * (balances.in_flight + 1) <= 3 * p_max_in_flight)
                   AND (v_quota < 0
                        OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
                           + 4 <= v_quota);

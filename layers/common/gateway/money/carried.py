@@ -30,12 +30,13 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "per_key")
+    __slots__ = ("_clock", "_held", "_opening", "per_key")
 
     def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.per_key = per_key
         self._clock = clock
         self._held: dict[Principal, list[Standing]] = {}
+        self._opening: dict[Principal, int] = {}  # settles asking for one now (concurrent requests)
 
     def take(self, who: Principal, hold: Decimal) -> Standing | None:
         """A usable standing reservation of ``who`` of at least ``hold``, removed from the store."""
@@ -65,11 +66,24 @@ class Carried:
             del self._held[who]
         return gone
 
-    def wants(self, who: Principal) -> bool:
-        """Room for one more idle standing reservation of ``who``."""
-        return len(self._held.get(who, ())) < self.per_key
+    def claim(self, who: Principal) -> bool:
+        """Room for one more standing reservation of ``who``, counting those being opened by settles
+        still running: True claims it until ``opened`` is called (whatever the settle's outcome)."""
+        opening = self._opening.get(who, 0)
+        if len(self._held.get(who, ())) + opening >= self.per_key:
+            return False
+        self._opening[who] = opening + 1
+        return True
 
-    def put(self, who: Principal, standing: Standing) -> None:
+    def opened(self, who: Principal, standing: Standing | None) -> None:
+        """The settle of a ``claim`` ended: it opened ``standing``, or nothing (None)."""
+        left = self._opening.get(who, 1) - 1
+        if left > 0:
+            self._opening[who] = left
+        else:
+            self._opening.pop(who, None)
+        if standing is None:
+            return
         if len(self._held) >= 256:  # many users through one container: forget the stale ones
             now = self._clock()
             for key in [k for k, v in self._held.items() if all(now >= s.usable_until for s in v)]:
