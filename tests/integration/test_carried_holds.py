@@ -5,6 +5,7 @@ Postgres, the Upstash bridge and the fake providers; the books are checked after
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from gateway import db
+from gateway.account.keys import key_reservation_drift
 from gateway.chat import service
 from gateway.money import ledger, sweeper
 from gateway.money.pricing import to_credit
@@ -238,3 +241,47 @@ async def test_waves_of_concurrent_requests_on_carried_holds_keep_the_books_exac
     assert (b["reserved"], b["in_flight"]) == (sum(c["amount"] for c in carried), len(carried))
     assert len(carried) <= 4  # CARRY_PER_KEY idle ones at most in this container
     await books_balance(user.user_id)
+
+
+async def test_settles_that_carry_use_and_give_back_holds_under_contention_keep_the_books(
+        make_user: Any, database_url: str, big_pool: None) -> None:
+    """One user and capped key; 60 requests at once, each on a carried hold when one is free (else a
+    reserve), each settle dropping one and carrying one, while idle ones are swept: no deadlock,
+    no error, and the books, the key's reserved amount and the counts exact at the end."""
+    user = await make_user("50")
+    await db.execute("UPDATE api_keys SET spend_cap = 40, scope = 'inference' WHERE id = %s", (user.key_id,))
+    free: list[str] = []
+    used: list[str] = []
+
+    async def one(i: int) -> None:
+        request_id = f"req-{i}-{uuid.uuid4().hex[:8]}"
+        await asyncio.sleep(0.002 * (i % 20))  # staggered: later ones find holds the earlier ones carried
+        held = free.pop() if free else None
+        if held is not None:
+            used.append(held)
+        if held is None:
+            await ledger.reserve(user.user_id, request_id, D("0.2"), api_key_id=user.key_id, model=MODEL,
+                                 max_in_flight=200)
+        drop = [free.pop()] if len(free) > 2 else []
+        carry = ledger.Carry(request_id=f"hold_{uuid.uuid4().hex}", hold=D("0.2"), seconds=30, max_in_flight=200)
+        result = await ledger.settle(_record(user, request_id, "0.01"), reservation=held, release=drop, carry=carry)
+        assert result.settled
+        if result.carried_tier is not None:
+            free.append(carry.request_id)
+
+    async def sweep() -> None:
+        for _ in range(10):
+            await db.execute("UPDATE reservations SET standing_until = now() - interval '1 second' "
+                             "WHERE request_id IN (SELECT request_id FROM reservations WHERE user_id = %s "
+                             "AND standing_until IS NOT NULL LIMIT 1)", (user.user_id,))
+            await ledger.release_idle_standing()
+            await asyncio.sleep(0.01)
+
+    for wave in range(3):
+        await asyncio.gather(*[one(wave * 20 + i) for i in range(20)], sweep())
+    assert len(used) >= 10  # many ran on carried holds
+    rows = records(database_url, user.user_id)
+    assert len(rows) == 60 and sum(r["charge"] for r in rows) == D("0.6")
+    assert balance(database_url, user.user_id)["balance"] == D("49.4")
+    await books_balance(user.user_id)
+    assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []

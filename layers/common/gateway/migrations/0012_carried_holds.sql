@@ -210,6 +210,9 @@ BEGIN
         v_key := (p_record ->> 'api_key_id')::uuid;
         INSERT INTO public.reservations (request_id, user_id, api_key_id, model, amount)
         VALUES (v_request, v_user, v_key, p_record ->> 'model_requested', 0);
+        -- the capped key before the balance row, as everywhere (mlp_settle updates both next)
+        PERFORM 1 FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user AND k.spend_cap IS NOT NULL
+        FOR UPDATE;
         UPDATE public.balances SET in_flight = balances.in_flight + 1,
             period_requests = CASE WHEN balances.period_start = p_period THEN balances.period_requests + 1
                                    ELSE balances.period_requests END
