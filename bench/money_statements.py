@@ -3,6 +3,7 @@ two versions of ``gateway/money/ledger.py`` (A = a git ref, default main; B = th
 against one migrated database, directly and through a real PgBouncer in transaction mode.
 
     .venv/bin/python -m bench.money_statements --rounds 30 --pairs 100
+    .venv/bin/python -m bench.money_statements --base HEAD --carry   # carried holds against reserve + settle
 
 Both versions run in one process per connection mode (the base's ledger module is loaded from
 ``git show <ref>:...`` next to this tree's; they share ``gateway.db``), alternating batches of
@@ -49,10 +50,18 @@ def load_ledger(source: str, name: str) -> Any:
     return module
 
 
-async def pair(ledger: Any, user_id: str, key_id: str, prefix: str, n: int) -> None:
+CARRIED: dict[int, list[str]] = {}  # per ledger module: the hold its last settle carried (--carry)
+
+
+async def pair(ledger: Any, user_id: str, key_id: str, prefix: str, n: int, carry: bool = False) -> None:
+    """One request's money statements: reserve + settle; with ``carry`` (B side of ``--carry``), the
+    request uses the hold the previous one's settle carried (no reserve) and its settle carries one."""
     request_id = f"{prefix}-{n}-{uuid.uuid4().hex[:8]}"
-    await ledger.reserve(user_id, request_id, Decimal("0.05"), quotas={"free": 1_000_000_000},
-                         api_key_id=key_id, model="openai/gpt-4o-mini", max_in_flight=64)
+    held = CARRIED.setdefault(id(ledger), [])
+    reservation = held.pop() if carry and held else None
+    if reservation is None:
+        await ledger.reserve(user_id, request_id, Decimal("0.05"), quotas={"free": 1_000_000_000},
+                             api_key_id=key_id, model="openai/gpt-4o-mini", max_in_flight=64)
     record = ledger.UsageRecord(request_id=request_id, user_id=user_id, api_key_id=key_id,
                                 model_requested="openai/gpt-4o-mini", model_served="gpt-4o-mini", provider="openai",
                                 status="ok", prompt_tokens=1200, completion_tokens=300, cached_tokens=100,
@@ -60,8 +69,14 @@ async def pair(ledger: Any, user_id: str, key_id: str, prefix: str, n: int) -> N
                                 cache_read_price=Decimal("0.000000075"), markup=Decimal("0.05"),
                                 provider_cost=Decimal("0.000362"), charge=Decimal("0.00038011"),
                                 latency_ms=420, ttfb_ms=180, stream=True)
-    result = await ledger.settle(record)
-    assert result.settled
+    if not carry:
+        assert (await ledger.settle(record)).settled
+        return
+    next_hold = ledger.Carry(request_id=f"hold_{uuid.uuid4().hex}", hold=Decimal("0.0625"), seconds=30,
+                             quotas={"free": 1_000_000_000}, max_in_flight=64)
+    result = await ledger.settle(record, reservation=reservation, carry=next_hold)
+    assert result.settled and result.carried_tier is not None
+    held.append(next_hold.request_id)
 
 
 async def child(args: argparse.Namespace) -> None:
@@ -78,7 +93,7 @@ async def child(args: argparse.Namespace) -> None:
     backend = int(row["pid"])
     for side in sides.values():  # warm: plans cached, psycopg's prepare threshold passed
         for n in range(20):
-            await pair(side, args.user, args.key, "warm", n)
+            await pair(side, args.user, args.key, "warm", n, args.carry and side is cand)
     results: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     for r in range(args.rounds):
         order = ("A", "B") if r % 2 == 0 else ("B", "A")
@@ -89,7 +104,7 @@ async def child(args: argparse.Namespace) -> None:
             server0, client0 = cpu_seconds([backend]), time.process_time()
             for n in range(args.pairs):
                 t0 = time.perf_counter()
-                await pair(sides[name], args.user, args.key, f"{name}{r}", n)
+                await pair(sides[name], args.user, args.key, f"{name}{r}", n, args.carry and name == "B")
                 times.append(time.perf_counter() - t0)
             server, client = cpu_seconds([backend]) - server0, time.process_time() - client0
             results[name].append({"pair_ms": statistics.median(times) * 1000,
@@ -133,6 +148,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
                         help="the event loop (uvicorn runs the query function on uvloop)")
+    parser.add_argument("--carry", action="store_true",
+                        help="B's requests use the hold the previous settle carried (docs/money.md, carried holds)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--user", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
@@ -162,6 +179,7 @@ def main() -> None:
                    "DATABASE_POOLED": "false" if mode == "direct" else "true"}
             done = subprocess.run([sys.executable, "-m", "bench.money_statements", "--child", "--base", args.base,
                                    "--rounds", str(args.rounds), "--pairs", str(args.pairs), "--loop", args.loop,
+                                   *(["--carry"] if args.carry else []),
                                    "--user", user, "--key", key], cwd=ROOT, env=env, capture_output=True, text=True,
                                   check=False)
             if done.returncode != 0:
