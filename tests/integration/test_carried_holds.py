@@ -183,6 +183,8 @@ async def _carry_one(user: Any, database_url: str) -> str:
     carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.5"), seconds=30)
     result = await ledger.settle(_record(user, f"req-a-{user.user_id}", "0.1"), carry=carry)
     assert result.settled and result.carried_tier == "pro"
+    b = balance(database_url, user.user_id)  # the settle returns the balance row as it left it
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"]) == (D("4.9"), D("0.5"))
     return carry.request_id
 
 

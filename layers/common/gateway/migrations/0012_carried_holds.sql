@@ -242,9 +242,8 @@ BEGIN
             WHERE u.id = v_user
               AND NOT EXISTS (SELECT 1 FROM public.stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed);
             IF FOUND THEN
-                INSERT INTO public.reservations (request_id, user_id, api_key_id, model, amount, standing_until)
-                VALUES (p_carry_id, v_user, v_key, p_record ->> 'model_requested', p_carry_hold,
-                        now() + make_interval(secs => p_carry_s));
+                -- the balance row is this transaction's already (mlp_settle): the UPDATE decides first,
+                -- and the reservation is written only when it holds
                 UPDATE public.balances SET
                     reserved = balances.reserved + p_carry_hold,
                     in_flight = balances.in_flight + 1,
@@ -257,19 +256,21 @@ BEGIN
                   AND (p_max_in_flight IS NULL OR 4 * (balances.in_flight + 1) <= 3 * p_max_in_flight)
                   AND (v_quota < 0
                        OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
-                          + 4 <= v_quota);
+                          + 4 <= v_quota)
+                RETURNING balances.balance, balances.reserved INTO balance, reserved;
                 IF FOUND THEN
+                    INSERT INTO public.reservations (request_id, user_id, api_key_id, model, amount, standing_until)
+                    VALUES (p_carry_id, v_user, v_key, p_record ->> 'model_requested', p_carry_hold,
+                            now() + make_interval(secs => p_carry_s));
                     IF v_capped THEN
                         UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold
                         WHERE api_keys.id = v_key;
                     END IF;
                     carried_tier := v_tier;
-                ELSE
-                    DELETE FROM public.reservations WHERE request_id = p_carry_id;
+                    v_changed := false;  -- balance and reserved are the row's latest
                 END IF;
             END IF;
         END IF;
-        v_changed := true;
     END IF;
     IF v_changed THEN
         SELECT b.balance, b.reserved INTO balance, reserved FROM public.balances b WHERE b.user_id = v_user;
