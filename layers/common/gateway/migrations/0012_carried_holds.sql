@@ -186,6 +186,7 @@ DECLARE
     v_tier text;
     v_quota integer;
     v_room boolean := true;
+    v_carrying boolean := false;
     v_changed boolean := false;
 BEGIN
     -- the reservation's row first (every money function's order): renamed to the request's id
@@ -218,6 +219,21 @@ BEGIN
                                    ELSE balances.period_requests END
         WHERE balances.user_id = v_user;
     END IF;
+    IF p_carry_id IS NOT NULL THEN
+        -- the carried hold's reservation is written BEFORE mlp_settle locks the key and the balance row
+        -- (the user's other requests wait on that lock: the less done under it, the better); the
+        -- balance UPDATE below decides, and deletes it again when it refuses
+        SELECT u.tier, COALESCE((p_quotas ->> u.tier)::integer, p_default_quota) INTO v_tier, v_quota
+        FROM public.users u
+        WHERE u.id = v_user
+          AND NOT EXISTS (SELECT 1 FROM public.stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed);
+        IF FOUND THEN
+            INSERT INTO public.reservations (request_id, user_id, api_key_id, model, amount, standing_until)
+            VALUES (p_carry_id, v_user, v_key, p_record ->> 'model_requested', p_carry_hold,
+                    now() + make_interval(secs => p_carry_s));
+            v_carrying := true;
+        END IF;
+    END IF;
     SELECT * INTO v_settled FROM public.mlp_settle(p_record, p_period, p_uncount, p_description);
     IF NOT FOUND THEN
         RETURN;
@@ -229,7 +245,7 @@ BEGIN
     IF p_release IS NOT NULL AND cardinality(p_release) > 0 THEN
         v_changed := public.mlp_release_standing(v_user, v_key, p_release, p_period) > 0;
     END IF;
-    IF p_carry_id IS NOT NULL THEN
+    IF v_carrying THEN
         -- the checks of mlp_reserve, on rows this transaction already holds (key, balance)
         IF v_key IS NOT NULL THEN
             SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= 4 * p_carry_hold, true)
@@ -237,39 +253,30 @@ BEGIN
             FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user;
         END IF;
         IF v_room IS NOT FALSE THEN
-            SELECT u.tier, COALESCE((p_quotas ->> u.tier)::integer, p_default_quota) INTO v_tier, v_quota
-            FROM public.users u
-            WHERE u.id = v_user
-              AND NOT EXISTS (SELECT 1 FROM public.stripe_disputes d WHERE d.user_id = u.id AND NOT d.closed);
-            IF FOUND THEN
-                -- the balance row is this transaction's already (mlp_settle): the UPDATE decides first,
-                -- and the reservation is written only when it holds
-                UPDATE public.balances SET
-                    reserved = balances.reserved + p_carry_hold,
-                    in_flight = balances.in_flight + 1,
-                    period_requests = CASE WHEN balances.period_start < p_period THEN 1
-                                           ELSE balances.period_requests + 1 END,
-                    period_start = GREATEST(balances.period_start, p_period),
-                    updated_at = now()
-                WHERE balances.user_id = v_user
-                  AND balances.balance - balances.reserved >= 4 * p_carry_hold
-                  AND (p_max_in_flight IS NULL OR 4 * (balances.in_flight + 1) <= 3 * p_max_in_flight)
-                  AND (v_quota < 0
-                       OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
-                          + 4 <= v_quota)
-                RETURNING balances.balance, balances.reserved INTO balance, reserved;
-                IF FOUND THEN
-                    INSERT INTO public.reservations (request_id, user_id, api_key_id, model, amount, standing_until)
-                    VALUES (p_carry_id, v_user, v_key, p_record ->> 'model_requested', p_carry_hold,
-                            now() + make_interval(secs => p_carry_s));
-                    IF v_capped THEN
-                        UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold
-                        WHERE api_keys.id = v_key;
-                    END IF;
-                    carried_tier := v_tier;
-                    v_changed := false;  -- balance and reserved are the row's latest
-                END IF;
+            UPDATE public.balances SET
+                reserved = balances.reserved + p_carry_hold,
+                in_flight = balances.in_flight + 1,
+                period_requests = CASE WHEN balances.period_start < p_period THEN 1
+                                       ELSE balances.period_requests + 1 END,
+                period_start = GREATEST(balances.period_start, p_period),
+                updated_at = now()
+            WHERE balances.user_id = v_user
+              AND balances.balance - balances.reserved >= 4 * p_carry_hold
+              AND (p_max_in_flight IS NULL OR 4 * (balances.in_flight + 1) <= 3 * p_max_in_flight)
+              AND (v_quota < 0
+                   OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
+                      + 4 <= v_quota)
+            RETURNING balances.balance, balances.reserved INTO balance, reserved;
+            v_room := FOUND;
+        END IF;
+        IF v_room IS NOT FALSE THEN
+            IF v_capped THEN
+                UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold WHERE api_keys.id = v_key;
             END IF;
+            carried_tier := v_tier;
+            v_changed := false;  -- balance and reserved are the row's latest
+        ELSE
+            DELETE FROM public.reservations WHERE request_id = p_carry_id;  -- refused: this transaction's own row
         END IF;
     END IF;
     IF v_changed THEN
