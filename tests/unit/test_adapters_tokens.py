@@ -180,7 +180,8 @@ def test_newer_models_hold_their_larger_images(model: str, at_least: int) -> Non
 def test_the_prompt_text_is_json_dumps_compact_unicode() -> None:
     from gateway.adapters import tokens
 
-    prompt = {"messages": [{"role": "user", "content": "h\u00e9llo \u2603 \"q\" \\ \n"}], "tools": [{"n": 1.5, "b": None}]}
+    prompt = {"messages": [{"role": "user", "content": "h\u00e9llo \u2603 \"q\" \\ \n"}],
+              "tools": [{"n": 1.5, "b": None}]}
     assert tokens._PROMPT_JSON(prompt) == json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
     with pytest.raises(TypeError):
         tokens._PROMPT_JSON({"x": object()})
