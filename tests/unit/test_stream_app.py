@@ -51,18 +51,37 @@ async def _answer(app: Any, method: str, path: str, options: dict[str, Any]) -> 
         return _comparable(await c.request(method, path, **options))
 
 
-def test_the_stream_app_is_built_without_fastapi_and_serves_every_surface_lean() -> None:
-    code = ("import sys, json, app\n"
-            "stream = app.stream_app\n"
-            "print(json.dumps(['fastapi' in sys.modules, 'gateway.messages.routes' in sys.modules]))")
-    fastapi_loaded, _ = json.loads(in_fresh_function("query", code))
-    assert not fastapi_loaded
+def test_the_stream_app_is_built_without_fastapi_and_imports_the_other_surfaces_on_their_first_request() -> None:
+    """A chat completion is answered without FastAPI or the Messages and Responses surfaces; the
+    first request of another surface imports them (and every surface is then served lean)."""
+    code = """if True:
+        import asyncio, json, sys
+        import httpx
+        import app
+
+        def loaded():
+            return [m for m in ("fastapi", "gateway.messages.routes", "gateway.responses.routes") if m in sys.modules]
+
+        async def post(path):
+            transport = httpx.ASGITransport(app=app.stream_app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return (await c.post(path, json={"model": "m"})).status_code
+
+        seen = [loaded()]
+        seen += [asyncio.run(post("/v1/chat/completions")), loaded()]
+        seen += [asyncio.run(post("/v1/messages")), loaded()]
+        print(json.dumps(seen))
+    """
+    assert json.loads(in_fresh_function("query", code)) == [
+        [], 401, [], 401, ["gateway.messages.routes", "gateway.responses.routes"]]
 
 
+@pytest.mark.parametrize("chat_first", [False, True], ids=["fresh", "after-a-chat-request"])
 @pytest.mark.parametrize("method,path,options", REQUESTS, ids=lambda v: str(v)[:40])
 async def test_the_stream_app_answers_like_the_fastapi_app_of_its_surfaces(method: str, path: str,
-                                                                           options: dict[str, Any],
+                                                                           options: dict[str, Any], chat_first: bool,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alike whether or not a chat completion came first (the other surfaces not yet imported)."""
     from gateway.chat.routes import router as chat
     from gateway.messages.routes import router as messages
     from gateway.responses.routes import router as responses
@@ -73,7 +92,11 @@ async def test_the_stream_app_answers_like_the_fastapi_app_of_its_surfaces(metho
     try:
         stream_app = load_module("functions/query/app.py", "fn_query_stream_app_parity").stream_app
         before = instrument_asgi(create_app("query-stream", [chat, messages, responses]))  # the app it replaced
-        answers = [await _answer(app, method, path, options) for app in (stream_app, before)]
+        answers = []
+        for app in (stream_app, before):
+            if chat_first:
+                assert (await _answer(app, "POST", "/v1/chat/completions", {"json": {}}))[0] == 401
+            answers.append(await _answer(app, method, path, options))
     finally:
         monkeypatch.undo()
         reset_settings()
