@@ -235,7 +235,27 @@ def flush_metrics() -> None:
         else:
             alone.append(record)
     for record in (merged, *alone):
+        _compact_values(record)
         print(json.dumps(record, separators=(",", ":")))
+
+
+# Below this an integral float is written as "123.0" by json (repr); from 1e16 on as "1e+16", shorter than the int.
+_INT_SAFE = 1e15
+
+
+def _compact_values(record: dict[str, Any]) -> None:
+    """Write the record's integral metric values as JSON integers: Powertools stores every value as
+    a float (``[1.0]``), and the EMF specification only asks for numbers (CloudWatch reads ``[1]``
+    and ``[1.0]`` alike): two bytes less per integral value, 8 of the 560 bytes of a successful
+    query's record (issue 15, log bytes). Only the metric targets the directives name change,
+    and only in place (no copy): dimensions and other members stay as Powertools wrote them."""
+    for directive in record["_aws"]["CloudWatchMetrics"]:
+        for definition in directive["Metrics"]:
+            values = record.get(definition["Name"])
+            if type(values) is list:
+                for i, value in enumerate(values):
+                    if type(value) is float and value.is_integer() and -_INT_SAFE < value < _INT_SAFE:
+                        values[i] = int(value)
 
 
 def instrument_asgi(app: ASGIApp) -> ASGIApp:
