@@ -7,15 +7,20 @@ each printed figure the median over the rounds (the machine is shared: single pa
     .venv/bin/python -m bench.peers --profile    # + py-spy of our query function (bench/profile.py)
 
 Gateways (``--peers``, in this order by default):
-  ours         the query function alone, served as functions/query/run.sh serves it (uvicorn,
-               one process), with full billing: API key, Upstash rate limit through the REST
-               bridge, reserve and settle in Postgres
+  ours         the query function alone: functions/query/run.sh itself (uvicorn serving
+               ``stream_app``, one process, as QueryStreamFunction runs behind the Web Adapter),
+               with full billing: API key, Upstash rate limit through the REST bridge, reserve
+               and settle in Postgres
   ours-all     every function of template.yaml in one process (the local stack's router)
   litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database; a generated master key, which
                recent versions require)
   portkey      Portkey gateway (npm ``@portkey-ai/gateway``, Node, NODE_ENV=production, no billing)
   naive        a straightforward FastAPI gateway with the same billing steps (bench/refgateways.py)
   bare         an aiohttp passthrough, no auth, no billing (bench/refgateways.py)
+
+Our sources (gateway, functions, bench, infra) are compiled first, as the layer ships them: the
+environment sets PYTHONDONTWRITEBYTECODE, and without bytecode every spawn of a Python peer would
+compile the modules of ours it imports (~0.1-0.4 s).
 
 The peers are installed on first use into throw-away folders under ``.local/peers/`` (git-ignored;
 ``--peers-dir`` to move them): LiteLLM into its own virtualenv with pip, Portkey with npm. A peer
@@ -29,7 +34,8 @@ Figures per gateway, each measured right after the same figures straight to the 
   CPU ms per request, c=1       the gateway's process tree, from /proc, over the c=1 run
   streaming first-byte / total  overhead of the first body byte / the whole stream, c=1
   RSS after load (MiB)          the gateway's process tree after all runs
-  spawn to first answer (s)     from exec to the first 200 on /v1/chat/completions
+  spawn to first answer (s)     from exec to the first 200 on /v1/chat/completions (polled every
+                                10 ms); the median over the rounds' spawns and ``--spawns`` more
   100 ms upstream, c=1 / c=16   p50 minus the bare passthrough's p50 in the same round
   Upstash commands per request  counted by the bridge over the c=1 run
 """
@@ -154,11 +160,10 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
     ours_headers = {"authorization": f"Bearer {svc.api_key}"}
     py = sys.executable
     if key == "ours":
-        return Peer(key, "ours: query function (full billing)",
-                    [py, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host", "127.0.0.1",
-                     "--port", str(port), "--no-access-log", "--log-level", "warning",
-                     "--loop", "uvloop", "--http", "httptools"],  # as run.sh
-                    svc.gateway_env(), port, ours_headers, _our_version())
+        # run.sh itself, as the Web Adapter starts it: `python` on PATH is this interpreter
+        env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+        return Peer(key, "ours: query function (full billing)", ["bash", str(ROOT / "functions" / "query" / "run.sh")],
+                    env, port, ours_headers, _our_version())
     if key == "ours-all":
         return Peer(key, "ours: all functions in one process",
                     [py, "-m", "uvicorn", "--factory", "infra.local.devserver:build_router", "--host", "127.0.0.1",
@@ -201,6 +206,22 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
 
 
 # --------------------------------------------------------------------------- measuring
+def compile_sources() -> None:
+    """Bytecode for the sources the Python peers run from this tree (ours, the reference gateways),
+    as the deployed layer ships it (layers/common/Makefile); see the module docstring."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(ROOT / d) for d in (
+        "layers/common/gateway", "functions", "bench", "infra"))], check=True, capture_output=True)
+
+
+def spawn_once(peer: Peer) -> float:
+    """Seconds from exec to the first 200 on the chat route (the measured runs' figure, alone)."""
+    proc = spawn(peer.key, peer.argv, env=peer.env, cwd=peer.cwd)
+    try:
+        return wait_until(proc, peer.url, body=chat_body(), headers=peer.headers, timeout=120)
+    finally:
+        proc.stop()
+
+
 async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_slow16: int,
                    profile_to: Path | None = None) -> Result:
     proc: Proc = spawn(peer.key, peer.argv, env=peer.env, cwd=peer.cwd)
@@ -298,8 +319,10 @@ def _fmt(name: str, value: float | str) -> str:
     return f"{value:.1f}" if name.startswith("RSS") else f"{value:.2f}"
 
 
-def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict[str, str]) -> str:
-    """The issue-15 table: one column per gateway, each cell the median over the rounds."""
+def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict[str, str],
+           spawns: dict[str, list[float]] | None = None) -> str:
+    """The issue-15 table: one column per gateway, each cell the median over the rounds (spawn to
+    first answer: over the rounds' spawns and the ``spawns`` measured alone)."""
     keys = [k for k, rs in results.items() if rs]
     per_round: dict[str, list[dict[str, float | str]]] = {k: [] for k in keys}
     for i in range(max((len(results[k]) for k in keys), default=0)):
@@ -308,6 +331,9 @@ def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict
             if len(results[k]) > i:
                 per_round[k].append(figures(results[k][i], bare))
     table = {k: median_figures(per_round[k]) for k in keys}
+    all_spawns = {k: [*(spawns or {}).get(k, []), *(r.spawn_s for r in results[k])] for k in keys}
+    for k in keys:
+        table[k]["spawn to first answer (s)"] = statistics.median(all_spawns[k])
     lines = [f"Measured {meta['when']} on {meta['host']}; load average before {meta['load_before']}, "
              f"after {meta['load_after']}. {meta['sizes']}", "",
              "| figure | " + " | ".join(results[k][0].peer.title for k in keys) + " |",
@@ -317,6 +343,8 @@ def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict
         f"{k} " + ", ".join(_fmt("", r["overhead p50, c=1 (ms)"]) for r in per_round[k]) for k in keys)]
     lines += ["Requests/s at c=16 in each round: " + "; ".join(
         f"{k} " + ", ".join(_fmt("requests/s", r["requests/s, c=16"]) for r in per_round[k]) for k in keys)]
+    lines += ["Spawn to first answer, each run (s): " + "; ".join(
+        f"{k} " + ", ".join(f"{v:.3f}" for v in all_spawns[k]) for k in keys)]
     lines += ["Load average (1 min) at the start of each round: " + meta["round_loads"]]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
@@ -330,7 +358,20 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
     round_loads: list[str] = []
     raw = args.peers_dir / "ours-c16.pyspy.txt"
     raw.unlink(missing_ok=True)
+    spawns: dict[str, list[float]] = {k: [] for k in keys}
     try:
+        compile_sources()
+        for i in range(args.spawns):  # spawn to first answer alone, the gateways interleaved
+            for key in keys[i % len(keys):] + keys[:i % len(keys)]:
+                if key in skipped:
+                    continue
+                try:
+                    spawns[key].append(spawn_once(build_peer(key, svc, args)))
+                except (PeerUnavailable, RuntimeError) as exc:
+                    skipped[key] = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+                    print(f"!! skipping {key}: {skipped[key]}", flush=True)
+            print(f"… spawn run {i + 1}/{args.spawns}: " + ", ".join(
+                f"{k} {v[-1]:.3f} s" for k, v in spawns.items() if v), flush=True)
         for round_no in range(args.rounds):
             round_loads.append(f"{os.getloadavg()[0]:.2f}")
             # rotate the order each round, so no gateway always runs first or last
@@ -356,7 +397,7 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
                          f"{args.slow_requests} at c=1, {args.slow_requests16} at c=16. Each cell is the median "
                          "over the rounds."}
         print()
-        print(report(results, skipped, meta))
+        print(report(results, skipped, meta, spawns))
         if args.profile and raw.exists():
             print("\n" + profile.summary(raw) + f"\n(raw stacks: {raw})")
     finally:
@@ -371,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests16", type=int, default=2000, help="requests per c=16 run")
     parser.add_argument("--slow-requests", type=int, default=50, help="c=1 requests with the 100 ms upstream")
     parser.add_argument("--slow-requests16", type=int, default=480, help="c=16 requests with the 100 ms upstream")
+    parser.add_argument("--spawns", type=int, default=0,
+                        help="spawns to first answer per gateway measured alone (interleaved) before the rounds")
     parser.add_argument("--peers-dir", type=Path, default=PEERS_DIR)
     parser.add_argument("--litellm", default="litellm[proxy]", help="pip requirement for LiteLLM")
     parser.add_argument("--portkey", default="@portkey-ai/gateway", help="npm package spec for Portkey")

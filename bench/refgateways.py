@@ -26,8 +26,6 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
-from fastapi import Request
-from pydantic import BaseModel, ConfigDict
 
 # gpt-4o-mini list prices (USD per token) and the markup our default tier uses
 PROMPT_PRICE = Decimal("0.00000015")
@@ -106,15 +104,18 @@ def _charge(prompt_tokens: int, completion_tokens: int) -> Decimal:
     return (cost * MARKUP).quantize(CENT_PLACES)
 
 
-class ChatBody(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[dict[str, Any]]
-    max_tokens: int | None = None
-    stream: bool = False
-
-
 def naive_app(upstream: str) -> Any:
+    global ChatBody, Request  # module globals: FastAPI resolves the endpoint's annotations there
+    from fastapi import Request
+    from pydantic import BaseModel, ConfigDict
+
+    class ChatBody(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str
+        messages: list[dict[str, Any]]
+        max_tokens: int | None = None
+        stream: bool = False
+
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse, StreamingResponse
     from psycopg_pool import AsyncConnectionPool

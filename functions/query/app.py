@@ -5,10 +5,13 @@ is QueryStreamFunction (run.sh serves ``stream_app`` with uvicorn behind the Lam
 Lambda request id in the logs, metrics flushed before each response completes). That one streaming
 function serves every surface — chat completions, the Anthropic Messages API
 (``/v1/messages``, ``/v1/messages/count_tokens``) and the Responses API — so a client has one base
-URL (template.yaml says why); ``stream_app`` is built on first use, so the buffered QueryFunction
-does not import the other surfaces. The buffered app is built without FastAPI (``create_lean_app``:
-its one route takes the lean path; anything else is answered by the FastAPI app of the same route,
-built on first use), which keeps FastAPI's import out of the function's cold start.
+URL (template.yaml says why). ``stream_app`` is built on first use, so the buffered QueryFunction
+does not import the other surfaces; and it imports them itself on its first request that is not a
+chat completion, so a streaming function whose first request is a chat completion answers it
+without them (their import moves to the first Messages or Responses request). Both apps are built
+without FastAPI (``create_lean_app``: every route of the three surfaces takes the lean path;
+anything else is answered by the FastAPI app of the same routes, built on first use), which keeps
+FastAPI's import out of the cold start (~0.2 s).
 """
 
 from gateway import coldstart  # first: import trims, the collector paused until done()
@@ -17,9 +20,10 @@ from gateway import coldstart  # first: import trims, the collector paused until
 from typing import Any
 
 from mangum import Mangum
+from starlette.types import Receive, Scope, Send
 
 from gateway.chat.routes import router
-from gateway.http import create_app, create_lean_app
+from gateway.http import LeanApp, create_lean_app
 from gateway.observability import instrument, instrument_asgi
 
 app = create_lean_app("query", [router])
@@ -27,12 +31,34 @@ handler = instrument(Mangum(app, lifespan="off"))
 coldstart.done()
 
 
+class _Surfaces:
+    """``stream_app`` before instrumentation: a chat completion is answered by the chat app; the
+    first request of any other kind (Messages, Responses, a 404, the docs) imports the other two
+    surfaces and builds the app of all three, which then answers everything."""
+
+    def __init__(self) -> None:
+        self._chat = create_lean_app("query-stream", [router])
+        self._all: LeanApp | None = None
+
+    def all(self) -> LeanApp:
+        if self._all is None:
+            from gateway.messages.routes import router as messages_router
+            from gateway.responses.routes import router as responses_router
+
+            self._all = create_lean_app("query-stream", [router, messages_router, responses_router])
+        return self._all
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._all is None and (scope["type"] == "lifespan" or (
+                scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self._chat.lean_routes)):
+            await self._chat(scope, receive, send)
+            return
+        await self.all()(scope, receive, send)
+
+
 def __getattr__(name: str) -> Any:
     if name == "stream_app":
-        from gateway.messages.routes import router as messages_router
-        from gateway.responses.routes import router as responses_router
-
-        value = instrument_asgi(create_app("query-stream", [router, messages_router, responses_router]))
+        value = instrument_asgi(_Surfaces())
         globals()["stream_app"] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,4 +11,6 @@ TASK_ROOT="${LAMBDA_TASK_ROOT:-$(cd "$(dirname "$0")" && pwd)}"
 export PYTHONPATH="/opt/python:${TASK_ROOT}${LAMBDA_RUNTIME_DIR:+:$LAMBDA_RUNTIME_DIR}${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="${PATH}:${TASK_ROOT}/bin"
 cd "$TASK_ROOT"
+# This process serves the function: its import starts as in Lambda (gateway/coldstart.py) here too
+export GATEWAY_COLD_START=serve
 exec python -m uvicorn app:stream_app --host 0.0.0.0 --port "${PORT:-8080}" --no-access-log --loop uvloop --http httptools

@@ -459,3 +459,24 @@ async def test_upstream_connections_share_one_tls_context() -> None:
         assert ctx is getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ctx)
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_an_upstream_body_is_json_dumps_compact(provider: str) -> None:
+    """The request body each adapter sends is ``json.dumps(payload, separators=(",", ":"))``'s bytes
+    (one shared encoder: ``http_client.request_json``), non-ASCII escaped as before."""
+    from gateway.adapters import anthropic, gemini
+    from gateway.adapters.http_client import create_http_client
+
+    adapter = registry.get_adapter(provider)
+    target = Target(provider, "m-1", f"{provider}/m-1", "https://upstream.invalid/v1", "sk-test")
+    body = {"model": f"{provider}/m-1", "messages": [{"role": "user", "content": "h\u00e9llo \u2603 \"q\"\n"}],
+            "max_tokens": 16, "temperature": 0.5}
+    client = create_http_client()
+    for stream in (False, True):
+        sent = adapter.build_request(client, target, body, stream=stream).content
+        payload = (anthropic.build_body(target, body, stream=stream) if provider == "anthropic"
+                   else gemini.build_body(target, body) if provider == "gemini"
+                   else adapter.build_body(target, body, stream=stream))
+        assert sent == json.dumps(payload, separators=(",", ":")).encode()
+        assert b"\\u00e9" in sent

@@ -175,3 +175,13 @@ def test_newer_models_hold_their_larger_images(model: str, at_least: int) -> Non
     of a few hundred small-file, large-pixel images overruns its hold by hundreds of thousands of
     tokens (gpt-5.4-pro: ~$30 a request past the hold)."""
     assert image_token_max(model) >= at_least
+
+
+def test_the_prompt_text_is_json_dumps_compact_unicode() -> None:
+    from gateway.adapters import tokens
+
+    prompt = {"messages": [{"role": "user", "content": "h\u00e9llo \u2603 \"q\" \\ \n"}],
+              "tools": [{"n": 1.5, "b": None}]}
+    assert tokens._PROMPT_JSON(prompt) == json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
+    with pytest.raises(TypeError):
+        tokens._PROMPT_JSON({"x": object()})

@@ -47,3 +47,13 @@ def test_two_different_keys_are_refused() -> None:
 def test_has_credential() -> None:
     assert not has_credential(request({}))
     assert has_credential(request({"Authorization": "Basic abc"}))  # present, if malformed: bearer_token says 401
+
+
+def test_the_first_of_repeated_headers_counts_as_with_starlettes_headers() -> None:
+    raw = [(b"x-api-key", b"sk-mlp-a"), (b"authorization", b"Bearer sk-mlp-a"), (b"x-api-key", b"sk-mlp-b"),
+           (b"authorization", b"Bearer sk-mlp-c")]
+    req = Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "query_string": b""})
+    assert req.headers.get("x-api-key") == "sk-mlp-a" and req.headers.get("authorization") == "Bearer sk-mlp-a"
+    assert bearer_token(req) == "sk-mlp-a"
+    latin = [(b"authorization", "Bearer sk-mlp-\xe9".encode("latin-1"))]
+    assert bearer_token(Request({"type": "http", "headers": latin})) == "sk-mlp-\xe9"

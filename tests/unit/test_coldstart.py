@@ -6,6 +6,7 @@ connection still verifies with the system store, and ``ssl`` left as it was."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,24 @@ def test_in_lambda_the_collector_waits_for_the_import_and_its_objects_are_frozen
 
 
 def test_outside_lambda_the_collector_is_left_alone() -> None:
-    code = _import_with_gc_watch("os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
+    code = _import_with_gc_watch("os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)\n"
+                                 "os.environ.pop('GATEWAY_COLD_START', None)")
     collections, enabled, frozen, _ = json.loads(in_fresh_function("query", code))
     assert collections > 0 and enabled and frozen == 0
+
+
+def test_run_sh_starts_the_streaming_function_as_lambda_does() -> None:
+    """functions/query/run.sh (uvicorn: QueryStreamFunction, and the peer benchmark) says it serves
+    the function, and such a process imports it as in Lambda, outside Lambda too: no collection
+    during the import, its objects frozen, no scan for pydantic plugins."""
+    script = (ROOT / "functions" / "query" / "run.sh").read_text()
+    assert re.search(r"^export GATEWAY_COLD_START=serve$", script, re.MULTILINE)
+    assert script.index("GATEWAY_COLD_START") < script.index("exec python")
+    serving = "os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)\nos.environ['GATEWAY_COLD_START'] = 'serve'"
+    collections, enabled, frozen, tracked = json.loads(in_fresh_function("query", _import_with_gc_watch(serving)))
+    assert collections == 0 and enabled and frozen > 20_000 and tracked < frozen / 10
+    before = serving.replace("\n", "; ") + "; os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)"
+    assert json.loads(in_fresh_function("query", _PLUGIN_SCAN.format(before=before))) == ["__all__", None]
 
 
 def test_a_collector_paused_by_someone_else_stays_paused() -> None:
@@ -96,7 +112,8 @@ def test_in_lambda_pydantic_does_not_scan_for_plugins(function: str) -> None:
 
 
 def test_outside_lambda_or_when_set_pydantic_plugins_are_left_as_configured() -> None:
-    before = "os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None); os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None)"
+    before = ("os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None); os.environ.pop('PYDANTIC_DISABLE_PLUGINS', None); "
+              "os.environ.pop('GATEWAY_COLD_START', None)")
     assert json.loads(in_fresh_function("query", _PLUGIN_SCAN.format(before=before))) == [None, {}]  # scanned
     before = "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'; os.environ['PYDANTIC_DISABLE_PLUGINS'] = ''"
     assert json.loads(in_fresh_function("query", _PLUGIN_SCAN.format(before=before))) == ["", {}]

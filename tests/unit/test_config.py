@@ -149,6 +149,24 @@ def test_tiers_json_overrides_merge_and_add(env: pytest.MonkeyPatch) -> None:
     assert get_settings().tier("hobby").monthly_quota == 10
 
 
+def test_each_settings_reads_its_own_tier_table(env: pytest.MonkeyPatch) -> None:
+    """``Settings.tiers`` keeps the last table read: two settings read in turn, and one whose
+    table or markup is assigned anew, still each answer from their own values."""
+    one = load_settings()
+    env.setenv("DEFAULT_MARKUP", "0.3")
+    env.setenv("TIERS_JSON", json.dumps({"pro": {"rpm": 7}}))
+    two = load_settings()
+    for _ in range(2):
+        assert one.tier("pro").rpm == DEFAULT_TIERS["pro"]["rpm"] and one.tier("free").markup == Decimal("0.10")
+        assert two.tier("pro").rpm == 7 and two.tier("free").markup == Decimal("0.3")
+        assert one.tiers is one.tiers  # the same table while nothing changed
+    one.tiers_json = json.dumps({"pro": {"rpm": 8}})
+    assert one.tier("pro").rpm == 8 and two.tier("pro").rpm == 7
+    one.default_markup = Decimal("0.25")
+    assert one.tier("free").markup == Decimal("0.25") and one.tier("pro").rpm == 8
+    assert one.quotas() == {**one.quotas(), "pro": DEFAULT_TIERS["pro"]["monthly_quota"]}
+
+
 def test_tier_rank_is_explicit_not_table_order(env: pytest.MonkeyPatch) -> None:
     """A tier added through TIERS_JSON comes after enterprise in the table, but without a ``rank``
     it ranks with free: it never outranks enterprise (which decides the tier of a user with

@@ -181,18 +181,34 @@ def require_full_scope(principal: Principal, action: str) -> None:
 MISSING_KEY_MESSAGE = "Missing API key. Send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
 
 
+def _credential_headers(request: Request) -> tuple[str, str]:
+    """The first ``Authorization`` and ``x-api-key`` values ("" when absent): what Starlette's
+    ``request.headers.get`` answers for each, in one pass over the raw headers instead of two."""
+    authorization = api_key = None
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value
+    return (authorization.decode("latin-1") if authorization is not None else "",
+            api_key.decode("latin-1") if api_key is not None else "")
+
+
 def has_credential(request: Request) -> bool:
     """The request carries an ``Authorization`` or ``x-api-key`` header (well-formed or not)."""
-    return bool(request.headers.get("authorization") or request.headers.get("x-api-key"))
+    authorization, api_key = _credential_headers(request)
+    return bool(authorization or api_key)
 
 
 def bearer_token(request: Request) -> str:
     """The caller's credential: ``Authorization: Bearer <token>`` or ``x-api-key: <token>`` (what the
     anthropic SDK and Claude Code send). Both at once must agree: two different credentials are a 401
     ``conflicting_credentials`` rather than a guess at which account to act for and bill."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    authorization, api_key = _credential_headers(request)
+    scheme, _, token = authorization.partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else ""
-    api_key = request.headers.get("x-api-key", "").strip()
+    api_key = api_key.strip()
     if bearer and api_key and not hmac.compare_digest(bearer.encode("utf-8"), api_key.encode("utf-8")):
         raise Unauthorized("Two different credentials: 'Authorization: Bearer' and 'x-api-key' must carry the same "
                            "key when both are sent.", code="conflicting_credentials")

@@ -1,13 +1,16 @@
 """A function's cold start, before its imports: ``functions/<name>/app.py`` imports this module FIRST
 and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and fifth passes).
 
-- **The garbage collector waits for the imports (in Lambda).** Importing a function creates
-  ~100,000 objects that live as long as the process (modules, classes, pydantic validators); the
-  cyclic collector ran 115-140 times during the query function's import, once over all of them. In
-  Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set) it is paused from here to :func:`done`, which moves what
-  the imports built into the permanent generation (``gc.freeze``: never scanned again) and resumes
-  it. The imports' own cyclic garbage (~1,500 objects, ~0.4 MiB) is frozen with them: a fixed cost
-  per process, not a growing one. Elsewhere (tests, the dev server) the collector is left alone.
+- **The garbage collector waits for the imports (in a process started to serve the function).**
+  Importing a function creates ~100,000 objects that live as long as the process (modules, classes,
+  pydantic validators); the cyclic collector ran 115-140 times during the query function's import,
+  once over all of them. In a serving process — Lambda (``AWS_LAMBDA_FUNCTION_NAME`` set), or
+  ``functions/query/run.sh`` (which sets ``GATEWAY_COLD_START=serve``, so that it starts the same
+  way outside Lambda: locally, in the benchmarks) — it is paused from here to :func:`done`, which
+  moves what the imports built into the permanent generation (``gc.freeze``: never scanned again)
+  and resumes it. The imports' own cyclic garbage (~1,500 objects, ~0.4 MiB) is frozen with them: a
+  fixed cost per process, not a growing one. Elsewhere (tests, the dev server) the collector is left
+  alone.
 - **httpx without its command-line client.** httpx (under upstash-redis and the adapters) imports
   ``httpx._main`` when click is installed, which it is in the layer (and rich/pygments in a dev
   environment); blocked, httpx defines its stub ``main`` instead (its own ImportError fallback).
@@ -21,11 +24,12 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
   built): OpenSSL reads the ~140 certificates (15-60 ms) without the GIL while the rest of the
   function imports, and :func:`done` waits for it (and raises its error, if any), so the context is
   complete before anything can use it.
-- **No scan for pydantic plugins (in Lambda).** pydantic looks for plugins once per process, at the
-  first model built, by reading the entry points of every installed distribution (~5-10 ms over the
-  dev environment's ~110, about half of that over the layer's); none is installed (the layer's
-  locked requirements have none; ``tests/unit/test_coldstart.py`` checks the environment).
-  ``PYDANTIC_DISABLE_PLUGINS=__all__`` is set for the process unless the environment sets it.
+- **No scan for pydantic plugins (in a serving process, as above).** pydantic looks for plugins
+  once per process, at the first model built, by reading the entry points of every installed
+  distribution (~5-10 ms over the dev environment's ~110, about half of that over the layer's); none
+  is installed (the layer's locked requirements have none; ``tests/unit/test_coldstart.py`` checks
+  the environment). ``PYDANTIC_DISABLE_PLUGINS=__all__`` is set for the process unless the
+  environment sets it.
 
 Every function imports aiohttp at cold start anyway (the adapters' HTTP client, the Upstash client),
 so importing it here adds nothing to any of them. This room imports no other.
@@ -36,12 +40,12 @@ from __future__ import annotations
 import gc
 import os
 
-# First, before this module's other imports: paused when the Lambda runtime imports the function.
-_in_lambda = "AWS_LAMBDA_FUNCTION_NAME" in os.environ
-_paused = _in_lambda and gc.isenabled()
+# First, before this module's other imports: paused when the Lambda runtime (or run.sh) imports the function.
+_serving = "AWS_LAMBDA_FUNCTION_NAME" in os.environ or os.environ.get("GATEWAY_COLD_START") == "serve"
+_paused = _serving and gc.isenabled()
 if _paused:
     gc.disable()
-if _in_lambda:  # no pydantic plugin is installed: skip the scan for them (unless set otherwise)
+if _serving:  # no pydantic plugin is installed: skip the scan for them (unless set otherwise)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import ssl  # noqa: E402

@@ -325,7 +325,16 @@ class Settings(BaseSettings):
 
     @property
     def tiers(self) -> dict[str, Tier]:
-        return _tiers(self.tiers_json, str(self.default_markup))
+        # The table of the last (tiers_json, default_markup) pair read, by identity: ``tier()`` runs
+        # a few times per request, and ``str(Decimal)`` plus the lru_cache key cost ~1 us a call.
+        global _last_tiers
+        tiers_json, markup = self.tiers_json, self.default_markup
+        last = _last_tiers  # one tuple: a consistent snapshot
+        if last[0] is tiers_json and last[1] is markup:
+            return last[2]
+        table = _tiers(tiers_json, str(markup))
+        _last_tiers = (tiers_json, markup, table)
+        return table
 
     # The tier table's one home: every lookup goes through these four.
     def tier(self, name: str) -> Tier:
@@ -361,6 +370,10 @@ def _is_placeholder(value: str | None) -> bool:
         return True
     v = value.strip().lower()
     return v in PLACEHOLDERS or (v.startswith("<") and v.endswith(">")) or v.startswith("your-")
+
+
+# Settings.tiers: the last (tiers_json, default_markup, table) read
+_last_tiers: tuple[object, object, dict[str, Tier]] = (object(), object(), {})
 
 
 @lru_cache(maxsize=8)

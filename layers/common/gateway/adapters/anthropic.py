@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
-from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, request_json
 from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     as_int,
@@ -339,7 +339,7 @@ def build_request(client: UpstreamClient, target: Target, body: dict[str, Any], 
                   stream: bool) -> UpstreamRequest:
     payload = build_body(target, body, stream=stream)
     return client.build_request("POST", join_url(target.base_url, "messages"), headers=headers(target),
-                                content=json.dumps(payload, separators=(",", ":")))
+                                content=request_json(payload))
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage, list_model_pages
-from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, request_json
 from gateway.adapters.reasoning import EFFORT_BUDGETS, budget_for_effort
 from gateway.adapters.shapes import (
     THOUGHT_SEP,
@@ -399,7 +399,7 @@ def build_request(client: UpstreamClient, target: Target, body: dict[str, Any], 
     return client.build_request(
         "POST", url, params={"alt": "sse"} if stream else None,
         headers={**auth_headers(target.api_key), "content-type": "application/json"},
-        content=json.dumps(build_body(target, body), separators=(",", ":")),
+        content=request_json(build_body(target, body)),
     )
 
 

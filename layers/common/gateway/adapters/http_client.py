@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -68,6 +69,10 @@ class Limits(NamedTuple):
 
 
 DEFAULT_LIMITS = Limits()
+
+# An upstream request's JSON body: ``json.dumps(payload, separators=(",", ":"))``'s very text from one
+# shared encoder, not an encoder built per call as ``json.dumps`` does for non-default arguments.
+request_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def default_timeout(settings: Any = None) -> Timeouts:

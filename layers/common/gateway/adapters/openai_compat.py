@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
-from gateway.adapters.http_client import UpstreamClient, UpstreamRequest
+from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, request_json
 from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
 from gateway.adapters.sse import FramedChunk, SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
@@ -127,7 +127,7 @@ class OpenAICompatAdapter(TranslatingAdapter):
                       stream: bool) -> UpstreamRequest:
         return client.build_request(
             "POST", join_url(target.base_url, "chat/completions"),
-            content=json.dumps(self.build_body(target, body, stream=stream), separators=(",", ":")),
+            content=request_json(self.build_body(target, body, stream=stream)),
             headers=self.headers(target),
         )
 

@@ -42,6 +42,8 @@ REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 # for Claude 4 models; OpenAI and Gemini fewer).
 TOOLS_OVERHEAD = 500
 PROMPT_FIELDS = ("messages", "tools", "tool_choice", "response_format", "functions", "function_call")
+# the measured prompt text: json.dumps(prompt, separators=(",", ":"), ensure_ascii=False), one shared encoder
+_PROMPT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 IMAGE_PARTS = frozenset({"image_url", "input_image", "image"})
 FILE_PARTS = frozenset({"file", "input_file"})
 AUDIO_PARTS = frozenset({"input_audio"})
@@ -204,7 +206,7 @@ def measure_prompt(body: dict[str, Any]) -> PromptSize:
     if "messages" in prompt:
         prompt["messages"] = messages
     try:
-        text = json.dumps(prompt, separators=(",", ":"), ensure_ascii=False)
+        text = _PROMPT_JSON(prompt)
     except (TypeError, ValueError):
         text = str(prompt)
     estimate, bound = _text_size(text)
