@@ -188,6 +188,18 @@ async def _carry_one(user: Any, database_url: str) -> str:
     return carry.request_id
 
 
+async def test_a_settle_whose_carry_is_refused_returns_the_balance_row_as_it_left_it(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("1")
+    await ledger.reserve(user.user_id, f"req-r-{user.user_id}", D("0.1"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.3"), seconds=30)  # 4 x 0.3 > 0.9 left
+    result = await ledger.settle(_record(user, f"req-r-{user.user_id}", "0.1"), carry=carry)
+    assert result.settled and result.carried_tier is None
+    assert (result.balance, result.reserved) == (D("0.9"), D("0"))
+    assert standing(database_url, user.user_id) == []
+    await books_balance(user.user_id)
+
+
 async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charged_once(
         make_user: Any, database_url: str) -> None:
     user = await make_user("5")

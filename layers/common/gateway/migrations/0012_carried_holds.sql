@@ -187,6 +187,8 @@ DECLARE
     v_quota integer;
     v_room boolean := true;
     v_carrying boolean := false;
+    v_balance numeric;
+    v_reserved numeric;
     v_changed boolean := false;
 BEGIN
     -- the reservation's row first (every money function's order): renamed to the request's id
@@ -266,7 +268,7 @@ BEGIN
               AND (v_quota < 0
                    OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
                       + 4 <= v_quota)
-            RETURNING balances.balance, balances.reserved INTO balance, reserved;
+            RETURNING balances.balance, balances.reserved INTO v_balance, v_reserved;
             v_room := FOUND;
         END IF;
         IF v_room IS NOT FALSE THEN
@@ -274,7 +276,9 @@ BEGIN
                 UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold WHERE api_keys.id = v_key;
             END IF;
             carried_tier := v_tier;
-            v_changed := false;  -- balance and reserved are the row's latest
+            balance := v_balance;  -- the row's latest
+            reserved := v_reserved;
+            v_changed := false;
         ELSE
             DELETE FROM public.reservations WHERE request_id = p_carry_id;  -- refused: this transaction's own row
         END IF;
