@@ -29,8 +29,10 @@ MODEL = "openai/gpt-4o-mini"
 
 @pytest.fixture
 def carrying(setting: Any) -> Iterator[Any]:
-    """Carried holds on (the product's default; the suite runs with them off), a fresh store."""
-    setting(carry_holds="true")
+    """Carried holds on (the product's default; the suite runs with them off), a fresh store, and
+    settled before the response as in Lambda (a settle that fails is then the request's 500, not a
+    background task's log line)."""
+    setting(carry_holds="true", aws_lambda_function_name="QueryStreamFunction")
     service._carried_holds = None
     yield setting
     service._carried_holds = None
