@@ -74,3 +74,16 @@ def test_many_users_through_one_container_forget_their_stale_holds() -> None:
     clock.now = 1011  # all stale (the database gives them back)
     put(store, WHO, Standing("hold_live", D("1"), "free", usable_until=1030))
     assert len(store) == 1 and store.take(WHO, D("1")).request_id == "hold_live"  # type: ignore[union-attr]
+
+
+def test_no_hold_is_claimed_while_another_request_of_the_key_runs_in_this_container() -> None:
+    store = Carried(clock=Clock())
+    store.begin(WHO)
+    store.begin(WHO)  # two requests of the key at once (a server with concurrency; never in Lambda)
+    assert not store.claim(WHO)
+    assert store.claim(("user-2", "key-9"))  # another key is not concerned
+    store.end(WHO)
+    assert store.claim(WHO)  # the last one running carries for the next
+    store.end(WHO)
+    store.end(WHO)  # an extra end never goes below zero
+    assert store.claim(WHO)

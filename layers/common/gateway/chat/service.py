@@ -167,6 +167,7 @@ class Call:
     mark: asyncio.TimerHandle | None = None
     marking: asyncio.Task[None] | None = None
     reservation: str | None = None  # a carried hold's id when the request uses one (else its request_id)
+    counted: bool = False           # counted among its key's running requests (money.carried)
     wire: Wire = CHAT
     surface: str = "chat"          # the API surface that admitted it (logged): chat, messages, responses
     usage: Usage | None = None     # the usage of the answer (final once the relay ended), for surfaces
@@ -421,6 +422,9 @@ async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Deci
         raise
     call.tier = tier
     call.rate_headers = decision.headers()
+    if get_settings().carry_holds:
+        _carried().begin((str(p.user_id), str(p.key_id)))  # ended by its settle (_settle)
+        call.counted = True
 
 
 _carried_holds: Carried | None = None
@@ -549,6 +553,9 @@ async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledge
             "completion_tokens": record.completion_tokens, "charge": str(record.charge)})
         return None
     finally:
+        if call is not None and call.counted:
+            call.counted = False
+            _carried().end((str(call.principal.user_id), str(call.principal.key_id)))
         if carry is not None and who is not None:
             tier = result.carried_tier if result is not None else None
             _carried().opened(who, None if tier is None else Standing(

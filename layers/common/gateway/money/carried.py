@@ -30,13 +30,25 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "_opening", "per_key")
+    __slots__ = ("_clock", "_held", "_opening", "_running", "per_key")
 
     def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.per_key = per_key
         self._clock = clock
         self._held: dict[Principal, list[Standing]] = {}
         self._opening: dict[Principal, int] = {}  # settles asking for one now (concurrent requests)
+        self._running: dict[Principal, int] = {}  # admitted requests not settled yet
+
+    def begin(self, who: Principal) -> None:
+        """A request of ``who`` was admitted (``end`` when it is settled)."""
+        self._running[who] = self._running.get(who, 0) + 1
+
+    def end(self, who: Principal) -> None:
+        left = self._running.get(who, 1) - 1
+        if left > 0:
+            self._running[who] = left
+        else:
+            self._running.pop(who, None)
 
     def take(self, who: Principal, hold: Decimal) -> Standing | None:
         """A usable standing reservation of ``who`` of at least ``hold``, removed from the store."""
@@ -68,7 +80,12 @@ class Carried:
 
     def claim(self, who: Principal) -> bool:
         """Room for one more standing reservation of ``who``, counting those being opened by settles
-        still running: True claims it until ``opened`` is called (whatever the settle's outcome)."""
+        still running, when no other request of ``who`` runs in this container (as in Lambda, where a
+        container serves one request at a time: measured, carrying holds under concurrency of one
+        key in one process lengthened the requests' median; BENCHMARKS.md). True claims it until
+        ``opened`` is called (whatever the settle's outcome)."""
+        if self._running.get(who, 0) > 1:
+            return False
         opening = self._opening.get(who, 0)
         if len(self._held.get(who, ())) + opening >= self.per_key:
             return False
