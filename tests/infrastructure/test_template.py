@@ -500,6 +500,8 @@ def test_web_adapter_functions_stream_via_function_url(functions: dict[str, dict
             continue
         env = props["Environment"]["Variables"]
         assert env.get("AWS_LWA_INVOKE_MODE") == "response_stream", name
+        # readiness by TCP: an HTTP GET / would build the surfaces a first chat completion skips
+        assert env.get("AWS_LWA_READINESS_CHECK_PROTOCOL") == "tcp", name
         assert str(env.get("PORT")) == "8080", name
         assert any(layer_is_web_adapter(x) for x in as_list(props.get("Layers"))), name
         url = props.get("FunctionUrlConfig") or {}
