@@ -237,7 +237,10 @@ BEGIN
         END IF;
     END IF;
     SELECT * INTO v_settled FROM public.mlp_settle(p_record, p_period, p_uncount, p_description);
-    IF NOT FOUND THEN
+    IF NOT FOUND THEN  -- (the reservation is this transaction's: not reached) nothing is left behind
+        IF v_carrying THEN
+            DELETE FROM public.reservations WHERE request_id = p_carry_id;
+        END IF;
         RETURN;
     END IF;
     balance := v_settled.balance;
