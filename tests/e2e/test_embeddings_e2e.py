@@ -4,6 +4,7 @@ request one usage record, balance == sum(ledger)."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -23,8 +24,19 @@ EMBEDDING_MODELS = [
 ]
 
 
-def _rows(local_stack: dict[str, Any], user_id: str) -> tuple[list[tuple[Any, ...]], Decimal, Decimal]:
-    """(usage records, balance, sum of the ledger) of one user."""
+def _rows(local_stack: dict[str, Any], user_id: str, records: int = 0,
+          timeout: float = 10.0) -> tuple[list[tuple[Any, ...]], Decimal, Decimal]:
+    """(usage records, balance, sum of the ledger) of one user, once it has ``records`` usage records:
+    the local stack settles after the response (Lambda before it), so the last may still be on its way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        usage, balance, total = _read(local_stack, user_id)
+        if len(usage) >= records or time.monotonic() > deadline:
+            return usage, balance, total
+        time.sleep(0.05)
+
+
+def _read(local_stack: dict[str, Any], user_id: str) -> tuple[list[tuple[Any, ...]], Decimal, Decimal]:
     with psycopg.connect(local_stack["database_url"]) as conn:
         usage = conn.execute("SELECT model_served, provider, status, prompt_tokens, charge, estimated "
                              "FROM usage_records WHERE user_id = %s ORDER BY id", (user_id,)).fetchall()
@@ -45,7 +57,7 @@ def test_openai_sdk_embeddings_create(local_stack: dict[str, Any], model: str, p
     default = sdk.embeddings.create(model=model, input=["hello world", "日本"])  # base64 on the wire
     assert [d.embedding for d in default.data] == [pytest.approx(d.embedding, rel=1e-6) for d in floats.data]
     assert floats.usage.prompt_tokens == default.usage.prompt_tokens > 0
-    usage, balance, ledger_sum = _rows(local_stack, user["user_id"])
+    usage, balance, ledger_sum = _rows(local_stack, user["user_id"], records=2)
     assert [(u[0], u[1], u[2]) for u in usage] == [(model, provider, "ok")] * 2
     assert all(u[3] == floats.usage.prompt_tokens and u[4] > 0 for u in usage)
     # every count exact: the provider's usage, or for Gemini (its answer has none) Google's countTokens
