@@ -370,7 +370,7 @@ async def admit(call: Call) -> None:
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
-    standing = _carried().take((str(p.user_id), str(p.key_id)), call.hold) if settings.carry_holds else None
+    standing = _carried().take(_holder(call), call.hold) if settings.carry_holds else None
     if standing is not None:
         await _admit_carried(call, standing, hint)
         return
@@ -423,11 +423,16 @@ async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Deci
     call.tier = tier
     call.rate_headers = decision.headers()
     if get_settings().carry_holds:
-        _carried().begin((str(p.user_id), str(p.key_id)))  # ended by its settle (_settle)
+        _carried().begin(_holder(call))  # ended by its settle (_settle)
         call.counted = True
 
 
 _carried_holds: Carried | None = None
+
+
+def _holder(call: Call) -> tuple[object, object]:
+    """Whose carried holds a request may use and carry: its user's and API key's."""
+    return call.principal.user_id, call.principal.key_id
 
 
 def _carried() -> Carried:
@@ -523,23 +528,20 @@ def limit_usage(call: Call, c: Candidate) -> Usage:
 _deferred: deque[tuple[ledger.UsageRecord, str | None]] = deque(maxlen=10_000)
 
 
-async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledger.Settlement | None:
-    """Settle ``record``; for a request (``call``), also give back the carried holds of its key
-    this container drops and carry one for the next request when it succeeded."""
+async def _settle(record: ledger.UsageRecord, call: Call) -> ledger.Settlement | None:
+    """Settle the request's ``record``; also give back the carried holds of its key this container
+    drops, and carry one for the key's next request when it succeeded."""
     settings = get_settings()
-    reservation = release = carry = None
-    who: tuple[str, str] | None = None
-    if call is not None:
-        reservation = call.reservation
-        if settings.carry_holds:
-            carried = _carried()
-            who = (str(call.principal.user_id), str(call.principal.key_id))
-            release = carried.drop(who, call.hold)
-            if record.status == "ok" and carried.claim(who):
-                carry = ledger.Carry(
-                    request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
-                    seconds=settings.carry_hold_s, quotas=settings.quotas(),
-                    max_in_flight=settings.max_in_flight_per_user)
+    reservation, release, carry = call.reservation, None, None
+    who = _holder(call)
+    if settings.carry_holds:
+        carried = _carried()
+        release = carried.drop(who, call.hold)
+        if record.status == "ok" and carried.claim(who):
+            carry = ledger.Carry(
+                request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
+                seconds=settings.carry_hold_s, quotas=settings.quotas(),
+                max_in_flight=settings.max_in_flight_per_user)
     result = None
     try:
         result = await ledger.settle(record, retry_for=settings.settle_retry_s, reservation=reservation,
@@ -553,10 +555,10 @@ async def _settle(record: ledger.UsageRecord, call: Call | None = None) -> ledge
             "completion_tokens": record.completion_tokens, "charge": str(record.charge)})
         return None
     finally:
-        if call is not None and call.counted:
+        if call.counted:
             call.counted = False
-            _carried().end((str(call.principal.user_id), str(call.principal.key_id)))
-        if carry is not None and who is not None:
+            _carried().end(who)
+        if carry is not None:
             tier = result.carried_tier if result is not None else None
             _carried().opened(who, None if tier is None else Standing(
                 carry.request_id, carry.hold, tier, time.time() + settings.carry_hold_s - settings.carry_margin_s))

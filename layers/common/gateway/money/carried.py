@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-Principal = tuple[str, str]   # (user id, key id) as text
+Principal = tuple[object, object]   # (user id, key id)
 
 
 @dataclass(frozen=True, slots=True)
