@@ -7,7 +7,7 @@ alternating batches so that the shared machine's load hits both alike.
 
 A is ``--base`` (a git ref, checked out once into a detached worktree under ``.local/ab/``;
 ``.`` = this working tree), B is this working tree (``--cand`` another ref). Both run as
-``bench/peers.py`` runs ours (``functions/query`` under uvicorn, one process, full billing)
+``bench/peers.py`` runs ours (``functions/query/run.sh``: uvicorn serving ``stream_app``, one process, full billing)
 against ONE set of services (bench/stack.py: fake upstream, Upstash bridge with its command
 counter, one database and user). Each round measures every case on A and on B, the order
 swapped every round (A B, B A, ...); the report gives per case the median over rounds of each
@@ -78,10 +78,12 @@ def start(side: Side, svc: Services, extra_env: dict[str, str]) -> None:
     env = svc.gateway_env(**extra_env)
     # the side's own gateway package and bench helpers first (the venv's editable install points here)
     env["PYTHONPATH"] = f"{side.tree / 'layers' / 'common'}:{side.tree}"
-    side.proc = spawn(f"ab-{side.name}", [sys.executable, "-m", "uvicorn", "app:app", "--app-dir",
-                                          str(side.tree / "functions" / "query"), "--host", "127.0.0.1",
-                                          "--port", str(side.port), "--no-access-log", "--log-level", "warning"],
-                      env, cwd=side.tree)
+    # the side's run.sh itself, as the Web Adapter starts it (``stream_app``, uvloop + httptools):
+    # `python` on PATH is this interpreter
+    env["PORT"] = str(side.port)
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    side.proc = spawn(f"ab-{side.name}", ["bash", str(side.tree / "functions" / "query" / "run.sh")], env,
+                      cwd=side.tree)
     headers = {"authorization": f"Bearer {svc.api_key}"}
     wait_until(side.proc, side.url, body=chat_body(), headers=headers, timeout=90)
 

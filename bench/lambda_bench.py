@@ -48,6 +48,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.coldstart import FakeContext, captured_stdout, http_api_event, new_trace_id
@@ -238,10 +239,9 @@ async def run_streaming(svc: Services, n: int, memory_mb: int) -> dict[str, Any]
     port = free_port()
     env = svc.gateway_env(AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_LOG_LEVEL="INFO",
                           POWERTOOLS_TRACE_DISABLED="true")
-    proc = spawn("stream", [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", "functions/query", "--host",
-                            "127.0.0.1", "--port", str(port), "--no-access-log", "--loop", "uvloop",
-                            "--http", "httptools"],
-                 env=env)
+    # run.sh itself, as the Web Adapter starts it (``stream_app``): `python` on PATH is this interpreter
+    env.update(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    proc = spawn("stream", ["bash", str(ROOT / "functions" / "query" / "run.sh")], env=env)
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         headers = {"authorization": f"Bearer {svc.api_key}"}
