@@ -221,6 +221,50 @@ async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charge
     await books_balance(user.user_id)
 
 
+@pytest.mark.parametrize(("status", "charge", "requests"), [("ok", "0.2", 2), ("failed", "0", 1)])
+async def test_a_request_whose_idle_hold_was_given_back_under_it_counts_as_one_finished_request(
+        make_user: Any, database_url: str, status: str, charge: str, requests: int) -> None:
+    user = await make_user("5")
+    hold_id = await _carry_one(user, database_url)  # reserve + carry: 2 requests of the quota, 1 in flight
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", hold_id)
+    assert await ledger.release_idle_standing() >= 1  # gives its quota request and in-flight slot back
+    assert (balance(database_url, user.user_id)["period_requests"], balance(database_url, user.user_id)["in_flight"]) \
+        == (1, 0)
+    record = _record(user, f"req-c-{user.user_id}", charge)
+    record.status = status
+    result = await ledger.settle(record, reservation=hold_id)
+    assert result.settled and result.hold == 0
+    b = balance(database_url, user.user_id)
+    # the request is over (in flight unchanged) and counted again unless failed (a failed one never counts)
+    assert (b["balance"], b["reserved"], b["in_flight"], b["period_requests"]) \
+        == (D("4.9") - D(charge), 0, 0, requests)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"])
+    [rec] = [r for r in records(database_url, user.user_id) if r["request_id"] == record.request_id]
+    assert (rec["status"], rec["hold"], rec["charge"]) == (status, 0, D(charge))
+    assert direct(database_url, "SELECT count(*) AS n FROM ledger_entries WHERE reference = %s",
+                  record.request_id)[0]["n"] == (1 if D(charge) > 0 else 0)
+    assert direct(database_url, "SELECT * FROM reservations WHERE user_id = %s", user.user_id) == []
+    await books_balance(user.user_id)
+
+
+async def test_a_used_carried_hold_is_closed_under_its_own_id_and_nothing_is_left_open(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    hold_id = await _carry_one(user, database_url)
+    carry = ledger.Carry(request_id=f"hold2_{user.user_id.hex}", hold=D("0.5"), seconds=30)
+    result = await ledger.settle(_record(user, f"req-d-{user.user_id}", "0.3"), reservation=hold_id, carry=carry)
+    assert result.settled and result.hold == D("0.5") and result.carried_tier == "pro"
+    rows = direct(database_url, "SELECT request_id, amount FROM reservations WHERE user_id = %s", user.user_id)
+    assert rows == [{"request_id": carry.request_id, "amount": D("0.5")}]  # only the new carried hold
+    [rec] = [r for r in records(database_url, user.user_id) if r["request_id"] == f"req-d-{user.user_id}"]
+    assert (rec["hold"], rec["charge"]) == (D("0.5"), D("0.3"))
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"]) == (D("4.6"), D("0.5"))
+    assert (b["in_flight"], b["period_requests"]) == (1, 3)
+    await books_balance(user.user_id)
+
+
 async def test_the_sweeper_gives_back_idle_holds_and_charges_used_orphans_under_the_request_id(
         make_user: Any, database_url: str, setting: Any) -> None:
     idle_user, used_user = await make_user("5"), await make_user("5")
