@@ -202,6 +202,27 @@ async def test_a_settle_whose_carry_is_refused_returns_the_balance_row_as_it_lef
     await books_balance(user.user_id)
 
 
+@pytest.mark.parametrize(("quota", "max_in_flight", "carried"), [
+    (5, None, True), (4, None, False),    # 4 requests of the monthly quota left after the settle, with it
+    (None, 2, True), (None, 1, False),    # in flight at most three quarters of the cap, with it
+])
+async def test_a_carried_hold_is_opened_only_under_the_quota_and_in_flight_rules(
+        make_user: Any, database_url: str, quota: int | None, max_in_flight: int | None, carried: bool) -> None:
+    user = await make_user("5")
+    request_id = f"req-q-{user.user_id}"
+    await ledger.reserve(user.user_id, request_id, D("0.1"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.1"), seconds=30,
+                         quotas={"pro": quota}, max_in_flight=max_in_flight)
+    result = await ledger.settle(_record(user, request_id, "0.05"), carry=carry)
+    assert result.settled and (result.carried_tier == "pro") is carried
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"])
+    assert (b["balance"], b["reserved"], b["in_flight"], b["period_requests"]) \
+        == (D("4.95"), D("0.1") if carried else 0, int(carried), 1 + carried)
+    assert len(standing(database_url, user.user_id)) == int(carried)
+    await books_balance(user.user_id)
+
+
 async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charged_once(
         make_user: Any, database_url: str) -> None:
     user = await make_user("5")

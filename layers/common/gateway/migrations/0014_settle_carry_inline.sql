@@ -42,9 +42,7 @@ DECLARE
     v_quota integer;
     v_room boolean := true;
     v_carrying boolean := false;
-    v_balance numeric;
-    v_reserved numeric;
-    v_changed boolean := false;
+    v_settled boolean;
 BEGIN
     -- exactly the columns written below (ledger.RECORD_COLUMNS): never drop a field silently (as mlp_settle)
     IF NOT (p_record ?& ARRAY[
@@ -128,7 +126,57 @@ BEGIN
         x.prompt_price, x.completion_price, x.cache_read_price, x.cache_write_price, x.cache_write_1h_price,
         x.audio_price, x.request_price, x.markup, x.byok, x.provider_cost, x.reported_cost, x.charge,
         x.latency_ms, x.ttfb_ms, x.error_code, x.estimated, x.stream);
-    -- the balance row, whose lock the user's other requests wait for until this commits
+    -- this user's standing reservations the container drops (released if still idle: reservation rows,
+    -- then the key, then the balance row), before the carried hold is decided on what is left
+    IF p_release IS NOT NULL AND cardinality(p_release) > 0 THEN
+        PERFORM public.mlp_release_standing(v_user, v_key, p_release, p_period);
+    END IF;
+    -- the carried hold under mlp_reserve's checks: the capped key's headroom (its row is this
+    -- transaction's already), then the balance row
+    IF v_carrying AND v_key IS NOT NULL THEN
+        SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= 4 * p_carry_hold, true)
+          INTO v_capped, v_room
+        FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user;
+    END IF;
+    -- the balance row last, whose lock the user's other requests wait for until this commits: ONE
+    -- update for the settle and the carried hold when the hold fits after the settle (the common
+    -- case); otherwise the settle's update alone (and the carried hold's reservation is deleted)
+    IF v_carrying AND v_room IS NOT FALSE THEN
+        UPDATE public.balances SET
+            balance = balances.balance - x.charge,
+            reserved = balances.reserved - v_amount + p_carry_hold,
+            in_flight = CASE WHEN v_orphan THEN balances.in_flight ELSE GREATEST(balances.in_flight - 1, 0) END + 1,
+            period_requests = CASE WHEN balances.period_start < p_period THEN 1
+                                   ELSE CASE WHEN balances.period_start <> p_period OR v_orphan = COALESCE(p_uncount, false)
+                                             THEN balances.period_requests
+                                             WHEN v_orphan THEN balances.period_requests + 1
+                                             ELSE GREATEST(balances.period_requests - 1, 0) END + 1 END,
+            period_start = GREATEST(balances.period_start, p_period),
+            updated_at = now()
+        WHERE balances.user_id = v_user
+          AND balances.reserved - v_amount >= 0  -- (else the settle's update alone: its CHECK decides)
+          -- the carried hold's checks, on the row as the settle leaves it
+          AND (balances.balance - x.charge) - (balances.reserved - v_amount) >= 4 * p_carry_hold
+          AND (p_max_in_flight IS NULL
+               OR 4 * (CASE WHEN v_orphan THEN balances.in_flight ELSE GREATEST(balances.in_flight - 1, 0) END + 1)
+                  <= 3 * p_max_in_flight)
+          AND (v_quota < 0
+               OR (CASE WHEN balances.period_start < p_period THEN 0
+                        WHEN balances.period_start <> p_period OR v_orphan = COALESCE(p_uncount, false)
+                        THEN balances.period_requests
+                        WHEN v_orphan THEN balances.period_requests + 1
+                        ELSE GREATEST(balances.period_requests - 1, 0) END) + 4 <= v_quota)
+        RETURNING balances.balance, balances.reserved INTO balance, reserved;
+        IF FOUND THEN
+            IF v_capped THEN
+                UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold WHERE api_keys.id = v_key;
+            END IF;
+            hold := v_amount;
+            carried_tier := v_tier;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
     UPDATE public.balances SET
         balance = balances.balance - x.charge,
         reserved = balances.reserved - v_amount,
@@ -140,55 +188,14 @@ BEGIN
         updated_at = now()
     WHERE balances.user_id = v_user
     RETURNING balances.balance, balances.reserved INTO balance, reserved;
-    IF NOT FOUND THEN  -- (no balance row: not reached) nothing is returned, no hold is left behind
-        IF v_carrying THEN
-            DELETE FROM public.reservations WHERE request_id = p_carry_id;
-        END IF;
+    v_settled := FOUND;
+    IF v_carrying THEN
+        DELETE FROM public.reservations WHERE request_id = p_carry_id;  -- refused: this transaction's own row
+    END IF;
+    IF NOT v_settled THEN  -- (no balance row: not reached) nothing is returned
         RETURN;
     END IF;
     hold := v_amount;
-    IF p_release IS NOT NULL AND cardinality(p_release) > 0 THEN
-        v_changed := public.mlp_release_standing(v_user, v_key, p_release, p_period) > 0;
-    END IF;
-    IF v_carrying THEN
-        -- the checks of mlp_reserve, on rows this transaction already holds (key, balance)
-        IF v_key IS NOT NULL THEN
-            SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= 4 * p_carry_hold, true)
-              INTO v_capped, v_room
-            FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user;
-        END IF;
-        IF v_room IS NOT FALSE THEN
-            UPDATE public.balances SET
-                reserved = balances.reserved + p_carry_hold,
-                in_flight = balances.in_flight + 1,
-                period_requests = CASE WHEN balances.period_start < p_period THEN 1
-                                       ELSE balances.period_requests + 1 END,
-                period_start = GREATEST(balances.period_start, p_period),
-                updated_at = now()
-            WHERE balances.user_id = v_user
-              AND balances.balance - balances.reserved >= 4 * p_carry_hold
-              AND (p_max_in_flight IS NULL OR 4 * (balances.in_flight + 1) <= 3 * p_max_in_flight)
-              AND (v_quota < 0
-                   OR (CASE WHEN balances.period_start < p_period THEN 0 ELSE balances.period_requests END)
-                      + 4 <= v_quota)
-            RETURNING balances.balance, balances.reserved INTO v_balance, v_reserved;
-            v_room := FOUND;
-        END IF;
-        IF v_room IS NOT FALSE THEN
-            IF v_capped THEN
-                UPDATE public.api_keys SET reserved = api_keys.reserved + p_carry_hold WHERE api_keys.id = v_key;
-            END IF;
-            carried_tier := v_tier;
-            balance := v_balance;  -- the row's latest
-            reserved := v_reserved;
-            v_changed := false;
-        ELSE
-            DELETE FROM public.reservations WHERE request_id = p_carry_id;  -- refused: this transaction's own row
-        END IF;
-    END IF;
-    IF v_changed THEN
-        SELECT b.balance, b.reserved INTO balance, reserved FROM public.balances b WHERE b.user_id = v_user;
-    END IF;
     RETURN NEXT;
 END
 $fn$;
