@@ -100,12 +100,21 @@ BEGIN
             v_carrying := true;
         END IF;
     END IF;
+    -- this user's standing reservations the container drops (released if still idle), before the
+    -- key and the balance row are locked (reservation rows, then the key, then the balance row) and
+    -- before the carried hold is decided on what is left
+    IF p_release IS NOT NULL AND cardinality(p_release) > 0 THEN
+        PERFORM public.mlp_release_standing(v_user, v_key, p_release, p_period);
+    END IF;
     -- the settle (mlp_settle's statements): a capped key's hold leaves its ``reserved``, the charge
     -- joins its ``spent`` (key row first)
     IF v_key IS NOT NULL THEN
         UPDATE public.api_keys SET reserved = GREATEST(api_keys.reserved - v_amount, 0),
                                    spent = api_keys.spent + x.charge
-        WHERE api_keys.id = v_key AND api_keys.user_id = v_user AND api_keys.spend_cap IS NOT NULL;
+        WHERE api_keys.id = v_key AND api_keys.user_id = v_user AND api_keys.spend_cap IS NOT NULL
+        -- the carried hold's check of a capped key's headroom, on the row as the settle leaves it
+        RETURNING api_keys.spend_cap - api_keys.spent - api_keys.reserved >= 4 * p_carry_hold INTO v_room;
+        v_capped := FOUND;
     END IF;
     IF x.charge > 0 THEN
         INSERT INTO public.ledger_entries (user_id, amount, kind, reference, description)
@@ -126,18 +135,6 @@ BEGIN
         x.prompt_price, x.completion_price, x.cache_read_price, x.cache_write_price, x.cache_write_1h_price,
         x.audio_price, x.request_price, x.markup, x.byok, x.provider_cost, x.reported_cost, x.charge,
         x.latency_ms, x.ttfb_ms, x.error_code, x.estimated, x.stream);
-    -- this user's standing reservations the container drops (released if still idle: reservation rows,
-    -- then the key, then the balance row), before the carried hold is decided on what is left
-    IF p_release IS NOT NULL AND cardinality(p_release) > 0 THEN
-        PERFORM public.mlp_release_standing(v_user, v_key, p_release, p_period);
-    END IF;
-    -- the carried hold under mlp_reserve's checks: the capped key's headroom (its row is this
-    -- transaction's already), then the balance row
-    IF v_carrying AND v_key IS NOT NULL THEN
-        SELECT k.spend_cap IS NOT NULL, COALESCE(k.spend_cap - k.spent - k.reserved >= 4 * p_carry_hold, true)
-          INTO v_capped, v_room
-        FROM public.api_keys k WHERE k.id = v_key AND k.user_id = v_user;
-    END IF;
     -- the balance row last, whose lock the user's other requests wait for until this commits: ONE
     -- update for the settle and the carried hold when the hold fits after the settle (the common
     -- case); otherwise the settle's update alone (and the carried hold's reservation is deleted)
