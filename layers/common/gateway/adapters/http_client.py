@@ -382,13 +382,16 @@ class UpstreamResponse:
                 chunk += chunks.popleft()
         self._buffered -= len(chunk)
         if self._paused and self._buffered < _LOW_WATER:
-            self._paused = False
-            transport = self._conn.transport
-            if transport is not None and not self._conn.lost:
-                transport.resume_reading()
-                if self._read_timeout and not self._done:
-                    self._schedule_timeout()
+            self._resume()
         return chunk
+
+    def _resume(self) -> None:
+        self._paused = False
+        transport = self._conn.transport
+        if transport is not None and not self._conn.lost:
+            transport.resume_reading()
+            if self._read_timeout and not self._done:
+                self._schedule_timeout()
 
     async def _read(self, n: int) -> bytes:
         while True:
@@ -401,16 +404,19 @@ class UpstreamResponse:
             await self._wait()
 
     async def aread(self) -> bytes:
-        while not self._done:
+        parts: list[bytes] = []
+        while True:
             if self._error is not None:
                 raise self._error
+            if self._chunks:  # taken as they come: a large body never pauses the reading
+                parts += self._chunks
+                self._chunks.clear()
+                self._buffered = 0
+                if self._paused:
+                    self._resume()
+            if self._done:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
             await self._wait()
-        if self._error is not None:
-            raise self._error
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        return data
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         while True:
@@ -512,10 +518,9 @@ class UpstreamClient:
                 lines.append("Content-Type: application/octet-stream")
         elif request.method not in _EMPTY_BODY_METHODS and "content-length" not in given:
             lines.append("Content-Length: 0")
-        text = "\r\n".join(lines)
-        if _FORBIDDEN_HEADER_CHARS.search(text.replace("\r\n", "\t")) is not None:
+        if _FORBIDDEN_HEADER_CHARS.search("\t".join(lines)) is not None:
             raise ValueError("Forbidden control character detected in headers. Potential header injection attack.")
-        return (text + "\r\n\r\n").encode("utf-8")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
     async def send(self, request: UpstreamRequest, *, stream: bool = False) -> UpstreamResponse:
         """The response once its headers arrived (``stream=False``: its body read too)."""
