@@ -332,3 +332,24 @@ async def test_a_streamed_body_larger_than_the_buffer(serve: Callable[[Handler],
     assert bytes(received) == payload
     assert await _call(client, f"http://127.0.0.1:{server.port}/x") == payload and server.connections == 1
     await client.aclose()
+
+
+async def test_closing_a_response_ends_a_read_in_progress(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """A deadline closes the upstream stream while it is being read (``service._arm_deadline``):
+    the read ends with aiohttp's ClientConnectionError("Connection closed"), as with the session."""
+    async def trickle(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+        return False
+
+    server = await serve(trickle)
+    client = create_http_client()
+    response = await client.send(client.build_request("POST", f"http://127.0.0.1:{server.port}/x", content=b"{}"),
+                                 stream=True)
+    pieces = response.aiter_bytes()
+    assert await pieces.__anext__() == b"hello"
+    asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(response.aclose()))
+    with pytest.raises(aiohttp.ClientConnectionError, match="Connection closed"):
+        await asyncio.wait_for(pieces.__anext__(), 2)
+    await client.aclose()

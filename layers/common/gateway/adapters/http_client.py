@@ -1,4 +1,5 @@
-"""The process-wide upstream HTTP client: aiohttp's own API, one session per event loop.
+"""The process-wide upstream HTTP client: one per event loop, a lean HTTP/1.1 client that does what
+the aiohttp session it replaced did (below, "the upstream calls"; issue 15's http pass).
 
 Every provider call goes through :class:`UpstreamClient`: ``build_request`` (an
 :class:`UpstreamRequest`: method, URL, body bytes, headers) and ``send`` (an
@@ -11,12 +12,13 @@ mapped ``httpx.Response`` and its decoders around the same aiohttp call cost ~0.
 call (BENCHMARKS.md, "Issue 15, third pass: the upstream call").
 
 What is kept from that transport: the TLS context (:func:`shared_ssl_context`), the connection
-limits (200 connections, 30 s keep-alive), no redirects, no proxy from the environment, and the
-timeouts mapped the same way — ``connect`` → aiohttp ``sock_connect``, ``read`` → ``sock_read``
-(max silence between two reads: it bounds time-to-first-byte and every gap in a stream), ``pool``
-→ aiohttp ``connect`` (waiting for a pooled connection *plus* connecting), no total. A request's
-``extensions["timeout"]`` overrides some of them for that call (``{"read": s}``, as with httpx).
-aiohttp's own errors reach the adapters unmapped (``upstream_errors`` maps them).
+limits (200 connections in use, 30 s keep-alive), no redirects, no proxy from the environment, and
+the timeouts with aiohttp's meaning — ``connect`` → aiohttp's ``sock_connect`` (the TCP and TLS
+handshakes), ``read`` → ``sock_read`` (max silence between two reads: it bounds time-to-first-byte
+and every gap in a stream), ``pool`` → aiohttp's ``connect`` (waiting for a connection *plus*
+connecting), no total. A request's ``extensions["timeout"]`` overrides some of them for that call
+(``{"read": s}``, as with httpx). aiohttp's exception classes reach the adapters unmapped
+(``upstream_errors`` maps them).
 
 The catalog's discovery reads provider model lists with httpx's API (``client.get``, httpx
 errors): :func:`get_catalog_http_client` keeps an httpx client on the aiohttp transport for it.
@@ -140,6 +142,7 @@ _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp's h
 _HIGH_WATER = 2 * 2**16
 _LOW_WATER = 2**16
 _KEEPALIVE_SWEEP_S = 1.0
+_DNS_TTL_S = 10.0
 
 
 class _Target(NamedTuple):
@@ -433,6 +436,10 @@ class UpstreamResponse:
             return
         self.is_closed = True
         self._drop_timeout()
+        if not self._done and self._error is None:
+            # a read in progress (a deadline closing the stream) ends as with aiohttp's response.close()
+            self._error = aiohttp.ClientConnectionError("Connection closed")
+            self._wake()
         conn = self._conn
         conn.response = None
         reusable = self._done and self._error is None and self._keep_alive and not self._paused
@@ -455,6 +462,7 @@ class UpstreamClient:
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._jar: aiohttp.CookieJar | None = None
+        self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._loop_: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -609,12 +617,20 @@ class UpstreamClient:
 
     async def _open(self, target: _Target) -> _Connection:
         loop = self._loop
-        try:
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise aiohttp.ClientConnectorDNSError(target.key, exc) from exc
+        cached = self._dns.get((target.host, target.port))
+        if cached is not None and loop.time() - cached[0] < _DNS_TTL_S:
+            infos = cached[1]
+        else:  # as aiohttp's resolver, its answers cached 10 s (aiohttp's ttl_dns_cache)
+            try:
+                infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM,
+                                               flags=socket.AI_ADDRCONFIG)
+            except OSError as exc:
+                raise aiohttp.ClientConnectorDNSError(target.key, exc) from exc
+            self._dns[(target.host, target.port)] = (loop.time(), infos)
         try:  # as aiohttp's connector: happy eyeballs (0.25 s) over the resolved addresses, then TLS
             sock = await aiohappyeyeballs.start_connection(infos, happy_eyeballs_delay=0.25, loop=loop)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as aiohttp's connections
             _, conn = await loop.create_connection(_Connection, sock=sock, ssl=self.ssl_context if target.tls else None,
                                                    server_hostname=target.server_hostname)
         except ssl.CertificateError as exc:
@@ -626,10 +642,6 @@ class UpstreamClient:
                 raise
             raise aiohttp.ClientConnectorError(target.key, exc) from exc
         conn.key = target.key
-        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as aiohttp's connections
         return conn
 
     def _release(self, conn: _Connection, reusable: bool) -> None:
