@@ -1,12 +1,43 @@
-"""functions/query/app.py in the process run.sh starts (``GATEWAY_COLD_START=serve``: it serves
-``stream_app`` only) builds QueryFunction's buffered app and Mangum handler on first access; in
-QueryFunction itself they are built during the import."""
+"""functions/query/serve.py (what run.sh execs for QueryStreamFunction) serves ``stream_app`` with the
+uvicorn configuration ``python -m uvicorn app:stream_app --host 0.0.0.0 --port $PORT --no-access-log
+--loop uvloop --http httptools`` built, without importing uvicorn's command-line module (click, the
+supervisors), and leaves ``uvicorn.main`` importable as the real module."""
 
 from __future__ import annotations
 
 import json
 
 from tests.support.apps import in_fresh_function
+
+_COMPARE = """
+import json, os, sys
+os.environ['PORT'] = '18123'
+os.environ['GATEWAY_COLD_START'] = 'serve'
+import serve
+loaded = sorted(m for m in ('uvicorn.main', 'click', 'uvicorn.supervisors', 'multiprocessing') if m in sys.modules)
+import app, uvicorn, uvicorn.main
+captured = {}
+uvicorn.main.run = lambda target, **kwargs: captured.update(kwargs, app=target)
+uvicorn.main.main.main(['app:stream_app', '--host', '0.0.0.0', '--port', os.environ['PORT'], '--no-access-log',
+                        '--loop', 'uvloop', '--http', 'httptools'], standalone_mode=False)
+app_dir = captured.pop('app_dir')  # run() puts it on sys.path: '' (the working directory, serve.py's own)
+cli = uvicorn.Config(**captured)
+ours = serve.config()
+assert cli.app == 'app:stream_app' and ours.app is app.stream_app
+skip = {'app'}
+differ = sorted(k for k in set(vars(cli)) | set(vars(ours)) if k not in skip and vars(cli).get(k) != vars(ours).get(k))
+print(json.dumps([loaded, differ, app_dir, type(uvicorn.main).__name__, hasattr(uvicorn.main, 'main'),
+                  'app' in vars(app), 'handler' in vars(app)]))
+"""
+
+
+def test_serve_configures_uvicorn_as_its_command_line_did_without_importing_it() -> None:
+    loaded, differ, app_dir, kind, has_main, built, handled = json.loads(in_fresh_function("query", _COMPARE))
+    assert loaded == []  # neither uvicorn's CLI nor its supervisors were imported by serve
+    assert differ == []  # every other Config attribute as `python -m uvicorn app:stream_app ...` set it
+    assert app_dir == ""  # the CLI's sys.path[0] was the working directory, functions/query: serve.py's own
+    assert kind == "module" and has_main  # `import uvicorn.main` afterwards: the real module
+    assert not built and not handled  # run.sh's process: QueryFunction's buffered app not built
 
 
 def test_the_buffered_app_is_built_on_first_access_in_run_sh_process() -> None:
