@@ -7,7 +7,7 @@ two ``Config``s), without uvicorn's command-line module.
 that module imports click, declares the CLI's ~40 options and imports the reload and multi-worker
 supervisors (multiprocessing, tempfile, shutil, bz2, lzma), and ``python -m uvicorn`` then parses
 the command line through click: ~16 ms of CPU of the spawn here, none of it used by one process
-serving one app (BENCHMARKS.md, issue 15, spawn: lever P2). While uvicorn's package imports,
+serving one app (BENCHMARKS.md, issue 15, spawn: lever S6). While uvicorn's package imports,
 ``uvicorn.main`` is a stand-in that gives the real ``Server`` and, for ``main`` / ``run``, functions
 that import the real module when called (never, here); the stand-in is removed at once, so an
 ``import uvicorn.main`` later is the real module.
