@@ -69,8 +69,39 @@ def config() -> Config:
                   loop="uvloop", http="httptools")
 
 
+def _load_anyio_backend() -> None:
+    try:
+        import anyio._backends._asyncio  # noqa: F401
+    except BaseException:  # noqa: S110  the request that needs it imports it again, and meets the error
+        pass
+
+
+class _Server(Server):
+    """uvicorn's ``Server``; in Lambda, once it listens, a thread imports anyio's asyncio backend.
+
+    In Lambda the first chat completion settles before its response (``chat.service.respond``),
+    inside ``anyio.CancelScope(shield=True)``, whose first use imports that backend (~12 ms of CPU
+    here). From the moment the server listens until the Web Adapter's first request arrives the
+    process is idle, and the first request waits on the database, Upstash and the provider: a
+    thread importing the backend then uses that idle time (imports hold the GIL, so the request
+    shares the CPU with it meanwhile; a request needing the module before the thread is done waits
+    for that import, as it would have imported it itself). Outside Lambda the settle follows the
+    response, and the thread would only compete with the first request (measured: BENCHMARKS.md,
+    issue 15, spawn, lever S7)."""
+
+    loader: Any = None  # the thread, once started
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and "AWS_LAMBDA_FUNCTION_NAME" in os.environ and "anyio._backends._asyncio" not in sys.modules:
+            import threading
+
+            self.loader = threading.Thread(target=_load_anyio_backend, name="anyio-backend", daemon=True)
+            self.loader.start()
+
+
 def main() -> None:
-    server = Server(config())
+    server = _Server(config())
     try:
         server.run()
     except KeyboardInterrupt:  # as uvicorn.run

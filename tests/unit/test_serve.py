@@ -53,3 +53,38 @@ def test_query_function_builds_its_handler_during_the_import() -> None:
             "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'\nimport app\n"
             "print(json.dumps(['app' in vars(app), 'handler' in vars(app), 'mangum' in sys.modules]))")
     assert json.loads(in_fresh_function("query", code)) == [True, True, True]
+
+
+_LISTENING = """
+import asyncio, json, os, sys
+os.environ.update(PORT='0', GATEWAY_COLD_START='serve')
+{lambda_env}
+import serve
+before = 'anyio._backends._asyncio' in sys.modules
+
+async def main():
+    server = serve._Server(serve.config())
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+    loader = server.loader
+    if loader is not None:
+        loader.join(10)
+    loaded = 'anyio._backends._asyncio' in sys.modules
+    server.should_exit = True
+    await task
+    return loader, loaded
+
+loader, loaded = asyncio.run(main())
+print(json.dumps([before, loader is not None and loader.name == 'anyio-backend' and loader.daemon, loaded]))
+"""
+
+
+def test_in_lambda_a_thread_imports_anyios_backend_once_the_server_listens() -> None:
+    code = _LISTENING.format(lambda_env="os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query-stream'")
+    assert json.loads(in_fresh_function("query", code)) == [False, True, True]
+
+
+def test_outside_lambda_no_thread_imports_it() -> None:
+    code = _LISTENING.format(lambda_env="os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
+    assert json.loads(in_fresh_function("query", code)) == [False, False, False]
