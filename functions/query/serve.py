@@ -59,7 +59,9 @@ _import_uvicorn()
 # isort: split
 import app  # noqa: E402  (its import ends with coldstart.done())
 from uvicorn.config import Config  # noqa: E402
-from uvicorn.server import STARTUP_FAILURE, Server  # noqa: E402
+from uvicorn.server import Server  # noqa: E402
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
 
 
 def config() -> Config:
