@@ -11,6 +11,7 @@ import json
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -353,3 +354,55 @@ async def test_closing_a_response_ends_a_read_in_progress(serve: Callable[[Handl
     with pytest.raises(aiohttp.ClientConnectionError, match="Connection closed"):
         await asyncio.wait_for(pieces.__anext__(), 2)
     await client.aclose()
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for ``localhost`` (and its key), self-signed, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+async def test_tls_verified_with_sni_and_an_unknown_certificate_refused(tmp_path: Any) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    s = Server(answer())
+    s.server = await asyncio.start_server(s._serve, "127.0.0.1", 0, ssl=server_ctx)
+    try:
+        url = f"https://localhost:{s.port}/v1/chat/completions"
+        client = create_http_client()  # the shared (system) store: our certificate is unknown
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await _call(client, url)
+        await client.aclose()
+        client = create_http_client()
+        client.ssl_context = ssl.create_default_context(cafile=cert)
+        for _ in range(3):
+            assert await _call(client, url) == b'{"ok":true}'
+        assert s.connections == 1 and names[-1] == "localhost"  # the refused handshake never reached it
+        assert _headers_of(s.heads[-1])["host"] == f"localhost:{s.port}"
+        await client.aclose()
+    finally:
+        s.server.close()
