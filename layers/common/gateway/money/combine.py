@@ -36,6 +36,7 @@ Group = tuple[str, str | None]  # (user id, API key id)
 BATCH_SQL = "SELECT op, r, err_state, err_message FROM mlp_batch($1::jsonb)"
 BATCH = db.Statement("ledger_batch", BATCH_SQL)
 MAX_BATCH = 64
+batches = 0  # mlp_batch calls sent by this process (tests, benchmarks)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
@@ -56,12 +57,16 @@ class Op:
 
 
 class _Queue:
-    __slots__ = ("ops",)
+    __slots__ = ("ops", "senders")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
+        self.senders = 0  # the group's calls in flight (at most SENDERS)
 
 
+# One call of a group at a time: measured, a second one in flight (waiting on the row lock) changed
+# nothing at c=16 (BENCHMARKS.md); the statements that arrive meanwhile wait here and go together.
+SENDERS = 1
 _groups: PerLoop[dict[Group, _Queue]] = PerLoop(dict)
 _draining: set[asyncio.Future[None]] = set()
 
@@ -81,37 +86,46 @@ async def call(group: Group, statement: db.Statement, params: Sequence[bytes | N
     queue = groups.get(group)
     if queue is None:
         queue = groups[group] = _Queue()
+    if queue.senders < SENDERS and not queue.ops:
+        queue.senders += 1
         try:
             return await db.call(statement, params)
         finally:
-            if queue.ops:  # statements arrived meanwhile: sent by a task (this request goes on)
-                task = asyncio.ensure_future(_drain(groups, group, queue))
-                _draining.add(task)
-                task.add_done_callback(_draining.discard)
-            elif groups.get(group) is queue:
-                del groups[group]
+            queue.senders -= 1
+            _next(groups, group, queue)
     future: asyncio.Future[Row] = asyncio.get_running_loop().create_future()
     queue.ops.append(Op(statement, params, json_of, on_lost, future))
-    return await future  # cancelled before it is sent: _drain skips it
+    _next(groups, group, queue)
+    return await future  # cancelled before it is sent: _send skips it
 
 
-async def _drain(groups: dict[Group, _Queue], group: Group, queue: _Queue) -> None:
-    """Send the group's waiting statements (all of them, at most MAX_BATCH per call) until none is
-    left, then let the next statement of the group go alone again."""
-    ops: list[Op] = []
+def _next(groups: dict[Group, _Queue], group: Group, queue: _Queue) -> None:
+    """After a call of the group ended or a statement was queued: the waiting statements go in a
+    task (as soon as a sender is free), or the group is forgotten when nothing is left."""
+    if queue.ops:
+        if queue.senders < SENDERS:
+            queue.senders += 1
+            task = asyncio.ensure_future(_send(groups, group, queue))
+            _draining.add(task)
+            task.add_done_callback(_draining.discard)
+    elif not queue.senders and groups.get(group) is queue:
+        del groups[group]
+
+
+async def _send(groups: dict[Group, _Queue], group: Group, queue: _Queue) -> None:
+    """Send the statements waiting now (at most MAX_BATCH) in one call: alone when one is left."""
+    ops = [op for op in queue.ops[:MAX_BATCH] if not op.future.done()]
+    del queue.ops[:MAX_BATCH]
     try:
-        while queue.ops:
-            ops = [op for op in queue.ops[:MAX_BATCH] if not op.future.done()]
-            del queue.ops[:MAX_BATCH]
-            if len(ops) == 1:
-                await _alone(ops[0])
-            elif ops:
-                await _together(ops)
+        if len(ops) == 1:
+            await _alone(ops[0])
+        elif ops:
+            await _together(ops)
     finally:
-        if groups.get(group) is queue:
-            del groups[group]
-        for op in (*ops, *queue.ops):  # only if this task itself was cancelled (the loop is closing)
+        queue.senders -= 1
+        for op in ops:  # only if this task itself was cancelled (the loop is closing)
             op.future.cancel()
+        _next(groups, group, queue)
 
 
 async def _alone(op: Op) -> None:
@@ -124,6 +138,8 @@ async def _alone(op: Op) -> None:
 
 
 async def _together(ops: list[Op]) -> None:
+    global batches
+    batches += 1
     payload = "[" + ",".join(op.json() for op in ops) + "]"
     try:
         rows = await db.call_all(BATCH, (payload.encode(),))
