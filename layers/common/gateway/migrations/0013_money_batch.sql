@@ -1,5 +1,5 @@
--- Several money statements of ONE user and key in one transaction (issue 15, db lane; docs/money.md
--- "Combined statements"; gateway/money/combine.py).
+-- Several money statements of ONE user and key in one transaction (issue 15, db lane;
+-- gateway/money/combine.py; BENCHMARKS.md "combined money statements").
 --
 -- Every reserve and settle writes the user's ``balances`` row and holds its lock until the commit
 -- record is flushed (a WAL flush, ~1 ms on the benchmark machine). The requests of one user in one
