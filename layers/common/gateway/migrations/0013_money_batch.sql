@@ -15,12 +15,16 @@
 --       mlp_reserve's parameters, as text (quotas as JSON); r = [request_id, tier], NULL when refused
 --   ["s", record (jsonb), period, uncount, description]
 --       mlp_settle's; r = [balance, reserved, hold, ledger_rows], NULL when nothing was settled
+--   ["c", record (jsonb), period, uncount, description, user_id, reservation, release (a text[]
+--    literal), carry_id, carry_hold, carry_s, quotas (jsonb), default_quota, max_in_flight]
+--       mlp_settle_carry's (migration 0012); r = [balance, reserved, hold, ledger_rows, carried_tier]
 -- One row per operation, in order: op (0-based), r (the function's row as a JSON array of text,
 -- NULL when it returned none), err_state / err_message (the SQLSTATE and message of an operation that raised;
 -- its changes are rolled back, the others' are kept).
 --
 -- Lock order, as everywhere (reservation rows, capped key, balance): the reservations the settles
--- close are locked first, in request-id order, before any operation runs; every operation is of the
+-- close (a carried hold's: the one it used) are locked first, in request-id order, before any
+-- operation runs; every operation is of the
 -- same user and key (the caller groups them so), so the capped key's row is locked by the first
 -- operation, before its balance UPDATE, and every later one already holds both.
 
@@ -35,7 +39,9 @@ DECLARE
 BEGIN
     PERFORM 1 FROM public.reservations x
     WHERE x.request_id IN (SELECT e -> 1 ->> 'request_id' FROM jsonb_array_elements(p_ops) AS e
-                           WHERE e ->> 0 = 's')
+                           WHERE e ->> 0 IN ('s', 'c')
+                           UNION ALL
+                           SELECT e ->> 6 FROM jsonb_array_elements(p_ops) AS e WHERE e ->> 0 = 'c')
     ORDER BY x.request_id
     FOR UPDATE;
     op := -1;
@@ -53,6 +59,14 @@ BEGIN
             ELSIF v_op ->> 0 = 's' THEN
                 SELECT to_jsonb(ARRAY[f.balance::text, f.reserved::text, f.hold::text, f.ledger_rows::text]) INTO r
                 FROM public.mlp_settle(v_op -> 1, (v_op ->> 2)::date, (v_op ->> 3)::boolean, v_op ->> 4) f;
+            ELSIF v_op ->> 0 = 'c' THEN
+                SELECT to_jsonb(ARRAY[f.balance::text, f.reserved::text, f.hold::text, f.ledger_rows::text,
+                                      f.carried_tier]) INTO r
+                FROM public.mlp_settle_carry(v_op -> 1, (v_op ->> 2)::date, (v_op ->> 3)::boolean, v_op ->> 4,
+                                             (v_op ->> 5)::uuid, v_op ->> 6, (v_op ->> 7)::text[], v_op ->> 8,
+                                             (v_op ->> 9)::numeric, (v_op ->> 10)::integer,
+                                             NULLIF(v_op -> 11, 'null'::jsonb), (v_op ->> 12)::integer,
+                                             (v_op ->> 13)::integer) f;
             ELSE
                 RAISE EXCEPTION 'mlp_batch: unknown operation %', v_op ->> 0 USING ERRCODE = 'invalid_parameter_value';
             END IF;

@@ -479,7 +479,7 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: st
             if statement is SETTLE:
                 row = await combine.call(group, SETTLE, params, lambda: _settle_op(params))
             else:
-                row = await db.call(statement, params)
+                row = await combine.call(group, SETTLE_CARRY, params, lambda: _settle_carry_op(params))
             break
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > give_up:
@@ -502,6 +502,14 @@ def _settle_op(params: Sequence[bytes | None]) -> str:
     """The settle as an element of mlp_batch's operations (``money.combine``)."""
     t = combine.text
     return f'["s",{(params[0] or b"null").decode()},{t(params[1])},{t(params[2])},{t(params[3])}]'
+
+
+def _settle_carry_op(params: Sequence[bytes | None]) -> str:
+    """The settle through mlp_settle_carry as an element of mlp_batch's operations."""
+    t = combine.text
+    return (f'["c",{(params[0] or b"null").decode()},{t(params[1])},{t(params[2])},{t(params[3])},{t(params[4])},'
+            f"{t(params[5])},{t(params[6])},{t(params[7])},{t(params[8])},{t(params[9])},"
+            f'{(params[10] or b"null").decode()},{t(params[11])},{t(params[12])}]')
 
 
 async def release(record: UsageRecord) -> Settlement:
