@@ -42,8 +42,8 @@ _dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 class Op:
-    """One statement waiting for its group: ``kind`` and the JSON of its parameters (mlp_batch's
-    element) are built only if it is combined."""
+    """One statement waiting for its group; ``json()`` (its mlp_batch element) is only called if it
+    is combined."""
 
     __slots__ = ("future", "json", "on_lost", "params", "statement")
 
@@ -140,8 +140,8 @@ async def _alone(op: Op) -> None:
 async def _together(ops: list[Op]) -> None:
     global batches
     batches += 1
-    payload = "[" + ",".join(op.json() for op in ops) + "]"
     try:
+        payload = "[" + ",".join(op.json() for op in ops) + "]"
         rows = await db.call_all(BATCH, (payload.encode(),))
         if len(rows) != len(ops):
             raise psycopg.InternalError(f"mlp_batch answered {len(rows)} rows for {len(ops)} operations")
@@ -149,12 +149,19 @@ async def _together(ops: list[Op]) -> None:
         for op in ops:
             _fail(op, exc)
         return
+    lost: list[tuple[Op, Row]] = []
     for op, (_, r, state, message) in zip(ops, rows, strict=True):
         if state is not None:
             _fail(op, _error(state.decode(), (message or b"").decode()))
             continue
         values = None if r is None else json.loads(r)
-        await _deliver(op, None if values is None else [None if v is None else str(v).encode() for v in values])
+        row: Row = None if values is None else [None if v is None else str(v).encode() for v in values]
+        if op.future.done():
+            lost.append((op, row))
+        else:
+            op.future.set_result(row)
+    for op, row in lost:  # after every other caller has its answer
+        await _deliver(op, row)
 
 
 def _error(sqlstate: str, message: str) -> psycopg.Error:
