@@ -11,6 +11,10 @@ Gateways (``--peers``, in this order by default):
                ``stream_app``, one process, as QueryStreamFunction runs behind the Web Adapter),
                with full billing: API key, Upstash rate limit through the REST bridge, reserve
                and settle in Postgres
+  ours-lambda  the same run.sh with the Lambda environment (``AWS_LAMBDA_FUNCTION_NAME``) as the Web
+               Adapter runs it: a non-streaming answer is settled BEFORE it is sent (frozen after
+               the response), metrics go to stdout as EMF lines; ``ours`` is run.sh as a plain
+               server, which settles a non-streaming answer right after sending it
   ours-all     every function of template.yaml in one process (the local stack's router)
   litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database; a generated master key, which
                recent versions require)
@@ -65,7 +69,7 @@ from bench.workload import chat_body
 from infra.local.servers import free_port
 
 PEERS_DIR = ROOT / ".local" / "peers"
-ALL_PEERS = ("ours", "ours-all", "litellm", "portkey", "naive", "bare")
+ALL_PEERS = ("ours", "ours-lambda", "ours-all", "litellm", "portkey", "naive", "bare")
 FAKE_KEY = "sk-fake-openai"
 
 
@@ -164,6 +168,11 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
         env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
         return Peer(key, "ours: query function (full billing)", ["bash", str(ROOT / "functions" / "query" / "run.sh")],
                     env, port, ours_headers, _our_version())
+    if key == "ours-lambda":
+        env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                              AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_TRACE_DISABLED="true")
+        return Peer(key, "ours as in Lambda (settle before the answer)",
+                    ["bash", str(ROOT / "functions" / "query" / "run.sh")], env, port, ours_headers, _our_version())
     if key == "ours-all":
         return Peer(key, "ours: all functions in one process",
                     [py, "-m", "uvicorn", "--factory", "infra.local.devserver:build_router", "--host", "127.0.0.1",

@@ -756,6 +756,54 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
     assert not service._deferred
 
 
+async def test_a_stream_whose_settle_cannot_reach_postgres_still_ends_and_is_settled_later(
+        app: Any, api: Any, make_user: Any, setting: Any, flaky_database: TcpProxy, database_url: str) -> None:
+    """The settle of a completed stream runs from its terminal event while the last chunks are sent
+    (issue 15 lever 27): when it cannot reach the database (retried, then deferred in the container)
+    the stream still ends as any other — every chunk, the usage chunk, ``[DONE]``, then its final
+    body message, no error raised — and the container's next request settles it at the provider's
+    usage."""
+    user = await make_user("5")
+    setting(settle_retry_s=0.2)
+    last: list[dict[str, Any]] = []
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        async def watching_send(message: Any) -> None:
+            last[:] = [message]
+            await send(message)
+        await app(scope, receive, watching_send)
+
+    async def stream() -> httpx.Response:
+        transport = httpx.ASGITransport(app=watched)  # an error in the app raises here
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            return await c.post("/v1/chat/completions", headers=_auth(user), json={
+                "model": "openai/gpt-4o-mini", "messages": _msg("[[ttfb:0.6]] [[words:7]]"), "stream": True,
+                "stream_options": {"include_usage": True}})
+
+    request = asyncio.ensure_future(stream())
+    await _cut_once_reserved(flaky_database, database_url, user.user_id)
+    r = await request
+    assert r.status_code == 200
+    assert last[0]["type"] == "http.response.body" and last[0].get("more_body") is False  # the stream ended
+    chunks, done = _parse_sse(r.text)
+    assert done and not any("error" in c for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]).count(" ") == 6
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
+    assert records(database_url, user.user_id) == []  # not settled yet: the database is away
+    assert len(direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id)) == 1
+    flaky_database.set_mode("forward")
+    while True:
+        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        await asyncio.sleep(0.2)
+    rows = await wait_for(lambda: [x for x in records(database_url, user.user_id) if x["completion_tokens"] == 7])
+    assert rows[0]["status"] == "ok" and rows[0]["stream"] is True and rows[0]["estimated"] is False
+    assert balance(database_url, user.user_id)["reserved"] == 0
+    assert not service._deferred
+
+
 async def test_a_call_still_running_after_a_second_marks_its_reservation_as_sent(
         api: Any, make_user: Any, database_url: str) -> None:
     user = await make_user("5")
