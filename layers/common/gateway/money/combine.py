@@ -35,7 +35,11 @@ Group = tuple[str, str | None]  # (user id, API key id)
 
 BATCH_SQL = "SELECT op, r, err_state, err_message FROM mlp_batch($1::jsonb)"
 BATCH = db.Statement("ledger_batch", BATCH_SQL)
-MAX_BATCH = 64  # at c=16 a batch holds at most 15: smaller caps measured worse for c=16, better for slow16
+# At c=16 a batch holds at most 15 (smaller caps measured worse for c=16, better for slow16). Each
+# operation is a subtransaction (mlp_batch's EXCEPTION block): Postgres caches 64 per backend
+# (PGPROC_MAX_CACHED_SUBXIDS), beyond which every other session's snapshot checks go to pg_subtrans;
+# 32 keeps a batch well inside that cache.
+MAX_BATCH = 32
 batches = 0  # mlp_batch calls sent by this process (tests, benchmarks)
 
 _dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
