@@ -11,23 +11,35 @@ chat completion, so a streaming function whose first request is a chat completio
 without them (their import moves to the first Messages or Responses request). Both apps are built
 without FastAPI (``create_lean_app``: every route of the three surfaces takes the lean path;
 anything else is answered by the FastAPI app of the same routes, built on first use), which keeps
-FastAPI's import out of the cold start (~0.2 s).
+FastAPI's import out of the cold start (~0.2 s). In the process run.sh starts (``GATEWAY_COLD_START=serve``:
+it serves ``stream_app`` only) the buffered ``app`` and its Mangum ``handler`` are built on first
+access instead (Mangum's import and a second app: ~5 ms of the spawn); in QueryFunction (Lambda's
+runtime imports this module for ``handler``) they are built during the import, as before.
 """
 
 from gateway import coldstart  # first: import trims, the collector paused until done()
 
 # isort: split
+import os
 from typing import Any
 
-from mangum import Mangum
 from starlette.types import Receive, Scope, Send
 
 from gateway.chat.routes import router
 from gateway.http import LeanApp, create_lean_app
 from gateway.observability import instrument, instrument_asgi
 
-app = create_lean_app("query", [router])
-handler = instrument(Mangum(app, lifespan="off"))
+
+def _buffered() -> dict[str, Any]:
+    """QueryFunction's app (behind API Gateway) and its Mangum handler."""
+    from mangum import Mangum
+
+    built = create_lean_app("query", [router])
+    return {"app": built, "handler": instrument(Mangum(built, lifespan="off"))}
+
+
+if os.environ.get("GATEWAY_COLD_START") != "serve":  # not run.sh's process (which serves stream_app only)
+    globals().update(_buffered())
 coldstart.done()
 
 
@@ -57,6 +69,10 @@ class _Surfaces:
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("app", "handler"):  # run.sh's process: built on first access
+        built = _buffered()
+        globals().update(built)
+        return built[name]
     if name == "stream_app":
         value = instrument_asgi(_Surfaces())
         globals()["stream_app"] = value

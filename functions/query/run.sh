@@ -13,4 +13,6 @@ export PATH="${PATH}:${TASK_ROOT}/bin"
 cd "$TASK_ROOT"
 # This process serves the function: its import starts as in Lambda (gateway/coldstart.py) here too
 export GATEWAY_COLD_START=serve
-exec python -m uvicorn app:stream_app --host 0.0.0.0 --port "${PORT:-8080}" --no-access-log --loop uvloop --http httptools
+# uvicorn serving app:stream_app on $PORT (0.0.0.0, no access log, uvloop, httptools): serve.py builds
+# the Config `python -m uvicorn app:stream_app` built, without uvicorn's command-line module
+exec python serve.py

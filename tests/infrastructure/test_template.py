@@ -397,7 +397,8 @@ def test_stream_run_script() -> None:
     assert os.access(script, os.X_OK)
     assert "\r\n" not in text, "run.sh must use LF line endings"
     assert "/opt/python" in text and "PORT" in text
-    assert re.search(r"^exec python -m uvicorn app:stream_app ", text, re.MULTILINE)
+    assert re.search(r"^exec python serve.py$", text, re.MULTILINE)  # uvicorn serving app:stream_app (serve.py)
+    assert (script.parent / "serve.py").is_file()
 
 
 # ----------------------------------------------------------------------------- routes

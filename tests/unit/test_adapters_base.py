@@ -402,11 +402,8 @@ async def test_get_http_client_is_shared_per_loop() -> None:
     s = get_settings()
     assert (t.connect, t.read, t.write, t.pool) == (s.upstream_connect_timeout_s, s.upstream_read_timeout_s,
                                                     10.0, 5.0)
-    # aiohttp's phases, as httpx_aiohttp mapped them: no total, pool -> connect
-    assert (c1._timeout.total, c1._timeout.sock_connect, c1._timeout.sock_read, c1._timeout.connect) == (
-        None, s.upstream_connect_timeout_s, s.upstream_read_timeout_s, 5.0)
-    connector = c1.session.connector
-    assert connector is not None and connector.limit == 200 and connector._keepalive_timeout == 30.0
+    # the pool: at most 200 connections in use, idle ones kept 30 s
+    assert c1.max_connections == 200 and c1.keepalive_expiry == 30.0
 
     # another loop (a thread running its own loop) gets its own client
     other: list[UpstreamClient] = []
@@ -455,7 +452,7 @@ async def test_upstream_connections_share_one_tls_context() -> None:
     assert ctx is shared_ssl_context()
     client = create_http_client()
     try:
-        assert client.session.connector._ssl is ctx  # type: ignore[union-attr]
+        assert client.ssl_context is ctx
         assert ctx is getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", ctx)
     finally:
         await client.aclose()

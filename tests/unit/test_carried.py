@@ -87,3 +87,12 @@ def test_no_hold_is_claimed_while_another_request_of_the_key_runs_in_this_contai
     store.end(WHO)
     store.end(WHO)  # an extra end never goes below zero
     assert store.claim(WHO)
+
+
+def test_with_combined_statements_a_hold_is_claimed_while_others_of_the_key_run() -> None:
+    store = Carried(per_key=2, clock=Clock())
+    store.begin(WHO)
+    store.begin(WHO)
+    assert not store.claim(WHO)
+    assert store.claim(WHO, concurrent=True) and store.claim(WHO, concurrent=True)
+    assert not store.claim(WHO, concurrent=True)  # the per-key bound still counts settles opening one

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     # Through a pooler: no startup options, no server-side prepared statements.
     database_pooled: bool | None = None
     db_pool_max: int = Field(default=2, ge=1)      # a Lambda container serves one request at a time
+    # money statements of one user and key that arrive while one is in flight in this process are
+    # sent together, one transaction (gateway.money.combine, migration 0013); none under Lambda
+    db_combine: bool = True
     db_connect_timeout_s: float = 3.0               # libpq connect_timeout (at least 2 s)
     db_statement_timeout_ms: int = 5000             # server side, see gateway.db
     db_timeout_s: float = Field(default=6.0, gt=0)  # client side: one statement or transaction block

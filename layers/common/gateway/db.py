@@ -531,7 +531,15 @@ class _Expiry:
 
 async def call(statement: Statement, params: Sequence[bytes | None]) -> list[bytes | None] | None:
     """``fetchone`` of a hot ``Statement``: the first row's values as text (bytes; None for NULL),
-    or None when there is no row.
+    or None when there is no row. The rules of ``call_all``."""
+    res = await _execute(statement, params)
+    if not res.ntuples:
+        return None
+    return [res.get_value(0, i) for i in range(res.nfields)]
+
+
+async def call_all(statement: Statement, params: Sequence[bytes | None]) -> list[list[bytes | None]]:
+    """``fetchall`` of a hot ``Statement``: every row's values as text (bytes; None for NULL).
 
     The rules of ``run``: a recorded outage fails at once, no connection is ``DatabaseUnavailable``,
     no answer within DB_TIMEOUT_S shuts the socket (``DatabaseUnavailable``), a connection that
@@ -540,6 +548,11 @@ async def call(statement: Statement, params: Sequence[bytes | None]) -> list[byt
     (``AsyncConnection.wait``): the statement is cancelled on the server and its result drained,
     or the connection closed, before the connection goes back to the pool, which discards one that
     is not idle."""
+    res = await _execute(statement, params)
+    return [[res.get_value(row, i) for i in range(res.nfields)] for row in range(res.ntuples)]
+
+
+async def _execute(statement: Statement, params: Sequence[bytes | None]) -> pq.abc.PGresult:
     settings = get_settings()
     for attempt in (1, 2):
         pool, conn = await _acquire(settings)
@@ -559,7 +572,5 @@ async def call(statement: Statement, params: Sequence[bytes | None]) -> list[byt
                 await drop_dead_connections()
                 continue
             raise
-        if not res.ntuples:
-            return None
-        return [res.get_value(0, i) for i in range(res.nfields)]
+        return res
     raise AssertionError("unreachable")

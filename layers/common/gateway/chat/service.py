@@ -537,7 +537,7 @@ async def _settle(record: ledger.UsageRecord, call: Call) -> ledger.Settlement |
     if settings.carry_holds:
         carried = _carried()
         release = carried.drop(who, call.hold)
-        if record.status == "ok" and carried.claim(who):
+        if record.status == "ok" and carried.claim(who, concurrent=settings.db_combine):
             carry = ledger.Carry(
                 request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
                 seconds=settings.carry_hold_s, quotas=settings.quotas(),

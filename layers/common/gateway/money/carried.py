@@ -78,13 +78,15 @@ class Carried:
             del self._held[who]
         return gone
 
-    def claim(self, who: Principal) -> bool:
+    def claim(self, who: Principal, *, concurrent: bool = False) -> bool:
         """Room for one more standing reservation of ``who``, counting those being opened by settles
         still running, when no other request of ``who`` runs in this container (as in Lambda, where a
-        container serves one request at a time: measured, carrying holds under concurrency of one
-        key in one process lengthened the requests' median; BENCHMARKS.md). True claims it until
-        ``opened`` is called (whatever the settle's outcome)."""
-        if self._running.get(who, 0) > 1:
+        container serves one request at a time) or ``concurrent``: measured, carrying holds under
+        concurrency of one key in one process lengthened the requests' median when each settle that
+        carried was a commit of its own on the user's row; with the key's money statements combined
+        (``money.combine``) it shortens it (BENCHMARKS.md). True claims it until ``opened`` is
+        called (whatever the settle's outcome)."""
+        if not concurrent and self._running.get(who, 0) > 1:
             return False
         opening = self._opening.get(who, 0)
         if len(self._held.get(who, ())) + opening >= self.per_key:

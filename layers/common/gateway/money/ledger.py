@@ -36,6 +36,7 @@ from ..adapters.contract import TOKEN_FIELDS, Tokens
 from ..config import FREE_TIER
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
+from . import combine
 from .format import money
 from .pricing import ZERO, ModelPrice, to_credit
 
@@ -207,9 +208,10 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
     period = period_start()
     quotas_json, default_quota = _quotas.params(quotas)
-    row = await db.call(RESERVE, (
-        str(user_id).encode(), request_id.encode(), str(hold).encode(), period.isoformat().encode(), quotas_json,
-        str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight)))
+    params = (str(user_id).encode(), request_id.encode(), str(hold).encode(), period.isoformat().encode(),
+              quotas_json, str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight))
+    row = await combine.call((params[0].decode(), None if api_key_id is None else str(api_key_id)), RESERVE, params,
+                             lambda: _reserve_op(params), on_lost=lambda _row: cancel(request_id))
     if row is not None:
         tier = row[1]
         return Reservation(request_id=request_id, user_id=user_id, amount=hold,
@@ -251,6 +253,13 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
     raise InsufficientCredits(
         f"Insufficient credits: this request needs up to ${money(hold)} but ${money(max(available, ZERO))} is "
         "available.", balance=money(available), required=money(hold))
+
+
+def _reserve_op(params: Sequence[bytes | None]) -> str:
+    """The reserve as an element of mlp_batch's operations (``money.combine``)."""
+    t = combine.text
+    return (f'["r",{t(params[0])},{t(params[1])},{t(params[2])},{t(params[3])},{(params[4] or b"{}").decode()},'
+            f"{t(params[5])},{t(params[6])},{t(params[7])},{t(params[8])}]")
 
 
 # Sent through ``db.call`` (see RESERVE_SQL): reservation id, request id, model. Every request still
@@ -462,11 +471,15 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: st
         else:
             carried = (None,) * 6
         params = (*params, str(record.user_id).encode(), _text(reservation), _text_array(release), *carried)
+    group = (str(record.user_id), None if record.api_key_id is None else str(record.api_key_id))
     give_up = time.monotonic() + retry_for
     delay = RETRY_FIRST_DELAY_S
     while True:
         try:
-            row = await db.call(statement, params)
+            if statement is SETTLE:
+                row = await combine.call(group, SETTLE, params, lambda: _settle_op(params))
+            else:
+                row = await combine.call(group, SETTLE_CARRY, params, lambda: _settle_carry_op(params))
             break
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > give_up:
@@ -483,6 +496,20 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: st
     return Settlement(settled=True, balance=Decimal(balance.decode()), reserved=Decimal(reserved.decode()),
                       hold=Decimal(hold.decode()), charge=record.charge,
                       carried_tier=tier.decode() if tier is not None else None)
+
+
+def _settle_op(params: Sequence[bytes | None]) -> str:
+    """The settle as an element of mlp_batch's operations (``money.combine``)."""
+    t = combine.text
+    return f'["s",{(params[0] or b"null").decode()},{t(params[1])},{t(params[2])},{t(params[3])}]'
+
+
+def _settle_carry_op(params: Sequence[bytes | None]) -> str:
+    """The settle through mlp_settle_carry as an element of mlp_batch's operations."""
+    t = combine.text
+    return (f'["c",{(params[0] or b"null").decode()},{t(params[1])},{t(params[2])},{t(params[3])},{t(params[4])},'
+            f"{t(params[5])},{t(params[6])},{t(params[7])},{t(params[8])},{t(params[9])},"
+            f'{(params[10] or b"null").decode()},{t(params[11])},{t(params[12])}]')
 
 
 async def release(record: UsageRecord) -> Settlement:

@@ -1,0 +1,90 @@
+"""functions/query/serve.py (what run.sh execs for QueryStreamFunction) serves ``stream_app`` with the
+uvicorn configuration ``python -m uvicorn app:stream_app --host 0.0.0.0 --port $PORT --no-access-log
+--loop uvloop --http httptools`` built, without importing uvicorn's command-line module (click, the
+supervisors), and leaves ``uvicorn.main`` importable as the real module."""
+
+from __future__ import annotations
+
+import json
+
+from tests.support.apps import in_fresh_function
+
+_COMPARE = """
+import json, os, sys
+os.environ['PORT'] = '18123'
+os.environ['GATEWAY_COLD_START'] = 'serve'
+import serve
+loaded = sorted(m for m in ('uvicorn.main', 'click', 'uvicorn.supervisors', 'multiprocessing') if m in sys.modules)
+import app, uvicorn, uvicorn.main
+captured = {}
+uvicorn.main.run = lambda target, **kwargs: captured.update(kwargs, app=target)
+uvicorn.main.main.main(['app:stream_app', '--host', '0.0.0.0', '--port', os.environ['PORT'], '--no-access-log',
+                        '--loop', 'uvloop', '--http', 'httptools'], standalone_mode=False)
+app_dir = captured.pop('app_dir')  # run() puts it on sys.path: '' (the working directory, serve.py's own)
+cli = uvicorn.Config(**captured)
+ours = serve.config()
+assert cli.app == 'app:stream_app' and ours.app is app.stream_app
+skip = {'app'}
+differ = sorted(k for k in set(vars(cli)) | set(vars(ours)) if k not in skip and vars(cli).get(k) != vars(ours).get(k))
+print(json.dumps([loaded, differ, app_dir, type(uvicorn.main).__name__, hasattr(uvicorn.main, 'main'),
+                  'app' in vars(app), 'handler' in vars(app)]))
+"""
+
+
+def test_serve_configures_uvicorn_as_its_command_line_did_without_importing_it() -> None:
+    loaded, differ, app_dir, kind, has_main, built, handled = json.loads(in_fresh_function("query", _COMPARE))
+    assert loaded == []  # neither uvicorn's CLI nor its supervisors were imported by serve
+    assert differ == []  # every other Config attribute as `python -m uvicorn app:stream_app ...` set it
+    assert app_dir == ""  # the CLI's sys.path[0] was the working directory, functions/query: serve.py's own
+    assert kind == "module" and has_main  # `import uvicorn.main` afterwards: the real module
+    assert not built and not handled  # run.sh's process: QueryFunction's buffered app not built
+
+
+def test_the_buffered_app_is_built_on_first_access_in_run_sh_process() -> None:
+    code = ("import os, json\nos.environ['GATEWAY_COLD_START'] = 'serve'\nimport sys, app\n"
+            "before = 'mangum' in sys.modules\nhandler = app.handler\n"
+            "print(json.dumps([before, 'mangum' in sys.modules, type(app.app).__name__, callable(handler),\n"
+            "                  app.handler is handler and vars(app)['app'] is app.app]))")
+    assert json.loads(in_fresh_function("query", code)) == [False, True, "LeanApp", True, True]
+
+
+def test_query_function_builds_its_handler_during_the_import() -> None:
+    code = ("import os, json, sys\nos.environ.pop('GATEWAY_COLD_START', None)\n"
+            "os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query'\nimport app\n"
+            "print(json.dumps(['app' in vars(app), 'handler' in vars(app), 'mangum' in sys.modules]))")
+    assert json.loads(in_fresh_function("query", code)) == [True, True, True]
+
+
+_LISTENING = """
+import asyncio, json, os, sys
+os.environ.update(PORT='0', GATEWAY_COLD_START='serve')
+{lambda_env}
+import serve
+before = 'anyio._backends._asyncio' in sys.modules
+
+async def main():
+    server = serve._Server(serve.config())
+    task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.005)
+    loader = server.loader
+    if loader is not None:
+        loader.join(10)
+    loaded = 'anyio._backends._asyncio' in sys.modules
+    server.should_exit = True
+    await task
+    return loader, loaded
+
+loader, loaded = asyncio.run(main())
+print(json.dumps([before, loader is not None and loader.name == 'anyio-backend' and loader.daemon, loaded]))
+"""
+
+
+def test_in_lambda_a_thread_imports_anyios_backend_once_the_server_listens() -> None:
+    code = _LISTENING.format(lambda_env="os.environ['AWS_LAMBDA_FUNCTION_NAME'] = 'query-stream'")
+    assert json.loads(in_fresh_function("query", code)) == [False, True, True]
+
+
+def test_outside_lambda_no_thread_imports_it() -> None:
+    code = _LISTENING.format(lambda_env="os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
+    assert json.loads(in_fresh_function("query", code)) == [False, False, False]
