@@ -223,6 +223,24 @@ async def test_a_carried_hold_is_opened_only_under_the_quota_and_in_flight_rules
     await books_balance(user.user_id)
 
 
+@pytest.mark.parametrize(("cap", "carried"), [("1.0", True), ("0.84", False)])  # 4 x 0.2 in 0.95 / 0.79 left
+async def test_a_carried_hold_on_a_capped_key_needs_the_keys_headroom_and_joins_its_reserved(
+        make_user: Any, database_url: str, cap: str, carried: bool) -> None:
+    user = await make_user("5")
+    await db.execute("UPDATE api_keys SET spend_cap = %s, scope = 'inference' WHERE id = %s", (D(cap), user.key_id))
+    request_id = f"req-k-{user.user_id}"
+    await ledger.reserve(user.user_id, request_id, D("0.1"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.2"), seconds=30)
+    result = await ledger.settle(_record(user, request_id, "0.05"), carry=carry)
+    assert result.settled and (result.carried_tier is not None) is carried
+    [key] = direct(database_url, "SELECT spent, reserved FROM api_keys WHERE id = %s", user.key_id)
+    assert (key["spent"], key["reserved"]) == (D("0.05"), D("0.2") if carried else 0)
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"]) == (D("4.95"), key["reserved"])
+    assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+    await books_balance(user.user_id)
+
+
 async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charged_once(
         make_user: Any, database_url: str) -> None:
     user = await make_user("5")
