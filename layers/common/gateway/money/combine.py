@@ -46,12 +46,13 @@ _dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 class Op:
-    """One statement waiting for its group; ``json()`` (its mlp_batch element) is only called if it
-    is combined."""
+    """One statement waiting for its group; ``json(params)`` (its mlp_batch element) is only called
+    if it is combined."""
 
     __slots__ = ("future", "json", "on_lost", "params", "statement")
 
-    def __init__(self, statement: db.Statement, params: Sequence[bytes | None], json_of: Callable[[], str],
+    def __init__(self, statement: db.Statement, params: Sequence[bytes | None],
+                 json_of: Callable[[Sequence[bytes | None]], str],
                  on_lost: Callable[[Row], Awaitable[Any]] | None, future: asyncio.Future[Row]) -> None:
         self.statement = statement
         self.params = params
@@ -80,10 +81,12 @@ def text(value: bytes | None) -> str:
     return "null" if value is None else _dumps(value.decode())
 
 
-async def call(group: Group, statement: db.Statement, params: Sequence[bytes | None], json_of: Callable[[], str],
+async def call(group: Group, statement: db.Statement, params: Sequence[bytes | None],
+               json_of: Callable[[Sequence[bytes | None]], str],
                on_lost: Callable[[Row], Awaitable[Any]] | None = None) -> Row:
     """``db.call(statement, params)``, combined with the group's other statements when one is in
-    flight (see the module). ``json_of()``: the mlp_batch element of this statement."""
+    flight (see the module). ``json_of(params)``: the mlp_batch element of this statement (a
+    module-level function: no closure per call)."""
     if not get_settings().db_combine:
         return await db.call(statement, params)
     groups = _groups.get()
@@ -145,7 +148,7 @@ async def _together(ops: list[Op]) -> None:
     global batches
     batches += 1
     try:
-        payload = "[" + ",".join(op.json() for op in ops) + "]"
+        payload = "[" + ",".join(op.json(op.params) for op in ops) + "]"
         rows = await db.call_all(BATCH, (payload.encode(),))
         if len(rows) != len(ops):
             raise psycopg.InternalError(f"mlp_batch answered {len(rows)} rows for {len(ops)} operations")

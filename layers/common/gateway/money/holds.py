@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from .pricing import ZERO, ModelPrice, charge_for, exact
+from .pricing import EXACT, ZERO, ModelPrice, charge_for
 
 
 def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, markup: Decimal,
@@ -24,8 +24,10 @@ def hold_for(price: ModelPrice, prompt_tokens: int, max_output_tokens: int, mark
     the per-image and per-request fees — at the long-context prices when ``prompt_tokens`` is past
     their threshold (a prompt within the bound may be billed at them)."""
     price = price.for_prompt(prompt_tokens)  # a long-context tier (pricing.LongContextPrice)
-    with exact():
-        worst = (Decimal(prompt_tokens) * price.prompt_bound_price(audio=audio)
-                 + Decimal(max_output_tokens) * price.completion
-                 + Decimal(images) * price.image + price.request)
+    # in EXACT (as ``with exact():``), term by term in this order:
+    # prompt x bound price + output x completion price + images x image fee + request fee
+    mul, add = EXACT.multiply, EXACT.add
+    worst = add(mul(Decimal(prompt_tokens), price.prompt_bound_price(audio=audio)),
+                mul(Decimal(max_output_tokens), price.completion))
+    worst = add(add(worst, mul(Decimal(images), price.image)), price.request)
     return charge_for(worst, markup, byok=byok, byok_fee=byok_fee)

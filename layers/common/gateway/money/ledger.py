@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, NoReturn
 from uuid import UUID
 
@@ -51,6 +52,30 @@ def period_start(now: dt.datetime | None = None) -> dt.date:
 def next_period_start(now: dt.datetime | None = None) -> dt.date:
     start = period_start(now)
     return dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+
+
+class _Period:
+    """The current period's first day as a statement parameter (``period_start().isoformat()``,
+    encoded), kept while the clock is within that month (UTC) instead of rebuilt per statement."""
+
+    __slots__ = ("param", "since", "until")
+
+    def __init__(self) -> None:
+        self.since = self.until = 0.0
+        self.param = b""
+
+    def get(self) -> bytes:
+        now = time.time()
+        if not self.since <= now < self.until:
+            start = period_start(dt.datetime.fromtimestamp(now, dt.UTC))
+            end = next_period_start(dt.datetime.fromtimestamp(now, dt.UTC))
+            self.since = dt.datetime(start.year, start.month, 1, tzinfo=dt.UTC).timestamp()
+            self.until = dt.datetime(end.year, end.month, 1, tzinfo=dt.UTC).timestamp()
+            self.param = start.isoformat().encode()
+        return self.param
+
+
+_period_param = _Period().get
 
 
 # --------------------------------------------------------------------------- credit
@@ -206,12 +231,11 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         raise ValueError("hold must be >= 0")
     if hold != to_credit(hold):
         raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
-    period = period_start()
     quotas_json, default_quota = _quotas.params(quotas)
-    params = (str(user_id).encode(), request_id.encode(), str(hold).encode(), period.isoformat().encode(),
+    params = (str(user_id).encode(), request_id.encode(), str(hold).encode(), _period_param(),
               quotas_json, str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight))
     row = await combine.call((params[0].decode(), None if api_key_id is None else str(api_key_id)), RESERVE, params,
-                             lambda: _reserve_op(params), on_lost=lambda _row: cancel(request_id))
+                             _reserve_op, on_lost=lambda _row: cancel(request_id))
     if row is not None:
         tier = row[1]
         return Reservation(request_id=request_id, user_id=user_id, amount=hold,
@@ -225,8 +249,8 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
-    refuse(state, hold, period=period, quota_map=quota_map, default_quota=default_quota,
-           max_in_flight=max_in_flight, check_tier=check_tier)
+    refuse(state, hold, period=dt.date.fromisoformat(params[3].decode()), quota_map=quota_map,
+           default_quota=default_quota, max_in_flight=max_in_flight, check_tier=check_tier)
 
 
 def refuse(state: Mapping[str, Any], hold: Decimal, *, period: dt.date, quota_map: Mapping[str, int],
@@ -362,13 +386,14 @@ class UsageRecord(Tokens):
 
     def price(self, price: ModelPrice) -> None:
         """Take the unit prices of ``price`` (each ``ModelPrice`` field with a ``<name>_price`` here)."""
-        for name in PRICE_FIELDS:
-            setattr(self, f"{name}_price", getattr(price, name))
+        for name, column in _PRICE_COLUMNS:
+            setattr(self, column, getattr(price, name))
 
 
 # The ModelPrice fields recorded on a usage record (the per-image fee is part of holds only).
 PRICE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelPrice)
                                       if f"{f.name}_price" in {g.name for g in fields(UsageRecord)})
+_PRICE_COLUMNS: tuple[tuple[str, str], ...] = tuple((name, f"{name}_price") for name in PRICE_FIELDS)
 # The usage_records columns written from a UsageRecord: every field but the reservation's user_id
 # (the row's user comes from the reservation it closes) and ``extra``.
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(UsageRecord) if f.name not in ("user_id", "extra"))
@@ -387,9 +412,38 @@ _record_values = operator.attrgetter(*RECORD_COLUMNS)
 _record_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_value, check_circular=False)
 
 
+# Each column's key with what precedes it ('{"prompt_tokens":', ',"completion_tokens":', ...).
+_RECORD_KEYS: tuple[str, ...] = tuple(("," if i else "{") + encode_basestring_ascii(name) + ":"
+                                      for i, name in enumerate(RECORD_COLUMNS))
+
+
 def record_json(record: UsageRecord) -> str:
-    """The usage record as mlp_settle takes it: a JSON object of exactly :data:`RECORD_COLUMNS`."""
-    return _record_encoder.encode(dict(zip(RECORD_COLUMNS, _record_values(record), strict=True)))
+    """The usage record as mlp_settle takes it: a JSON object of exactly :data:`RECORD_COLUMNS`.
+
+    Written value by value, exactly as ``_record_encoder.encode`` of the record's dict writes it
+    (its C string escaping, ``int.__repr__``, Decimals as strings), without building the dict or a
+    call back into Python per Decimal; any other value goes through the encoder itself."""
+    out: list[str] = []
+    append = out.append
+    for key, value in zip(_RECORD_KEYS, _record_values(record), strict=True):
+        append(key)
+        cls = value.__class__
+        if cls is str:
+            append(encode_basestring_ascii(value))
+        elif cls is int:
+            append(int.__repr__(value))
+        elif value is None:
+            append("null")
+        elif cls is Decimal or cls is UUID:
+            append('"' + str(value) + '"')
+        elif value is True:
+            append("true")
+        elif value is False:
+            append("false")
+        else:  # a subclass, anything else: as the encoder writes it
+            append(_record_encoder.encode(value))
+    append("}")
+    return "".join(out)
 
 
 # Sent through ``db.call`` (see RESERVE_SQL): record, period, uncount, description.
@@ -469,7 +523,7 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: st
         raise ValueError("charge has more than 8 decimal places (round it with pricing.to_credit)")
     params: tuple[bytes | None, ...] = (
         record_json(record).encode(),
-        period_start().isoformat().encode(),
+        _period_param(),
         b"t" if record.status in ("failed", "orphaned") and record.charge == 0 else b"f",
         f"{record.model_served or record.model_requested} {record.prompt_tokens}+"
         f"{record.completion_tokens} tokens".encode(),
@@ -493,9 +547,9 @@ async def settle(record: UsageRecord, *, retry_for: float = 0.0, reservation: st
     while True:
         try:
             if statement is SETTLE:
-                row = await combine.call(group, SETTLE, params, lambda: _settle_op(params))
+                row = await combine.call(group, SETTLE, params, _settle_op)
             else:
-                row = await combine.call(group, SETTLE_CARRY, params, lambda: _settle_carry_op(params))
+                row = await combine.call(group, SETTLE_CARRY, params, _settle_carry_op)
             break
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() + delay > give_up:

@@ -8,6 +8,7 @@ Rounding up means a hold always covers its worst case and we never under-charge 
 
 from __future__ import annotations
 
+import operator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields, replace
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
@@ -23,6 +24,9 @@ ONE = Decimal(1)
 # keeps only 28 significant digits and rounds half-even, which could drop a sub-1e-8 remainder
 # before the ceiling is applied). ``with exact():`` around any money arithmetic.
 EXACT = Context(prec=100)
+# EXACT's own operations, for the hot path (``provider_cost``, ``charge_for``): the same arithmetic as
+# under ``with exact():``, without entering a local context per call.
+_mul, _add = EXACT.multiply, EXACT.add
 
 
 def exact() -> AbstractContextManager[Context]:
@@ -102,14 +106,22 @@ class ModelPrice:
         write_price = self.cache_write if self.cache_write is not None else self.prompt
         write_1h_price = self.cache_write_1h if self.cache_write_1h is not None else write_price
         audio_price = self.audio if self.audio is not None else self.prompt
-        with exact():
-            return (Decimal(prompt_tokens - cached - written - audio) * self.prompt + Decimal(cached) * read_price
-                    + Decimal(written - written_1h) * write_price + Decimal(written_1h) * write_1h_price
-                    + Decimal(audio) * audio_price + Decimal(completion_tokens) * self.completion + self.request)
+        # In EXACT, term by term in the order of the expression it stands for (the same operations in
+        # the same context, so the same result, exponent included), without a ``localcontext`` per call:
+        # prompt x price + cached x read + (written - 1h) x write + 1h x write_1h + audio x audio
+        # + completion x price + request
+        mul, add = _mul, _add
+        total = add(mul(Decimal(prompt_tokens - cached - written - audio), self.prompt),
+                    mul(Decimal(cached), read_price))
+        total = add(total, mul(Decimal(written - written_1h), write_price))
+        total = add(total, mul(Decimal(written_1h), write_1h_price))
+        total = add(total, mul(Decimal(audio), audio_price))
+        total = add(total, mul(Decimal(completion_tokens), self.completion))
+        return add(total, self.request)
 
     def cost_of(self, tokens: Tokens) -> Decimal:
         """:meth:`provider_cost` of every count of ``tokens`` (``adapters.contract.TOKEN_FIELDS``)."""
-        return self.provider_cost(**{name: getattr(tokens, name) for name in TOKEN_FIELDS})
+        return self.provider_cost(*_cost_counts(tokens))
 
     def for_prompt(self, prompt_tokens: int) -> ModelPrice:
         """The prices a call with ``prompt_tokens`` is billed at: these (a long-context tier bills
@@ -158,8 +170,16 @@ def charge_for(cost: Decimal, markup: Decimal, *, byok: bool = False, byok_fee: 
     _no_float(cost, markup, byok_fee)
     if cost <= 0:
         return ZERO
-    with exact():
-        if byok:
-            return to_credit(cost * byok_fee)
-        return to_credit(cost * (ONE + markup))
+    # in EXACT (as ``with exact():``): cost x fee, or cost x (1 + markup)
+    if byok:
+        return to_credit(_mul(cost, byok_fee))
+    return to_credit(_mul(cost, _add(ONE, markup)))
 
+
+
+# ``provider_cost``'s token-count arguments, in its parameter order, read off a ``Tokens`` at once
+# (every name of ``TOKEN_FIELDS``: checked here, at import).
+_COST_ARGS: tuple[str, ...] = ModelPrice.provider_cost.__code__.co_varnames[1:1 + len(TOKEN_FIELDS)]
+if set(_COST_ARGS) != set(TOKEN_FIELDS):  # pragma: no cover - a new count needs provider_cost to bill it
+    raise RuntimeError(f"provider_cost's counts {_COST_ARGS} are not TOKEN_FIELDS {TOKEN_FIELDS}")
+_cost_counts = operator.attrgetter(*_COST_ARGS)
