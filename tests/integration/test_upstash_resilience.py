@@ -73,7 +73,7 @@ async def test_client_is_built_without_upstash_redis_own_http_client(proxied: Tc
     import upstash_redis.http
 
     client = upstash.make_client()
-    assert isinstance(client._http, upstash.AiohttpExecutor)
+    assert isinstance(client._http, upstash.UpstashExecutor)
     assert lib.AsyncHttpClient is upstash_redis.http.AsyncHttpClient
     assert await client.ping() == "PONG"
     await client._http.close()
