@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import db
-from gateway.errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded
+from gateway.errors import BadRequest, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from gateway.money import ledger
 from gateway.money.ledger import UsageRecord
 from gateway.money.pricing import CREDIT_QUANTUM, ModelPrice, charge_for
@@ -463,6 +463,10 @@ async def test_mixed_concurrent_reserve_settle_release(make_user, big_pool) -> N
             await ledger.reserve(user.user_id, request_id, hold)
         except InsufficientCredits:
             outcomes.append("402")
+            return
+        except RateLimited as err:  # refused for credit that a concurrent request gave back before the wording read
+            assert err.code == "concurrency_limit_exceeded" and err.headers == {"retry-after": "1"}
+            outcomes.append("429")
             return
         await asyncio.sleep(rng.random() * 0.05)
         if plan < 0.25:

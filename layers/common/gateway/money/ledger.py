@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 import psycopg
@@ -225,6 +225,16 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
+    refuse(state, hold, period=period, quota_map=quota_map, default_quota=default_quota,
+           max_in_flight=max_in_flight, check_tier=check_tier)
+
+
+def refuse(state: Mapping[str, Any], hold: Decimal, *, period: dt.date, quota_map: Mapping[str, int],
+           default_quota: int, max_in_flight: int | None,
+           check_tier: Callable[[str], None] | None = None) -> NoReturn:
+    """Word a refused reserve from the follow-up read ``state`` (``reserve``'s order). The read only
+    words the refusal: the statement decided, and a request of the user may have finished in
+    between, giving back the room the statement lacked."""
     if state["disputed"]:
         raise Forbidden("A payment on this account is disputed: new requests are blocked until the dispute is "
                         "resolved. Contact support.", code="payment_disputed")
@@ -250,6 +260,12 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
             f"This API key's spend cap of ${money(cap)} is reached: this request needs up to ${money(hold)} but "
             f"${money(left)} of the cap is left.", code="spend_cap_exceeded", spend_cap=money(cap),
             spent=money(state["key_spent"]), required=money(hold))
+    if available >= hold:
+        # Refused for room that the user's requests in flight held (their holds or in-flight slots),
+        # given back before this read: retryable, never "insufficient credits" with the credit there.
+        raise RateLimited("The credit or the in-flight slot this request needed was held by your other requests "
+                          "and has just been given back: retry.", code="concurrency_limit_exceeded",
+                          headers={"retry-after": "1"})
     raise InsufficientCredits(
         f"Insufficient credits: this request needs up to ${money(hold)} but ${money(max(available, ZERO))} is "
         "available.", balance=money(available), required=money(hold))
