@@ -21,6 +21,10 @@ connecting), no total. A request's ``extensions["timeout"]`` overrides some of t
 (``{"read": s}``, as with httpx). aiohttp's exception classes reach the adapters unmapped
 (``upstream_errors`` maps them).
 
+The Upstash REST client (``gateway.upstash``) executes its calls on an :class:`UpstreamClient` of its
+own: this module lives outside ``gateway.adapters`` so that importing it does not import every
+adapter (the health function uses Upstash and no provider).
+
 The catalog's discovery reads provider model lists with httpx's API (``client.get``, httpx
 errors): :func:`get_catalog_http_client` keeps an httpx client on the aiohttp transport for it.
 """
@@ -101,7 +105,7 @@ def default_timeout(settings: Any = None) -> Timeouts:
 
 def shared_ssl_context() -> ssl.SSLContext:
     """The verified TLS context every upstream connection uses: the one aiohttp built when it was
-    imported (the system CA store, as our Upstash client's aiohttp sessions use). Loading a CA
+    imported (the system CA store; the Upstash client's connections use it too). Loading a CA
     bundle again (httpx's default: certifi's) costs ~20-80 ms and ~1-2.5 MiB per copy on a cold
     start (BENCHMARKS.md, issue 15 lever 8)."""
     ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)
