@@ -202,6 +202,45 @@ async def test_a_settle_whose_carry_is_refused_returns_the_balance_row_as_it_lef
     await books_balance(user.user_id)
 
 
+@pytest.mark.parametrize(("quota", "max_in_flight", "carried"), [
+    (5, None, True), (4, None, False),    # 4 requests of the monthly quota left after the settle, with it
+    (None, 2, True), (None, 1, False),    # in flight at most three quarters of the cap, with it
+])
+async def test_a_carried_hold_is_opened_only_under_the_quota_and_in_flight_rules(
+        make_user: Any, database_url: str, quota: int | None, max_in_flight: int | None, carried: bool) -> None:
+    user = await make_user("5")
+    request_id = f"req-q-{user.user_id}"
+    await ledger.reserve(user.user_id, request_id, D("0.1"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.1"), seconds=30,
+                         quotas={"pro": quota}, max_in_flight=max_in_flight)
+    result = await ledger.settle(_record(user, request_id, "0.05"), carry=carry)
+    assert result.settled and (result.carried_tier == "pro") is carried
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"])
+    assert (b["balance"], b["reserved"], b["in_flight"], b["period_requests"]) \
+        == (D("4.95"), D("0.1") if carried else 0, int(carried), 1 + carried)
+    assert len(standing(database_url, user.user_id)) == int(carried)
+    await books_balance(user.user_id)
+
+
+@pytest.mark.parametrize(("cap", "carried"), [("1.0", True), ("0.84", False)])  # 4 x 0.2 in 0.95 / 0.79 left
+async def test_a_carried_hold_on_a_capped_key_needs_the_keys_headroom_and_joins_its_reserved(
+        make_user: Any, database_url: str, cap: str, carried: bool) -> None:
+    user = await make_user("5")
+    await db.execute("UPDATE api_keys SET spend_cap = %s, scope = 'inference' WHERE id = %s", (D(cap), user.key_id))
+    request_id = f"req-k-{user.user_id}"
+    await ledger.reserve(user.user_id, request_id, D("0.1"), api_key_id=user.key_id, model=MODEL)
+    carry = ledger.Carry(request_id=f"hold_{user.user_id.hex}", hold=D("0.2"), seconds=30)
+    result = await ledger.settle(_record(user, request_id, "0.05"), carry=carry)
+    assert result.settled and (result.carried_tier is not None) is carried
+    [key] = direct(database_url, "SELECT spent, reserved FROM api_keys WHERE id = %s", user.key_id)
+    assert (key["spent"], key["reserved"]) == (D("0.05"), D("0.2") if carried else 0)
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"]) == (D("4.95"), key["reserved"])
+    assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+    await books_balance(user.user_id)
+
+
 async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charged_once(
         make_user: Any, database_url: str) -> None:
     user = await make_user("5")
@@ -218,6 +257,50 @@ async def test_a_request_whose_idle_hold_was_given_back_under_it_is_still_charge
     again = await ledger.settle(_record(user, f"req-b-{user.user_id}", "0.2"), reservation=hold_id)
     assert not again.settled  # a retried settle changes nothing
     assert balance(database_url, user.user_id)["balance"] == D("4.7")
+    await books_balance(user.user_id)
+
+
+@pytest.mark.parametrize(("status", "charge", "requests"), [("ok", "0.2", 2), ("failed", "0", 1)])
+async def test_a_request_whose_idle_hold_was_given_back_under_it_counts_as_one_finished_request(
+        make_user: Any, database_url: str, status: str, charge: str, requests: int) -> None:
+    user = await make_user("5")
+    hold_id = await _carry_one(user, database_url)  # reserve + carry: 2 requests of the quota, 1 in flight
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", hold_id)
+    assert await ledger.release_idle_standing() >= 1  # gives its quota request and in-flight slot back
+    assert (balance(database_url, user.user_id)["period_requests"], balance(database_url, user.user_id)["in_flight"]) \
+        == (1, 0)
+    record = _record(user, f"req-c-{user.user_id}", charge)
+    record.status = status
+    result = await ledger.settle(record, reservation=hold_id)
+    assert result.settled and result.hold == 0
+    b = balance(database_url, user.user_id)
+    # the request is over (in flight unchanged) and counted again unless failed (a failed one never counts)
+    assert (b["balance"], b["reserved"], b["in_flight"], b["period_requests"]) \
+        == (D("4.9") - D(charge), 0, 0, requests)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"])
+    [rec] = [r for r in records(database_url, user.user_id) if r["request_id"] == record.request_id]
+    assert (rec["status"], rec["hold"], rec["charge"]) == (status, 0, D(charge))
+    assert direct(database_url, "SELECT count(*) AS n FROM ledger_entries WHERE reference = %s",
+                  record.request_id)[0]["n"] == (1 if D(charge) > 0 else 0)
+    assert direct(database_url, "SELECT * FROM reservations WHERE user_id = %s", user.user_id) == []
+    await books_balance(user.user_id)
+
+
+async def test_a_used_carried_hold_is_closed_under_its_own_id_and_nothing_is_left_open(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    hold_id = await _carry_one(user, database_url)
+    carry = ledger.Carry(request_id=f"hold2_{user.user_id.hex}", hold=D("0.5"), seconds=30)
+    result = await ledger.settle(_record(user, f"req-d-{user.user_id}", "0.3"), reservation=hold_id, carry=carry)
+    assert result.settled and result.hold == D("0.5") and result.carried_tier == "pro"
+    rows = direct(database_url, "SELECT request_id, amount FROM reservations WHERE user_id = %s", user.user_id)
+    assert rows == [{"request_id": carry.request_id, "amount": D("0.5")}]  # only the new carried hold
+    [rec] = [r for r in records(database_url, user.user_id) if r["request_id"] == f"req-d-{user.user_id}"]
+    assert (rec["hold"], rec["charge"]) == (D("0.5"), D("0.3"))
+    b = balance(database_url, user.user_id)
+    assert (result.balance, result.reserved) == (b["balance"], b["reserved"]) == (D("4.6"), D("0.5"))
+    assert (b["in_flight"], b["period_requests"]) == (1, 3)
     await books_balance(user.user_id)
 
 
