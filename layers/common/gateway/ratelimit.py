@@ -32,10 +32,12 @@ under steady load a container calls Upstash once per ``n`` requests. The accurac
 tokens. Degraded (fail-open/closed) decisions and the breaker are unchanged: a lease is only
 ever filled from an answer of Upstash.
 
-Refills ahead of need (``check(..., prefetch=True)``; the caller then MUST ``await drain()``
-before its response, on every path): the request that takes a lease's LAST token starts the next
-lease call concurrently, for ``n - 1`` tokens (it already has its own), so the request that would
-have found the lease empty finds it filled, and no request waits on Upstash in the steady state.
+Refills ahead of need (``check(..., prefetch=True)``, as the chat surfaces' admission asks; the
+response then waits for :func:`drain` before its last byte, on every path: registered with
+``gateway.http.BEFORE_LAST_BYTE``, which every lean-path response awaits): the request that takes
+a lease's LAST token starts the next lease call concurrently, for ``n - 1`` tokens (it already has
+its own), so the request that would have found the lease empty finds it filled, and no request
+waits on Upstash in the steady state.
 The bounds above are unchanged: a container still holds at most ``n - 1`` unspent tokens (the
 refill is asked for only once the lease is spent, and takes ``n - 1``); only while Upstash reports
 at least ``4n`` remaining (closer to the limit every request asks Upstash itself, as above); one
@@ -51,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +64,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
+from .http import BEFORE_LAST_BYTE
 from .observability import count, logger
 from .upstash import UpstashUnavailable, get_redis
 
@@ -223,6 +227,11 @@ def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size
     task.add_done_callback(_refills.discard)
 
 
+def _pending_refills() -> Awaitable[None] | None:
+    """``gateway.http.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight."""
+    return drain() if _refills else None
+
+
 async def drain() -> None:
     """Wait for the lease refills in flight in this container (started by ``check(...,
     prefetch=True)``): a request that may have started one awaits this before its response, so
@@ -271,3 +280,6 @@ def unavailable(decision: Decision, message: str | None = None) -> ServiceUnavai
     headers = {"Retry-After": str(decision.retry_after)} if decision.allowed else decision.headers()
     return ServiceUnavailable(message or "Rate limiter unavailable; try again shortly.",
                               code="ratelimiter_unavailable", headers=headers)
+
+
+BEFORE_LAST_BYTE.append(_pending_refills)  # a refill this container started ends before the response
