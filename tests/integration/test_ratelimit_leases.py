@@ -109,3 +109,84 @@ async def test_lease_max_one_is_exact(counted: redis_lib.Redis, monkeypatch: pyt
     for i in range(3):
         await ratelimit.check(ident.removeprefix("user:"), rpm)
         assert _counted(counted, ident, rpm) == i + 1
+
+
+# ---------------------------------------------------------------- refills ahead of need (prefetch)
+async def test_the_last_token_refills_the_lease_ahead_of_need(counted: redis_lib.Redis) -> None:
+    ident, rpm = _ident(), 1000
+    n = ratelimit.lease_size(rpm)
+    for _ in range(n - 1):  # one lease call of n, n - 1 tokens handed out from it
+        await ratelimit.leased(ident, rpm, prefetch=True)
+    assert _counted(counted, ident, rpm) == n and not ratelimit._refills
+    last = await ratelimit.leased(ident, rpm, prefetch=True)  # the lease's last token ...
+    assert last.allowed and last.remaining == rpm - n
+    assert len(ratelimit._refills) == 1  # ... starts the next lease call, which this request does not wait for
+    await ratelimit.drain()
+    assert not ratelimit._refills
+    assert _counted(counted, ident, rpm) == 2 * n - 1  # n - 1 more: never more than n - 1 unspent
+    before = _counted(counted, ident, rpm)
+    for i in range(n - 2):  # served from the refilled lease, without Upstash
+        d = await ratelimit.leased(ident, rpm, prefetch=True)
+        assert d.allowed and d.remaining == rpm - n - 1 - i
+        assert not ratelimit._refills
+    assert _counted(counted, ident, rpm) == before
+    await ratelimit.drain()  # nothing in flight: returns at once
+
+
+async def test_refilled_leases_never_allow_more_than_the_limit(counted: redis_lib.Redis) -> None:
+    ident, rpm = _ident(), 500
+    n = ratelimit.lease_size(rpm)
+    assert n == 10
+    allowed = refused = 0
+    for _ in range(rpm + 30):
+        d = await ratelimit.leased(ident, rpm, prefetch=True)
+        await ratelimit.drain()  # as each request does before its response
+        allowed += d.allowed
+        refused += not d.allowed
+    assert allowed == rpm and refused == 30  # near the limit every request asked Upstash itself
+    assert _counted(counted, ident, rpm) == rpm
+
+
+async def test_requests_finding_the_lease_empty_wait_for_the_refill(counted: redis_lib.Redis) -> None:
+    ident, rpm = _ident(), 1000
+    n = ratelimit.lease_size(rpm)
+    for _ in range(n):
+        await ratelimit.leased(ident, rpm, prefetch=True)
+    assert len(ratelimit._refills) == 1
+    # while the refill is in flight, the lease is empty: these share it instead of each taking a lease
+    decisions = await asyncio.gather(*[ratelimit.leased(ident, rpm, prefetch=True) for _ in range(n - 2)])
+    assert all(d.allowed for d in decisions)
+    assert not ratelimit._refills
+    assert _counted(counted, ident, rpm) == 2 * n - 1  # the one refill, nothing else
+    await ratelimit.leased(ident, rpm, prefetch=True)  # the refilled lease's last token: the next refill
+    await ratelimit.drain()
+    assert _counted(counted, ident, rpm) == 3 * n - 2
+
+
+async def test_without_prefetch_nothing_is_refilled_ahead(counted: redis_lib.Redis) -> None:
+    ident, rpm = _ident(), 1000
+    for _ in range(ratelimit.lease_size(rpm)):
+        await ratelimit.leased(ident, rpm)
+    assert not ratelimit._refills
+
+
+async def test_a_failed_refill_leaves_the_next_request_to_the_fail_open_policy(
+        counted: redis_lib.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    ident, rpm = _ident(), 1000
+    n = ratelimit.lease_size(rpm)
+    for _ in range(n - 1):
+        await ratelimit.leased(ident, rpm, prefetch=True)
+    monkeypatch.setenv("UPSTASH_REDIS_REST_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("UPSTASH_BREAKER_S", "0")
+    reset_settings()
+    from gateway import upstash
+
+    upstash.reset_redis()
+    ratelimit.reset_leases()
+    try:
+        for _ in range(n):  # a lease of n on the unreachable Upstash: degraded, nothing leased
+            d = await ratelimit.leased(ident, rpm, prefetch=True)
+            assert d.allowed and d.degraded
+        assert not ratelimit._refills  # only a leased token starts a refill
+    finally:
+        upstash.reset_redis()

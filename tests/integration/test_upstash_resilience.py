@@ -73,7 +73,7 @@ async def test_client_is_built_without_upstash_redis_own_http_client(proxied: Tc
     import upstash_redis.http
 
     client = upstash.make_client()
-    assert isinstance(client._http, upstash.AiohttpExecutor)
+    assert isinstance(client._http, upstash.UpstashExecutor)
     assert lib.AsyncHttpClient is upstash_redis.http.AsyncHttpClient
     assert await client.ping() == "PONG"
     await client._http.close()
@@ -150,3 +150,27 @@ async def test_chat_and_health_while_upstash_hangs(gateway: httpx.AsyncClient, p
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "ratelimiter_unavailable"
     assert int(refused.headers["retry-after"]) >= 1
     assert "x-ratelimit-remaining" not in refused.headers
+
+
+async def test_a_lease_refill_a_request_started_ends_before_its_response(gateway: httpx.AsyncClient,
+                                                                       proxied: TcpProxy, make_user: Any) -> None:
+    """The chat request that takes its lease's last token starts the next lease call (a refill
+    ahead of need) and its response completes only after that call ended: behind the Web Adapter
+    nothing runs after the response. Here the refill hangs until the Upstash timeout, and the
+    response (still a 200: the call is the next request's) waits for it."""
+    user = await make_user(balance="5", tier="enterprise")  # 1000 rpm: leases of RATELIMIT_LEASE_MAX (10)
+    n = ratelimit.lease_size(1000)
+    assert n > 2
+    headers = {"authorization": f"Bearer {user.api_key}"}
+    body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(n - 1):  # the lease call, then its tokens but the last
+        r = await gateway.post("/v1/chat/completions", headers=headers, json=body)
+        assert r.status_code == 200, r.text
+        assert not ratelimit._refills
+    proxied.set_mode("stall")
+    started = time.perf_counter()
+    last = await gateway.post("/v1/chat/completions", headers=headers, json=body)  # the last token
+    waited = time.perf_counter() - started
+    assert last.status_code == 200, last.text
+    assert not ratelimit._refills  # the refill it started ended before its response
+    assert waited >= TIMEOUT_S * 0.9  # ... which waited for it (here: the Upstash timeout)

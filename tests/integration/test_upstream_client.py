@@ -1,7 +1,8 @@
-"""The upstream client (``adapters/http_client.py``) against real sockets: what it sends is what
-aiohttp's ``ClientSession`` sent for the same call, and what it does with the answers (keep-alive,
-chunked and encoded bodies, cookies, a stale connection, timeouts, a cut body, a full pool) is what
-the adapters relied on with the session (aiohttp's exceptions, mapped by ``upstream_errors``)."""
+"""The upstream client (``gateway/upstream_http.py``; ``adapters/http_client.py`` re-exports it)
+against real sockets: what it sends is what aiohttp's ``ClientSession`` sent for the same call, and
+what it does with the answers (keep-alive, chunked and encoded bodies, cookies, a stale connection,
+timeouts, a cut body, a full pool) is what the adapters relied on with the session (aiohttp's
+exceptions, mapped by ``upstream_errors``)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,21 @@ under steady load a container calls Upstash once per ``n`` requests. The accurac
 ``X-RateLimit-Remaining`` on a leased answer is Upstash's remaining plus the lease's unspent
 tokens. Degraded (fail-open/closed) decisions and the breaker are unchanged: a lease is only
 ever filled from an answer of Upstash.
+
+Refills ahead of need (``check(..., prefetch=True)``, as the chat surfaces' admission asks; the
+response then waits for :func:`drain` before its last byte, on every path: registered with
+``gateway.http.BEFORE_LAST_BYTE``, which every lean-path response awaits): the request that takes
+a lease's LAST token starts the next lease call concurrently, for ``n - 1`` tokens (it already has
+its own), so the request that would have found the lease empty finds it filled, and no request
+waits on Upstash in the steady state.
+The bounds above are unchanged: a container still holds at most ``n - 1`` unspent tokens (the
+refill is asked for only once the lease is spent, and takes ``n - 1``); only while Upstash reports
+at least ``4n`` remaining (closer to the limit every request asks Upstash itself, as above); one
+lease call in flight per key and container (a request finding the lease empty meanwhile waits for
+that call, as for any lease call). Upstash calls per request: ``1 / (n - 1)`` instead of ``1 / n``
+(no refill ahead for ``n <= 2``). The refill is a task of this container that must end inside the
+request that started it (behind the Lambda Web Adapter the environment is frozen once the response
+completes): :func:`drain` waits for every refill in flight.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +64,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
+from .http import BEFORE_LAST_BYTE
 from .observability import count, logger
 from .upstash import UpstashUnavailable, get_redis
 
@@ -137,16 +154,22 @@ def _take(lease: _Lease | None) -> Decision | None:
     return Decision(allowed=True, limit=lease.limit, remaining=lease.remaining + lease.tokens, reset=lease.reset)
 
 
-async def leased(identifier: str, max_requests: int) -> Decision:
+async def leased(identifier: str, max_requests: int, *, prefetch: bool = False) -> Decision:
     """A per-minute request-limit decision served from this container's lease when it has a token
-    left, else from one Upstash call that takes a new lease (module docstring: the bounds)."""
+    left, else from one Upstash call that takes a new lease (module docstring: the bounds).
+    ``prefetch``: taking the lease's last token starts the next lease call concurrently (the caller
+    awaits :func:`drain` before its response)."""
     n = lease_size(max_requests)
     if n <= 1:
         return await limit(identifier, max_requests)
     key = (id(get_redis()), identifier, max_requests)
     while True:
-        decision = _take(_leases.get(key))
+        lease = _leases.get(key)
+        decision = _take(lease)
         if decision is not None:
+            if prefetch and n > 2 and lease is not None and lease.tokens == 0 and key not in _in_flight \
+                    and lease.remaining >= LEASE_MARGIN * n:
+                _start_refill(key, identifier, max_requests, n - 1)
             return decision
         pending = _in_flight.get(key)
         if pending is None:
@@ -163,15 +186,59 @@ async def leased(identifier: str, max_requests: int) -> Decision:
         done.set_result(None)
     if decision.degraded:
         return decision
-    if len(_leases) > 4096:
-        _leases.clear()
     tokens = size - 1 if decision.allowed else 0
-    _leases[key] = _Lease(tokens=tokens, remaining=decision.remaining, limit=decision.limit, reset=decision.reset,
-                          expires=time.monotonic() + get_settings().ratelimit_lease_ttl_s)
+    _store(key, tokens, decision)
     if decision.allowed and tokens:
         return Decision(allowed=True, limit=decision.limit, remaining=decision.remaining + tokens,
                         reset=decision.reset)
     return decision
+
+
+def _store(key: tuple[Any, ...], tokens: int, decision: Decision) -> None:
+    if len(_leases) > 4096:
+        _leases.clear()
+    _leases[key] = _Lease(tokens=tokens, remaining=decision.remaining, limit=decision.limit, reset=decision.reset,
+                          expires=time.monotonic() + get_settings().ratelimit_lease_ttl_s)
+
+
+_refills: set[asyncio.Task[None]] = set()
+
+
+def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size: int) -> None:
+    """The next lease call of ``key`` (``size`` tokens, all for the lease), as a task: registered
+    as the key's lease call in flight (requests finding the lease empty wait for it) and in
+    ``_refills`` (:func:`drain`)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    _in_flight[key] = done
+
+    async def refill() -> None:
+        try:
+            decision = await limit(identifier, max_requests, rate=size)
+        finally:
+            if _in_flight.get(key) is done:
+                del _in_flight[key]
+            done.set_result(None)
+        if not decision.degraded:  # refused: an empty lease that says how many remain (exact from then on)
+            _store(key, size if decision.allowed else 0, decision)
+
+    task = loop.create_task(refill())
+    _refills.add(task)
+    task.add_done_callback(_refills.discard)
+
+
+def _pending_refills() -> Awaitable[None] | None:
+    """``gateway.http.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight."""
+    return drain() if _refills else None
+
+
+async def drain() -> None:
+    """Wait for the lease refills in flight in this container (started by ``check(...,
+    prefetch=True)``): a request that may have started one awaits this before its response, so
+    none is left running when the environment is frozen. Nothing to wait for: returns at once. A
+    cancelled wait leaves the refills running (each ends on its own, within Upstash's timeout)."""
+    while _refills:
+        await asyncio.wait(tuple(_refills))
 
 
 def reset_leases() -> None:
@@ -179,12 +246,16 @@ def reset_leases() -> None:
     _leases.clear()
 
 
-async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None) -> Decision:
-    """Apply the user's tier limit (and the key's own limit, if it has one), from leases."""
+async def check(user_id: str, rpm: int, *, key_id: str | None = None, key_rpm: int | None = None,
+                prefetch: bool = False) -> Decision:
+    """Apply the user's tier limit (and the key's own limit, if it has one), from leases.
+    ``prefetch``: refill a spent lease ahead of need; the caller MUST then ``await drain()``
+    before its response, whatever the request's outcome (module docstring)."""
     if key_id is not None and key_rpm:
-        user_d, key_d = await asyncio.gather(leased(f"user:{user_id}", rpm), leased(f"key:{key_id}", key_rpm))
+        user_d, key_d = await asyncio.gather(leased(f"user:{user_id}", rpm, prefetch=prefetch),
+                                             leased(f"key:{key_id}", key_rpm, prefetch=prefetch))
         return user_d if not user_d.allowed or (key_d.allowed and user_d.remaining <= key_d.remaining) else key_d
-    return await leased(f"user:{user_id}", rpm)
+    return await leased(f"user:{user_id}", rpm, prefetch=prefetch)
 
 
 def enforce(decision: Decision, *, message: str | None = None, code: str | None = None,
@@ -209,3 +280,6 @@ def unavailable(decision: Decision, message: str | None = None) -> ServiceUnavai
     headers = {"Retry-After": str(decision.retry_after)} if decision.allowed else decision.headers()
     return ServiceUnavailable(message or "Rate limiter unavailable; try again shortly.",
                               code="ratelimiter_unavailable", headers=headers)
+
+
+BEFORE_LAST_BYTE.append(_pending_refills)  # a refill this container started ends before the response

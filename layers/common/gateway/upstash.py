@@ -3,9 +3,12 @@
 upstash-redis ships with no HTTP timeout and a 3 s sleep before its retry, and sends every
 command through httpx's default transport. On the request path all three are wrong, so the
 client keeps upstash-redis's command formatting and reply decoding but executes each REST call
-on one shared aiohttp session with an explicit short timeout (about a third of the CPU of the
-default httpx path, measured in BENCHMARKS.md). It relies on two private helpers of upstash-redis
-(``_format_command`` and the ``_http`` attribute), hence the upper bound on that dependency.
+on the gateway's lean HTTP/1.1 client (``gateway.upstream_http``, the one the provider calls use;
+one client of its own, keep-alive connections) with an explicit short total timeout. Until issue
+15's tail pass the calls went through an aiohttp session (itself about a third of the CPU of the
+default httpx path); the lean client spares ~80 µs of CPU per call (BENCHMARKS.md, "tail"). It
+relies on two private helpers of upstash-redis (``_format_command`` and the ``_http`` attribute),
+hence the upper bound on that dependency.
 
 Failures:
 - a keep-alive connection that went stale while the container was frozen (the server or a NAT
@@ -64,6 +67,13 @@ from upstash_redis.http import _format_command, format_response  # noqa: E402
 
 from .config import Settings, get_settings  # noqa: E402
 from .loops import PerLoop  # noqa: E402
+from .upstream_http import Limits, Timeouts, UpstreamClient, UpstreamRequest  # noqa: E402
+
+# As the aiohttp connector this client replaced: at most 64 connections, idle ones kept 60 s
+LIMITS = Limits(max_connections=64, keepalive_expiry=60.0)
+# No per-phase timeout: the whole call (a connection if needed, the request, the reply) is bounded
+# by one total timeout (UPSTASH_TIMEOUT_S), as aiohttp's ClientTimeout(total=...) bounded it.
+NO_PHASE_TIMEOUTS = Timeouts(connect=None, read=None, write=None, pool=None)
 
 
 class UpstashUnavailable(UpstashError):
@@ -89,24 +99,22 @@ def _reason(exc: BaseException, timeout: float) -> str:
     return type(exc).__name__
 
 
-class AiohttpExecutor:
+class UpstashExecutor:
     """Drop-in for ``upstash_redis.http.AsyncHttpClient``: same ``execute`` contract."""
 
     def __init__(self, encoding: str | None, timeout: float, breaker_s: float = 0.0) -> None:
         self._encoding = encoding
         self._timeout_s = timeout
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self._client: UpstreamClient | None = None
         self._breaker_s = breaker_s
         self._open_until = 0.0
         self._open_reason = ""
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=60, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                                  json_serialize=json.dumps)
-        return self._session
+    def _get_client(self) -> UpstreamClient:
+        client = self._client
+        if client is None or client.is_closed:
+            client = self._client = UpstreamClient(NO_PHASE_TIMEOUTS, LIMITS)
+        return client
 
     async def execute(self, url: str, headers: dict[str, str], command: list[Any],
                       from_pipeline: bool = False) -> Any:
@@ -121,14 +129,18 @@ class AiohttpExecutor:
         remaining = self._open_until - time.monotonic()
         if remaining > 0:
             raise UpstashUnavailable(self._open_reason, max(1, math.ceil(remaining)))
+        # the request as the aiohttp session sent it (``json=payload``: json.dumps, its Content-Type)
+        request = UpstreamRequest("POST", url, json.dumps(payload).encode(),
+                                  {**headers, "Content-Type": "application/json"})
         retried = False
         while True:
             try:
-                async with self._get_session().post(url, headers=headers, json=payload) as r:
+                async with asyncio.timeout(self._timeout_s):
+                    r = await self._get_client().send(request, stream=True)
                     try:
-                        return await r.json(content_type=None), r.status
-                    except (ValueError, aiohttp.ContentTypeError) as exc:
-                        raise UpstashError(f"invalid reply from Upstash (HTTP {r.status})") from exc
+                        raw = await r.aread()
+                    finally:
+                        await r.aclose()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 if not retried and _stale(exc):
                     retried = True  # once, on a new connection
@@ -138,10 +150,19 @@ class AiohttpExecutor:
                     self._open_until = time.monotonic() + self._breaker_s
                     self._open_reason = reason
                 raise UpstashUnavailable(reason, max(1, math.ceil(self._breaker_s))) from exc
+            try:
+                return json.loads(raw), r.status_code
+            except ValueError as exc:
+                raise UpstashError(f"invalid reply from Upstash (HTTP {r.status_code})") from exc
+
+    def discard(self) -> None:
+        """Close its connections now (no await: its loop may be gone)."""
+        if self._client is not None:
+            self._client.discard()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class _NoExecutor:
@@ -163,12 +184,18 @@ def make_client(settings: Settings | None = None) -> AsyncRedis:
                            read_your_writes=False)
     finally:
         _upstash_client.AsyncHttpClient = saved  # type: ignore[misc]
-    redis._http = AiohttpExecutor(None, settings.upstash_timeout_s,  # type: ignore[assignment]
+    redis._http = UpstashExecutor(None, settings.upstash_timeout_s,  # type: ignore[assignment]
                                   settings.upstash_breaker_s)
     return redis
 
 
-_client: PerLoop[AsyncRedis] = PerLoop(make_client)
+def _discard(redis: AsyncRedis) -> None:
+    executor = getattr(redis, "_http", None)
+    if isinstance(executor, UpstashExecutor):
+        executor.discard()
+
+
+_client: PerLoop[AsyncRedis] = PerLoop(make_client, discard=_discard)
 
 
 def get_redis() -> AsyncRedis:
@@ -177,16 +204,7 @@ def get_redis() -> AsyncRedis:
 
 
 def reset_redis() -> None:
-    """Forget the client (tests, settings changes); its HTTP session is closed in the background."""
+    """Forget the client (tests, settings changes); its connections are closed."""
     old, _ = _client.take()
-    executor = getattr(old, "_http", None)
-    if isinstance(executor, AiohttpExecutor):
-        try:
-            task = asyncio.get_running_loop().create_task(executor.close())
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
-        except RuntimeError:  # no running loop: nothing can own the session any more
-            pass
-
-
-_closing: set[asyncio.Task[None]] = set()
+    if old is not None:
+        _discard(old)

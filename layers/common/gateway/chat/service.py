@@ -378,7 +378,8 @@ async def admit(call: Call) -> None:
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
                                   check_tier=lambda name: _check_plan(call, settings.tier(name)))
-    limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
+    limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+                                 prefetch=True)
     reserved, decision = await _both(reserve_coro, limit_coro)
     if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
         if not isinstance(reserved, BaseException):
@@ -400,7 +401,8 @@ async def _admit_carried(call: Call, standing: Standing, hint: Tier) -> None:
     p = call.principal
     call.reservation = standing.request_id
     try:
-        decision = await ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
+        decision = await ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+                                         prefetch=True)
     except BaseException:  # cancellation only (ratelimit.check fails open/closed itself)
         with anyio.CancelScope(shield=True):
             await ledger.cancel(call.held_as)
@@ -414,7 +416,8 @@ async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Deci
     p = call.principal
     try:
         if tier.rpm != hint.rpm:  # the subscription changed since the key was cached
-            decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm)
+            decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+                                             prefetch=True)
         ratelimit.enforce(decision)
         _check_plan(call, tier)
     except GatewayError:
