@@ -20,6 +20,7 @@ import pytest
 from gateway.adapters import transport, upstream_errors
 from gateway.adapters.http_client import Limits, Timeouts, UpstreamClient, create_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.upstream_http import MAX_HEAD_BYTES
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -407,3 +408,30 @@ async def test_tls_verified_with_sni_and_an_unknown_certificate_refused(tmp_path
         await client.aclose()
     finally:
         s.server.close()
+
+
+async def test_an_endless_answer_head_fails_instead_of_growing(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """A server that sends header bytes without end (a broken or hostile OpenAI-compatible server)
+    fails the call as a malformed answer once the head passes MAX_HEAD_BYTES, before any read
+    timeout; a big body right behind a small head is not a big head."""
+    async def endless_header(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Junk: ")
+        for _ in range(64):
+            writer.write(b"a" * 4096)
+            await writer.drain()
+            await asyncio.sleep(0)
+        await asyncio.sleep(5)
+        return False
+
+    server = await serve(endless_header)
+    client = create_http_client()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(aiohttp.ClientResponseError) as failed:
+        await _call(client, f"http://127.0.0.1:{server.port}/x")
+    assert failed.value.status == 400 and str(MAX_HEAD_BYTES) in failed.value.message
+    assert asyncio.get_running_loop().time() - started < 2
+
+    big = b'{"x":"' + b"b" * 300_000 + b'"}'
+    server = await serve(answer(big, headers=("X-Small: 1",)))
+    assert await _call(client, f"http://127.0.0.1:{server.port}/x") == big
+    await client.aclose()

@@ -70,6 +70,10 @@ MAX_CONNECTIONS = 200
 # The size of one read of a streamed body (as httpx_aiohttp read it): a read returns as soon as
 # any bytes arrived, at most this many.
 CHUNK_SIZE = 16 * 1024
+# The most bytes an answer's status line and headers may take (a provider's are ~1-4 KiB): past it
+# the call fails as a malformed answer instead of buffering a head without end (aiohttp bounded
+# each header line at 8190 bytes; httptools buffers a header until it is complete).
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class Timeouts(NamedTuple):
@@ -208,12 +212,20 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
 
+def _malformed(message: str) -> aiohttp.ClientResponseError:
+    """A malformed answer, as the session raised it (a 400 ``ClientResponseError``)."""
+    url = URL()
+    info = aiohttp.RequestInfo(url, "", CIMultiDictProxy(CIMultiDict()), url)
+    return aiohttp.ClientResponseError(info, (), status=400, message=message)
+
+
 class UpstreamResponse:
     """The answer once its headers arrived; the body is read with ``aread`` or ``aiter_bytes``
     (aiohttp's errors), ``aclose`` releases the connection (back to the pool when the body was
     read to its end and the server keeps it alive, else closed)."""
 
-    __slots__ = ("_buffered", "_chunks", "_client", "_conn", "_done", "_error", "_head", "_header_list", "_keep_alive",
+    __slots__ = ("_buffered", "_chunks", "_client", "_conn", "_done", "_error", "_head", "_head_bytes", "_header_list",
+                 "_keep_alive",
                  "_loop", "_parser", "_paused", "_read_timeout", "_sink", "_timer", "_until_eof", "_waiter",
                  "headers", "is_closed", "status_code", "total_compressed_bytes")
     _low_water = sys.maxsize  # read by DeflateBuffer as its output's: decompress without a chunk limit
@@ -225,6 +237,7 @@ class UpstreamResponse:
         self._parser = httptools.HttpResponseParser(self)
         self._header_list: list[tuple[bytes, bytes]] = []
         self._head = False
+        self._head_bytes = 0
         self._done = False
         self._keep_alive = False
         self._until_eof = False
@@ -253,9 +266,12 @@ class UpstreamResponse:
         except httptools.HttpParserCallbackError as exc:
             self._fail(exc.__context__ or exc)
         except httptools.HttpParserError as exc:
-            url = URL()
-            info = aiohttp.RequestInfo(url, "", CIMultiDictProxy(CIMultiDict()), url)
-            self._fail(aiohttp.ClientResponseError(info, (), status=400, message=str(exc)))
+            self._fail(_malformed(str(exc)))
+        else:
+            if not self._head and self._error is None:
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._fail(_malformed(f"Got more than {MAX_HEAD_BYTES} bytes when reading the response head"))
 
     def _lost(self, exc: Exception | None) -> None:
         if self._done or self._error is not None:
