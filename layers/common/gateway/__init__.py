@@ -17,7 +17,8 @@ tests/infrastructure/test_architecture.py):
 - kernel: ``http`` (the app factory — FastAPI, or without it for the query function — and the
   error mapping), ``ratelimit`` (Upstash sliding windows), ``auth`` (API keys, the admin key),
   ``migrate`` (SQL migrations), ``db`` (Postgres),
-  ``upstash`` (the Redis REST client), ``loops`` (event-loop-bound state), ``observability``
+  ``upstash`` (the Redis REST client), ``upstream_http`` (the lean HTTP/1.1 client of the provider
+  and Upstash calls), ``loops`` (event-loop-bound state, the work a response waits for), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
   errors, the OpenAI error shape), ``coldstart`` (what a function's ``app.py`` imports first: import
   trims, the garbage collector paused until the app is built).

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response
 
 from .config import Settings, get_settings
 from .errors import BadRequest, GatewayError, InternalError, PayloadTooLarge
+from .loops import BEFORE_LAST_BYTE, before_last_byte
 from .observability import logger
 
 if TYPE_CHECKING:  # FastAPI is imported by create_app only: the query function runs without it (LeanApp)
@@ -536,21 +537,6 @@ def _handler_for(handlers: Mapping[Any, Any], exc: Exception) -> Any:
     return None
 
 
-# Work a request started that must end before its response completes (behind the Web Adapter the
-# environment is frozen then; under Mangum the invocation ends): a module registers a function
-# that returns an awaitable while it has such work in flight, else None (gateway.ratelimit: lease
-# refills ahead of need). Awaited before the last body message of every lean-path response, the
-# error answers included.
-BEFORE_LAST_BYTE: list[Callable[[], Awaitable[None] | None]] = []
-
-
-async def _before_last_byte() -> None:
-    for pending in BEFORE_LAST_BYTE:
-        waiting = pending()
-        if waiting is not None:
-            await waiting
-
-
 async def _serve_lean(route: LeanRoute, handlers: Mapping[Any, Any], scope: Scope, receive: Receive,
                       send: Send) -> None:
     """The endpoint called straight from our middleware, its exceptions mapped by ``handlers``."""
@@ -562,7 +548,7 @@ async def _serve_lean(route: LeanRoute, handlers: Mapping[Any, Any], scope: Scop
         if message["type"] == "http.response.start":
             started = True
         elif BEFORE_LAST_BYTE and message["type"] == "http.response.body" and not message.get("more_body", False):
-            await _before_last_byte()
+            await before_last_byte()
         await send(message)
 
     try:

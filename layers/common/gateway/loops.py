@@ -4,13 +4,14 @@ Mangum (and uvicorn) keep one event loop across warm invocations, but tests and 
 handlers may run a new loop per call, and asyncio objects (locks, pools, HTTP sessions) must not
 cross loops. :class:`PerLoop` holds one value for the running loop and makes a fresh one when the
 loop changed (or the old one is no longer alive); :func:`run_in_container_loop` is the scheduled
-handlers' one loop per container.
+handlers' one loop per container. :data:`BEFORE_LAST_BYTE` is the work a request started that its
+response must wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -82,3 +83,18 @@ def close_container_loop(cleanup: Callable[[], Coroutine[Any, Any, None]] | None
     if cleanup is not None:
         loop.run_until_complete(cleanup())
     loop.close()
+
+
+# Work a request started that must end before its response completes (behind the Web Adapter the
+# environment is frozen then; under Mangum the invocation ends): a room registers a function that
+# returns an awaitable while it has such work in flight, else None (``ratelimit``: lease refills
+# ahead of need). ``gateway.http`` awaits :func:`before_last_byte` before the last body message of
+# every lean-path response, the error answers included.
+BEFORE_LAST_BYTE: list[Callable[[], Awaitable[None] | None]] = []
+
+
+async def before_last_byte() -> None:
+    for pending in BEFORE_LAST_BYTE:
+        waiting = pending()
+        if waiting is not None:
+            await waiting

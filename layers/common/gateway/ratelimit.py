@@ -34,7 +34,7 @@ ever filled from an answer of Upstash.
 
 Refills ahead of need (``check(..., prefetch=True)``, as the chat surfaces' admission asks; the
 response then waits for :func:`drain` before its last byte, on every path: registered with
-``gateway.http.BEFORE_LAST_BYTE``, which every lean-path response awaits): the request that takes
+``gateway.loops.BEFORE_LAST_BYTE``, which every lean-path response awaits): the request that takes
 a lease's LAST token starts the next lease call concurrently, for ``n - 1`` tokens (it already has
 its own), so the request that would have found the lease empty finds it filled, and no request
 waits on Upstash in the steady state.
@@ -64,7 +64,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
-from .http import BEFORE_LAST_BYTE
+from .loops import BEFORE_LAST_BYTE
 from .observability import count, logger
 from .upstash import UpstashUnavailable, get_redis
 
@@ -228,7 +228,7 @@ def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size
 
 
 def _pending_refills() -> Awaitable[None] | None:
-    """``gateway.http.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight."""
+    """``gateway.loops.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight."""
     return drain() if _refills else None
 
 
