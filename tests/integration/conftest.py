@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 
 from gateway import auth, db, upstash
@@ -139,6 +140,22 @@ def setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     yield set_
     monkeypatch.undo()
     reset_settings()
+
+
+@pytest.fixture
+async def conns(database_url: str) -> AsyncIterator[Any]:
+    """Direct connections of the test's own: ``conns()`` opens one in a transaction (a lock holder),
+    ``conns(autocommit=True)`` a probe; closed after the test."""
+    opened: list[psycopg.AsyncConnection[Any]] = []
+
+    async def connect(autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=autocommit)
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        await conn.close()
 
 
 @pytest.fixture

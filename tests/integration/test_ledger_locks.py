@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -32,21 +31,6 @@ D = Decimal
 
 def rid() -> str:
     return "req_" + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def conns(database_url: str) -> AsyncIterator[Any]:
-    """Direct connections of the test's own (a lock holder, probes), closed after the test."""
-    opened: list[psycopg.AsyncConnection[Any]] = []
-
-    async def connect(autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=autocommit)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        await conn.close()
 
 
 async def blocked_by(probe: psycopg.AsyncConnection[Any], holder: psycopg.AsyncConnection[Any],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -35,21 +34,6 @@ def rid() -> str:
 def record(request_id: str, user: Any, charge: str) -> UsageRecord:
     return UsageRecord(request_id=request_id, user_id=user.user_id, api_key_id=user.key_id,
                        model_requested="openai/gpt-4o", status="ok", charge=D(charge))
-
-
-@pytest.fixture
-async def holder(database_url: str) -> AsyncIterator[Any]:
-    """Connections of the test's own: ``holder()`` opens one in a transaction, ``probe`` autocommits."""
-    opened: list[psycopg.AsyncConnection[Any]] = []
-
-    async def connect(autocommit: bool = False) -> psycopg.AsyncConnection[Any]:
-        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=autocommit)
-        opened.append(conn)
-        return conn
-
-    yield connect
-    for conn in opened:
-        await conn.close()
 
 
 async def waits_on(holder: psycopg.AsyncConnection[Any], probe: psycopg.AsyncConnection[Any], n: int = 1) -> None:
@@ -93,7 +77,7 @@ async def test_concurrent_statements_of_one_user_are_combined_and_keep_the_books
     assert await ledger.invariant_violations() == []
 
 
-async def test_each_combined_statement_gets_its_own_answer(make_user, holder) -> None:  # type: ignore[no-untyped-def]
+async def test_each_combined_statement_gets_its_own_answer(make_user, conns) -> None:  # type: ignore[no-untyped-def]
     """In one batch: a reserve that fits, one refused for credit (no row: worded as alone), one
     whose request id is taken (its own error, rolled back alone) and a settle, each answered as if
     sent alone; the others commit."""
@@ -101,7 +85,7 @@ async def test_each_combined_statement_gets_its_own_answer(make_user, holder) ->
     settled_id, dup_id = rid(), rid()
     await ledger.reserve(user.user_id, settled_id, D("1"), api_key_id=user.key_id)
     await ledger.reserve(user.user_id, dup_id, D("0.1"), api_key_id=user.key_id)
-    lock, probe = await holder(), await holder(autocommit=True)
+    lock, probe = await conns(), await conns(autocommit=True)
     await lock.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (user.user_id,))
     first = asyncio.create_task(ledger.reserve(user.user_id, rid(), D("0.5"), api_key_id=user.key_id))
     await waits_on(lock, probe)
@@ -130,13 +114,13 @@ async def test_each_combined_statement_gets_its_own_answer(make_user, holder) ->
     assert await ledger.invariant_violations() == []
 
 
-async def test_a_caller_that_leaves_leaves_no_hold(make_user, holder) -> None:  # type: ignore[no-untyped-def]
+async def test_a_caller_that_leaves_leaves_no_hold(make_user, conns) -> None:  # type: ignore[no-untyped-def]
     """A waiting reserve cancelled before it is sent is never sent; one cancelled while its batch
     runs is undone once the batch has committed (nothing would ever settle it)."""
     user = await make_user(balance="3")
     old = rid()
     await ledger.reserve(user.user_id, old, D("1"), api_key_id=user.key_id)
-    balance_lock, reservation_lock, probe = await holder(), await holder(), await holder(autocommit=True)
+    balance_lock, reservation_lock, probe = await conns(), await conns(), await conns(autocommit=True)
     await balance_lock.execute("SELECT 1 FROM balances WHERE user_id = %s FOR UPDATE", (user.user_id,))
     first = asyncio.create_task(ledger.reserve(user.user_id, rid(), D("0.5"), api_key_id=user.key_id))
     await waits_on(balance_lock, probe)
