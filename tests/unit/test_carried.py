@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal as D
 
 from gateway.money.carried import Carried, Standing
@@ -97,46 +96,3 @@ def test_with_combined_statements_a_hold_is_claimed_while_others_of_the_key_run(
     assert not store.claim(WHO)
     assert store.claim(WHO, concurrent=True) and store.claim(WHO, concurrent=True)
     assert not store.claim(WHO, concurrent=True)  # the per-key bound still counts settles opening one
-
-
-# ------------------------------------------------- a request arriving while a settle opens one
-async def test_a_request_waits_for_the_hold_a_running_settle_is_opening_and_takes_it() -> None:
-    clock = Clock()
-    store = Carried(clock=clock)
-    assert not store.opening(WHO)
-    assert store.claim(WHO)            # the previous request's settle is opening one
-    assert store.opening(WHO)
-    waiter = asyncio.ensure_future(store.await_opening(WHO, D("0.50")))
-    await asyncio.sleep(0)
-    assert not waiter.done()
-    assert not store.opening(WHO)      # one waiter per opening: the next request reserves
-    store.opened(WHO, Standing("hold_w", D("0.60"), "pro", usable_until=1020))
-    taken = await waiter
-    assert taken is not None and taken.request_id == "hold_w"
-    assert len(store) == 0
-
-
-async def test_a_settle_that_opened_nothing_or_too_late_leaves_the_request_to_its_reserve() -> None:
-    store = Carried(clock=Clock())
-    assert store.claim(WHO)
-    waiter = asyncio.ensure_future(store.await_opening(WHO, D("0.50")))
-    await asyncio.sleep(0)
-    store.opened(WHO, None)            # refused by the database: nothing opened
-    assert await waiter is None
-
-    assert store.claim(WHO)            # a settle that does not end within the bound
-    assert await store.await_opening(WHO, D("0.50"), bound_s=0.01) is None
-    assert store.opening(WHO)          # the waiter is gone: the next request may wait again
-    store.opened(WHO, Standing("hold_late", D("1"), "pro", usable_until=1020))
-    assert store.take(WHO, D("0.50")) is not None  # kept for the next request
-
-
-async def test_a_hold_too_small_for_the_waiting_request_is_kept() -> None:
-
-    store = Carried(clock=Clock())
-    assert store.claim(WHO)
-    waiter = asyncio.ensure_future(store.await_opening(WHO, D("2")))
-    await asyncio.sleep(0)
-    store.opened(WHO, Standing("hold_small", D("1"), "pro", usable_until=1020))
-    assert await waiter is None
-    assert len(store) == 1

@@ -370,12 +370,7 @@ async def admit(call: Call) -> None:
     settings = get_settings()
     p = call.principal
     hint = settings.tier(p.tier)
-    standing = None
-    if settings.carry_holds:
-        carried, who = _carried(), _holder(call)
-        standing = carried.take(who, call.hold)
-        if standing is None and carried.opening(who):  # a settle of the key is opening one (not in Lambda)
-            standing = await carried.await_opening(who, call.hold)
+    standing = _carried().take(_holder(call), call.hold) if settings.carry_holds else None
     if standing is not None:
         await _admit_carried(call, standing, hint)
         return

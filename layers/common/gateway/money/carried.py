@@ -11,17 +11,12 @@ so two concurrent requests never share one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
 Principal = tuple[object, object]   # (user id, key id)
-
-# How long a request waits for a settle of its key that is opening a standing reservation: longer
-# than a settle takes when the database answers; past it the request sends its own reserve.
-WAIT_BOUND_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +30,7 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "_opening", "_running", "_waiting", "per_key")
+    __slots__ = ("_clock", "_held", "_opening", "_running", "per_key")
 
     def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.per_key = per_key
@@ -43,7 +38,6 @@ class Carried:
         self._held: dict[Principal, list[Standing]] = {}
         self._opening: dict[Principal, int] = {}  # settles asking for one now (concurrent requests)
         self._running: dict[Principal, int] = {}  # admitted requests not settled yet
-        self._waiting: dict[Principal, list[asyncio.Future[None]]] = {}  # requests awaiting an opening
 
     def begin(self, who: Principal) -> None:
         """A request of ``who`` was admitted (``end`` when it is settled)."""
@@ -67,30 +61,6 @@ class Carried:
                 del held[i]
                 return s
         return None
-
-    def opening(self, who: Principal) -> bool:
-        """A settle of ``who`` is opening a standing reservation that no request waits for yet."""
-        opening = self._opening.get(who, 0)
-        return opening > 0 and opening > len(self._waiting.get(who, ()))
-
-    async def await_opening(self, who: Principal, hold: Decimal, bound_s: float = WAIT_BOUND_S) -> Standing | None:
-        """Wait (at most ``bound_s``) for a settle of ``who`` that is opening a standing reservation
-        (``opening``), then ``take``. Outside Lambda a settle may still run when the key's next request
-        arrives (it follows the response there): that request's reserve would wait for the same
-        balance row (or behind it in ``money.combine``) and be one statement more. One waiter per
-        opening; a settle that opened nothing, or none within the bound (a database that does not
-        answer), leaves the request to its reserve."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiting = self._waiting.setdefault(who, [])
-        waiting.append(future)
-        try:
-            await asyncio.wait((future,), timeout=bound_s)
-        finally:
-            if future in waiting:
-                waiting.remove(future)
-            if not waiting and self._waiting.get(who) is waiting:
-                del self._waiting[who]
-        return self.take(who, hold)
 
     def drop(self, who: Principal, hold: Decimal) -> list[str]:
         """Remove and return the ids of ``who``'s standing reservations this container will not use:
@@ -131,11 +101,6 @@ class Carried:
             self._opening[who] = left
         else:
             self._opening.pop(who, None)
-        waiting = self._waiting.get(who)
-        if waiting:  # the request waiting for this opening (first come): it takes what was opened
-            waiter = waiting.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
         if standing is None:
             return
         if len(self._held) >= 256:  # many users through one container: forget the stale ones
