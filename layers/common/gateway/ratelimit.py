@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,17 +177,10 @@ async def leased(identifier: str, max_requests: int, *, prefetch: bool = False) 
         await asyncio.shield(pending)  # another request is taking a lease: share it
     previous = _leases.get(key)
     size = n if previous is None or previous.remaining >= LEASE_MARGIN * n or time.time() >= previous.reset else 1
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    _in_flight[key] = done
-    try:
-        decision = await limit(identifier, max_requests, rate=size)
-    finally:
-        del _in_flight[key]
-        done.set_result(None)
+    decision = await _lease_call(key, identifier, max_requests, size, kept=size - 1)
     if decision.degraded:
         return decision
     tokens = size - 1 if decision.allowed else 0
-    _store(key, tokens, decision)
     if decision.allowed and tokens:
         return Decision(allowed=True, limit=decision.limit, remaining=decision.remaining + tokens,
                         reset=decision.reset)
@@ -201,28 +194,36 @@ def _store(key: tuple[Any, ...], tokens: int, decision: Decision) -> None:
                           expires=time.monotonic() + get_settings().ratelimit_lease_ttl_s)
 
 
-_refills: set[asyncio.Task[None]] = set()
-
-
-def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size: int) -> None:
-    """The next lease call of ``key`` (``size`` tokens, all for the lease), as a task: registered
-    as the key's lease call in flight (requests finding the lease empty wait for it) and in
-    ``_refills`` (:func:`drain`)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+def _lease_call(key: tuple[Any, ...], identifier: str, max_requests: int, size: int,
+                kept: int) -> Coroutine[Any, Any, Decision]:
+    """One lease call of ``key`` for ``size`` tokens, ``kept`` of them stored in the lease when it is
+    allowed (none when refused: an empty lease that says how many remain; nothing when degraded).
+    Registered as the key's lease call in flight NOW, before it is awaited or scheduled, so that
+    requests finding the lease empty meanwhile wait for it instead of calling Upstash too."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     _in_flight[key] = done
 
-    async def refill() -> None:
+    async def call() -> Decision:
         try:
             decision = await limit(identifier, max_requests, rate=size)
         finally:
             if _in_flight.get(key) is done:
                 del _in_flight[key]
             done.set_result(None)
-        if not decision.degraded:  # refused: an empty lease that says how many remain (exact from then on)
-            _store(key, size if decision.allowed else 0, decision)
+        if not decision.degraded:
+            _store(key, kept if decision.allowed else 0, decision)
+        return decision
 
-    task = loop.create_task(refill())
+    return call()
+
+
+_refills: set[asyncio.Task[Decision]] = set()
+
+
+def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size: int) -> None:
+    """The next lease call of ``key`` (``size`` tokens, all for the lease), as a task, in
+    ``_refills`` (:func:`drain`)."""
+    task = asyncio.get_running_loop().create_task(_lease_call(key, identifier, max_requests, size, kept=size))
     _refills.add(task)
     task.add_done_callback(_refills.discard)
 
