@@ -384,3 +384,45 @@ async def test_settles_that_carry_use_and_give_back_holds_under_contention_keep_
     assert balance(database_url, user.user_id)["balance"] == D("49.4")
     await books_balance(user.user_id)
     assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+
+
+@pytest.mark.parametrize("capped", [True, False])
+async def test_settles_charge_a_capped_keys_row_and_never_write_an_uncapped_one(
+        make_user: Any, database_url: str, capped: bool) -> None:
+    """Migration 0015: the settles read whether the key is capped with the reservation they close;
+    a capped key's ``spent``/``reserved`` move as before, an uncapped key's row is never written."""
+    user = await make_user("5")
+    if capped:
+        await db.execute("UPDATE api_keys SET spend_cap = 100, scope = 'inference' WHERE id = %s", (user.key_id,))
+    [before] = direct(database_url, "SELECT xmin::text AS xmin FROM api_keys WHERE id = %s", user.key_id)
+    hold_id = await _carry_one(user, database_url)  # reserve, then a settle that carries a hold
+    result = await ledger.settle(_record(user, f"req-b-{user.user_id}", "0.2"), reservation=hold_id)  # uses it
+    assert result.settled and result.hold == D("0.5")
+    plain = f"req-c-{user.user_id}"
+    await ledger.reserve(user.user_id, plain, D("0.25"), api_key_id=user.key_id, model=MODEL)
+    assert (await ledger.settle(_record(user, plain, "0.05"))).settled  # the plain settle (mlp_settle)
+    [key] = direct(database_url, "SELECT xmin::text AS xmin, spent, reserved FROM api_keys WHERE id = %s",
+                   user.key_id)
+    if capped:
+        assert (key["spent"], key["reserved"]) == (D("0.35"), 0) and key["xmin"] != before["xmin"]
+    else:
+        assert (key["spent"], key["reserved"], key["xmin"]) == (0, 0, before["xmin"])
+    assert balance(database_url, user.user_id)["balance"] == D("4.65")
+    assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+    await books_balance(user.user_id)
+
+
+async def test_a_request_on_a_capped_key_whose_idle_hold_was_given_back_is_charged_on_the_key(
+        make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    await db.execute("UPDATE api_keys SET spend_cap = 100, scope = 'inference' WHERE id = %s", (user.key_id,))
+    hold_id = await _carry_one(user, database_url)
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                         "WHERE request_id = %s", hold_id)
+    assert await ledger.release_idle_standing() >= 1
+    result = await ledger.settle(_record(user, f"req-b-{user.user_id}", "0.2"), reservation=hold_id)
+    assert result.settled and result.overrun
+    [key] = direct(database_url, "SELECT spent, reserved FROM api_keys WHERE id = %s", user.key_id)
+    assert (key["spent"], key["reserved"]) == (D("0.3"), 0)
+    assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+    await books_balance(user.user_id)

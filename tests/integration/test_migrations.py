@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from gateway.migrate import ChecksumMismatch, current_version, default_directory, discover, migrate
+from gateway.money import ledger
 from tests.support import services
 
 pytestmark = pytest.mark.integration
@@ -189,6 +190,10 @@ def test_lookups_use_the_indexes(database_url: str) -> None:
             "usage": f"SELECT * FROM usage_records WHERE user_id = '{uid}' ORDER BY created_at DESC LIMIT 20",
             "ledger": f"SELECT * FROM ledger_entries WHERE user_id = '{uid}'",
             "subs": f"SELECT * FROM subscriptions WHERE user_id = '{uid}'",
+            # migration 0015: the sweeper's orphan scan, a user's reservations, a user's standing ones
+            "orphans": ledger.ORPHANS_SQL.replace("%s", "5", 1).replace("%s", "100", 1),
+            "reservations": f"SELECT sum(amount) FROM reservations WHERE user_id = '{uid}'",
+            "standing": f"SELECT request_id FROM reservations WHERE user_id = '{uid}' AND standing_until IS NOT NULL",
         }
         for name, query in plans.items():
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query))  # type: ignore[arg-type]

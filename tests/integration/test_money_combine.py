@@ -165,3 +165,55 @@ async def test_mlp_batch_isolates_an_unknown_operation(make_user) -> None:  # ty
     assert (await ledger.get_balance(user.user_id) or {})["reserved"] == D("0.25")
     assert await ledger.cancel(request_id)
     assert await ledger.invariant_violations() == []
+
+
+async def test_mlp_batch_with_a_failing_operation_applies_every_other_one_exactly_once(make_user) -> None:  # type: ignore[no-untyped-def]
+    """Migration 0015 runs a batch in one subtransaction and, when an operation raises, runs it again
+    one subtransaction per operation: the operations before and after the failing one take effect
+    once, each with its own answer."""
+    user = await make_user(balance="1")
+    first, second = rid(), rid()
+
+    def reserve_op(request_id: str) -> str:
+        return ledger._reserve_op((str(user.user_id).encode(), request_id.encode(), b"0.25",
+                                   ledger.period_start().isoformat().encode(), b"{}", b"-1",
+                                   str(user.key_id).encode(), b"m", None))
+
+    settle_op = ledger._settle_op((ledger.record_json(record(first, user, "0.1")).encode(),
+                                   ledger.period_start().isoformat().encode(), b"f", b"d"))
+    ops = f'[{reserve_op(first)},{settle_op},["x"],{reserve_op(second)}]'
+    rows = await db.call_all(combine.BATCH, (ops.encode(),))
+    assert [r[0] for r in rows] == [b"0", b"1", b"2", b"3"]
+    assert rows[0][1] is not None and rows[0][2] is None
+    assert rows[1][1] is not None and rows[1][2] is None  # settled: [balance, reserved, hold, ledger_rows]
+    assert rows[2][1] is None and rows[2][2] == b"22023"
+    assert rows[3][1] is not None and rows[3][2] is None
+    state = await ledger.get_balance(user.user_id)
+    assert state is not None
+    assert (state["balance"], state["reserved"], state["in_flight"], state["period_requests"]) == (
+        D("0.9"), D("0.25"), 1, 2)
+    ledger_rows = await db.fetchall("SELECT amount FROM ledger_entries WHERE reference = %s", (first,))
+    usage_rows = await db.fetchall("SELECT charge FROM usage_records WHERE request_id = %s", (first,))
+    assert [r["amount"] for r in ledger_rows] == [D("-0.1")] and [r["charge"] for r in usage_rows] == [D("0.1")]
+    assert await ledger.cancel(second)
+    assert await ledger.invariant_violations() == []
+
+
+async def test_mlp_batch_answers_every_operation_in_order(make_user) -> None:  # type: ignore[no-untyped-def]
+    """Nothing raises: the batch's one subtransaction returns each operation's own row, a refusal as
+    no row, in the operations' order."""
+    user = await make_user(balance="0.5")
+    ids = [rid() for _ in range(3)]
+    ops = ",".join(ledger._reserve_op((str(user.user_id).encode(), i.encode(), b"0.25",
+                                       ledger.period_start().isoformat().encode(), b"{}", b"-1",
+                                       str(user.key_id).encode(), b"m", None)) for i in ids)
+    rows = await db.call_all(combine.BATCH, (f"[{ops}]".encode(),))
+    assert [r[0] for r in rows] == [b"0", b"1", b"2"] and all(r[2] is None for r in rows)
+    assert rows[0][1] is not None and ids[0] in rows[0][1].decode()
+    assert rows[1][1] is not None and ids[1] in rows[1][1].decode()
+    assert rows[2][1] is None  # refused for credit: no row, as alone
+    state = await ledger.get_balance(user.user_id)
+    assert state is not None and (state["reserved"], state["in_flight"]) == (D("0.5"), 2)
+    for i in ids[:2]:
+        assert await ledger.cancel(i)
+    assert await ledger.invariant_violations() == []
