@@ -11,9 +11,9 @@
 --   predicate, so it already writes every index).
 -- * reservations_user_id_idx (user_id) and reservations_standing_idx (user_id) WHERE
 --   standing_until IS NOT NULL -> ONE index reservations_user_standing_idx (user_id,
---   standing_until): by user (the account summary's sum, the cascade of a deleted user, the
---   invariant checks) on its first column; mlp_release_standing's idle holds of a user on both
---   (user_id = $1 AND standing_until IS NOT NULL). The sweeper's scan for users with idle holds
+--   standing_until): a user's standing holds on both columns (GET /v1/balance's carried sum,
+--   account/usage.balance; mlp_release_standing: user_id = $1 AND standing_until IS NOT NULL), a
+--   user's reservations on the first (the cascade of a deleted user). The sweeper's scan for users with idle holds
 --   (ledger.IDLE_STANDING_SQL, every 5 minutes) reads the table (open reservations only).
 -- A carried hold's INSERT writes 2 index entries instead of 4; a plain reserve's 3, as before.
 --
