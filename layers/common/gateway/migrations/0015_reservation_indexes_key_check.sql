@@ -15,7 +15,9 @@
 --   account/usage.balance; mlp_release_standing: user_id = $1 AND standing_until IS NOT NULL), a
 --   user's reservations on the first (the cascade of a deleted user). The sweeper's scan for users with idle holds
 --   (ledger.IDLE_STANDING_SQL, every 5 minutes) reads the table (open reservations only).
--- A carried hold's INSERT writes 2 index entries instead of 4; a plain reserve's 3, as before.
+-- A carried hold's INSERT writes 2 index entries instead of 4; a plain reserve's 3, as before. The
+-- table holds only open reservations (and their dead versions until vacuumed): the builds below
+-- are short, under the migration's lock_timeout.
 --
 -- mlp_settle and mlp_settle_carry: whether the request's key is capped is read by the
 -- reservation's own DELETE ... RETURNING (a subquery by primary key) instead of an UPDATE of
