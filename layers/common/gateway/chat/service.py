@@ -67,7 +67,7 @@ from ..money import ledger
 from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
-from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
 from ..translation import dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
@@ -378,7 +378,7 @@ async def admit(call: Call) -> None:
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
                                   check_tier=lambda name: _check_plan(call, settings.tier(name)))
-    limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+    limit_coro = ratelimit.check(p.user_ref, hint.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                  prefetch=True)
     reserved, decision = await _both(reserve_coro, limit_coro)
     if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
@@ -401,7 +401,7 @@ async def _admit_carried(call: Call, standing: Standing, hint: Tier) -> None:
     p = call.principal
     call.reservation = standing.request_id
     try:
-        decision = await ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+        decision = await ratelimit.check(p.user_ref, hint.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                          prefetch=True)
     except BaseException:  # cancellation only (ratelimit.check fails open/closed itself)
         with anyio.CancelScope(shield=True):
@@ -416,7 +416,7 @@ async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Deci
     p = call.principal
     try:
         if tier.rpm != hint.rpm:  # the subscription changed since the key was cached
-            decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+            decision = await ratelimit.check(p.user_ref, tier.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                              prefetch=True)
         ratelimit.enforce(decision)
         _check_plan(call, tier)
@@ -435,7 +435,7 @@ _carried_holds: Carried | None = None
 
 def _holder(call: Call) -> tuple[object, object]:
     """Whose carried holds a request may use and carry: its user's and API key's."""
-    return call.principal.user_id, call.principal.key_id
+    return call.principal.holder
 
 
 def _carried() -> Carried:
@@ -625,19 +625,9 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     # One EMF record dimensioned by provider (dashboards); a success adds no function-wide
     # [service] count: its total is the sum over providers (and Lambda's Invocations), and no
     # alarm reads it. A failure also counts UpstreamErrors function-wide, where an alarm can read it.
-    values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
-    if record.status == "ok":
-        values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
-                   ("CompletionTokens", record.completion_tokens, MetricUnit.Count),
-                   ("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000), MetricUnit.Count),
-                   ("ChargeMicroUSD", float(record.charge * 1_000_000), MetricUnit.Count),
-                   ("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)]
-        if record.ttfb_ms is not None:
-            values.append(("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds))
-    else:
-        count("UpstreamErrors")
-        values.append(("UpstreamErrors", 1, MetricUnit.Count))
-    emit({"provider": record.provider or "none"}, values)
+    # With metrics off (``emit`` and ``count`` write nothing) the record is not built either.
+    if metrics_on():
+        _emit_request(record)
     # The audit trail of every request is its usage_records row (request_id, user, models, provider,
     # tokens, charge, latency, status, error_code, estimated; docs/deploy.md "Logs"). This line adds
     # the fallback chain and the surface, so it is INFO only when it says something the row and the
@@ -652,6 +642,23 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
         "attempts": call.attempts, "surface": call.surface})
+
+
+def _emit_request(record: ledger.UsageRecord) -> None:
+    """The request's EMF record, by provider (see ``_finish``)."""
+    values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
+    if record.status == "ok":
+        values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
+                   ("CompletionTokens", record.completion_tokens, MetricUnit.Count),
+                   ("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000), MetricUnit.Count),
+                   ("ChargeMicroUSD", float(record.charge * 1_000_000), MetricUnit.Count),
+                   ("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)]
+        if record.ttfb_ms is not None:
+            values.append(("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds))
+    else:
+        count("UpstreamErrors")
+        values.append(("UpstreamErrors", 1, MetricUnit.Count))
+    emit({"provider": record.provider or "none"}, values)
 
 
 async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
@@ -789,8 +796,20 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
     if in_lambda():
         await finish_shielded(call, record)
     else:
-        rendered.background = BackgroundTask(finish_shielded, call, record)
+        rendered.background = _Settled(call, record)
     return rendered
+
+
+class _Settled(BackgroundTask):
+    """``BackgroundTask(finish_shielded, call, record)`` without the check Starlette's constructor
+    makes of every function it is given (``is_async_callable``): ``finish_shielded`` is a
+    coroutine function."""
+
+    def __init__(self, call: Call, record: ledger.UsageRecord) -> None:
+        self.func = finish_shielded
+        self.args = (call, record)
+        self.kwargs = {}
+        self.is_async = True
 
 
 async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
