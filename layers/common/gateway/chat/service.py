@@ -164,7 +164,7 @@ class Call:
     attempts: list[str] = field(default_factory=list)
     client_gone: bool = False      # set by the response when the client disconnects
     timed_out: bool = False        # the deadline stopped the upstream call
-    mark: asyncio.TimerHandle | None = None
+    mark: Mark | None = None            # waiting to be marked as sent upstream (``sending``)
     marking: asyncio.Task[None] | None = None
     reservation: str | None = None  # a carried hold's id when the request uses one (else its request_id)
     counted: bool = False           # counted among its key's running requests (money.carried)
@@ -597,14 +597,71 @@ async def _mark_sent(call: Call) -> None:
                        extra={"request_id": call.request_id, "error": type(exc).__name__})
 
 
+class Mark:
+    """A call waiting to be marked as sent upstream (``sending``); ``cancel`` when it ended."""
+
+    __slots__ = ("call", "due")
+
+    def __init__(self, call: Call, due: float) -> None:
+        self.call: Call | None = call
+        self.due = due
+
+    def cancel(self) -> None:
+        self.call = None
+
+
+class _Marks:
+    """The calls of one event loop waiting for ``MARK_SENT_AFTER_S``, in the order they started
+    (the order they come due), with ONE timer for all of them instead of a loop timer armed and
+    cancelled per request: when it fires it marks every call that is due and still running, forgets
+    the ended ones, and is armed again for the next due one, at most every ``MARK_CHECK_S``."""
+
+    __slots__ = ("loop", "queue", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[Mark] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, call: Call) -> Mark:
+        mark = Mark(call, self.loop.time() + MARK_SENT_AFTER_S)
+        self.queue.append(mark)
+        if self.timer is None:
+            self.timer = self.loop.call_at(mark.due, self.fire)
+        return mark
+
+    def fire(self) -> None:
+        self.timer = None
+        queue = self.queue
+        now = self.loop.time()
+        while queue:
+            mark = queue[0]
+            call = mark.call
+            if call is not None and mark.due > now + _MARK_EARLY_S:
+                self.timer = self.loop.call_at(max(mark.due, now + MARK_CHECK_S), self.fire)
+                return
+            queue.popleft()
+            if call is not None:
+                mark.call = None
+                call.marking = asyncio.ensure_future(_mark_sent(call))
+
+
+# How often the one timer of ``_Marks`` may fire: a call is marked between MARK_SENT_AFTER_S and
+# MARK_SENT_AFTER_S + MARK_CHECK_S after it started (the mark only guides the orphan sweeper).
+MARK_CHECK_S = 0.25
+_MARK_EARLY_S = 0.005  # a loop may run a timer up to its clock's resolution early
+_marks: _Marks | None = None
+
+
 def sending(call: Call) -> None:
     """The request is about to reach a provider: if it is still running after
-    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
+    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently (``_Marks``)."""
     if call.mark is None:
-        def mark() -> None:
-            call.marking = asyncio.ensure_future(_mark_sent(call))
-
-        call.mark = asyncio.get_running_loop().call_later(MARK_SENT_AFTER_S, mark)
+        global _marks
+        loop = asyncio.get_running_loop()
+        if _marks is None or _marks.loop is not loop:  # another loop (tests): its timers went with it
+            _marks = _Marks(loop)
+        call.mark = _marks.add(call)
 
 
 async def _finish(call: Call, record: ledger.UsageRecord) -> None:
