@@ -221,3 +221,13 @@ def test_each_event_loop_has_its_own_marks(marked: list[tuple[str, float]]) -> N
     asyncio.run(one("first"))
     asyncio.run(one("second"))  # a new loop: the first loop's timer is gone with it
     assert [name for name, _ in marked] == ["first", "second"]
+
+
+@pytest.mark.parametrize("key_id", [uuid.uuid4(), None])
+def test_a_record_with_the_ids_as_text_settles_the_same_json(key_id: uuid.UUID | None) -> None:
+    user = uuid.uuid4()
+    as_uuid = dataclasses.replace(_RECORD, user_id=user, api_key_id=key_id)
+    p = auth.Principal(user, key_id, "free")
+    as_text = dataclasses.replace(_RECORD, user_id=p.user_ref, api_key_id=None if p.key_id is None else p.key_ref)
+    assert service.ledger.record_json(as_text) == service.ledger.record_json(as_uuid)
+    assert str(as_text.user_id) == str(as_uuid.user_id)

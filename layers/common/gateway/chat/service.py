@@ -469,8 +469,9 @@ async def _both(reserve: Coroutine[Any, Any, Any], limit: Coroutine[Any, Any, ra
 def usage_record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
                  error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
-    record = ledger.UsageRecord(
-        request_id=call.request_id, user_id=call.principal.user_id, api_key_id=call.principal.key_id,
+    p = call.principal
+    record = ledger.UsageRecord(  # the ids as text (the record's JSON and the settle name them so): no str(UUID) each
+        request_id=call.request_id, user_id=p.user_ref, api_key_id=None if p.key_id is None else p.key_ref,
         model_requested=call.candidates[0].model.id, status=status, stream=call.req.stream,
         latency_ms=int((time.perf_counter() - call.started) * 1000), ttfb_ms=ttfb_ms,
         error_code=error.code if error else None)
