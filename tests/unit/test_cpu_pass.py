@@ -206,9 +206,10 @@ async def test_calls_started_over_time_are_each_marked_after_the_delay(marked: l
     real = service._marks.loop.call_at  # type: ignore[union-attr]
     service._marks.loop.call_at = lambda *a: timers.append(a) or real(*a)  # type: ignore[union-attr,method-assign]
     try:
-        for i in range(100):  # a burst: one timer for all of it
-            _start(f"b{i}")
+        burst = [_start(f"b{i}") for i in range(100)]  # a burst: one timer for all of it
         assert len(timers) == 1
+        for call in burst:
+            call.mark.cancel()
     finally:
         del service._marks.loop.call_at  # type: ignore[union-attr]
 
@@ -231,3 +232,21 @@ def test_a_record_with_the_ids_as_text_settles_the_same_json(key_id: uuid.UUID |
     as_text = dataclasses.replace(_RECORD, user_id=p.user_ref, api_key_id=None if p.key_id is None else p.key_ref)
     assert service.ledger.record_json(as_text) == service.ledger.record_json(as_uuid)
     assert str(as_text.user_id) == str(as_uuid.user_id)
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ([], {}),
+    ([(b"x-amzn-lambda-context", b'{"request_id": "abc", "deadline": 1700000000000}')],
+     {"request_id": "abc", "deadline": 1700000000000}),
+    ([(b"x-amzn-lambda-context", b"not json")], {}),
+    ([(b"x-amzn-lambda-context", b"[1, 2]")], {}),
+    ([(b"x-amzn-lambda-context", b'{"request_id": "first"}'), (b"x-amzn-lambda-context", b'{"request_id": "2"}')],
+     {"request_id": "first"}),
+])
+def test_the_adapter_context_is_read_once_per_request(headers: list[tuple[bytes, bytes]], expected: Any) -> None:
+    scope: dict[str, Any] = {"type": "http", "headers": headers}
+    first = observability.adapter_context(scope)
+    assert first == expected
+    scope["headers"] = [(b"x-amzn-lambda-context", b'{"request_id": "changed"}')]
+    assert observability.adapter_context(scope) is first  # the request's other readers get the same
+    assert observability.adapter_context({"type": "http", "headers": headers}) == expected

@@ -205,16 +205,27 @@ _LOG_KEYS = ("function_request_id", "cold_start")
 _cold = True
 
 
+_CONTEXT_KEY = "mlp.lambda_context"  # the parsed context, kept in the scope for the request's other readers
+
+
 def adapter_context(scope: Scope) -> dict[str, Any]:
-    """The Lambda context the Web Adapter forwards as JSON in ``x-amzn-lambda-context``."""
+    """The Lambda context the Web Adapter forwards as JSON in ``x-amzn-lambda-context`` (read
+    once per request: ``instrument_asgi`` and the chat deadline both ask; do not modify it)."""
+    known = scope.get(_CONTEXT_KEY)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    context: dict[str, Any] = {}
     for name, value in scope.get("headers", ()):
         if name == b"x-amzn-lambda-context":
             try:
                 data = json.loads(value)
             except ValueError:
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+                break
+            if isinstance(data, dict):
+                context = data
+            break
+    scope[_CONTEXT_KEY] = context
+    return context
 
 
 def flush_metrics() -> None:
