@@ -649,7 +649,7 @@ class _Marks:
 
 # How often the one timer of ``_Marks`` may fire: a call is marked between MARK_SENT_AFTER_S and
 # MARK_SENT_AFTER_S + MARK_CHECK_S after it started (the mark only guides the orphan sweeper).
-MARK_CHECK_S = 0.25
+MARK_CHECK_S = 0.05
 _MARK_EARLY_S = 0.005  # a loop may run a timer up to its clock's resolution early
 _marks: _Marks | None = None
 
