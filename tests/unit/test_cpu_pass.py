@@ -208,6 +208,9 @@ async def test_calls_started_over_time_are_each_marked_after_the_delay(marked: l
         assert len(timers) == 1
         for call in burst:
             call.mark.cancel()
+        for i in range(100):  # one request after another: the queue keeps only the running one
+            _start(f"s{i}").mark.cancel()
+            assert len(service._marks.queue) == 1  # type: ignore[union-attr]
     finally:
         del service._marks.loop.call_at  # type: ignore[union-attr]
 

@@ -626,7 +626,10 @@ class _Marks:
 
     def add(self, call: Call) -> Mark:
         mark = Mark(call, self.loop.time() + MARK_SENT_AFTER_S)
-        self.queue.append(mark)
+        queue = self.queue
+        while queue and queue[0].call is None:  # calls that ended at the front: forgotten now, not at the timer
+            queue.popleft()
+        queue.append(mark)
         if self.timer is None:
             self.timer = self.loop.call_at(mark.due, self.fire)
         return mark
