@@ -63,6 +63,19 @@ class Principal:
     # The user's BYOK keys, still encrypted; carried by the cached key lookup so the query path
     # needs no extra round trip (``gateway.account.byok.ByokKeys`` decrypts on first use).
     provider_keys: tuple[SealedProviderKey, ...] = field(default=(), repr=False)
+    # Derived once per principal, not per request (the key lookup is cached per container): the
+    # ids as the rate limiter names them (``str``; a JWT session's key id is ``"None"``) and
+    # ``holder``, whose carried holds a request may use (``chat.service``): a pair of strings,
+    # whose hashes are cached, where a pair of ``UUID``s is hashed in Python on every lookup.
+    user_ref: str = field(init=False, repr=False, compare=False)
+    key_ref: str = field(init=False, repr=False, compare=False)
+    holder: tuple[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        user_ref, key_ref = str(self.user_id), str(self.key_id)
+        object.__setattr__(self, "user_ref", user_ref)
+        object.__setattr__(self, "key_ref", key_ref)
+        object.__setattr__(self, "holder", (user_ref, key_ref))
 
 
 def generate_api_key() -> tuple[str, str, str]:
@@ -219,7 +232,9 @@ def bearer_token(request: Request) -> str:
 
 async def require_api_key(request: Request) -> Principal:
     principal = await authenticate_key(bearer_token(request))
-    request.state.principal = principal
+    # ``request.state.principal = principal`` without building Starlette's ``State`` wrapper: the
+    # same entry of the scope's ``state`` dict, which ``request.state`` reads
+    request.scope.setdefault("state", {})["principal"] = principal
     return principal
 
 

@@ -66,6 +66,11 @@ _pending: list[dict[str, Any]] = []
 _deferring = False
 
 
+def metrics_on() -> bool:
+    """Whether ``count`` and ``emit`` write anything (Powertools metrics not disabled)."""
+    return _METRICS_ON
+
+
 def count(name: str, value: float = 1, unit: MetricUnit = MetricUnit.Count) -> None:
     """Add a metric to the current set (a no-op when Powertools metrics are disabled)."""
     if _METRICS_ON:
@@ -200,16 +205,27 @@ _LOG_KEYS = ("function_request_id", "cold_start")
 _cold = True
 
 
+_CONTEXT_KEY = "mlp.lambda_context"  # the parsed context, kept in the scope for the request's other readers
+
+
 def adapter_context(scope: Scope) -> dict[str, Any]:
-    """The Lambda context the Web Adapter forwards as JSON in ``x-amzn-lambda-context``."""
+    """The Lambda context the Web Adapter forwards as JSON in ``x-amzn-lambda-context`` (read
+    once per request: ``instrument_asgi`` and the chat deadline both ask; do not modify it)."""
+    known = scope.get(_CONTEXT_KEY)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
+    context: dict[str, Any] = {}
     for name, value in scope.get("headers", ()):
         if name == b"x-amzn-lambda-context":
             try:
                 data = json.loads(value)
             except ValueError:
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+                break
+            if isinstance(data, dict):
+                context = data
+            break
+    scope[_CONTEXT_KEY] = context
+    return context
 
 
 def flush_metrics() -> None:
@@ -299,5 +315,20 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
+# ``os.environ``'s own store of the environment (CPython's ``_Environ._data``, kept in step with
+# every change made through ``os.environ``), keyed as it encodes names. ``name in os.environ`` goes
+# through ``Mapping.__contains__``, which raises and catches a ``KeyError`` when the name is absent
+# (~1.5 µs, on every non-streaming answer outside Lambda); the dict lookup answers the same.
+_ENVIRON_DATA: Mapping[Any, Any] | None = getattr(os.environ, "_data", None)
+_LAMBDA_NAME_KEY: Any = None
+if _ENVIRON_DATA is not None:
+    try:
+        _LAMBDA_NAME_KEY = os.environ.encodekey("AWS_LAMBDA_FUNCTION_NAME")  # type: ignore[attr-defined]
+    except AttributeError:
+        _ENVIRON_DATA = None
+
+
 def in_lambda() -> bool:
+    if _ENVIRON_DATA is not None:
+        return _LAMBDA_NAME_KEY in _ENVIRON_DATA
     return "AWS_LAMBDA_FUNCTION_NAME" in os.environ

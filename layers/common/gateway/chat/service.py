@@ -67,7 +67,7 @@ from ..money import ledger
 from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
-from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger
+from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
 from ..translation import dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
@@ -164,7 +164,7 @@ class Call:
     attempts: list[str] = field(default_factory=list)
     client_gone: bool = False      # set by the response when the client disconnects
     timed_out: bool = False        # the deadline stopped the upstream call
-    mark: asyncio.TimerHandle | None = None
+    mark: Mark | None = None            # waiting to be marked as sent upstream (``sending``)
     marking: asyncio.Task[None] | None = None
     reservation: str | None = None  # a carried hold's id when the request uses one (else its request_id)
     counted: bool = False           # counted among its key's running requests (money.carried)
@@ -378,7 +378,7 @@ async def admit(call: Call) -> None:
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
                                   check_tier=lambda name: _check_plan(call, settings.tier(name)))
-    limit_coro = ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+    limit_coro = ratelimit.check(p.user_ref, hint.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                  prefetch=True)
     reserved, decision = await _both(reserve_coro, limit_coro)
     if isinstance(decision, BaseException):  # only cancellation: ratelimit.check fails open/closed itself
@@ -401,7 +401,7 @@ async def _admit_carried(call: Call, standing: Standing, hint: Tier) -> None:
     p = call.principal
     call.reservation = standing.request_id
     try:
-        decision = await ratelimit.check(str(p.user_id), hint.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+        decision = await ratelimit.check(p.user_ref, hint.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                          prefetch=True)
     except BaseException:  # cancellation only (ratelimit.check fails open/closed itself)
         with anyio.CancelScope(shield=True):
@@ -416,7 +416,7 @@ async def _admitted(call: Call, tier: Tier, hint: Tier, decision: ratelimit.Deci
     p = call.principal
     try:
         if tier.rpm != hint.rpm:  # the subscription changed since the key was cached
-            decision = await ratelimit.check(str(p.user_id), tier.rpm, key_id=str(p.key_id), key_rpm=p.key_rpm,
+            decision = await ratelimit.check(p.user_ref, tier.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                              prefetch=True)
         ratelimit.enforce(decision)
         _check_plan(call, tier)
@@ -435,7 +435,7 @@ _carried_holds: Carried | None = None
 
 def _holder(call: Call) -> tuple[object, object]:
     """Whose carried holds a request may use and carry: its user's and API key's."""
-    return call.principal.user_id, call.principal.key_id
+    return call.principal.holder
 
 
 def _carried() -> Carried:
@@ -469,8 +469,9 @@ async def _both(reserve: Coroutine[Any, Any, Any], limit: Coroutine[Any, Any, ra
 def usage_record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
                  error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
-    record = ledger.UsageRecord(
-        request_id=call.request_id, user_id=call.principal.user_id, api_key_id=call.principal.key_id,
+    p = call.principal
+    record = ledger.UsageRecord(  # the ids as text (the record's JSON and the settle name them so): no str(UUID) each
+        request_id=call.request_id, user_id=p.user_ref, api_key_id=None if p.key_id is None else p.key_ref,
         model_requested=call.candidates[0].model.id, status=status, stream=call.req.stream,
         latency_ms=int((time.perf_counter() - call.started) * 1000), ttfb_ms=ttfb_ms,
         error_code=error.code if error else None)
@@ -597,14 +598,74 @@ async def _mark_sent(call: Call) -> None:
                        extra={"request_id": call.request_id, "error": type(exc).__name__})
 
 
+class Mark:
+    """A call waiting to be marked as sent upstream (``sending``); ``cancel`` when it ended."""
+
+    __slots__ = ("call", "due")
+
+    def __init__(self, call: Call, due: float) -> None:
+        self.call: Call | None = call
+        self.due = due
+
+    def cancel(self) -> None:
+        self.call = None
+
+
+class _Marks:
+    """The calls of one event loop waiting for ``MARK_SENT_AFTER_S``, in the order they started
+    (the order they come due), with ONE timer for all of them instead of a loop timer armed and
+    cancelled per request: when it fires it marks every call that is due and still running, forgets
+    the ended ones, and is armed again for the next due one, at most every ``MARK_CHECK_S``."""
+
+    __slots__ = ("loop", "queue", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[Mark] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, call: Call) -> Mark:
+        mark = Mark(call, self.loop.time() + MARK_SENT_AFTER_S)
+        queue = self.queue
+        while queue and queue[0].call is None:  # calls that ended at the front: forgotten now, not at the timer
+            queue.popleft()
+        queue.append(mark)
+        if self.timer is None:
+            self.timer = self.loop.call_at(mark.due, self.fire)
+        return mark
+
+    def fire(self) -> None:
+        self.timer = None
+        queue = self.queue
+        now = self.loop.time()
+        while queue:
+            mark = queue[0]
+            call = mark.call
+            if call is not None and mark.due > now + _MARK_EARLY_S:
+                self.timer = self.loop.call_at(max(mark.due, now + MARK_CHECK_S), self.fire)
+                return
+            queue.popleft()
+            if call is not None:
+                mark.call = None
+                call.marking = asyncio.ensure_future(_mark_sent(call))
+
+
+# How often the one timer of ``_Marks`` may fire: a call is marked between MARK_SENT_AFTER_S and
+# MARK_SENT_AFTER_S + MARK_CHECK_S after it started (the mark only guides the orphan sweeper).
+MARK_CHECK_S = 0.05
+_MARK_EARLY_S = 0.005  # a loop may run a timer up to its clock's resolution early
+_marks: _Marks | None = None
+
+
 def sending(call: Call) -> None:
     """The request is about to reach a provider: if it is still running after
-    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently."""
+    ``MARK_SENT_AFTER_S``, record that on the reservation, concurrently (``_Marks``)."""
     if call.mark is None:
-        def mark() -> None:
-            call.marking = asyncio.ensure_future(_mark_sent(call))
-
-        call.mark = asyncio.get_running_loop().call_later(MARK_SENT_AFTER_S, mark)
+        global _marks
+        loop = asyncio.get_running_loop()
+        if _marks is None or _marks.loop is not loop:  # another loop (tests): its timers went with it
+            _marks = _Marks(loop)
+        call.mark = _marks.add(call)
 
 
 async def _finish(call: Call, record: ledger.UsageRecord) -> None:
@@ -625,19 +686,9 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
     # One EMF record dimensioned by provider (dashboards); a success adds no function-wide
     # [service] count: its total is the sum over providers (and Lambda's Invocations), and no
     # alarm reads it. A failure also counts UpstreamErrors function-wide, where an alarm can read it.
-    values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
-    if record.status == "ok":
-        values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
-                   ("CompletionTokens", record.completion_tokens, MetricUnit.Count),
-                   ("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000), MetricUnit.Count),
-                   ("ChargeMicroUSD", float(record.charge * 1_000_000), MetricUnit.Count),
-                   ("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)]
-        if record.ttfb_ms is not None:
-            values.append(("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds))
-    else:
-        count("UpstreamErrors")
-        values.append(("UpstreamErrors", 1, MetricUnit.Count))
-    emit({"provider": record.provider or "none"}, values)
+    # With metrics off (``emit`` and ``count`` write nothing) the record is not built either.
+    if metrics_on():
+        _emit_request(record)
     # The audit trail of every request is its usage_records row (request_id, user, models, provider,
     # tokens, charge, latency, status, error_code, estimated; docs/deploy.md "Logs"). This line adds
     # the fallback chain and the surface, so it is INFO only when it says something the row and the
@@ -652,6 +703,23 @@ async def _finish(call: Call, record: ledger.UsageRecord) -> None:
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "charge": str(record.charge), "estimated": record.estimated, "latency_ms": record.latency_ms,
         "attempts": call.attempts, "surface": call.surface})
+
+
+def _emit_request(record: ledger.UsageRecord) -> None:
+    """The request's EMF record, by provider (see ``_finish``)."""
+    values: list[tuple[str, float, MetricUnit]] = [("Requests", 1, MetricUnit.Count)]
+    if record.status == "ok":
+        values += [("PromptTokens", record.prompt_tokens, MetricUnit.Count),
+                   ("CompletionTokens", record.completion_tokens, MetricUnit.Count),
+                   ("ProviderCostMicroUSD", float(record.provider_cost * 1_000_000), MetricUnit.Count),
+                   ("ChargeMicroUSD", float(record.charge * 1_000_000), MetricUnit.Count),
+                   ("LatencyMs", record.latency_ms or 0, MetricUnit.Milliseconds)]
+        if record.ttfb_ms is not None:
+            values.append(("TimeToFirstByteMs", record.ttfb_ms, MetricUnit.Milliseconds))
+    else:
+        count("UpstreamErrors")
+        values.append(("UpstreamErrors", 1, MetricUnit.Count))
+    emit({"provider": record.provider or "none"}, values)
 
 
 async def finish_shielded(call: Call, record: ledger.UsageRecord) -> None:
@@ -789,8 +857,21 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
     if in_lambda():
         await finish_shielded(call, record)
     else:
-        rendered.background = BackgroundTask(finish_shielded, call, record)
+        rendered.background = _Settled(call, record)
     return rendered
+
+
+class _Settled(BackgroundTask):
+    """``BackgroundTask(finish_shielded, call, record)`` without the check Starlette's constructor
+    makes of every function it is given (``is_async_callable``): ``finish_shielded`` is a
+    coroutine function, awaited when the response has been sent."""
+
+    def __init__(self, call: Call, record: ledger.UsageRecord) -> None:  # nothing of Starlette's to run
+        self.call = call
+        self.record = record
+
+    async def __call__(self) -> None:
+        await finish_shielded(self.call, self.record)
 
 
 async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
