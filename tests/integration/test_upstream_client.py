@@ -20,6 +20,7 @@ import pytest
 from gateway.adapters import transport, upstream_errors
 from gateway.adapters.http_client import Limits, Timeouts, UpstreamClient, create_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway import upstream_http
 from gateway.upstream_http import MAX_HEAD_BYTES
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
@@ -201,7 +202,7 @@ async def test_encoded_bodies_are_decoded(serve: Callable[[Handler], Awaitable[S
 async def test_a_body_that_does_not_decode_is_a_payload_error(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     server = await serve(answer(b"not gzip at all", headers=("Content-Encoding: gzip",)))
     client = create_http_client()
-    with pytest.raises(aiohttp.ClientPayloadError):
+    with pytest.raises(upstream_http.ClientPayloadError):
         await _call(client, f"http://127.0.0.1:{server.port}/x")
     await client.aclose()
 
@@ -238,7 +239,7 @@ async def test_a_stale_pooled_connection_is_retried_once(serve: Callable[[Handle
         return False
 
     dropping = await serve(drop)
-    with pytest.raises(aiohttp.ServerDisconnectedError) as caught:
+    with pytest.raises(upstream_http.ServerDisconnectedError) as caught:
         await _call(client, f"http://127.0.0.1:{dropping.port}/x")
     assert upstream_errors.is_stale_connection_error(caught.value)
     with pytest.raises(UpstreamError) as mapped:
@@ -260,14 +261,14 @@ async def test_read_timeout_and_a_cut_body(serve: Callable[[Handler], Awaitable[
 
     s1, s2 = await serve(silent), await serve(cut)
     client = UpstreamClient(Timeouts(connect=1.0, read=0.2, write=1.0, pool=1.0), Limits())
-    with pytest.raises(aiohttp.SocketTimeoutError):
+    with pytest.raises(upstream_http.SocketTimeoutError):
         await _call(client, f"http://127.0.0.1:{s1.port}/x")
     # a call's own read timeout (extensions["timeout"]), mapped as before
     request = client.build_request("POST", f"http://127.0.0.1:{s1.port}/x", content=b"{}")
     request.extensions["timeout"] = {"read": 0.1}
     with pytest.raises(UpstreamTimeout):
         await transport.post_json(client, lambda: request, "openai", "k")
-    with pytest.raises(aiohttp.ClientPayloadError):
+    with pytest.raises(upstream_http.ClientPayloadError):
         await _call(client, f"http://127.0.0.1:{s2.port}/x")
     with pytest.raises(UpstreamError) as mapped:
         await transport.post_json(client, lambda: client.build_request(
@@ -283,7 +284,7 @@ async def test_an_unreachable_upstream() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens there once closed
     client = create_http_client()
-    with pytest.raises(aiohttp.ClientConnectorError):
+    with pytest.raises(upstream_http.ClientConnectorError):
         await _call(client, f"http://127.0.0.1:{port}/x")
     with pytest.raises(UpstreamError) as mapped:
         await transport.post_json(client, lambda: client.build_request(
@@ -314,7 +315,7 @@ async def test_the_pool_limit_queues_calls(serve: Callable[[Handler], Awaitable[
     # waiting longer than the pool timeout for a connection: aiohttp's ConnectionTimeoutError
     client = UpstreamClient(Timeouts(connect=1.0, read=5.0, write=1.0, pool=0.02), Limits(max_connections=1))
     results = await asyncio.gather(*(_call(client, url) for _ in range(2)), return_exceptions=True)
-    assert results[0] == b'{"ok":true}' and isinstance(results[1], aiohttp.ConnectionTimeoutError)
+    assert results[0] == b'{"ok":true}' and isinstance(results[1], upstream_http.ConnectionTimeoutError)
     assert isinstance(upstream_errors.error_from_transport("openai", results[1]), UpstreamTimeout)
     await client.aclose()
 
@@ -353,7 +354,7 @@ async def test_closing_a_response_ends_a_read_in_progress(serve: Callable[[Handl
     pieces = response.aiter_bytes()
     assert await pieces.__anext__() == b"hello"
     asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(response.aclose()))
-    with pytest.raises(aiohttp.ClientConnectionError, match="Connection closed"):
+    with pytest.raises(upstream_http.ClientConnectionError, match="Connection closed"):
         await asyncio.wait_for(pieces.__anext__(), 2)
     await client.aclose()
 
@@ -396,7 +397,7 @@ async def test_tls_verified_with_sni_and_an_unknown_certificate_refused(tmp_path
     try:
         url = f"https://localhost:{s.port}/v1/chat/completions"
         client = create_http_client()  # the shared (system) store: our certificate is unknown
-        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+        with pytest.raises(upstream_http.ClientConnectorCertificateError):
             await _call(client, url)
         await client.aclose()
         client = create_http_client()
@@ -426,7 +427,7 @@ async def test_an_endless_answer_head_fails_instead_of_growing(serve: Callable[[
     server = await serve(endless_header)
     client = create_http_client()
     started = asyncio.get_running_loop().time()
-    with pytest.raises(aiohttp.ClientResponseError) as failed:
+    with pytest.raises(upstream_http.ClientResponseError) as failed:
         await _call(client, f"http://127.0.0.1:{server.port}/x")
     assert failed.value.status == 400 and str(MAX_HEAD_BYTES) in failed.value.message
     assert asyncio.get_running_loop().time() - started < 2
@@ -434,4 +435,187 @@ async def test_an_endless_answer_head_fails_instead_of_growing(serve: Callable[[
     big = b'{"x":"' + b"b" * 300_000 + b'"}'
     server = await serve(answer(big, headers=("X-Small: 1",)))
     assert await _call(client, f"http://127.0.0.1:{server.port}/x") == big
+    await client.aclose()
+
+
+# ------------------------------------------------------------------ without aiohttp (issue 15, spawn)
+# The client decodes, keeps cookies and fails with errors of its own since it no longer imports
+# aiohttp; aiohttp stays the reference for what it did.
+async def test_gzip_and_deflate_bodies_streamed_in_pieces_are_decoded(
+        serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """Encoded bodies arriving chunked in small pieces (a streamed answer), concatenated gzip
+    members included, decode to the very bytes aiohttp's session read."""
+    payload = b"data: " + json.dumps({"choices": [{"delta": {"content": "x\u00e9" * 3000}}]}).encode() + b"\n\n"
+    bodies = {
+        "gzip": gzip.compress(payload[:5000]) + gzip.compress(payload[5000:]),  # two members
+        "deflate": zlib.compress(payload),
+    }
+    for encoding, data in bodies.items():
+        async def chunked(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          data: bytes = data, encoding: str = encoding) -> bool:
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         .encode())
+            for i in range(0, len(data), 97):
+                piece = data[i:i + 97]
+                writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return True
+
+        server = await serve(chunked)
+        url = f"http://127.0.0.1:{server.port}/x"
+        client = create_http_client()
+        response = await client.send(client.build_request("POST", url, content=b"{}"), stream=True)
+        ours = b"".join([chunk async for chunk in response.aiter_bytes()])
+        await response.aclose()
+        await client.aclose()
+        async with aiohttp.ClientSession(trust_env=False) as session, session.post(url, data=b"{}") as r:
+            theirs = await r.read()
+        assert ours == theirs == payload, encoding
+
+
+async def test_a_br_body_is_decoded(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    brotli = pytest.importorskip("brotli")
+    payload = json.dumps({"choices": [{"message": {"content": "h\u00e9" * 500}}]}).encode()
+    server = await serve(answer(brotli.compress(payload), headers=("Content-Encoding: br",)))
+    client = create_http_client()
+    assert await _call(client, f"http://127.0.0.1:{server.port}/x") == payload
+    assert "br" in _headers_of(server.heads[-1])["accept-encoding"]
+    await client.aclose()
+
+
+async def test_accept_encoding_is_aiohttps(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """br and zstd are advertised exactly when aiohttp advertised them (their module installed)."""
+    from aiohttp.client_reqrep import _gen_default_accept_encoding
+
+    server = await serve(answer())
+    client = create_http_client()
+    await _call(client, f"http://127.0.0.1:{server.port}/x")
+    assert _headers_of(server.heads[-1])["accept-encoding"] == _gen_default_accept_encoding()
+    await client.aclose()
+
+
+async def test_a_br_body_without_the_module_is_a_payload_error(serve: Callable[[Handler], Awaitable[Server]],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise ImportError("no brotli")
+
+    monkeypatch.setattr(upstream_http, "_brotli", missing)
+    server = await serve(answer(b"\x0b\x02\x80ok\x03", headers=("Content-Encoding: br",)))
+    client = create_http_client()
+    with pytest.raises(upstream_http.ClientPayloadError):
+        await _call(client, f"http://127.0.0.1:{server.port}/x")
+    await client.aclose()
+
+
+async def test_a_deflate_body_cut_short_is_a_payload_error(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    data = zlib.compress(b'{"ok":true}' * 100)[:-6]
+    server = await serve(answer(data, headers=("Content-Encoding: deflate",)))
+    client = create_http_client()
+    with pytest.raises(upstream_http.ClientPayloadError):
+        await _call(client, f"http://127.0.0.1:{server.port}/x")
+    await client.aclose()
+
+
+async def test_a_cookie_goes_back_to_its_host_only(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """A Set-Cookie (Cloudflare's, host-only) is sent on the next call to the same host, not to
+    another host; none is kept from an IP address (aiohttp's jar refused those)."""
+    setting = await serve(answer(headers=("Set-Cookie: __cf_bm=abc.def-1; path=/; HttpOnly; SameSite=None",)))
+    other = await serve(answer())
+    client = create_http_client()
+    await _call(client, f"http://localhost:{setting.port}/v1/chat/completions")
+    await _call(client, f"http://localhost:{setting.port}/v1/chat/completions")
+    assert _headers_of(setting.heads[-1]).get("cookie") == "__cf_bm=abc.def-1"
+    await _call(client, f"http://127.0.0.1:{other.port}/x")  # another host (an IP address)
+    assert "cookie" not in _headers_of(other.heads[-1])
+    await _call(client, f"http://127.0.0.1:{setting.port}/x")  # the same server by another name
+    assert "cookie" not in _headers_of(setting.heads[-1])
+    fresh = create_http_client()
+    await _call(fresh, f"http://127.0.0.1:{setting.port}/x")
+    await _call(fresh, f"http://127.0.0.1:{setting.port}/x")
+    assert "cookie" not in _headers_of(setting.heads[-1]) and len(fresh.cookie_jar) == 0
+    await client.aclose()
+    await fresh.aclose()
+
+
+_COOKIE_CASES = [
+    # (Set-Cookie headers, the answering URL, the URLs called next)
+    (["a=1; Path=/; HttpOnly", "b=2"], "https://api.example.com/v1/chat/completions",
+     ["https://api.example.com/v1/chat/completions", "https://api.example.com/", "https://other.example.com/v1/x",
+      "https://sub.api.example.com/v1/x", "http://api.example.com/v1/models"]),
+    (["__cf_bm=Xy.z-1_2=; path=/; expires=Sat, 05-Dec-37 14:30:00 GMT; domain=.example.com; HttpOnly; Secure; "
+      "SameSite=None", "_cfuvid=q.w-e; path=/; domain=.example.com; HttpOnly; Secure; SameSite=None"],
+     "https://api.example.com/v1/x",
+     ["https://api.example.com/v1/x", "http://api.example.com/v1/x", "https://www.example.com/",
+      "https://example.com/", "https://example.org/"]),
+    (["gone=1; Max-Age=0", "old=1; Expires=Thu, 01 Jan 1970 00:00:00 GMT", "kept=1; Max-Age=3600",
+      "bad=1; Max-Age=soon", "evil=1; Domain=other.com", "dotted=1; Domain=example.com."],
+     "https://api.example.com/a/b/c", ["https://api.example.com/a/b/c", "https://api.example.com/a/b", "https://api.example.com/a",
+                                      "https://api.example.com/z"]),
+    (["p=1; Path=/v1", "p=2; Path=/v1/chat", "q=1; Path=/v2"], "https://api.example.com/v1/chat/x",
+     ["https://api.example.com/v1/chat/completions", "https://api.example.com/v1/models", "https://api.example.com/v2",
+      "https://api.example.com/v10"]),
+    (["a=1", "a=2", "n", "sp=x y", 'q="x=1"', "h= spaced ", "e=\u00e9", "k=a,b", 'z="', "bad name=1", "t=a\x01"],
+     "https://h.example.com/", ["https://h.example.com/"]),
+]
+
+
+@pytest.mark.parametrize(("set_cookies", "origin", "calls"), _COOKIE_CASES)
+async def test_the_cookie_jar_sends_what_aiohttps_sent(set_cookies: list[str], origin: str, calls: list[str]) -> None:
+    from yarl import URL
+
+    ours = upstream_http.CookieJar()
+    ours.update(set_cookies, upstream_http._target(origin))
+    theirs = aiohttp.CookieJar()
+    theirs.update_cookies_from_headers(set_cookies, URL(origin))
+    for url in calls:
+        expected = theirs.filter_cookies(URL(url)).output(header="", sep=";").strip()
+        assert ours.header(upstream_http._target(url)) == expected, url
+
+
+@pytest.mark.parametrize("url", [
+    "https://api.openai.com/v1/chat/completions", "http://127.0.0.1:8080/v1/x?alt=sse", "https://Api.X.com:443/a/b",
+    "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+    "https://h.com", "https://h.com/a/./b", "https://h.com/a b", "https://h.com/a?b=c+d", "https://h.com/%7e",
+    "http://h.com:80/x", "http://h:8080/", "https://x.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
+    "?api-version=2024-10-21", "https://h.com/a/b:c@d!$&'()*+,;=?a=b&c=d:e/f?g,h", "http://[::1]:8080/x",
+    "https://h\u00e9.com/x", "https://h.com/x#frag", "https://h.com./x",
+])
+def test_a_url_is_parsed_as_yarl_parsed_it(url: str) -> None:
+    from yarl import URL
+
+    u = URL(url)
+    t = upstream_http._target.__wrapped__(url)
+    assert (t.host, t.port, t.tls, t.host_header, t.request_line, t.path) == (
+        u.raw_host, u.port, u.scheme == "https", u.host_port_subcomponent, f" {u.raw_path_qs} HTTP/1.1", u.path)
+
+
+async def test_the_errors_keep_their_meaning() -> None:
+    """The client's own errors have aiohttp's bases: what the adapters and the Upstash client test
+    (OSError, TimeoutError, ValueError) still holds."""
+    refused = upstream_http.ClientConnectorError("h", 443, True, ConnectionRefusedError(111, "Connection refused"))
+    assert isinstance(refused, OSError) and refused.errno == 111 and "h:443" in str(refused)
+    assert isinstance(upstream_http.SocketTimeoutError("x"), TimeoutError)
+    assert isinstance(upstream_http.ConnectionTimeoutError("x"), asyncio.TimeoutError)
+    assert isinstance(upstream_http.InvalidUrlClientError("x"), ValueError)
+    for exc, code in ((refused, "upstream_unreachable"),
+                      (upstream_http.ServerDisconnectedError(), "upstream_connection_error"),
+                      (upstream_http.ClientPayloadError("cut"), "upstream_connection_error"),
+                      (upstream_http.SocketTimeoutError("x"), "upstream_timeout"),
+                      (upstream_http.ConnectionTimeoutError("x"), "upstream_timeout")):
+        assert upstream_errors.is_transport_error(exc)
+        assert upstream_errors.error_from_transport("openai", exc).code == code
+    assert upstream_errors.is_stale_connection_error(upstream_http.ServerDisconnectedError())
+    assert not upstream_errors.is_stale_connection_error(refused)
+
+
+async def test_an_invalid_url_is_a_connection_error() -> None:
+    client = create_http_client()
+    with pytest.raises(upstream_http.InvalidUrlClientError):
+        await _call(client, "ftp://example.com/x")
+    with pytest.raises(UpstreamError) as mapped:
+        await transport.post_json(client, lambda: client.build_request("POST", "ftp://h/x", content=b"{}"),
+                                  "openai", "k")
+    assert mapped.value.code == "upstream_connection_error"
     await client.aclose()

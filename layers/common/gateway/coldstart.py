@@ -14,16 +14,15 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
 - **httpx without its command-line client.** httpx (under upstash-redis and the adapters) imports
   ``httpx._main`` when click is installed, which it is in the layer (and rich/pygments in a dev
   environment); blocked, httpx defines its stub ``main`` instead (its own ImportError fallback).
-- **aiohttp's unverified TLS context without the CA store.** aiohttp builds two TLS contexts at
-  import and loads the system CA store (~140 certificates) into both, the second being its
-  ``ssl=False`` context (CERT_NONE: it never verifies, and the gateway never uses it). aiohttp is
-  imported here with ``SSLContext.set_default_verify_paths`` skipping CERT_NONE contexts, then the
-  override is removed (``ssl`` as before). The verified context, which every Upstash and upstream
-  connection uses (``adapters.http_client.shared_ssl_context``), loads the same store, but in a
-  thread started once aiohttp is imported (nothing else touches that context until the app is
-  built): OpenSSL reads the ~140 certificates (15-60 ms) without the GIL while the rest of the
-  function imports, and :func:`done` waits for it (and raises its error, if any), so the context is
-  complete before anything can use it.
+- **The upstream TLS context's CA store loaded beside the imports.** Every Upstash and upstream
+  connection verifies with one context (``upstream_http.shared_ssl_context``: what aiohttp's
+  ``_make_ssl_context(True)`` built, ``ssl.create_default_context()`` offering HTTP/1.1 by ALPN).
+  It is built here, its system CA store (~140 certificates) loaded in a thread: OpenSSL reads them
+  (15-60 ms) without the GIL while the rest of the function imports, and :func:`done` waits for it
+  (and raises its error, if any), so the context is complete before anything can use it
+  (:func:`verified_ssl_context` waits too, for a process that never calls ``done``). Until issue
+  15's spawn pass the context was aiohttp's, built by its import here; the functions no longer
+  import aiohttp (``gateway.upstream_http`` does without it).
 - **No scan for pydantic plugins (in a serving process, as above).** pydantic looks for plugins
   once per process, at the first model built, by reading the entry points of every installed
   distribution (~5-10 ms over the dev environment's ~110, about half of that over the layer's); none
@@ -31,8 +30,7 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
   the environment). ``PYDANTIC_DISABLE_PLUGINS=__all__`` is set for the process unless the
   environment sets it.
 
-Every function imports aiohttp at cold start anyway (the adapters' HTTP client, the Upstash client),
-so importing it here adds nothing to any of them. This room imports no other.
+This module imports nothing but the standard library.
 """
 
 from __future__ import annotations
@@ -57,53 +55,63 @@ def done() -> None:
     """The function's app is built: wait for the CA store (loaded in a thread meanwhile), freeze
     what the cold start's imports created and resume the garbage collector, if this module paused
     it (a second function module imported in the same process finds it running, and leaves it so)."""
-    global _paused, _store_error
-    if _store_loader.ident is not None:  # started (by _import_aiohttp)
-        _store_loader.join()
-    if _store_error is not None:
-        error, _store_error = _store_error, None
-        raise error
+    global _paused
+    _wait_for_store()
     if _paused:
         _paused = False
         gc.freeze()
         gc.enable()
 
 
-_load_ca_store = ssl.SSLContext.set_default_verify_paths
-_to_load: list[ssl.SSLContext] = []  # verifying contexts aiohttp built, their CA store not loaded yet
+def verified_ssl_context() -> ssl.SSLContext:
+    """The upstream connections' TLS context, its CA store loaded."""
+    _wait_for_store()
+    return _verified
+
+
+def _wait_for_store() -> None:
+    global _store_error
+    if _store_loader.ident is not None:
+        _store_loader.join()
+    if _store_error is not None:
+        error, _store_error = _store_error, None
+        raise error
+
+
 _store_error: BaseException | None = None
 
 
-def _unless_unverified(context: ssl.SSLContext) -> None:
-    if context.verify_mode != ssl.CERT_NONE:
-        _to_load.append(context)  # loaded by _store_loader once aiohttp is imported
+def _build_verified() -> tuple[ssl.SSLContext, list[ssl.SSLContext]]:
+    """aiohttp's verified context (``ssl.create_default_context()`` + ALPN http/1.1) without its CA
+    store, which the thread loads: ``create_default_context`` asks for it through
+    ``set_default_verify_paths``, deferred while it runs (then ``ssl`` as before)."""
+    deferred: list[ssl.SSLContext] = []
+
+    def defer(context: ssl.SSLContext) -> None:
+        deferred.append(context)
+
+    ssl.SSLContext.set_default_verify_paths = defer  # type: ignore[method-assign,assignment]
+    try:
+        context = ssl.create_default_context()
+    finally:
+        del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
+    context.set_alpn_protocols(("http/1.1",))
+    return context, deferred
 
 
-def _load_ca_stores() -> None:
+def _load_ca_stores(contexts: list[ssl.SSLContext]) -> None:
     global _store_error
     try:
-        for context in _to_load:
-            _load_ca_store(context)  # OpenSSL reads the store without the GIL: the imports go on
+        for context in contexts:
+            context.set_default_verify_paths()  # OpenSSL reads the store without the GIL: the imports go on
     except BaseException as exc:  # raised by done(), as the import itself would have
         _store_error = exc
     finally:
-        _to_load.clear()
-
-
-_store_loader = threading.Thread(target=_load_ca_stores, name="ca-store", daemon=True)
-
-
-def _import_aiohttp() -> None:
-    if "aiohttp.connector" in sys.modules or "set_default_verify_paths" in vars(ssl.SSLContext):
-        return
-    ssl.SSLContext.set_default_verify_paths = _unless_unverified  # type: ignore[method-assign,assignment]
-    try:
-        import aiohttp.connector  # noqa: F401
-    finally:
-        del ssl.SSLContext.set_default_verify_paths  # the method _ssl._SSLContext defines, as before
-    if _to_load:  # aiohttp is done with its contexts: nothing else touches them before done()
-        _store_loader.start()
+        contexts.clear()
 
 
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-_import_aiohttp()
+_verified, _to_load = _build_verified()
+_store_loader = threading.Thread(target=_load_ca_stores, args=(_to_load,), name="ca-store", daemon=True)
+if _to_load:
+    _store_loader.start()

@@ -59,7 +59,6 @@ def _import_upstash_redis() -> None:
 _import_upstash_redis()
 
 # isort: split
-import aiohttp  # noqa: E402
 import upstash_redis.asyncio.client as _upstash_client  # noqa: E402
 from upstash_redis.asyncio import Redis as AsyncRedis  # noqa: E402
 from upstash_redis.errors import UpstashError  # noqa: E402
@@ -67,7 +66,16 @@ from upstash_redis.http import _format_command, format_response  # noqa: E402
 
 from .config import Settings, get_settings  # noqa: E402
 from .loops import PerLoop  # noqa: E402
-from .upstream_http import Limits, Timeouts, UpstreamClient, UpstreamRequest  # noqa: E402
+from .upstream_http import (  # noqa: E402
+    ClientConnectorError,
+    ClientError,
+    ClientOSError,
+    Limits,
+    ServerDisconnectedError,
+    Timeouts,
+    UpstreamClient,
+    UpstreamRequest,
+)
 
 # As the aiohttp connector this client replaced: at most 64 connections, idle ones kept 60 s
 LIMITS = Limits(max_connections=64, keepalive_expiry=60.0)
@@ -87,14 +95,14 @@ class UpstashUnavailable(UpstashError):
 
 def _stale(exc: BaseException) -> bool:
     """A reused keep-alive connection the other side had dropped (not a refused new one)."""
-    return isinstance(exc, aiohttp.ServerDisconnectedError) or (
-        isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError))
+    return isinstance(exc, ServerDisconnectedError) or (
+        isinstance(exc, ClientOSError) and not isinstance(exc, ClientConnectorError))
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ClientConnectorError):
         return "connection refused or unreachable"
     return type(exc).__name__
 
@@ -141,7 +149,7 @@ class UpstashExecutor:
                         raw = await r.aread()
                     finally:
                         await r.aclose()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, ClientError) as exc:
                 if not retried and _stale(exc):
                     retried = True  # once, on a new connection
                     continue

@@ -39,20 +39,16 @@ import re
 import socket
 import ssl
 import sys
+import time
+import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlencode
 
 import aiohappyeyeballs
-import aiohttp
-import aiohttp.connector
 import httptools
-from aiohttp.client_reqrep import ConnectionKey, _gen_default_accept_encoding
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import DeflateBuffer
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from gateway import __version__
 from gateway.loops import PerLoop
@@ -74,6 +70,87 @@ CHUNK_SIZE = 16 * 1024
 # the call fails as a malformed answer instead of buffering a head without end (aiohttp bounded
 # each header line at 8190 bytes; httptools buffers a header until it is complete).
 MAX_HEAD_BYTES = 64 * 1024
+
+
+# ------------------------------------------------------------------------------ the errors
+# The client's failures: aiohttp's exception classes until issue 15's spawn pass, now a hierarchy of
+# our own with the same names, bases and meaning (``upstream_errors`` maps them as it mapped
+# aiohttp's; an aiohttp error, from the catalog's client, is still mapped too). Importing aiohttp
+# (with yarl, multidict, attrs, ...) was ~20 % of the query function's import.
+class ClientError(Exception):
+    """Any failure of an upstream call (aiohttp's ``ClientError``)."""
+
+
+class ClientResponseError(ClientError):
+    """A malformed answer (aiohttp's ``ClientResponseError`` with status 400)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(f"{status}, message={message!r}")
+        self.status = status
+        self.message = message
+
+
+class ClientPayloadError(ClientError):
+    """The body was cut short or does not decode."""
+
+
+class InvalidUrlClientError(ClientError, ValueError):
+    """Not an http(s) URL with a host."""
+
+
+class ClientConnectionError(ClientError):
+    """The connection failed (or was closed while a read was in progress)."""
+
+
+class ClientOSError(ClientConnectionError, OSError):
+    """An OS error on the connection (aiohttp's ``ClientOSError``)."""
+
+
+class ClientConnectorError(ClientOSError):
+    """No connection could be made (refused, unreachable, DNS, TLS)."""
+
+    def __init__(self, host: str, port: int, tls: bool, os_error: OSError) -> None:
+        super().__init__(os_error.errno, os_error.strerror)
+        self.host, self.port, self.tls, self.os_error = host, port, tls, os_error
+
+    def __str__(self) -> str:
+        return (f"Cannot connect to host {self.host}:{self.port} ssl:{'default' if self.tls else False} "
+                f"[{self.strerror or self.os_error}]")
+
+
+class ClientConnectorDNSError(ClientConnectorError):
+    """The host name did not resolve."""
+
+
+class ClientConnectorSSLError(ClientConnectorError):
+    """The TLS handshake failed."""
+
+
+class ClientConnectorCertificateError(ClientConnectorError):
+    """The server's certificate was refused."""
+
+
+class ServerDisconnectedError(ClientConnectionError):
+    """The server closed the connection before answering."""
+
+    def __init__(self, message: str = "Server disconnected") -> None:
+        super().__init__(message)
+
+
+class ServerTimeoutError(ClientConnectionError, TimeoutError):
+    """A phase timed out (aiohttp's ``ServerTimeoutError``, an ``asyncio.TimeoutError`` too)."""
+
+
+class ConnectionTimeoutError(ServerTimeoutError):
+    """No connection within the pool/connect timeout."""
+
+
+class SocketTimeoutError(ServerTimeoutError):
+    """No bytes within the read timeout."""
+
+
+class _ContentEncodingError(Exception):
+    """A body that does not decode (aiohttp's ``ContentEncodingError``): a payload error."""
 
 
 class Timeouts(NamedTuple):
@@ -107,15 +184,48 @@ def default_timeout(settings: Any = None) -> Timeouts:
                     write=WRITE_TIMEOUT_S, pool=POOL_TIMEOUT_S)
 
 
+def make_ssl_context() -> ssl.SSLContext:
+    """The verified TLS context aiohttp built (``ssl.create_default_context()``: the system CA
+    store, hostname checked; HTTP/1.1 offered by ALPN)."""
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(("http/1.1",))
+    return ctx
+
+
+@functools.lru_cache(maxsize=1)
+def _own_ssl_context() -> ssl.SSLContext:
+    return make_ssl_context()
+
+
 def shared_ssl_context() -> ssl.SSLContext:
-    """The verified TLS context every upstream connection uses: the one aiohttp built when it was
-    imported (the system CA store; the Upstash client's connections use it too). Loading a CA
-    bundle again (httpx's default: certifi's) costs ~20-80 ms and ~1-2.5 MiB per copy on a cold
-    start (BENCHMARKS.md, issue 15 lever 8)."""
-    ctx = getattr(aiohttp.connector, "_SSL_CONTEXT_VERIFIED", None)
-    if isinstance(ctx, ssl.SSLContext):
-        return ctx
-    return ssl.create_default_context()  # pragma: no cover - aiohttp always builds one
+    """The verified TLS context every upstream connection uses (the Upstash client's too): the one
+    ``gateway.coldstart`` built, its CA store loaded in a thread during the function's import, or
+    (in a process that did not import it: tests) one built here once. Loading a CA bundle again
+    (httpx's default: certifi's) costs ~20-80 ms and ~1-2.5 MiB per copy on a cold start
+    (BENCHMARKS.md, issue 15 lever 8)."""
+    coldstart = sys.modules.get("gateway.coldstart")
+    if coldstart is not None:
+        return coldstart.verified_ssl_context()  # type: ignore[no-any-return]
+    return _own_ssl_context()
+
+
+def import_aiohttp() -> None:
+    """Import aiohttp (the catalog's httpx transport needs it; the upstream calls do not) without
+    loading the CA store into its unverified (``ssl=False``, CERT_NONE) context, which the gateway
+    never uses: a store load (15-60 ms) spared, ``ssl`` as before afterwards."""
+    if "aiohttp.connector" in sys.modules or "set_default_verify_paths" in vars(ssl.SSLContext):
+        return
+    load = ssl.SSLContext.set_default_verify_paths
+
+    def unless_unverified(context: ssl.SSLContext) -> None:
+        if context.verify_mode != ssl.CERT_NONE:
+            load(context)
+
+    ssl.SSLContext.set_default_verify_paths = unless_unverified  # type: ignore[method-assign,assignment]
+    try:
+        import aiohttp.connector  # noqa: F401
+    finally:
+        del ssl.SSLContext.set_default_verify_paths
 
 
 class UpstreamRequest:
@@ -138,11 +248,50 @@ class UpstreamRequest:
 # the request's headers (``Host``, ``Accept``, aiohttp's ``Accept-Encoding``, ``User-Agent``,
 # ``Content-Length``, ``Content-Type`` of a body without one, the cookie jar's ``Cookie``, the same
 # refusal of control characters in a header), the response parsed by llhttp (``httptools``, as
-# uvicorn's server side), decoded by aiohttp's own ``DeflateBuffer`` (gzip, deflate, br, zstd),
-# Set-Cookie kept in an aiohttp ``CookieJar``; keep-alive connections per host (the most recently
-# used first, none older than ``keepalive_expiry``, at most ``max_connections`` in use), the same
-# timeouts and the same aiohttp exceptions, which ``upstream_errors`` maps.
-_ACCEPT_ENCODING = _gen_default_accept_encoding()
+# uvicorn's server side), its body decoded as aiohttp's ``DeflateBuffer`` decoded it (gzip and
+# deflate with zlib, br with the Brotli module, zstd with ``backports.zstd``/``compression.zstd``,
+# each imported when a body needs it), Set-Cookie kept as aiohttp's ``CookieJar`` kept it;
+# keep-alive connections per host (the most recently used first, none older than
+# ``keepalive_expiry``, at most ``max_connections`` in use), the same timeouts and the same
+# exceptions (the classes above), which ``upstream_errors`` maps. Since issue 15's spawn pass none
+# of it imports aiohttp (nor yarl, multidict, attrs...): ~20 % of the query function's import.
+def _importable(name: str) -> bool:
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _brotli() -> Any:
+    """The Brotli module aiohttp uses (brotlicffi first, else Brotli), imported on the first br body."""
+    try:
+        import brotlicffi as brotli  # type: ignore[import-not-found]
+    except ImportError:
+        import brotli  # type: ignore[import-not-found,no-redef]
+    return brotli
+
+
+def _zstd_decompressor() -> Any:
+    if sys.version_info >= (3, 14):
+        from compression.zstd import ZstdDecompressor  # type: ignore[import-not-found]
+    else:
+        from backports.zstd import ZstdDecompressor  # type: ignore[import-not-found]
+    return ZstdDecompressor()
+
+
+def _accept_encoding() -> str:
+    """aiohttp's default Accept-Encoding: br and zstd only when their module is there."""
+    encodings = ["gzip", "deflate"]
+    if _importable("brotlicffi") or _importable("brotli"):
+        encodings.append("br")
+    if _importable("compression.zstd" if sys.version_info >= (3, 14) else "backports.zstd"):
+        encodings.append("zstd")
+    return ", ".join(encodings)
+
+
+_ACCEPT_ENCODING = _accept_encoding()
+# The User-Agent aiohttp sent on a request that named none (the Upstash calls): its SERVER_SOFTWARE
+_DEFAULT_USER_AGENT = "Python/{0[0]}.{0[1]} aiohttp/{1}"
 _EMPTY_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # aiohttp's GET_METHODS
 _CONTENT_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp's http_writer._safe_header
@@ -152,30 +301,340 @@ _HIGH_WATER = 2 * 2**16
 _LOW_WATER = 2**16
 _KEEPALIVE_SWEEP_S = 1.0
 _DNS_TTL_S = 10.0
+_MAX_MEMBERS = 1024  # aiohttp's MAX_DECOMPRESS_MEMBERS: concatenated gzip/deflate/zstd members in a body
+
+
+@functools.lru_cache(maxsize=1)
+def _default_user_agent() -> str:
+    from importlib.metadata import version
+
+    try:
+        return _DEFAULT_USER_AGENT.format(sys.version_info, version("aiohttp"))
+    except Exception:  # aiohttp not installed: the same shape without its version
+        return f"Python/{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+class _Key(NamedTuple):
+    """The pool's key (and what a connector error names)."""
+
+    host: str
+    port: int
+    tls: bool
 
 
 class _Target(NamedTuple):
     """A URL as a call needs it (parsed once per distinct URL)."""
 
-    url: URL
-    key: ConnectionKey           # the pool's key, and aiohttp's for its connector errors
-    host: str                    # connected to (IDNA-encoded)
+    key: _Key                    # the pool's key
+    host: str                    # connected to (IDNA-encoded, lower case)
     port: int
     tls: bool
     server_hostname: str | None  # SNI
     request_line: str            # "POST /path?query HTTP/1.1" without the method
     host_header: str
+    path: str                    # the decoded path (the cookies' paths are matched against it)
+    is_ip: bool                  # an IP address: no cookie is kept or sent (aiohttp's unsafe=False jar)
+
+
+# A URL yarl would keep as it is: lower-case http(s) scheme, an ASCII host name or IPv4 address,
+# an optional port, a path and query of characters it never quotes, no dot segment, no fragment.
+# Anything else is parsed by yarl (imported then), exactly as before.
+_PLAIN_URL = re.compile(r"(https?)://([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?"
+                        r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)?(\?[A-Za-z0-9\-._~!$&'()*,;=:@/?]*)?")
+_IPV4 = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
+
+
+def _is_ip(host: str) -> bool:
+    return ":" in host or _IPV4.fullmatch(host) is not None
 
 
 @functools.lru_cache(maxsize=256)
 def _target(url: str) -> _Target:
-    u = URL(url)
-    if u.scheme not in ("http", "https") or not u.raw_host:
-        raise aiohttp.InvalidUrlClientError(u)
-    host, port, tls = u.raw_host, u.port or (443 if u.scheme == "https" else 80), u.scheme == "https"
-    key = ConnectionKey(host, port, tls, True, None, None, None)
-    return _Target(u, key, host, port, tls, host.rstrip(".") if tls else None, f" {u.raw_path_qs} HTTP/1.1",
-                   u.host_port_subcomponent or host)
+    m = _PLAIN_URL.fullmatch(url)
+    if m is not None and ".." not in m[2] and "/." not in (m[4] or "") and int(m[3] or 0) <= 65535:
+        scheme, host, path = m[1], m[2].lower(), m[4] or "/"
+        tls = scheme == "https"
+        default = 443 if tls else 80
+        port = int(m[3]) if m[3] else default
+        host_header = host if port == default else f"{host}:{port}"
+        path_qs = path + (m[5] or "")
+    else:
+        from yarl import URL
+
+        u = URL(url)
+        if u.scheme not in ("http", "https") or not u.raw_host:
+            raise InvalidUrlClientError(url)
+        host, tls = u.raw_host, u.scheme == "https"
+        port = u.port or (443 if tls else 80)
+        host_header, path_qs, path = u.host_port_subcomponent or host, u.raw_path_qs, u.path
+    return _Target(_Key(host, port, tls), host, port, tls, host.rstrip(".") if tls else None,
+                   f" {path_qs} HTTP/1.1", host_header, path, _is_ip(host))
+
+
+class Headers(Mapping[str, str]):
+    """An answer's headers, case-insensitive (``get``/``[]``: the first value of a name), every
+    field kept in order (``items``, ``getall``), as aiohttp's ``CIMultiDictProxy`` gave them."""
+
+    __slots__ = ("_fields", "_first")
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self._fields = fields
+        self._first = {name.lower(): value for name, value in reversed(fields)}
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name.lower()]
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._first.get(name.lower(), default)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def getall(self, name: str, default: Any = ...) -> list[str]:
+        lower = name.lower()
+        values = [v for k, v in self._fields if k.lower() == lower]
+        if not values and default is not ...:
+            return default  # type: ignore[no-any-return]
+        if not values:
+            raise KeyError(name)
+        return values
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return list(self._fields)
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return [name for name, _ in self._fields]
+
+    def values(self) -> list[str]:  # type: ignore[override]
+        return [value for _, value in self._fields]
+
+    def __repr__(self) -> str:
+        return f"<Headers({self._fields!r})>"
+
+
+_NO_HEADERS = Headers([])
+
+
+class _Decoder:
+    """A Content-Encoding decoded as aiohttp's ``DeflateBuffer`` decoded it into the response:
+    gzip and deflate with zlib (a deflate body without its zlib header, as some servers send, is
+    decoded raw), br with the Brotli module, zstd with its module (each imported on the first
+    body that needs it; a missing module fails the body as aiohttp did), concatenated members
+    decoded in turn (at most ``_MAX_MEMBERS`` per chunk received), a deflate body that ends early
+    refused."""
+
+    __slots__ = ("_encoding", "_obj", "_out", "_started", "size")
+
+    def __init__(self, out: UpstreamResponse, encoding: str) -> None:
+        self._out = out
+        self._encoding = encoding
+        self._started = False
+        self.size = 0
+        try:
+            if encoding == "br":
+                self._obj = _brotli().Decompressor()
+            else:
+                self._obj = self._new()
+        except ImportError:
+            raise _ContentEncodingError(f"Can not decode content-encoding: {encoding}") from None
+
+    def _new(self) -> Any:
+        encoding = self._encoding
+        if encoding == "zstd":
+            return _zstd_decompressor()
+        return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS if encoding == "gzip"
+                                  else -zlib.MAX_WBITS if encoding == "deflate-raw" else zlib.MAX_WBITS)
+
+    def feed_data(self, chunk: bytes, size: int = 0) -> None:
+        self.size += len(chunk)
+        self._out.total_compressed_bytes = self.size
+        if not chunk:
+            return
+        try:
+            if not self._started:
+                self._started = True
+                if self._encoding == "deflate" and chunk[0] & 0xF != 8:  # no zlib header (RFC 1950)
+                    self._encoding = "deflate-raw"
+                    self._obj = self._new()
+            out = self._decode(chunk)
+        except Exception as exc:
+            name = "deflate" if self._encoding == "deflate-raw" else self._encoding
+            raise _ContentEncodingError(f"Can not decode content-encoding: {name}") from exc
+        if out:
+            self._out.feed_data(out)
+
+    def _decode(self, data: bytes) -> bytes:
+        obj = self._obj
+        if self._encoding == "br":
+            return obj.decompress(data) if hasattr(obj, "decompress") else obj.process(data)  # type: ignore[no-any-return]
+        parts = [obj.decompress(data)]
+        members = 1
+        while obj.eof and obj.unused_data:  # a member ended inside the chunk: the next one follows
+            members += 1
+            if members > _MAX_MEMBERS:
+                raise ValueError(f"Compressed stream has more than {_MAX_MEMBERS} members")
+            rest = obj.unused_data
+            obj = self._obj = self._new()
+            parts.append(obj.decompress(rest))
+        if obj.eof and self._encoding in ("gzip", "zstd"):  # ended with the chunk: ready for another
+            self._obj = self._new()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def feed_eof(self) -> None:
+        """The body ended: a deflate stream must have ended too (aiohttp checked deflate only)."""
+        if self.size > 0 and self._encoding in ("deflate", "deflate-raw") and not self._obj.eof:
+            raise _ContentEncodingError("Can not decode content-encoding: deflate")
+
+
+# ------------------------------------------------------------------------------ the cookie jar
+_DATE_TOKENS = re.compile(r"[\x09\x20-\x2F\x3B-\x40\x5B-\x60\x7B-\x7E]*"
+                          r"(?P<token>[\x00-\x08\x0A-\x1F\d:a-zA-Z\x7F-\xFF]+)")
+_DATE_HMS = re.compile(r"(\d{1,2}):(\d{1,2}):(\d{1,2})")
+_DATE_DAY = re.compile(r"(\d{1,2})")
+_DATE_MONTH = re.compile("(jan)|(feb)|(mar)|(apr)|(may)|(jun)|(jul)|(aug)|(sep)|(oct)|(nov)|(dec)", re.I)
+_DATE_YEAR = re.compile(r"(\d{2,4})")
+_MAX_TIME = 253402300798.0  # aiohttp's cap on a cookie's deadline (datetime.max, minus one second)
+
+
+def _cookie_date(text: str) -> float | None:
+    """RFC 6265's cookie-date (aiohttp's ``CookieJar._parse_date``): a timestamp, or None."""
+    hms = day = month = year = None
+    for m in _DATE_TOKENS.finditer(text):
+        token = m.group("token")
+        if hms is None and (t := _DATE_HMS.match(token)):
+            hms = tuple(int(x) for x in t.groups())
+        elif day is None and (t := _DATE_DAY.match(token)):
+            day = int(t.group())
+        elif month is None and (t := _DATE_MONTH.match(token)):
+            month = t.lastindex
+        elif year is None and (t := _DATE_YEAR.match(token)):
+            year = int(t.group())
+    if hms is None or day is None or month is None or year is None:
+        return None
+    if 70 <= year <= 99:
+        year += 1900
+    elif 0 <= year <= 69:
+        year += 2000
+    hour, minute, second = hms
+    if not 1 <= day <= 31 or year < 1601 or hour > 23 or minute > 59 or second > 59:
+        return None
+    import calendar
+
+    return float(calendar.timegm((year, month, day, hour, minute, second, -1, -1, -1)))
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+")  # aiohttp's allowed names
+_COOKIE_FORBIDDEN_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_MAX_COOKIES_PER_ANSWER = 50
+
+
+class _Cookie(NamedTuple):
+    name: str
+    value: str
+    domain: str
+    path: str        # without its trailing "/"
+    host_only: bool
+    secure: bool
+    deadline: float | None
+
+
+class CookieJar:
+    """Cookies the providers set (Cloudflare's ``__cf_bm``...), sent back to them as aiohttp's
+    ``CookieJar`` (unsafe=False) did: none from or to an IP address, a ``Domain`` that does not
+    match the answering host refused (a leading dot ignored, a trailing dot making it host-only),
+    the default path of RFC 6265, ``Max-Age`` before ``Expires``, ``Secure`` ones over https only,
+    the most specific of a name sent, in the order of their names."""
+
+    def __init__(self) -> None:
+        self._cookies: dict[tuple[str, str, str], _Cookie] = {}
+
+    def __len__(self) -> int:
+        return len(self._cookies)
+
+    def update(self, set_cookies: Iterable[str], target: _Target) -> None:
+        if target.is_ip:
+            return
+        from http.cookies import _quote  # type: ignore[attr-defined]  # (imported by starlette already)
+
+        hostname = target.host
+        now = time.time()
+        for header in list(set_cookies)[:_MAX_COOKIES_PER_ANSWER]:
+            if _COOKIE_FORBIDDEN_CTL.search(header) is not None:
+                continue
+            pair, *attributes = header.split(";")
+            name, eq, value = pair.partition("=")
+            name, value = name.strip(" \t"), value.strip(" \t")
+            if not eq or _COOKIE_NAME.fullmatch(name) is None or len(name) + len(value) > 4096:
+                continue
+            # sent back as aiohttp's jar sent it: a quoted value as it came, any other quoted if needed
+            value = value if value.startswith('"') else _quote(value)
+            attrs: dict[str, str] = {}
+            for attribute in attributes:
+                key, _, val = attribute.partition("=")
+                attrs[key.strip().lower()] = val.strip()
+            domain = attrs.get("domain", "").lower()
+            if domain.endswith("."):
+                domain = ""
+            domain = domain.lstrip(".") if domain.startswith(".") else domain
+            if domain and not (hostname == domain or (hostname.endswith("." + domain))):
+                continue  # a cookie for another domain: refused
+            path = attrs.get("path", "")
+            if not path.startswith("/"):
+                request_path = target.path
+                path = "/" + request_path[1:request_path.rfind("/")] if request_path.startswith("/") else "/"
+            path = path.rstrip("/")
+            host_only = not domain
+            domain = domain or hostname
+            deadline: float | None = None
+            if max_age := attrs.get("max-age"):
+                try:
+                    seconds = int(max_age)
+                except ValueError:
+                    seconds = None  # an invalid Max-Age is ignored (and so is Expires, as aiohttp)
+                if seconds is not None:
+                    deadline = 0.0 if seconds <= 0 else min(now + seconds, _MAX_TIME)
+            elif expires := attrs.get("expires"):
+                when = _cookie_date(expires)
+                if when:  # (as aiohttp's: a date at the epoch itself is no date)
+                    deadline = min(when, _MAX_TIME)
+            stored = (domain, path, name)
+            if deadline is not None and deadline <= now:
+                self._cookies.pop(stored, None)  # expired: forgotten
+                continue
+            self._cookies[stored] = _Cookie(name, value, domain, path, host_only, "secure" in attrs, deadline)
+
+    def header(self, target: _Target) -> str:
+        """The ``Cookie`` header for a call to the target ("" when none is due)."""
+        if target.is_ip or not self._cookies:
+            return ""
+        now = time.time()
+        hostname, path, secure_ok = target.host, target.path, target.tls
+        due: list[_Cookie] = []
+        for key, cookie in list(self._cookies.items()):
+            if cookie.deadline is not None and cookie.deadline <= now:
+                del self._cookies[key]
+                continue
+            if cookie.host_only:
+                if cookie.domain != hostname:
+                    continue
+            elif hostname != cookie.domain and not hostname.endswith("." + cookie.domain):
+                continue
+            if cookie.path and path != cookie.path and not path.startswith(cookie.path + "/"):
+                continue
+            if cookie.secure and not secure_ok:
+                continue
+            due.append(cookie)
+        selected: dict[str, _Cookie] = {}
+        for cookie in sorted(due, key=lambda c: (len(c.domain), len(c.path))):  # the most specific last
+            selected.pop(cookie.name, None)
+            selected[cookie.name] = cookie
+        return "; ".join(f"{name}={selected[name].value}" for name in sorted(selected))  # (BaseCookie's order)
 
 
 class _Connection(asyncio.Protocol):
@@ -185,7 +644,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.response: UpstreamResponse | None = None
         self.lost = False
-        self.key: ConnectionKey | None = None
+        self.key: _Key | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -212,11 +671,9 @@ class _Connection(asyncio.Protocol):
             transport.close()
 
 
-def _malformed(message: str) -> aiohttp.ClientResponseError:
+def _malformed(message: str) -> ClientResponseError:
     """A malformed answer, as the session raised it (a 400 ``ClientResponseError``)."""
-    url = URL()
-    info = aiohttp.RequestInfo(url, "", CIMultiDictProxy(CIMultiDict()), url)
-    return aiohttp.ClientResponseError(info, (), status=400, message=message)
+    return ClientResponseError(message, status=400)
 
 
 class UpstreamResponse:
@@ -228,7 +685,6 @@ class UpstreamResponse:
                  "_keep_alive",
                  "_loop", "_parser", "_paused", "_read_timeout", "_sink", "_timer", "_until_eof", "_waiter",
                  "headers", "is_closed", "status_code", "total_compressed_bytes")
-    _low_water = sys.maxsize  # read by DeflateBuffer as its output's: decompress without a chunk limit
 
     def __init__(self, client: UpstreamClient, conn: _Connection, read_timeout: float | None) -> None:
         self._client = client
@@ -280,17 +736,17 @@ class UpstreamResponse:
             self._complete()  # a body delimited by the end of the connection
             return
         if not self._head:  # as aiohttp's ResponseHandler.connection_lost
-            failure: BaseException = (aiohttp.ServerDisconnectedError() if exc is None
-                                      else aiohttp.ClientOSError(*exc.args))
+            failure: BaseException = (ServerDisconnectedError() if exc is None
+                                      else ClientOSError(*exc.args))
         else:
-            failure = aiohttp.ClientPayloadError("Response payload is not completed")
+            failure = ClientPayloadError("Response payload is not completed")
         if exc is not None:
             failure.__cause__ = exc
         self._fail(failure)
 
     def _fail(self, exc: BaseException) -> None:
-        if isinstance(exc, HttpProcessingError):  # a body that does not decode (aiohttp's payload error)
-            failure = aiohttp.ClientPayloadError(f"Response payload is not completed: {exc!r}")
+        if isinstance(exc, _ContentEncodingError):  # a body that does not decode (aiohttp's payload error)
+            failure = ClientPayloadError(f"Response payload is not completed: {exc!r}")
             failure.__cause__ = exc
             exc = failure
         self._error = exc
@@ -318,7 +774,7 @@ class UpstreamResponse:
     def _timed_out(self) -> None:
         self._timer = None
         if not self._done and self._error is None:
-            self._fail(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+            self._fail(SocketTimeoutError("Timeout on reading data from socket"))
 
     # httptools' callbacks -------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -328,16 +784,15 @@ class UpstreamResponse:
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._header_list)
+        headers = Headers([(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                           for name, value in self._header_list])
         self.status_code = status
-        self.headers = CIMultiDictProxy(headers)
+        self.headers = headers
         self._until_eof = status not in (204, 304) and "content-length" not in headers and \
             "transfer-encoding" not in headers
         encoding = headers.get("content-encoding", "")
         if encoding.isascii() and encoding.lower() in _CONTENT_ENCODINGS:
-            self._sink = DeflateBuffer(self, encoding.lower())  # type: ignore[arg-type]
+            self._sink = _Decoder(self, encoding.lower())
         self._head = True
         self._wake()
 
@@ -355,7 +810,7 @@ class UpstreamResponse:
     def _complete(self) -> None:
         try:
             if self._sink is not self:
-                self._sink.feed_eof()  # DeflateBuffer: checks the compressed stream's end
+                self._sink.feed_eof()  # _Decoder: checks the compressed stream's end
         except Exception as exc:
             self._fail(exc)
             return
@@ -363,7 +818,7 @@ class UpstreamResponse:
         self._drop_timeout()
         self._wake()
 
-    # DeflateBuffer's output (``self`` without a content encoding) -----------------------------------
+    # _Decoder's output (``self`` without a content encoding) ---------------------------------------
     def feed_data(self, chunk: bytes, size: int = 0) -> None:
         if not chunk:
             return
@@ -459,15 +914,12 @@ class UpstreamResponse:
         self._drop_timeout()
         if not self._done and self._error is None:
             # a read in progress (a deadline closing the stream) ends as with aiohttp's response.close()
-            self._error = aiohttp.ClientConnectionError("Connection closed")
+            self._error = ClientConnectionError("Connection closed")
             self._wake()
         conn = self._conn
         conn.response = None
         reusable = self._done and self._error is None and self._keep_alive and not self._paused
         self._client._release(conn, reusable)
-
-
-_NO_HEADERS: Mapping[str, str] = CIMultiDictProxy(CIMultiDict())
 
 
 class UpstreamClient:
@@ -479,10 +931,10 @@ class UpstreamClient:
         self.max_connections = limits.max_connections or 0   # 0: no limit (as aiohttp's connector)
         self.keepalive_expiry = limits.keepalive_expiry
         self.ssl_context = shared_ssl_context()
-        self._idle: dict[ConnectionKey, list[tuple[_Connection, float]]] = {}
+        self._idle: dict[_Key, list[tuple[_Connection, float]]] = {}
         self._in_use = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._jar: aiohttp.CookieJar | None = None
+        self._jar: CookieJar | None = None
         self._dns: dict[tuple[str, int], tuple[float, list[Any]]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._loop_: asyncio.AbstractEventLoop | None = None
@@ -500,10 +952,10 @@ class UpstreamClient:
         return loop
 
     @property
-    def cookie_jar(self) -> aiohttp.CookieJar:
+    def cookie_jar(self) -> CookieJar:
         """Cookies the providers set, sent back to them (as the aiohttp session's jar did)."""
         if self._jar is None:
-            self._jar = aiohttp.CookieJar(loop=self._loop)
+            self._jar = CookieJar()
         return self._jar
 
     def build_request(self, method: str, url: str, *, content: bytes | str | None = None,
@@ -533,12 +985,12 @@ class UpstreamClient:
         if "accept-encoding" not in given:
             lines.append("Accept-Encoding: " + _ACCEPT_ENCODING)
         if "user-agent" not in given:
-            lines.append("User-Agent: " + aiohttp.http.SERVER_SOFTWARE)
+            lines.append("User-Agent: " + _default_user_agent())
         jar = self._jar
-        if jar is not None and len(jar):
-            cookies = jar.filter_cookies(target.url)
-            if cookies and "cookie" not in given:
-                lines.append("Cookie: " + cookies.output(header="", sep=";").strip())
+        if jar is not None and len(jar) and "cookie" not in given:
+            cookies = jar.header(target)
+            if cookies:
+                lines.append("Cookie: " + cookies)
         body = request.content
         if body is not None:
             if "content-length" not in given:
@@ -579,9 +1031,8 @@ class UpstreamClient:
             conn.close()
             response._close()
             raise
-        set_cookies = response.headers.getall("Set-Cookie", ())  # type: ignore[attr-defined]
-        if set_cookies:
-            self.cookie_jar.update_cookies_from_headers(set_cookies, target.url)
+        if "set-cookie" in response.headers and not target.is_ip:
+            self.cookie_jar.update(response.headers.getall("set-cookie"), target)  # type: ignore[attr-defined]
         if not stream:
             try:
                 await response.aread()
@@ -634,7 +1085,7 @@ class UpstreamClient:
                     self._wake_waiter()
                     raise
         except TimeoutError as exc:
-            raise aiohttp.ConnectionTimeoutError(f"Connection timeout to host {target.url}") from exc
+            raise ConnectionTimeoutError(f"Connection timeout to host {target.key.host}:{target.key.port}") from exc
 
     async def _open(self, target: _Target) -> _Connection:
         loop = self._loop
@@ -646,7 +1097,7 @@ class UpstreamClient:
                 infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM,
                                                flags=socket.AI_ADDRCONFIG)
             except OSError as exc:
-                raise aiohttp.ClientConnectorDNSError(target.key, exc) from exc
+                raise ClientConnectorDNSError(*target.key, exc) from exc
             self._dns[(target.host, target.port)] = (loop.time(), infos)
         try:  # as aiohttp's connector: happy eyeballs (0.25 s) over the resolved addresses, then TLS
             sock = await aiohappyeyeballs.start_connection(infos, happy_eyeballs_delay=0.25, loop=loop)
@@ -655,13 +1106,13 @@ class UpstreamClient:
             _, conn = await loop.create_connection(_Connection, sock=sock, ssl=self.ssl_context if target.tls else None,
                                                    server_hostname=target.server_hostname)
         except ssl.CertificateError as exc:
-            raise aiohttp.ClientConnectorCertificateError(target.key, exc) from exc
+            raise ClientConnectorCertificateError(*target.key, exc) from exc
         except ssl.SSLError as exc:
-            raise aiohttp.ClientConnectorSSLError(target.key, exc) from exc
+            raise ClientConnectorSSLError(*target.key, exc) from exc
         except OSError as exc:
             if exc.errno is None and isinstance(exc, TimeoutError):
                 raise
-            raise aiohttp.ClientConnectorError(target.key, exc) from exc
+            raise ClientConnectorError(*target.key, exc) from exc
         conn.key = target.key
         return conn
 
@@ -723,7 +1174,7 @@ class UpstreamClient:
         self._close_idle()
 
 
-def _key_of(conn: _Connection) -> ConnectionKey:
+def _key_of(conn: _Connection) -> _Key:
     assert conn.key is not None
     return conn.key
 
@@ -772,6 +1223,8 @@ def create_catalog_http_client(settings: Any = None) -> httpx.AsyncClient:
     """An httpx client on aiohttp's transport (the same TLS context and limits) for the catalog's
     discovery, which uses httpx's API (``get`` with params and per-call timeouts, httpx errors)."""
     import httpx
+
+    import_aiohttp()
     from httpx_aiohttp import AiohttpTransport
 
     t = default_timeout(settings)

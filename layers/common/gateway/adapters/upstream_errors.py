@@ -25,8 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import aiohttp
-
+from .. import upstream_http as _http
 from ..errors import UpstreamError, UpstreamTimeout
 from .contract import Usage
 
@@ -251,8 +250,18 @@ def _httpx() -> Any:
     return sys.modules.get("httpx")
 
 
+def _aiohttp() -> Any:
+    """aiohttp when something imported it (the catalog's httpx transport runs on it), else None:
+    the upstream calls raise the client's own errors (``gateway.upstream_http``), with aiohttp's
+    names and meaning, and the query path never imports aiohttp."""
+    return sys.modules.get("aiohttp")
+
+
 def is_transport_error(exc: BaseException) -> bool:
-    if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)):
+    if isinstance(exc, (_http.ClientError, asyncio.TimeoutError, ConnectionError)):
+        return True
+    aiohttp = _aiohttp()
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
         return True
     httpx = _httpx()
     return httpx is not None and isinstance(exc, httpx.TransportError)
@@ -261,27 +270,36 @@ def is_transport_error(exc: BaseException) -> bool:
 def is_stale_connection_error(exc: BaseException) -> bool:
     """The pooled keep-alive connection was closed by the server before it answered."""
     httpx = _httpx()
-    stale: tuple[type[BaseException], ...] = (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError,
-                                              ConnectionResetError)
+    stale: tuple[type[BaseException], ...] = (_http.ServerDisconnectedError, ConnectionResetError)
+    aiohttp = _aiohttp()
+    if aiohttp is not None:
+        stale += (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError)
     if httpx is not None:
         stale += (httpx.RemoteProtocolError,)
     return any(isinstance(e, stale) for e in _chain(exc))
 
 
 def error_from_transport(provider: str, exc: BaseException, *, mid_stream: bool = False) -> UpstreamError:
-    """Map a connect error / timeout / reset (aiohttp's, or httpx's) to our typed error.
+    """Map a connect error / timeout / reset (the upstream client's, aiohttp's, or httpx's) to our
+    typed error.
 
-    An aiohttp error in the chain decides (httpx's aiohttp transport, still used by the catalog,
-    maps some to the wrong httpx class: a refused connection or a server disconnect surfaces as
-    ``httpx.ConnectTimeout``).
+    The client's error (or an aiohttp error) in the chain decides (httpx's aiohttp transport, still
+    used by the catalog, maps some to the wrong httpx class: a refused connection or a server
+    disconnect surfaces as ``httpx.ConnectTimeout``).
     """
     where = "while answering" if mid_stream else "before answering"
     chain = list(_chain(exc))
     timeout = connect = False
-    root = next((e for e in chain if isinstance(e, aiohttp.ClientError)), None)
-    if root is not None:  # the original aiohttp error decides
-        timeout = isinstance(root, aiohttp.ServerTimeoutError)
-        connect = isinstance(root, aiohttp.ClientConnectorError) and not timeout
+    aiohttp = _aiohttp()
+    ours: tuple[type[BaseException], ...] = (_http.ClientError,)
+    if aiohttp is not None:
+        ours += (aiohttp.ClientError,)
+    root = next((e for e in chain if isinstance(e, ours)), None)
+    if root is not None:  # the original client error decides
+        timeout = isinstance(root, _http.ServerTimeoutError) or (
+            aiohttp is not None and isinstance(root, aiohttp.ServerTimeoutError))
+        connect = not timeout and (isinstance(root, _http.ClientConnectorError) or (
+            aiohttp is not None and isinstance(root, aiohttp.ClientConnectorError)))
     else:
         httpx = _httpx()
         for e in chain:
