@@ -1,7 +1,7 @@
 """gateway/coldstart.py, which every function's app.py imports first: each function's cold start
 (a fresh interpreter importing ``functions/<name>/app.py``) runs it before anything else, without
-httpx's command-line client, with aiohttp's unverified context spared the CA store while every
-connection still verifies with the system store, and ``ssl`` left as it was."""
+httpx's command-line client, with the upstream TLS context's CA store loaded beside the import
+(every connection verifies with the system store), ``ssl`` left as it was, and no aiohttp."""
 
 from __future__ import annotations
 
@@ -26,23 +26,38 @@ def test_a_function_imports_coldstart_first_and_keeps_its_trims(function: str) -
     code = ("import sys, ssl, json\n"
             "names = []\n"
             "sys.addaudithook(lambda event, args: event == 'import' and names.append(args[0]))\n"
-            "import app, aiohttp.connector as c\n"
+            "import app\n"
+            "from gateway import coldstart\n"
             "from gateway.adapters.http_client import shared_ssl_context\n"
             "first = names.index('gateway.coldstart')\n"
             "before = [n for n in names[:first] if n.split('.')[0] in\n"
             "          ('gateway', 'aiohttp', 'mangum', 'pydantic', 'psycopg', 'httpx', 'starlette', 'fastapi')]\n"
-            "v, u = c._SSL_CONTEXT_VERIFIED, c._SSL_CONTEXT_UNVERIFIED\n"
+            "v = shared_ssl_context()\n"
             "print(json.dumps([before, sorted(m for m in ('httpx._main', 'click', 'rich', 'pygments')\n"
             "                                 if sys.modules.get(m)),\n"
-            "    shared_ssl_context() is v, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
-            "    v.cert_store_stats()['x509_ca'], u.verify_mode == ssl.CERT_NONE, u.cert_store_stats()['x509_ca'],\n"
-            "    'set_default_verify_paths' in vars(ssl.SSLContext)]))")
-    before, cli, shared, required, hostname, ca, unverified, ca_unverified, patched = json.loads(
-        in_fresh_function(function, code))
+            "    v is coldstart._verified, v.verify_mode == ssl.CERT_REQUIRED, v.check_hostname,\n"
+            "    v.cert_store_stats()['x509_ca'], 'set_default_verify_paths' in vars(ssl.SSLContext),\n"
+            "    'aiohttp' in sys.modules]))")
+    before, cli, shared, required, hostname, ca, patched, aiohttp = json.loads(in_fresh_function(function, code))
     assert before == ["gateway"]  # the package, then gateway.coldstart: before any other import begins
     assert cli == []
     assert shared and required and hostname and ca > 0
-    assert unverified and ca_unverified == 0 and not patched
+    assert not patched
+    assert not aiohttp  # no function imports aiohttp at cold start (the catalog's client imports it when built)
+
+
+def test_the_verified_context_is_aiohttps() -> None:
+    """The context coldstart builds is what aiohttp's ``_make_ssl_context(True)`` built: the same
+    protocol, options, verification, flags and CA store."""
+    code = ("import json, ssl\n"
+            "from gateway import coldstart\n"
+            "import aiohttp.connector as c\n"
+            "ours, theirs = coldstart.verified_ssl_context(), c._SSL_CONTEXT_VERIFIED\n"
+            "print(json.dumps([[x.protocol, int(x.options), x.verify_mode, int(x.verify_flags), x.check_hostname,\n"
+            "                   x.minimum_version, x.maximum_version, x.cert_store_stats(), len(x.get_ca_certs())]\n"
+            "                  for x in (ours, theirs)]))")
+    ours, theirs = json.loads(in_fresh_function("query", code))
+    assert ours == theirs
 
 
 def _import_with_gc_watch(before: str) -> str:
@@ -129,13 +144,13 @@ def test_no_pydantic_plugin_is_installed() -> None:
 
 @pytest.mark.parametrize("function", FUNCTIONS)
 def test_the_ca_store_is_loaded_beside_the_import_and_complete_when_it_ends(function: str) -> None:
-    """aiohttp's verified context gets its CA store from a thread started once aiohttp is imported
-    (OpenSSL reads it without the GIL while the rest imports); the import waits for it (done())."""
+    """The upstream TLS context gets its CA store from a thread started by coldstart (OpenSSL reads
+    it without the GIL while the rest imports); the import waits for it (done())."""
     code = ("import json, threading\n"
-            "import app, aiohttp.connector as c\n"
+            "import app\n"
             "from gateway import coldstart\n"
             "loader = coldstart._store_loader\n"
             "print(json.dumps([loader.ident is not None, loader.ident != threading.main_thread().ident,\n"
-            "                  loader.is_alive(), c._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca'] > 0,\n"
+            "                  loader.is_alive(), coldstart._verified.cert_store_stats()['x509_ca'] > 0,\n"
             "                  coldstart._to_load]))")
     assert json.loads(in_fresh_function(function, code)) == [True, True, False, True, []]

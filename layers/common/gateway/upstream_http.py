@@ -290,8 +290,6 @@ def _accept_encoding() -> str:
 
 
 _ACCEPT_ENCODING = _accept_encoding()
-# The User-Agent aiohttp sent on a request that named none (the Upstash calls): its SERVER_SOFTWARE
-_DEFAULT_USER_AGENT = "Python/{0[0]}.{0[1]} aiohttp/{1}"
 _EMPTY_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # aiohttp's GET_METHODS
 _CONTENT_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp's http_writer._safe_header
@@ -302,16 +300,6 @@ _LOW_WATER = 2**16
 _KEEPALIVE_SWEEP_S = 1.0
 _DNS_TTL_S = 10.0
 _MAX_MEMBERS = 1024  # aiohttp's MAX_DECOMPRESS_MEMBERS: concatenated gzip/deflate/zstd members in a body
-
-
-@functools.lru_cache(maxsize=1)
-def _default_user_agent() -> str:
-    from importlib.metadata import version
-
-    try:
-        return _DEFAULT_USER_AGENT.format(sys.version_info, version("aiohttp"))
-    except Exception:  # aiohttp not installed: the same shape without its version
-        return f"Python/{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 class _Key(NamedTuple):
@@ -985,7 +973,7 @@ class UpstreamClient:
         if "accept-encoding" not in given:
             lines.append("Accept-Encoding: " + _ACCEPT_ENCODING)
         if "user-agent" not in given:
-            lines.append("User-Agent: " + _default_user_agent())
+            lines.append("User-Agent: " + USER_AGENT)  # (aiohttp sent its own: "Python/3.x aiohttp/3.x")
         jar = self._jar
         if jar is not None and len(jar) and "cookie" not in given:
             cookies = jar.header(target)
