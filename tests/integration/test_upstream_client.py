@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway import upstream_http
 from gateway.adapters import transport, upstream_errors
 from gateway.adapters.http_client import Limits, Timeouts, UpstreamClient, create_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
-from gateway import upstream_http
 from gateway.upstream_http import MAX_HEAD_BYTES
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
