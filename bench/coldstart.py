@@ -1,7 +1,7 @@
 """Lambda invocation plumbing (API Gateway v2 events, a fake context) and the cold-start probe.
 
 Standard library only at import time, on purpose: ``python -m bench.coldstart`` runs in a fresh
-interpreter and must not load anything the query function would import itself (aiohttp, psycopg,
+interpreter and must not load anything the query function would import itself (psycopg, starlette,
 pydantic …), or its import time would look shorter than in Lambda.
 
     python -m bench.coldstart [--invocations 50]   (environment, tracer on or off: bench/lambda_bench.py)
