@@ -18,15 +18,18 @@ the timeouts with aiohttp's meaning — ``connect`` → aiohttp's ``sock_connect
 handshakes), ``read`` → ``sock_read`` (max silence between two reads: it bounds time-to-first-byte
 and every gap in a stream), ``pool`` → aiohttp's ``connect`` (waiting for a connection *plus*
 connecting), no total. A request's ``extensions["timeout"]`` overrides some of them for that call
-(``{"read": s}``, as with httpx). aiohttp's exception classes reach the adapters unmapped
-(``upstream_errors`` maps them).
+(``{"read": s}``, as with httpx). The client's exceptions (aiohttp's classes until issue 15's spawn
+pass, now classes of this module with their names and bases) reach the adapters unmapped
+(``upstream_errors`` maps them). Nothing here imports aiohttp (BENCHMARKS.md, "Issue 15, spawn:
+the query function without aiohttp"); the catalog's client below does, when it is built.
 
 The Upstash REST client (``gateway.upstash``) executes its calls on an :class:`UpstreamClient` of its
 own: this module lives outside ``gateway.adapters`` so that importing it does not import every
 adapter (the health function uses Upstash and no provider).
 
 The catalog's discovery reads provider model lists with httpx's API (``client.get``, httpx
-errors): :func:`get_catalog_http_client` keeps an httpx client on the aiohttp transport for it.
+errors): :func:`get_catalog_http_client` keeps an httpx client on the aiohttp transport for it
+(aiohttp imported then, by :func:`import_aiohttp`).
 """
 
 from __future__ import annotations
