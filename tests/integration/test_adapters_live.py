@@ -1,5 +1,5 @@
 """Every adapter against the fake providers (infra/local/fake_providers.py) over real sockets,
-through the aiohttp-backed client the gateway uses in production.
+through the lean upstream client the gateway uses in production (gateway.upstream_http).
 
 Covers, per provider: non-stream and stream translation, usage extraction (reported, cached,
 missing → estimated), error statuses, timeouts, a cut stream (error + partial usage), in-stream
