@@ -18,7 +18,6 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from types import ModuleType
 from typing import Any
 
 import psycopg
