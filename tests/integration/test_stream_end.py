@@ -49,9 +49,9 @@ def _request(surface: str) -> tuple[str, dict[str, Any], bytes]:
         model = "anthropic/claude-3.5-haiku" if surface == "messages-native" else "openai/gpt-4o-mini"
         return "/v1/messages", {"model": model, "max_tokens": 64, "stream": True,
                                 "messages": [{"role": "user", "content": text}]}, b"event: message_stop"
-    assert surface == "responses"
-    return "/v1/responses", {"model": "anthropic/claude-3.5-haiku", "stream": True, "input": text}, \
-        b"event: response.completed"
+    assert surface in ("responses", "responses-native")
+    model = "openai/gpt-4o-mini" if surface == "responses-native" else "anthropic/claude-3.5-haiku"
+    return "/v1/responses", {"model": model, "stream": True, "input": text}, b"event: response.completed"
 
 
 class Exchange:
@@ -143,7 +143,7 @@ async def _charged_once(user_id: Any, model: str) -> None:
     assert balance["balance"] == Decimal("5") - rec["charge"]
 
 
-@pytest.mark.parametrize("surface", ["chat", "messages", "messages-native", "responses"])
+@pytest.mark.parametrize("surface", ["chat", "messages", "messages-native", "responses", "responses-native"])
 async def test_on_a_plain_server_a_stream_ends_while_its_settle_still_waits(
         stream_app: Any, make_user: Any, database_url: str, surface: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
