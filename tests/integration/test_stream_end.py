@@ -62,6 +62,7 @@ class Exchange:
     def __init__(self, app: Any, path: str, body: dict[str, Any], api_key: str,
                  on_start: Callable[[], Awaitable[None]]) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.started = asyncio.Event()  # the response started (the lock taken)
         self.ended = asyncio.Event()
         self._raw = json.dumps(body).encode()
         self._delivered = False
@@ -79,20 +80,21 @@ class Exchange:
     async def _send(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             await self._on_start()
+            self.started.set()
         self.messages.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             self.ended.set()
             for _ in range(3):  # a write that yields (uvicorn's, under back-pressure): receive runs first
                 await asyncio.sleep(0)
 
-    async def until_ended(self, timeout: float) -> bool:
-        """Whether the final body message came (within ``timeout``; a failed call raises)."""
-        waiting = asyncio.ensure_future(self.ended.wait())
+    async def until(self, event: asyncio.Event, timeout: float) -> bool:
+        """Whether ``event`` came (within ``timeout``; a call that failed before it raises)."""
+        waiting = asyncio.ensure_future(event.wait())
         await asyncio.wait({waiting, self.call}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-        if self.call.done() and not self.ended.is_set():
+        if self.call.done() and not event.is_set():
             self.call.result()
-        return self.ended.is_set()
+        return event.is_set()
 
     @property
     def body(self) -> bytes:
@@ -153,9 +155,10 @@ async def test_on_a_plain_server_a_stream_ends_while_its_settle_still_waits(
     lock = BalanceLock(database_url, user.user_id)
     exchange = Exchange(stream_app, path, body, user.api_key, lock.take)
     try:
+        assert await exchange.until(exchange.started, timeout=30.0)  # (a first request may be cold)
         # the whole stream and its final body message, while the settle waits for the lock (it
         # would wait up to the statement timeout, 5 s, then be retried: the final message comes long before)
-        assert await exchange.until_ended(timeout=3.0), exchange.body
+        assert await exchange.until(exchange.ended, timeout=4.0), exchange.body
         assert exchange.messages[0]["status"] == 200
         assert last_event in exchange.body
         assert exchange.messages[-1]["type"] == "http.response.body"
@@ -180,6 +183,7 @@ async def test_in_lambda_the_final_body_message_waits_for_the_settle(
     lock = BalanceLock(database_url, user.user_id)
     exchange = Exchange(stream_app, path, body, user.api_key, lock.take)
     try:
+        assert await exchange.until(exchange.started, timeout=30.0)
         for _ in range(100):  # until the settle waits for the lock (a bound, not a timing)
             if await _lock_waiters(database_url) >= 1 or exchange.call.done():
                 break
