@@ -524,10 +524,13 @@ async def test_web_adapter_path_settles_before_the_response_ends(app: Any, make_
 
 @pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "anthropic/claude-3.5-haiku", "google/gemini-2.5-flash"])
 async def test_a_completed_stream_is_settled_once_before_its_last_byte(app: Any, make_user: Any, fake_upstream: Any,
-                                                                       database_url: str, model: str) -> None:
+                                                                       database_url: str, model: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream that completes is settled from its terminal event (issue 15 lever 27), in a task
-    of its own while the rest is sent: by its final body message it is settled exactly once, at the
-    provider's usage (the one the usage chunk reports), status ok, nothing left reserved."""
+    of its own while the rest is sent: in Lambda, by its final body message it is settled exactly
+    once, at the provider's usage (the one the usage chunk reports), status ok, nothing left
+    reserved. (On a plain server the final body message does not wait for it: test_stream_end.)"""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "mlp-test-QueryStreamFunction")
     user = await make_user("5")
     at_end: list[list[dict[str, Any]]] = []
 

@@ -73,6 +73,8 @@ async def test_stream_metrics_are_flushed_before_the_response_completes(
         pytest.skip("Powertools metrics disabled in this environment")
     registry.invalidate()
     user = await make_user(balance="5")
+    # Behind the Web Adapter: in Lambda (on a plain server a stream's settle follows its last byte)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "mlp-test-QueryStreamFunction")
     # Upstash unreachable: the rate limiter fails open and logs a warning during the request.
     monkeypatch.setenv("UPSTASH_REDIS_REST_URL", f"http://127.0.0.1:{free_port()}")
     reset_settings()

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.adapters.shapes import new_id as new_id  # re-exported: one id scheme for every surface
+from gateway.chat.responses import END_OF_BODY
 from gateway.errors import BadRequest
 
 
@@ -130,7 +131,13 @@ async def translated_stream(stream: AsyncIterator[bytes],
     """A surface's SSE events (``events``: e.g. ``messages.translate.to_events``) over the pipeline's
     chat stream (``chat.service.open_stream``). Returned started: however it ends (completed, an
     error, closed early, never iterated by a response that failed), closing it closes the pipeline's
-    stream, which is what settles the request."""
+    stream, which is what settles the request.
+
+    When the pipeline's stream yields ``END_OF_BODY`` (its last bytes sent, its settle still to
+    come: a plain server, not Lambda) the chunks end there: the surface's last frames are yielded,
+    then ``END_OF_BODY`` itself (the response sends its final body message on it), and only then is
+    the pipeline's stream closed, which awaits its settle. In Lambda it never comes: the chunks end
+    when the pipeline's stream has ended, settled, and the surface's last frames follow."""
     out = _translated(stream, events)
     await out.__anext__()  # the priming b"": from here its finally runs whatever happens
     return out
@@ -139,10 +146,22 @@ async def translated_stream(stream: AsyncIterator[bytes],
 async def _translated(stream: AsyncIterator[bytes],
                       events: Callable[[AsyncIterator[dict[str, Any]]], AsyncIterator[bytes]]
                       ) -> AsyncIterator[bytes]:
+    ended = False
+
+    async def until_end() -> AsyncIterator[bytes]:
+        nonlocal ended
+        async for piece in stream:
+            if piece is END_OF_BODY:
+                ended = True  # left suspended there: the finally below closes it (its settle)
+                return
+            yield piece
+
     try:
         yield b""
-        async for frame in events(chat_chunks(stream)):
+        async for frame in events(chat_chunks(until_end())):
             yield frame
+        if ended:
+            yield END_OF_BODY
     finally:
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:

@@ -19,6 +19,24 @@ class ClientState(Protocol):
     client_gone: bool
 
 
+class _EndOfBody(bytes):
+    """The type of :data:`END_OF_BODY` (an empty ``bytes``: a consumer that does not know it
+    skips it as it skips any empty chunk)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_BODY"
+
+
+# What a relay yields after its last bytes when nothing money-related has to happen before the
+# response completes (a plain server, not Lambda: ``chat.service._relay``): "the body is complete,
+# send its final message now; what I still do (await the settle) comes after". Told apart from
+# every other chunk by identity (``chunk is END_OF_BODY``); the surfaces that translate the relay
+# pass it on after their own last frames (``translation.translated_stream``).
+END_OF_BODY: bytes = _EndOfBody()
+
+
 class RelayResponse(StreamingResponse):
     """An SSE response that does NOT cancel its body when the client disconnects.
 
@@ -28,11 +46,21 @@ class RelayResponse(StreamingResponse):
     (bounded by the request deadline) until the provider's usage arrives, and settles. What it
     still sends goes nowhere (the server drops it, or the send fails with OSError under ASGI 2.4,
     which counts as a disconnect too); the response still ends with its final body message.
+
+    That final message (``more_body`` false: the client's end of the response) is sent when the
+    body yields :data:`END_OF_BODY`, else when it is exhausted. After the marker the body is still
+    drained to its end, within this ASGI call: on a plain server the relay settles there, so the
+    settle no longer delays the client's last byte but still ends before the call returns (as a
+    non-streaming response's ``BackgroundTask`` does); in Lambda the relay yields no marker and the
+    final message waits for the settle (the environment is frozen once the response completes).
+    Once the final message is on its way a disconnect no longer marks the client as gone (the
+    server reports one as soon as the response completed: the answer was delivered).
     """
 
     def __init__(self, call: ClientState, content: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
         super().__init__(content, media_type="text/event-stream", headers=headers)
         self.call = call
+        self.ended = False  # the final body message is (being) sent
 
     async def _watch(self, receive: Receive) -> None:
         try:
@@ -40,7 +68,8 @@ class RelayResponse(StreamingResponse):
                 pass
         except Exception:  # a server that cannot tell: a failing send (OSError) still does
             return
-        self.call.client_gone = True
+        if not self.ended:
+            self.call.client_gone = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The first chunk goes out at once (time to first byte); after it, chunks the relay yields
@@ -60,7 +89,9 @@ class RelayResponse(StreamingResponse):
             try:
                 await send(message)
             except OSError:
-                unreachable = self.call.client_gone = True
+                unreachable = True
+                if not self.ended:
+                    self.call.client_gone = True
 
         async def flush() -> None:
             while pending:
@@ -68,12 +99,22 @@ class RelayResponse(StreamingResponse):
                 pending.clear()
                 await emit({"type": "http.response.body", "body": data, "more_body": True})
 
+        async def end() -> None:
+            if flusher is not None:
+                await flusher
+            self.ended = True
+            await emit({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+
         try:
             await emit({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             loop = asyncio.get_running_loop()
             first = True
             async for chunk in self.body_iterator:
+                if self.ended:  # after the end marker: the relay's settle, nothing more to send
+                    continue
                 if not chunk:
+                    if chunk is END_OF_BODY:
+                        await end()
                     continue
                 if first:
                     first = False
@@ -85,9 +126,8 @@ class RelayResponse(StreamingResponse):
                     if flusher is not None:
                         flusher.result()  # a failed send surfaces here
                     flusher = loop.create_task(flush())
-            if flusher is not None:
-                await flusher
-            await emit({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+            if not self.ended:
+                await end()
         finally:
             if flusher is not None and not flusher.done():
                 flusher.cancel()

@@ -69,7 +69,7 @@ from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
 from ..translation import dropped_header
-from .responses import assemble
+from .responses import END_OF_BODY, assemble
 from .schema import ChatRequest, check_priced
 
 _std_logger = logging.getLogger(logger.name)  # the logging.Logger that Powertools' logger writes through
@@ -970,12 +970,20 @@ async def open_stream(call: Call) -> AsyncIterator[bytes]:
 
 async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: Any, first: dict[str, Any] | None
                  ) -> AsyncIterator[bytes]:
-    """Forward chunks as they arrive; settle before the last byte (or on failure/deadline). A client
-    that left does not stop the reading: the provider's final usage is what it bills.
+    """Forward chunks as they arrive, then settle (or on failure/deadline). A client that left does
+    not stop the reading: the provider's final usage is what it bills.
 
     A stream that completes is settled from its terminal event (``upstream.on_done``: the usage is
     final there), in a task of its own, while the upstream's body is drained, the tail framed and
-    the last chunks sent; the relay awaits that settlement before it ends (issue 15 lever 27)."""
+    the last chunks sent; the relay awaits that settlement before it ends (issue 15 lever 27).
+
+    Where the response's end is: in Lambda the relay's last bytes are its last chunk, so the final
+    body message waits for the settle (the environment is frozen once the response completes). On
+    a plain server it yields :data:`~gateway.chat.responses.END_OF_BODY` after its last bytes (the
+    tail or the error frame): ``RelayResponse`` sends the final body message on it, then keeps
+    reading, which runs this ``finally`` (the settle awaited) within the same ASGI call — the
+    settle no longer delays the client's last byte but is never detached from the request, as a
+    non-streaming response's ``BackgroundTask`` (``respond``)."""
     ttfb_ms = int((time.perf_counter() - call.started) * 1000)
     status, error = "cancelled", None
     timer = _arm_deadline(call, upstream)
@@ -1014,9 +1022,11 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
             status = "cancelled" if call.client_gone else "ok"
         if error is not None:
             yield call.wire.error_frame(error)
-            return
-        for tail in call.wire.tail(call, c, first, upstream.usage):
-            yield tail
+        else:
+            for tail in call.wire.tail(call, c, first, upstream.usage):
+                yield tail
+        if not in_lambda():
+            yield END_OF_BODY
     finally:
         timer.cancel()
         upstream.on_done = None
