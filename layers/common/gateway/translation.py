@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.adapters.shapes import new_id as new_id  # re-exported: one id scheme for every surface
-from gateway.chat.responses import END_OF_BODY
 from gateway.errors import BadRequest
 
 
@@ -123,6 +122,25 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
         obj = _chunk_of(event.data)
         if obj is not None:
             yield obj
+
+
+class _EndOfBody(bytes):
+    """The type of :data:`END_OF_BODY` (an empty ``bytes``: a consumer that does not know it
+    skips it as it skips any empty chunk)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_BODY"
+
+
+# What a relay yields after its last bytes when nothing money-related has to happen before the
+# response completes (a plain server, not Lambda: ``chat.service._relay``): "the body is complete,
+# send its final message now; what I still do (await the settle) comes after". Told apart from
+# every other chunk by identity (``chunk is END_OF_BODY``); the surfaces that translate the relay
+# pass it on after their own last frames (``translated_stream``). Defined here, below ``chat``,
+# because both the chat relay and this room's ``translated_stream`` use it.
+END_OF_BODY: bytes = _EndOfBody()
 
 
 async def translated_stream(stream: AsyncIterator[bytes],

@@ -13,28 +13,11 @@ from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from ..adapters.shapes import new_id, now
+from ..translation import END_OF_BODY
 
 
 class ClientState(Protocol):
     client_gone: bool
-
-
-class _EndOfBody(bytes):
-    """The type of :data:`END_OF_BODY` (an empty ``bytes``: a consumer that does not know it
-    skips it as it skips any empty chunk)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "END_OF_BODY"
-
-
-# What a relay yields after its last bytes when nothing money-related has to happen before the
-# response completes (a plain server, not Lambda: ``chat.service._relay``): "the body is complete,
-# send its final message now; what I still do (await the settle) comes after". Told apart from
-# every other chunk by identity (``chunk is END_OF_BODY``); the surfaces that translate the relay
-# pass it on after their own last frames (``translation.translated_stream``).
-END_OF_BODY: bytes = _EndOfBody()
 
 
 class RelayResponse(StreamingResponse):
