@@ -315,20 +315,5 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-# ``os.environ``'s own store of the environment (CPython's ``_Environ._data``, kept in step with
-# every change made through ``os.environ``), keyed as it encodes names. ``name in os.environ`` goes
-# through ``Mapping.__contains__``, which raises and catches a ``KeyError`` when the name is absent
-# (~1.5 µs, on every non-streaming answer outside Lambda); the dict lookup answers the same.
-_ENVIRON_DATA: Mapping[Any, Any] | None = getattr(os.environ, "_data", None)
-_LAMBDA_NAME_KEY: Any = None
-if _ENVIRON_DATA is not None:
-    try:
-        _LAMBDA_NAME_KEY = os.environ.encodekey("AWS_LAMBDA_FUNCTION_NAME")  # type: ignore[attr-defined]
-    except AttributeError:
-        _ENVIRON_DATA = None
-
-
 def in_lambda() -> bool:
-    if _ENVIRON_DATA is not None:
-        return _LAMBDA_NAME_KEY in _ENVIRON_DATA
     return "AWS_LAMBDA_FUNCTION_NAME" in os.environ
