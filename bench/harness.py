@@ -13,6 +13,7 @@ import asyncio
 import math
 import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -45,6 +46,7 @@ async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total
     latencies: list[float] = []
     ttfbs: list[float] = []
     errors = 0
+    kinds: dict[int, tuple[int, bytes]] = {}  # non-200 status -> (how many, the first body)
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as session:
         for _ in range(warmup):  # connections, caches, prepared statements
@@ -58,21 +60,27 @@ async def measure(url: str, headers: dict[str, str], body: dict[str, Any], total
                 remaining -= 1
                 t0 = time.perf_counter()
                 async with session.post(url, json=body, headers=headers) as r:
+                    data = b""
                     if stream:
                         first = True
                         async for _chunk in r.content.iter_any():
                             if first:
                                 ttfbs.append(time.perf_counter() - t0)
                                 first = False
+                                data = _chunk
                     else:
-                        await r.read()
+                        data = await r.read()
                     if r.status != 200:
                         errors += 1
+                        seen, first_body = kinds.get(r.status, (0, data))
+                        kinds[r.status] = (seen + 1, first_body)
                 latencies.append(time.perf_counter() - t0)
 
         started = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         elapsed = time.perf_counter() - started
+    for status, (seen, first_body) in sorted(kinds.items()):  # what failed, on the log (not in the figures)
+        print(f"… {seen} x {status} from {url} (c={concurrency}): {first_body[:300]!r}", file=sys.stderr, flush=True)
     out = {"p50": statistics.median(latencies) * 1000, "p99": percentile(latencies, 99) * 1000,
            "mean": statistics.fmean(latencies) * 1000, "rps": len(latencies) / elapsed, "errors": errors}
     if ttfbs:

@@ -222,13 +222,14 @@ def compile_sources() -> None:
         "layers/common/gateway", "functions", "bench", "infra"))], check=True, capture_output=True)
 
 
-def spawn_once(peer: Peer) -> float:
+def spawn_once(peer: Peer, svc: Services) -> float:
     """Seconds from exec to the first 200 on the chat route (the measured runs' figure, alone)."""
     proc = spawn(peer.key, peer.argv, env=peer.env, cwd=peer.cwd)
     try:
         return wait_until(proc, peer.url, body=chat_body(), headers=peer.headers, timeout=120)
     finally:
         proc.stop()
+        svc.release_left_holds()
 
 
 async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_slow16: int,
@@ -263,6 +264,7 @@ async def run_peer(peer: Peer, svc: Services, n: int, n16: int, n_slow: int, n_s
                       upstash_per_req)
     finally:
         proc.stop()
+        svc.release_left_holds()
 
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
@@ -375,7 +377,7 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
                 if key in skipped:
                     continue
                 try:
-                    spawns[key].append(spawn_once(build_peer(key, svc, args)))
+                    spawns[key].append(spawn_once(build_peer(key, svc, args), svc))
                 except (PeerUnavailable, RuntimeError) as exc:
                     skipped[key] = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
                     print(f"!! skipping {key}: {skipped[key]}", flush=True)

@@ -134,6 +134,26 @@ class Services:
     def openai_base(self) -> str:
         return f"{self.upstream}/openai/v1"
 
+    def release_left_holds(self) -> int:
+        """Give back the carried holds a stopped gateway process left (docs/money.md "Carried
+        holds"): as the sweeper would once they are past their time (``CARRY_HOLD_S``), but now.
+        Every process of a run serves the same user, and each one stopped leaves up to
+        ``CARRY_PER_KEY`` idle holds for 30 s, counted among the user's requests in flight: a run
+        that starts the next process at once would otherwise meet the in-flight cap (429) at c=16,
+        which a user whose containers are not killed every few seconds does not. Through the money
+        function itself (``mlp_release_standing``), so the books stay balanced."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            keys = conn.execute(
+                "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                "WHERE user_id = %s AND standing_until IS NOT NULL RETURNING api_key_id",
+                (self.user_id,)).fetchall()
+            released = 0
+            for (key_id,) in set(keys):
+                row = conn.execute("SELECT mlp_release_standing(%s, %s, NULL, date_trunc('month', "
+                                   "now() AT TIME ZONE 'UTC')::date)", (self.user_id, key_id)).fetchone()
+                released += row[0] if row else 0
+            return released
+
     def gateway_env(self, **extra: str) -> dict[str, str]:
         """Environment for our functions: the local stage, these services, logs at ERROR."""
         env = {k: v for k, v in os.environ.items()
