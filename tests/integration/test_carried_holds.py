@@ -5,6 +5,7 @@ Postgres, the Upstash bridge and the fake providers; the books are checked after
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -16,8 +17,10 @@ import pytest
 from gateway import db
 from gateway.account.keys import key_reservation_drift
 from gateway.chat import service
+from gateway.config import reset_settings
 from gateway.money import ledger, sweeper
 from gateway.money.pricing import to_credit
+from infra.local.servers import free_port
 from tests.integration.test_chat_money import ask, balance, direct, records, wait_for
 from tests.support.apps import function_fixtures
 
@@ -425,4 +428,66 @@ async def test_a_request_on_a_capped_key_whose_idle_hold_was_given_back_is_charg
     [key] = direct(database_url, "SELECT spent, reserved FROM api_keys WHERE id = %s", user.key_id)
     assert (key["spent"], key["reserved"]) == (D("0.3"), 0)
     assert [d for d in await key_reservation_drift() if d["id"] == user.key_id] == []
+    await books_balance(user.user_id)
+
+
+async def _stop(app: Any) -> list[str]:
+    """The ASGI lifespan as uvicorn drives it when the process is stopped gracefully."""
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent
+
+
+async def test_a_process_that_stops_gives_back_the_holds_it_carried(
+        app: Any, api: Any, carrying: Any, make_user: Any, database_url: str) -> None:
+    user = await make_user("5")
+    other = await make_user("5")
+    for who in (user, user, other):
+        assert (await ask(api, who, MODEL, "one [[words:3]]")).status_code == 200
+    assert len(standing(database_url, user.user_id)) == 1 and len(standing(database_url, other.user_id)) == 1
+    assert balance(database_url, user.user_id)["period_requests"] == 3  # two requests and the idle hold
+
+    assert await _stop(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    for who, requests in ((user, 2), (other, 1)):
+        assert standing(database_url, who.user_id) == []
+        b = balance(database_url, who.user_id)
+        # released unbilled: no credit held, nothing in flight, the quota request given back
+        assert (b["reserved"], b["in_flight"], b["period_requests"]) == (0, 0, requests)
+        assert b["balance"] == D("5") - sum(r["charge"] for r in records(database_url, who.user_id))
+        await books_balance(who.user_id)
+    assert len(service._carried()) == 0
+
+
+async def test_a_stop_that_cannot_reach_the_database_leaves_the_holds_to_the_sweeper(
+        app: Any, api: Any, carrying: Any, make_user: Any, database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await make_user("5")
+    assert (await ask(api, user, MODEL, "one [[words:3]]")).status_code == 200
+    [held] = standing(database_url, user.user_id)
+
+    reachable = os.environ["DATABASE_URL"]
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nope")  # the database gone
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT_S", "1")
+    reset_settings()
+    await db.close_pool()
+    try:
+        assert await _stop(app) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]  # the stop goes on
+    finally:
+        monkeypatch.setenv("DATABASE_URL", reachable)
+        monkeypatch.delenv("DB_CONNECT_TIMEOUT_S")
+        reset_settings()
+        await db.close_pool()
+    assert [r["request_id"] for r in standing(database_url, user.user_id)] == [held["request_id"]]
+    backdate(database_url, "UPDATE reservations SET standing_until = now() - interval '1 second' "
+                           "WHERE request_id = %s", held["request_id"])
+    assert await ledger.release_idle_standing() >= 1  # the sweeper's pass
+    assert standing(database_url, user.user_id) == []
     await books_balance(user.user_id)

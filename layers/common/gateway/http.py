@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 
 from .config import Settings, get_settings
 from .errors import BadRequest, GatewayError, InternalError, PayloadTooLarge
-from .loops import BEFORE_LAST_BYTE, before_last_byte
+from .loops import BEFORE_LAST_BYTE, at_shutdown, before_last_byte
 from .observability import logger
 
 if TYPE_CHECKING:  # FastAPI is imported by create_app only: the query function runs without it (LeanApp)
@@ -783,12 +783,14 @@ class LeanApp:
 
 
 async def lifespan_without_work(receive: Receive, send: Send) -> None:
-    """The ASGI lifespan of an app with no startup or shutdown work (Starlette's, for such an app)."""
+    """The ASGI lifespan of an app with no startup work (Starlette's, for such an app); at shutdown
+    it runs ``loops.AT_SHUTDOWN`` (e.g. the carried holds given back: ``chat.service``)."""
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await at_shutdown()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

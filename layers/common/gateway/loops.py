@@ -5,12 +5,14 @@ handlers may run a new loop per call, and asyncio objects (locks, pools, HTTP se
 cross loops. :class:`PerLoop` holds one value for the running loop and makes a fresh one when the
 loop changed (or the old one is no longer alive); :func:`run_in_container_loop` is the scheduled
 handlers' one loop per container. :data:`BEFORE_LAST_BYTE` is the work a request started that its
-response must wait for.
+response must wait for; :data:`AT_SHUTDOWN` the work a serving process does when it is stopped
+gracefully.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
@@ -98,3 +100,20 @@ async def before_last_byte() -> None:
         waiting = pending()
         if waiting is not None:
             await waiting
+
+
+# Work a serving process does when it is stopped gracefully: uvicorn's lifespan shutdown (SIGTERM on
+# a plain server; behind the Web Adapter, when Lambda shuts the environment down), after the last
+# request ended. Coroutine functions, each run within AT_SHUTDOWN_TIMEOUT_S; each logs its own
+# failures, and what one leaves undone must be safe to leave (a sweeper's job later).
+AT_SHUTDOWN: list[Callable[[], Awaitable[None]]] = []
+AT_SHUTDOWN_TIMEOUT_S = 1.0
+
+
+async def at_shutdown() -> None:
+    """Run :data:`AT_SHUTDOWN`, each bounded; a failure or a timeout never stops the shutdown."""
+    for work in list(AT_SHUTDOWN):
+        try:
+            await asyncio.wait_for(work(), AT_SHUTDOWN_TIMEOUT_S)
+        except Exception:  # (TimeoutError too) the rest still runs (stdlib logging: observability is a sibling room)
+            logging.getLogger(__name__).warning("shutdown work %s did not finish", work.__qualname__, exc_info=True)

@@ -63,6 +63,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..http import CompactJSONResponse
+from ..loops import AT_SHUTDOWN
 from ..money import ledger
 from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
@@ -444,6 +445,24 @@ def _carried() -> Carried:
     if _carried_holds is None:
         _carried_holds = Carried(per_key=get_settings().carry_per_key)
     return _carried_holds
+
+
+async def release_carried_holds() -> None:
+    """At shutdown (``loops.AT_SHUTDOWN``: the last request has ended), give back the carried holds
+    this process keeps: no one here will use them, and until the sweeper releases them (past
+    ``carry_hold_s``) they count against their user's credit, requests in flight and monthly quota.
+    What fails here is left to the sweeper (nothing is lost: an idle hold is released unbilled)."""
+    if _carried_holds is None:
+        return
+    for (user_ref, key_ref), ids in _carried_holds.drain().items():
+        try:  # (the holder's ids as text: a session without an API key is "None")
+            await ledger.release_standing(str(user_ref), None if key_ref == "None" else str(key_ref), ids)
+        except Exception as exc:
+            logger.warning("carried holds left to the sweeper at shutdown", extra={
+                "user_id": user_ref, "holds": len(ids), "error": type(exc).__name__})
+
+
+AT_SHUTDOWN.append(release_carried_holds)
 
 
 async def _both(reserve: Coroutine[Any, Any, Any], limit: Coroutine[Any, Any, ratelimit.Decision]

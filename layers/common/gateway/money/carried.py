@@ -109,5 +109,10 @@ class Carried:
                 del self._held[key]
         self._held.setdefault(who, []).append(standing)
 
+    def drain(self) -> dict[Principal, list[str]]:
+        """Remove and return the ids of every standing reservation kept here (the process stops)."""
+        held, self._held = self._held, {}
+        return {who: [s.request_id for s in standings] for who, standings in held.items() if standings}
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._held.values())

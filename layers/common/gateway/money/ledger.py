@@ -625,6 +625,16 @@ SELECT DISTINCT user_id, api_key_id FROM reservations WHERE standing_until < now
 """
 
 
+async def release_standing(user_id: str, api_key_id: str | None, ids: Sequence[str]) -> int:
+    """Give back these standing reservations (carried holds) of a user and key while they are idle,
+    and any of the user's past their time: no charge, no usage record, the quota request and the
+    in-flight slot returned (mlp_release_standing: it never waits on a reservation a request is
+    using). For a process that stops with holds it will never use (``chat.service``)."""
+    row = await db.fetchone("SELECT mlp_release_standing(%s, %s, %s, %s) AS n",
+                            (user_id, api_key_id, list(ids), period_start()))
+    return row["n"] if row else 0
+
+
 async def release_idle_standing(*, limit: int = 1000) -> int:
     """Give back standing reservations (carried holds, migration 0012) idle past their time: no
     charge, no usage record, the quota request and the in-flight slot returned. One statement per
