@@ -746,17 +746,22 @@ async def test_requests_served_while_postgres_is_away_are_settled_when_it_return
     assert records(database_url, user.user_id) == []  # not settled yet: the database is away
     assert len(direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id)) == 1
     flaky_database.set_mode("forward")
-    # the next request of this container settles itself and then the deferred one
-    while True:
-        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
-        if r.status_code == 200:
-            break
-        assert r.status_code == 503, r.text
-        await asyncio.sleep(0.2)
+    await _next_request_served(api, user)  # it settles itself, then the deferred one
     rows = await wait_for(lambda: [x for x in records(database_url, user.user_id) if x["completion_tokens"] == 7])
     assert rows[0]["status"] == "ok" and rows[0]["estimated"] is False  # the real usage, not a guess
     assert balance(database_url, user.user_id)["reserved"] == 0
     assert not service._deferred
+
+
+async def _next_request_served(api: Any, user: Any) -> None:
+    """The container's next request, sent until the database answers again (503 meanwhile): once
+    served, it has settled itself and then what the container deferred."""
+    while True:
+        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
+        if r.status_code == 200:
+            return
+        assert r.status_code == 503, r.text
+        await asyncio.sleep(0.2)
 
 
 async def test_a_stream_whose_settle_cannot_reach_postgres_still_ends_and_is_settled_later(
@@ -795,12 +800,7 @@ async def test_a_stream_whose_settle_cannot_reach_postgres_still_ends_and_is_set
     assert records(database_url, user.user_id) == []  # not settled yet: the database is away
     assert len(direct(database_url, "SELECT 1 FROM reservations WHERE user_id = %s", user.user_id)) == 1
     flaky_database.set_mode("forward")
-    while True:
-        r = await ask(api, user, "openai/gpt-4o-mini", "[[words:2]]")
-        if r.status_code == 200:
-            break
-        assert r.status_code == 503, r.text
-        await asyncio.sleep(0.2)
+    await _next_request_served(api, user)
     rows = await wait_for(lambda: [x for x in records(database_url, user.user_id) if x["completion_tokens"] == 7])
     assert rows[0]["status"] == "ok" and rows[0]["stream"] is True and rows[0]["estimated"] is False
     assert balance(database_url, user.user_id)["reserved"] == 0

@@ -10,7 +10,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 
 from gateway import auth, observability
@@ -74,23 +73,6 @@ def test_in_lambda_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert observability.in_lambda() is ("AWS_LAMBDA_FUNCTION_NAME" in __import__("os").environ) is True
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
     assert observability.in_lambda() is False
-
-
-async def test_the_settle_after_the_response_runs_as_a_background_task_would(monkeypatch: pytest.MonkeyPatch
-                                                                              ) -> None:
-    calls: list[tuple[Any, ...]] = []
-
-    async def finish(call: Any, record: Any) -> None:
-        await asyncio.sleep(0)
-        calls.append((call, record))
-
-    monkeypatch.setattr(service, "finish_shielded", finish)
-    call, record = object(), object()
-    ours = service._Settled(call, record)  # type: ignore[arg-type]
-    assert isinstance(ours, BackgroundTask)  # what Response.background holds
-    await BackgroundTask(finish, call, record)()
-    await ours()
-    assert calls == [(call, record), (call, record)]
 
 
 def _record(status: str = "ok") -> Any:

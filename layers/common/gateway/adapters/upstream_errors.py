@@ -250,18 +250,18 @@ def _httpx() -> Any:
     return sys.modules.get("httpx")
 
 
-def _aiohttp() -> Any:
-    """aiohttp when something imported it (the catalog's httpx transport runs on it), else None:
-    the upstream calls raise the client's own errors (``gateway.upstream_http``), with aiohttp's
-    names and meaning, and the query path never imports aiohttp."""
-    return sys.modules.get("aiohttp")
+def _client_errors(*names: str) -> tuple[type[BaseException], ...]:
+    """The upstream client's error classes of these names, and aiohttp's of the same names when
+    something imported aiohttp (the catalog's httpx transport runs on it): the upstream calls raise
+    the client's own errors (``gateway.upstream_http``, with aiohttp's names and meaning), and the
+    query path never imports aiohttp."""
+    modules = (_http, sys.modules.get("aiohttp"))
+    return tuple(cls for module in modules if module is not None
+                 for name in names if (cls := getattr(module, name, None)) is not None)
 
 
 def is_transport_error(exc: BaseException) -> bool:
-    if isinstance(exc, (_http.ClientError, asyncio.TimeoutError, ConnectionError)):
-        return True
-    aiohttp = _aiohttp()
-    if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, (*_client_errors("ClientError"), asyncio.TimeoutError, ConnectionError)):
         return True
     httpx = _httpx()
     return httpx is not None and isinstance(exc, httpx.TransportError)
@@ -270,10 +270,7 @@ def is_transport_error(exc: BaseException) -> bool:
 def is_stale_connection_error(exc: BaseException) -> bool:
     """The pooled keep-alive connection was closed by the server before it answered."""
     httpx = _httpx()
-    stale: tuple[type[BaseException], ...] = (_http.ServerDisconnectedError, ConnectionResetError)
-    aiohttp = _aiohttp()
-    if aiohttp is not None:
-        stale += (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError)
+    stale = (*_client_errors("ServerDisconnectedError", "ClientConnectionResetError"), ConnectionResetError)
     if httpx is not None:
         stale += (httpx.RemoteProtocolError,)
     return any(isinstance(e, stale) for e in _chain(exc))
@@ -290,16 +287,11 @@ def error_from_transport(provider: str, exc: BaseException, *, mid_stream: bool 
     where = "while answering" if mid_stream else "before answering"
     chain = list(_chain(exc))
     timeout = connect = False
-    aiohttp = _aiohttp()
-    ours: tuple[type[BaseException], ...] = (_http.ClientError,)
-    if aiohttp is not None:
-        ours += (aiohttp.ClientError,)
-    root = next((e for e in chain if isinstance(e, ours)), None)
+    client = _client_errors("ClientError")
+    root = next((e for e in chain if isinstance(e, client)), None)
     if root is not None:  # the original client error decides
-        timeout = isinstance(root, _http.ServerTimeoutError) or (
-            aiohttp is not None and isinstance(root, aiohttp.ServerTimeoutError))
-        connect = not timeout and (isinstance(root, _http.ClientConnectorError) or (
-            aiohttp is not None and isinstance(root, aiohttp.ClientConnectorError)))
+        timeout = isinstance(root, _client_errors("ServerTimeoutError"))
+        connect = not timeout and isinstance(root, _client_errors("ClientConnectorError"))
     else:
         httpx = _httpx()
         for e in chain:

@@ -876,21 +876,8 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
     if in_lambda():
         await finish_shielded(call, record)
     else:
-        rendered.background = _Settled(call, record)
+        rendered.background = BackgroundTask(finish_shielded, call, record)
     return rendered
-
-
-class _Settled(BackgroundTask):
-    """``BackgroundTask(finish_shielded, call, record)`` without the check Starlette's constructor
-    makes of every function it is given (``is_async_callable``): ``finish_shielded`` is a
-    coroutine function, awaited when the response has been sent."""
-
-    def __init__(self, call: Call, record: ledger.UsageRecord) -> None:  # nothing of Starlette's to run
-        self.call = call
-        self.record = record
-
-    async def __call__(self) -> None:
-        await finish_shielded(self.call, self.record)
 
 
 async def complete_buffered(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
