@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import select
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -502,10 +503,11 @@ class _Answers:
     (level-triggered, it would fire on every loop iteration); the next wait starts another.
     ``_Connection.close`` ends it before the socket closes."""
 
-    __slots__ = ("fd", "loop", "waiter")
+    __slots__ = ("fd", "loop", "source", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fileno: int) -> None:
         self.loop = loop
+        self.source = fileno  # the connection's own socket
         self.waiter: asyncio.Future[None] | None = None
         self.fd = os.dup(fileno)
         try:
@@ -516,10 +518,11 @@ class _Answers:
 
     def _ready(self) -> None:
         waiter = self.waiter
-        if waiter is None:
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.fd >= 0 and _readable(self.fd):  # not an event the loop saw before a wait read it
             self.close()
-        elif not waiter.done():
-            waiter.set_result(None)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -533,6 +536,13 @@ class _Answers:
 def _resume(gen: Any, first: Any) -> Any:
     """``_Resume(gen, first)``, typed as the generator ``conn.wait`` takes."""
     return _Resume(gen, first)
+
+
+def _readable(fd: int) -> bool:
+    """Data (or the end of the stream) waits on ``fd`` right now."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 class _Resume:
@@ -568,39 +578,42 @@ _READY_R = waiting.READY_R
 
 
 async def _wait(conn: psycopg.AsyncConnection[Any], gen: Any) -> Any:
-    """``conn.wait(gen)`` for a hot statement: the answer awaited on the connection's standing
-    ``_Answers`` watch. Anything but a plain wait for the answer (a send that would block, an
-    interruption) is handed to ``conn.wait`` where it stands."""
+    """``conn.wait(gen)`` for a hot statement: its answer awaited on the connection's standing
+    ``_Answers`` watch. The socket is polled before each wait: what is already there (the answer,
+    an error, the end of the stream: an event loop may stop a watch on the last two without calling
+    it) is read at once instead of waited for. Anything else than a wait for the answer (a send
+    that would block, an interruption) is handed to ``conn.wait`` where it stands."""
     try:
         state = next(gen)
     except StopIteration as done:
         return done.value
-    if state != _WAIT_R:
-        return await conn.wait(_resume(gen, state))
     loop = asyncio.get_running_loop()
+    pgconn = conn.pgconn
     answers: _Answers | None = getattr(conn, "answers", None)
-    if answers is None or answers.fd < 0 or answers.loop is not loop:
-        if answers is not None:
-            answers.close()
-        try:
-            answers = conn.answers = _Answers(loop, conn.pgconn.socket)  # type: ignore[attr-defined]
-        except OSError as exc:
-            raise psycopg.OperationalError("connection socket closed") from exc
     while True:
-        waiter = answers.waiter = loop.create_future()
-        try:
-            await waiter
-        except BaseException as exc:
+        if state != _WAIT_R:
+            return await conn.wait(_resume(gen, state))
+        fileno = pgconn.socket  # OperationalError once libpq has dropped the connection
+        if answers is None or answers.source != fileno or answers.fd < 0 or answers.loop is not loop:
+            if answers is not None:
+                answers.close()
+            try:
+                answers = conn.answers = _Answers(loop, fileno)  # type: ignore[attr-defined]
+            except OSError as exc:
+                raise psycopg.OperationalError("connection socket closed") from exc
+        if not _readable(answers.fd):
+            waiter = answers.waiter = loop.create_future()
+            try:
+                await waiter
+            except BaseException as exc:
+                answers.waiter = None
+                answers.close()
+                return await conn.wait(_resume(gen, exc))
             answers.waiter = None
-            answers.close()
-            return await conn.wait(_resume(gen, exc))
-        answers.waiter = None
         try:
             state = gen.send(_READY_R)
         except StopIteration as done:
             return done.value
-        if state != _WAIT_R:
-            return await conn.wait(_resume(gen, state))
 
 
 async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
