@@ -36,15 +36,14 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import select
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from psycopg import generators, pq, waiting
+from psycopg import generators, pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -166,13 +165,6 @@ class _Connection(psycopg.AsyncConnection[Any]):
 
     prepared_here: set[bytes]  # the names of the ``Statement``s prepared on this connection
     utf8: bool  # the client encoding is UTF-8 (``call``'s parameters are UTF-8 text)
-    answers: _Answers | None = None  # the socket watch of ``call``'s waits (``_wait``)
-
-    async def close(self) -> None:
-        if self.answers is not None:  # before the socket closes: its number may be reused at once
-            self.answers.close()
-            self.answers = None
-        await super().close()
 
 
 def connect_kwargs(settings: Settings, *, pooled: bool | None = None) -> dict[str, Any]:
@@ -492,130 +484,6 @@ def _result(conn: psycopg.AsyncConnection[Any], results: list[pq.abc.PGresult],
     raise psycopg.InternalError(f"unexpected result status: {pq.ExecStatus(res.status).name}")
 
 
-class _Answers:
-    """A standing watch on a connection's socket for ``call``'s waits (``_wait``): psycopg's
-    ``wait_async`` adds a reader to the event loop and removes it again on every wait (under uvloop a
-    poll handle made and closed, ~8 syscalls: 1 ``ioctl``, 6 ``epoll_ctl``, 1 ``io_uring_enter``);
-    this one stays for the connection's life. It watches a ``dup`` of the socket, so psycopg's own
-    waits on the connection (cursors, the pool's checks, a cancelled call's drain) add and remove
-    their reader on the socket's own number without touching it. The socket ready while nobody
-    waits here (psycopg reading it, the server closing an idle connection, a notice) ends the watch
-    (level-triggered, it would fire on every loop iteration); the next wait starts another.
-    ``_Connection.close`` ends it before the socket closes."""
-
-    __slots__ = ("fd", "loop", "source", "waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fileno: int) -> None:
-        self.loop = loop
-        self.source = fileno  # the connection's own socket
-        self.waiter: asyncio.Future[None] | None = None
-        self.fd = os.dup(fileno)
-        try:
-            loop.add_reader(self.fd, self._ready)
-        except BaseException:
-            os.close(self.fd)
-            raise
-
-    def _ready(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            if not waiter.done():
-                waiter.set_result(None)
-        elif self.fd >= 0 and _readable(self.fd):  # not an event the loop saw before a wait read it
-            self.close()
-
-    def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd < 0:
-            return
-        with suppress(Exception):  # the loop is closed: its watches are gone with it
-            self.loop.remove_reader(fd)
-        os.close(fd)
-
-
-def _resume(gen: Any, first: Any) -> Any:
-    """``_Resume(gen, first)``, typed as the generator ``conn.wait`` takes."""
-    return _Resume(gen, first)
-
-
-def _readable(fd: int) -> bool:
-    """Data (or the end of the stream) waits on ``fd`` right now."""
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
-
-
-class _Resume:
-    """The rest of a psycopg generator for ``conn.wait``: first the state ``_wait`` left it in (or
-    the exception that interrupted ``_wait``, which psycopg then handles as if its own wait had been
-    interrupted: a cancel sent to the server, the result drained, or the connection closed), then
-    the generator itself."""
-
-    __slots__ = ("first", "gen")
-
-    def __init__(self, gen: Any, first: Any) -> None:
-        self.gen = gen
-        self.first = first
-
-    def __iter__(self) -> _Resume:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
-
-    def send(self, value: Any) -> Any:
-        first = self.first
-        if first is not None:
-            self.first = None
-            if isinstance(first, BaseException):
-                raise first
-            return first
-        return self.gen.send(value)
-
-
-_WAIT_R = waiting.WAIT_R
-_READY_R = waiting.READY_R
-
-
-async def _wait(conn: psycopg.AsyncConnection[Any], gen: Any) -> Any:
-    """``conn.wait(gen)`` for a hot statement: its answer awaited on the connection's standing
-    ``_Answers`` watch. The socket is polled before each wait: what is already there (the answer,
-    an error, the end of the stream: an event loop may stop a watch on the last two without calling
-    it) is read at once instead of waited for. Anything else than a wait for the answer (a send
-    that would block, an interruption) is handed to ``conn.wait`` where it stands."""
-    try:
-        state = next(gen)
-    except StopIteration as done:
-        return done.value
-    loop = asyncio.get_running_loop()
-    pgconn = conn.pgconn
-    answers: _Answers | None = getattr(conn, "answers", None)
-    while True:
-        if state != _WAIT_R:
-            return await conn.wait(_resume(gen, state))
-        fileno = pgconn.socket  # OperationalError once libpq has dropped the connection
-        if answers is None or answers.source != fileno or answers.fd < 0 or answers.loop is not loop:
-            if answers is not None:
-                answers.close()
-            try:
-                answers = conn.answers = _Answers(loop, fileno)  # type: ignore[attr-defined]
-            except OSError as exc:
-                raise psycopg.OperationalError("connection socket closed") from exc
-        if not _readable(answers.fd):
-            waiter = answers.waiter = loop.create_future()
-            try:
-                await waiter
-            except BaseException as exc:
-                answers.waiter = None
-                answers.close()
-                return await conn.wait(_resume(gen, exc))
-            answers.waiter = None
-        try:
-            state = gen.send(_READY_R)
-        except StopIteration as done:
-            return done.value
-
-
 async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
                    params: Sequence[bytes | None]) -> pq.abc.PGresult:
     for p in params:  # libpq reads a text parameter up to its first NUL: never truncate one silently
@@ -627,19 +495,19 @@ async def _call_on(conn: psycopg.AsyncConnection[Any], statement: Statement,
         params = [None if p is None else bytes(p).decode().encode(encoding) for p in params]
     if conn.prepare_threshold is None:  # through a pooler: nothing named
         pgconn.send_query_params(statement.sql, params)
-        return _result(conn, await _wait(conn, generators.execute(pgconn)), _TUPLES_OK)
+        return _result(conn, await conn.wait(generators.execute(pgconn)), _TUPLES_OK)
     prepared = getattr(conn, "prepared_here", None)
     if prepared is None:
         prepared = conn.prepared_here = set()  # type: ignore[attr-defined]
     for attempt in (1, 2):
         if statement.name not in prepared:
             pgconn.send_prepare(statement.name, statement.sql)
-            results = await _wait(conn, generators.execute(pgconn))
+            results = await conn.wait(generators.execute(pgconn))
             if _sqlstate(results) != _ALREADY_PREPARED:  # e.g. by a call cancelled after its Parse
                 _result(conn, results, _COMMAND_OK)
             prepared.add(statement.name)
         pgconn.send_query_prepared(statement.name, params)
-        results = await _wait(conn, generators.execute(pgconn))
+        results = await conn.wait(generators.execute(pgconn))
         if attempt == 1 and _sqlstate(results) == _NO_SUCH_STATEMENT:
             prepared.discard(statement.name)  # gone from the server: prepare it again (nothing ran)
             continue
