@@ -341,7 +341,8 @@ async def test_waves_of_concurrent_requests_on_carried_holds_keep_the_books_exac
     b = balance(database_url, user.user_id)
     assert b["balance"] == D("5") - sum(r["charge"] for r in rows)
     assert (b["reserved"], b["in_flight"]) == (sum(c["amount"] for c in carried), len(carried))
-    assert len(carried) <= 4  # CARRY_PER_KEY idle ones at most in this container
+    # at most CARRY_PER_KEY opened by settles, and beside reserves while more requests than holds ran
+    assert len(carried) <= 11
     await books_balance(user.user_id)
 
 

@@ -96,3 +96,48 @@ def test_with_combined_statements_a_hold_is_claimed_while_others_of_the_key_run(
     assert not store.claim(WHO)
     assert store.claim(WHO, concurrent=True) and store.claim(WHO, concurrent=True)
     assert not store.claim(WHO, concurrent=True)  # the per-key bound still counts settles opening one
+
+
+def test_a_lone_reserve_never_asks_for_a_hold() -> None:
+    """Lambda (one request per container) and a c=1 client: no other request of the key in flight."""
+    store = Carried(clock=Clock())
+    assert not store.reserving(WHO)
+    store.reserved(WHO, False, None)
+    # c=1 on a plain server: the previous request's settle still runs, opening the hold this one
+    # will find next time
+    store.begin(WHO)
+    assert store.claim(WHO, concurrent=True)
+    assert not store.reserving(WHO)  # one other in flight, one hold being opened: enough
+    store.reserved(WHO, False, None)
+    assert len(store) == 0 and store._opening == {WHO: 1} and store._reserving == {}
+
+
+def test_a_reserve_asks_for_a_hold_while_its_key_has_more_requests_in_flight_than_holds() -> None:
+    store = Carried(per_key=4, clock=Clock())
+    for _ in range(4):
+        store.begin(WHO)  # four running (on the holds left by the warm-up)
+    # a burst of 12 reserves: each counts the running ones and the reserves before it
+    asks = [store.reserving(WHO) for _ in range(12)]
+    assert all(asks)  # 4 + k others against k holds being opened: always more requests than holds
+    assert store._opening[WHO] == 12 and store._reserving[WHO] == 12
+    assert not store.claim(WHO, concurrent=True)  # settles still bounded by per_key (holds being opened count)
+    for i in range(12):  # the database opened every other one
+        store.reserved(WHO, True, Standing(f"hold_{i}", D("1"), "free", usable_until=2000) if i % 2 else None)
+    assert len(store) == 6 and WHO not in store._opening and WHO not in store._reserving
+    assert store.take(("user-2", "key-9"), D("1")) is None  # another key's holds are its own
+
+
+def test_the_holds_a_reserve_asks_for_are_bounded() -> None:
+    store = Carried(per_key=4, clock=Clock(), per_key_reserving=3)
+    for _ in range(10):
+        store.begin(WHO)
+    assert [store.reserving(WHO) for _ in range(5)] == [True, True, True, False, False]
+    for i in range(3):
+        store.reserved(WHO, True, Standing(f"hold_{i}", D("1"), "free", usable_until=2000))
+    store.reserved(WHO, False, None)
+    store.reserved(WHO, False, None)
+    assert len(store) == 3 and not store.reserving(WHO)  # 3 held: at the bound
+    store.reserved(WHO, False, None)
+    assert store.take(WHO, D("1")) is not None and store.reserving(WHO)  # one taken: room again
+    store.reserved(WHO, True, None)
+    assert store.drain() == {WHO: ["hold_1", "hold_2"]}  # a stop gives back every one kept

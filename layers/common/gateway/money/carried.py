@@ -1,8 +1,9 @@
 """The carried holds this container keeps (docs/money.md "Carried holds"; no I/O).
 
 A settle may open a standing reservation for the next request of the same user and key
-(``ledger.Carry``, migration 0012): the database has checked and counted it exactly as a reserve
-would. The container keeps its id, amount and the user's tier here; the next request of that key
+(``ledger.Carry``, migration 0012), and so may a reserve while its key runs more requests here
+than it has holds (``reserving``, migration 0016): the database has checked and counted it exactly
+as a reserve would. The container keeps its id, amount and the user's tier here; the next request of that key
 whose hold fits takes it instead of sending a reserve, until ``usable_until`` (wall clock: right
 again after a Lambda environment thaws; the database keeps it idle ``carry_margin_s`` longer, the
 time the request has to mark it as used). A taken hold is the request's own: ``take`` removes it,
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 Principal = tuple[object, object]   # (user id, key id)
+# The most standing reservations of one key a reserve opens one beside (``Carried.reserving``); the
+# database bounds them further (a hold is carried only with at most three quarters of the user's
+# in-flight cap in flight with it).
+RESERVING_BOUND = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +35,17 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "_opening", "_running", "per_key")
+    __slots__ = ("_clock", "_held", "_opening", "_reserving", "_running", "per_key", "per_key_reserving")
 
-    def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time,
+                 per_key_reserving: int = RESERVING_BOUND) -> None:
         self.per_key = per_key
+        self.per_key_reserving = per_key_reserving
         self._clock = clock
         self._held: dict[Principal, list[Standing]] = {}
-        self._opening: dict[Principal, int] = {}  # settles asking for one now (concurrent requests)
+        self._opening: dict[Principal, int] = {}  # settles / reserves asking for one now (concurrent requests)
         self._running: dict[Principal, int] = {}  # admitted requests not settled yet
+        self._reserving: dict[Principal, int] = {}  # requests whose reserve runs now
 
     def begin(self, who: Principal) -> None:
         """A request of ``who`` was admitted (``end`` when it is settled)."""
@@ -93,6 +101,33 @@ class Carried:
             return False
         self._opening[who] = opening + 1
         return True
+
+    def reserving(self, who: Principal) -> bool:
+        """A request of ``who`` found no hold and reserves (``reserved`` when its reserve ended). True:
+        its reserve should also open a standing reservation (claimed until ``reserved``), because the
+        key has more other requests in flight in this container (admitted or reserving) than
+        standing reservations (idle or being opened): the key's holds follow its concurrency, at most
+        ``per_key_reserving``. A lone request (Lambda; c=1, where the previous settle opening one
+        counts) never asks."""
+        others = self._running.get(who, 0) + self._reserving.get(who, 0)
+        self._reserving[who] = self._reserving.get(who, 0) + 1
+        opening = self._opening.get(who, 0)
+        holds = len(self._held.get(who, ())) + opening
+        if others <= holds or holds >= self.per_key_reserving:
+            return False
+        self._opening[who] = opening + 1
+        return True
+
+    def reserved(self, who: Principal, claimed: bool, standing: Standing | None) -> None:
+        """The reserve of a ``reserving`` request ended; ``claimed``: it asked for a hold, and opened
+        ``standing`` (or nothing: None)."""
+        left = self._reserving.get(who, 1) - 1
+        if left > 0:
+            self._reserving[who] = left
+        else:
+            self._reserving.pop(who, None)
+        if claimed:
+            self.opened(who, standing)
 
     def opened(self, who: Principal, standing: Standing | None) -> None:
         """The settle of a ``claim`` ended: it opened ``standing``, or nothing (None)."""
