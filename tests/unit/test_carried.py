@@ -114,30 +114,36 @@ def test_a_lone_reserve_never_asks_for_a_hold() -> None:
 
 def test_a_reserve_asks_for_a_hold_while_its_key_has_more_requests_in_flight_than_holds() -> None:
     store = Carried(per_key=4, clock=Clock())
-    for _ in range(4):
-        store.begin(WHO)  # four running (on the holds left by the warm-up)
-    # a burst of 12 reserves: each counts the running ones and the reserves before it
-    asks = [store.reserving(WHO) for _ in range(12)]
-    assert all(asks)  # 4 + k others against k holds being opened: always more requests than holds
-    assert store._opening[WHO] == 12 and store._reserving[WHO] == 12
-    assert not store.claim(WHO, concurrent=True)  # settles still bounded by per_key (holds being opened count)
-    for i in range(12):  # the database opened every other one
-        store.reserved(WHO, True, Standing(f"hold_{i}", D("1"), "free", usable_until=2000) if i % 2 else None)
-    assert len(store) == 6 and WHO not in store._opening and WHO not in store._reserving
+    store.begin(WHO)
+    store.begin(WHO)  # two running (on the holds left by the warm-up)
+    # a burst of reserves: each counts the running ones and the reserves before it
+    asks = [store.reserving(WHO) for _ in range(6)]
+    assert asks == [True, True, True, True, False, False]  # at most per_key holds, opening ones included
+    assert store._opening[WHO] == 4 and store._reserving[WHO] == 6
+    assert not store.claim(WHO, concurrent=True)  # settles share the bound
+    for i in range(6):  # the database opened every other one it was asked for
+        asked = i < 4
+        opened = Standing(f"hold_{i}", D("1"), "free", usable_until=2000) if asked and i % 2 else None
+        store.reserved(WHO, asked, opened)
+    assert len(store) == 2 and WHO not in store._opening and WHO not in store._reserving
+    assert store.claim(WHO, concurrent=True)  # room again below per_key
+    store.opened(WHO, None)
     assert store.take(("user-2", "key-9"), D("1")) is None  # another key's holds are its own
 
 
-def test_the_holds_a_reserve_asks_for_are_bounded() -> None:
-    store = Carried(per_key=4, clock=Clock(), per_key_reserving=3)
+def test_holds_reserves_and_settles_open_together_stay_within_per_key() -> None:
+    store = Carried(per_key=3, clock=Clock())
     for _ in range(10):
         store.begin(WHO)
-    assert [store.reserving(WHO) for _ in range(5)] == [True, True, True, False, False]
-    for i in range(3):
+    assert store.claim(WHO, concurrent=True)  # a settle opening one
+    assert [store.reserving(WHO) for _ in range(4)] == [True, True, False, False]
+    store.opened(WHO, Standing("hold_s", D("1"), "free", usable_until=2000))
+    for i in range(2):
         store.reserved(WHO, True, Standing(f"hold_{i}", D("1"), "free", usable_until=2000))
     store.reserved(WHO, False, None)
     store.reserved(WHO, False, None)
-    assert len(store) == 3 and not store.reserving(WHO)  # 3 held: at the bound
+    assert len(store) == 3 and not store.reserving(WHO) and not store.claim(WHO, concurrent=True)
     store.reserved(WHO, False, None)
     assert store.take(WHO, D("1")) is not None and store.reserving(WHO)  # one taken: room again
     store.reserved(WHO, True, None)
-    assert store.drain() == {WHO: ["hold_1", "hold_2"]}  # a stop gives back every one kept
+    assert store.drain() == {WHO: ["hold_0", "hold_1"]}  # a stop gives back every one kept

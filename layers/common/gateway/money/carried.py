@@ -18,10 +18,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 Principal = tuple[object, object]   # (user id, key id)
-# The most standing reservations of one key a reserve opens one beside (``Carried.reserving``); the
-# database bounds them further (a hold is carried only with at most three quarters of the user's
-# in-flight cap in flight with it).
-RESERVING_BOUND = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +31,10 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "_opening", "_reserving", "_running", "per_key", "per_key_reserving")
+    __slots__ = ("_clock", "_held", "_opening", "_reserving", "_running", "per_key")
 
-    def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time,
-                 per_key_reserving: int = RESERVING_BOUND) -> None:
+    def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.per_key = per_key
-        self.per_key_reserving = per_key_reserving
         self._clock = clock
         self._held: dict[Principal, list[Standing]] = {}
         self._opening: dict[Principal, int] = {}  # settles / reserves asking for one now (concurrent requests)
@@ -106,14 +100,16 @@ class Carried:
         """A request of ``who`` found no hold and reserves (``reserved`` when its reserve ended). True:
         its reserve should also open a standing reservation (claimed until ``reserved``), because the
         key has more other requests in flight in this container (admitted or reserving) than
-        standing reservations (idle or being opened): the key's holds follow its concurrency, at most
-        ``per_key_reserving``. A lone request (Lambda; c=1, where the previous settle opening one
-        counts) never asks."""
+        standing reservations (idle or being opened), and fewer of those than ``per_key`` (the bound
+        of ``claim``: settles and reserves together never keep more). A lone request (Lambda; c=1,
+        where the previous settle opening one counts) never asks. Measured: refilling a burst's holds
+        from its reserves shortens a 100 ms upstream's c=16 median; letting them go past ``per_key``
+        (up to 16) lengthened the 0 ms upstream's c=16 p99 (BENCHMARKS.md, "settle lane")."""
         others = self._running.get(who, 0) + self._reserving.get(who, 0)
         self._reserving[who] = self._reserving.get(who, 0) + 1
         opening = self._opening.get(who, 0)
         holds = len(self._held.get(who, ())) + opening
-        if others <= holds or holds >= self.per_key_reserving:
+        if others <= holds or holds >= self.per_key:
             return False
         self._opening[who] = opening + 1
         return True
