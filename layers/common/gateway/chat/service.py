@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -378,7 +378,7 @@ async def admit(call: Call) -> None:
     if settings.carry_holds and settings.db_combine:
         reserve_coro = _reserve_carrying(call, settings)
     else:
-        reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=settings.quotas(),
+        reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
                                       api_key_id=p.key_id, model=call.candidates[0].model.id,
                                       max_in_flight=settings.max_in_flight_per_user,
                                       check_tier=lambda name: _check_plan(call, settings.tier(name)))
@@ -411,7 +411,7 @@ async def _reserve_carrying(call: Call, settings: Settings) -> ledger.Reservatio
                          seconds=settings.carry_hold_s) if claimed else None
     reservation: ledger.Reservation | None = None
     try:
-        reservation = await ledger.reserve(p.user_id, call.request_id, call.hold, quotas=settings.quotas(),
+        reservation = await ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
                                            api_key_id=p.key_id, model=call.candidates[0].model.id,
                                            max_in_flight=settings.max_in_flight_per_user,
                                            check_tier=lambda name: _check_plan(call, settings.tier(name)),
@@ -590,7 +590,7 @@ async def _settle(record: ledger.UsageRecord, call: Call) -> ledger.Settlement |
         if record.status == "ok" and carried.claim(who, concurrent=settings.db_combine):
             carry = ledger.Carry(
                 request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
-                seconds=settings.carry_hold_s, quotas=settings.quotas(),
+                seconds=settings.carry_hold_s, quotas=_quotas(settings),
                 max_in_flight=settings.max_in_flight_per_user)
     result = None
     try:
@@ -618,8 +618,25 @@ async def _settle(record: ledger.UsageRecord, call: Call) -> ledger.Settlement |
 
 
 def new_hold_id() -> str:
-    """The id of a carried hold's reservation (never a request's: ``req_`` ids and API Gateway's)."""
-    return "hold_" + uuid.uuid4().hex
+    """The id of a carried hold's reservation (never a request's: ``req_`` ids and API Gateway's):
+    ``hold_`` and 128 random bits in hex, the form of ``uuid4().hex`` (~0.4 us against ~2.8)."""
+    return "hold_" + os.urandom(16).hex()
+
+
+_last_quotas: tuple[object, dict[str, int | None]] = (None, {})
+
+
+def _quotas(settings: Settings) -> dict[str, int | None]:
+    """``settings.quotas()`` (the monthly quota of every tier name), built once per tier table
+    (``Settings.tiers`` is the same object while its settings are) instead of per reserve and settle."""
+    global _last_quotas
+    tiers = settings.tiers
+    last = _last_quotas
+    if last[0] is tiers:
+        return last[1]
+    quotas = settings.quotas()
+    _last_quotas = (tiers, quotas)
+    return quotas
 
 
 async def flush_deferred() -> int:
