@@ -341,7 +341,7 @@ async def test_waves_of_concurrent_requests_on_carried_holds_keep_the_books_exac
     b = balance(database_url, user.user_id)
     assert b["balance"] == D("5") - sum(r["charge"] for r in rows)
     assert (b["reserved"], b["in_flight"]) == (sum(c["amount"] for c in carried), len(carried))
-    assert len(carried) <= 4  # CARRY_PER_KEY idle ones at most in this container (settles and reserves)
+    assert len(carried) <= 4  # CARRY_PER_KEY idle ones at most in this container
     await books_balance(user.user_id)
 
 

@@ -99,57 +99,6 @@ def test_with_combined_statements_a_hold_is_claimed_while_others_of_the_key_run(
     assert not store.claim(WHO, concurrent=True)  # the per-key bound still counts settles opening one
 
 
-def test_a_lone_reserve_never_asks_for_a_hold() -> None:
-    """Lambda (one request per container) and a c=1 client: no other request of the key in flight."""
-    store = Carried(clock=Clock())
-    assert not store.reserving(WHO)
-    store.reserved(WHO, False, None)
-    # c=1 on a plain server: the previous request's settle still runs, opening the hold this one
-    # will find next time
-    store.begin(WHO)
-    assert store.claim(WHO, concurrent=True)
-    assert not store.reserving(WHO)  # one other in flight, one hold being opened: enough
-    store.reserved(WHO, False, None)
-    assert len(store) == 0 and store._opening == {WHO: 1} and store._reserving == {}
-
-
-def test_a_reserve_asks_for_a_hold_while_its_key_has_more_requests_in_flight_than_holds() -> None:
-    store = Carried(per_key=4, clock=Clock())
-    store.begin(WHO)
-    store.begin(WHO)  # two running (on the holds left by the warm-up)
-    # a burst of reserves: each counts the running ones and the reserves before it
-    asks = [store.reserving(WHO) for _ in range(6)]
-    assert asks == [True, True, True, True, False, False]  # at most per_key holds, opening ones included
-    assert store._opening[WHO] == 4 and store._reserving[WHO] == 6
-    assert not store.claim(WHO, concurrent=True)  # settles share the bound
-    for i in range(6):  # the database opened every other one it was asked for
-        asked = i < 4
-        opened = Standing(f"hold_{i}", D("1"), "free", usable_until=2000) if asked and i % 2 else None
-        store.reserved(WHO, asked, opened)
-    assert len(store) == 2 and WHO not in store._opening and WHO not in store._reserving
-    assert store.claim(WHO, concurrent=True)  # room again below per_key
-    store.opened(WHO, None)
-    assert store.take(("user-2", "key-9"), D("1")) is None  # another key's holds are its own
-
-
-def test_holds_reserves_and_settles_open_together_stay_within_per_key() -> None:
-    store = Carried(per_key=3, clock=Clock())
-    for _ in range(10):
-        store.begin(WHO)
-    assert store.claim(WHO, concurrent=True)  # a settle opening one
-    assert [store.reserving(WHO) for _ in range(4)] == [True, True, False, False]
-    store.opened(WHO, Standing("hold_s", D("1"), "free", usable_until=2000))
-    for i in range(2):
-        store.reserved(WHO, True, Standing(f"hold_{i}", D("1"), "free", usable_until=2000))
-    store.reserved(WHO, False, None)
-    store.reserved(WHO, False, None)
-    assert len(store) == 3 and not store.reserving(WHO) and not store.claim(WHO, concurrent=True)
-    store.reserved(WHO, False, None)
-    assert store.take(WHO, D("1")) is not None and store.reserving(WHO)  # one taken: room again
-    store.reserved(WHO, True, None)
-    assert store.drain() == {WHO: ["hold_0", "hold_1"]}  # a stop gives back every one kept
-
-
 def test_a_hold_id_is_hold_and_128_random_bits_in_hex() -> None:
     from gateway.chat.service import new_hold_id
     from gateway.money.ledger import _ID

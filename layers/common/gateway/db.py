@@ -54,7 +54,7 @@ from .observability import count, logger
 
 # The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0016"
+EXPECTED_SCHEMA_VERSION = "0015"
 
 # A connection as the gateway's code receives it (from ``connection()`` / ``transaction()``).
 Connection = psycopg.AsyncConnection[Any]

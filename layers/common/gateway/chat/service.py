@@ -375,13 +375,10 @@ async def admit(call: Call) -> None:
     if standing is not None:
         await _admit_carried(call, standing, hint)
         return
-    if settings.carry_holds and settings.db_combine:
-        reserve_coro = _reserve_carrying(call, settings)
-    else:
-        reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
-                                      api_key_id=p.key_id, model=call.candidates[0].model.id,
-                                      max_in_flight=settings.max_in_flight_per_user,
-                                      check_tier=lambda name: _check_plan(call, settings.tier(name)))
+    reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
+                                  api_key_id=p.key_id, model=call.candidates[0].model.id,
+                                  max_in_flight=settings.max_in_flight_per_user,
+                                  check_tier=lambda name: _check_plan(call, settings.tier(name)))
     limit_coro = ratelimit.check(p.user_ref, hint.rpm, key_id=p.key_ref, key_rpm=p.key_rpm,
                                  prefetch=True)
     reserved, decision = await _both(reserve_coro, limit_coro)
@@ -397,30 +394,6 @@ async def admit(call: Call) -> None:
             count(f"Rejected{reserved.status}")
         raise reserved
     await _admitted(call, settings.tier(reserved.tier), hint, decision)
-
-
-async def _reserve_carrying(call: Call, settings: Settings) -> ledger.Reservation:
-    """The reserve of a request that found no carried hold, in a process whose requests of a key
-    run concurrently (combined statements): it also opens a carried hold when its key has more
-    requests in flight here than holds (``Carried.reserving``; docs/money.md "Carried holds"), so
-    the next wave of the key finds one without waiting for the settles that follow the responses."""
-    p = call.principal
-    carried, who = _carried(), _holder(call)
-    claimed = carried.reserving(who)
-    carry = ledger.Carry(request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
-                         seconds=settings.carry_hold_s) if claimed else None
-    reservation: ledger.Reservation | None = None
-    try:
-        reservation = await ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
-                                           api_key_id=p.key_id, model=call.candidates[0].model.id,
-                                           max_in_flight=settings.max_in_flight_per_user,
-                                           check_tier=lambda name: _check_plan(call, settings.tier(name)),
-                                           carry=carry)
-        return reservation
-    finally:
-        tier = reservation.carried_tier if reservation is not None else None
-        carried.reserved(who, claimed, None if tier is None or carry is None else Standing(
-            carry.request_id, carry.hold, tier, time.time() + settings.carry_hold_s - settings.carry_margin_s))
 
 
 async def _admit_carried(call: Call, standing: Standing, hint: Tier) -> None:

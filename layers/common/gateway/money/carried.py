@@ -1,9 +1,8 @@
 """The carried holds this container keeps (docs/money.md "Carried holds"; no I/O).
 
 A settle may open a standing reservation for the next request of the same user and key
-(``ledger.Carry``, migration 0012), and so may a reserve while its key runs more requests here
-than it has holds (``reserving``, migration 0016): the database has checked and counted it exactly
-as a reserve would. The container keeps its id, amount and the user's tier here; the next request of that key
+(``ledger.Carry``, migration 0012): the database has checked and counted it exactly as a reserve
+would. The container keeps its id, amount and the user's tier here; the next request of that key
 whose hold fits takes it instead of sending a reserve, until ``usable_until`` (wall clock: right
 again after a Lambda environment thaws; the database keeps it idle ``carry_margin_s`` longer, the
 time the request has to mark it as used). A taken hold is the request's own: ``take`` removes it,
@@ -31,15 +30,14 @@ class Standing:
 class Carried:
     """Standing reservations by user and key, at most ``per_key`` idle ones each."""
 
-    __slots__ = ("_clock", "_held", "_opening", "_reserving", "_running", "per_key")
+    __slots__ = ("_clock", "_held", "_opening", "_running", "per_key")
 
     def __init__(self, per_key: int = 4, clock: Callable[[], float] = time.time) -> None:
         self.per_key = per_key
         self._clock = clock
         self._held: dict[Principal, list[Standing]] = {}
-        self._opening: dict[Principal, int] = {}  # settles / reserves asking for one now (concurrent requests)
+        self._opening: dict[Principal, int] = {}  # settles asking for one now (concurrent requests)
         self._running: dict[Principal, int] = {}  # admitted requests not settled yet
-        self._reserving: dict[Principal, int] = {}  # requests whose reserve runs now
 
     def begin(self, who: Principal) -> None:
         """A request of ``who`` was admitted (``end`` when it is settled)."""
@@ -95,35 +93,6 @@ class Carried:
             return False
         self._opening[who] = opening + 1
         return True
-
-    def reserving(self, who: Principal) -> bool:
-        """A request of ``who`` found no hold and reserves (``reserved`` when its reserve ended). True:
-        its reserve should also open a standing reservation (claimed until ``reserved``), because the
-        key has more other requests in flight in this container (admitted or reserving) than
-        standing reservations (idle or being opened), and fewer of those than ``per_key`` (the bound
-        of ``claim``: settles and reserves together never keep more). A lone request (Lambda; c=1,
-        where the previous settle opening one counts) never asks. Measured: refilling a burst's holds
-        from its reserves shortens a 100 ms upstream's c=16 median; letting them go past ``per_key``
-        (up to 16) lengthened the 0 ms upstream's c=16 p99 (BENCHMARKS.md, "settle lane")."""
-        others = self._running.get(who, 0) + self._reserving.get(who, 0)
-        self._reserving[who] = self._reserving.get(who, 0) + 1
-        opening = self._opening.get(who, 0)
-        holds = len(self._held.get(who, ())) + opening
-        if others <= holds or holds >= self.per_key:
-            return False
-        self._opening[who] = opening + 1
-        return True
-
-    def reserved(self, who: Principal, claimed: bool, standing: Standing | None) -> None:
-        """The reserve of a ``reserving`` request ended; ``claimed``: it asked for a hold, and opened
-        ``standing`` (or nothing: None)."""
-        left = self._reserving.get(who, 1) - 1
-        if left > 0:
-            self._reserving[who] = left
-        else:
-            self._reserving.pop(who, None)
-        if claimed:
-            self.opened(who, standing)
 
     def opened(self, who: Principal, standing: Standing | None) -> None:
         """The settle of a ``claim`` ended: it opened ``standing``, or nothing (None)."""

@@ -153,7 +153,6 @@ class Reservation:
     user_id: UUID | str
     amount: Decimal
     tier: str = "free"      # the user's tier as of this statement (fresh, never from a cache)
-    carried_tier: str | None = None  # the user's tier when the reserve opened the ``Carry`` asked for
 
 
 # The reserve statement (mlp_reserve, migration 0010) in words.
@@ -172,13 +171,6 @@ RESERVE_SQL = (
     "SELECT request_id, tier FROM mlp_reserve($1::uuid, $2::text, $3::numeric, $4::date, $5::jsonb, $6::integer, "
     "$7::uuid, $8::text, $9::integer)")
 RESERVE = db.Statement("ledger_reserve", RESERVE_SQL)
-# The reserve that also opens a carried hold (mlp_reserve_carry, migration 0016): mlp_reserve's
-# parameters, then the standing reservation's id, hold and idle seconds (the quota map and the
-# in-flight cap are the reserve's own).
-RESERVE_CARRY_SQL = (
-    "SELECT request_id, tier, carried_tier FROM mlp_reserve_carry($1::uuid, $2::text, $3::numeric, $4::date, "
-    "$5::jsonb, $6::integer, $7::uuid, $8::text, $9::integer, $10::text, $11::numeric, $12::integer)")
-RESERVE_CARRY = db.Statement("ledger_reserve_carry", RESERVE_CARRY_SQL)
 
 
 class _Quotas:
@@ -224,7 +216,7 @@ def _text_array(ids: Sequence[str]) -> bytes | None:
 async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
                   quotas: Mapping[str, int | None] | None = None, api_key_id: UUID | str | None = None,
                   model: str = "", max_in_flight: int | None = None,
-                  check_tier: Callable[[str], None] | None = None, carry: Carry | None = None) -> Reservation:
+                  check_tier: Callable[[str], None] | None = None) -> Reservation:
     """Hold ``hold`` credit and count one request against the monthly quota, atomically.
 
     The quota is ``quotas[current tier]`` (None = unlimited; a tier not in the map has the free
@@ -234,35 +226,20 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
     in this order: Forbidden (403 ``payment_disputed``: an open Stripe dispute),
     ``check_tier(current tier)`` (raises e.g. 403 when the model is not on the plan),
     QuotaExceeded (429), too many in flight (429), InsufficientCredits (402).
-
-    ``carry``: also open a standing reservation for a later request of the same user and key, in
-    the same statement, under a settle's carry rules (``Reservation.carried_tier`` tells whether it
-    was; its ``quotas`` and ``max_in_flight`` are this reserve's). A refused reserve opens nothing.
     """
     if hold < 0:
         raise ValueError("hold must be >= 0")
     if hold != to_credit(hold):
         raise ValueError("hold has more than 8 decimal places (round it with pricing.to_credit)")
     quotas_json, default_quota = _quotas.params(quotas)
-    period = _period_param()
-    params: tuple[bytes | None, ...] = (
-        str(user_id).encode(), request_id.encode(), str(hold).encode(), period, quotas_json,
-        str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight))
-    group = (str(user_id), None if api_key_id is None else str(api_key_id))
-    if carry is None:
-        row = await combine.call(group, RESERVE, params, _reserve_op, on_lost=lambda _row: cancel(request_id))
-    else:
-        if carry.hold != to_credit(carry.hold) or carry.hold < 0:
-            raise ValueError("a carried hold must be >= 0 with at most 8 decimal places")
-        params = (*params, carry.request_id.encode(), str(carry.hold).encode(), str(carry.seconds).encode())
-        row = await combine.call(group, RESERVE_CARRY, params, _reserve_carry_op,
-                                 on_lost=lambda lost: _undo_reserve_carry(request_id, group, carry.request_id, lost))
+    params = (str(user_id).encode(), request_id.encode(), str(hold).encode(), _period_param(),
+              quotas_json, str(default_quota).encode(), _text(api_key_id), model.encode(), _text(max_in_flight))
+    row = await combine.call((params[0].decode(), None if api_key_id is None else str(api_key_id)), RESERVE, params,
+                             _reserve_op, on_lost=lambda _row: cancel(request_id))
     if row is not None:
         tier = row[1]
-        carried = row[2] if carry is not None else None
         return Reservation(request_id=request_id, user_id=user_id, amount=hold,
-                           tier=tier.decode() if tier is not None else FREE_TIER,
-                           carried_tier=carried.decode() if carried is not None else None)
+                           tier=tier.decode() if tier is not None else FREE_TIER)
     quota_map = {k: (-1 if v is None else v) for k, v in (quotas or {}).items()}
     state = await db.fetchone(
         "SELECT b.balance, b.reserved, b.in_flight, b.period_start, b.period_requests, u.tier, k.spend_cap, "
@@ -272,7 +249,7 @@ async def reserve(user_id: UUID | str, request_id: str, hold: Decimal, *,
         "WHERE b.user_id = %s", (api_key_id, user_id))
     if state is None:
         raise NotFound("user not found", code="user_not_found")
-    refuse(state, hold, period=dt.date.fromisoformat(period.decode()), quota_map=quota_map,
+    refuse(state, hold, period=dt.date.fromisoformat(params[3].decode()), quota_map=quota_map,
            default_quota=default_quota, max_in_flight=max_in_flight, check_tier=check_tier)
 
 
@@ -323,23 +300,6 @@ def _reserve_op(params: Sequence[bytes | None]) -> str:
     t = combine.text
     return (f'["r",{t(params[0])},{t(params[1])},{t(params[2])},{t(params[3])},{(params[4] or b"{}").decode()},'
             f"{t(params[5])},{t(params[6])},{t(params[7])},{t(params[8])}]")
-
-
-def _reserve_carry_op(params: Sequence[bytes | None]) -> str:
-    """The reserve that carries a hold (mlp_reserve_carry) as an element of mlp_batch's operations."""
-    t = combine.text
-    return (f'["q",{t(params[0])},{t(params[1])},{t(params[2])},{t(params[3])},{(params[4] or b"{}").decode()},'
-            f"{t(params[5])},{t(params[6])},{t(params[7])},{t(params[8])},{t(params[9])},{t(params[10])},"
-            f"{t(params[11])}]")
-
-
-async def _undo_reserve_carry(request_id: str, group: tuple[str, str | None], carry_id: str,
-                              row: combine.Row) -> None:
-    """A reserve that carried, whose caller left while its combined statement ran: the reservation
-    is cancelled and the standing one it opened (nobody here knows it) given back at once."""
-    await cancel(request_id)
-    if row is not None and row[2] is not None:
-        await release_standing(group[0], group[1], [carry_id])
 
 
 # Sent through ``db.call`` (see RESERVE_SQL): reservation id, request id, model. Every request still
