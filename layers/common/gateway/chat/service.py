@@ -41,7 +41,6 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from .. import ratelimit
-from ..account import byok
 from ..adapters import registry as providers
 from ..adapters.contract import Adapter, Target, UpstreamStream, Usage
 from ..adapters.http_client import get_http_client
@@ -241,6 +240,8 @@ async def byok_keys_for(principal: Principal) -> Mapping[str, str]:
     one is decrypted only when a request is routed to its provider (then cached per container)."""
     if not principal.provider_keys:
         return {}
+    from ..account import byok  # only a caller with stored keys needs it (not on a cold start's path)
+
     return byok.keys_for(principal.user_id, principal.provider_keys)
 
 
