@@ -45,7 +45,7 @@ from ..adapters import registry as providers
 from ..adapters.contract import Adapter, Target, UpstreamStream, Usage
 from ..adapters.http_client import get_http_client
 from ..adapters.registry import OPENROUTER, get_adapter
-from ..adapters.sse import FramedChunk
+from ..adapters.sse import FramedChunk, FramedRun
 from ..adapters.tokens import PromptSize, measure_prompt
 from ..auth import Principal
 from ..catalog import registry
@@ -99,9 +99,15 @@ class Candidate:
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
-    if type(obj) is FramedChunk:  # the upstream's own bytes, already framed (adapters/openai_compat.py)
-        return obj.sse
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    kind = type(obj)
+    if kind is FramedChunk or kind is FramedRun:  # the upstream's own bytes, already framed (adapters/openai_compat.py)
+        return obj.sse  # type: ignore[attr-defined]
+    return b"data: " + _COMPACT.encode(obj).encode() + b"\n\n"
+
+
+# ``json.dumps(obj, separators=(",", ":"))``'s encoder, built once (with arguments, ``json.dumps``
+# builds one per call): the same text.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 
 
 DONE = b"data: [DONE]\n\n"
