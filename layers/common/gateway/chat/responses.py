@@ -56,18 +56,15 @@ class RelayResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The first chunk goes out at once (time to first byte); after it, chunks the relay yields
-        without waiting (the events of one upstream read) go out as ONE body message: the flush
-        starts (``kick``, then a task) only when the relay waits for the upstream again. A provider
-        that bursts events costs one socket write per burst instead of one per event; a provider
-        that sends them spaced out still gets each one forwarded at once. A burst that reaches the
-        end goes out with the final body message: no flusher at all."""
+        without waiting (the events of one upstream read) go out as ONE body message: the flush is
+        a task, so it runs only when the relay waits for the upstream again. A provider that
+        bursts events costs one socket write per burst instead of one per event; a provider that
+        sends them spaced out still gets each one forwarded at once."""
         watcher = asyncio.ensure_future(self._watch(receive))
         unreachable = False
         pending: list[bytes] = []
         flusher: asyncio.Task[None] | None = None
         flushing = False  # the flusher has started (its send may be in progress)
-        kicked = False  # ``kick`` is scheduled: it starts a flusher when the relay next waits
-        stopped = False  # this call is over: nothing more is sent
 
         async def emit(message: Message) -> None:
             nonlocal unreachable
@@ -87,14 +84,6 @@ class RelayResponse(StreamingResponse):
                 data = b"".join(pending)
                 pending.clear()
                 await emit({"type": "http.response.body", "body": data, "more_body": True})
-
-        def kick() -> None:
-            # the relay waits (or ended): start the flusher, unless the end took what was pending
-            nonlocal flusher, flushing, kicked
-            kicked = False
-            if pending and not self.ended and not stopped:
-                flushing = False
-                flusher = loop.create_task(flush())
 
         async def end() -> None:
             # A flusher that has not started yet (the relay reached its end without waiting: the
@@ -124,16 +113,14 @@ class RelayResponse(StreamingResponse):
                     continue
                 pending.append(chunk if isinstance(chunk, bytes) else bytes(chunk, "utf-8") if isinstance(chunk, str)
                                else bytes(chunk))
-                if not kicked and (flusher is None or flusher.done()):
+                if flusher is None or flusher.done():
                     if flusher is not None:
                         flusher.result()  # a failed send surfaces here
-                        flusher = None
-                    kicked = True
-                    loop.call_soon(kick)
+                    flushing = False
+                    flusher = loop.create_task(flush())
             if not self.ended:
                 await end()
         finally:
-            stopped = True
             if flusher is not None and not flusher.done():
                 flusher.cancel()
             watcher.cancel()
