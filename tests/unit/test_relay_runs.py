@@ -49,6 +49,7 @@ async def relay(pieces: list[bytes], stream_class: type[OpenAIStream], target: T
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         stream = stream_class(get_adapter("openai"), client, target, BODY)  # type: ignore[arg-type]
+        stream.runs = True  # as the chat relay sets it
         await stream.open()
         sent, error, runs = b"", None, 0
         try:
@@ -178,13 +179,15 @@ async def test_invalid_utf8_is_replaced_as_event_by_event() -> None:
         assert "b\ufffdd".encode() in ours[0]
 
 
-async def test_a_buffered_stream_gets_dicts_only() -> None:
+@pytest.mark.parametrize("relay", [True, False], ids=["relay", "buffered"])
+async def test_a_consumer_that_does_not_ask_for_runs_gets_dicts(relay: bool) -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, stream=Body([ROLE + b"".join(PLAIN) + FINISH + USAGE + DONE]))
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         stream = get_adapter("openai").stream(client, TARGET, BODY)
-        stream.relay = False
+        assert stream.runs is False  # the default
+        stream.relay = relay
         await stream.open()
         chunks = [c async for c in stream]
-    assert [type(c) for c in chunks] == [dict] * 6
+    assert [type(c).__name__ for c in chunks] == ["FramedChunk" if relay else "dict"] * 6

@@ -38,7 +38,7 @@ _NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
 OPENAI_SERVICE_TIER = "default"
 
 # Nearly every event of an answer is a plain text delta, which OpenAI (and the servers that copy
-# its format) write in one compact form. A relayed stream reads such an event without the JSON
+# its format) write in one compact form. A stream relayed by the chat relay reads such an event without the JSON
 # parser (``OpenAIStream._chunks_of``, issue 15 stream3) when this pattern matches its data whole:
 # every field is in the pattern, so the match says all that ``_on_event`` would read from the
 # event — no error, no usage (``"usage":null`` at most once), one choice without a finish reason,
@@ -249,12 +249,13 @@ class OpenAIStream(SSEUpstreamStream):
         return [FramedChunk(obj, sse) if sse is not None else obj]
 
     def _chunks_of(self, decoder: SSEDecoder, data: bytes) -> Iterator[Any]:
-        """A relayed read between events (LF framing, UTF-8): its plain text deltas after the
-        stream's first chunk (``_PLAIN_DELTA``) come as ONE :class:`FramedRun` per run of them —
+        """A read between events (LF framing, UTF-8) of a stream whose consumer takes runs
+        (``runs``: the chat relay): its plain text deltas after the stream's first chunk
+        (``_PLAIN_DELTA``) come as ONE :class:`FramedRun` per run of them —
         the read's own text with the edits of ``_relayed`` — instead of a dict and a frame each;
         the other events go through the decoder and ``_on_event`` in their place. Same frames,
         same usage and output count as event by event."""
-        if not self.relay or not decoder.idle or b"\r" in data:
+        if not self.runs or not decoder.idle or b"\r" in data:
             yield from self._counted(super()._chunks_of(decoder, data))
             return
         try:

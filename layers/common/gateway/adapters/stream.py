@@ -44,6 +44,10 @@ class SSEUpstreamStream:
 
     provider = "?"
     relay = True  # the chunks will be framed and sent (False: assembled into one answer; see contract)
+    # Set by a consumer that only frames the chunks with ``chat.service._sse`` (the chat relay): the
+    # OpenAI-compatible stream may then give consecutive plain text deltas as one
+    # ``adapters.sse.FramedRun`` (their frames, not a dict). False: every chunk is a dict.
+    runs = False
     on_done: Callable[[], None] | None = None  # called once at the terminal event, ``usage`` final (see contract)
 
     def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:

@@ -959,6 +959,8 @@ async def _open(call: Call, *, relay: bool = True) -> tuple[Candidate, UpstreamS
     async def attempt(c: Candidate) -> tuple[UpstreamStream, Any, dict[str, Any] | None]:
         upstream = call.wire.adapter(c.target.provider).stream(client, c.target, c.body)
         upstream.relay = relay
+        if relay and call.wire.frame is _sse:
+            upstream.runs = True  # _relay frames every chunk with _sse: plain deltas may come as FramedRuns
         try:
             async with asyncio.timeout_at(call.deadline):
                 await upstream.open()
