@@ -27,10 +27,10 @@ class FramedChunk(dict):  # type: ignore[type-arg]
 
 class FramedRun:
     """Consecutive chunks that only a relay uses, as their ``data:`` frames one after the other: the
-    OpenAI-compatible stream's plain text deltas after its first chunk, when it is relayed (issue
-    15, stream3). Not a dict on purpose: only a stream whose ``relay`` is true yields it, and only
-    the relay's framing (``chat.service._sse``) reads it; a consumer that reads chunks as dicts
-    (a buffered answer: ``relay`` false) never gets one."""
+    OpenAI-compatible stream's plain text deltas after its first chunk (issue 15, stream3). Not a
+    dict on purpose: only a stream whose consumer set ``runs`` (the chat relay, which frames every
+    chunk with ``chat.service._sse``, the one reader of it) yields it; every other consumer gets
+    dicts."""
 
     __slots__ = ("sse",)
 
