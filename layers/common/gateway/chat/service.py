@@ -486,16 +486,13 @@ async def _both(reserve: Coroutine[Any, Any, Any], limit: Coroutine[Any, Any, ra
 
 # --------------------------------------------------------------------------- records and settlement
 def usage_record(call: Call, status: str, *, candidate: Candidate | None = None, usage: Usage | None = None,
-                 error: GatewayError | None = None, ttfb_ms: int | None = None,
-                 latency_ms: int | None = None) -> ledger.UsageRecord:
-    """The request's usage record; ``latency_ms`` when measured earlier (``Answered``), else now."""
+                 error: GatewayError | None = None, ttfb_ms: int | None = None) -> ledger.UsageRecord:
     settings = get_settings()
     p = call.principal
     record = ledger.UsageRecord(  # the ids as text (the record's JSON and the settle name them so): no str(UUID) each
         request_id=call.request_id, user_id=p.user_ref, api_key_id=None if p.key_id is None else p.key_ref,
         model_requested=call.candidates[0].model.id, status=status, stream=call.req.stream,
-        latency_ms=int((time.perf_counter() - call.started) * 1000) if latency_ms is None else latency_ms,
-        ttfb_ms=ttfb_ms,
+        latency_ms=int((time.perf_counter() - call.started) * 1000), ttfb_ms=ttfb_ms,
         error_code=error.code if error else None)
     if candidate is not None:
         m = candidate.model
@@ -813,10 +810,9 @@ def _served_by(call: Call, c: Candidate) -> None:
 
 
 # --------------------------------------------------------------------------- non-streaming
-async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord | Answered]:
-    """Call upstream (with fallback) within the deadline. Returns the response and its usage record
-    (priced when ``respond`` settles it: ``Answered``). Behind API Gateway the upstream is read as a
-    stream (``complete_buffered``)."""
+async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord]:
+    """Call upstream (with fallback) within the deadline. Returns the response and its usage record;
+    ``respond`` settles it. Behind API Gateway the upstream is read as a stream (``complete_buffered``)."""
     if call.buffered:
         return await complete_buffered(call)
     client = get_http_client()
@@ -858,38 +854,10 @@ async def complete(call: Call) -> tuple[dict[str, Any], ledger.UsageRecord | Ans
     call.usage = usage
     # the adapter already set ``model`` (target.public_id == model id) and ``usage``
     # (including provider details such as reasoning tokens)
-    return response, Answered(call, c, usage)
+    return response, usage_record(call, "ok", candidate=c, usage=usage)
 
 
-class Answered:
-    """The usage record of a successful non-streaming answer, priced when it is settled
-    (``respond``): on a plain server that is after the response, so the pricing (``usage_record``:
-    the Decimal cost and charge, the record's ~40 fields) is off the request's latency; in Lambda it
-    is before the response, as the settle. The record is the one ``usage_record(call, "ok", ...)``
-    returns, with the latency measured when the answer was complete (here), not when it is priced."""
-
-    __slots__ = ("call", "candidate", "latency_ms", "usage")
-
-    def __init__(self, call: Call, candidate: Candidate, usage: Usage) -> None:
-        self.call = call
-        self.candidate = candidate
-        self.usage = usage
-        self.latency_ms = int((time.perf_counter() - call.started) * 1000)
-
-    def record(self) -> ledger.UsageRecord:
-        return usage_record(self.call, "ok", candidate=self.candidate, usage=self.usage, latency_ms=self.latency_ms)
-
-
-def _record_of(record: ledger.UsageRecord | Answered) -> ledger.UsageRecord:
-    return record.record() if isinstance(record, Answered) else record
-
-
-async def _finish_answered(call: Call, record: ledger.UsageRecord | Answered) -> None:
-    """``finish_shielded`` of the record, priced first (``Answered``): a plain server's settle after the response."""
-    await finish_shielded(call, _record_of(record))
-
-
-async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord | Answered, *,
+async def respond(call: Call, response: dict[str, Any], record: ledger.UsageRecord, *,
                   headers: Mapping[str, str] | None = None,
                   build: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> JSONResponse:
     """The JSON response, settled: in Lambda BEFORE it is sent (behind the Web Adapter the
@@ -897,19 +865,18 @@ async def respond(call: Call, response: dict[str, Any], record: ledger.UsageReco
     right after it. A response that cannot be rendered is still settled. ``headers`` are sent
     besides the rate-limit headers and ``build`` turns the answer into a surface's body (a
     translated surface: Anthropic ``Message``, Responses ``Response``); a failing ``build`` is a
-    render failure (settled, billed). ``record`` may be priced when it is settled (``Answered``)."""
+    render failure (settled, billed)."""
     try:
         body = build(response) if build is not None else response
         rendered = CompactJSONResponse(body, headers={**call.rate_headers, **(headers or {})})
     except BaseException:
-        record = _record_of(record)
         record.status, record.error_code = "failed", "response_render_failed"  # billed by the provider
         await finish_shielded(call, record)
         raise
     if in_lambda():
-        await finish_shielded(call, _record_of(record))
+        await finish_shielded(call, record)
     else:
-        rendered.background = BackgroundTask(_finish_answered, call, record)
+        rendered.background = BackgroundTask(finish_shielded, call, record)
     return rendered
 
 
