@@ -44,14 +44,42 @@ class _CommandLine(types.ModuleType):
         return when_called
 
 
+class _LoggingConfig(types.ModuleType):
+    """``logging.config`` while uvicorn's package imports, and ``logging``'s ``config`` attribute until
+    something uses it: the real module is imported on the first attribute used (and ``import
+    logging.config`` is the real module at any time after uvicorn's import). ``uvicorn.config`` imports
+    it at the top for ``dictConfig`` of its default ``log_config``; ``config()`` passes none and sets
+    uvicorn's loggers itself (``configure_logging``), so this process never needs it (~4 ms of the
+    spawn: ``logging.handlers``, ``pickle``, ``socketserver``, ``queue``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        if sys.modules.get("logging.config") is self:
+            del sys.modules["logging.config"]
+        real = importlib.import_module("logging.config")  # which sets ``logging.config`` to it
+        return getattr(real, name)
+
+
 def _import_uvicorn() -> None:
     if "uvicorn" in sys.modules:
         return
-    sys.modules["uvicorn.main"] = _CommandLine("uvicorn.main")
+    import logging
+
+    stand_ins: dict[str, types.ModuleType] = {"uvicorn.main": _CommandLine("uvicorn.main")}
+    if "logging.config" not in sys.modules:
+        stand_ins["logging.config"] = _LoggingConfig("logging.config")
+    sys.modules.update(stand_ins)
     try:
         import uvicorn  # noqa: F401
     finally:
-        del sys.modules["uvicorn.main"]
+        for name, module in stand_ins.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+        if "logging.config" in stand_ins and "logging.config" not in sys.modules and not hasattr(logging, "config"):
+            logging.config = stand_ins["logging.config"]  # type: ignore[attr-defined]
 
 
 _import_uvicorn()
@@ -64,11 +92,34 @@ from uvicorn.server import Server  # noqa: E402
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
 
 
+def configure_logging() -> None:
+    """uvicorn's loggers as ``logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)`` sets them (its
+    default ``log_config``), without ``logging.config`` (~4 ms of the spawn: ``logging.handlers``,
+    ``pickle``, ``socketserver``)."""
+    import logging
+
+    from uvicorn.logging import AccessFormatter, DefaultFormatter
+
+    for name, stream, formatter, logger in (
+            ("default", sys.stderr, DefaultFormatter(fmt="%(levelprefix)s %(message)s", use_colors=None), "uvicorn"),
+            ("access", sys.stdout, AccessFormatter(fmt='%(levelprefix)s %(client_addr)s - "%(request_line)s" '
+                                                       "%(status_code)s"), "uvicorn.access")):
+        handler = logging.StreamHandler(stream)
+        handler.set_name(name)
+        handler.setFormatter(formatter)
+        target = logging.getLogger(logger)
+        target.setLevel(logging.INFO)
+        target.handlers = [handler]
+        target.propagate = False
+    logging.getLogger("uvicorn.error").setLevel(logging.INFO)
+
+
 def config() -> Config:
     """What ``python -m uvicorn app:stream_app --host 0.0.0.0 --port $PORT --no-access-log --loop
-    uvloop --http httptools`` built."""
+    uvloop --http httptools`` built (its logging set by ``configure_logging``)."""
+    configure_logging()
     return Config(app.stream_app, host="0.0.0.0", port=int(os.environ.get("PORT") or "8080"), access_log=False,
-                  loop="uvloop", http="httptools")
+                  loop="uvloop", http="httptools", log_config=None)
 
 
 def _load_anyio_backend() -> None:

@@ -24,7 +24,7 @@ app_dir = captured.pop('app_dir')  # run() puts it on sys.path: '' (the working 
 cli = uvicorn.Config(**captured)
 ours = serve.config()
 assert cli.app == 'app:stream_app' and ours.app is app.stream_app
-skip = {'app'}
+skip = {'app', 'log_config'}  # serve sets uvicorn's loggers itself (test below), the CLI through dictConfig
 differ = sorted(k for k in set(vars(cli)) | set(vars(ours)) if k not in skip and vars(cli).get(k) != vars(ours).get(k))
 print(json.dumps([loaded, differ, app_dir, type(uvicorn.main).__name__, hasattr(uvicorn.main, 'main'),
                   'app' in vars(app), 'handler' in vars(app)]))
@@ -38,6 +38,48 @@ def test_serve_configures_uvicorn_as_its_command_line_did_without_importing_it()
     assert app_dir == ""  # the CLI's sys.path[0] was the working directory, functions/query: serve.py's own
     assert kind == "module" and has_main  # `import uvicorn.main` afterwards: the real module
     assert not built and not handled  # run.sh's process: QueryFunction's buffered app not built
+
+
+_LOGGING = """
+import json, logging, os, sys
+os.environ['PORT'] = '18123'
+os.environ['GATEWAY_COLD_START'] = 'serve'
+{setup}
+
+def state(name):
+    logger = logging.getLogger(name)
+    return [logging.getLevelName(logger.level), logger.propagate, logger.disabled,
+            [[h.name, type(h).__name__, h.stream is sys.stderr, h.stream is sys.stdout, h.level,
+              type(h.formatter).__name__, h.formatter._fmt, h.formatter.use_colors] for h in logger.handlers]]
+
+logging.getLogger('uvicorn.error').info('before')  # an existing child logger, as at uvicorn's import
+print(json.dumps([{setup_loaded}] + [state(n) for n in ('uvicorn', 'uvicorn.error', 'uvicorn.access', 'uvicorn.asgi')]))
+"""
+_BY_SERVE = "import serve, app\nloaded = 'logging.config' in sys.modules\nserve.config()"
+_BY_UVICORN = ("import uvicorn\nfrom uvicorn.config import Config, LOGGING_CONFIG\nloaded = True\n"
+               "Config('app:stream_app', access_log=False)")
+
+
+def test_serve_sets_uvicorns_loggers_as_its_default_log_config_does_without_logging_config() -> None:
+    """``python -m uvicorn`` configures its loggers with ``logging.config.dictConfig(LOGGING_CONFIG)``;
+    serve.py sets the same loggers, handlers and formatters itself, and never imports ``logging.config``."""
+    ours = json.loads(in_fresh_function("query", _LOGGING.replace("{setup}", _BY_SERVE).replace(
+        "{setup_loaded}", "loaded")))
+    theirs = json.loads(in_fresh_function("query", _LOGGING.replace("{setup}", _BY_UVICORN).replace(
+        "{setup_loaded}", "loaded")))
+    assert ours[0] is False  # logging.config not imported by serve.py, its uvicorn or the app
+    assert ours[1:] == theirs[1:]
+    assert ours[1][3][0][:2] == ["default", "StreamHandler"]  # not vacuous: uvicorn's handler is there
+    assert ours[3][3] == []  # --no-access-log: the access logger has no handler
+
+
+def test_logging_config_imported_later_is_the_real_module() -> None:
+    code = ("import os, json, sys\nos.environ['GATEWAY_COLD_START'] = 'serve'\nimport serve\n"
+            "import logging\nlate = callable(logging.config.dictConfig)\nimport logging.config\n"
+            "print(json.dumps([late, type(sys.modules['logging.config']).__name__, "
+            "logging.config is sys.modules['logging.config']]))")
+    # the attribute used before any import gives the real function; the import is the real module
+    assert json.loads(in_fresh_function("query", code)) == [True, "module", True]
 
 
 def test_the_buffered_app_is_built_on_first_access_in_run_sh_process() -> None:

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 LOCAL_STAGES = frozenset({"local", "test"})
 # The SSM SecureStrings a function may read (docs/deploy.md "Secrets"); template.yaml grants
@@ -218,6 +218,18 @@ class Settings(BaseSettings):
     console_logout_url: str = ""    # optional (Cognito: <domain>/logout)
     console_stream_url: str = ""    # optional: QueryStreamUrl, so the playground streams through the Function URL
     console_low_balance: Decimal = Field(default=Decimal("2"), ge=0)  # USD; below it the console warns
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources in its order, the ``.env`` source only when it read a variable:
+        without a ``.env`` file (every deployed function) it adds nothing, and asking it anyway walks
+        every field a second time (~1 ms of a cold start; BENCHMARKS.md, issue 15, spawn third pass)."""
+        dotenv = (dotenv_settings,) if getattr(dotenv_settings, "env_vars", True) else ()
+        return (init_settings, env_settings, *dotenv, file_secret_settings)
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
