@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal as D
+from typing import Any
 
 from gateway.money.carried import Carried, Standing
 
@@ -96,3 +97,31 @@ def test_with_combined_statements_a_hold_is_claimed_while_others_of_the_key_run(
     assert not store.claim(WHO)
     assert store.claim(WHO, concurrent=True) and store.claim(WHO, concurrent=True)
     assert not store.claim(WHO, concurrent=True)  # the per-key bound still counts settles opening one
+
+
+def test_a_hold_id_is_hold_and_128_random_bits_in_hex() -> None:
+    from gateway.chat.service import new_hold_id
+    from gateway.money.ledger import _ID
+
+    ids = {new_hold_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for i in ids:
+        assert i.startswith("hold_") and len(i) == 37 and int(i[5:], 16) >= 0 and i == i.lower()
+        assert _ID.fullmatch(i)  # a request id the statements take
+
+
+def test_the_quota_map_is_built_once_per_tier_table(monkeypatch: Any) -> None:
+    from gateway.chat import service
+    from gateway.config import get_settings, reset_settings
+
+    settings = get_settings()
+    first = service._quotas(settings)
+    assert first == settings.quotas() and service._quotas(settings) is first
+    monkeypatch.setenv("TIERS_JSON", '{"free": {"rpm": 5, "monthly_quota": 7}}')
+    reset_settings()
+    try:
+        changed = get_settings()
+        assert service._quotas(changed) == changed.quotas() != first  # a new table: built again
+    finally:
+        monkeypatch.undo()
+        reset_settings()

@@ -120,6 +120,10 @@ class UpstreamStream(Protocol):
     # set before iterating; the stream then skips what only a relay uses (the OpenAI-compatible
     # stream's ready-made ``data:`` frames). The chunks are the same dicts either way.
     relay: bool
+    # True when the consumer frames every chunk with ``chat.service._sse`` and reads nothing else of
+    # them but the first (the chat relay sets it): the OpenAI-compatible stream may then give
+    # consecutive plain text deltas as one ``adapters.sse.FramedRun`` (frames, not a dict).
+    runs: bool
     # Called once when the stream is complete (its terminal event read, ``usage`` final), before the
     # rest of the body is drained and the connection released: the relay settles from here.
     on_done: Callable[[], None] | None

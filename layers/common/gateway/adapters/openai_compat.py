@@ -9,13 +9,14 @@ swallowed into ``.usage`` instead of being yielded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from gateway.adapters.contract import DirectModel, GetJson, Target, Usage
 from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, request_json
 from gateway.adapters.shapes import THOUGHT_SEP, join_url, new_id, now, plain_call_id, usage_from_openai
-from gateway.adapters.sse import FramedChunk, SSEEvent
+from gateway.adapters.sse import FramedChunk, FramedRun, SSEDecoder, SSEEvent
 from gateway.adapters.stream import SSEUpstreamStream, TranslatingAdapter, estimated_usage
 from gateway.adapters.upstream_errors import bad_response, error_from_event, load_json_event
 
@@ -35,6 +36,28 @@ _NOT_IN_CHUNK = (*DROP_FROM_OUTPUT, "usage", "x_groq")
 # Billing is at the standard (list) price: OpenAI is always asked for its "default" tier (never
 # "auto", which follows the project's setting); the gateway refuses other tiers before this.
 OPENAI_SERVICE_TIER = "default"
+
+# Nearly every event of an answer is a plain text delta, which OpenAI (and the servers that copy
+# its format) write in one compact form. A stream relayed by the chat relay reads such an event without the JSON
+# parser (``OpenAIStream._chunks_of``, issue 15 stream3) when this pattern matches its data whole:
+# every field is in the pattern, so the match says all that ``_on_event`` would read from the
+# event — no error, no usage (``"usage":null`` at most once), one choice without a finish reason,
+# a ``content`` string, nothing to drop — and its frame is the text ``_relayed`` would make.
+# Strings as the JSON parser takes them (no raw control character, only valid escapes); the
+# upstream's model name printable ASCII without quote or backslash (``json.dumps`` writes it as the
+# upstream did). Any other event (the role chunk, the finish, the usage, tool calls, reasoning,
+# other fields or orders, whitespace) goes through ``_on_event``.
+_JSON_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+_PLAIN_DELTA = re.compile(
+    r'\{"id":' + _JSON_STR + r',"object":"chat\.completion\.chunk","created":(?:0|[1-9][0-9]*),'
+    r'"model":(?P<model>"[ !#-\[\]-~]*")'
+    r'(?:,"service_tier":' + _JSON_STR + r')?'
+    r'(?:,"system_fingerprint":(?:' + _JSON_STR + r'|null))?'
+    r'(?P<u1>,"usage":null)?'
+    r',"choices":\[\{"index":0,"delta":\{"content":(?P<content>' + _JSON_STR + r')\},"logprobs":null,'
+    r'"finish_reason":null\}\]'
+    r'(?P<u2>,"usage":null)?'
+    r'(?:,"obfuscation":' + _JSON_STR + r')?\}')
 
 
 def _reasoning_within_limit(out: dict[str, Any]) -> None:
@@ -174,6 +197,7 @@ class OpenAIStream(SSEUpstreamStream):
         self._model: str | None = None  # the upstream's model name, its "model" field, ours
         self._needle = ""
         self._ours: str | None = None
+        self._chunked = False  # a chunk was yielded (the first one always as a dict: the relay reads it)
 
     def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
@@ -223,6 +247,70 @@ class OpenAIStream(SSEUpstreamStream):
         obj["object"] = "chat.completion.chunk"
         obj["model"] = self._target.public_id
         return [FramedChunk(obj, sse) if sse is not None else obj]
+
+    def _chunks_of(self, decoder: SSEDecoder, data: bytes) -> Iterator[Any]:
+        """A read between events (LF framing, UTF-8) of a stream whose consumer takes runs
+        (``runs``: the chat relay): its plain text deltas after the stream's first chunk
+        (``_PLAIN_DELTA``) come as ONE :class:`FramedRun` per run of them —
+        the read's own text with the edits of ``_relayed`` — instead of a dict and a frame each;
+        the other events go through the decoder and ``_on_event`` in their place. Same frames,
+        same usage and output count as event by event."""
+        if not self.runs or not decoder.idle or b"\r" in data:
+            yield from self._counted(super()._chunks_of(decoder, data))
+            return
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:  # the decoder's replacement characters: event by event
+            yield from self._counted(super()._chunks_of(decoder, data))
+            return
+        blocks = text.split("\n\n")
+        rest = blocks.pop()  # after the last blank line: the start of an event still to come
+        run: list[str] = []
+        run_model = ""
+        for block in blocks:
+            plain = None
+            if self._chunked and block[:6] == "data: " and "\n" not in block:
+                plain = _PLAIN_DELTA.fullmatch(block, 6)
+                if plain is not None and plain["u1"] is not None and plain["u2"] is not None:
+                    plain = None  # "usage" twice: the parser's path decides
+            if plain is not None:
+                model = plain["model"]
+                if run and model != run_model:
+                    yield self._run(run, run_model)
+                    run = []
+                run_model = model
+                run.append(block)
+                content = plain["content"]
+                self._out_chars += len(content) - 2 if "\\" not in content else len(json.loads(content))
+                continue
+            if run:
+                yield self._run(run, run_model)
+                run = []
+            yield from self._counted(super()._chunks_of(decoder, (block + "\n\n").encode()))
+            if self._done:
+                return
+        if run:
+            yield self._run(run, run_model)
+        if rest:
+            decoder.feed(rest.encode())  # no blank line in it: no event, the decoder keeps it
+
+    def _counted(self, chunks: Iterator[Any]) -> Iterator[Any]:
+        for chunk in chunks:
+            self._chunked = True
+            yield chunk
+
+    def _run(self, blocks: list[str], model: str) -> FramedRun:
+        """The frames of consecutive plain deltas (``data: {...}`` each, the upstream's model name
+        ``model``): their text with every ``"usage":null`` cut (one at most per event) and our
+        model name in place of the upstream's (once per event), as ``_relayed`` edits each."""
+        text = "\n\n".join(blocks) + "\n\n"
+        if ',"usage":null' in text:
+            text = text.replace(',"usage":null', "")
+        if model[1:-1] != self._target.public_id:
+            if self._ours is None:
+                self._ours = f'"model":{json.dumps(self._target.public_id)}'
+            text = text.replace('"model":' + model, self._ours)
+        return FramedRun(text.encode())
 
     def _relayed(self, data: str, obj: dict[str, Any]) -> bytes | None:
         """The upstream's own event as our ``data:`` frame, when it differs from the chunk above

@@ -25,6 +25,19 @@ class FramedChunk(dict):  # type: ignore[type-arg]
         self.sse = sse
 
 
+class FramedRun:
+    """Consecutive chunks that only a relay uses, as their ``data:`` frames one after the other: the
+    OpenAI-compatible stream's plain text deltas after its first chunk (issue 15, stream3). Not a
+    dict on purpose: only a stream whose consumer set ``runs`` (the chat relay, which frames every
+    chunk with ``chat.service._sse``, the one reader of it) yields it; every other consumer gets
+    dicts."""
+
+    __slots__ = ("sse",)
+
+    def __init__(self, sse: bytes) -> None:
+        self.sse = sse
+
+
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
@@ -58,6 +71,11 @@ class SSEDecoder:
             pos = m.end()
         self._buf = buf[pos:]
         return events
+
+    @property
+    def idle(self) -> bool:
+        """Between events: nothing of a line or an event kept from earlier reads."""
+        return not self._buf and not self._data and self._event is None
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a last event that was not followed by a blank line still counts."""

@@ -5,7 +5,7 @@ build request → post → translate, a billed answer we cannot use charged, nev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from gateway.adapters.http_client import UpstreamClient, UpstreamRequest, UpstreamResponse
@@ -44,6 +44,10 @@ class SSEUpstreamStream:
 
     provider = "?"
     relay = True  # the chunks will be framed and sent (False: assembled into one answer; see contract)
+    # Set by a consumer that only frames the chunks with ``chat.service._sse`` (the chat relay): the
+    # OpenAI-compatible stream may then give consecutive plain text deltas as one
+    # ``adapters.sse.FramedRun`` (their frames, not a dict). False: every chunk is a dict.
+    runs = False
     on_done: Callable[[], None] | None = None  # called once at the terminal event, ``usage`` final (see contract)
 
     def __init__(self, client: UpstreamClient, target: Target, body: dict[str, Any]) -> None:
@@ -71,6 +75,14 @@ class SSEUpstreamStream:
 
     def _on_eof(self) -> None:
         return None
+
+    def _chunks_of(self, decoder: SSEDecoder, data: bytes) -> Iterator[Any]:
+        """The chunks of one read of the body, in order, up to the terminal event (``_on_event``
+        on each event the decoder completes). A subclass may read some events itself."""
+        for event in decoder.feed(data):
+            yield from self._on_event(event)
+            if self._done:
+                return
 
     def _json_object(self, event: SSEEvent) -> dict[str, Any] | None:
         """The event's data as a JSON object, for ``_on_event``: None for an empty event or data
@@ -124,11 +136,8 @@ class SSEUpstreamStream:
         try:
             try:
                 async for data in body:
-                    for event in decoder.feed(data):
-                        for chunk in self._on_event(event):
-                            yield chunk
-                        if self._done:
-                            break
+                    for chunk in self._chunks_of(decoder, data):
+                        yield chunk
                     if self._done:
                         break
                 else:  # the body ended: an event not followed by a blank line still counts

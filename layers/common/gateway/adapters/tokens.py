@@ -124,13 +124,18 @@ class PromptSize:
 
     def estimate(self, model_id: str) -> int:
         """Expected prompt tokens on ``model_id`` (not capped: compared with the context length).
-        Files are not in it: their size is unknown until the provider reads them."""
+        Files are not in it: their size is unknown until the provider reads them. (Without images
+        the model's image maximum is not looked up: its patterns are not matched per request.)"""
+        if not self.images:
+            return self.text_estimate
         return self.text_estimate + self.images * image_token_max(model_id)
 
     def bound(self, model_id: str, context_length: int) -> int:
         """The most ``model_id`` can bill for this prompt: never above its context length."""
         if self.files:
             return context_length
+        if not self.images:
+            return min(context_length, self.text_bound)
         return min(context_length, self.text_bound + self.images * image_token_max(model_id))
 
 

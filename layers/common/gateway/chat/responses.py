@@ -64,6 +64,7 @@ class RelayResponse(StreamingResponse):
         unreachable = False
         pending: list[bytes] = []
         flusher: asyncio.Task[None] | None = None
+        flushing = False  # the flusher has started (its send may be in progress)
 
         async def emit(message: Message) -> None:
             nonlocal unreachable
@@ -77,16 +78,23 @@ class RelayResponse(StreamingResponse):
                     self.call.client_gone = True
 
         async def flush() -> None:
+            nonlocal flushing
+            flushing = True
             while pending:
                 data = b"".join(pending)
                 pending.clear()
                 await emit({"type": "http.response.body", "body": data, "more_body": True})
 
         async def end() -> None:
-            if flusher is not None:
+            # A flusher that has not started yet (the relay reached its end without waiting: the
+            # usual burst of a fast provider's last events) is left with nothing to send: what is
+            # pending goes out with the final body message, one write instead of two.
+            if flusher is not None and flushing:
                 await flusher
             self.ended = True
-            await emit({"type": "http.response.body", "body": b"".join(pending), "more_body": False})
+            data = b"".join(pending)
+            pending.clear()
+            await emit({"type": "http.response.body", "body": data, "more_body": False})
 
         try:
             await emit({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -108,6 +116,7 @@ class RelayResponse(StreamingResponse):
                 if flusher is None or flusher.done():
                     if flusher is not None:
                         flusher.result()  # a failed send surfaces here
+                    flushing = False
                     flusher = loop.create_task(flush())
             if not self.ended:
                 await end()
