@@ -95,7 +95,9 @@ async def scenario(database_url: str) -> None:
     assert await bounded(db.call(ECHO, (b"7", b"w"))) == [b"8", b"w"]  # retried once on a fresh connection
 
     await db.close_pool()
-    assert open_fds() == fds
+    # nothing of ours left open; "<=": the process may close an fd of an earlier test meanwhile (a
+    # collected client's socket), as seen once in CI (93 open against 94 at the start)
+    assert open_fds() <= fds
 
 
 async def silent_server() -> None:
