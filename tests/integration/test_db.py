@@ -14,17 +14,9 @@ import pytest
 from gateway import db
 from gateway.config import get_settings, reset_settings
 from infra.local.servers import free_port
+from tests.support.services import kill_our_backends
 
 pytestmark = pytest.mark.integration
-
-
-def kill_our_backends(url: str) -> int:
-    """Terminate every server connection our pool holds (what a long freeze or a failover does)."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = %s AND pid <> pg_backend_pid()", (get_settings().service_name[:60],)).fetchall()
-    return len(rows)
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import pytest
 import uvloop
 
 from gateway import db
-from gateway.config import get_settings, reset_settings
+from gateway.config import reset_settings
+from tests.support.services import kill_our_backends
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +30,6 @@ SLEEP = db.Statement("test_loops_sleep", "SELECT pg_sleep($1::float8), 'done'")
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def kill_our_backends(url: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = %s AND pid <> pg_backend_pid()", (get_settings().service_name[:60],)).fetchall()
-    return len(rows)
 
 
 async def bounded(call: Awaitable[Any]) -> Any:

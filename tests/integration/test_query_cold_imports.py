@@ -13,7 +13,7 @@ import pytest
 
 from gateway.account import byok
 from tests.support.account import master_key, provider_secret, set_env, upstream_requests  # noqa: F401
-from tests.support.apps import in_fresh_function
+from tests.support.apps import FRESH_CHAT, in_fresh_function
 
 pytestmark = pytest.mark.integration
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.integration
 # itself) and the BYOK module (only a caller with stored provider keys needs it).
 LAZY = ("logging.config", "gateway.account.byok")
 
-_REQUEST = '''
-import asyncio, json, os, sys
+_REQUEST = ("""
+import os, sys
 os.environ["GATEWAY_COLD_START"] = "serve"
 os.environ["PORT"] = "18124"
 import serve
@@ -30,33 +30,10 @@ serve.config()
 import app
 LAZY = LAZY_MODULES
 before = sorted(m for m in LAZY if m in sys.modules)
-
-async def main():
-    body = json.dumps({"model": "openai/gpt-4o-mini", "max_tokens": 16,
-                       "messages": [{"role": "user", "content": "[[words:3]]"}]}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
-                         (b"authorization", ("Bearer " + os.environ["TEST_API_KEY"]).encode())]}
-    sent, done = [], asyncio.Event()
-
-    async def receive():
-        if not sent:
-            return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app.stream_app(scope, receive, send)
-    done.set()
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-status, answer = asyncio.run(main())
+""" + FRESH_CHAT + """
+status, answer = chat(max_tokens=16)
 print(json.dumps([before, status, b"choices" in answer, sorted(m for m in LAZY if m in sys.modules)]))
-'''.replace("LAZY_MODULES", repr(LAZY))
+""").replace("LAZY_MODULES", repr(LAZY))
 
 
 async def test_a_chat_completion_in_a_fresh_process_imports_none_of_the_lazy_modules(

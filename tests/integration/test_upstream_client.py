@@ -22,6 +22,7 @@ from gateway.adapters import transport, upstream_errors
 from gateway.adapters.http_client import Limits, Timeouts, UpstreamClient, create_http_client
 from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.upstream_http import MAX_HEAD_BYTES
+from tests.support.apps import FRESH_CHAT, in_fresh_function
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -628,40 +629,17 @@ async def test_an_invalid_url_is_a_connection_error() -> None:
     await client.aclose()
 
 
-_ONE_REQUEST = '''
-import asyncio, json, os, sys
+_ONE_REQUEST = """
+import os, sys
 os.environ["GATEWAY_COLD_START"] = "serve"
 import app
 imported = "aiohttp" in sys.modules
-
-async def main(stream):
-    body = json.dumps({"model": "openai/gpt-4o-mini", "stream": stream,
-                       "messages": [{"role": "user", "content": "[[words:3]]"}]}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-             "query_string": b"", "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
-             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
-                         (b"authorization", ("Bearer " + os.environ["TEST_API_KEY"]).encode())]}
-    sent, done = [], asyncio.Event()
-
-    async def receive():
-        if not sent:
-            return {"type": "http.request", "body": body, "more_body": False}
-        await done.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    await app.stream_app(scope, receive, send)
-    done.set()
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-status, answer = asyncio.run(main(False))
-status2, streamed = asyncio.run(main(True))
+""" + FRESH_CHAT + """
+status, answer = chat(False)
+status2, streamed = chat(True)
 print(json.dumps([imported, status, status2, b"choices" in answer, b"[DONE]" in streamed,
                   "aiohttp" in sys.modules, sorted(m for m in ("yarl", "multidict", "attr") if m in sys.modules)]))
-'''
+"""
 
 
 async def test_the_query_function_imports_and_answers_without_aiohttp(
@@ -669,8 +647,6 @@ async def test_the_query_function_imports_and_answers_without_aiohttp(
     """A fresh interpreter imports the query function as run.sh does and answers a chat completion
     and a streamed one through it (Postgres, the Upstash bridge, the fake provider): aiohttp (nor
     yarl, multidict, attrs) is never imported."""
-    from tests.support.apps import in_fresh_function
-
     user = await make_user()
     monkeypatch.setenv("TEST_API_KEY", user.api_key)
     imported, status, status2, answered, streamed, after, others = json.loads(

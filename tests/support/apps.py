@@ -179,3 +179,37 @@ def in_fresh_function(function: str, code: str) -> str:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
+
+
+# For ``in_fresh_function("query", ...)``: ``chat(stream, **fields)`` sends one chat completion
+# (model openai/gpt-4o-mini, three words) through run.sh's ``stream_app`` (import ``app`` first) as an
+# ASGI call with the API key in $TEST_API_KEY, and returns its status and body bytes.
+FRESH_CHAT = '''
+import asyncio, json, os, sys
+
+async def _chat(stream, fields):
+    body = json.dumps({"model": "openai/gpt-4o-mini", "stream": stream, **fields,
+                       "messages": [{"role": "user", "content": "[[words:3]]"}]}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"gateway"), (b"content-type", b"application/json"),
+                         (b"authorization", ("Bearer " + os.environ["TEST_API_KEY"]).encode())]}
+    sent, done = [], asyncio.Event()
+
+    async def receive():
+        if not sent:
+            return {"type": "http.request", "body": body, "more_body": False}
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    await app.stream_app(scope, receive, send)
+    done.set()
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+def chat(stream=False, **fields):
+    return asyncio.run(_chat(stream, fields))
+'''

@@ -63,6 +63,17 @@ def reset_tables(url: str, extra: tuple[str, ...] = ()) -> None:
 _router: Any = None
 
 
+def kill_our_backends(url: str) -> int:
+    """Terminate every server connection our pool holds (what a long freeze or a failover does)."""
+    from gateway.config import get_settings
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = %s AND pid <> pg_backend_pid()", (get_settings().service_name[:60],)).fetchall()
+    return len(rows)
+
+
 def template_router() -> Any:
     """Every function of template.yaml mounted at its routes, as the local stack does
     (infra.local.devserver.build_router); built once per session, so every test drives the same
