@@ -6,6 +6,7 @@ Retry-After; /health says why."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -152,12 +153,11 @@ async def test_chat_and_health_while_upstash_hangs(gateway: httpx.AsyncClient, p
     assert "x-ratelimit-remaining" not in refused.headers
 
 
-async def test_a_lease_refill_a_request_started_ends_before_its_response(gateway: httpx.AsyncClient,
-                                                                       proxied: TcpProxy, make_user: Any) -> None:
-    """The chat request that takes its lease's last token starts the next lease call (a refill
-    ahead of need) and its response completes only after that call ended: behind the Web Adapter
-    nothing runs after the response. Here the refill hangs until the Upstash timeout, and the
-    response (still a 200: the call is the next request's) waits for it."""
+async def _last_token_with_a_stalled_refill(gateway: httpx.AsyncClient, proxied: TcpProxy,
+                                            make_user: Any) -> tuple[httpx.Response, float]:
+    """A user's chat requests until the one that takes its lease's last token, which starts the next
+    lease call (a refill ahead of need) while Upstash stalls: that request's answer, and how long
+    it took."""
     user = await make_user(balance="5", tier="enterprise")  # 1000 rpm: leases of RATELIMIT_LEASE_MAX (10)
     n = ratelimit.lease_size(1000)
     assert n > 2
@@ -170,7 +170,29 @@ async def test_a_lease_refill_a_request_started_ends_before_its_response(gateway
     proxied.set_mode("stall")
     started = time.perf_counter()
     last = await gateway.post("/v1/chat/completions", headers=headers, json=body)  # the last token
-    waited = time.perf_counter() - started
+    return last, time.perf_counter() - started
+
+
+async def test_in_lambda_a_lease_refill_a_request_started_ends_before_its_response(
+        gateway: httpx.AsyncClient, proxied: TcpProxy, make_user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Lambda the response of the request that started a refill completes only after that call
+    ended: behind the Web Adapter nothing runs after the response. Here the refill hangs until the
+    Upstash timeout, and the response (still a 200: the call is the next request's) waits for it."""
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "QueryFunction")
+    last, waited = await _last_token_with_a_stalled_refill(gateway, proxied, make_user)
     assert last.status_code == 200, last.text
     assert not ratelimit._refills  # the refill it started ended before its response
     assert waited >= TIMEOUT_S * 0.9  # ... which waited for it (here: the Upstash timeout)
+
+
+async def test_on_a_plain_server_a_lease_refill_ends_after_the_response(
+        gateway: httpx.AsyncClient, proxied: TcpProxy, make_user: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain server keeps running after a response: the request that started a refill answers
+    without waiting for it, and the refill ends on its own (here: at the Upstash timeout)."""
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    last, waited = await _last_token_with_a_stalled_refill(gateway, proxied, make_user)
+    assert last.status_code == 200, last.text
+    assert waited < TIMEOUT_S * 0.5  # not held by the stalled refill
+    assert len(ratelimit._refills) == 1  # still in flight after the response
+    await asyncio.wait_for(ratelimit.drain(), TIMEOUT_S * 10)  # it ends by itself
+    assert not ratelimit._refills

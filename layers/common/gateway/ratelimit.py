@@ -43,9 +43,12 @@ refill is asked for only once the lease is spent, and takes ``n - 1``); only whi
 at least ``4n`` remaining (closer to the limit every request asks Upstash itself, as above); one
 lease call in flight per key and container (a request finding the lease empty meanwhile waits for
 that call, as for any lease call). Upstash calls per request: ``1 / (n - 1)`` instead of ``1 / n``
-(no refill ahead for ``n <= 2``). The refill is a task of this container that must end inside the
-request that started it (behind the Lambda Web Adapter the environment is frozen once the response
-completes): :func:`drain` waits for every refill in flight.
+(no refill ahead for ``n <= 2``). In Lambda the refill is a task of this container that must end
+inside the request that started it (behind the Web Adapter the environment is frozen once the
+response completes; under Mangum the invocation ends): :func:`drain` waits for every refill in
+flight. A plain server (run.sh without Lambda's environment) keeps running after a response, so
+there the last byte does not wait: the refill ends on its own (within Upstash's timeout), and one
+cut short by a stop leaves only tokens counted in Upstash and never spent (stricter, never looser).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
 from .config import get_settings
 from .errors import RateLimited, ServiceUnavailable
 from .loops import BEFORE_LAST_BYTE
-from .observability import count, logger
+from .observability import count, in_lambda, logger
 from .upstash import UpstashUnavailable, get_redis
 
 WINDOW_SECONDS = 60
@@ -229,8 +232,9 @@ def _start_refill(key: tuple[Any, ...], identifier: str, max_requests: int, size
 
 
 def _pending_refills() -> Awaitable[None] | None:
-    """``gateway.loops.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight."""
-    return drain() if _refills else None
+    """``gateway.loops.BEFORE_LAST_BYTE``'s waiter: :func:`drain` while a refill is in flight, in
+    Lambda (a plain server's refill may end after the response: module docstring)."""
+    return drain() if _refills and in_lambda() else None
 
 
 async def drain() -> None:
