@@ -145,15 +145,23 @@ async def _charged_once(user_id: Any, model: str) -> None:
     assert balance["balance"] == Decimal("5") - rec["charge"]
 
 
-@pytest.mark.parametrize("surface", ["chat", "messages", "messages-native", "responses", "responses-native"])
-async def test_on_a_plain_server_a_stream_ends_while_its_settle_still_waits(
-        stream_app: Any, make_user: Any, database_url: str, surface: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+async def _held_settle(stream_app: Any, make_user: Any, database_url: str,
+                       surface: str) -> tuple[Any, dict[str, Any], bytes, BalanceLock, Exchange]:
+    """A new user's stream on ``surface`` whose settle will wait for a lock on the user's balance
+    row (taken as the request starts; ``lock.release()`` lets it go): the user, the request body,
+    the surface's last event, the lock and the exchange."""
     registry.invalidate()
     user = await make_user("5")
     path, body, last_event = _request(surface)
     lock = BalanceLock(database_url, user.user_id)
-    exchange = Exchange(stream_app, path, body, user.api_key, lock.take)
+    return user, body, last_event, lock, Exchange(stream_app, path, body, user.api_key, lock.take)
+
+
+@pytest.mark.parametrize("surface", ["chat", "messages", "messages-native", "responses", "responses-native"])
+async def test_on_a_plain_server_a_stream_ends_while_its_settle_still_waits(
+        stream_app: Any, make_user: Any, database_url: str, surface: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    user, body, last_event, lock, exchange = await _held_settle(stream_app, make_user, database_url, surface)
     try:
         assert await exchange.until(exchange.started, timeout=30.0)  # (a first request may be cold)
         # the whole stream and its final body message, while the settle waits for the lock (it
@@ -177,11 +185,7 @@ async def test_on_a_plain_server_a_stream_ends_while_its_settle_still_waits(
 async def test_in_lambda_the_final_body_message_waits_for_the_settle(
         stream_app: Any, make_user: Any, database_url: str, surface: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "mlp-test-QueryStreamFunction")
-    registry.invalidate()
-    user = await make_user("5")
-    path, body, last_event = _request(surface)
-    lock = BalanceLock(database_url, user.user_id)
-    exchange = Exchange(stream_app, path, body, user.api_key, lock.take)
+    user, body, last_event, lock, exchange = await _held_settle(stream_app, make_user, database_url, surface)
     try:
         assert await exchange.until(exchange.started, timeout=30.0)
         for _ in range(100):  # until the settle waits for the lock (a bound, not a timing)
