@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from decimal import Decimal as D
-from typing import Any
 
 from gateway.money.carried import Carried, Standing
 
@@ -108,20 +107,3 @@ def test_a_hold_id_is_hold_and_128_random_bits_in_hex() -> None:
     for i in ids:
         assert i.startswith("hold_") and len(i) == 37 and int(i[5:], 16) >= 0 and i == i.lower()
         assert _ID.fullmatch(i)  # a request id the statements take
-
-
-def test_the_quota_map_is_built_once_per_tier_table(monkeypatch: Any) -> None:
-    from gateway.chat import service
-    from gateway.config import get_settings, reset_settings
-
-    settings = get_settings()
-    first = service._quotas(settings)
-    assert first == settings.quotas() and service._quotas(settings) is first
-    monkeypatch.setenv("TIERS_JSON", '{"free": {"rpm": 5, "monthly_quota": 7}}')
-    reset_settings()
-    try:
-        changed = get_settings()
-        assert service._quotas(changed) == changed.quotas() != first  # a new table: built again
-    finally:
-        monkeypatch.undo()
-        reset_settings()

@@ -513,3 +513,17 @@ def test_without_a_dotenv_file_its_source_is_not_asked(env: pytest.MonkeyPatch) 
     env.setattr(Settings, "_settings_build_values", classmethod(spy))
     assert get_settings().db_pool_max == 5
     assert "DotEnvSettingsSource" not in asked and "EnvSettingsSource" in asked
+
+
+def test_the_quota_map_is_built_once_per_tier_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = get_settings()
+    first = settings.quotas()
+    assert first == {**first} and settings.quotas() is first
+    monkeypatch.setenv("TIERS_JSON", '{"free": {"rpm": 5, "monthly_quota": 7}}')
+    reset_settings()
+    try:
+        changed = get_settings()
+        assert changed.quotas() != first and changed.quotas()["free"] == 7  # a new table: built again
+    finally:
+        monkeypatch.undo()
+        reset_settings()

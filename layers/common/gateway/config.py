@@ -374,9 +374,17 @@ class Settings(BaseSettings):
         return [t.name for _, t in sorted(enumerate(tiers), key=lambda it: (it[1].rank, it[0]))]
 
     def quotas(self) -> dict[str, int | None]:
-        """Monthly request quota of every tier name the database may hold (aliases included)."""
-        out: dict[str, int | None] = {name: t.monthly_quota for name, t in self.tiers.items()}
+        """Monthly request quota of every tier name the database may hold (aliases included). Built
+        once per tier table (``tiers`` is the same dict while its inputs are; every reserve and
+        settle asks): the map is shared, never modify it."""
+        global _last_quotas
+        tiers = self.tiers
+        last = _last_quotas
+        if last[0] is tiers:
+            return last[1]
+        out: dict[str, int | None] = {name: t.monthly_quota for name, t in tiers.items()}
         out.update({alias: out[target] for alias, target in TIER_ALIASES.items() if target in out})
+        _last_quotas = (tiers, out)
         return out
 
 
@@ -389,6 +397,7 @@ def _is_placeholder(value: str | None) -> bool:
 
 # Settings.tiers: the last (tiers_json, default_markup, table) read
 _last_tiers: tuple[object, object, dict[str, Tier]] = (object(), object(), {})
+_last_quotas: tuple[object, dict[str, int | None]] = (object(), {})  # (the tier table, its quota map)
 
 
 @lru_cache(maxsize=8)

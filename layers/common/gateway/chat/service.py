@@ -382,7 +382,7 @@ async def admit(call: Call) -> None:
     if standing is not None:
         await _admit_carried(call, standing, hint)
         return
-    reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=_quotas(settings),
+    reserve_coro = ledger.reserve(p.user_id, call.request_id, call.hold, quotas=settings.quotas(),
                                   api_key_id=p.key_id, model=call.candidates[0].model.id,
                                   max_in_flight=settings.max_in_flight_per_user,
                                   check_tier=lambda name: _check_plan(call, settings.tier(name)))
@@ -570,7 +570,7 @@ async def _settle(record: ledger.UsageRecord, call: Call) -> ledger.Settlement |
         if record.status == "ok" and carried.claim(who, concurrent=settings.db_combine):
             carry = ledger.Carry(
                 request_id=new_hold_id(), hold=to_credit(call.hold * settings.carry_hold_factor),
-                seconds=settings.carry_hold_s, quotas=_quotas(settings),
+                seconds=settings.carry_hold_s, quotas=settings.quotas(),
                 max_in_flight=settings.max_in_flight_per_user)
     result = None
     try:
@@ -601,22 +601,6 @@ def new_hold_id() -> str:
     """The id of a carried hold's reservation (never a request's: ``req_`` ids and API Gateway's):
     ``hold_`` and 128 random bits in hex, the form of ``uuid4().hex`` (~0.4 us against ~2.8)."""
     return "hold_" + os.urandom(16).hex()
-
-
-_last_quotas: tuple[object, dict[str, int | None]] = (None, {})
-
-
-def _quotas(settings: Settings) -> dict[str, int | None]:
-    """``settings.quotas()`` (the monthly quota of every tier name), built once per tier table
-    (``Settings.tiers`` is the same object while its settings are) instead of per reserve and settle."""
-    global _last_quotas
-    tiers = settings.tiers
-    last = _last_quotas
-    if last[0] is tiers:
-        return last[1]
-    quotas = settings.quotas()
-    _last_quotas = (tiers, quotas)
-    return quotas
 
 
 async def flush_deferred() -> int:
