@@ -21,7 +21,8 @@ tests/infrastructure/test_architecture.py):
   and Upstash calls), ``loops`` (event-loop-bound state, the work a response waits for), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
   errors, the OpenAI error shape), ``coldstart`` (what a function's ``app.py`` imports first: import
-  trims, the garbage collector paused until the app is built).
+  trims, the garbage collector paused until the app is built), ``records`` (``@frozen``: immutable
+  value records declared without the dataclass methods nothing uses).
 """
 
 __version__ = "0.1.0"

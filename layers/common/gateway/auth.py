@@ -37,13 +37,14 @@ from starlette.requests import Request
 from . import db
 from .config import get_settings
 from .errors import Forbidden, Unauthorized
+from .records import frozen
 
 KEY_RANDOM_BYTES = 32
 VISIBLE_PREFIX_CHARS = 8  # characters after the fixed prefix shown in listings
 SCOPES = ("full", "inference")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SealedProviderKey:
     """A BYOK provider key as stored: AES-256-GCM ciphertext, opened lazily by ``account.byok``."""
 
@@ -55,6 +56,8 @@ class SealedProviderKey:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who calls: the user, the API key (None for a JWT session), the tier and the key's limits."""
+
     user_id: UUID
     key_id: UUID | None          # None when signed in with a JWT (dashboard routes)
     tier: str                    # as of the last lookup (a hint; billing re-reads it)

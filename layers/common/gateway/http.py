@@ -23,7 +23,6 @@ import re
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +37,7 @@ from .config import Settings, get_settings
 from .errors import BadRequest, GatewayError, InternalError, PayloadTooLarge
 from .loops import BEFORE_LAST_BYTE, at_shutdown, before_last_byte
 from .observability import logger
+from .records import frozen
 
 if TYPE_CHECKING:  # FastAPI is imported by create_app only: the query function runs without it (LeanApp)
     from fastapi import APIRouter, FastAPI
@@ -483,7 +483,7 @@ def openapi_schema(app: FastAPI, routers: Iterable[APIRouter] = ()) -> dict[str,
 
 
 # ----------------------------------------------------------------------------------- lean path
-@dataclass(frozen=True, slots=True)
+@frozen
 class LeanRoute:
     """A route the lean path serves: ``POST`` to a fixed path, no response model, no dependencies,
     and an endpoint that takes only the ``Request`` (it parses and validates its own body, e.g.

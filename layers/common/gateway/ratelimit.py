@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import upstash  # noqa: F401  (first: upstash-redis with httpx deferred, then upstash-ratelimit)
+from .records import frozen
 
 # isort: split
 from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
@@ -76,8 +77,10 @@ LEASE_FRACTION = 50  # a lease is at most rpm // LEASE_FRACTION tokens
 LEASE_MARGIN = 4     # ... and only taken while Upstash reports >= LEASE_MARGIN * n remaining
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
+    """A rate-limit decision, and the headers it is answered with."""
+
     allowed: bool
     limit: int
     remaining: int
@@ -132,8 +135,10 @@ async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SE
                         reset=time.time() + window_s, degraded=True, retry_after=retry_after)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Lease:
+    """Rate-limit tokens this container counted in Upstash ahead of need, for one key and window."""
+
     tokens: int        # counted in Upstash, not handed out yet
     remaining: int     # Upstash's remaining after the last lease call
     limit: int

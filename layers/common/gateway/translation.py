@@ -40,7 +40,7 @@ DROPPED_PARAMS_HEADER = "x-dropped-params"
 MAX_DROPPED_HEADER_CHARS = 1024
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Translation:
     """A surface request turned into the internal chat body, plus what could not be carried."""
 

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from gateway.adapters.http_client import UpstreamClient
 
+from ..records import frozen
+
 
 def _count(openai: str | None, doc: str) -> Any:
     """One token count of :class:`Tokens`: ``openai`` is its place in OpenAI's ``usage`` object
@@ -101,8 +103,10 @@ class Usage(Tokens):
         return out
 
 
-@dataclass(slots=True, frozen=True)
+@frozen
 class Target:
+    """Where one upstream call goes: the provider, its model name, our public id, base URL and key."""
+
     provider: str  # a name in gateway.adapters.registry
     upstream_model: str  # the provider's own model name
     public_id: str  # our id: the ``model`` of every response/chunk we emit

@@ -25,10 +25,11 @@ The concrete adapters import only the shared pieces
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..config import Settings, get_settings
+from ..records import frozen
 from . import openai_compat
 from .contract import Adapter, DirectModel, GetJson
 
@@ -46,8 +47,10 @@ def openrouter_attribution(settings: Settings | None = None) -> dict[str, str]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Provider:
+    """A provider we call: how to build its adapter, where its key and base URL come from, its catalogue."""
+
     name: str
     make_adapter: Callable[[], Adapter]
     api_key: Callable[[Settings], str]

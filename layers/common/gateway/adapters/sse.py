@@ -7,8 +7,10 @@ import re
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class SSEEvent:
+    """One server-sent event: its ``event:`` name (None when the event names none) and its data."""
+
     event: str | None
     data: str
 

@@ -36,6 +36,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..records import frozen
+
 CHARS_PER_TOKEN = 4
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
 # The tool-use system prompt a provider adds when tools are declared (Anthropic: up to 346 tokens
@@ -104,7 +106,7 @@ def _text_size(text: str) -> tuple[int, int]:
             len(text.encode("utf-8", "surrogatepass")))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PromptSize:
     """The prompt of one request, before the serving model is known."""
 
@@ -150,8 +152,10 @@ def _unbounded_image(part: dict[str, Any]) -> bool:
     return isinstance(image, dict) and image.get("detail") == "original"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Media:
+    """The media parts ``_strip_media`` took out of a prompt, counted by kind."""
+
     images: int = 0
     files: int = 0
     audio: int = 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -24,10 +23,13 @@ from ..config import Tier, get_settings
 from ..errors import BadRequest
 from ..loops import loop_lock
 from ..money.pricing import ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER, ZERO, LongContextPrice, ModelPrice, parse_price
+from ..records import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelInfo:
+    """A catalogue model as a request uses it: its ids, limits, price and input modalities."""
+
     id: str
     name: str
     provider: str

@@ -68,6 +68,7 @@ from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
+from ..records import frozen
 from ..translation import END_OF_BODY, dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
@@ -88,8 +89,10 @@ PER_MILLION = Decimal(1_000_000)
 MARK_SENT_AFTER_S = 1.0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Candidate:
+    """A model the request may be sent to, with the body and output limit prepared for it."""
+
     model: ModelInfo
     target: Target
     byok: bool
@@ -133,7 +136,7 @@ def _chat_assemble(chunks: list[dict[str, Any]], model: str, usage: Usage) -> di
     return assemble(chunks, model, usage.as_openai())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Wire:
     """What the pipeline speaks upstream and downstream. The default is chat: the registry's
     adapters (every provider behind the OpenAI chat format), chunks framed as ``data:`` lines,
@@ -152,7 +155,7 @@ class Wire:
 CHAT = Wire()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Call:
     """One admitted request on its way through the pipeline."""
 

@@ -21,6 +21,8 @@ Principal = tuple[object, object]   # (user id, key id)
 
 @dataclass(frozen=True, slots=True)
 class Standing:
+    """A standing reservation this container holds for a user and key (``Carried``)."""
+
     request_id: str       # the standing reservation's id
     amount: Decimal       # its hold
     tier: str             # the user's tier when it was opened

@@ -37,6 +37,7 @@ from ..adapters.contract import TOKEN_FIELDS, Tokens
 from ..config import FREE_TIER
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
+from ..records import frozen
 from . import combine
 from .format import money
 from .pricing import ZERO, ModelPrice, to_credit
@@ -79,8 +80,10 @@ _period_param = _Period().get
 
 
 # --------------------------------------------------------------------------- credit
-@dataclass(frozen=True, slots=True)
+@frozen
 class CreditResult:
+    """What ``credit`` did: applied (or an idempotent replay), and the balance after it."""
+
     applied: bool          # False when the reference had already been applied (idempotent replay)
     balance: Decimal
     reserved: Decimal
@@ -147,8 +150,10 @@ async def credit_in(conn: db.Connection, user_id: UUID | str, amount: Decimal, k
 
 
 # --------------------------------------------------------------------------- reserve
-@dataclass(frozen=True, slots=True)
+@frozen
 class Reservation:
+    """A request's hold, placed by ``reserve``."""
+
     request_id: str
     user_id: UUID | str
     amount: Decimal
@@ -463,7 +468,7 @@ SETTLE_CARRY_SQL = (
 SETTLE_CARRY = db.Statement("ledger_settle_carry", SETTLE_CARRY_SQL)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Carry:
     """A standing reservation for the next request of the settled request's user and key: opened by
     its settle when mlp_reserve's checks pass, idle in the database for at most ``seconds``."""
@@ -475,8 +480,10 @@ class Carry:
     max_in_flight: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Settlement:
+    """What a settle did: settled (or already closed), the balance after it and the charge."""
+
     settled: bool           # False if the reservation was already settled/released (idempotent)
     balance: Decimal = ZERO
     reserved: Decimal = ZERO
@@ -594,8 +601,10 @@ WHERE created_at < now() - make_interval(mins => %s) AND standing_until IS NULL 
 """
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Orphan:
+    """A reservation ``settle_orphans`` closed, and what it charged."""
+
     request_id: str
     charged: Decimal     # its hold when the request had reached a provider, else 0 (released)
 

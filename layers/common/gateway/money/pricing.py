@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import operator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from decimal import ROUND_CEILING, Context, Decimal, localcontext
 from typing import Any
 
 from ..adapters.contract import TOKEN_FIELDS, Tokens
+from ..records import frozen
 
 CREDIT_QUANTUM = Decimal("0.00000001")
 ZERO = Decimal(0)
@@ -64,8 +65,10 @@ def parse_price(value: str | int | Decimal | None) -> Decimal | None:
 ANTHROPIC_CACHE_WRITE_1H_MULTIPLIER = Decimal(2)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ModelPrice:
+    """A model's unit prices, as Decimals (never floats): tokens, requests, cache, images, audio."""
+
     prompt: Decimal
     completion: Decimal
     request: Decimal = ZERO
@@ -129,7 +132,7 @@ class ModelPrice:
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LongContextPrice(ModelPrice):
     """A model's prices with a long-context tier (Gemini Pro past 200k prompt tokens, GPT-5.4 past
     272k): a call whose prompt is over ``threshold`` tokens is billed ENTIRELY at ``long``, every

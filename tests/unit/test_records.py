@@ -1,0 +1,101 @@
+"""``gateway.records.frozen``: a slotted dataclass with ``__init__`` and ``__repr__`` only, immutable for
+mypy (issue 15, spawn4: fewer generated methods compiled at a cold start)."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.money.ledger import Settlement
+from gateway.money.pricing import LongContextPrice, ModelPrice
+from gateway.records import frozen
+
+
+@frozen
+class _Point:
+    """A test record."""
+
+    x: int
+    label: str = "p"
+
+
+@frozen(kw_only=True)
+class _Named:
+    """A keyword-only test record."""
+
+    name: str
+
+
+@frozen
+class _Secret:
+    """A test record with its own repr."""
+
+    key: str
+
+    def __repr__(self) -> str:
+        return "_Secret(key='***')"
+
+
+def test_a_frozen_record_is_a_slotted_dataclass_with_init_and_repr() -> None:
+    p = _Point(1)
+    assert (p.x, p.label) == (1, "p")
+    assert repr(p) == "_Point(x=1, label='p')"
+    assert [f.name for f in dataclasses.fields(p)] == ["x", "label"]
+    assert dataclasses.replace(p, x=2).x == 2 and p.x == 1
+    assert dataclasses.asdict(p) == {"x": 1, "label": "p"}
+    assert not hasattr(p, "__dict__")  # slots
+    with pytest.raises(TypeError):
+        _Named("n")  # type: ignore[misc]
+    assert _Named(name="n").name == "n"
+
+
+def test_generated_methods_are_init_and_repr_only() -> None:
+    for cls in (_Point, _Named, ModelPrice, LongContextPrice, Settlement):
+        own = set(vars(cls))
+        assert "__init__" in own and "__repr__" in own, cls
+        assert not own & {"__eq__", "__hash__", "__setattr__", "__delattr__"}, cls
+    a, b = _Point(1), _Point(1)
+    assert a != b and a == a and hash(a) == object.__hash__(a)  # identity, as any object's
+
+
+def test_a_record_with_its_own_repr_keeps_it() -> None:
+    assert repr(_Secret("sk-live")) == "_Secret(key='***')"
+
+
+def test_a_subclass_record_inherits_fields_and_its_base_checks() -> None:
+    base = ModelPrice(prompt=Decimal("0.000001"), completion=Decimal("0.000002"))
+    tiered = LongContextPrice.tiered(base, threshold=200_000, prompt_factor=Decimal(2),
+                                     completion_factor=Decimal("1.5"))
+    assert tiered.prompt == base.prompt and tiered.threshold == 200_000
+    assert tiered.for_prompt(200_001).prompt == Decimal("0.000002")
+    with pytest.raises(TypeError):
+        ModelPrice(prompt=0.1, completion=Decimal(0))  # type: ignore[arg-type]  # floats refused (__post_init__)
+
+
+def test_mypy_refuses_an_assignment_to_a_frozen_record(tmp_path: Path) -> None:
+    """What keeps a record immutable now that run time does not refuse an assignment."""
+    from mypy import api
+
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(textwrap.dedent("""
+        from decimal import Decimal
+        from gateway.money.pricing import ModelPrice
+        from gateway.records import frozen
+
+        @frozen
+        class P:
+            x: int
+
+        P(1).x = 2
+        ModelPrice(prompt=Decimal(1), completion=Decimal(1)).prompt = Decimal(2)
+    """))
+    root = Path(__file__).resolve().parents[2]
+    out, err, status = api.run([str(snippet), "--no-incremental", "--follow-imports=silent",
+                                "--config-file", str(root / "pyproject.toml"),
+                                "--cache-dir", str(tmp_path / "mypy-cache")])
+    assert status == 1, out + err
+    assert out.count("is read-only") == 2, out
