@@ -484,27 +484,27 @@ class _Decoder:
 
 
 # ------------------------------------------------------------------------------ the cookie jar
-_DATE_TOKENS = re.compile(r"[\x09\x20-\x2F\x3B-\x40\x5B-\x60\x7B-\x7E]*"
-                          r"(?P<token>[\x00-\x08\x0A-\x1F\d:a-zA-Z\x7F-\xFF]+)")
-_DATE_HMS = re.compile(r"(\d{1,2}):(\d{1,2}):(\d{1,2})")
-_DATE_DAY = re.compile(r"(\d{1,2})")
-_DATE_MONTH = re.compile("(jan)|(feb)|(mar)|(apr)|(may)|(jun)|(jul)|(aug)|(sep)|(oct)|(nov)|(dec)", re.I)
-_DATE_YEAR = re.compile(r"(\d{2,4})")
+# The cookie patterns are compiled by ``re`` on the first Set-Cookie (its cache), not at every cold start.
+_DATE_TOKENS = r"[\x09\x20-\x2F\x3B-\x40\x5B-\x60\x7B-\x7E]*(?P<token>[\x00-\x08\x0A-\x1F\d:a-zA-Z\x7F-\xFF]+)"
+_DATE_HMS = r"(\d{1,2}):(\d{1,2}):(\d{1,2})"
+_DATE_DAY = r"(\d{1,2})"
+_DATE_MONTH = "(?i)(jan)|(feb)|(mar)|(apr)|(may)|(jun)|(jul)|(aug)|(sep)|(oct)|(nov)|(dec)"
+_DATE_YEAR = r"(\d{2,4})"
 _MAX_TIME = 253402300798.0  # aiohttp's cap on a cookie's deadline (datetime.max, minus one second)
 
 
 def _cookie_date(text: str) -> float | None:
     """RFC 6265's cookie-date (aiohttp's ``CookieJar._parse_date``): a timestamp, or None."""
     hms = day = month = year = None
-    for m in _DATE_TOKENS.finditer(text):
+    for m in re.finditer(_DATE_TOKENS, text):
         token = m.group("token")
-        if hms is None and (t := _DATE_HMS.match(token)):
+        if hms is None and (t := re.match(_DATE_HMS, token)):
             hms = tuple(int(x) for x in t.groups())
-        elif day is None and (t := _DATE_DAY.match(token)):
+        elif day is None and (t := re.match(_DATE_DAY, token)):
             day = int(t.group())
-        elif month is None and (t := _DATE_MONTH.match(token)):
+        elif month is None and (t := re.match(_DATE_MONTH, token)):
             month = t.lastindex
-        elif year is None and (t := _DATE_YEAR.match(token)):
+        elif year is None and (t := re.match(_DATE_YEAR, token)):
             year = int(t.group())
     if hms is None or day is None or month is None or year is None:
         return None
@@ -520,8 +520,8 @@ def _cookie_date(text: str) -> float | None:
     return float(calendar.timegm((year, month, day, hour, minute, second, -1, -1, -1)))
 
 
-_COOKIE_NAME = re.compile(r"[!#$%&'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+")  # aiohttp's allowed names
-_COOKIE_FORBIDDEN_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_COOKIE_NAME = r"[!#$%&'()*+\-./0-9:<=>?@A-Z\[\]^_`a-z{|}~]+"  # aiohttp's allowed names
+_COOKIE_FORBIDDEN_CTL = _FORBIDDEN_HEADER_CHARS  # aiohttp's: the same characters
 _MAX_COOKIES_PER_ANSWER = 50
 
 
@@ -561,7 +561,7 @@ class CookieJar:
             pair, *attributes = header.split(";")
             name, eq, value = pair.partition("=")
             name, value = name.strip(" \t"), value.strip(" \t")
-            if not eq or _COOKIE_NAME.fullmatch(name) is None or len(name) + len(value) > 4096:
+            if not eq or re.fullmatch(_COOKIE_NAME, name) is None or len(name) + len(value) > 4096:
                 continue
             # sent back as aiohttp's jar sent it: a quoted value as it came, any other quoted if needed
             value = value if value.startswith('"') else _quote(value)

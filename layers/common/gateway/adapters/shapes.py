@@ -50,13 +50,13 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$",
-                       re.DOTALL)
+# Compiled by ``re`` on the first data URL (its cache), not at every cold start.
+_DATA_URL = r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,(?P<data>.*)$"
 
 
 def parse_data_url(url: str) -> tuple[str, str] | None:
     """``data:image/png;base64,AAAA`` → ``("image/png", "AAAA")``; None if not a base64 data URL."""
-    m = _DATA_URL.match(url)
+    m = re.match(_DATA_URL, url, re.DOTALL)
     if not m:
         return None
     return (m.group("mime") or "application/octet-stream"), m.group("data")

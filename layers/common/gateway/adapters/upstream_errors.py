@@ -49,7 +49,8 @@ def billed(err: UpstreamError, usage: Usage | None) -> UpstreamError:
 
 
 
-_SECRET_PATTERNS = re.compile(
+# Compiled by ``re`` on the first error message it scrubs (its cache), not at every cold start.
+_SECRET_PATTERNS = (
     r"(sk-(?:ant-|or-|proj-)?[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{20,}|Bearer\s+\S+|gsk_[A-Za-z0-9]{10,})"
 )
 CREDENTIALS_MESSAGE = "provider rejected the credentials"
@@ -60,7 +61,7 @@ def scrub(message: str, *secrets: str) -> str:
     for s in secrets:
         if s and len(s) >= 4:
             message = message.replace(s, "***")
-    message = _SECRET_PATTERNS.sub("***", message)
+    message = re.sub(_SECRET_PATTERNS, "***", message)
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[:MAX_MESSAGE_CHARS] + "…"
     return message
