@@ -7,10 +7,12 @@
 # dependencies, including uvicorn, unpacked under /opt/python), the function code and the
 # runtime directory (boto3) on the path ourselves.
 set -e
-TASK_ROOT="${LAMBDA_TASK_ROOT:-$(cd "$(dirname "$0")" && pwd)}"
+# The function's directory (Lambda's task root, else this script's): found without a subshell or
+# `dirname`, two processes fewer before Python starts (~1.5 ms of a local spawn)
+if [ -n "${LAMBDA_TASK_ROOT:-}" ]; then cd "$LAMBDA_TASK_ROOT"; elif [[ "$0" == */* ]]; then cd "${0%/*}"; fi
+TASK_ROOT="$PWD"
 export PYTHONPATH="/opt/python:${TASK_ROOT}${LAMBDA_RUNTIME_DIR:+:$LAMBDA_RUNTIME_DIR}${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="${PATH}:${TASK_ROOT}/bin"
-cd "$TASK_ROOT"
 # This process serves the function: its import starts as in Lambda (gateway/coldstart.py) here too
 export GATEWAY_COLD_START=serve
 # uvicorn serving app:stream_app on $PORT (0.0.0.0, no access log, uvloop, httptools): serve.py builds

@@ -6,8 +6,12 @@ supervisors), and leaves ``uvicorn.main`` importable as the real module."""
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 from tests.support.apps import in_fresh_function
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _COMPARE = """
 import json, os, sys
@@ -130,3 +134,27 @@ def test_in_lambda_a_thread_imports_anyios_backend_once_the_server_listens() -> 
 def test_outside_lambda_no_thread_imports_it() -> None:
     code = _LISTENING.format(lambda_env="os.environ.pop('AWS_LAMBDA_FUNCTION_NAME', None)")
     assert json.loads(in_fresh_function("query", code)) == [False, False, False]
+
+
+def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: Path) -> None:
+    """run.sh finds its directory without `dirname` (Lambda's task root, else its own path): started
+    by an absolute path, a relative one, from its own directory, or with LAMBDA_TASK_ROOT set, it
+    execs `python serve.py` there with that directory on PYTHONPATH after the layer's."""
+    query = ROOT / "functions" / "query"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/bin/sh\necho "$PWD|$PYTHONPATH|$GATEWAY_COLD_START|$*"\n')
+    (fake / "python").chmod(0o755)
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "PYTHONPATH": "/extra"}
+    for cwd, argv, extra in ((tmp_path, [str(query / "run.sh")], {}),
+                             (ROOT, ["functions/query/run.sh"], {}),
+                             (query, ["./run.sh"], {}),
+                             (query, ["run.sh"], {}),
+                             (tmp_path, ["bash", str(query / "run.sh")], {}),
+                             (tmp_path, [str(query / "run.sh")], {"LAMBDA_TASK_ROOT": str(query),
+                                                                   "LAMBDA_RUNTIME_DIR": "/var/runtime"})):
+        if argv == ["run.sh"]:
+            argv = ["bash", "run.sh"]
+        out = subprocess.run(argv, cwd=cwd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout
+        runtime = ":/var/runtime" if extra else ""
+        assert out.strip() == f"{query}|/opt/python:{query}{runtime}:/extra|serve|serve.py", (argv, out)
