@@ -8,7 +8,9 @@ parameters that would change what a request costs without a price we can hold an
 (audio output, web search), which the pipeline answers with a 400 before any hold.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: with it every field's annotation is a string that
+# pydantic evaluates at class creation (a ``compile`` and an ``eval`` each), ~2.4 ms of this module's
+# import (issue 15, spawn4). A validator returning its own class names it in quotes instead.
 
 from typing import Annotated, Any, Literal
 
@@ -62,7 +64,7 @@ class FileRef(_Strict):
     filename: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> FileRef:
+    def _one_source(self) -> "FileRef":
         if not self.file_data and not self.file_id:
             raise ValueError("a file part needs `file_data` or `file_id`")
         return self
@@ -99,7 +101,7 @@ class ToolCall(_Strict):
     index: int | None = None
 
     @model_validator(mode="after")
-    def _check_kind(self) -> ToolCall:
+    def _check_kind(self) -> "ToolCall":
         if (self.function is None) == (self.custom is None) or (self.type == "custom") != (self.custom is not None):
             raise ValueError("a tool call carries `function` (type function) or `custom` (type custom)")
         return self
@@ -115,7 +117,7 @@ class Message(BaseModel):
     tool_call_id: str | None = None
 
     @model_validator(mode="after")
-    def _check_role_fields(self) -> Message:
+    def _check_role_fields(self) -> "Message":
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs tool_call_id")
         if self.role == "function" and not self.name:
@@ -147,7 +149,7 @@ class Tool(_Strict):
     custom: CustomToolDef | None = None
 
     @model_validator(mode="after")
-    def _check_kind(self) -> Tool:
+    def _check_kind(self) -> "Tool":
         if self.type == "function" and (self.function is None or self.custom is not None):
             raise ValueError("a function tool carries `function`")
         if self.type == "custom" and (self.custom is None or self.function is not None):
@@ -167,7 +169,7 @@ class NamedToolChoice(_Strict):
     allowed_tools: AllowedTools | None = None
 
     @model_validator(mode="after")
-    def _check_kind(self) -> NamedToolChoice:
+    def _check_kind(self) -> "NamedToolChoice":
         if getattr(self, self.type) is None:
             raise ValueError(f"a tool_choice of type {self.type} carries `{self.type}`")
         return self
@@ -261,7 +263,7 @@ class ChatRequest(_Strict):
     usage: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> ChatRequest:
+    def _check(self) -> "ChatRequest":
         if not self.model and not self.models:
             raise ValueError("`model` is required")
         if isinstance(self.stop, list) and len(self.stop) > 4:
