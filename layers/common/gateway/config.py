@@ -12,7 +12,9 @@ A deployed stage refuses empty or placeholder secrets, and a database URL withou
 start instead of failing later.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` here: with it pydantic compiles and evaluates each of
+# the Settings' ~100 annotation strings at class creation (-8 M instructions of a cold start without
+# it; issue 15, spawn4). A validator returning ``Settings`` names it in quotes.
 
 import hashlib
 import json
@@ -262,7 +264,7 @@ class Settings(BaseSettings):
         return self.database_direct_url or self.database_url
 
     @model_validator(mode="after")
-    def _refuse_placeholders_when_deployed(self) -> Settings:
+    def _refuse_placeholders_when_deployed(self) -> "Settings":
         if not self.deployed:
             return self
         required = {
@@ -292,7 +294,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _refuse_open_jwks_when_deployed(self) -> Settings:
+    def _refuse_open_jwks_when_deployed(self) -> "Settings":
         """A JWKS verifies every token the identity provider signs, for any of its applications:
         a deployed stage must pin the issuer and the audience."""
         if self.deployed and self.jwt_jwks_url and not (self.jwt_issuer.strip() and self.jwt_audience.strip()):
@@ -316,13 +318,13 @@ class Settings(BaseSettings):
         return v
 
     @model_validator(mode="after")
-    def _check_carry(self) -> Settings:
+    def _check_carry(self) -> "Settings":
         if self.carry_margin_s >= self.carry_hold_s:
             raise ValueError("CARRY_MARGIN_S must be below CARRY_HOLD_S (a carried hold would never be usable)")
         return self
 
     @model_validator(mode="after")
-    def _default_redis_prefix(self) -> Settings:
+    def _default_redis_prefix(self) -> "Settings":
         if not self.ratelimit_prefix:
             info = _conninfo(self.database_url)
             ident = "|".join(info.get(k, "") for k in ("host", "port", "dbname"))
@@ -330,7 +332,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _validate_tiers(self) -> Settings:
+    def _validate_tiers(self) -> "Settings":
         """A bad TIERS_JSON fails at cold start, not on the first request that reads the tier table."""
         try:
             _tiers(self.tiers_json, str(self.default_markup))
