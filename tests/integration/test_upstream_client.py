@@ -278,6 +278,47 @@ async def test_read_timeout_and_a_cut_body(serve: Callable[[Handler], Awaitable[
     await client.aclose()
 
 
+async def test_the_read_timeout_is_the_silence_since_the_last_bytes(serve: Callable[[Handler], Awaitable[Server]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read timeout bounds each silence, not the whole body: pieces that each come within it go
+    on past it, and the silence after the last one fails the read once it lasts as long. One loop
+    timer per response for that (pushed back when it comes due after bytes arrived), not one
+    cancelled and armed again per read."""
+    async def trickle(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            writer.write(b"2\r\nok\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.06)
+        await asyncio.sleep(2)  # then silent
+        return False
+
+    server = await serve(trickle)
+    client = UpstreamClient(Timeouts(connect=1.0, read=0.15, write=1.0, pool=1.0), Limits())
+    loop = asyncio.get_running_loop()
+    armed: list[Any] = []
+    for name in ("call_at", "call_later"):
+        def arming(*args: Any, _real: Any = getattr(loop, name), **kwargs: Any) -> Any:
+            if getattr(args[1], "__name__", "") == "_timed_out":
+                armed.append(args[1])
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(loop, name, arming)
+    response = await client.send(client.build_request("POST", f"http://127.0.0.1:{server.port}/x", content=b"{}"),
+                                 stream=True)
+    received = b""
+    started = loop.time()
+    with pytest.raises(upstream_http.SocketTimeoutError):
+        async for piece in response.aiter_bytes():
+            received += piece
+    assert received == b"ok" * 6  # 0.36 s of pieces, each within the 0.15 s read timeout
+    assert loop.time() - started >= 0.3 + 0.15 - 0.02  # failed after the last piece's silence, not before
+    await response.aclose()
+    # one armed for the call, again only when it came due with bytes arrived since: at most one per
+    # read timeout of the body's time (~0.5 s / 0.15 s), not one per read (7: the head, 6 pieces)
+    assert 1 <= len(armed) <= 5
+    await client.aclose()
+
+
 async def test_an_unreachable_upstream() -> None:
     import socket
 
