@@ -147,6 +147,18 @@ async def test_the_same_frames_usage_and_count_as_event_by_event(middle: list[by
         assert ours[3] is None
 
 
+@pytest.mark.parametrize("lead", [b": OPENROUTER PROCESSING\n\n", b": a\n\n: b\n\n", b"", b"\n\n"],
+                         ids=["comment", "two-comments", "none", "blank"])
+async def test_the_first_chunk_of_a_read_after_comments_as_event_by_event(lead: bytes) -> None:
+    """The stream's first chunk is read on its own, before the rest of its read is split (events
+    before it, comments or blank lines, too): the same frames, usage and count as event by event."""
+    body = lead + ROLE + b"".join(PLAIN) + FINISH + USAGE + DONE
+    for pieces in cuts(body):
+        ours = await relay(pieces, OpenAIStream)
+        assert ours[:4] == (await relay(pieces, EventByEvent))[:4] and ours[3] is None
+    assert (await relay([body], OpenAIStream))[4] == 1  # the deltas after it still as one run
+
+
 async def test_runs_are_used_and_decode_to_the_parsers_chunks() -> None:
     body = ROLE + b"".join(PLAIN) + FINISH + USAGE + DONE
     sent, usage, chars, error, runs = await relay([body], OpenAIStream)

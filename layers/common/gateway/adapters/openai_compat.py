@@ -268,6 +268,14 @@ class OpenAIStream(SSEUpstreamStream):
         if not self.runs or not decoder.idle or b"\r" in data:
             yield from self._counted(super()._chunks_of(decoder, data))
             return
+        while not self._chunked:  # the stream's first chunk: out before the rest of its read is split
+            end = data.find(b"\n\n") + 2
+            if end < 2:
+                break
+            yield from self._counted(super()._chunks_of(decoder, data[:end]))
+            if self._done:
+                return
+            data = data[end:]
         try:
             text = data.decode()
         except UnicodeDecodeError:  # the decoder's replacement characters: event by event
