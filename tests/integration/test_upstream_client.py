@@ -319,6 +319,51 @@ async def test_the_read_timeout_is_the_silence_since_the_last_bytes(serve: Calla
     await client.aclose()
 
 
+@pytest.mark.parametrize("open_after_done", [False, True], ids=["ended", "open-after-done"])
+async def test_a_stream_read_to_its_end_goes_back_to_the_pool_drained_only_if_needed(
+        serve: Callable[[Handler], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch, open_after_done: bool) -> None:
+    """After the terminal event an adapter's stream reads the rest of the body (``adapters.stream._drain``)
+    so that the connection is reused; a body whose end came with the last event (a fast provider's
+    last read) has nothing left: no drain (its timer) then. Either way the connection is reused."""
+    from gateway.adapters import get_adapter
+    from gateway.adapters import stream as stream_module
+    from gateway.adapters.contract import Target
+
+    events = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+              b'"delta":{"content":"hi"},"logprobs":null,"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+    async def sse(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n" % len(events) + events + b"\r\n" + (b"" if open_after_done else b"0\r\n\r\n"))
+        await writer.drain()
+        if open_after_done:
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        return True
+
+    server = await serve(sse)
+    drained: list[bool] = []
+    real_drain = stream_module._drain
+
+    async def counting(body: Any) -> None:
+        drained.append(True)
+        await real_drain(body)
+
+    monkeypatch.setattr(stream_module, "_drain", counting)
+    client = create_http_client()
+    target = Target("openai", "m", "openai/m", f"http://127.0.0.1:{server.port}/v1", "sk-test")
+    for _ in range(2):
+        stream = get_adapter("openai").stream(client, target, {"model": "openai/m", "messages": [], "stream": True})
+        stream.on_done = lambda: None
+        await stream.open()
+        chunks = [chunk async for chunk in stream]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hi"]
+    assert server.connections == 1  # reused
+    assert drained == ([True, True] if open_after_done else [])
+    await client.aclose()
+
+
 async def test_an_unreachable_upstream() -> None:
     import socket
 

@@ -901,6 +901,12 @@ class UpstreamResponse:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             await self._wait()
 
+    @property
+    def body_read(self) -> bool:
+        """The whole body arrived and was read (nothing left to drain before the connection can be
+        reused)."""
+        return self._done and not self._chunks and self._error is None
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         while True:
             chunk = await self._read(CHUNK_SIZE)
