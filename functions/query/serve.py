@@ -89,6 +89,8 @@ import app  # noqa: E402  (its import ends with coldstart.done())
 from uvicorn.config import Config  # noqa: E402
 from uvicorn.server import Server  # noqa: E402
 
+from gateway.serving import Protocol  # noqa: E402
+
 STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
 
 
@@ -119,7 +121,7 @@ def config() -> Config:
     uvloop --http httptools`` built (its logging set by ``configure_logging``)."""
     configure_logging()
     return Config(app.stream_app, host="0.0.0.0", port=int(os.environ.get("PORT") or "8080"), access_log=False,
-                  loop="uvloop", http="httptools", log_config=None)
+                  loop="uvloop", http=Protocol, log_config=None)
 
 
 def _load_anyio_backend() -> None:

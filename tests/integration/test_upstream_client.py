@@ -278,6 +278,92 @@ async def test_read_timeout_and_a_cut_body(serve: Callable[[Handler], Awaitable[
     await client.aclose()
 
 
+async def test_the_read_timeout_is_the_silence_since_the_last_bytes(serve: Callable[[Handler], Awaitable[Server]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read timeout bounds each silence, not the whole body: pieces that each come within it go
+    on past it, and the silence after the last one fails the read once it lasts as long. One loop
+    timer per response for that (pushed back when it comes due after bytes arrived), not one
+    cancelled and armed again per read."""
+    async def trickle(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            writer.write(b"2\r\nok\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.06)
+        await asyncio.sleep(2)  # then silent
+        return False
+
+    server = await serve(trickle)
+    client = UpstreamClient(Timeouts(connect=1.0, read=0.15, write=1.0, pool=1.0), Limits())
+    loop = asyncio.get_running_loop()
+    armed: list[Any] = []
+    for name in ("call_at", "call_later"):
+        def arming(*args: Any, _real: Any = getattr(loop, name), **kwargs: Any) -> Any:
+            if getattr(args[1], "__name__", "") == "_timed_out":
+                armed.append(args[1])
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(loop, name, arming)
+    response = await client.send(client.build_request("POST", f"http://127.0.0.1:{server.port}/x", content=b"{}"),
+                                 stream=True)
+    received = b""
+    started = loop.time()
+    with pytest.raises(upstream_http.SocketTimeoutError):
+        async for piece in response.aiter_bytes():
+            received += piece
+    assert received == b"ok" * 6  # 0.36 s of pieces, each within the 0.15 s read timeout
+    assert loop.time() - started >= 0.3 + 0.15 - 0.02  # failed after the last piece's silence, not before
+    await response.aclose()
+    # one armed for the call, again only when it came due with bytes arrived since: at most one per
+    # read timeout of the body's time (~0.5 s / 0.15 s), not one per read (7: the head, 6 pieces)
+    assert 1 <= len(armed) <= 5
+    await client.aclose()
+
+
+@pytest.mark.parametrize("open_after_done", [False, True], ids=["ended", "open-after-done"])
+async def test_a_stream_read_to_its_end_goes_back_to_the_pool_drained_only_if_needed(
+        serve: Callable[[Handler], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch, open_after_done: bool) -> None:
+    """After the terminal event an adapter's stream reads the rest of the body (``adapters.stream._drain``)
+    so that the connection is reused; a body whose end came with the last event (a fast provider's
+    last read) has nothing left: no drain (its timer) then. Either way the connection is reused."""
+    from gateway.adapters import get_adapter
+    from gateway.adapters import stream as stream_module
+    from gateway.adapters.contract import Target
+
+    events = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+              b'"delta":{"content":"hi"},"logprobs":null,"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+
+    async def sse(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                     + b"%x\r\n" % len(events) + events + b"\r\n" + (b"" if open_after_done else b"0\r\n\r\n"))
+        await writer.drain()
+        if open_after_done:
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        return True
+
+    server = await serve(sse)
+    drained: list[bool] = []
+    real_drain = stream_module._drain
+
+    async def counting(body: Any) -> None:
+        drained.append(True)
+        await real_drain(body)
+
+    monkeypatch.setattr(stream_module, "_drain", counting)
+    client = create_http_client()
+    target = Target("openai", "m", "openai/m", f"http://127.0.0.1:{server.port}/v1", "sk-test")
+    for _ in range(2):
+        stream = get_adapter("openai").stream(client, target, {"model": "openai/m", "messages": [], "stream": True})
+        stream.on_done = lambda: None
+        await stream.open()
+        chunks = [chunk async for chunk in stream]
+        assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hi"]
+    assert server.connections == 1  # reused
+    assert drained == ([True, True] if open_after_done else [])
+    await client.aclose()
+
+
 async def test_an_unreachable_upstream() -> None:
     import socket
 

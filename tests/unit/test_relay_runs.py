@@ -114,6 +114,13 @@ PARSER_ONLY = [
     event({"content": "float"}).replace(b'"created":1700000000', b'"created":1.5'),
 ]
 
+# Plain deltas of one head (the fake's form: "usage":null before the choices) read after the head of
+# an earlier match (``OpenAIStream._plain``): one with "usage" after the choices too (twice: the
+# parser's path), then a new id (a new head: matched whole again), then the first head again.
+SAME_HEAD = [*FAKE_FORM,
+             event({"content": "twice"}, openai_form=False).replace(b'}]}\n\n', b'}],"usage":null}\n\n'),
+             FAKE_FORM[0], event({"content": "new id"}, openai_form=False, id="chatcmpl-2"), *FAKE_FORM]
+
 
 def cuts(body: bytes) -> list[list[bytes]]:
     """The body in one read, event by event, in small pieces, and cut at every 37th byte."""
@@ -124,8 +131,9 @@ def cuts(body: bytes) -> list[list[bytes]]:
 
 
 @pytest.mark.parametrize("middle", [PLAIN, FAKE_FORM, ESCAPES, ESCAPED_TEXT, PARSER_ONLY,
-                                    [*PLAIN, *PARSER_ONLY, *PLAIN], [PLAIN[0], *PARSER_ONLY[:6], *ESCAPES]],
-                         ids=["plain", "fake-form", "escapes", "escaped-text", "parser-only", "mixed", "mixed-2"])
+                                    [*PLAIN, *PARSER_ONLY, *PLAIN], [PLAIN[0], *PARSER_ONLY[:6], *ESCAPES], SAME_HEAD],
+                         ids=["plain", "fake-form", "escapes", "escaped-text", "parser-only", "mixed", "mixed-2",
+                              "same-head"])
 @pytest.mark.parametrize("tail", [[FINISH, USAGE, DONE], [FINISH, DONE], [FINISH, DONE, event({"content": "late"})]],
                          ids=["usage", "estimated", "after-done"])
 @pytest.mark.parametrize("target", [TARGET, SAME_NAME], ids=["renamed", "same-name"])
@@ -137,6 +145,18 @@ async def test_the_same_frames_usage_and_count_as_event_by_event(middle: list[by
         reference = await relay(pieces, EventByEvent, target)
         assert ours[:4] == reference[:4]
         assert ours[3] is None
+
+
+@pytest.mark.parametrize("lead", [b": OPENROUTER PROCESSING\n\n", b": a\n\n: b\n\n", b"", b"\n\n"],
+                         ids=["comment", "two-comments", "none", "blank"])
+async def test_the_first_chunk_of_a_read_after_comments_as_event_by_event(lead: bytes) -> None:
+    """The stream's first chunk is read on its own, before the rest of its read is split (events
+    before it, comments or blank lines, too): the same frames, usage and count as event by event."""
+    body = lead + ROLE + b"".join(PLAIN) + FINISH + USAGE + DONE
+    for pieces in cuts(body):
+        ours = await relay(pieces, OpenAIStream)
+        assert ours[:4] == (await relay(pieces, EventByEvent))[:4] and ours[3] is None
+    assert (await relay([body], OpenAIStream))[4] == 1  # the deltas after it still as one run
 
 
 async def test_runs_are_used_and_decode_to_the_parsers_chunks() -> None:
@@ -169,6 +189,20 @@ async def test_a_malformed_or_error_event_fails_as_event_by_event(bad: bytes) ->
         reference = await relay(pieces, EventByEvent)
         assert ours[0] == reference[0] and ours[3] == reference[3] and ours[3] is not None
         assert ours[0].count(b"data: ") == 3  # the role chunk and the two deltas before it were sent
+
+
+@pytest.mark.parametrize("finish", [b'"finish_reason":"error"', b'"finish_reason":"stop"',
+                                    b'"logprobs":{"content":[]}'])
+async def test_an_event_with_the_head_of_a_plain_delta_but_more_is_parsed(finish: bytes) -> None:
+    """The head of an earlier plain delta does not make an event plain: its tail decides (a finish
+    reason, an error, logprobs go through the parser as event by event)."""
+    last = event({"content": "end"}, openai_form=False).replace(
+        b'"finish_reason":null' if b"finish" in finish else b'"logprobs":null', finish)
+    body = ROLE + FAKE_FORM[0] + FAKE_FORM[1] + last + FINISH + USAGE + DONE
+    for pieces in cuts(body)[:3]:
+        ours = await relay(pieces, OpenAIStream)
+        assert ours[:4] == (await relay(pieces, EventByEvent))[:4]
+        assert (ours[3] is not None) == (b"error" in finish)
 
 
 async def test_invalid_utf8_is_replaced_as_event_by_event() -> None:

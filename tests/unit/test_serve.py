@@ -29,16 +29,20 @@ cli = uvicorn.Config(**captured)
 ours = serve.config()
 assert cli.app == 'app:stream_app' and ours.app is app.stream_app
 skip = {'app', 'log_config'}  # serve sets uvicorn's loggers itself (test below), the CLI through dictConfig
+skip.add('http')  # serve's is httptools' protocol on HeldHead (tests/integration/test_serve_held_head.py)
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+http = [cli.http, issubclass(ours.http, HttpToolsProtocol), ours.http.__mro__[1] is HttpToolsProtocol]
 differ = sorted(k for k in set(vars(cli)) | set(vars(ours)) if k not in skip and vars(cli).get(k) != vars(ours).get(k))
 print(json.dumps([loaded, differ, app_dir, type(uvicorn.main).__name__, hasattr(uvicorn.main, 'main'),
-                  'app' in vars(app), 'handler' in vars(app)]))
+                  'app' in vars(app), 'handler' in vars(app), http]))
 """
 
 
 def test_serve_configures_uvicorn_as_its_command_line_did_without_importing_it() -> None:
-    loaded, differ, app_dir, kind, has_main, built, handled = json.loads(in_fresh_function("query", _COMPARE))
+    loaded, differ, app_dir, kind, has_main, built, handled, http = json.loads(in_fresh_function("query", _COMPARE))
     assert loaded == []  # neither uvicorn's CLI nor its supervisors were imported by serve
     assert differ == []  # every other Config attribute as `python -m uvicorn app:stream_app ...` set it
+    assert http == ["httptools", True, True]  # --http httptools: serve's protocol is httptools' own, subclassed
     assert app_dir == ""  # the CLI's sys.path[0] was the working directory, functions/query: serve.py's own
     assert kind == "module" and has_main  # `import uvicorn.main` afterwards: the real module
     assert not built and not handled  # run.sh's process: QueryFunction's buffered app not built

@@ -170,12 +170,14 @@ class Settings(BaseSettings):
     # Carried holds (docs/money.md): a settle opens a standing hold for the next request of the same
     # key in this container, idle in the database at most carry_hold_s, used here only during the
     # first carry_hold_s - carry_margin_s (the margin covers the upstream mark that makes it "used"),
-    # of carry_hold_factor x the settled request's hold; at most carry_per_key idle ones per key.
+    # of carry_hold_factor x the settled request's hold; at most carry_per_key idle ones per key (8:
+    # a plain server's concurrent requests of one key keep theirs while settles queue behind a slow
+    # commit; under Lambda a container keeps one. BENCHMARKS.md, "eleventh pass (lead)").
     carry_holds: bool = True
     carry_hold_s: int = Field(default=30, ge=5, le=300)
     carry_margin_s: int = Field(default=10, ge=3)
     carry_hold_factor: Decimal = Field(default=Decimal("1.25"), ge=1, le=10)
-    carry_per_key: int = Field(default=4, ge=1, le=64)
+    carry_per_key: int = Field(default=8, ge=1, le=64)
 
     # Identity (JWT sign-in), BYOK master keys, API keys
     jwt_hs256_secret: str = ""

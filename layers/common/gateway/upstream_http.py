@@ -302,6 +302,9 @@ _HIGH_WATER = 2 * 2**16
 _LOW_WATER = 2**16
 _KEEPALIVE_SWEEP_S = 1.0
 _DNS_TTL_S = 10.0
+# A timer may run up to its loop's clock resolution early (uvloop: 1 ms): less than this left of a
+# read timeout's silence when its timer runs counts as the timeout.
+_TIMER_SLACK_S = 0.001
 _MAX_MEMBERS = 1024  # aiohttp's MAX_DECOMPRESS_MEMBERS: concatenated gzip/deflate/zstd members in a body
 
 
@@ -674,8 +677,8 @@ class UpstreamResponse:
 
     __slots__ = ("_buffered", "_chunks", "_client", "_conn", "_done", "_error", "_head", "_head_bytes", "_header_list",
                  "_keep_alive",
-                 "_loop", "_parser", "_paused", "_read_timeout", "_sink", "_timer", "_until_eof", "_waiter",
-                 "headers", "is_closed", "status_code", "total_compressed_bytes")
+                 "_loop", "_parser", "_paused", "_quiet_since", "_read_timeout", "_sink", "_timer", "_until_eof",
+                 "_waiter", "headers", "is_closed", "status_code", "total_compressed_bytes")
 
     def __init__(self, client: UpstreamClient, conn: _Connection, read_timeout: float | None) -> None:
         self._client = client
@@ -694,6 +697,7 @@ class UpstreamResponse:
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._quiet_since = 0.0  # (loop time) the read timeout's silence counts from here
         self._read_timeout = read_timeout
         self._sink: Any = self
         self.status_code = 0
@@ -753,9 +757,13 @@ class UpstreamResponse:
                 waiter.set_result(None)
 
     def _schedule_timeout(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_later(self._read_timeout, self._timed_out)  # type: ignore[arg-type]
+        """(Re)start the read timeout's clock: it fails the answer ``_read_timeout`` after the last
+        call without one in between. ONE loop timer per response: armed on the first call, and when
+        it comes due after bytes arrived meanwhile, armed again for what is left of the new silence
+        (a stream's reads each cost a float, not a timer cancelled and another armed)."""
+        now = self._quiet_since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self._read_timeout, self._timed_out)  # type: ignore[operator]
 
     def _drop_timeout(self) -> None:
         if self._timer is not None:
@@ -764,8 +772,13 @@ class UpstreamResponse:
 
     def _timed_out(self) -> None:
         self._timer = None
-        if not self._done and self._error is None:
-            self._fail(SocketTimeoutError("Timeout on reading data from socket"))
+        if self._done or self._error is not None:
+            return
+        due = self._quiet_since + self._read_timeout  # type: ignore[operator]
+        if self._loop.time() + _TIMER_SLACK_S < due:  # bytes arrived since the timer was armed
+            self._timer = self._loop.call_at(due, self._timed_out)
+            return
+        self._fail(SocketTimeoutError("Timeout on reading data from socket"))
 
     # httptools' callbacks -------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -887,6 +900,12 @@ class UpstreamResponse:
             if self._done:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             await self._wait()
+
+    @property
+    def body_read(self) -> bool:
+        """The whole body arrived and was read (nothing left to drain before the connection can be
+        reused)."""
+        return self._done and not self._chunks and self._error is None
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         while True:

@@ -48,16 +48,21 @@ OPENAI_SERVICE_TIER = "default"
 # upstream did). Any other event (the role chunk, the finish, the usage, tool calls, reasoning,
 # other fields or orders, whitespace) goes through ``_on_event``.
 _JSON_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
-_PLAIN_DELTA = re.compile(
-    r'\{"id":' + _JSON_STR + r',"object":"chat\.completion\.chunk","created":(?:0|[1-9][0-9]*),'
-    r'"model":(?P<model>"[ !#-\[\]-~]*")'
-    r'(?:,"service_tier":' + _JSON_STR + r')?'
-    r'(?:,"system_fingerprint":(?:' + _JSON_STR + r'|null))?'
-    r'(?P<u1>,"usage":null)?'
-    r',"choices":\[\{"index":0,"delta":\{"content":(?P<content>' + _JSON_STR + r')\},"logprobs":null,'
-    r'"finish_reason":null\}\]'
-    r'(?P<u2>,"usage":null)?'
-    r'(?:,"obfuscation":' + _JSON_STR + r')?\}')
+# The pattern in two parts: the head, up to the content string (the same text in every plain delta of
+# a stream: its id, created, model, fingerprint), and the tail, from the content on. The head's
+# parts are each delimited by literal text, so a block that starts with the head of an earlier match
+# matches whole exactly when its rest matches the tail (``OpenAIStream._plain``).
+_HEAD = (r'\{"id":' + _JSON_STR + r',"object":"chat\.completion\.chunk","created":(?:0|[1-9][0-9]*),'
+         r'"model":(?P<model>"[ !#-\[\]-~]*")'
+         r'(?:,"service_tier":' + _JSON_STR + r')?'
+         r'(?:,"system_fingerprint":(?:' + _JSON_STR + r'|null))?'
+         r'(?P<u1>,"usage":null)?'
+         r',"choices":\[\{"index":0,"delta":\{"content":')
+_TAIL = (r'(?P<content>' + _JSON_STR + r')\},"logprobs":null,"finish_reason":null\}\]'
+         r'(?P<u2>,"usage":null)?'
+         r'(?:,"obfuscation":' + _JSON_STR + r')?\}')
+_PLAIN_DELTA = re.compile(_HEAD + _TAIL)
+_PLAIN_TAIL = re.compile(_TAIL)
 
 
 def _reasoning_within_limit(out: dict[str, Any]) -> None:
@@ -198,6 +203,11 @@ class OpenAIStream(SSEUpstreamStream):
         self._needle = ""
         self._ours: str | None = None
         self._chunked = False  # a chunk was yielded (the first one always as a dict: the relay reads it)
+        # The last plain delta matched whole: its block up to the content string ("data: " and the
+        # pattern's head), its model name as written, whether the head holds the "usage":null.
+        self._head: str | None = None
+        self._head_model = ""
+        self._head_usage = False
 
     def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
@@ -258,6 +268,14 @@ class OpenAIStream(SSEUpstreamStream):
         if not self.runs or not decoder.idle or b"\r" in data:
             yield from self._counted(super()._chunks_of(decoder, data))
             return
+        while not self._chunked:  # the stream's first chunk: out before the rest of its read is split
+            end = data.find(b"\n\n") + 2
+            if end < 2:
+                break
+            yield from self._counted(super()._chunks_of(decoder, data[:end]))
+            if self._done:
+                return
+            data = data[end:]
         try:
             text = data.decode()
         except UnicodeDecodeError:  # the decoder's replacement characters: event by event
@@ -268,19 +286,14 @@ class OpenAIStream(SSEUpstreamStream):
         run: list[str] = []
         run_model = ""
         for block in blocks:
-            plain = None
-            if self._chunked and block[:6] == "data: " and "\n" not in block:
-                plain = _PLAIN_DELTA.fullmatch(block, 6)
-                if plain is not None and plain["u1"] is not None and plain["u2"] is not None:
-                    plain = None  # "usage" twice: the parser's path decides
-            if plain is not None:
-                model = plain["model"]
+            content = self._plain(block) if self._chunked else None
+            if content is not None:
+                model = self._head_model
                 if run and model != run_model:
                     yield self._run(run, run_model)
                     run = []
                 run_model = model
                 run.append(block)
-                content = plain["content"]
                 self._out_chars += len(content) - 2 if "\\" not in content else len(json.loads(content))
                 continue
             if run:
@@ -293,6 +306,26 @@ class OpenAIStream(SSEUpstreamStream):
             yield self._run(run, run_model)
         if rest:
             decoder.feed(rest.encode())  # no blank line in it: no event, the decoder keeps it
+
+    def _plain(self, block: str) -> str | None:
+        """The content string (JSON, quotes included) of a block that is a plain delta
+        (``_PLAIN_DELTA``: the whole pattern, or only its tail after the head of the last match), else
+        None; "usage" twice is not plain (the parser's path decides)."""
+        head = self._head
+        if head is not None and block.startswith(head):
+            m = _PLAIN_TAIL.fullmatch(block, len(head))
+            if m is None or (self._head_usage and m["u2"] is not None):
+                return None
+            return m["content"]  # type: ignore[no-any-return]
+        if block[:6] != "data: ":
+            return None
+        m = _PLAIN_DELTA.fullmatch(block, 6)
+        if m is None or (m["u1"] is not None and m["u2"] is not None):
+            return None
+        self._head = block[:m.start("content")]
+        self._head_model = m["model"]
+        self._head_usage = m["u1"] is not None
+        return m["content"]  # type: ignore[no-any-return]
 
     def _counted(self, chunks: Iterator[Any]) -> Iterator[Any]:
         for chunk in chunks:

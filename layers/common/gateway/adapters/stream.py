@@ -163,7 +163,8 @@ class SSEUpstreamStream:
             if self.on_done is not None:  # complete: the usage is final before the body is drained
                 self._finalize_usage()
                 self.on_done()
-            await _drain(body)
+            if not getattr(response, "body_read", False):  # (a fast provider's end came with its last event)
+                await _drain(body)
         finally:
             close = getattr(body, "aclose", None)  # (an async generator: its own finally runs now)
             if close is not None:
