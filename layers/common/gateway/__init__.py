@@ -16,7 +16,8 @@ tests/infrastructure/test_architecture.py):
   and one adapter per wire format);
 - kernel: ``http`` (the app factory — FastAPI, or without it for the query function — and the
   error mapping), ``ratelimit`` (Upstash sliding windows), ``auth`` (API keys, the admin key),
-  ``migrate`` (SQL migrations), ``db`` (Postgres),
+  ``migrate`` (SQL migrations), ``serving`` (the HTTP protocol the streaming function's uvicorn
+  serves with), ``db`` (Postgres),
   ``upstash`` (the Redis REST client), ``upstream_http`` (the lean HTTP/1.1 client of the provider
   and Upstash calls), ``loops`` (event-loop-bound state, the work a response waits for), ``observability``
   (Powertools logger and metrics), ``config`` (settings, the tier table), ``errors`` (typed
