@@ -1,5 +1,5 @@
-"""``gateway.records.frozen``: a slotted dataclass with ``__init__`` and ``__repr__`` only, immutable for
-mypy (issue 15, spawn4: fewer generated methods compiled at a cold start)."""
+"""``gateway.records.frozen``: a slotted dataclass with ``__init__``, ``__repr__``, ``__eq__`` and
+``__hash__``, immutable for mypy (issue 15, spawn4: fewer generated methods compiled at a cold start)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,14 @@ def test_a_frozen_record_is_a_slotted_dataclass_with_init_and_repr() -> None:
     assert _Named(name="n").name == "n"
 
 
-def test_generated_methods_are_init_and_repr_only() -> None:
+def test_generated_methods_are_those_of_a_frozen_dataclass_but_setattr_and_delattr() -> None:
     for cls in (_Point, _Named, ModelPrice, LongContextPrice, Settlement):
         own = set(vars(cls))
-        assert "__init__" in own and "__repr__" in own, cls
-        assert not own & {"__eq__", "__hash__", "__setattr__", "__delattr__"}, cls
+        assert {"__init__", "__repr__", "__eq__", "__hash__"} <= own, cls
+        assert not own & {"__setattr__", "__delattr__"}, cls
     a, b = _Point(1), _Point(1)
-    assert a != b and a == a and hash(a) == object.__hash__(a)  # identity, as any object's
+    assert a == b and a != _Point(2) and a != (1, "p")  # by value, as the frozen dataclass did
+    assert hash(a) == hash(b) == hash((1, "p")) and len({a, b, _Point(2)}) == 2  # by value too
 
 
 def test_a_record_with_its_own_repr_keeps_it() -> None:
