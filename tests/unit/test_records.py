@@ -12,7 +12,7 @@ import pytest
 
 from gateway.money.ledger import Settlement
 from gateway.money.pricing import LongContextPrice, ModelPrice
-from gateway.records import frozen
+from gateway.records import frozen, record
 
 
 @frozen
@@ -100,3 +100,81 @@ def test_mypy_refuses_an_assignment_to_a_frozen_record(tmp_path: Path) -> None:
                                 "--cache-dir", str(tmp_path / "mypy-cache")])
     assert status == 1, out + err
     assert out.count("is read-only") == 2, out
+
+
+# ``__repr__``, ``__eq__`` and ``__hash__`` are shared functions of ``gateway.records`` (issue 15, spawn5):
+# each must give what the dataclass-generated method gives, field options included.
+@frozen
+class _Options:
+    """A record with field options."""
+
+    a: int
+    b: list[int] = dataclasses.field(default_factory=list, compare=False)
+    c: str = dataclasses.field(default="c", repr=False)
+    d: int = dataclasses.field(default=0, hash=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OptionsGenerated:
+    """The same record as dataclass generates it."""
+
+    a: int
+    b: list[int] = dataclasses.field(default_factory=list, compare=False)
+    c: str = dataclasses.field(default="c", repr=False)
+    d: int = dataclasses.field(default=0, hash=False)
+
+
+@record(kw_only=True)
+class _Counts:
+    """A mutable record compared by value."""
+
+    n: int
+    m: int = 0
+
+
+@record(eq=False)
+class _Box:
+    """A mutable record compared by identity."""
+
+    item: object = None
+
+
+def test_shared_methods_give_what_the_generated_ones_give() -> None:
+    values = [(1, [1], "x", 0), (1, [2], "x", 0), (1, [1], "y", 0), (1, [1], "x", 5), (2, [1], "x", 0)]
+    for left in values:
+        ours, theirs = _Options(*left), _OptionsGenerated(*left)
+        assert repr(ours) == repr(theirs).replace("_OptionsGenerated", "_Options")
+        assert hash(ours) == hash(theirs)
+        for right in values:
+            assert (ours == _Options(*right)) is (theirs == _OptionsGenerated(*right))
+    assert _Options(1) != _OptionsGenerated(1) and _Options(1).__eq__((1,)) is NotImplemented
+    assert [f.name for f in dataclasses.fields(_Options)] == ["a", "b", "c", "d"]
+    one = _Named(name="n")  # one compared field: a tuple of one, as dataclass compares and hashes it
+    assert one == _Named(name="n") and hash(one) == hash(("n",))
+    nan = float("nan")  # fields compared as tuples are (identity first): a NaN field equals itself
+    assert _Named(name=nan) == _Named(name=nan)  # type: ignore[arg-type]
+
+
+def test_a_mutable_record_is_compared_as_its_dataclass_would_be() -> None:
+    a = _Counts(n=1)
+    assert a == _Counts(n=1, m=0) and a != _Counts(n=1, m=1) and repr(a) == "_Counts(n=1, m=0)"
+    with pytest.raises(TypeError):
+        hash(a)  # eq without frozen: unhashable, as a dataclass
+    a.m = 2
+    assert a == _Counts(n=1, m=2)
+    box = _Box()
+    assert box != _Box() and box == box and hash(box) == object.__hash__(box)
+    box.item = box
+    assert repr(box) == "_Box(item=...)"  # a recursive repr, as dataclass writes it
+
+
+def test_records_on_the_query_path_keep_their_dataclass_equality() -> None:
+    from gateway.adapters.contract import DirectModel, Usage
+    from gateway.money.carried import Standing
+    from gateway.money.ledger import UsageRecord
+
+    assert Usage(prompt_tokens=1) == Usage(prompt_tokens=1) and Usage(prompt_tokens=1) != Usage(prompt_tokens=2)
+    assert DirectModel("p", "m") == DirectModel("p", "m") and len({DirectModel("p", "m"), DirectModel("p", "m")}) == 1
+    fields_of = {f.name: f for f in dataclasses.fields(Standing)}
+    assert set(fields_of) and Standing.__hash__ is not None
+    assert UsageRecord.__hash__ is None and Usage.__hash__ is None  # mutable, compared by value: unhashable

@@ -57,11 +57,10 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from . import upstash  # noqa: F401  (first: upstash-redis with httpx deferred, then upstash-ratelimit)
-from .records import frozen
+from .records import frozen, record
 
 # isort: split
 from upstash_ratelimit.asyncio import Ratelimit, SlidingWindow
@@ -135,7 +134,7 @@ async def limit(identifier: str, max_requests: int, *, window_s: int = WINDOW_SE
                         reset=time.time() + window_s, degraded=True, retry_after=retry_after)
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class _Lease:
     """Rate-limit tokens this container counted in Upstash ahead of need, for one key and window."""
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gateway.adapters.shapes import new_id as new_id  # re-exported: one id scheme for every surface
 from gateway.errors import BadRequest
+from gateway.records import record
 
 
 class StrictModel(BaseModel):
@@ -40,7 +41,7 @@ DROPPED_PARAMS_HEADER = "x-dropped-params"
 MAX_DROPPED_HEADER_CHARS = 1024
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class Translation:
     """A surface request turned into the internal chat body, plus what could not be carried."""
 

@@ -14,13 +14,13 @@ Which adapter serves which provider is ``gateway.adapters.registry``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from decimal import Decimal
 from typing import Any, Protocol
 
 from gateway.adapters.http_client import UpstreamClient
 
-from ..records import frozen
+from ..records import frozen, record
 
 
 def _count(openai: str | None, doc: str) -> Any:
@@ -30,7 +30,7 @@ def _count(openai: str | None, doc: str) -> Any:
     return field(default=0, metadata={"openai": openai, "doc": doc})
 
 
-@dataclass(slots=True, kw_only=True)
+@record(kw_only=True)
 class Tokens:
     """THE list of usage counts: every field is a count an adapter reports, a ``usage_records``
     column of the same name (``money.ledger.UsageRecord`` inherits them and the settle statement
@@ -68,7 +68,7 @@ def openai_path(name: str) -> str | None:
 _OPENAI_PATHS: dict[str, str | None] = {f.name: f.metadata["openai"] for f in fields(Tokens)}
 
 
-@dataclass(slots=True)
+@record
 class Usage(Tokens):
     """What an adapter reports for one call: the :class:`Tokens` counts, plus whether the provider
     reported them and the cost it says it billed."""
@@ -158,7 +158,7 @@ class Adapter(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DirectModel:
     """A model a direct provider lists for our key (no price)."""
 

@@ -4,10 +4,11 @@ it their reads (``adapters.stream.SSEUpstreamStream``)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+from ..records import record
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class SSEEvent:
     """One server-sent event: its ``event:`` name (None when the event names none) and its data."""
 

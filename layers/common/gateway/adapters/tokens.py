@@ -33,10 +33,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
-from ..records import frozen
+from ..records import frozen, record
 
 CHARS_PER_TOKEN = 4
 REPLY_PRIMING = 3  # every reply is primed with <|start|>assistant<|message|>
@@ -152,7 +151,7 @@ def _unbounded_image(part: dict[str, Any]) -> bool:
     return isinstance(image, dict) and image.get("detail") == "original"
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class _Media:
     """The media parts ``_strip_media`` took out of a prompt, counted by kind."""
 

@@ -31,7 +31,7 @@ import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -68,7 +68,7 @@ from ..money.carried import Carried, Standing
 from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
-from ..records import frozen
+from ..records import frozen, record
 from ..translation import END_OF_BODY, dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
@@ -89,7 +89,7 @@ PER_MILLION = Decimal(1_000_000)
 MARK_SENT_AFTER_S = 1.0
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class Candidate:
     """A model the request may be sent to, with the body and output limit prepared for it."""
 
@@ -155,7 +155,7 @@ class Wire:
 CHAT = Wire()
 
 
-@dataclass(slots=True, eq=False)
+@record(eq=False)
 class Call:
     """One admitted request on its way through the pipeline."""
 

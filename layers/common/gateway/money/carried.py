@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
+
+from ..records import frozen
 
 Principal = tuple[object, object]   # (user id, key id)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Standing:
     """A standing reservation this container holds for a user and key (``Carried``)."""
 

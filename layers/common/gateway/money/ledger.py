@@ -23,7 +23,7 @@ import operator
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, NoReturn
@@ -37,7 +37,7 @@ from ..adapters.contract import TOKEN_FIELDS, Tokens
 from ..config import FREE_TIER
 from ..errors import BadRequest, Forbidden, InsufficientCredits, NotFound, QuotaExceeded, RateLimited
 from ..observability import logger
-from ..records import frozen
+from ..records import frozen, record
 from . import combine
 from .format import money
 from .pricing import ZERO, ModelPrice, to_credit
@@ -349,7 +349,7 @@ async def cancel(request_id: str) -> bool:
 
 
 # --------------------------------------------------------------------------- settle / release
-@dataclass(slots=True, kw_only=True)
+@record(kw_only=True)
 class UsageRecord(Tokens):
     """One ``usage_records`` row: the token counts of ``adapters.contract.Tokens`` (inherited: THE
     list of usage fields), the unit prices they were billed at and the request's facts. Every field
