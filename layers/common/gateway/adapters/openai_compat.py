@@ -61,8 +61,17 @@ _HEAD = (r'\{"id":' + _JSON_STR + r',"object":"chat\.completion\.chunk","created
 _TAIL = (r'(?P<content>' + _JSON_STR + r')\},"logprobs":null,"finish_reason":null\}\]'
          r'(?P<u2>,"usage":null)?'
          r'(?:,"obfuscation":' + _JSON_STR + r')?\}')
-_PLAIN_DELTA = re.compile(_HEAD + _TAIL)
-_PLAIN_TAIL = re.compile(_TAIL)
+# Compiled by the first stream that relays runs (``_plain_patterns``), not at every cold start: a cold
+# start whose first request is not a stream never needs them (~1.2 ms; issue 15, spawn5).
+_PLAIN: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # (_HEAD + _TAIL, _TAIL)
+
+
+def _plain_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The plain delta's whole pattern and its tail, compiled once per process."""
+    global _PLAIN
+    if _PLAIN is None:
+        _PLAIN = (re.compile(_HEAD + _TAIL), re.compile(_TAIL))
+    return _PLAIN
 
 
 def _reasoning_within_limit(out: dict[str, Any]) -> None:
@@ -208,6 +217,7 @@ class OpenAIStream(SSEUpstreamStream):
         self._head: str | None = None
         self._head_model = ""
         self._head_usage = False
+        self._plain_re: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # _plain_patterns(), at its first read
 
     def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
@@ -261,7 +271,7 @@ class OpenAIStream(SSEUpstreamStream):
     def _chunks_of(self, decoder: SSEDecoder, data: bytes) -> Iterator[Any]:
         """A read between events (LF framing, UTF-8) of a stream whose consumer takes runs
         (``runs``: the chat relay): its plain text deltas after the stream's first chunk
-        (``_PLAIN_DELTA``) come as ONE :class:`FramedRun` per run of them —
+        (the plain delta pattern) come as ONE :class:`FramedRun` per run of them —
         the read's own text with the edits of ``_relayed`` — instead of a dict and a frame each;
         the other events go through the decoder and ``_on_event`` in their place. Same frames,
         same usage and output count as event by event."""
@@ -281,6 +291,8 @@ class OpenAIStream(SSEUpstreamStream):
         except UnicodeDecodeError:  # the decoder's replacement characters: event by event
             yield from self._counted(super()._chunks_of(decoder, data))
             return
+        if self._plain_re is None:
+            self._plain_re = _plain_patterns()
         blocks = text.split("\n\n")
         rest = blocks.pop()  # after the last blank line: the start of an event still to come
         run: list[str] = []
@@ -309,17 +321,18 @@ class OpenAIStream(SSEUpstreamStream):
 
     def _plain(self, block: str) -> str | None:
         """The content string (JSON, quotes included) of a block that is a plain delta
-        (``_PLAIN_DELTA``: the whole pattern, or only its tail after the head of the last match), else
+        (the plain delta pattern whole, or only its tail after the head of the last match), else
         None; "usage" twice is not plain (the parser's path decides)."""
+        whole, tail = self._plain_re  # type: ignore[misc]  # set by _chunks_of before it calls this
         head = self._head
         if head is not None and block.startswith(head):
-            m = _PLAIN_TAIL.fullmatch(block, len(head))
+            m = tail.fullmatch(block, len(head))
             if m is None or (self._head_usage and m["u2"] is not None):
                 return None
             return m["content"]  # type: ignore[no-any-return]
         if block[:6] != "data: ":
             return None
-        m = _PLAIN_DELTA.fullmatch(block, 6)
+        m = whole.fullmatch(block, 6)
         if m is None or (m["u1"] is not None and m["u2"] is not None):
             return None
         self._head = block[:m.start("content")]
