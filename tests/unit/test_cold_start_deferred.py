@@ -38,3 +38,16 @@ def test_the_stream_patterns_built_on_first_use_are_the_plain_delta_patterns() -
     assert m is not None and m["content"] == '"hi"'
     assert tail.fullmatch(block, m.start("content")) is not None
     assert re.compile(oc._TAIL).fullmatch(block, m.start("content")) is not None
+
+
+def test_the_image_token_rules_are_compiled_by_the_first_image_not_the_import() -> None:
+    out = _fresh("import serve, app; app.stream_app; serve.config()\n"
+                 "from gateway.adapters import tokens; print(tokens._IMAGE_TOKEN_RULES is None)")
+    assert out == "True"
+    from gateway.adapters import tokens
+
+    rules = tokens._image_token_rules()
+    assert [(p.pattern, n) for p, n in rules] == list(tokens.IMAGE_TOKEN_PATTERNS)
+    assert tokens._image_token_rules() is rules
+    assert tokens.image_token_max("openai/gpt-4o-mini") == 2_833 + 5_667 * 8
+    assert tokens.image_token_max("meta/llama-4") == tokens.DEFAULT_IMAGE_TOKENS

@@ -64,7 +64,8 @@ AUDIO_CHARS_PER_TOKEN_BOUND = 8   # the bound: 5x the most tokens per character 
 #     later are patch models with a larger budget at "high" (2,500 patches x 1.2 = 3,000): held,
 #     like any OpenAI model not listed, at the largest known maximum;
 #   Gemini: tiles of 768 px at 258 tokens, images scaled to at most 3072 px: 16 x 258.
-IMAGE_TOKEN_RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple((re.compile(p), n) for p, n in (
+# (Compiled by the first request with an image, ``_image_token_rules``; not at every cold start: ~1 ms.)
+IMAGE_TOKEN_PATTERNS: tuple[tuple[str, int], ...] = (
     (r"^anthropic/claude-(3|(opus|sonnet|haiku)-4(\.[0-6])?($|[^.\d]))", 1_600),
     (r"^anthropic/", 5_000),  # Opus 4.7+ (3.75 MP) and any Claude model not known to be older
     (r"^openai/gpt-4o-mini", 2_833 + 5_667 * 8),
@@ -75,15 +76,25 @@ IMAGE_TOKEN_RULES: tuple[tuple[re.Pattern[str], int], ...] = tuple((re.compile(p
     (r"^openai/(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4-turbo|gpt-4\.5|gpt-5(\.1)?($|-))", 85 + 170 * 8),
     (r"^openai/", max(math.ceil(1_536 * 2.46), 3_000)),  # GPT-5.2+ and unknown: the largest known maximum
     (r"^google/", 258 * 16),
-))
+)
 # Any other model (Llama, Qwen-VL and other dynamic-resolution vision models behind OpenRouter
 # or a compatible server): Qwen2.5-VL's default maximum.
 DEFAULT_IMAGE_TOKENS = 16_384
 
 
+_IMAGE_TOKEN_RULES: tuple[tuple[re.Pattern[str], int], ...] | None = None  # IMAGE_TOKEN_PATTERNS compiled
+
+
+def _image_token_rules() -> tuple[tuple[re.Pattern[str], int], ...]:
+    global _IMAGE_TOKEN_RULES
+    if _IMAGE_TOKEN_RULES is None:
+        _IMAGE_TOKEN_RULES = tuple((re.compile(pattern), tokens) for pattern, tokens in IMAGE_TOKEN_PATTERNS)
+    return _IMAGE_TOKEN_RULES
+
+
 def image_token_max(model_id: str) -> int:
     """The most one input image can cost on ``model_id`` (our catalogue id)."""
-    for pattern, tokens in IMAGE_TOKEN_RULES:
+    for pattern, tokens in _image_token_rules():
         if pattern.match(model_id):
             return tokens
     return DEFAULT_IMAGE_TOKENS
