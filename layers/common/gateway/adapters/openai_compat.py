@@ -217,7 +217,6 @@ class OpenAIStream(SSEUpstreamStream):
         self._head: str | None = None
         self._head_model = ""
         self._head_usage = False
-        self._plain_re: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # _plain_patterns(), at its first read
 
     def _build_request(self) -> UpstreamRequest:
         return self._adapter.build_request(self._client, self._target, self._body, stream=True)
@@ -291,14 +290,13 @@ class OpenAIStream(SSEUpstreamStream):
         except UnicodeDecodeError:  # the decoder's replacement characters: event by event
             yield from self._counted(super()._chunks_of(decoder, data))
             return
-        if self._plain_re is None:
-            self._plain_re = _plain_patterns()
+        whole, tail = _plain_patterns()
         blocks = text.split("\n\n")
         rest = blocks.pop()  # after the last blank line: the start of an event still to come
         run: list[str] = []
         run_model = ""
         for block in blocks:
-            content = self._plain(block) if self._chunked else None
+            content = self._plain(block, whole, tail) if self._chunked else None
             if content is not None:
                 model = self._head_model
                 if run and model != run_model:
@@ -319,11 +317,10 @@ class OpenAIStream(SSEUpstreamStream):
         if rest:
             decoder.feed(rest.encode())  # no blank line in it: no event, the decoder keeps it
 
-    def _plain(self, block: str) -> str | None:
+    def _plain(self, block: str, whole: re.Pattern[str], tail: re.Pattern[str]) -> str | None:
         """The content string (JSON, quotes included) of a block that is a plain delta
         (the plain delta pattern whole, or only its tail after the head of the last match), else
         None; "usage" twice is not plain (the parser's path decides)."""
-        whole, tail = self._plain_re  # type: ignore[misc]  # set by _chunks_of before it calls this
         head = self._head
         if head is not None and block.startswith(head):
             m = tail.fullmatch(block, len(head))
