@@ -143,7 +143,8 @@ def test_outside_lambda_no_thread_imports_it() -> None:
 def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: Path) -> None:
     """run.sh finds its directory without `dirname` (Lambda's task root, else its own path): started
     by an absolute path, a relative one, from its own directory, or with LAMBDA_TASK_ROOT set, it
-    execs `python serve.py` there with that directory on PYTHONPATH after the layer's."""
+    execs `python serve.py` there, the layer (and Lambda's runtime directory) on PYTHONPATH: the function
+    directory is not listed again (Python puts serve.py's directory first: test_run_sh_path.py)."""
     query = ROOT / "functions" / "query"
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -161,4 +162,4 @@ def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: 
             argv = ["bash", "run.sh"]
         out = subprocess.run(argv, cwd=cwd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout
         runtime = ":/var/runtime" if extra else ""
-        assert out.strip() == f"{query}|/opt/python:{query}{runtime}:/extra|serve|serve.py", (argv, out)
+        assert out.strip() == f"{query}|/opt/python{runtime}:/extra|serve|serve.py", (argv, out)
