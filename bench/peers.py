@@ -199,7 +199,8 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
         master_key = "sk-bench-" + secrets.token_hex(16)  # recent versions refuse to start without one
         env = svc.gateway_env(LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_TELEMETRY="False",
                               LITELLM_MASTER_KEY=master_key)
-        for k in ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        # (its own venv: whatever its dependencies need of setuptools' distutils stays as it was)
+        for k in ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "SETUPTOOLS_USE_DISTUTILS"):
             env.pop(k, None)
         return Peer(key, f"LiteLLM proxy {version} (no DB)",
                     [str(cli), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),

@@ -165,7 +165,13 @@ class Services:
                     "OPENAI_API_KEY": "sk-fake-openai", "POWERTOOLS_LOG_LEVEL": "ERROR",
                     "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
                     # as template.yaml's Globals: the service (EMF dimension, log key) is the stack name
-                    "POWERTOOLS_SERVICE_NAME": "mlp-prod", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM"})
+                    "POWERTOOLS_SERVICE_NAME": "mlp-prod", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM",
+                    # The dev venv has setuptools (make install, the packaging test), whose
+                    # distutils-precedence.pth puts a finder in front of EVERY import of every process
+                    # (~5.8 M instructions of the query function's spawn, 0.3 %); the layer and Lambda's
+                    # python3.12 have no setuptools. Its documented switch leaves the finder out, as
+                    # compile_sources gives the processes the bytecode the layer ships (BENCHMARKS.md, spawn7).
+                    "SETUPTOOLS_USE_DISTUTILS": "stdlib"})
         env.update(extra)
         return env
 
