@@ -7,14 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: dev test install services lint typecheck pytest pytest-pgbouncer sam-validate lock lock-upgrade lock-check bench bench-surfaces bench-peers bench-lambda clean
 
-# The venv's interpreter is the base one linked with libpython statically when the base is a shared
-# build (pyenv's default): ~6 % less CPU for every process (.ci/static_python.py, BENCHMARKS.md spawn7).
-# STATIC_PYTHON=no keeps the base interpreter's symlink (after `rm .venv/.installed`).
-STATIC_PYTHON ?= yes
-
-$(STAMP): pyproject.toml .ci/static_python.py
+$(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python .ci/static_python.py $(VENV) $(if $(filter no,$(STATIC_PYTHON)),--shared)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
