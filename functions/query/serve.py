@@ -13,7 +13,10 @@ that import the real module when called (never, here); the stand-in is removed a
 ``import uvicorn.main`` later is the real module.
 
 The process starts as in Lambda (``gateway.coldstart`` first: the collector paused until the app
-is built, what the imports built frozen, uvicorn's modules included).
+is built, what the imports built frozen, uvicorn's modules included). Run as the script, the
+database's first connection opens in a thread before the app's imports
+(``gateway.db.open_first_connection``): the pool's first connection, made (or under way) when the
+first request needs it (BENCHMARKS.md, issue 15, spawn6).
 """
 
 from gateway import coldstart  # noqa: F401  first: the collector paused until app's coldstart.done()
@@ -23,6 +26,26 @@ import os
 import sys
 import types
 from typing import Any
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
+
+
+def _exit_at_once(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+    """``sys.excepthook`` during the imports of the process serve.py starts: the error printed as
+    always, then the process ends at once with Python's status for it (1), without the interpreter's
+    finalization, which would run while a thread of the cold start is still inside OpenSSL (the CA
+    store's, ``gateway.coldstart``; the database connection's TLS handshake): exiting then crashes
+    the process (SIGSEGV) instead."""
+    sys.__excepthook__(kind, value, traceback)
+    sys.stderr.flush()
+    os._exit(1)
+
+
+if __name__ == "__main__":  # the pool's first database connection opens in a thread meanwhile
+    sys.excepthook = _exit_at_once
+    from gateway import db
+
+    db.open_first_connection()
 
 
 class _CommandLine(types.ModuleType):
@@ -91,7 +114,8 @@ from uvicorn.server import Server  # noqa: E402
 
 from gateway.serving import Protocol  # noqa: E402
 
-STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
+if sys.excepthook is _exit_at_once:  # imported: from here on errors end the process as always
+    sys.excepthook = sys.__excepthook__
 
 
 def configure_logging() -> None:
