@@ -143,6 +143,9 @@ async def test_an_early_connection_gone_stale_is_replaced_by_the_retry(proxied: 
     proxied.drop_idle()  # closed by the proxy at its next request
     assert await db.fetchone("SELECT 2 AS two") == {"two": 2}
     assert proxied.dropped == 1 and opened.closed
+    pool = await db.get_pool()
+    # the early one (handed out, found dead on the first statement) and a replacement, at least
+    assert pool.get_stats()["connections_num"] >= 2
     assert await db.call(db.Statement("s6_probe", "SELECT 3::int AS three"), []) == [b"3"]
 
 
