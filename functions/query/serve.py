@@ -73,7 +73,11 @@ def _exit_at_once(kind: type[BaseException], value: BaseException, traceback: An
     store's, ``gateway.coldstart``; the database connection's TLS handshake): exiting then crashes
     the process (SIGSEGV) instead. The kernel resets the connections queued on the early socket."""
     sys.__excepthook__(kind, value, traceback)
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # what the imports wrote, as the interpreter's exit would
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(1)
 
 
