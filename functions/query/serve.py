@@ -22,9 +22,10 @@ then start before the app's imports (BENCHMARKS.md, issue 15, spawn6):
   and answered as soon as uvicorn serves, instead of being refused and polling again (every 10 ms),
   and uvicorn's startup no longer resolves the address (``encodings.idna``, libuv's getaddrinfo).
   Not behind a TCP readiness check (``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp``, template.yaml's): that
-  check takes an accepted connection for an app that answers, so there the socket listens only
-  when uvicorn serves, as before. A port taken is uvicorn's startup failure (its message, exit 3);
-  an import that fails ends the process (status 1) and the kernel resets the queued connections.
+  check takes an accepted connection for an app that answers, so there the socket is only bound
+  early and listens when uvicorn serves, as before (its address not resolved either). A port taken
+  is uvicorn's startup failure (its message, exit 3); an import that fails ends the process (status
+  1) and the kernel resets the queued connections.
 - **The database's first connection opens** in a thread (``gateway.db.open_first_connection``):
   the pool's first connection, made (or under way) when the first request needs it.
 """
@@ -44,19 +45,21 @@ BACKLOG = 2048  # uvicorn's Config().backlog, which its create_server listens wi
 
 
 def _early_listener() -> socket.socket | None:
-    """``$PORT``'s listening socket, bound before the app's imports (see the module docstring), or None
-    where it must not be: imported as a module (tests), or behind a TCP readiness check
-    (``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp``), which would take the listening socket for an app that
-    answers. A port that cannot be bound is uvicorn's startup failure: its message, exit status 3."""
-    protocol = os.environ.get("AWS_LWA_READINESS_CHECK_PROTOCOL") or os.environ.get("READINESS_CHECK_PROTOCOL") or ""
-    if __name__ != "__main__" or protocol.lower() == "tcp":
+    """``$PORT``'s socket, bound before the app's imports (see the module docstring) and listening
+    unless a TCP readiness check (``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp``) would take it for an app
+    that answers: then uvicorn's ``create_server`` listens on it when it serves, as it did on the
+    socket it made (without resolving the address). None when imported as a module (tests). A port
+    that cannot be bound is uvicorn's startup failure: its message, exit status 3."""
+    if __name__ != "__main__":
         return None
+    protocol = os.environ.get("AWS_LWA_READINESS_CHECK_PROTOCOL") or os.environ.get("READINESS_CHECK_PROTOCOL") or ""
     port = int(os.environ.get("PORT") or "8080")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's and uvloop's create_server
         sock.bind((HOST, port))
-        sock.listen(BACKLOG)
+        if protocol.lower() != "tcp":
+            sock.listen(BACKLOG)
     except OSError as exc:
         sock.close()
         print(f"ERROR:    [Errno {exc.errno}] error while attempting to bind on address {(HOST, port)!r}: "

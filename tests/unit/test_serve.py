@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support.apps import in_fresh_function
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -284,13 +286,16 @@ def test_a_failed_import_resets_the_early_connections_and_exits(tmp_path: Path) 
     assert proc.stderr is not None and b"the app's import failed" in proc.stderr.read()
 
 
-def test_a_port_taken_is_a_startup_failure_with_uvicorns_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readiness", ["http", "tcp"])
+def test_a_port_taken_is_a_startup_failure_with_uvicorns_message(tmp_path: Path, readiness: str) -> None:
+    """Found before the imports, behind a TCP readiness check too (the socket is bound early there,
+    and listens when uvicorn serves)."""
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
         started = time.monotonic()
-        proc = _serve_beside(tmp_path, port)
+        proc = _serve_beside(tmp_path, port, AWS_LWA_READINESS_CHECK_PROTOCOL=readiness)
         status = proc.wait(20)
         took = time.monotonic() - started
     assert status == 3  # uvicorn's STARTUP_FAILURE
