@@ -73,9 +73,14 @@ async def test_the_first_request_uses_the_connection_opened_beside_the_imports(d
     thread.join(10)
     opened = early.outcome.result()
     assert not opened.closed
+    # made in the thread's own loop (closed since): its asyncio lock is bound to no loop yet
+    assert getattr(opened.lock, "_loop", "missing") is None
     async with db.connection() as conn:
         assert conn is opened  # the pool's first connection is the early one, in this test's loop
         row = await db.fetchone_in(conn, "SELECT 1 AS one")
+        # two statements at once wait on the connection's lock: it binds to this loop (a lock bound to
+        # another loop would raise RuntimeError here)
+        await asyncio.gather(conn.execute("SELECT pg_sleep(0.01)"), conn.execute("SELECT 2"))
     assert row == {"one": 1}
     # hot statements (``call``) and cursors go on on it; the pool connected no second time meanwhile
     assert await db.fetchone("SELECT current_setting('application_name') AS name") is not None
