@@ -13,16 +13,83 @@ that import the real module when called (never, here); the stand-in is removed a
 ``import uvicorn.main`` later is the real module.
 
 The process starts as in Lambda (``gateway.coldstart`` first: the collector paused until the app
-is built, what the imports built frozen, uvicorn's modules included).
+is built, what the imports built frozen, uvicorn's modules included). Run as the script, two things
+then start before the app's imports (BENCHMARKS.md, issue 15, spawn6):
+
+- **The port listens.** ``$PORT``'s socket is bound and listening before the imports and handed to
+  uvicorn (``Server.run(sockets=...)``, as a Gunicorn worker hands its own): a client connecting
+  meanwhile — the benchmarks' poll, the Web Adapter's HTTP readiness check — is queued by the kernel
+  and answered as soon as uvicorn serves, instead of being refused and polling again (every 10 ms),
+  and uvicorn's startup no longer resolves the address (``encodings.idna``, libuv's getaddrinfo).
+  Not behind a TCP readiness check (``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp``, template.yaml's): that
+  check takes an accepted connection for an app that answers, so there the socket is only bound
+  early and listens when uvicorn serves, as before (its address not resolved either). A port taken
+  is uvicorn's startup failure (its message, exit 3); an import that fails ends the process (status
+  1) and the kernel resets the queued connections.
+- **The database's first connection opens** in a thread (``gateway.db.open_first_connection``):
+  the pool's first connection, made (or under way) when the first request needs it.
 """
 
 from gateway import coldstart  # noqa: F401  first: the collector paused until app's coldstart.done()
 
 # isort: split
 import os
+import socket
 import sys
 import types
 from typing import Any
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
+HOST = "0.0.0.0"
+BACKLOG = 2048  # uvicorn's Config().backlog, which its create_server listens with (test_serve compares)
+
+
+def _early_listener() -> socket.socket | None:
+    """``$PORT``'s socket, bound before the app's imports (see the module docstring) and listening
+    unless a TCP readiness check (``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp``) would take it for an app
+    that answers: then uvicorn's ``create_server`` listens on it when it serves, as it did on the
+    socket it made (without resolving the address). None when imported as a module (tests). A port
+    that cannot be bound is uvicorn's startup failure: its message, exit status 3."""
+    if __name__ != "__main__":
+        return None
+    protocol = os.environ.get("AWS_LWA_READINESS_CHECK_PROTOCOL") or os.environ.get("READINESS_CHECK_PROTOCOL") or ""
+    port = int(os.environ.get("PORT") or "8080")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's and uvloop's create_server
+        sock.bind((HOST, port))
+        if protocol.lower() != "tcp":
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        print(f"ERROR:    [Errno {exc.errno}] error while attempting to bind on address {(HOST, port)!r}: "
+              f"{(exc.strerror or str(exc)).lower()}", file=sys.stderr, flush=True)
+        os._exit(STARTUP_FAILURE)  # at once: see _exit_at_once
+    sock.setblocking(False)
+    return sock
+
+
+def _exit_at_once(kind: type[BaseException], value: BaseException, traceback: Any) -> None:
+    """``sys.excepthook`` during the imports of the process serve.py starts: the error printed as
+    always, then the process ends at once with Python's status for it (1), without the interpreter's
+    finalization, which would run while a thread of the cold start is still inside OpenSSL (the CA
+    store's, ``gateway.coldstart``; the database connection's TLS handshake): exiting then crashes
+    the process (SIGSEGV) instead. The kernel resets the connections queued on the early socket."""
+    sys.__excepthook__(kind, value, traceback)
+    for stream in (sys.stdout, sys.stderr):  # what the imports wrote, as the interpreter's exit would
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(1)
+
+
+_listener = _early_listener()
+if __name__ == "__main__":  # the pool's first database connection opens in a thread meanwhile
+    sys.excepthook = _exit_at_once
+    from gateway import db
+
+    db.open_first_connection()
 
 
 class _CommandLine(types.ModuleType):
@@ -91,7 +158,8 @@ from uvicorn.server import Server  # noqa: E402
 
 from gateway.serving import Protocol  # noqa: E402
 
-STARTUP_FAILURE = 3  # uvicorn's exit status when the server did not start (uvicorn.run's)
+if sys.excepthook is _exit_at_once:  # imported: from here on errors end the process as always
+    sys.excepthook = sys.__excepthook__
 
 
 def configure_logging() -> None:
@@ -120,7 +188,7 @@ def config() -> Config:
     """What ``python -m uvicorn app:stream_app --host 0.0.0.0 --port $PORT --no-access-log --loop
     uvloop --http httptools`` built (its logging set by ``configure_logging``)."""
     configure_logging()
-    return Config(app.stream_app, host="0.0.0.0", port=int(os.environ.get("PORT") or "8080"), access_log=False,
+    return Config(app.stream_app, host=HOST, port=int(os.environ.get("PORT") or "8080"), access_log=False,
                   loop="uvloop", http=Protocol, log_config=None)
 
 
@@ -148,6 +216,8 @@ class _Server(Server):
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
+        if self.started and sockets:  # uvicorn logs "Uvicorn running on ..." only for a socket it bound
+            self._log_started_message(sockets)
         if self.started and "AWS_LAMBDA_FUNCTION_NAME" in os.environ and "anyio._backends._asyncio" not in sys.modules:
             import threading
 
@@ -158,7 +228,7 @@ class _Server(Server):
 def main() -> None:
     server = _Server(config())
     try:
-        server.run()
+        server.run(sockets=[_listener] if _listener is not None else None)
     except KeyboardInterrupt:  # as uvicorn.run
         pass
     if not server.started:  # as uvicorn.run: a failed startup (port taken, lifespan error) exits 3

@@ -6,8 +6,14 @@ supervisors), and leaves ``uvicorn.main`` importable as the real module."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.support.apps import in_fresh_function
 
@@ -34,18 +40,23 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 http = [cli.http, issubclass(ours.http, HttpToolsProtocol), ours.http.__mro__[1] is HttpToolsProtocol]
 differ = sorted(k for k in set(vars(cli)) | set(vars(ours)) if k not in skip and vars(cli).get(k) != vars(ours).get(k))
 print(json.dumps([loaded, differ, app_dir, type(uvicorn.main).__name__, hasattr(uvicorn.main, 'main'),
-                  'app' in vars(app), 'handler' in vars(app), http]))
+                  'app' in vars(app), 'handler' in vars(app), http,
+                  [serve.BACKLOG, cli.backlog, serve.HOST, cli.host, serve._listener]]))
 """
 
 
 def test_serve_configures_uvicorn_as_its_command_line_did_without_importing_it() -> None:
-    loaded, differ, app_dir, kind, has_main, built, handled, http = json.loads(in_fresh_function("query", _COMPARE))
+    loaded, differ, app_dir, kind, has_main, built, handled, http, early = json.loads(
+        in_fresh_function("query", _COMPARE))
     assert loaded == []  # neither uvicorn's CLI nor its supervisors were imported by serve
     assert differ == []  # every other Config attribute as `python -m uvicorn app:stream_app ...` set it
     assert http == ["httptools", True, True]  # --http httptools: serve's protocol is httptools' own, subclassed
     assert app_dir == ""  # the CLI's sys.path[0] was the working directory, functions/query: serve.py's own
     assert kind == "module" and has_main  # `import uvicorn.main` afterwards: the real module
     assert not built and not handled  # run.sh's process: QueryFunction's buffered app not built
+    # the socket serve.py listens on before the imports (run as the script): the CLI's host and backlog;
+    # imported as a module (here) it binds none
+    assert early == [2048, 2048, "0.0.0.0", "0.0.0.0", None]
 
 
 _LOGGING = """
@@ -163,3 +174,133 @@ def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: 
         out = subprocess.run(argv, cwd=cwd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout
         runtime = ":/var/runtime" if extra else ""
         assert out.strip() == f"{query}|/opt/python{runtime}:/extra|serve|serve.py", (argv, out)
+
+
+# ----------------------------------------------------------------------------- listening early
+# serve.py in a directory of its own beside a stand-in app.py (``stream_app`` answering 200 "ok"), whose
+# import takes a while (or fails): what a client connecting during the imports meets.
+_SLOW_APP = """
+import os, sys, time
+with open(os.environ["APP_IMPORTED_AT"] + ".db", "w") as f:  # serve.py asked for the first connection already
+    f.write(repr(getattr(sys.modules.get("gateway.db"), "_early_opened", None)))
+time.sleep(float(os.environ["APP_IMPORT_S"]))
+if os.environ.get("APP_BROKEN"):
+    raise RuntimeError("the app's import failed")
+with open(os.environ["APP_IMPORTED_AT"], "w") as f:
+    f.write(repr(time.monotonic()))
+
+
+async def stream_app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def _serve_beside(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
+    (tmp_path / "serve.py").write_text((ROOT / "functions" / "query" / "serve.py").read_text())
+    (tmp_path / "app.py").write_text(_SLOW_APP)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_LWA_", "READINESS_CHECK"))}
+    environ.update({"PORT": str(port), "GATEWAY_COLD_START": "serve", "APP_IMPORT_S": "1.0",
+                    "APP_IMPORTED_AT": str(tmp_path / "imported"), "PYTHONPATH": str(ROOT / "layers" / "common"),
+                    **env})
+    return subprocess.Popen([sys.executable, "serve.py"], cwd=tmp_path, env=environ, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def _connect_when_accepted(port: int, proc: subprocess.Popen[bytes], timeout: float = 20
+                           ) -> tuple[socket.socket, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            time.sleep(0.005)
+            continue
+        return sock, time.monotonic()
+    raise AssertionError(f"never accepted (exit status {proc.poll()})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_listens_before_the_app_imports_and_answers_once_it_has(tmp_path: Path) -> None:
+    """The port listens from the top of serve.py: a client connecting during the imports is queued
+    by the kernel and answered once uvicorn serves (no refused connection, no poll interval lost)."""
+    port = _free_port()
+    proc = _serve_beside(tmp_path, port)
+    try:
+        sock, accepted_at = _connect_when_accepted(port, proc)
+        with sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        imported_at = float((tmp_path / "imported").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # the database's first connection was being opened before the app's import (gateway.db)
+    assert (tmp_path / "imported.db").read_text() == "True"
+    assert accepted_at < imported_at - 0.3  # connected during the app's import (it sleeps 1 s)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok")
+
+
+def test_behind_a_tcp_readiness_check_it_listens_only_once_the_app_is_imported(tmp_path: Path) -> None:
+    """``AWS_LWA_READINESS_CHECK_PROTOCOL=tcp`` (template.yaml's QueryStreamFunction): the Web Adapter
+    takes an accepted connection for readiness, so the socket listens only when uvicorn serves."""
+    port = _free_port()
+    proc = _serve_beside(tmp_path, port, AWS_LWA_READINESS_CHECK_PROTOCOL="tcp")
+    try:
+        sock, accepted_at = _connect_when_accepted(port, proc)
+        sock.close()
+        imported_at = float((tmp_path / "imported").read_text())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert accepted_at > imported_at
+
+
+def test_a_failed_import_resets_the_early_connections_and_exits(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _serve_beside(tmp_path, port, APP_IMPORT_S="0.5", APP_BROKEN="1")
+    try:
+        sock, _ = _connect_when_accepted(port, proc)
+        with sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            started = time.monotonic()
+            try:
+                answer = sock.recv(65536)  # the socket's 10 s timeout would raise: not hung
+            except ConnectionResetError:
+                answer = b""
+            waited = time.monotonic() - started
+        status = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert answer == b"" and waited < 5
+    assert status == 1  # Python's status for an uncaught error (not a crash at exit: see serve._exit_at_once)
+    assert proc.stderr is not None and b"the app's import failed" in proc.stderr.read()
+
+
+@pytest.mark.parametrize("readiness", ["http", "tcp"])
+def test_a_port_taken_is_a_startup_failure_with_uvicorns_message(tmp_path: Path, readiness: str) -> None:
+    """Found before the imports, behind a TCP readiness check too (the socket is bound early there,
+    and listens when uvicorn serves)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = _serve_beside(tmp_path, port, AWS_LWA_READINESS_CHECK_PROTOCOL=readiness)
+        status = proc.wait(20)
+        took = time.monotonic() - started
+    assert status == 3  # uvicorn's STARTUP_FAILURE
+    assert took < 0.9  # before the app's import (1 s)
+    assert proc.stderr is not None
+    assert f"error while attempting to bind on address ('0.0.0.0', {port}): address already in use" in (
+        proc.stderr.read().decode())

@@ -20,7 +20,8 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
   It is built here, its system CA store (~140 certificates) loaded in a thread: OpenSSL reads them
   (15-60 ms) without the GIL while the rest of the function imports, and :func:`done` waits for it
   (and raises its error, if any), so the context is complete before anything can use it
-  (:func:`verified_ssl_context` waits too, for a process that never calls ``done``). Until issue
+  (:func:`verified_ssl_context` waits too, for a process that never calls ``done``, and so does the
+  interpreter's exit: OpenSSL's exit handlers would free the store under the thread). Until issue
   15's spawn pass the context was aiohttp's, built by its import here; the functions no longer
   import aiohttp (``gateway.upstream_http`` does without it).
 - **No scan for pydantic plugins (in a serving process, as above).** pydantic looks for plugins
@@ -46,6 +47,7 @@ if _paused:
 if _serving:  # no pydantic plugin is installed: skip the scan for them (unless set otherwise)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+import atexit  # noqa: E402
 import ssl  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -110,8 +112,18 @@ def _load_ca_stores(contexts: list[ssl.SSLContext]) -> None:
         contexts.clear()
 
 
+def _finish_loading() -> None:
+    """At the interpreter's exit: the store's thread is let finish first (60 ms at most, bounded at
+    1 s), as OpenSSL's own exit handlers would free what it is still reading: a process ending
+    within ~50 ms of this import (a failed start) crashed with SIGSEGV instead (BENCHMARKS.md, issue
+    15, spawn6)."""
+    if _store_loader.ident is not None:
+        _store_loader.join(1.0)
+
+
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 _verified, _to_load = _build_verified()
 _store_loader = threading.Thread(target=_load_ca_stores, args=(_to_load,), name="ca-store", daemon=True)
 if _to_load:
     _store_loader.start()
+    atexit.register(_finish_loading)

@@ -37,8 +37,10 @@ import asyncio
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -145,13 +147,18 @@ def describe(exc: BaseException) -> str:
 
 
 class _Connection(psycopg.AsyncConnection[Any]):
-    """Remembers why the last connection attempt failed: the pool only says it timed out."""
+    """Remembers why the last connection attempt failed: the pool only says it timed out. The pool's
+    first connection may have been opened already, beside the imports (``open_first_connection``)."""
 
     @classmethod
     async def connect(cls, *args: Any, **kwargs: Any) -> Any:
         global _last_connect_error
+        early = _take_early(args, kwargs)
         try:
-            conn = await super().connect(*args, **kwargs)
+            if early is not None and not (early.outcome.done() and early.outcome.exception() is not None):
+                conn = await _early_outcome(early)  # made, or under way: this attempt's outcome
+            else:  # (an early attempt that failed before anyone asked tells nothing a new one can't)
+                conn = await cls._open(*args, **kwargs)
         except Exception as exc:
             _last_connect_error = exc
             for waiter in list(_connect_waiters):
@@ -159,12 +166,105 @@ class _Connection(psycopg.AsyncConnection[Any]):
                     waiter.set_result(exc)
             raise
         _last_connect_error = None
+        return conn
+
+    @classmethod
+    async def _open(cls, *args: Any, **kwargs: Any) -> Any:
+        conn = await super().connect(*args, **kwargs)
         conn.prepared_here = set()
         conn.utf8 = conn.info.encoding == "utf-8"
         return conn
 
     prepared_here: set[bytes]  # the names of the ``Statement``s prepared on this connection
     utf8: bool  # the client encoding is UTF-8 (``call``'s parameters are UTF-8 text)
+
+
+class _Early:
+    """The pool's first connection, opened in a thread while the serving process imports."""
+
+    def __init__(self, conninfo: str, kwargs: dict[str, Any]) -> None:
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.outcome: Future[psycopg.AsyncConnection[Any]] = Future()
+        self.thread = threading.Thread(target=self._connect, name="db-connect", daemon=True)
+
+    def _connect(self) -> None:
+        self.outcome.set_running_or_notify_cancel()  # running: a consumer's cancellation leaves it be
+        try:
+            # in this thread's own event loop, closed before the outcome is set: the connection's
+            # asyncio lock binds to a loop only when a caller waits on it, never here
+            conn = asyncio.run(_Connection._open(self.conninfo, **self.kwargs))
+        except BaseException as exc:  # the pool's connect records it (and tries again)
+            self.outcome.set_exception(exc if isinstance(exc, Exception) else psycopg.OperationalError(repr(exc)))
+        else:
+            self.outcome.set_result(conn)
+
+
+_early: _Early | None = None  # until the pool's first connect takes it
+_early_opened = False  # open_first_connection ran (once per process)
+
+
+def open_first_connection() -> threading.Thread | None:
+    """Open the pool's first connection now, in a thread, while the process goes on importing (the
+    query streaming function's serve.py calls it before the app's imports): a cold start's first
+    request then finds the connection (TCP, TLS, authentication: several round trips to the
+    database) made or under way. The pool's first ``connect`` (``_Connection.connect``, psycopg_pool's
+    ``connection_class``) takes it, once, if it asks for exactly the parameters used here (else it
+    is closed). An attempt still under way when the pool asks is the pool's attempt: its failure is
+    reported as any (one bounded wait for a hung database); one that failed before is forgotten and
+    the pool connects as always (a database refused at start: a second refusal, at once). A stale
+    connection (a frozen container) is found on use like any pooled one (``run``'s and ``call``'s
+    retry). The thread is a daemon, bounded by the connect timeout: it never holds up the process's
+    exit. Returns the thread, or None when there is nothing to do (called before, or no settings: the
+    first request meets their error as always)."""
+    global _early, _early_opened
+    if _early_opened:
+        return None
+    _early_opened = True
+    try:
+        settings = get_settings()
+        conninfo, kwargs = settings.database_url, _pool_kwargs(settings)
+    except Exception:
+        return None
+    _early = _Early(conninfo, kwargs)
+    _early.thread.start()
+    return _early.thread
+
+
+def forget_first_connection() -> None:
+    """Let ``open_first_connection`` open one again; an early connection nobody took is closed (tests)."""
+    global _early, _early_opened
+    early, _early, _early_opened = _early, None, False
+    if early is not None:
+        early.outcome.add_done_callback(_finish)
+
+
+def _take_early(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Early | None:
+    """The early connection's attempt, handed out once: to the first connect, if it asks for its
+    parameters (a connect asking for others closes it)."""
+    global _early
+    early, _early = _early, None
+    if early is None:
+        return None
+    conninfo = args[0] if args else kwargs.get("conninfo", "")
+    others = {k: v for k, v in kwargs.items() if k != "conninfo"}
+    if len(args) <= 1 and conninfo == early.conninfo and others == early.kwargs:
+        return early
+    early.outcome.add_done_callback(_finish)
+    return None
+
+
+async def _early_outcome(early: _Early) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await asyncio.wrap_future(early.outcome)
+    except asyncio.CancelledError:  # its consumer gave up (the pool closed): close it once made
+        early.outcome.add_done_callback(_finish)
+        raise
+
+
+def _finish(outcome: Future[psycopg.AsyncConnection[Any]]) -> None:
+    if not outcome.cancelled() and outcome.exception() is None:
+        outcome.result().pgconn.finish()
 
 
 def connect_kwargs(settings: Settings, *, pooled: bool | None = None) -> dict[str, Any]:
@@ -205,6 +305,11 @@ def tls_kwargs(settings: Settings, url: str) -> dict[str, str]:
     return out
 
 
+def _pool_kwargs(settings: Settings) -> dict[str, Any]:
+    """The connection parameters of the pool's connections (besides ``DATABASE_URL``)."""
+    return {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
+
+
 async def get_pool() -> AsyncConnectionPool[Any]:
     """The container's pool, created on first use in the current loop."""
     slot = _pool_slot.get()
@@ -213,7 +318,7 @@ async def get_pool() -> AsyncConnectionPool[Any]:
     async with slot.lock:
         if slot.pool is None or slot.pool.closed:
             settings = get_settings()
-            kwargs = {**connect_kwargs(settings), **tls_kwargs(settings, settings.database_url)}
+            kwargs = _pool_kwargs(settings)
             wait = _pool_timeout(settings)
             # max_size 1 until the first connection is there (_getconn then sets DB_POOL_MAX):
             # else the first getconn, finding none idle, grows the pool by a second connect
