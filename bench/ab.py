@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
-from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
+from bench.stack import ROOT, Proc, Services, add_user, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
 
@@ -50,6 +51,7 @@ class Side:
     tree: Path
     ref: str
     env: dict[str, str]
+    api_key: str = ""  # the side's own user's key (``add_user``): the sides share no user
     port: int = 0
     proc: Proc | None = None
     samples: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -84,7 +86,7 @@ def start(side: Side, svc: Services, extra_env: dict[str, str]) -> None:
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     side.proc = spawn(f"ab-{side.name}", ["bash", str(side.tree / "functions" / "query" / "run.sh")], env,
                       cwd=side.tree)
-    headers = {"authorization": f"Bearer {svc.api_key}"}
+    headers = {"authorization": f"Bearer {side.api_key}"}
     wait_until(side.proc, side.url, body=chat_body(), headers=headers, timeout=90)
 
 
@@ -104,7 +106,7 @@ def cold(side: Side, svc: Services) -> None:
     from bench.lambda_bench import lambda_env
 
     env = lambda_env(svc, tracing=False)
-    env.update(side.env, BENCH_API_KEY=svc.api_key, PYTHONPATH=f"{side.tree / 'layers' / 'common'}:{side.tree}")
+    env.update(side.env, BENCH_API_KEY=side.api_key, PYTHONPATH=f"{side.tree / 'layers' / 'common'}:{side.tree}")
     # The deployed layer ships bytecode (layers/common/Makefile): so do the side's sources here
     # (PYTHONDONTWRITEBYTECODE would otherwise have every cold start compile ~40 modules).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(side.tree / "layers" / "common" / "gateway"),
@@ -129,7 +131,7 @@ async def one(side: Side, svc: Services, case: str, batch: int) -> None:
     assert side.proc is not None
     pids = descendants(side.proc.pid)
     up0, cpu0 = svc.upstash_commands(), cpu_seconds(pids)
-    r = await measure(side.url, {"authorization": f"Bearer {svc.api_key}"}, make_body(), n, conc,
+    r = await measure(side.url, {"authorization": f"Bearer {side.api_key}"}, make_body(), n, conc,
                       stream=stream, warmup=2)
     r["cpu_ms"] = (cpu_seconds(pids) - cpu0) * 1000 / (n + 2)
     r["upstash"] = (svc.upstash_commands() - up0) / (n + 2)
@@ -173,11 +175,15 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"A = {ref_a} {a.env or ''}\nB = {ref_b} {b.env or ''}\nload at start: {load_average()}", flush=True)
     svc = start_services("mlp_ab")
     try:
+        # one user per side: else one side's idle carried holds count against the other's in-flight
+        # cap (32), and at c=16 the measured side met 429s
+        a.api_key = svc.api_key
+        b.api_key = add_user(svc.database_url, f"ab-b-{secrets.token_hex(4)}@bench.invalid")[1]
         for side in (a, b):
             if cases == ["cold"]:
                 break  # no server needed
             start(side, svc, side.env)
-            await warm_up(side.url, {"authorization": f"Bearer {svc.api_key}"}, chat_body(), 100)
+            await warm_up(side.url, {"authorization": f"Bearer {side.api_key}"}, chat_body(), 100)
         started = time.time()
         for rnd in range(args.rounds):
             order = (a, b) if rnd % 2 == 0 else (b, a)

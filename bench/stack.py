@@ -37,8 +37,8 @@ def grant_bench_credit(database_url: str, user_id: str) -> None:
     """Put the user on an unlimited tier (see UNLIMITED_TIERS) and give it credit through the ledger."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE users SET tier = 'enterprise' WHERE id = %s", (user_id,))
-        conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, %s, 'grant', "
-                     "'bench-credit')", (user_id, BENCH_CREDIT))
+        conn.execute("INSERT INTO ledger_entries (user_id, amount, kind, reference) VALUES (%s, %s, 'grant', %s)",
+                     (user_id, BENCH_CREDIT, f"bench-credit:{user_id}"))  # references are unique: one per user
         conn.execute("UPDATE balances SET balance = balance + %s WHERE user_id = %s", (BENCH_CREDIT, user_id))
 
 
@@ -216,6 +216,30 @@ def _seed(database_url: str) -> tuple[str, str]:
                           capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"seeding the bench database failed: {done.stderr.strip()[-500:]}")
+    user_id, api_key = json.loads(done.stdout.strip().splitlines()[-1])
+    grant_bench_credit(database_url, user_id)
+    return str(user_id), str(api_key)
+
+
+def add_user(database_url: str, email: str) -> tuple[str, str]:
+    """Another bench user with its own key and the bench credit, in a child process (as ``_seed``):
+    a second gateway process measured beside the first (``bench.ab``'s other side) then neither shares
+    that user's in-flight cap, balance row and rate limit, nor counts the other's carried holds."""
+    code = ("import asyncio, json, sys\n"
+            "from gateway import db\n"
+            "from gateway.account import users\n"
+            "async def main():\n"
+            "    try:\n"
+            "        user_id = await users.create_user(sys.argv[1])\n"
+            "        return str(user_id), (await users.create_api_key(user_id, 'bench')).secret\n"
+            "    finally:\n"
+            "        await db.close_pool()\n"
+            "print(json.dumps(asyncio.run(main())))")
+    done = subprocess.run([sys.executable, "-c", code, email], cwd=ROOT,
+                          env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True,
+                          timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"adding a bench user failed: {done.stderr.strip()[-500:]}")
     user_id, api_key = json.loads(done.stdout.strip().splitlines()[-1])
     grant_bench_credit(database_url, user_id)
     return str(user_id), str(api_key)
