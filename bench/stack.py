@@ -208,23 +208,15 @@ class Services:
 
 
 def _seed(database_url: str) -> tuple[str, str]:
-    """The dev user and key (infra/local/devserver.seed), in a child process: importing the gateway
-    fixes its observability settings (tracer on/off), and the Lambda benchmark has to import it
-    later, under a Lambda environment."""
+    """The dev user and key (infra/local/devserver.seed), with the bench credit."""
     code = "import asyncio, json; from infra.local.devserver import seed; print(json.dumps(asyncio.run(seed({}))))"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url},
-                          capture_output=True, text=True, timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"seeding the bench database failed: {done.stderr.strip()[-500:]}")
-    user_id, api_key = json.loads(done.stdout.strip().splitlines()[-1])
-    grant_bench_credit(database_url, user_id)
-    return str(user_id), str(api_key)
+    return _bench_user(database_url, code, "seeding the bench database")
 
 
 def add_user(database_url: str, email: str) -> tuple[str, str]:
-    """Another bench user with its own key and the bench credit, in a child process (as ``_seed``):
-    a second gateway process measured beside the first (``bench.ab``'s other side) then neither shares
-    that user's in-flight cap, balance row and rate limit, nor counts the other's carried holds."""
+    """Another bench user with its own key and the bench credit: a second gateway process measured
+    beside the first (``bench.ab``'s other side) then neither shares that user's in-flight cap,
+    balance row and rate limit, nor counts the other's carried holds."""
     code = ("import asyncio, json, sys\n"
             "from gateway import db\n"
             "from gateway.account import users\n"
@@ -235,11 +227,18 @@ def add_user(database_url: str, email: str) -> tuple[str, str]:
             "    finally:\n"
             "        await db.close_pool()\n"
             "print(json.dumps(asyncio.run(main())))")
-    done = subprocess.run([sys.executable, "-c", code, email], cwd=ROOT,
+    return _bench_user(database_url, code, "adding a bench user", email)
+
+
+def _bench_user(database_url: str, code: str, what: str, *argv: str) -> tuple[str, str]:
+    """Run ``code`` (which prints ``[user_id, api_key]``) in a child process, then grant that user the
+    bench credit. A child: importing the gateway fixes its observability settings (tracer on/off),
+    and the Lambda benchmark has to import it later, under a Lambda environment."""
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT,
                           env={**os.environ, "DATABASE_URL": database_url}, capture_output=True, text=True,
                           timeout=120, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"adding a bench user failed: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{what} failed: {done.stderr.strip()[-500:]}")
     user_id, api_key = json.loads(done.stdout.strip().splitlines()[-1])
     grant_bench_credit(database_url, user_id)
     return str(user_id), str(api_key)
