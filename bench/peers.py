@@ -363,6 +363,28 @@ def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict
     return "\n".join(lines)
 
 
+def spawn_report(spawns: dict[str, list[float]], skipped: dict[str, str], meta: dict[str, str]) -> str:
+    """The spawns measured alone (``--rounds 0``): per gateway the median and each run, and for
+    ours against each other gateway the runs it answered first in (the spawns of one run are
+    interleaved, so run i of two gateways ran on the same minute)."""
+    keys = [k for k, v in spawns.items() if v]
+    lines = [f"Measured {meta['when']} on {meta['host']}; load average before {meta['load_before']}, "
+             f"after {meta['load_after']}. Spawn to first answer only (--rounds 0).", "",
+             "| gateway | spawns | median (s) |", "|---|---|---|"]
+    lines += [f"| {k} | {len(spawns[k])} | {statistics.median(spawns[k]):.3f} |" for k in keys]
+    others = [k for k in keys if k != "ours"] if "ours" in keys else []
+    if others:
+        lines.append("")
+    for k in others:
+        pairs = list(zip(spawns["ours"], spawns[k], strict=False))  # a peer skipped midway has fewer runs
+        lines.append(f"ours first against {k}: {sum(a < b for a, b in pairs)} of {len(pairs)} runs, median "
+                     f"paired difference {statistics.median(a - b for a, b in pairs) * 1000:+.0f} ms")
+    lines += ["", "Each run (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in spawns[k]) for k in keys)]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
+    return "\n".join(lines)
+
+
 async def main_async(args: argparse.Namespace, svc: Services, load_before: str) -> None:
     keys = [k.strip() for k in args.peers.split(",") if k.strip()]
     results: dict[str, list[Result]] = {k: [] for k in keys}
@@ -409,7 +431,7 @@ async def main_async(args: argparse.Namespace, svc: Services, load_before: str) 
                          f"{args.slow_requests} at c=1, {args.slow_requests16} at c=16. Each cell is the median "
                          "over the rounds."}
         print()
-        print(report(results, skipped, meta, spawns))
+        print(report(results, skipped, meta, spawns) if any(results.values()) else spawn_report(spawns, skipped, meta))
         if args.profile and raw.exists():
             print("\n" + profile.summary(raw) + f"\n(raw stacks: {raw})")
     finally:

@@ -34,3 +34,12 @@ def test_spawn_to_first_answer_is_the_median_of_every_spawn() -> None:
     text = peers.report({"ours": [result]}, {}, meta, {"ours": [0.3, 0.4, 0.5, 0.6]})
     assert "| spawn to first answer (s) | 0.50 |" in text
     assert "Spawn to first answer, each run (s): ours 0.300, 0.400, 0.500, 0.600, 0.900" in text
+
+
+def test_spawns_alone_are_reported_with_ours_paired_against_each_peer() -> None:
+    meta = {"when": "now", "host": "h", "load_before": "0", "load_after": "0"}
+    text = peers.spawn_report({"ours": [0.30, 0.50, 0.40], "portkey": [0.35, 0.45, 0.38], "bare": []},
+                              {"bare": "not installed"}, meta)
+    assert "| ours | 3 | 0.400 |" in text and "| portkey | 3 | 0.380 |" in text
+    assert "ours first against portkey: 1 of 3 runs, median paired difference +20 ms" in text
+    assert "| bare |" not in text and "Skipped: bare: not installed" in text
