@@ -107,3 +107,17 @@ def test_a_hold_id_is_hold_and_128_random_bits_in_hex() -> None:
     for i in ids:
         assert i.startswith("hold_") and len(i) == 37 and int(i[5:], 16) >= 0 and i == i.lower()
         assert _ID.fullmatch(i)  # a request id the statements take
+
+
+def test_drop_keeps_the_order_of_what_it_keeps_and_gives_back_the_rest_in_order() -> None:
+    clock = Clock()
+    store = Carried(per_key=8, clock=clock)
+    amounts = ["0.9", "0.1", "0.8", "0.2", "0.7", "0.7", "0.3", "0.95"]
+    for i, amount in enumerate(amounts):
+        put(store, WHO, Standing(f"hold_{i}", D(amount), "free", usable_until=2000 if i != 4 else 1010))
+    clock.now = 1010  # hold_4 is past its time
+    assert store.drop(WHO, D("0.5")) == ["hold_1", "hold_3", "hold_4", "hold_6"]
+    assert store.drop(WHO, D("0.5")) == []  # nothing left to give back: the kept ones stay
+    assert [store.take(WHO, D("0.5")).request_id for _ in range(4)] == [  # type: ignore[union-attr]
+        "hold_0", "hold_2", "hold_5", "hold_7"]
+    assert len(store) == 0 and store.take(WHO, D("0")) is None
