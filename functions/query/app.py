@@ -23,6 +23,15 @@ from gateway import coldstart  # first: import trims, the collector paused until
 import os
 from typing import Any
 
+if "AWS_LAMBDA_FUNCTION_NAME" in os.environ:  # QueryFunction in Lambda (run.sh's serve.py did it already)
+    # The pool's first connection opens in a thread while the rest of the function imports, as in
+    # QueryStreamFunction (serve.py): the first invocation finds it made or under way instead of
+    # connecting (TCP, TLS, authentication: several round trips to the database; BENCHMARKS.md,
+    # issue 15, spawn6 E2 and import lane I5).
+    from gateway import db
+
+    db.open_first_connection()
+
 from starlette.types import Receive, Scope, Send
 
 from gateway.chat.routes import router

@@ -1,4 +1,4 @@
-"""QueryStreamFunction's process (run.sh execs ``python serve.py``): uvicorn serving ``app.stream_app``
+"""QueryStreamFunction's process (run.sh execs ``python -m serve``): uvicorn serving ``app.stream_app``
 on ``$PORT``, configured exactly as ``python -m uvicorn app:stream_app --host 0.0.0.0 --port $PORT
 --no-access-log --loop uvloop --http httptools`` configured it (tests/unit/test_serve.py compares the
 two ``Config``s), without uvicorn's command-line module.

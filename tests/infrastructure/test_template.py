@@ -397,8 +397,38 @@ def test_stream_run_script() -> None:
     assert os.access(script, os.X_OK)
     assert "\r\n" not in text, "run.sh must use LF line endings"
     assert "/opt/python" in text and "PORT" in text
-    assert re.search(r"^exec python serve.py$", text, re.MULTILINE)  # uvicorn serving app:stream_app (serve.py)
+    assert re.search(r"^exec python -m serve$", text, re.MULTILINE)  # uvicorn serving app:stream_app (serve.py)
     assert (script.parent / "serve.py").is_file()
+
+
+def test_query_functions_ship_their_bytecode(template: dict[str, Any], tmp_path: Path) -> None:
+    """QueryFunction and QueryStreamFunction (CodeUri functions/query/) are built by
+    functions/query/Makefile (SAM's python builder leaves every .pyc out): what `sam build` runs for
+    each (``make build-<LogicalId>``) ships app.py, serve.py and run.sh (still executable, the same
+    bytes) and the CPython 3.12 bytecode of the two modules, hash-based and unchecked (Lambda's code
+    directory is read-only and the zip does not keep mtimes exactly), and nothing else."""
+    source = REPO_ROOT / "functions" / "query"
+    for name in ("QueryFunction", "QueryStreamFunction"):
+        resource = template["Resources"][name]
+        assert resource["Properties"]["CodeUri"].rstrip("/") == "functions/query"
+        assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+    python = _python312()
+    if python is None:
+        pytest.skip("python3.12 is not installed (sam build needs it too)")
+    for name in ("QueryFunction", "QueryStreamFunction"):
+        out = tmp_path / name
+        subprocess.run(["make", "-s", "-C", str(source), f"build-{name}", f"ARTIFACTS_DIR={out}", f"PYTHON={python}"],
+                       check=True, capture_output=True)
+        shipped = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+        assert shipped == ["__pycache__", "__pycache__/app.cpython-312.pyc", "__pycache__/serve.cpython-312.pyc",
+                           "app.py", "run.sh", "serve.py"], shipped
+        for file in ("app.py", "serve.py", "run.sh"):
+            assert (out / file).read_bytes() == (source / file).read_bytes()
+        assert os.access(out / "run.sh", os.X_OK)
+        for module in ("app", "serve"):
+            compiled = (out / "__pycache__" / f"{module}.cpython-312.pyc").read_bytes()
+            flags = int.from_bytes(compiled[4:8], "little")
+            assert flags == 0b01, f"{module}: not unchecked-hash bytecode (flags {flags})"
 
 
 # ----------------------------------------------------------------------------- routes

@@ -18,8 +18,9 @@ from tests.support.apps import FRESH_CHAT, in_fresh_function
 pytestmark = pytest.mark.integration
 
 # Modules the cold start no longer imports: uvicorn's dictConfig machinery (serve.py sets its loggers
-# itself) and the BYOK module (only a caller with stored provider keys needs it).
-LAZY = ("logging.config", "gateway.account.byok")
+# itself), the BYOK module (only a caller with stored provider keys needs it) and the other surfaces'
+# shared room (the chat path takes END_OF_BODY and dropped_header from adapters.contract).
+LAZY = ("logging.config", "gateway.account.byok", "gateway.translation")
 
 _REQUEST = ("""
 import os, sys

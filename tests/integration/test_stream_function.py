@@ -120,5 +120,5 @@ async def test_stream_metrics_are_flushed_before_the_response_completes(
 
 def test_run_sh_serves_the_instrumented_app() -> None:
     script = (APP.parent / "run.sh").read_text(encoding="utf-8")
-    assert "exec python serve.py" in script
+    assert "exec python -m serve" in script
     assert "Config(app.stream_app," in (APP.parent / "serve.py").read_text(encoding="utf-8")

@@ -23,7 +23,7 @@ def test_ours_is_run_sh_itself_on_this_interpreter() -> None:
     assert peer.argv == ["bash", str(ROOT / "functions" / "query" / "run.sh")]
     assert peer.env["PORT"] == str(peer.port)
     assert peer.env["PATH"].split(":")[0] == str(Path(sys.executable).parent)  # run.sh runs `python`
-    assert "exec python serve.py" in (ROOT / "functions" / "query" / "run.sh").read_text()  # uvicorn: stream_app
+    assert "exec python -m serve" in (ROOT / "functions" / "query" / "run.sh").read_text()  # uvicorn: stream_app
 
 
 def test_spawn_to_first_answer_is_the_median_of_every_spawn() -> None:

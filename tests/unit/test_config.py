@@ -527,3 +527,50 @@ def test_the_quota_map_is_built_once_per_tier_table(monkeypatch: pytest.MonkeyPa
     finally:
         monkeypatch.undo()
         reset_settings()
+
+
+_SSM_WITHOUT_BOTO3 = """
+import json, sys
+sys.modules["boto3"] = None  # any import of boto3 (or of Powertools' parameters utility) fails
+sys.modules["aws_lambda_powertools.utilities.parameters"] = None
+import botocore.session
+from botocore.stub import Stubber
+
+create_client = botocore.session.Session.create_client
+seen = []
+
+def stubbed(self, service, *args, **kwargs):
+    client = create_client(self, service, *args, region_name="us-east-1", aws_access_key_id="x",
+                           aws_secret_access_key="y")
+    stub = Stubber(client)
+    names = ["/mlp/prod/core", "/mlp/prod/billing"]
+    stub.add_response("get_parameters", {
+        "Parameters": [{"Name": "/mlp/prod/core", "Value": json.dumps({"admin_api_key": "from-ssm-" + "k" * 24}),
+                        "Type": "SecureString"}],
+        "InvalidParameters": ["/mlp/prod/billing"]}, {"Names": names, "WithDecryption": True})
+    stub.activate()
+    seen.append(service)
+    return client
+
+botocore.session.Session.create_client = stubbed
+from gateway.config import load_settings
+s = load_settings(secrets_ssm_path="/mlp/prod/", secrets_audiences="core,billing")
+print(json.dumps([seen, s.admin_api_key, "boto3" in sys.modules and sys.modules["boto3"] is not None]))
+"""
+
+
+def test_ssm_secrets_are_read_with_botocore_alone(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The cold start's one GetParameters call (decrypted, both audiences' names, a missing one
+    skipped) goes through botocore's SSM client: neither boto3 nor Powertools' parameters utility is
+    imported for it (~30 ms of a deployed cold start; BENCHMARKS.md, issue 15, import lane)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("botocore")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", _SSM_WITHOUT_BOTO3], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "layers" / "common"),
+                              "STAGE": "test", "AWS_DEFAULT_REGION": "us-east-1"}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen, admin_key, boto3_imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == ["ssm"] and admin_key == "from-ssm-" + "k" * 24 and boto3_imported is False

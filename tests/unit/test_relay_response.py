@@ -98,3 +98,17 @@ async def test_chunks_after_the_end_marker_are_not_sent() -> None:
 
     messages, _ = await _run(body())
     assert _bodies(messages) == [(b"a;", True), (b"b;", False)]
+
+
+def test_the_surfaces_and_the_chat_path_share_one_end_of_body_marker() -> None:
+    """``END_OF_BODY`` is told apart by identity: the chat path takes it (and ``dropped_header``)
+    from ``adapters.contract``, the other surfaces through ``gateway.translation``'s re-export —
+    the same objects (issue 15, import lane: the chat path no longer imports ``translation``)."""
+    from gateway import translation
+    from gateway.adapters import contract
+    from gateway.chat import responses, service
+
+    assert translation.END_OF_BODY is contract.END_OF_BODY is responses.END_OF_BODY is service.END_OF_BODY
+    assert translation.dropped_header is contract.dropped_header is service.dropped_header
+    assert translation.DROPPED_PARAMS_HEADER == "x-dropped-params" and repr(END_OF_BODY) == "END_OF_BODY"
+    assert contract.dropped_header(["top_k", "top_k", "thinking"]) == {"x-dropped-params": "top_k, thinking"}

@@ -1,6 +1,7 @@
 """functions/query/run.sh leaves the function directory off PYTHONPATH: the real interpreter running
-the script puts serve.py's directory first on ``sys.path`` by itself, so the function's modules import
-from it, and it is searched once per top-level import, not twice (BENCHMARKS.md, issue 15, spawn7)."""
+`python -m serve` puts the working directory (the function's) first on ``sys.path`` by itself, so
+the function's modules import from it, and it is searched once per top-level import, not twice
+(BENCHMARKS.md, issue 15, spawn7)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_the_function_directory_is_on_sys_path_once(tmp_path: Path) -> None:
     function = tmp_path / "function"
     function.mkdir()
     shutil.copy2(ROOT / "functions" / "query" / "run.sh", function / "run.sh")
-    (function / "serve.py").write_text(_PROBE, encoding="utf-8")  # run.sh execs `python serve.py`
+    (function / "serve.py").write_text(_PROBE, encoding="utf-8")  # run.sh execs `python -m serve`
     (function / "app.py").write_text("", encoding="utf-8")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

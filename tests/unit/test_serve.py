@@ -154,8 +154,8 @@ def test_outside_lambda_no_thread_imports_it() -> None:
 def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: Path) -> None:
     """run.sh finds its directory without `dirname` (Lambda's task root, else its own path): started
     by an absolute path, a relative one, from its own directory, or with LAMBDA_TASK_ROOT set, it
-    execs `python serve.py` there, the layer (and Lambda's runtime directory) on PYTHONPATH: the function
-    directory is not listed again (Python puts serve.py's directory first: test_run_sh_path.py)."""
+    execs `python -m serve` there, the layer (and Lambda's runtime directory) on PYTHONPATH: the function
+    directory is not listed again (`-m` puts the working directory first: test_run_sh_path.py)."""
     query = ROOT / "functions" / "query"
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -173,7 +173,7 @@ def test_run_sh_starts_python_in_the_function_directory_from_anywhere(tmp_path: 
             argv = ["bash", "run.sh"]
         out = subprocess.run(argv, cwd=cwd, env={**env, **extra}, capture_output=True, text=True, check=True).stdout
         runtime = ":/var/runtime" if extra else ""
-        assert out.strip() == f"{query}|/opt/python{runtime}:/extra|serve|serve.py", (argv, out)
+        assert out.strip() == f"{query}|/opt/python{runtime}:/extra|serve|-m serve", (argv, out)
 
 
 # ----------------------------------------------------------------------------- listening early
@@ -205,8 +205,8 @@ def _serve_beside(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[byt
     environ.update({"PORT": str(port), "GATEWAY_COLD_START": "serve", "APP_IMPORT_S": "1.0",
                     "APP_IMPORTED_AT": str(tmp_path / "imported"), "PYTHONPATH": str(ROOT / "layers" / "common"),
                     **env})
-    return subprocess.Popen([sys.executable, "serve.py"], cwd=tmp_path, env=environ, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "serve"], cwd=tmp_path, env=environ,  # as run.sh starts it
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _connect_when_accepted(port: int, proc: subprocess.Popen[bytes], timeout: float = 20

@@ -481,13 +481,23 @@ def _audiences(value: str | None) -> list[str]:
 def _load_ssm_secrets(path: str, audiences: Sequence[str]) -> dict[str, Any]:
     """The audiences' SecureStrings (JSON objects of settings) in ONE GetParameters call,
     decrypted. A missing audience is logged by name and skipped: the settings validation then
-    names whatever required value is missing."""
-    from aws_lambda_powertools.utilities import parameters  # imports boto3: AWS path only
+    names whatever required value is missing.
+
+    Called through botocore's own client (the SSM client Powertools' ``get_parameters_by_name``
+    made, with the same defaults: region, credentials and retries from the environment), once per
+    cold start: importing Powertools' parameters utility imports boto3, s3transfer and its other
+    providers' modules besides botocore, ~30 ms of CPU of every deployed cold start that nothing
+    else uses (BENCHMARKS.md, issue 15, import lane)."""
+    import botocore.session  # the Lambda runtime's botocore: AWS path only
 
     names = secret_parameter_names(path, audiences, os.environ.get("IDENTITY_SSM_PARAMETER"))
-    values = parameters.get_parameters_by_name({n: {} for n in names}, decrypt=True, max_age=300,
-                                               raise_on_error=False)
-    missing = list(values.pop("_errors", None) or [])
+    client = botocore.session.get_session().create_client("ssm")
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    for start in range(0, len(names), _SSM_BATCH):  # GetParameters takes 10 names at most
+        response = client.get_parameters(Names=names[start:start + _SSM_BATCH], WithDecryption=True)
+        values.update({p["Name"]: p["Value"] for p in response.get("Parameters") or []})
+        missing += response.get("InvalidParameters") or []
     if missing:
         logging.getLogger(__name__).warning("secrets not found in SSM (skipped): %s", ", ".join(missing))
     out: dict[str, Any] = {}
@@ -503,6 +513,9 @@ def _load_ssm_secrets(path: str, audiences: Sequence[str]) -> dict[str, Any]:
                              '{"database_url": "postgresql://..."}') from None
         out.update({str(k).lower().replace("-", "_"): v for k, v in data.items()})
     return out
+
+
+_SSM_BATCH = 10  # names per GetParameters call (the API's limit; there are 5 audiences)
 
 
 def load_settings(**overrides: Any) -> Settings:

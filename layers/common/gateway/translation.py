@@ -18,6 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gateway.adapters.contract import DROPPED_PARAMS_HEADER as DROPPED_PARAMS_HEADER
+from gateway.adapters.contract import END_OF_BODY as END_OF_BODY
+from gateway.adapters.contract import MAX_DROPPED_HEADER_CHARS as MAX_DROPPED_HEADER_CHARS
+from gateway.adapters.contract import dropped_header as dropped_header
 from gateway.adapters.shapes import new_id as new_id  # re-exported: one id scheme for every surface
 from gateway.errors import BadRequest
 from gateway.records import record
@@ -35,10 +39,6 @@ class OpenModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-# Response header listing the request parameters a surface accepted but could not forward to the
-# model that served it (comma separated, e.g. ``top_k, thinking blocks``). Also worth a log line.
-DROPPED_PARAMS_HEADER = "x-dropped-params"
-MAX_DROPPED_HEADER_CHARS = 1024
 
 
 @record(eq=False)
@@ -55,16 +55,6 @@ class Translation:
     def headers(self) -> dict[str, str]:
         """``{DROPPED_PARAMS_HEADER: "a, b"}`` when something was dropped, else ``{}``."""
         return dropped_header(self.dropped)
-
-
-def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
-    names = list(dict.fromkeys(dropped))
-    if not names:
-        return {}
-    value = ", ".join(names)
-    if len(value) > MAX_DROPPED_HEADER_CHARS:
-        value = value[: MAX_DROPPED_HEADER_CHARS - 3] + "..."
-    return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
 
 
 def with_dropped(headers: Mapping[str, str], dropped: Iterable[str]) -> dict[str, str]:
@@ -125,23 +115,6 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
             yield obj
 
 
-class _EndOfBody(bytes):
-    """The type of :data:`END_OF_BODY` (an empty ``bytes``: a consumer that does not know it
-    skips it as it skips any empty chunk)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "END_OF_BODY"
-
-
-# What a relay yields after its last bytes when nothing money-related has to happen before the
-# response completes (a plain server, not Lambda: ``chat.service._relay``): "the body is complete,
-# send its final message now; what I still do (await the settle) comes after". Told apart from
-# every other chunk by identity (``chunk is END_OF_BODY``); the surfaces that translate the relay
-# pass it on after their own last frames (``translated_stream``). Defined here, below ``chat``,
-# because both the chat relay and this room's ``translated_stream`` use it.
-END_OF_BODY: bytes = _EndOfBody()
 
 
 async def translated_stream(stream: AsyncIterator[bytes],

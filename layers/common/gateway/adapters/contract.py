@@ -13,7 +13,7 @@ Which adapter serves which provider is ``gateway.adapters.registry``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import field, fields
 from decimal import Decimal
 from typing import Any, Protocol
@@ -191,3 +191,43 @@ async def list_model_pages(get: GetJson, url: str, headers: Mapping[str, str],
         if cursor is None:
             break
     return models, listed
+
+
+# ----------------------------------------------------------------------------- what the pipeline tells the client
+# Here rather than in ``gateway.translation`` (which re-exports them for the other surfaces), so that
+# the chat path does not import that room (its pydantic bases and stream helpers: ~3.6 M instructions
+# of a cold start; BENCHMARKS.md, issue 15, import lane).
+
+# Response header listing the request parameters a surface accepted but could not forward to the
+# model that served it (comma separated, e.g. ``top_k, thinking blocks``). Also worth a log line.
+DROPPED_PARAMS_HEADER = "x-dropped-params"
+MAX_DROPPED_HEADER_CHARS = 1024
+
+
+def dropped_header(dropped: Iterable[str]) -> dict[str, str]:
+    names = list(dict.fromkeys(dropped))
+    if not names:
+        return {}
+    value = ", ".join(names)
+    if len(value) > MAX_DROPPED_HEADER_CHARS:
+        value = value[: MAX_DROPPED_HEADER_CHARS - 3] + "..."
+    return {DROPPED_PARAMS_HEADER: value.encode("ascii", "replace").decode("ascii")}
+
+
+class _EndOfBody(bytes):
+    """The type of :data:`END_OF_BODY` (an empty ``bytes``: a consumer that does not know it
+    skips it as it skips any empty chunk)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_OF_BODY"
+
+
+# What a relay yields after its last bytes when nothing money-related has to happen before the
+# response completes (a plain server, not Lambda: ``chat.service._relay``): "the body is complete,
+# send its final message now; what I still do (await the settle) comes after". Told apart from
+# every other chunk by identity (``chunk is END_OF_BODY``); the surfaces that translate the relay
+# pass it on after their own last frames (``translation.translated_stream``). Defined here, below
+# ``chat`` and ``translation``, because the chat relay and every surface's stream use it.
+END_OF_BODY: bytes = _EndOfBody()

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from ..adapters.contract import END_OF_BODY
 from ..adapters.shapes import new_id, now
-from ..translation import END_OF_BODY
 
 
 class ClientState(Protocol):

@@ -42,7 +42,7 @@ from starlette.types import Scope
 
 from .. import ratelimit
 from ..adapters import registry as providers
-from ..adapters.contract import Adapter, Target, UpstreamStream, Usage
+from ..adapters.contract import END_OF_BODY, Adapter, Target, UpstreamStream, Usage, dropped_header
 from ..adapters.http_client import get_http_client
 from ..adapters.registry import OPENROUTER, get_adapter
 from ..adapters.sse import FramedChunk, FramedRun
@@ -69,7 +69,6 @@ from ..money.holds import hold_for
 from ..money.pricing import ZERO, ModelPrice, charge_for, to_credit
 from ..observability import MetricUnit, adapter_context, count, emit, in_lambda, logger, metrics_on
 from ..records import frozen, record
-from ..translation import END_OF_BODY, dropped_header
 from .responses import assemble
 from .schema import ChatRequest, check_priced
 
@@ -998,7 +997,7 @@ async def _relay(call: Call, c: Candidate, upstream: UpstreamStream, iterator: A
 
     Where the response's end is: in Lambda the relay's last bytes are its last chunk, so the final
     body message waits for the settle (the environment is frozen once the response completes). On
-    a plain server it yields :data:`~gateway.translation.END_OF_BODY` after its last bytes (the
+    a plain server it yields :data:`~gateway.adapters.contract.END_OF_BODY` after its last bytes (the
     tail or the error frame): ``RelayResponse`` sends the final body message on it, then keeps
     reading, which runs this ``finally`` (the settle awaited) within the same ASGI call — the
     settle no longer delays the client's last byte but is never detached from the request, as a
