@@ -712,6 +712,7 @@ class UpstreamResponse:
             return
         if self._read_timeout:
             self._schedule_timeout()
+        chunks = len(self._chunks)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -719,6 +720,8 @@ class UpstreamResponse:
         except httptools.HttpParserError as exc:
             self._fail(_malformed(str(exc)))
         else:
+            if len(self._chunks) != chunks:  # body pieces (``on_body``): the reader woken once per read
+                self._buffered_more()
             if not self._head and self._error is None:
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
@@ -802,7 +805,14 @@ class UpstreamResponse:
 
     def on_body(self, body: bytes) -> None:
         if self._head:
-            self._sink.feed_data(body, len(body))
+            if self._sink is self and body:
+                # A stream's read holds one piece per event (chunked encoding): each is buffered
+                # here, the high-water mark checked and the reader woken once the read is parsed
+                # (``_received``), not once per piece.
+                self._chunks.append(body)
+                self._buffered += len(body)
+            else:
+                self._sink.feed_data(body, len(body))
 
     def on_message_complete(self) -> None:
         if not self._head:  # the end of an interim answer
@@ -828,6 +838,9 @@ class UpstreamResponse:
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
+        self._buffered_more()
+
+    def _buffered_more(self) -> None:
         if self._buffered > _HIGH_WATER and not self._paused and self._conn.transport is not None:
             self._paused = True
             self._conn.transport.pause_reading()
@@ -860,9 +873,14 @@ class UpstreamResponse:
         if len(chunk) > n:
             chunks.appendleft(chunk[n:])
             chunk = chunk[:n]
-        else:
-            while chunks and len(chunk) + len(chunks[0]) <= n:
-                chunk += chunks.popleft()
+        elif chunks and len(chunk) + len(chunks[0]) <= n:  # the pieces of a read, joined once
+            parts = [chunk]
+            size = len(chunk)
+            while chunks and size + len(chunks[0]) <= n:
+                piece = chunks.popleft()
+                parts.append(piece)
+                size += len(piece)
+            chunk = b"".join(parts)
         self._buffered -= len(chunk)
         if self._paused and self._buffered < _LOW_WATER:
             self._resume()
