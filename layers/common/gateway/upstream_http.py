@@ -869,6 +869,13 @@ class UpstreamResponse:
 
     def _take(self, n: int) -> bytes:
         chunks = self._chunks
+        if self._buffered <= n:  # all that is buffered (a stream's read: one piece per event): joined once
+            chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            if self._paused:
+                self._resume()
+            return chunk
         chunk = chunks.popleft()
         if len(chunk) > n:
             chunks.appendleft(chunk[n:])
