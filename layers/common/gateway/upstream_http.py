@@ -932,12 +932,11 @@ class UpstreamResponse:
         reused)."""
         return self._done and not self._chunks and self._error is None
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await self._read(CHUNK_SIZE)
-            if not chunk:
-                return
-            yield chunk
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, at most ``CHUNK_SIZE`` bytes a piece (an iterator object, not an
+        async generator: a stream reads its body through it, and a generator costs a hook on its
+        first step and a close at its end)."""
+        return _Pieces(self)
 
     async def aclose(self) -> None:
         self._close()
@@ -1211,6 +1210,25 @@ class UpstreamClient:
         """Drop a client bound to another (possibly closed) loop without awaiting on it."""
         self._closed = True
         self._close_idle()
+
+
+class _Pieces:
+    """``UpstreamResponse.aiter_bytes``: each step is a read of up to ``CHUNK_SIZE`` bytes, the end
+    of the body stops the iteration."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._response._read(CHUNK_SIZE)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _key_of(conn: _Connection) -> _Key:
