@@ -425,6 +425,36 @@ async def test_a_streamed_body_larger_than_the_buffer(serve: Callable[[Handler],
     await client.aclose()
 
 
+async def test_a_read_of_many_chunks_is_read_whole_and_in_order(serve: Callable[[Handler], Awaitable[Server]]) -> None:
+    """A stream's events in one write (one chunk each, as a fast provider bursts them): the reader gets
+    them joined, at most 16 KiB a piece, every byte in order; past 128 KiB unread the reading pauses
+    and resumes (the pieces of a read are buffered, the mark checked once per read)."""
+    events = [b"data: {\"n\":%d}\n\n" % i for i in range(20)]
+    big = [bytes([65 + i % 26]) * 1000 for i in range(1200)]  # 1.2 MB in 1,200 chunks
+
+    async def chunked(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        pieces = big if head.startswith(b"POST /big") else events
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in pieces) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    server = await serve(chunked)
+    client = create_http_client()
+    for path, expected in (("/small", events), ("/big", big)):
+        response = await client.send(client.build_request("POST", f"http://127.0.0.1:{server.port}{path}",
+                                                          content=b"{}"), stream=True)
+        await asyncio.sleep(0.05)  # the whole answer arrives (and, for the big one, fills the buffer)
+        pieces = [piece async for piece in response.aiter_bytes()]
+        await response.aclose()
+        assert b"".join(pieces) == b"".join(expected)
+        assert all(0 < len(piece) <= 16 * 1024 for piece in pieces)
+        if path == "/small":
+            assert len(pieces) == 1  # one read's events: one piece
+    assert server.connections == 1  # read to its end: the connection was reused
+    await client.aclose()
+
+
 async def test_closing_a_response_ends_a_read_in_progress(serve: Callable[[Handler], Awaitable[Server]]) -> None:
     """A deadline closes the upstream stream while it is being read (``service._arm_deadline``):
     the read ends with aiohttp's ClientConnectionError("Connection closed"), as with the session."""

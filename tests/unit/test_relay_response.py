@@ -112,3 +112,63 @@ def test_the_surfaces_and_the_chat_path_share_one_end_of_body_marker() -> None:
     assert translation.dropped_header is contract.dropped_header is service.dropped_header
     assert translation.DROPPED_PARAMS_HEADER == "x-dropped-params" and repr(END_OF_BODY) == "END_OF_BODY"
     assert contract.dropped_header(["top_k", "top_k", "thinking"]) == {"x-dropped-params": "top_k, thinking"}
+
+
+async def test_nothing_is_sent_after_the_relay_failed_with_chunks_pending() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a;"
+        yield b"b;"  # pending (the relay has not waited yet)
+        raise RuntimeError("relay broke")
+
+    call = _Call()
+    messages: list[dict[str, Any]] = []
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def receive() -> dict[str, Any]:
+        await never
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    try:
+        await RelayResponse(call, body(), {}).__call__({"type": "http"}, receive, send)
+    except RuntimeError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("the relay's error did not propagate")
+    sent = len(messages)
+    for _ in range(3):
+        await asyncio.sleep(0)  # a flush still scheduled would run now
+    assert len(messages) == sent
+    assert _bodies(messages) == [(b"a;", True)]
+
+
+async def test_a_burst_is_sent_in_the_loop_turn_the_relay_waits() -> None:
+    turns: list[str] = []
+    sent_at: list[int] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a;"
+        yield b"b;"
+        yield b"c;"
+        turns.append("wait")
+        await asyncio.sleep(0)  # one loop turn: the burst goes out within it
+        turns.append("back")
+        yield END_OF_BODY
+
+    call = _Call()
+    messages: list[dict[str, Any]] = []
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def receive() -> dict[str, Any]:
+        await never
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        sent_at.append(len(turns))
+
+    await RelayResponse(call, body(), {}).__call__({"type": "http"}, receive, send)
+    assert _bodies(messages) == [(b"a;", True), (b"b;c;", True), (b"", False)]
+    assert sent_at[2] == 1  # the burst: sent after the relay started waiting, before it came back

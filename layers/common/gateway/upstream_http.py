@@ -712,6 +712,7 @@ class UpstreamResponse:
             return
         if self._read_timeout:
             self._schedule_timeout()
+        chunks = len(self._chunks)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -719,6 +720,8 @@ class UpstreamResponse:
         except httptools.HttpParserError as exc:
             self._fail(_malformed(str(exc)))
         else:
+            if len(self._chunks) != chunks:  # body pieces (``on_body``): the reader woken once per read
+                self._buffered_more()
             if not self._head and self._error is None:
                 self._head_bytes += len(data)
                 if self._head_bytes > MAX_HEAD_BYTES:
@@ -802,7 +805,14 @@ class UpstreamResponse:
 
     def on_body(self, body: bytes) -> None:
         if self._head:
-            self._sink.feed_data(body, len(body))
+            if self._sink is self and body:
+                # A stream's read holds one piece per event (chunked encoding): each is buffered
+                # here, the high-water mark checked and the reader woken once the read is parsed
+                # (``_received``), not once per piece.
+                self._chunks.append(body)
+                self._buffered += len(body)
+            else:
+                self._sink.feed_data(body, len(body))
 
     def on_message_complete(self) -> None:
         if not self._head:  # the end of an interim answer
@@ -828,6 +838,9 @@ class UpstreamResponse:
             return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
+        self._buffered_more()
+
+    def _buffered_more(self) -> None:
         if self._buffered > _HIGH_WATER and not self._paused and self._conn.transport is not None:
             self._paused = True
             self._conn.transport.pause_reading()
@@ -856,13 +869,25 @@ class UpstreamResponse:
 
     def _take(self, n: int) -> bytes:
         chunks = self._chunks
+        if self._buffered <= n:  # all that is buffered (a stream's read: one piece per event): joined once
+            chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            if self._paused:
+                self._resume()
+            return chunk
         chunk = chunks.popleft()
         if len(chunk) > n:
             chunks.appendleft(chunk[n:])
             chunk = chunk[:n]
-        else:
-            while chunks and len(chunk) + len(chunks[0]) <= n:
-                chunk += chunks.popleft()
+        elif chunks and len(chunk) + len(chunks[0]) <= n:  # the pieces of a read, joined once
+            parts = [chunk]
+            size = len(chunk)
+            while chunks and size + len(chunks[0]) <= n:
+                piece = chunks.popleft()
+                parts.append(piece)
+                size += len(piece)
+            chunk = b"".join(parts)
         self._buffered -= len(chunk)
         if self._paused and self._buffered < _LOW_WATER:
             self._resume()
@@ -907,12 +932,11 @@ class UpstreamResponse:
         reused)."""
         return self._done and not self._chunks and self._error is None
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        while True:
-            chunk = await self._read(CHUNK_SIZE)
-            if not chunk:
-                return
-            yield chunk
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, at most ``CHUNK_SIZE`` bytes a piece (an iterator object, not an
+        async generator: a stream reads its body through it, and a generator costs a hook on its
+        first step and a close at its end)."""
+        return _Pieces(self)
 
     async def aclose(self) -> None:
         self._close()
@@ -1186,6 +1210,25 @@ class UpstreamClient:
         """Drop a client bound to another (possibly closed) loop without awaiting on it."""
         self._closed = True
         self._close_idle()
+
+
+class _Pieces:
+    """``UpstreamResponse.aiter_bytes``: each step is a read of up to ``CHUNK_SIZE`` bytes, the end
+    of the body stops the iteration."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: UpstreamResponse) -> None:
+        self._response = response
+
+    def __aiter__(self) -> _Pieces:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._response._read(CHUNK_SIZE)
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _key_of(conn: _Connection) -> _Key:

@@ -8,6 +8,7 @@ swallowed into ``.usage`` instead of being yielded.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -64,6 +65,13 @@ _TAIL = (r'(?P<content>' + _JSON_STR + r')\},"logprobs":null,"finish_reason":nul
 # Compiled by the first stream that relays runs (``_plain_patterns``), not at every cold start: a cold
 # start whose first request is not a stream never needs them (~1.2 ms; issue 15, spawn5).
 _PLAIN: tuple[re.Pattern[str], re.Pattern[str]] | None = None  # (_HEAD + _TAIL, _TAIL)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_field(model: str) -> str:
+    """``"model":`` and the name as JSON, as the upstream's events and ours write it: per model name,
+    not per stream (``json.dumps`` costs a few microseconds on a stream's first chunk)."""
+    return f'"model":{json.dumps(model)}'
 
 
 def _plain_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
@@ -351,7 +359,7 @@ class OpenAIStream(SSEUpstreamStream):
             text = text.replace(',"usage":null', "")
         if model[1:-1] != self._target.public_id:
             if self._ours is None:
-                self._ours = f'"model":{json.dumps(self._target.public_id)}'
+                self._ours = _model_field(self._target.public_id)
             text = text.replace('"model":' + model, self._ours)
         return FramedRun(text.encode())
 
@@ -369,13 +377,13 @@ class OpenAIStream(SSEUpstreamStream):
                 return None
             data = data.replace(',"usage":null', "", 1)
         if model != self._model:  # the upstream names one model per stream: built once
-            self._model, self._needle = model, f'"model":{json.dumps(model)}'
+            self._model, self._needle = model, _model_field(model)
         needle = self._needle
         if data.count(needle) != 1:
             return None
         if model != self._target.public_id:
             if self._ours is None:
-                self._ours = f'"model":{json.dumps(self._target.public_id)}'
+                self._ours = _model_field(self._target.public_id)
             data = data.replace(needle, self._ours, 1)
         return b"data: " + data.encode() + b"\n\n"
 

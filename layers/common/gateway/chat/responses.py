@@ -57,14 +57,18 @@ class RelayResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The first chunk goes out at once (time to first byte); after it, chunks the relay yields
         without waiting (the events of one upstream read) go out as ONE body message: the flush is
-        a task, so it runs only when the relay waits for the upstream again. A provider that
-        bursts events costs one socket write per burst instead of one per event; a provider that
-        sends them spaced out still gets each one forwarded at once."""
+        started by a loop callback, so it runs only when the relay waits for the upstream again
+        (the callback then starts it as an eager task: sent in that same loop turn). A provider
+        that bursts events costs one socket write per burst instead of one per event; a provider
+        that sends them spaced out still gets each one forwarded at once. A burst that reaches the
+        end of the stream without waiting (a fast provider's last events) goes out with the final
+        body message, and no task is made for it."""
         watcher = asyncio.ensure_future(self._watch(receive))
         unreachable = False
         pending: list[bytes] = []
-        flusher: asyncio.Task[None] | None = None
-        flushing = False  # the flusher has started (its send may be in progress)
+        flusher: asyncio.Task[None] | None = None  # started when the relay waits with chunks pending
+        kicked = False  # a ``kick`` is scheduled
+        over = False  # this call returned (or raised): a late ``kick`` sends nothing
 
         async def emit(message: Message) -> None:
             nonlocal unreachable
@@ -78,18 +82,25 @@ class RelayResponse(StreamingResponse):
                     self.call.client_gone = True
 
         async def flush() -> None:
-            nonlocal flushing
-            flushing = True
             while pending:
                 data = b"".join(pending)
                 pending.clear()
                 await emit({"type": "http.response.body", "body": data, "more_body": True})
 
+        def kick() -> None:
+            # The relay waits (or has ended): what it yielded meanwhile goes out now, unless the end
+            # already took it (the usual burst of a fast provider's last events: what is pending
+            # goes out with the final body message, one write instead of two, and no task).
+            nonlocal flusher, kicked
+            kicked = False
+            if not pending or self.ended or over:
+                return
+            if flusher is not None and (not flusher.done() or flusher.exception() is not None):
+                return  # a send in progress takes what is pending; a failed one surfaces in the relay's loop
+            flusher = asyncio.Task(flush(), loop=loop, eager_start=True)
+
         async def end() -> None:
-            # A flusher that has not started yet (the relay reached its end without waiting: the
-            # usual burst of a fast provider's last events) is left with nothing to send: what is
-            # pending goes out with the final body message, one write instead of two.
-            if flusher is not None and flushing:
+            if flusher is not None and not flusher.done():  # a send in progress keeps its order
                 await flusher
             self.ended = True
             data = b"".join(pending)
@@ -116,11 +127,13 @@ class RelayResponse(StreamingResponse):
                 if flusher is None or flusher.done():
                     if flusher is not None:
                         flusher.result()  # a failed send surfaces here
-                    flushing = False
-                    flusher = loop.create_task(flush())
+                    if not kicked:
+                        kicked = True
+                        loop.call_soon(kick)
             if not self.ended:
                 await end()
         finally:
+            over = True
             if flusher is not None and not flusher.done():
                 flusher.cancel()
             watcher.cancel()
