@@ -39,8 +39,6 @@ class OpenModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-
-
 @record(eq=False)
 class Translation:
     """A surface request turned into the internal chat body, plus what could not be carried."""
@@ -113,8 +111,6 @@ async def chat_chunks(stream: AsyncIterable[bytes]) -> AsyncIterator[dict[str, A
         obj = _chunk_of(event.data)
         if obj is not None:
             yield obj
-
-
 
 
 async def translated_stream(stream: AsyncIterator[bytes],
