@@ -4,7 +4,7 @@ still pending when the end comes sent with the final body message (one write, no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.chat.responses import RelayResponse
@@ -15,9 +15,12 @@ class _Call:
     client_gone = False
 
 
-async def _run(body: AsyncIterator[bytes], *, send_delay: float = 0.0) -> tuple[list[dict[str, Any]], _Call]:
+async def _run(body: AsyncIterator[bytes], *, send_delay: float = 0.0, messages: list[dict[str, Any]] | None = None,
+               on_send: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], _Call]:
+    """The relay's ASGI call with a client that never leaves; ``messages`` (if given) collects what
+    is sent even when the call raises, ``on_send`` runs at each send."""
     call = _Call()
-    messages: list[dict[str, Any]] = []
+    messages = [] if messages is None else messages
     never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def receive() -> dict[str, Any]:
@@ -28,6 +31,8 @@ async def _run(body: AsyncIterator[bytes], *, send_delay: float = 0.0) -> tuple[
         if send_delay and message["type"] == "http.response.body":
             await asyncio.sleep(send_delay)  # a client that reads slowly: the send waits
         messages.append(message)
+        if on_send is not None:
+            on_send()
 
     await RelayResponse(call, body, {}).__call__({"type": "http"}, receive, send)
     return messages, call
@@ -120,19 +125,9 @@ async def test_nothing_is_sent_after_the_relay_failed_with_chunks_pending() -> N
         yield b"b;"  # pending (the relay has not waited yet)
         raise RuntimeError("relay broke")
 
-    call = _Call()
     messages: list[dict[str, Any]] = []
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def receive() -> dict[str, Any]:
-        await never
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-
     try:
-        await RelayResponse(call, body(), {}).__call__({"type": "http"}, receive, send)
+        await _run(body(), messages=messages)
     except RuntimeError:
         pass
     else:  # pragma: no cover
@@ -157,18 +152,6 @@ async def test_a_burst_is_sent_in_the_loop_turn_the_relay_waits() -> None:
         turns.append("back")
         yield END_OF_BODY
 
-    call = _Call()
-    messages: list[dict[str, Any]] = []
-    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def receive() -> dict[str, Any]:
-        await never
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        messages.append(message)
-        sent_at.append(len(turns))
-
-    await RelayResponse(call, body(), {}).__call__({"type": "http"}, receive, send)
+    messages, _ = await _run(body(), on_send=lambda: sent_at.append(len(turns)))
     assert _bodies(messages) == [(b"a;", True), (b"b;c;", True), (b"", False)]
     assert sent_at[2] == 1  # the burst: sent after the relay started waiting, before it came back
