@@ -48,6 +48,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,34 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+COST_TARGET = Decimal("2")  # USD per million requests, tokens excluded (issue 15)
+COLD_START_TARGET_MS = 400.0  # import + app build + first request's lazy setup (issue 15)
+
+
+def targets(totals: dict[int, tuple[Decimal, float]], template_mb: int,
+            cold: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Issue 15's Lambda targets, met or not: the cost per million at the template's memory size
+    and the cold start (import + first invocation) with each tracer setting; then the memory size
+    the measured durations make cheapest. ``totals``: per memory size, the total per million and
+    the billed ms of an invocation."""
+    cost, billed = totals[template_mb]
+    cheapest = min(totals, key=lambda mb: (totals[mb][0], mb))
+    lines = ["Targets (issue 15):",
+             f"- cost per million at the template's {template_mb} MB <= ${COST_TARGET}: ${cost}, "
+             + ("met" if cost <= COST_TARGET else "MISSED")]
+    for label, rows in cold.items():
+        ms = statistics.median(r["import_ms"] + r["first_ms"] for r in rows)
+        lines.append(f"- cold start (import + first invocation), X-Ray tracer {label}, <= {COLD_START_TARGET_MS:g} ms: "
+                     f"{ms:.0f} ms, " + ("met" if ms <= COLD_START_TARGET_MS else "MISSED"))
+    low, low_billed = totals[cheapest]
+    lines.append(f"Memory: {cheapest} MB is the cheapest size modelled (${low} per million, {low_billed:.2f} billed ms)"
+                 + ("." if cheapest == template_mb else
+                    f"; the template's {template_mb} MB costs ${cost - low} more per million and bills "
+                    f"{billed:.2f} ms: the gateway's own CPU runs faster, and a second of provider wait costs more "
+                    "(above)."))
+    return lines
+
+
 def report(series: list[Series], query_usage: dict[str, float], stream: dict[str, Any],
            cold: dict[str, list[dict[str, float]]], meta: dict[str, str], assumptions: Assumptions,
            network_ms: float, system_log_level: str = "WARN", tracing_mode: str = "PassThrough") -> str:
@@ -345,11 +374,13 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
             "| memory MB | billed ms mean | cold start billed ms (model) | Lambda duration | cold starts | "
             "Lambda requests | API Gateway | Upstash | Postgres | CloudWatch Logs | X-Ray | data out | total | "
             f"total with +{network_ms:g} ms network wait |", "|---" * 14 + "|"]
+    totals: dict[int, tuple[Decimal, float]] = {}
     for memory in MEMORY_SIZES:
         billed = q.billed_at(memory)
         a = Assumptions(assumptions.db_utilisation, assumptions.cold_start_rate, cold_billed(memory))
         c = cost_per_million(usage(memory, billed), a)
         c_net = cost_per_million(usage(memory, billed + network_ms), a)
+        totals[memory] = (c["total"], billed)
         out.append(f"| {memory} | {billed:.2f} | {cold_billed(memory):.0f} | {c['lambda_duration']} | "
                    f"{c['lambda_cold_starts']} | {c['lambda_requests']} | {c['api_gateway']} | {c['upstash']} | "
                    f"{c['postgres']} | {c['cloudwatch_logs']} | {c['xray']} | {c['data_transfer']} | "
@@ -365,6 +396,7 @@ def report(series: list[Series], query_usage: dict[str, float], stream: dict[str
                 + ", ".join(f"{mb} MB {ms}" for mb, ms in stream["billed_at"].items()) + ".", ""]
     out += ["Each second spent waiting for the provider adds, per million requests: "
             + ", ".join(f"{mb} MB ${wait_cost(1.0, mb)}" for mb in MEMORY_SIZES) + ".", ""]
+    out += [*targets(totals, q.memory_mb, cold), ""]
     out += [f"Assumptions: Postgres = Neon compute at {assumptions.db_utilisation:.0%} average utilisation "
             f"(cost = active time / utilisation x CU-hour price); cold starts {assumptions.cold_start_rate:.0%} of "
             f"invocations, billed INIT + first invocation (tracer on) with CPU stretched like the rest; "

@@ -286,6 +286,60 @@ FIGURES = ("overhead p50, c=1 (ms)", "overhead p99, c=1 (ms)", "requests/s, c=16
            "100 ms upstream: p50 c=16 minus bare (ms)", "Upstash commands per request (c=1)")
 
 
+# Issue 15's targets for ours, each a figure of FIGURES, a comparison and a bound; the report says
+# which are met (cold start and cost per million: bench/lambda_bench.py). Lower is better for every
+# figure but throughput.
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("overhead p50, c=1 (ms)", "<=", 1.0), ("overhead p99, c=1 (ms)", "<=", 2.0),
+    ("requests/s, c=16", ">=", 1000.0), ("CPU ms per request, c=1", "<=", 1.0),
+    ("streaming first-byte overhead (ms)", "<=", 1.0), ("streaming total overhead (ms)", "<=", 1.5),
+    ("RSS after load (MiB)", "<=", 80.0), ("100 ms upstream: p50 c=1 minus bare (ms)", "<=", 1.0),
+    ("100 ms upstream: p50 c=16 minus bare (ms)", "<=", 1.0), ("Upstash commands per request (c=1)", "<", 0.2))
+HIGHER_IS_BETTER = frozenset({"requests/s, c=16"})
+# Not peers to lead: the bare passthrough is the reference the 100 ms figures subtract, the others
+# are ours in other configurations. Upstash commands are not compared (the peers rate-limit nothing).
+REFERENCES = frozenset({"bare", "ours-lambda", "ours-all"})
+NOT_COMPARED = frozenset({"Upstash commands per request (c=1)"})
+
+
+def _met(value: float | str, op: str, bound: float) -> bool:
+    return isinstance(value, float | int) and (value <= bound if op == "<=" else
+                                               value >= bound if op == ">=" else value < bound)
+
+
+def _paired(ours: list[float], other: list[float], name: str) -> str:
+    """Spawns of one run (or round) ran back to back, so run i of two gateways pairs up."""
+    pairs = list(zip(ours, other, strict=False))  # a peer skipped midway has fewer runs
+    return (f"ours first against {name}: {sum(a < b for a, b in pairs)} of {len(pairs)} runs, median "
+            f"paired difference {statistics.median(a - b for a, b in pairs) * 1000:+.0f} ms")
+
+
+def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[float]]) -> list[str]:
+    """Which of issue 15's targets ours meets, and on which figures it leads each peer (a peer whose
+    figure failed is led; spawn to first answer: the medians, with the paired runs beside them)."""
+    if "ours" not in table:
+        return []
+    ours = table["ours"]
+    met = [(name, op, bound, _met(ours[name], op, bound)) for name, op, bound in TARGETS]
+    lines = [f"Targets (issue 15) met by ours: {sum(m for *_, m in met)} of {len(met)}",
+             *(f"- {name} {op} {bound:g}: {_fmt(name, ours[name])}, {'met' if m else 'MISSED'}"
+               for name, op, bound, m in met)]
+    for peer in (k for k in table if k != "ours" and k not in REFERENCES):
+        theirs, behind = table[peer], []
+        compared = [name for name in FIGURES if name not in NOT_COMPARED]
+        for name in compared:
+            mine, other = ours[name], theirs[name]
+            leads = isinstance(mine, float | int) and (isinstance(other, str) or (
+                mine > other if name in HIGHER_IS_BETTER else mine < other))
+            if not leads:
+                behind.append(f"{name}: ours {_fmt(name, mine)}, {peer} {_fmt(name, other)}")
+        lines.append(f"Ours leads {peer} on {len(compared) - len(behind)} of {len(compared)} figures"
+                     + ("" if not behind else "; behind on " + "; ".join(behind)))
+        if spawns.get("ours") and spawns.get(peer):
+            lines.append(_paired(spawns["ours"], spawns[peer], peer))
+    return lines
+
+
 def figures(r: Result, bare: Result | None) -> dict[str, float | str]:
     """One round's figures for one gateway; a figure whose requests got non-200 answers is the
     string "failed (N non-200)" (timings of error answers mean nothing)."""
@@ -358,6 +412,8 @@ def report(results: dict[str, list[Result]], skipped: dict[str, str], meta: dict
     lines += ["Spawn to first answer, each run (s): " + "; ".join(
         f"{k} " + ", ".join(f"{v:.3f}" for v in all_spawns[k]) for k in keys)]
     lines += ["Load average (1 min) at the start of each round: " + meta["round_loads"]]
+    if judged := verdict(table, all_spawns):
+        lines += ["", *judged]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     return "\n".join(lines)
@@ -375,10 +431,7 @@ def spawn_report(spawns: dict[str, list[float]], skipped: dict[str, str], meta: 
     others = [k for k in keys if k != "ours"] if "ours" in keys else []
     if others:
         lines.append("")
-    for k in others:
-        pairs = list(zip(spawns["ours"], spawns[k], strict=False))  # a peer skipped midway has fewer runs
-        lines.append(f"ours first against {k}: {sum(a < b for a, b in pairs)} of {len(pairs)} runs, median "
-                     f"paired difference {statistics.median(a - b for a, b in pairs) * 1000:+.0f} ms")
+    lines += [_paired(spawns["ours"], spawns[k], k) for k in others]
     lines += ["", "Each run (s): " + "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in spawns[k]) for k in keys)]
     if skipped:
         lines += ["", "Skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
