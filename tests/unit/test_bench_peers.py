@@ -83,6 +83,17 @@ def test_ours_leads_a_peer_only_where_it_is_better_and_a_failed_figure_is_led() 
     assert not any(line.startswith("Ours leads bare") or "against bare" in line for line in lines)
 
 
+def test_spawn_is_led_by_the_paired_runs_not_by_the_medians() -> None:
+    table = {"ours": _table(**{"spawn to first answer (s)": 0.33}),
+             "portkey": _table(**{"spawn to first answer (s)": 0.34, "overhead p50, c=1 (ms)": 2.0})}
+    # ours' median is lower, but in the runs that ran back to back portkey answered first twice
+    lines = peers.verdict(table, {"ours": [0.33, 0.31, 0.45], "portkey": [0.32, 0.30, 0.50]})
+    assert "spawn to first answer (s): ours 0.33, portkey 0.34" in lines[-2]
+    assert lines[-1] == "ours first against portkey: 1 of 3 runs, median paired difference +10 ms"
+    lines = peers.verdict(table, {"ours": [0.31, 0.29, 0.45], "portkey": [0.32, 0.30, 0.40]})
+    assert "spawn" not in lines[-2] and lines[-1].endswith("median paired difference -10 ms")
+
+
 def test_the_full_report_ends_with_the_verdict() -> None:
     peer = peers.build_peer("ours", _services(), argparse.Namespace())
     run = {"p50": 1.0, "p99": 2.0, "rps": 1100.0, "ttfb_p50": 1.0, "errors": 0}
