@@ -326,9 +326,9 @@ def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[flo
     lines = [f"Targets (issue 15) met by ours: {sum(m for *_, m in met)} of {len(met)}",
              *(f"- {name} {op} {bound:g}: {_fmt(name, ours[name])}, {'met' if m else 'MISSED'}"
                for name, op, bound, m in met)]
+    compared = [name for name in FIGURES if name not in NOT_COMPARED]
     for peer in (k for k in table if k != "ours" and k not in REFERENCES):
         theirs, behind = table[peer], []
-        compared = [name for name in FIGURES if name not in NOT_COMPARED]
         paired = list(zip(spawns.get("ours", []), spawns.get(peer, []), strict=False))
         for name in compared:
             mine, other = ours[name], theirs[name]
