@@ -364,6 +364,42 @@ async def test_a_stream_read_to_its_end_goes_back_to_the_pool_drained_only_if_ne
     await client.aclose()
 
 
+async def test_an_ip_address_is_not_resolved_and_a_name_is_resolved_once(
+        serve: Callable[[Handler], Awaitable[Server]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As aiohttp's connector: an IP address is connected to as it is (no resolver thread, no IDNA
+    codec); a host name goes through ``getaddrinfo``, its answer kept 10 s."""
+    server = await serve(answer(headers=("Connection: close",), keep=False))
+    loop = asyncio.get_running_loop()
+    asked: list[str] = []
+    resolve = loop.getaddrinfo
+
+    async def counted(host: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        return await resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    client = create_http_client()
+    for _ in range(2):  # a new connection each time: the server closes each
+        assert await _call(client, f"http://127.0.0.1:{server.port}/x") == b'{"ok":true}'
+    assert asked == [] and server.connections == 2 and server.heads[-1].startswith(b"POST /x ")
+    client2 = create_http_client()
+    assert await _call(client2, f"http://localhost:{server.port}/x") == b'{"ok":true}'
+    assert await _call(client2, f"http://localhost:{server.port}/y") == b'{"ok":true}'
+    assert asked == ["localhost"] and server.connections == 4  # resolved once, its answer kept
+    await client.aclose()
+    await client2.aclose()
+
+
+def test_the_address_of_an_ip_host_is_what_getaddrinfo_gives() -> None:
+    import socket
+
+    for host in ("127.0.0.1", "10.0.0.5", "::1", "2001:db8::1"):
+        assert upstream_http._address_infos(host, 8000) == socket.getaddrinfo(
+            host, 8000, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[:1], host
+    assert upstream_http._address_infos("999.1.1.1", 80) is None  # not an address: the resolver's to refuse
+    assert upstream_http._address_infos("fe80::1%eth0", 80) is None  # scoped: getaddrinfo's
+
+
 async def test_an_unreachable_upstream() -> None:
     import socket
 

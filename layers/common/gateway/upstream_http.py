@@ -342,6 +342,22 @@ def _is_ip(host: str) -> bool:
     return ":" in host or _IPV4.fullmatch(host) is not None
 
 
+@functools.lru_cache(maxsize=64)
+def _address_infos(host: str, port: int) -> list[tuple[Any, ...]] | None:
+    """What ``getaddrinfo`` answers for an IP address, without a resolver's thread (the loop's
+    executor) or the IDNA codec it imports: a self-hosted OpenAI-compatible server at
+    ``http://10.0.0.5:8000``, a local stack. None for an address ``inet_pton`` does not take (a
+    scoped IPv6 address): ``getaddrinfo`` answers those, as before."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (host, port) if family == socket.AF_INET else (host, port, 0, 0))]
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _target(url: str) -> _Target:
     m = _PLAIN_URL.fullmatch(url)
@@ -1130,6 +1146,8 @@ class UpstreamClient:
         cached = self._dns.get((target.host, target.port))
         if cached is not None and loop.time() - cached[0] < _DNS_TTL_S:
             infos = cached[1]
+        elif target.is_ip and (literal := _address_infos(target.host, target.port)) is not None:
+            infos = literal  # an IP address: nothing to resolve (aiohttp's connector does not ask either)
         else:  # as aiohttp's resolver, its answers cached 10 s (aiohttp's ttl_dns_cache)
             try:
                 infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM,
