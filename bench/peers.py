@@ -307,11 +307,16 @@ def _met(value: float | str, op: str, bound: float) -> bool:
                                                value >= bound if op == ">=" else value < bound)
 
 
-def _paired(ours: list[float], other: list[float], name: str) -> str:
-    """Spawns of one run (or round) ran back to back, so run i of two gateways pairs up."""
+def _pairs(ours: list[float], other: list[float]) -> tuple[int, int, float]:
+    """Spawns of one run (or round) ran back to back, so run i of two gateways pairs up: the runs
+    ours answered first in, the pairs, the median of ours minus the other (s)."""
     pairs = list(zip(ours, other, strict=False))  # a peer skipped midway has fewer runs
-    return (f"ours first against {name}: {sum(a < b for a, b in pairs)} of {len(pairs)} runs, median "
-            f"paired difference {statistics.median(a - b for a, b in pairs) * 1000:+.0f} ms")
+    return sum(a < b for a, b in pairs), len(pairs), statistics.median(a - b for a, b in pairs)
+
+
+def _paired(ours: list[float], other: list[float], name: str) -> str:
+    first, n, difference = _pairs(ours, other)
+    return f"ours first against {name}: {first} of {n} runs, median paired difference {difference * 1000:+.0f} ms"
 
 
 def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[float]]) -> list[str]:
@@ -329,11 +334,11 @@ def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[flo
     compared = [name for name in FIGURES if name not in NOT_COMPARED]
     for peer in (k for k in table if k != "ours" and k not in REFERENCES):
         theirs, behind = table[peer], []
-        paired = list(zip(spawns.get("ours", []), spawns.get(peer, []), strict=False))
+        paired = bool(spawns.get("ours") and spawns.get(peer))
         for name in compared:
             mine, other = ours[name], theirs[name]
             if name == "spawn to first answer (s)" and paired:  # runs back to back: the paired difference
-                leads = statistics.median(a - b for a, b in paired) < 0
+                leads = _pairs(spawns["ours"], spawns[peer])[2] < 0
             else:
                 leads = isinstance(mine, float | int) and (isinstance(other, str) or (
                     mine > other if name in HIGHER_IS_BETTER else mine < other))
@@ -341,7 +346,7 @@ def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[flo
                 behind.append(f"{name}: ours {_fmt(name, mine)}, {peer} {_fmt(name, other)}")
         lines.append(f"Ours leads {peer} on {len(compared) - len(behind)} of {len(compared)} figures"
                      + ("" if not behind else "; behind on " + "; ".join(behind)))
-        if spawns.get("ours") and spawns.get(peer):
+        if paired:
             lines.append(_paired(spawns["ours"], spawns[peer], peer))
     return lines
 
