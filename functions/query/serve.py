@@ -27,7 +27,8 @@ then start before the app's imports (BENCHMARKS.md, issue 15, spawn6):
   is uvicorn's startup failure (its message, exit 3); an import that fails ends the process (status
   1) and the kernel resets the queued connections.
 - **The database's first connection opens** in a thread (``gateway.db.open_first_connection``):
-  the pool's first connection, made (or under way) when the first request needs it.
+  the pool's first connection, made (or under way) when the first request needs it, its backend
+  warmed up for that request's statements (``mlp_warm_up``, migration 0016).
 """
 
 from gateway import coldstart  # noqa: F401  first: the collector paused until app's coldstart.done()

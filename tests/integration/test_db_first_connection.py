@@ -22,6 +22,7 @@ import pytest
 
 from gateway import db
 from gateway.config import reset_settings
+from tests.support import pgbouncer, services
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,23 @@ def proxied(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TcpP
     reset_settings()
 
 
+async def _last_statement(database_url: str, pid: int) -> tuple[str, str]:
+    """The last statement a backend ran, and its state (from another connection)."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+        cur = await other.execute("SELECT query, state FROM pg_stat_activity WHERE pid = %s", (pid,))
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def _last_statements(database_url: str) -> list[tuple[str, str]]:
+    """The last statement and state of every other backend of the database."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:
+        cur = await other.execute("SELECT query, state FROM pg_stat_activity "
+                                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
 def _early() -> Any:
     """The attempt ``open_first_connection`` started (db's own record of it, until the pool takes it)."""
     early = db._early
@@ -75,6 +93,12 @@ async def test_the_first_request_uses_the_connection_opened_beside_the_imports(d
     assert not opened.closed
     # made in the thread's own loop (closed since): its asyncio lock is bound to no loop yet
     assert getattr(opened.lock, "_loop", "missing") is None
+    # its backend ran the schema's warm-up, and is idle (nothing left open or in flight); through
+    # PgBouncer the pid is the pooler's own, and the server connection that ran it is any of its pool
+    if pgbouncer.via_pgbouncer():
+        assert (db.WARM_UP_SQL, "idle") in await _last_statements(database_url)
+    else:
+        assert await _last_statement(database_url, opened.info.backend_pid) == (db.WARM_UP_SQL, "idle")
     async with db.connection() as conn:
         assert conn is opened  # the pool's first connection is the early one, in this test's loop
         row = await db.fetchone_in(conn, "SELECT 1 AS one")
@@ -211,3 +235,86 @@ async def test_outcome_waits_without_blocking_the_loop(database_url: str, fresh:
     finally:
         ticker.cancel()
     assert ticks > 0
+
+
+async def test_the_warm_up_changes_nothing_and_reaches_the_money_functions(database_url: str, make_user: Any) -> None:
+    """mlp_warm_up (migration 0016) writes, locks and counts nothing: after it, its transaction has no
+    transaction id (any row written or locked takes one) and no sequence moved; and it calls the
+    two money functions a first request calls, so that they are compiled before it."""
+    await make_user("5")  # a user, a key, a balance: rows it could touch
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        await conn.execute("SET track_functions = 'pl'")
+        sequences = await (await conn.execute("SELECT sequencename, last_value FROM pg_sequences")).fetchall()
+        await conn.execute(db.WARM_UP_SQL)
+        cur = await conn.execute("SELECT txid_current_if_assigned()")
+        assert await cur.fetchone() == (None,)
+        cur = await conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
+                                 "AND locktype IN ('tuple', 'transactionid')")
+        assert await cur.fetchone() == (0,)
+        cur = await conn.execute("SELECT funcname, calls FROM pg_stat_xact_user_functions "
+                                 "WHERE funcname IN ('mlp_reserve', 'mlp_settle_carry', 'mlp_warm_up') ORDER BY 1")
+        assert await cur.fetchall() == [("mlp_reserve", 1), ("mlp_settle_carry", 1), ("mlp_warm_up", 1)]
+        await conn.rollback()
+        assert await (await conn.execute("SELECT sequencename, last_value FROM pg_sequences")).fetchall() == sequences
+
+
+@pytest.fixture
+def unmigrated(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """DATABASE_URL naming a new, empty database: a schema older than the code (no mlp_warm_up)."""
+    url = services.create_database("mlp_warm")
+    monkeypatch.setenv("DATABASE_URL", url)
+    reset_settings()
+    try:
+        yield url
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+        services.drop_database(url)
+
+
+async def test_a_schema_without_the_warm_up_still_gets_its_early_connection(unmigrated: str, fresh: None) -> None:
+    """Code deployed before its migration: the warm-up fails, the connection is handed over all the
+    same, idle, and the first request uses it."""
+    thread = db.open_first_connection()
+    assert thread is not None
+    early = _early()
+    thread.join(10)
+    opened = early.outcome.result()
+    assert not opened.closed and opened.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert await _last_statement(unmigrated, opened.info.backend_pid) == (db.WARM_UP_SQL, "idle")
+    async with db.connection() as conn:
+        assert conn is opened
+    assert await db.fetchone("SELECT 6 AS six") == {"six": 6}
+    pool = await db.get_pool()
+    assert pool.get_stats()["connections_num"] == 1
+
+
+async def test_a_warm_up_without_an_answer_is_one_bounded_wait(database_url: str, fresh: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database that stops answering once connected (here: the warm-up waits for a lock another
+    session holds) costs the first request one DB_TIMEOUT_S, then the fast 503, as a statement of its
+    own would; the warm-up's connection is closed, not handed over."""
+    monkeypatch.setenv("DB_TIMEOUT_S", "1")
+    monkeypatch.setenv("DB_RETRY_AFTER_S", str(RETRY_AFTER_S))
+    reset_settings()
+    holder = await psycopg.AsyncConnection.connect(database_url)
+    try:
+        await holder.execute("LOCK TABLE balances IN ACCESS EXCLUSIVE MODE")
+        thread = db.open_first_connection()
+        assert thread is not None
+        early = _early()
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailable) as failed:
+            await db.fetchone("SELECT 1")
+        waited = time.monotonic() - started
+        assert waited < 1 + 0.5, waited
+        assert failed.value.reason == "no answer within 1 s" and failed.value.retry_after == RETRY_AFTER_S
+        thread.join(5)
+        assert not thread.is_alive() and isinstance(early.outcome.exception(), db.DatabaseUnavailable)
+    finally:
+        await holder.rollback()
+        await holder.close()
+        monkeypatch.undo()
+        reset_settings()
+    db.reset_breaker()
+    assert await db.fetchone("SELECT 7 AS seven") == {"seven": 7}

@@ -56,7 +56,7 @@ from .observability import count, logger
 
 # The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0015"
+EXPECTED_SCHEMA_VERSION = "0016"
 
 # A connection as the gateway's code receives it (from ``connection()`` / ``transaction()``).
 Connection = psycopg.AsyncConnection[Any]
@@ -180,11 +180,13 @@ class _Connection(psycopg.AsyncConnection[Any]):
 
 
 class _Early:
-    """The pool's first connection, opened in a thread while the serving process imports."""
+    """The pool's first connection, opened in a thread while the serving process imports, and its
+    backend warmed up (``_warmed``)."""
 
-    def __init__(self, conninfo: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, conninfo: str, kwargs: dict[str, Any], settings: Settings) -> None:
         self.conninfo = conninfo
         self.kwargs = kwargs
+        self.settings = settings
         self.outcome: Future[psycopg.AsyncConnection[Any]] = Future()
         self.thread = threading.Thread(target=self._connect, name="db-connect", daemon=True)
 
@@ -193,11 +195,40 @@ class _Early:
         try:
             # in this thread's own event loop, closed before the outcome is set: the connection's
             # asyncio lock binds to a loop only when a caller waits on it, never here
-            conn = asyncio.run(_Connection._open(self.conninfo, **self.kwargs))
+            conn = asyncio.run(_warmed(self.conninfo, self.kwargs, self.settings))
         except BaseException as exc:  # the pool's connect records it (and tries again)
             self.outcome.set_exception(exc if isinstance(exc, Exception) else psycopg.OperationalError(repr(exc)))
         else:
             self.outcome.set_result(conn)
+
+
+# The schema's warm-up (migration 0016): a new backend loads what a request's first statements touch
+# (catalogue entries of their relations and indexes, the compiled money functions), changing nothing.
+WARM_UP_SQL = "SELECT mlp_warm_up()"
+
+
+async def _warmed(conninfo: str, kwargs: dict[str, Any], settings: Settings) -> psycopg.AsyncConnection[Any]:
+    """A new connection on which ``WARM_UP_SQL`` ran: the early connection's backend does, beside
+    the process's imports, the ~6-10 ms of loading its first request's statements would otherwise
+    pay (BENCHMARKS.md, issue 15, fifteenth pass). The warm-up is bounded as any statement
+    (``DB_TIMEOUT_S``, then the socket is shut): no answer is the attempt's failure, as a database
+    that hangs at connect is (one bounded wait, then the fast 503). A warm-up that fails otherwise (a
+    schema older than the code: no mlp_warm_up) leaves the connection as it found it, idle: it is
+    logged and the connection handed over all the same; one it broke is found on use like any."""
+    conn = await _Connection._open(conninfo, **kwargs)
+    expiry = _Expiry(conn)
+    timer = asyncio.get_running_loop().call_later(settings.db_timeout_s, expiry)
+    try:
+        await conn.execute(WARM_UP_SQL)
+    except psycopg.Error as exc:
+        if expiry.fired:
+            await conn.close()
+            raise DatabaseUnavailable(f"no answer within {settings.db_timeout_s:g} s",
+                                      settings.db_retry_after_s) from None
+        logger.warning("database warm-up failed", extra={"error": type(exc).__name__})
+    finally:
+        timer.cancel()
+    return conn
 
 
 _early: _Early | None = None  # until the pool's first connect takes it
@@ -208,15 +239,16 @@ def open_first_connection() -> threading.Thread | None:
     """Open the pool's first connection now, in a thread, while the process goes on importing (the
     query streaming function's serve.py calls it before the app's imports): a cold start's first
     request then finds the connection (TCP, TLS, authentication: several round trips to the
-    database) made or under way. The pool's first ``connect`` (``_Connection.connect``, psycopg_pool's
-    ``connection_class``) takes it, once, if it asks for exactly the parameters used here (else it
-    is closed). An attempt still under way when the pool asks is the pool's attempt: its failure is
-    reported as any (one bounded wait for a hung database); one that failed before is forgotten and
-    the pool connects as always (a database refused at start: a second refusal, at once). A stale
-    connection (a frozen container) is found on use like any pooled one (``run``'s and ``call``'s
-    retry). The thread is a daemon, bounded by the connect timeout: it never holds up the process's
-    exit. Returns the thread, or None when there is nothing to do (called before, or no settings: the
-    first request meets their error as always)."""
+    database) made or under way, its backend warmed up (``_warmed``). The pool's first ``connect``
+    (``_Connection.connect``, psycopg_pool's ``connection_class``) takes it, once, if it asks for
+    exactly the parameters used here (else it is closed). An attempt still under way when the pool
+    asks is the pool's attempt: its failure is reported as any (one bounded wait for a hung
+    database); one that failed before is forgotten and the pool connects as always (a database
+    refused at start: a second refusal, at once). A stale connection (a frozen container) is found
+    on use like any pooled one (``run``'s and ``call``'s retry). The thread is a daemon, bounded by
+    the connect timeout and DB_TIMEOUT_S: it never holds up the process's exit. Returns the thread,
+    or None when there is nothing to do (called before, or no settings: the first request meets
+    their error as always)."""
     global _early, _early_opened
     if _early_opened:
         return None
@@ -226,7 +258,7 @@ def open_first_connection() -> threading.Thread | None:
         conninfo, kwargs = settings.database_url, _pool_kwargs(settings)
     except Exception:
         return None
-    _early = _Early(conninfo, kwargs)
+    _early = _Early(conninfo, kwargs, settings)
     _early.thread.start()
     return _early.thread
 
