@@ -103,3 +103,16 @@ def test_emit_holds_the_record_for_the_invocations_line(deferring: None) -> None
     first, second = observability._pending
     assert _line(first) == _line(observability._record_checked({"provider": "openai"}, _REQUEST, True))
     assert second["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]] and "provider" not in second
+
+
+def test_values_are_written_in_the_fewest_bytes_the_specification_allows() -> None:
+    """``_compact_values`` (flush_metrics, before each line is printed): a metric's one value is that
+    number, an integral float below 1e15 an integer; several values stay an array; members that are
+    not metric targets (dimensions) stay as they are."""
+    record: dict[str, Any] = {
+        "_aws": {"Timestamp": 0, "CloudWatchMetrics": [{"Namespace": "N", "Dimensions": [["provider"]], "Metrics": [
+            {"Name": "One", "Unit": "Count"}, {"Name": "Two"}, {"Name": "Big"}, {"Name": "Half"}]}]},
+        "provider": "7.0", "One": [1.0], "Two": [2.0, 3.5], "Big": [1e16], "Half": [0.5], "Other": [4.0]}
+    observability._compact_values(record)
+    assert json.dumps(record, separators=(",", ":")).endswith(
+        '"provider":"7.0","One":1,"Two":[2,3.5],"Big":1e+16,"Half":0.5,"Other":[4.0]}')

@@ -260,18 +260,23 @@ _INT_SAFE = 1e15
 
 
 def _compact_values(record: dict[str, Any]) -> None:
-    """Write the record's integral metric values as JSON integers: Powertools stores every value as
-    a float (``[1.0]``), and the EMF specification only asks for numbers (CloudWatch reads ``[1]``
-    and ``[1.0]`` alike): two bytes less per integral value, 8 of the 560 bytes of a successful
-    query's record (issue 15, log bytes). Only the metric targets the directives name change,
-    and only in place (no copy): dimensions and other members stay as Powertools wrote them."""
+    """Write the record's metric values in fewer bytes, as the EMF specification allows: an integral
+    value as a JSON integer (Powertools stores every value as a float, ``[1.0]``; the specification
+    only asks for numbers), and a metric's one value as that number instead of an array of one (a
+    target MAY be a number or an array of numbers): ``[1.0]`` -> ``1``, four bytes less per
+    single integral value, 20 of the 560 bytes of a successful query's record (issue 15, log
+    bytes). Only the metric targets the directives name change, in the record itself (no copy):
+    dimensions and other members stay as Powertools wrote them."""
     for directive in record["_aws"]["CloudWatchMetrics"]:
         for definition in directive["Metrics"]:
-            values = record.get(definition["Name"])
+            name = definition["Name"]
+            values = record.get(name)
             if type(values) is list:
                 for i, value in enumerate(values):
                     if type(value) is float and value.is_integer() and -_INT_SAFE < value < _INT_SAFE:
                         values[i] = int(value)
+                if len(values) == 1:
+                    record[name] = values[0]
 
 
 def instrument_asgi(app: ASGIApp) -> ASGIApp:
