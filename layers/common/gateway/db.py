@@ -223,8 +223,7 @@ async def _warmed(conninfo: str, kwargs: dict[str, Any], settings: Settings) -> 
     except psycopg.Error as exc:
         if expiry.fired:
             await conn.close()
-            raise DatabaseUnavailable(f"no answer within {settings.db_timeout_s:g} s",
-                                      settings.db_retry_after_s) from None
+            raise DatabaseUnavailable(_no_answer(settings), settings.db_retry_after_s) from None
         logger.warning("database warm-up failed", extra={"error": type(exc).__name__})
     finally:
         timer.cancel()
@@ -421,6 +420,12 @@ def reset_breaker() -> None:
     _breaker.reset()
 
 
+def _no_answer(settings: Settings) -> str:
+    """The outage's reason when a statement (or the early connection's warm-up) got no answer within
+    DB_TIMEOUT_S and its socket was shut."""
+    return f"no answer within {settings.db_timeout_s:g} s"
+
+
 async def _unavailable(reason: str) -> DatabaseUnavailable:
     """Record an outage: fail fast for DB_RETRY_AFTER_S, and drop the pool (a fresh one is opened
     by the next attempt, exactly like a cold start)."""
@@ -480,7 +485,7 @@ async def connection() -> AsyncIterator[Connection]:
             await pool.putconn(conn)  # a broken or mid-transaction connection is discarded
     except psycopg.OperationalError:
         if timed_out:
-            raise await _unavailable(f"no answer within {settings.db_timeout_s:g} s") from None
+            raise await _unavailable(_no_answer(settings)) from None
         raise
 
 
@@ -703,7 +708,7 @@ async def _execute(statement: Statement, params: Sequence[bytes | None]) -> pq.a
                 await pool.putconn(conn)  # a broken or busy connection is discarded
         except psycopg.OperationalError as exc:
             if expiry.fired:
-                raise await _unavailable(f"no answer within {settings.db_timeout_s:g} s") from None
+                raise await _unavailable(_no_answer(settings)) from None
             if attempt == 1 and is_connection_failure(exc, conn):
                 logger.warning("database connection lost; retrying once", extra={"error": type(exc).__name__})
                 await drop_dead_connections()
