@@ -56,7 +56,7 @@ from .observability import count, logger
 
 # The newest migration the code expects (``gateway/migrations/NNNN_*.sql``); /health compares.
 # tests/unit/test_migrations.py keeps this in step with the files.
-EXPECTED_SCHEMA_VERSION = "0016"
+EXPECTED_SCHEMA_VERSION = "0017"
 
 # A connection as the gateway's code receives it (from ``connection()`` / ``transaction()``).
 Connection = psycopg.AsyncConnection[Any]

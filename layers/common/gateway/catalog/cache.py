@@ -92,7 +92,7 @@ class CatalogCache:
     def __init__(self, loader: Loader | None = None) -> None:
         self._loader: Loader = loader or render.load_snapshot
         self._current: Catalogue | None = None
-        self._checked_at = 0.0
+        self._checked_at = float("-inf")  # never (a monotonic clock may start near 0)
         self._lock = loop_lock()
 
     @property
@@ -101,11 +101,11 @@ class CatalogCache:
 
     def reset_local(self) -> None:
         self._current = None
-        self._checked_at = 0.0
+        self._checked_at = float("-inf")
 
     def expire_local(self) -> None:
         """Keep the local copy but re-check Redis on the next call."""
-        self._checked_at = 0.0
+        self._checked_at = float("-inf")
 
     def _fresh(self, settings: Settings) -> bool:
         return self._current is not None and time.monotonic() - self._checked_at < settings.catalog_local_ttl_s

@@ -2,7 +2,10 @@
 
 Loaded from ``model_pricing`` (the source of truth for billing) and kept in the warm container
 for ``CATALOG_TTL_S`` seconds (default 60), so resolving a model costs no round trip on the hot path. Concurrent
-reloads are collapsed into one.
+reloads are collapsed into one. An expired copy is checked, not reloaded: it is kept while
+``catalog_version`` (migration 0017: bumped in the writer's transaction by every statement that writes
+what :data:`SELECT_ACTIVE` reads) still has the number its rows were read with, one small row instead
+of every active model fetched and rebuilt inside a request.
 
 Two kinds of model, by ``output_modalities``: chat models (:func:`models`, what the chat pipeline
 and the surfaces translated onto it resolve) and embedding models (``{embeddings}``:
@@ -86,15 +89,23 @@ def servable(row: Mapping[str, Any]) -> bool:
 
 _models: dict[str, ModelInfo] = {}
 _embedding_models: dict[str, ModelInfo] = {}
-_loaded_at = 0.0
+# when the models were read or checked (monotonic; -inf: never, whatever the clock's origin: a
+# microVM's monotonic clock starts near 0, where 0.0 would pass for "a moment ago")
+_loaded_at = float("-inf")
+_version: int | None = None  # catalog_version when the models were read (None: reload in full)
 _lock = loop_lock()
 
+# The active models and, in the same snapshot, the catalogue's version: a copy is never labelled
+# with a number newer than its rows. The columns read and filtered on here are the ones whose
+# writes bump the version (migration 0017's trigger; test_catalog_registry compares the two lists).
 SELECT_ACTIVE = """
-SELECT id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
+SELECT (SELECT version FROM catalog_version) AS catalog_version,
+       id, name, provider, upstream_model, owned_by, context_length, max_completion_tokens, prompt_price,
        completion_price, request_price, input_cache_read_price, input_cache_write_price, image_price, is_free,
        markup, input_modalities, output_modalities, pricing_extra, price_tiers
 FROM model_pricing WHERE active
 """
+SELECT_VERSION = "SELECT version FROM catalog_version"
 
 # Long-context premiums of models billed by a direct provider at one catalogue price (the provider's
 # models list carries no prices, and OpenRouter's listing gives the base tier only): a call whose
@@ -147,20 +158,32 @@ def _row_to_model(r: dict) -> ModelInfo:  # type: ignore[type-arg]
 
 
 async def _reload() -> None:
-    global _models, _embedding_models, _loaded_at
+    global _models, _embedding_models, _loaded_at, _version
     rows = await db.fetchall(SELECT_ACTIVE)
     loaded = [_row_to_model(r) for r in rows if servable(r)]
     _models = {m.id: m for m in loaded if not m.is_embedding}
     _embedding_models = {m.id: m for m in loaded if m.is_embedding}
+    _version = rows[0]["catalog_version"] if rows else None
     _loaded_at = time.monotonic()
 
 
+async def _unchanged() -> bool:
+    """Whether the catalogue's version is still the one the models were read with."""
+    row = await db.fetchone(SELECT_VERSION)
+    return row is not None and row["version"] == _version
+
+
 async def _fresh() -> None:
+    global _loaded_at
     ttl = get_settings().catalog_ttl_s
     if time.monotonic() - _loaded_at < ttl and (_models or _embedding_models):
         return
     async with _lock.get():
-        if time.monotonic() - _loaded_at >= ttl or not (_models or _embedding_models):
+        if time.monotonic() - _loaded_at < ttl and (_models or _embedding_models):
+            return  # another caller loaded or checked it while we waited
+        if _version is not None and (_models or _embedding_models) and await _unchanged():
+            _loaded_at = time.monotonic()
+        else:
             await _reload()
 
 
@@ -196,5 +219,6 @@ async def get_model(model_id: str) -> ModelInfo | None:
 
 
 def invalidate() -> None:
-    global _loaded_at
-    _loaded_at = 0.0
+    """Forget the copy: the next use reads every active model again."""
+    global _loaded_at, _version
+    _loaded_at, _version = float("-inf"), None
