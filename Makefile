@@ -40,10 +40,10 @@ pytest:
 	$(BIN)/pytest -q -p no:cacheprovider
 
 ## The gateway's connections through a real PgBouncer in transaction mode (as Neon's -pooler /
-## Supabase's port 6543): reserve/settle, webhooks, the chat route, the first connection opened beside
-## the imports (serve.py), the e2e chat path.
+## Supabase's port 6543): reserve/settle, webhooks, the chat route, the catalogue copy's version
+## check, the first connection opened beside the imports (serve.py), the e2e chat path.
 PGBOUNCER_TESTS := tests/integration/test_ledger.py tests/integration/test_ledger_functions.py tests/integration/test_billing_webhooks.py \
-	tests/integration/test_chat.py tests/integration/test_db_first_connection.py tests/e2e/test_query_e2e.py tests/e2e/test_smoke_e2e.py
+	tests/integration/test_chat.py tests/integration/test_catalog_registry.py tests/integration/test_db_first_connection.py tests/e2e/test_query_e2e.py tests/e2e/test_smoke_e2e.py
 pytest-pgbouncer:
 	TEST_DB_VIA=pgbouncer $(BIN)/pytest -q -p no:cacheprovider $(PGBOUNCER_TESTS)
 
