@@ -10,7 +10,6 @@ import re
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 import pytest
 
 from gateway.catalog import registry
@@ -21,16 +20,9 @@ pytestmark = pytest.mark.integration
 MODEL = "openai/gpt-4o"
 
 
-def _version(url: str) -> int:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT version FROM catalog_version").fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _execute(url: str, statement: str, params: tuple[Any, ...] = ()) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params)  # type: ignore[arg-type]
+def _version(env: CatalogEnv) -> int:
+    (row,) = env.sql("SELECT version FROM catalog_version")
+    return int(row["version"])
 
 
 def _selected_columns() -> set[str]:
@@ -41,17 +33,16 @@ def _selected_columns() -> set[str]:
 
 
 def test_every_write_of_a_column_the_copy_reads_bumps_the_version(catalog_env: CatalogEnv) -> None:
-    url = catalog_env.database_url
-    with psycopg.connect(url, autocommit=True) as conn:
-        columns = [r[0] for r in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'model_pricing' "
-            "AND table_schema = current_schema() ORDER BY ordinal_position").fetchall()]
+    env = catalog_env
+    columns = [r["column_name"] for r in env.sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'model_pricing' "
+        "AND table_schema = current_schema() ORDER BY ordinal_position")]
     bumping = set()
     for column in columns:
-        before = _version(url)
+        before = _version(env)
         # a statement that changes no row still counts: it names the column
-        _execute(url, f"UPDATE model_pricing SET {column} = {column} WHERE false")
-        if _version(url) != before:
+        env.sql(f"UPDATE model_pricing SET {column} = {column} WHERE false")
+        if _version(env) != before:
             bumping.add(column)
     assert bumping == _selected_columns(), "the trigger's columns are exactly the ones SELECT_ACTIVE reads"
     assert {"last_seen_at", "seen_in", "updated_at"}.isdisjoint(bumping), "discovery's touch is no change"
@@ -61,20 +52,20 @@ def test_every_write_of_a_column_the_copy_reads_bumps_the_version(catalog_env: C
                       "VALUES ('x/new', 'X', 'openrouter', 'x/new', 'x', 1000, 100, 0, 0)",
                       "DELETE FROM model_pricing WHERE id = 'x/new'",
                       "TRUNCATE model_pricing"):
-        before = _version(url)
-        _execute(url, statement)
-        assert _version(url) == before + 1, statement
+        before = _version(env)
+        env.sql(statement)
+        assert _version(env) == before + 1, statement
 
 
 async def test_an_expired_copy_is_kept_while_the_version_is_unchanged(catalog_env: CatalogEnv, setting: Any) -> None:
     setting(catalog_ttl_s=0)  # every use finds the copy expired
     first = await registry.models()
     assert first[MODEL].price.prompt == Decimal("0.0000025")
-    _execute(catalog_env.database_url, "UPDATE model_pricing SET last_seen_at = now(), seen_in = '{openai}'")
+    catalog_env.sql("UPDATE model_pricing SET last_seen_at = now(), seen_in = '{openai}'")
     again = await registry.models()
     assert again is first, "checked, not re-read: the same models"
 
-    _execute(catalog_env.database_url, "UPDATE model_pricing SET prompt_price = 0.000005 WHERE id = %s", (MODEL,))
+    catalog_env.sql("UPDATE model_pricing SET prompt_price = 0.000005 WHERE id = %s", (MODEL,))
     changed = await registry.models()
     assert changed is not first and changed[MODEL].price.prompt == Decimal("0.000005")
     assert await registry.models() is changed
@@ -83,7 +74,7 @@ async def test_an_expired_copy_is_kept_while_the_version_is_unchanged(catalog_en
 async def test_a_copy_within_its_ttl_is_trusted_without_a_statement(catalog_env: CatalogEnv, setting: Any) -> None:
     setting(catalog_ttl_s=3600)
     first = await registry.models()
-    _execute(catalog_env.database_url, "UPDATE model_pricing SET prompt_price = 0.000005 WHERE id = %s", (MODEL,))
+    catalog_env.sql("UPDATE model_pricing SET prompt_price = 0.000005 WHERE id = %s", (MODEL,))
     assert (await registry.models())[MODEL].price.prompt == Decimal("0.0000025"), "trusted for CATALOG_TTL_S"
     registry.invalidate()
     assert (await registry.models())[MODEL].price.prompt == Decimal("0.000005"), "invalidate() re-reads"
@@ -110,6 +101,6 @@ async def test_a_change_not_yet_committed_is_loaded_once_it_is(catalog_env: Cata
 async def test_deactivating_a_model_drops_it_from_an_expired_copy(catalog_env: CatalogEnv, setting: Any) -> None:
     setting(catalog_ttl_s=0)
     assert MODEL in await registry.models()
-    _execute(catalog_env.database_url, "UPDATE model_pricing SET active = false WHERE id = %s", (MODEL,))
+    catalog_env.sql("UPDATE model_pricing SET active = false WHERE id = %s", (MODEL,))
     assert MODEL not in await registry.models()
     assert await registry.get_model(MODEL) is None
