@@ -75,11 +75,18 @@ def checkout(ref: str) -> tuple[Path, str]:
     return tree, f"{ref} ({sha})"
 
 
+def python_path(side: Side) -> str:
+    """The side's own gateway package and bench helpers first (the venv's editable install points
+    here), then what the side's ``--base-env`` / ``--cand-env`` put on ``PYTHONPATH`` (a
+    ``sitecustomize`` for an experiment, say), which would otherwise be replaced."""
+    return ":".join([str(side.tree / "layers" / "common"), str(side.tree),
+                     *([side.env["PYTHONPATH"]] if side.env.get("PYTHONPATH") else [])])
+
+
 def start(side: Side, svc: Services, extra_env: dict[str, str]) -> None:
     side.port = free_port()
     env = svc.gateway_env(**extra_env)
-    # the side's own gateway package and bench helpers first (the venv's editable install points here)
-    env["PYTHONPATH"] = f"{side.tree / 'layers' / 'common'}:{side.tree}"
+    env["PYTHONPATH"] = python_path(side)
     # the side's run.sh itself, as the Web Adapter starts it (``stream_app``, uvloop + httptools):
     # `python` on PATH is this interpreter
     env["PORT"] = str(side.port)
@@ -106,7 +113,7 @@ def cold(side: Side, svc: Services) -> None:
     from bench.lambda_bench import lambda_env
 
     env = lambda_env(svc, tracing=False)
-    env.update(side.env, BENCH_API_KEY=side.api_key, PYTHONPATH=f"{side.tree / 'layers' / 'common'}:{side.tree}")
+    env.update(side.env, BENCH_API_KEY=side.api_key, PYTHONPATH=python_path(side))
     # The deployed layer ships bytecode (layers/common/Makefile): so do the side's sources here
     # (PYTHONDONTWRITEBYTECODE would otherwise have every cold start compile ~40 modules).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(side.tree / "layers" / "common" / "gateway"),
