@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
-from bench.stack import ROOT, Proc, Services, add_user, spawn, start_services, wait_until
+from bench.stack import ROOT, Proc, Services, add_user, import_bundle_env, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
 
@@ -85,7 +85,7 @@ def python_path(side: Side) -> str:
 
 def start(side: Side, svc: Services, extra_env: dict[str, str]) -> None:
     side.port = free_port()
-    env = svc.gateway_env(**extra_env)
+    env = svc.gateway_env(**import_bundle_env(side.tree), **extra_env)  # as template.yaml's query functions
     env["PYTHONPATH"] = python_path(side)
     # the side's run.sh itself, as the Web Adapter starts it (``stream_app``, uvloop + httptools):
     # `python` on PATH is this interpreter
@@ -113,6 +113,7 @@ def cold(side: Side, svc: Services) -> None:
     from bench.lambda_bench import lambda_env
 
     env = lambda_env(svc, tracing=False)
+    env.update(import_bundle_env(side.tree))  # as template.yaml's QueryFunction
     env.update(side.env, BENCH_API_KEY=side.api_key, PYTHONPATH=python_path(side))
     # The deployed layer ships bytecode (layers/common/Makefile): so do the side's sources here
     # (PYTHONDONTWRITEBYTECODE would otherwise have every cold start compile ~40 modules).

@@ -66,7 +66,7 @@ from bench.costs import (
 )
 from bench.costs import upstream_wait_cost_per_million as wait_cost
 from bench.harness import cpu_seconds, descendants, load_average, measure, percentile
-from bench.stack import ROOT, Services, spawn, start_services, wait_until
+from bench.stack import ROOT, Services, import_bundle_env, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
 from infra.local.template import load_template, serverless_functions
@@ -239,7 +239,7 @@ def run_buffered(svc: Services, n: int, tracing: bool) -> tuple[list[Series], di
 async def run_streaming(svc: Services, n: int, memory_mb: int) -> dict[str, Any]:
     port = free_port()
     env = svc.gateway_env(AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_LOG_LEVEL="INFO",
-                          POWERTOOLS_TRACE_DISABLED="true")
+                          POWERTOOLS_TRACE_DISABLED="true", **import_bundle_env())
     # run.sh itself, as the Web Adapter starts it (``stream_app``): `python` on PATH is this interpreter
     env.update(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     proc = spawn("stream", ["bash", str(ROOT / "functions" / "query" / "run.sh")], env=env)
@@ -272,6 +272,7 @@ def compile_sources() -> None:
 def cold_starts(svc: Services, runs: int, tracing: bool) -> list[dict[str, float]]:
     """``runs`` fresh interpreters running bench/coldstart.py (50 invocations each)."""
     env = lambda_env(svc, tracing=tracing)
+    env.update(import_bundle_env())  # as template.yaml's QueryFunction
     env["BENCH_API_KEY"] = svc.api_key
     compile_sources()
     out = []

@@ -64,7 +64,7 @@ from pathlib import Path
 
 from bench import profile
 from bench.harness import cpu_seconds, descendants, load_average, measure, rss_mib, warm_up
-from bench.stack import ROOT, Proc, Services, spawn, start_services, wait_until
+from bench.stack import ROOT, Proc, Services, import_bundle_env, spawn, start_services, wait_until
 from bench.workload import chat_body
 from infra.local.servers import free_port
 
@@ -165,12 +165,14 @@ def build_peer(key: str, svc: Services, args: argparse.Namespace) -> Peer:
     py = sys.executable
     if key == "ours":
         # run.sh itself, as the Web Adapter starts it: `python` on PATH is this interpreter
-        env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+        env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+                              **import_bundle_env())
         return Peer(key, "ours: query function (full billing)", ["bash", str(ROOT / "functions" / "query" / "run.sh")],
                     env, port, ours_headers, _our_version())
     if key == "ours-lambda":
         env = svc.gateway_env(PORT=str(port), PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-                              AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_TRACE_DISABLED="true")
+                              AWS_LAMBDA_FUNCTION_NAME="QueryStreamFunction", POWERTOOLS_TRACE_DISABLED="true",
+                              **import_bundle_env())
         return Peer(key, "ours as in Lambda (settle before the answer)",
                     ["bash", str(ROOT / "functions" / "query" / "run.sh")], env, port, ours_headers, _our_version())
     if key == "ours-all":

@@ -8,6 +8,7 @@ run talks to. ``gateway_env()`` is the environment our functions need to use the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -82,6 +83,33 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Pa
                              stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
     os.close(fd)
     return Proc(name, popen, Path(path))
+
+
+def import_bundle_env(tree: Path = ROOT) -> dict[str, str]:
+    """The query function's import bundle, as the layer build writes it (``gateway.import_bundle``,
+    template.yaml's ``GATEWAY_IMPORT_BUNDLE``): the modules of ``tree``'s
+    ``layers/common/coldstart-modules.txt`` compiled from ``tree``'s gateway and this environment's
+    packages into ``.local/import-bundles/`` (once per tree and process), and the environment that
+    names it. Empty for a tree without one (an older ref of ``bench.ab``)."""
+    path = _import_bundle(tree.resolve())
+    return {"GATEWAY_IMPORT_BUNDLE": path} if path else {}
+
+
+@functools.cache
+def _import_bundle(tree: Path) -> str | None:
+    import hashlib
+    import site
+
+    common = tree / "layers" / "common"
+    listing = common / "coldstart-modules.txt"
+    if not listing.exists() or not (common / "gateway" / "import_bundle.py").exists():
+        return None
+    out = ROOT / ".local" / "import-bundles" / f"{hashlib.sha256(str(tree).encode()).hexdigest()[:12]}.bin"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "gateway.import_bundle", str(out), str(listing), str(common),
+                    *site.getsitepackages()], cwd=common, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(common)})
+    return str(out)
 
 
 def http_status(url: str, *, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None,

@@ -347,6 +347,37 @@ def test_layer_build_ships_unchecked_bytecode(tmp_path: Path) -> None:
         assert compiled.is_file(), f"{source.relative_to(root)} has no bytecode"
         flags = int.from_bytes(compiled.read_bytes()[4:8], "little")
         assert flags == 0b01, f"{compiled.relative_to(root)}: not unchecked-hash bytecode (flags {flags})"
+    # Last, the import bundle of the listed modules the layer has (here: the gateway's and
+    # typing_extensions), its paths relative to python/ (deployed as /opt/python)
+    from gateway import import_bundle
+
+    bundle = (root / "gateway-imports.bin").read_bytes()
+    index = import_bundle._Finder(bundle, "/opt/python").index
+    listed = {line for line in (LAYER_DIR / "coldstart-modules.txt").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert set(index) == {n for n in listed if n.startswith(("gateway.", "typing_extensions"))}
+    assert index["gateway.chat.service"][:2] == ("gateway/chat/service.py", False)
+    assert index["gateway.chat"][:2] == ("gateway/chat/__init__.py", True)
+
+
+def test_the_query_functions_read_the_layers_import_bundle(template: dict[str, Any]) -> None:
+    """Both query functions name the bundle the layer build writes (layers/common/Makefile), where the
+    layer is mounted; no other function does (the bundle holds the query functions' modules)."""
+    makefile = (LAYER_DIR / "Makefile").read_text()
+    assert '-m gateway.import_bundle "$(TARGET)/gateway-imports.bin" coldstart-modules.txt "$(TARGET)"' in makefile
+    named = {name: resource["Properties"].get("Environment", {}).get("Variables", {}).get("GATEWAY_IMPORT_BUNDLE")
+             for name, resource in template["Resources"].items() if resource["Type"] == "AWS::Serverless::Function"}
+    assert {k: v for k, v in named.items() if v} == {"QueryFunction": "/opt/python/gateway-imports.bin",
+                                                     "QueryStreamFunction": "/opt/python/gateway-imports.bin"}
+    assert "GATEWAY_IMPORT_BUNDLE" not in str(template.get("Globals", {}))
+
+
+def test_the_listed_cold_start_modules_are_what_the_query_functions_import() -> None:
+    """layers/common/coldstart-modules.txt is what the query functions' import loads from the layer
+    today (infra/coldstart_modules.py): a module added to the import is listed, one dropped is not."""
+    done = subprocess.run([sys.executable, "-m", "infra.coldstart_modules", "--check"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_layer_requirements_exist() -> None:

@@ -7,13 +7,18 @@ imports ``serve`` as run.sh does, builds uvicorn's ``Config``, and answers chat 
 from __future__ import annotations
 
 import json
+import site
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.account import byok
 from tests.support.account import master_key, provider_secret, set_env, upstream_requests  # noqa: F401
-from tests.support.apps import FRESH_CHAT, in_fresh_function
+from tests.support.apps import FRESH_CHAT, ROOT, in_fresh_function
+from tests.support.money import one_record
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +63,47 @@ async def test_a_byok_request_in_a_fresh_process_imports_the_byok_module_and_use
     assert (status, answered) == (200, True)
     assert "gateway.account.byok" not in before and "gateway.account.byok" in after
     assert [q["key"] for q in upstream_requests(fake_upstream, "openai")[seen:]] == [mine]
+
+
+_BUNDLED = (r"""
+import os, sys
+os.environ["GATEWAY_COLD_START"] = "serve"
+os.environ["PORT"] = "18125"
+from gateway import import_bundle
+import serve
+import app
+listed = [line for line in open(LISTING).read().splitlines() if line and not line.startswith("#")]
+finders = [f for f in sys.meta_path if type(f).__name__ == "_Finder"]
+def bundled(name):
+    return type(sys.modules[name].__spec__.loader).__module__ == "gateway.import_bundle"
+imported = [n for n in listed if n in sys.modules]
+from_files = sorted(n for n in imported if not bundled(n))
+from_bundle = sorted(n for n in sys.modules if getattr(sys.modules[n], "__spec__", None) and bundled(n))
+""" + FRESH_CHAT + """
+status, answer = chat(max_tokens=16)
+print(json.dumps([len(imported), from_files, from_bundle == sorted(imported), finders == [] and
+                  import_bundle._installed is None, sys.modules["gateway.chat.service"].__file__, status,
+                  b"choices" in answer]))
+""").replace("LISTING", repr(str(ROOT / "layers" / "common" / "coldstart-modules.txt")))
+
+
+async def test_with_the_import_bundle_the_listed_modules_come_from_it_and_a_chat_completion_works(
+        stack: str, fake_upstream: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The query function with the bundle the layer build writes (gateway.import_bundle; here from the
+    checkout's gateway and this environment's packages, as the benchmarks build it): every listed
+    module its import loads comes from the bundle, nothing else does, the finder is gone once the app
+    is built, the modules' files are their own, and a chat completion is answered and billed."""
+    user = await make_user()
+    bundle = tmp_path / "gateway-imports.bin"
+    common = ROOT / "layers" / "common"
+    subprocess.run([sys.executable, "-m", "gateway.import_bundle", str(bundle), "coldstart-modules.txt", str(common),
+                    *site.getsitepackages()], cwd=common, check=True, capture_output=True)
+    monkeypatch.setenv("TEST_API_KEY", user.api_key)
+    monkeypatch.setenv("GATEWAY_IMPORT_BUNDLE", str(bundle))
+    count, from_files, only_listed, put_away, service_file, status, answered = json.loads(
+        in_fresh_function("query", _BUNDLED))
+    assert count > 250 and from_files == [] and only_listed and put_away
+    assert service_file == str(common / "gateway" / "chat" / "service.py")
+    assert (status, answered) == (200, True)
+    record = await one_record(user.user_id)  # billed, the hold settled: the money path ran on the bundle's code
+    assert record["charge"] > 0

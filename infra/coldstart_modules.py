@@ -1,0 +1,106 @@
+"""The layer modules the query functions' cold start imports: ``layers/common/coldstart-modules.txt``,
+the list the layer build writes into the import bundle (``gateway.import_bundle``).
+
+    .venv/bin/python -m infra.coldstart_modules           # print the list the functions import today
+    .venv/bin/python -m infra.coldstart_modules --write   # write it (after a change of imports or dependencies)
+    .venv/bin/python -m infra.coldstart_modules --check   # exit 1 if the file differs (tests/infrastructure)
+
+Each function is imported in a fresh interpreter as Lambda starts it, and the modules it has
+loaded from outside the standard library and the function's own directory when its app is built
+(``coldstart.done()``, where the bundle is put away) are recorded, less those loaded before the
+bundle can be opened (``gateway.coldstart``'s own). QueryStreamFunction: run.sh's ``serve`` module
+(``GATEWAY_COLD_START=serve``); QueryFunction: ``app`` in Lambda (``AWS_LAMBDA_FUNCTION_NAME``).
+The modules are the dev environment's; the layer holds the same locked packages (for arm64): one
+the layer lacks is reported by the build and imported as always.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTION = ROOT / "functions" / "query"
+LISTING = ROOT / "layers" / "common" / "coldstart-modules.txt"
+
+_PROBE = """
+import json, os, sys
+from importlib.machinery import SourceFileLoader
+from gateway import coldstart
+before = set(sys.modules)
+skip = (os.path.dirname(os.__file__) + os.sep, sys.argv[1] + os.sep)  # the standard library, the function
+found = []
+real_done = coldstart.done
+def done():
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if name in before or spec is None or not isinstance(spec.loader, SourceFileLoader):
+            continue
+        if spec.origin and not spec.origin.startswith(skip):
+            found.append(name)
+    real_done()
+coldstart.done = done
+import importlib
+importlib.import_module(sys.argv[2])
+print(json.dumps(sorted(found)))
+"""
+
+# As each function starts (the settings it reads at import; no database is reached: a port nothing listens on)
+_BASE_ENV = {"STAGE": "local", "DATABASE_URL": "postgresql://127.0.0.1:9/coldstart",
+             "POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true",
+             "POWERTOOLS_SERVICE_NAME": "mlp-prod", "POWERTOOLS_METRICS_NAMESPACE": "MultiLLM",
+             "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+RUNS = {  # function: (module, environment)
+    "QueryStreamFunction": ("serve", {"GATEWAY_COLD_START": "serve"}),
+    "QueryFunction": ("app", {"AWS_LAMBDA_FUNCTION_NAME": "QueryFunction"}),
+}
+
+
+def record() -> list[str]:
+    """The union of the modules each query function's cold start imports from the layer, sorted."""
+    names: set[str] = set()
+    for module, extra in RUNS.values():
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_LAMBDA_", "GATEWAY_", "POWERTOOLS_", "PYTHONPATH"))}
+        env.update(_BASE_ENV, **extra)
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(FUNCTION), module], cwd=FUNCTION, env=env,  # noqa: S603
+                              capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"importing {module} failed: {done.stderr.strip()[-2000:]}")
+        names.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return sorted(names)
+
+
+def render(names: list[str]) -> str:
+    return ("# The layer modules the query functions' cold start imports (gateway.import_bundle; the layer\n"
+            "# build writes their bytecode into one file). Generated: .venv/bin/python -m infra.coldstart_modules "
+            "--write\n" + "".join(f"{n}\n" for n in names))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help=f"write {LISTING.relative_to(ROOT)}")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the file is not the list of today")
+    args = parser.parse_args()
+    text = render(record())
+    if args.write:
+        LISTING.write_text(text)
+    elif args.check:
+        current = LISTING.read_text() if LISTING.exists() else ""
+        if current != text:
+            old, new = set(current.splitlines()), set(text.splitlines())
+            print(f"{LISTING.relative_to(ROOT)} is out of date: run `.venv/bin/python -m infra.coldstart_modules "
+                  f"--write`\n  missing: {sorted(new - old)}\n  no longer imported: {sorted(old - new)}",
+                  file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The query functions' cold-start imports read from one file (BENCHMARKS.md, issue 15, eighteenth pass).
+
+A cold start of a query function imports ~330 modules from the layer (the gateway and its
+dependencies). For each one, Python's path finder checks the directories on ``sys.path`` and the
+loader then checks the source file, opens its bytecode file, reads it and validates its header:
+about five system calls per module. On a Firecracker VM (Lambda's, and the machine the benchmarks
+run on) a system call is not cheap, and in Lambda a layer's files are fetched on first read. The
+layer build (``layers/common/Makefile``) therefore also writes the bytecode of the modules the
+query functions' import loads (listed in ``layers/common/coldstart-modules.txt``) into one file,
+and a function whose environment names that file (``GATEWAY_IMPORT_BUNDLE``: template.yaml, for
+the two query functions) reads it once when its cold start begins (:func:`install`, called by
+``gateway.coldstart``) and imports those modules from it. Measured on the query function's spawn:
+-16.6 ms (paired median of 30, faster in 25).
+
+Only where a module's code comes from changes. Its finder answers from the bundle's index instead of
+searching ``sys.path``, and its loader is the module file's own ``SourceFileLoader`` with one method
+replaced (``get_code``), so ``__file__``, ``__spec__``, ``__path__``, the source (``inspect``,
+tracebacks: the code's file names are the module file's, as the import system sets them for a
+``.pyc``), resources and ``importlib.reload`` are what a normal import gives. A module not in the
+bundle is imported as always. The bundle holds no module of the standard library (the runtime's,
+which the layer does not ship) nor of the function's own code.
+
+The bundle is written by the layer build and deployed with it, and never changes afterwards: like
+the layer's "unchecked-hash" ``.pyc`` files, its bytecode is not compared with the sources. A bundle
+written by another Python (another bytecode magic number) or not readable is ignored.
+:func:`uninstall` (``coldstart.done()``: the app is built) takes the finder off ``sys.meta_path``
+and lets the file's bytes go (~4.5 MB); what is imported later is imported as always.
+
+Format: ``SIGNATURE``, the interpreter's ``importlib.util.MAGIC_NUMBER`` (4 bytes), the index's
+length (4 bytes, little-endian), the index (``marshal``: ``{name: (path, is_package, offset,
+length)}``, a relative path being relative to the bundle's directory: ``/opt/python`` in Lambda),
+then each module's code object (``marshal``; offsets from the end of the index).
+
+This module imports nothing but the standard library.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+from importlib.machinery import ModuleSpec, SourceFileLoader
+from importlib.util import MAGIC_NUMBER
+
+TYPE_CHECKING = False  # typing's own constant, without importing typing this early
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from types import CodeType
+
+SIGNATURE = b"MLPIMPB1"
+ENVIRONMENT = "GATEWAY_IMPORT_BUNDLE"
+_HEAD = len(SIGNATURE) + len(MAGIC_NUMBER) + 4
+
+
+class _Finder:
+    """On ``sys.meta_path``, first: the specs of the bundle's modules."""
+
+    def __init__(self, data: bytes, base: str) -> None:
+        size = int.from_bytes(data[_HEAD - 4:_HEAD], "little")
+        head = memoryview(data)[_HEAD:_HEAD + size]
+        self.index: dict[str, tuple[str, bool, int, int]] = marshal.loads(head)  # noqa: S302  (a .pyc's format: ours)
+        self.data: bytes | None = data
+        self.start = _HEAD + size
+        self.base = base
+
+    def find_spec(self, name: str, path: Sequence[str] | None = None, target: object = None) -> ModuleSpec | None:
+        entry = self.index.get(name)
+        if entry is None or self.data is None:
+            return None
+        origin = os.path.join(self.base, entry[0])  # an absolute entry stays as it is
+        spec = ModuleSpec(name, _Loader(name, origin, self), origin=origin, is_package=entry[1])
+        spec.has_location = True  # __file__ and __cached__ as a file's module has them
+        if entry[1]:
+            spec.submodule_search_locations = [os.path.dirname(origin)]
+        return spec
+
+    def code(self, name: str) -> CodeType | None:
+        data, entry = self.data, self.index.get(name)
+        if data is None or entry is None:
+            return None
+        offset = self.start + entry[2]
+        return marshal.loads(memoryview(data)[offset:offset + entry[3]])  # type: ignore[no-any-return]  # noqa: S302
+
+    def invalidate_caches(self) -> None:
+        """Nothing cached: the bundle does not change."""
+
+
+class _Loader(SourceFileLoader):
+    """The module file's loader; its code from the bundle while the finder has it."""
+
+    def __init__(self, fullname: str, path: str, finder: _Finder) -> None:
+        super().__init__(fullname, path)
+        self._finder = finder
+
+    def get_code(self, fullname: str) -> CodeType | None:
+        code = self._finder.code(fullname)
+        if code is None:  # uninstalled since (a reload): from the module's files, as always
+            return super().get_code(fullname)
+        import _imp
+
+        _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]  # what the import system does for a .pyc (the build's paths)
+        return code
+
+
+_installed: _Finder | None = None
+
+
+def install(path: str | None = None) -> bool:
+    """Import the bundle's modules from it from now on (``path``, else ``$GATEWAY_IMPORT_BUNDLE``;
+    none: nothing). False, and nothing changed, when the file is missing, unreadable, or written for
+    another Python."""
+    global _installed
+    path = path or os.environ.get(ENVIRONMENT)
+    if not path or _installed is not None:
+        return False
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:
+        return False
+    if data[:len(SIGNATURE)] != SIGNATURE or data[len(SIGNATURE):_HEAD - 4] != MAGIC_NUMBER:
+        return False
+    _installed = _Finder(data, os.path.dirname(os.path.abspath(path)))
+    sys.meta_path.insert(0, _installed)  # type: ignore[arg-type]
+    return True
+
+
+def uninstall() -> None:
+    """The finder off ``sys.meta_path`` and the bundle's bytes let go; later imports as always."""
+    global _installed
+    finder, _installed = _installed, None
+    if finder is not None:
+        finder.data, finder.index = None, {}
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- writing one (the build)
+def module_file(name: str, roots: Iterable[str]) -> tuple[str, bool] | None:
+    """``name``'s source file under the first of ``roots`` holding it (a package's ``__init__.py``,
+    else ``<name>.py``), and whether it is a package; None if no root has it."""
+    parts = name.split(".")
+    for root in roots:
+        package = os.path.join(root, *parts, "__init__.py")
+        if os.path.isfile(package):
+            return package, True
+        module = os.path.join(root, *parts[:-1], parts[-1] + ".py")
+        if os.path.isfile(module):
+            return module, False
+    return None
+
+
+def build(out: str, modules: Iterable[str], roots: Sequence[str], relative: bool = False) -> list[str]:
+    """Write the bundle of ``modules`` (their sources under ``roots``, compiled as the import system
+    compiles them) to ``out``; with ``relative``, the path of each one under ``out``'s directory
+    relative to it (the layer's ``python/``, deployed elsewhere), the others' absolute. The names not
+    found under any root are returned (and left out: they import as always)."""
+    base = os.path.dirname(os.path.abspath(out))
+    index: dict[str, tuple[str, bool, int, int]] = {}
+    blob = bytearray()
+    missing: list[str] = []
+    for name in modules:
+        found = module_file(name, roots)
+        if found is None:
+            missing.append(name)
+            continue
+        source, package = found
+        with open(source, "rb") as file:
+            code = SourceFileLoader(name, source).source_to_code(file.read(), source)
+        data = marshal.dumps(code)
+        path = os.path.abspath(source)
+        if relative and os.path.commonpath((path, base)) == base:
+            path = os.path.relpath(path, base)
+        index[name] = (path, package, len(blob), len(data))
+        blob += data
+    head = marshal.dumps(index)
+    with open(out + ".tmp", "wb") as file:  # whole or not at all: a process may be reading the last one
+        file.write(SIGNATURE + MAGIC_NUMBER + len(head).to_bytes(4, "little") + head + blob)
+    os.replace(out + ".tmp", out)
+    return missing
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gateway.import_bundle OUT MODULES_FILE ROOT [ROOT ...]`` (layers/common/Makefile):
+    the bundle of the modules listed in MODULES_FILE (one per line; ``#`` comments) found under the
+    ROOTs, the paths under OUT's directory relative to it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    out, listing, roots = args[0], args[1], args[2:]
+    with open(listing, encoding="utf-8") as file:
+        names = [line.split("#", 1)[0].strip() for line in file]
+    missing = build(out, [n for n in names if n], roots, relative=True)
+    if missing:  # a module the layer does not have here: imported as always, so only reported
+        print(f"import bundle: not in the layer, left out: {', '.join(missing)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
