@@ -85,7 +85,8 @@ def python_path(side: Side) -> str:
 
 def start(side: Side, svc: Services, extra_env: dict[str, str]) -> None:
     side.port = free_port()
-    env = svc.gateway_env(**import_bundle_env(side.tree), **extra_env)  # as template.yaml's query functions
+    # the bundle as template.yaml's query functions have it, unless the side's environment says otherwise
+    env = svc.gateway_env(**{**import_bundle_env(side.tree), **extra_env})
     env["PYTHONPATH"] = python_path(side)
     # the side's run.sh itself, as the Web Adapter starts it (``stream_app``, uvloop + httptools):
     # `python` on PATH is this interpreter
