@@ -101,7 +101,7 @@ def test_uninstalled_later_imports_are_as_always_and_the_bytes_let_go(layer: tup
     import_bundle.uninstall()  # twice: nothing
 
 
-@pytest.mark.parametrize("damage", ["another Python", "not a bundle", "missing"])
+@pytest.mark.parametrize("damage", ["another Python", "not a bundle", "cut short", "missing"])
 def test_a_bundle_it_cannot_use_changes_nothing(layer: tuple[Path, str], damage: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     root, name = layer
@@ -113,6 +113,8 @@ def test_a_bundle_it_cannot_use_changes_nothing(layer: tuple[Path, str], damage:
         bundle.write_bytes(data[:8] + bytes([magic[0] ^ 1]) + magic[1:] + data[12:])
     elif damage == "not a bundle":
         bundle.write_bytes(b"\x00" * len(data))
+    elif damage == "cut short":  # the index's length says more than there is
+        bundle.write_bytes(data[:40])
     else:
         bundle.unlink()
     meta_path = list(sys.meta_path)

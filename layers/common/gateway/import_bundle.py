@@ -98,7 +98,8 @@ class _Loader(SourceFileLoader):
             return super().get_code(fullname)
         import _imp
 
-        _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]  # what the import system does for a .pyc (the build's paths)
+        # the file names the module's, as the import system sets them for a .pyc (the build's paths)
+        _imp._fix_co_filename(code, self.path)  # type: ignore[attr-defined]
         return code
 
 
@@ -120,7 +121,13 @@ def install(path: str | None = None) -> bool:
         return False
     if data[:len(SIGNATURE)] != SIGNATURE or data[len(SIGNATURE):_HEAD - 4] != MAGIC_NUMBER:
         return False
-    _installed = _Finder(data, os.path.dirname(os.path.abspath(path)))
+    try:
+        finder = _Finder(data, os.path.dirname(os.path.abspath(path)))
+    except (EOFError, ValueError, TypeError):  # cut short or damaged: not a bundle to use
+        return False
+    if not isinstance(finder.index, dict):
+        return False
+    _installed = finder
     sys.meta_path.insert(0, _installed)  # type: ignore[arg-type]
     return True
 
