@@ -22,7 +22,8 @@ which the layer does not ship) nor of the function's own code.
 
 The bundle is written by the layer build and deployed with it, and never changes afterwards: like
 the layer's "unchecked-hash" ``.pyc`` files, its bytecode is not compared with the sources. A bundle
-written by another Python (another bytecode magic number) or not readable is ignored.
+written by another Python (another bytecode magic number), not readable, cut short or damaged is
+ignored.
 :func:`uninstall` (``coldstart.done()``: the app is built) takes the finder off ``sys.meta_path``
 and lets the file's bytes go (~4.5 MB); what is imported later is imported as always.
 
