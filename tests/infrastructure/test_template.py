@@ -353,8 +353,7 @@ def test_layer_build_ships_unchecked_bytecode(tmp_path: Path) -> None:
 
     bundle = (root / "gateway-imports.bin").read_bytes()
     index = import_bundle._Finder(bundle, "/opt/python").index
-    listed = {line for line in (LAYER_DIR / "coldstart-modules.txt").read_text().splitlines()
-              if line and not line.startswith("#")}
+    listed = import_bundle.listed(str(LAYER_DIR / "coldstart-modules.txt"))
     assert set(index) == {n for n in listed if n.startswith(("gateway.", "typing_extensions"))}
     assert index["gateway.chat.service"][:2] == ("gateway/chat/service.py", False)
     assert index["gateway.chat"][:2] == ("gateway/chat/__init__.py", True)

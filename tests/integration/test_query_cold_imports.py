@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import site
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway import import_bundle
 from gateway.account import byok
 from tests.support.account import master_key, provider_secret, set_env, upstream_requests  # noqa: F401
 from tests.support.apps import FRESH_CHAT, ROOT, in_fresh_function
@@ -72,7 +71,7 @@ os.environ["PORT"] = "18125"
 from gateway import import_bundle
 import serve
 import app
-listed = [line for line in open(LISTING).read().splitlines() if line and not line.startswith("#")]
+listed = import_bundle.listed(LISTING)
 finders = [f for f in sys.meta_path if type(f).__name__ == "_Finder"]
 def bundled(name):
     return type(sys.modules[name].__spec__.loader).__module__ == "gateway.import_bundle"
@@ -96,8 +95,8 @@ async def test_with_the_import_bundle_the_listed_modules_come_from_it_and_a_chat
     user = await make_user()
     bundle = tmp_path / "gateway-imports.bin"
     common = ROOT / "layers" / "common"
-    subprocess.run([sys.executable, "-m", "gateway.import_bundle", str(bundle), "coldstart-modules.txt", str(common),
-                    *site.getsitepackages()], cwd=common, check=True, capture_output=True)
+    assert import_bundle.build(str(bundle), import_bundle.listed(str(common / "coldstart-modules.txt")),
+                               [str(common), *site.getsitepackages()]) == []
     monkeypatch.setenv("TEST_API_KEY", user.api_key)
     monkeypatch.setenv("GATEWAY_IMPORT_BUNDLE", str(bundle))
     count, from_files, only_listed, put_away, service_file, status, answered = json.loads(

@@ -65,8 +65,8 @@ class _Finder:
         self.base = base
 
     def find_spec(self, name: str, path: Sequence[str] | None = None, target: object = None) -> ModuleSpec | None:
-        entry = self.index.get(name)
-        if entry is None or self.data is None:
+        entry = self.index.get(name)  # uninstalled: an empty index
+        if entry is None:
             return None
         origin = os.path.join(self.base, entry[0])  # an absolute entry stays as it is
         spec = ModuleSpec(name, _Loader(name, origin, self), origin=origin, is_package=entry[1])
@@ -188,6 +188,14 @@ def build(out: str, modules: Iterable[str], roots: Sequence[str], relative: bool
     return missing
 
 
+def listed(path: str) -> list[str]:
+    """The module names of a list file (``layers/common/coldstart-modules.txt``): one per line,
+    ``#`` comments."""
+    with open(path, encoding="utf-8") as file:
+        names = [line.split("#", 1)[0].strip() for line in file]
+    return [name for name in names if name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m gateway.import_bundle OUT MODULES_FILE ROOT [ROOT ...]`` (layers/common/Makefile):
     the bundle of the modules listed in MODULES_FILE (one per line; ``#`` comments) found under the
@@ -197,9 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(main.__doc__, file=sys.stderr)
         return 2
     out, listing, roots = args[0], args[1], args[2:]
-    with open(listing, encoding="utf-8") as file:
-        names = [line.split("#", 1)[0].strip() for line in file]
-    missing = build(out, [n for n in names if n], roots, relative=True)
+    missing = build(out, listed(listing), roots, relative=True)
     if missing:  # a module the layer does not have here: imported as always, so only reported
         print(f"import bundle: not in the layer, left out: {', '.join(missing)}", file=sys.stderr)
     return 0
