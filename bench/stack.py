@@ -89,8 +89,9 @@ def import_bundle_env(tree: Path = ROOT) -> dict[str, str]:
     """The query function's import bundle, as the layer build writes it (``gateway.import_bundle``,
     template.yaml's ``GATEWAY_IMPORT_BUNDLE``): the modules of ``tree``'s
     ``layers/common/coldstart-modules.txt`` compiled from ``tree``'s gateway and this environment's
-    packages into ``.local/import-bundles/`` (once per tree and process), and the environment that
-    names it. Empty for a tree without one (an older ref of ``bench.ab``)."""
+    packages, with the texts of its ``coldstart-compiles.json``, into ``.local/import-bundles/`` (once
+    per tree and process), and the environment that names it. Empty for a tree without one (an older
+    ref of ``bench.ab``)."""
     path = _import_bundle(tree.resolve())
     return {"GATEWAY_IMPORT_BUNDLE": path} if path else {}
 
@@ -106,9 +107,10 @@ def _import_bundle(tree: Path) -> str | None:
         return None
     out = ROOT / ".local" / "import-bundles" / f"{hashlib.sha256(str(tree).encode()).hexdigest()[:12]}.bin"
     out.parent.mkdir(parents=True, exist_ok=True)
+    compiles = common / "coldstart-compiles.json"  # the texts the cold start compiles (a tree before them: none)
     subprocess.run([sys.executable, "-m", "gateway.import_bundle", str(out), str(listing), str(common),
-                    *site.getsitepackages()], cwd=common, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(common)})
+                    *site.getsitepackages(), *(["--compiles", str(compiles)] if compiles.exists() else [])],
+                   cwd=common, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(common)})
     return str(out)
 
 

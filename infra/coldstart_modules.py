@@ -26,10 +26,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTION = ROOT / "functions" / "query"
 LISTING = ROOT / "layers" / "common" / "coldstart-modules.txt"
+COMPILES = ROOT / "layers" / "common" / "coldstart-compiles.json"
 
 _PROBE = """
-import json, os, sys
+import builtins, collections, dataclasses, json, os, sys, typing
 from importlib.machinery import SourceFileLoader
+texts = set()  # what the three call sites gateway.import_bundle answers compile, until done()
+def record(mode, source):
+    if texts is not None and source.__class__ is str:
+        texts.add((mode, source))
+def exec_(source, globals, locals=None, /):
+    record("exec", source)
+    return builtins.exec(source, globals, locals)
+def eval_(source, globals, locals=None, /):
+    record("eval", source)
+    return builtins.eval(source, globals, locals)
+def compile_(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **options):
+    if filename == "<string>" and not (flags or dont_inherit or options) and optimize == -1:
+        record(mode, source)
+    return builtins.compile(source, filename, mode, flags, dont_inherit, optimize, **options)
+dataclasses.exec, collections.eval, typing.compile = exec_, eval_, compile_
 from gateway import coldstart
 before = set(sys.modules)
 skip = (os.path.dirname(os.__file__) + os.sep, sys.argv[1] + os.sep)  # the standard library, the function
@@ -42,11 +58,15 @@ def done():
             continue
         if spec.origin and not spec.origin.startswith(skip):
             found.append(name)
+    global texts
+    compiled.extend(sorted(texts))
+    texts = None
     real_done()
 coldstart.done = done
+compiled = []
 import importlib
 importlib.import_module(sys.argv[2])
-print(json.dumps(sorted(found)))
+print(json.dumps([sorted(found), compiled]))
 """
 
 # As each function starts (the settings it reads at import; no database is reached: a port nothing listens on)
@@ -60,9 +80,11 @@ RUNS = {  # function: (module, environment)
 }
 
 
-def record() -> list[str]:
-    """The union of the modules each query function's cold start imports from the layer, sorted."""
+def record() -> tuple[list[str], list[tuple[str, str]]]:
+    """The union of the modules each query function's cold start imports from the layer, and of the
+    texts it compiles at the call sites ``gateway.import_bundle`` answers, sorted."""
     names: set[str] = set()
+    texts: set[tuple[str, str]] = set()
     for module, extra in RUNS.values():
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_LAMBDA_", "GATEWAY_", "POWERTOOLS_", "PYTHONPATH"))}
@@ -71,8 +93,10 @@ def record() -> list[str]:
                               capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"importing {module} failed: {done.stderr.strip()[-2000:]}")
-        names.update(json.loads(done.stdout.strip().splitlines()[-1]))
-    return sorted(names)
+        found, compiled = json.loads(done.stdout.strip().splitlines()[-1])
+        names.update(found)
+        texts.update((mode, text) for mode, text in compiled)
+    return sorted(names), sorted(texts)
 
 
 def render(names: list[str]) -> str:
@@ -81,24 +105,39 @@ def render(names: list[str]) -> str:
             "--write\n" + "".join(f"{n}\n" for n in names))
 
 
+def render_compiles(texts: list[tuple[str, str]]) -> str:
+    """The compiles file: JSON, one text per line (a change of a dependency shows as lines in a diff)."""
+    note = ("The texts the query functions' cold start compiles in dataclasses, typing.ForwardRef and "
+            "collections.namedtuple, compiled into the import bundle by the layer build (gateway.import_bundle). "
+            "Generated: .venv/bin/python -m infra.coldstart_modules --write")
+    lines = ",\n".join(json.dumps(list(text)) for text in texts)
+    return f'{{"note": {json.dumps(note)},\n"texts": [\n{lines}\n]}}\n'
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true", help=f"write {LISTING.relative_to(ROOT)}")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is not the list of today")
+    parser.add_argument("--write", action="store_true",
+                        help=f"write {LISTING.relative_to(ROOT)} and {COMPILES.relative_to(ROOT)}")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the files are not those of today")
     args = parser.parse_args()
-    text = render(record())
+    names, texts = record()
+    files = {LISTING: render(names), COMPILES: render_compiles(texts)}
     if args.write:
-        LISTING.write_text(text)
+        for path, text in files.items():
+            path.write_text(text)
     elif args.check:
-        current = LISTING.read_text() if LISTING.exists() else ""
-        if current != text:
-            old, new = set(current.splitlines()), set(text.splitlines())
-            print(f"{LISTING.relative_to(ROOT)} is out of date: run `.venv/bin/python -m infra.coldstart_modules "
-                  f"--write`\n  missing: {sorted(new - old)}\n  no longer imported: {sorted(old - new)}",
-                  file=sys.stderr)
-            return 1
+        stale = 0
+        for path, text in files.items():
+            current = path.read_text() if path.exists() else ""
+            if current != text:
+                stale += 1
+                old, new = set(current.splitlines()), set(text.splitlines())
+                print(f"{path.relative_to(ROOT)} is out of date: run `.venv/bin/python -m infra.coldstart_modules "
+                      f"--write`\n  missing: {sorted(new - old)[:20]}\n  no longer there: {sorted(old - new)[:20]}",
+                      file=sys.stderr)
+        return 1 if stale else 0
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(files[LISTING])
     return 0
 
 

@@ -357,13 +357,18 @@ def test_layer_build_ships_unchecked_bytecode(tmp_path: Path) -> None:
     assert set(index) == {n for n in listed if n.startswith(("gateway.", "typing_extensions"))}
     assert index["gateway.chat.service"][:2] == ("gateway/chat/service.py", False)
     assert index["gateway.chat"][:2] == ("gateway/chat/__init__.py", True)
+    # with the texts the cold start compiles, compiled by the layer's Python
+    compiled = import_bundle._Finder(bundle, "/opt/python").compiled
+    assert set(compiled) == set(import_bundle.recorded(str(LAYER_DIR / "coldstart-compiles.json")))
+    assert len(compiled) > 400
 
 
 def test_the_query_functions_read_the_layers_import_bundle(template: dict[str, Any]) -> None:
     """Both query functions name the bundle the layer build writes (layers/common/Makefile), where the
     layer is mounted; no other function does (the bundle holds the query functions' modules)."""
     makefile = (LAYER_DIR / "Makefile").read_text()
-    assert '-m gateway.import_bundle "$(TARGET)/gateway-imports.bin" coldstart-modules.txt "$(TARGET)"' in makefile
+    assert ('-m gateway.import_bundle "$(TARGET)/gateway-imports.bin" coldstart-modules.txt "$(TARGET)" \\\n'
+            '\t\t--compiles coldstart-compiles.json') in makefile
     named = {name: resource["Properties"].get("Environment", {}).get("Variables", {}).get("GATEWAY_IMPORT_BUNDLE")
              for name, resource in template["Resources"].items() if resource["Type"] == "AWS::Serverless::Function"}
     assert {k: v for k, v in named.items() if v} == {"QueryFunction": "/opt/python/gateway-imports.bin",
@@ -373,7 +378,8 @@ def test_the_query_functions_read_the_layers_import_bundle(template: dict[str, A
 
 def test_the_listed_cold_start_modules_are_what_the_query_functions_import() -> None:
     """layers/common/coldstart-modules.txt is what the query functions' import loads from the layer
-    today (infra/coldstart_modules.py): a module added to the import is listed, one dropped is not."""
+    today (infra/coldstart_modules.py): a module added to the import is listed, one dropped is not;
+    and coldstart-compiles.json holds the texts that import compiles today."""
     done = subprocess.run([sys.executable, "-m", "infra.coldstart_modules", "--check"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -80,9 +80,11 @@ from_files = sorted(n for n in imported if not bundled(n))
 from_bundle = sorted(n for n in sys.modules if getattr(sys.modules[n], "__spec__", None) and bundled(n))
 """ + FRESH_CHAT + """
 status, answer = chat(max_tokens=16)
+import dataclasses, collections, typing
+hooks_gone = not ({"exec", "eval", "compile"} & {*vars(dataclasses), *vars(collections), *vars(typing)})
 print(json.dumps([len(imported), from_files, from_bundle == sorted(imported), finders == [] and
-                  import_bundle._installed is None, sys.modules["gateway.chat.service"].__file__, status,
-                  b"choices" in answer]))
+                  import_bundle._installed is None and hooks_gone, sys.modules["gateway.chat.service"].__file__,
+                  import_bundle.compiled, status, b"choices" in answer]))
 """).replace("LISTING", repr(str(ROOT / "layers" / "common" / "coldstart-modules.txt")))
 
 
@@ -90,18 +92,22 @@ async def test_with_the_import_bundle_the_listed_modules_come_from_it_and_a_chat
         stack: str, fake_upstream: Any, make_user: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The query function with the bundle the layer build writes (gateway.import_bundle; here from the
     checkout's gateway and this environment's packages, as the benchmarks build it): every listed
-    module its import loads comes from the bundle, nothing else does, the finder is gone once the app
-    is built, the modules' files are their own, and a chat completion is answered and billed."""
+    module its import loads comes from the bundle, nothing else does, every text its classes compile
+    (dataclass methods, string annotations, namedtuples) is answered from it too, the finder and the
+    compile hooks are gone once the app is built, the modules' files are their own, and a chat
+    completion is answered and billed."""
     user = await make_user()
     bundle = tmp_path / "gateway-imports.bin"
     common = ROOT / "layers" / "common"
     assert import_bundle.build(str(bundle), import_bundle.listed(str(common / "coldstart-modules.txt")),
-                               [str(common), *site.getsitepackages()]) == []
+                               [str(common), *site.getsitepackages()],
+                               texts=import_bundle.recorded(str(common / "coldstart-compiles.json"))) == []
     monkeypatch.setenv("TEST_API_KEY", user.api_key)
     monkeypatch.setenv("GATEWAY_IMPORT_BUNDLE", str(bundle))
-    count, from_files, only_listed, put_away, service_file, status, answered = json.loads(
+    count, from_files, only_listed, put_away, service_file, compiled, status, answered = json.loads(
         in_fresh_function("query", _BUNDLED))
     assert count > 250 and from_files == [] and only_listed and put_away
+    assert compiled["compiled"] == 0 and compiled["from_bundle"] > 500
     assert service_file == str(common / "gateway" / "chat" / "service.py")
     assert (status, answered) == (200, True)
     record = await one_record(user.user_id)  # billed, the hold settled: the money path ran on the bundle's code

@@ -4,16 +4,23 @@ Python, or none, changes nothing; uninstalled, imports are as always again."""
 
 from __future__ import annotations
 
+import builtins
+import collections
+import dataclasses
 import importlib
 import importlib.resources
 import inspect
+import json
 import shutil
 import sys
 import traceback
+import types
+import typing
 import uuid
 from collections.abc import Iterator
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +168,151 @@ def test_the_command_line_writes_paths_relative_to_the_bundle(layer: tuple[Path,
     assert import_bundle._installed is not None
     assert import_bundle._installed.index[f"{name}.mod"][:2] == (f"{name}/mod.py", False)
     assert import_bundle.main([]) == 2
+
+
+# --------------------------------------------------------------------------- the texts the cold start compiles
+def _record_texts() -> list[tuple[str, str]]:
+    """The texts dataclasses, collections.namedtuple and typing.ForwardRef compile for the classes of
+    ``_declare`` (recorded as infra.coldstart_modules records them)."""
+    texts: list[tuple[str, str]] = []
+
+    def exec_(source: Any, globals: Any, locals: Any = None, /) -> None:
+        texts.append(("exec", source))
+        builtins.exec(source, globals, locals)
+
+    def eval_(source: Any, globals: Any, locals: Any = None, /) -> Any:
+        texts.append(("eval", source))
+        return builtins.eval(source, globals, locals)
+
+    def compile_(source: Any, filename: Any, mode: str, *args: Any) -> Any:
+        texts.append((mode, source))
+        return builtins.compile(source, filename, mode, *args)
+
+    dataclasses.exec, collections.eval, typing.compile = exec_, eval_, compile_  # type: ignore[attr-defined]
+    try:
+        _declare()
+    finally:
+        del dataclasses.exec, collections.eval, typing.compile  # type: ignore[attr-defined]
+    return texts
+
+
+def _declare() -> tuple[type, type, typing.ForwardRef]:
+    """A dataclass (frozen: ``__init__``, ``__repr__``, ``__eq__``, ``__hash__``, ``__setattr__``,
+    ``__delattr__``), a namedtuple and a string annotation, declared as libraries declare them."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Price:
+        amount: int
+        currency: str = "usd"
+
+    Point = collections.namedtuple("Point", "x y")
+    return Price, Point, typing.ForwardRef("dict[str, int] | None")
+
+
+def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
+    """A code object and the ones nested in it (a generated method is a function of a function)."""
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _codes(constant)
+
+
+@pytest.fixture
+def compiled(layer: tuple[Path, str]) -> Iterator[dict[tuple[str, str], Any]]:
+    """A bundle with the texts ``_declare`` compiles, installed; its compiled texts."""
+    root, name = layer
+    texts = _record_texts()
+    assert len(texts) == 8, texts  # six dataclass methods, a namedtuple's __new__, an annotation
+    out = root / "gateway-imports.bin"
+    import_bundle.build(str(out), [name], [str(root)], texts=texts)
+    assert import_bundle.install(str(out)) and import_bundle._installed is not None
+    before = dict(import_bundle.compiled)
+    yield import_bundle._installed.compiled
+    import_bundle.compiled.update(before)
+
+
+def test_the_texts_it_holds_are_answered_with_their_code_and_the_classes_work(
+        compiled: dict[tuple[str, str], Any]) -> None:
+    counted = import_bundle.compiled["from_bundle"]
+    price_class, point_class, annotation = _declare()
+    assert import_bundle.compiled["from_bundle"] == counted + 8
+    # The bundle's code objects, the ones compile makes from the same texts
+    init = price_class.__init__.__code__  # type: ignore[misc]
+    assert any(init is nested for code in compiled.values() for nested in _codes(code))
+    for (mode, text), code in compiled.items():  # as dataclasses, namedtuple and ForwardRef compile them
+        assert code == builtins.compile(text, "<string>", mode, dont_inherit=True)
+    assert annotation.__forward_code__ is compiled[("eval", "dict[str, int] | None")]
+    # and the classes behave as always
+    price = price_class(5)
+    assert repr(price) == "_declare.<locals>.Price(amount=5, currency='usd')"
+    assert price == price_class(5, "usd") and price != price_class(5, "eur") and hash(price) == hash(price_class(5))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        price.amount = 6  # type: ignore[misc]
+    assert point_class(1, 2) == (1, 2) and point_class(x=1, y=2).y == 2
+    assert typing.get_type_hints(type("Hinted", (), {"__annotations__": {"a": annotation}}))["a"] == (
+        dict[str, int] | None)
+
+
+def test_a_text_it_does_not_hold_is_compiled_as_always(compiled: dict[tuple[str, str], Any]) -> None:
+    counted = dict(import_bundle.compiled)
+
+    @dataclasses.dataclass
+    class Other:
+        left: int
+        right: list[int] = dataclasses.field(default_factory=list)
+
+    assert Other(1) == Other(1, []) and repr(Other(2, [3])).endswith("Other(left=2, right=[3])")
+    assert import_bundle.compiled["compiled"] == counted["compiled"] + 3  # __init__, __repr__, __eq__
+    assert import_bundle.compiled["from_bundle"] == counted["from_bundle"]
+
+
+def test_a_caller_with_future_features_gets_the_text_compiled_with_them(
+        compiled: dict[tuple[str, str], Any]) -> None:
+    """exec of a text compiles it with its caller's __future__ features (this module has ``annotations``):
+    the bundle's code, compiled without them, is not theirs."""
+    text = "def annotated(value: int) -> int:\n    return value\n"
+    compiled[("exec", text)] = builtins.compile(text, "<string>", "exec", dont_inherit=True)
+    namespace: dict[str, Any] = {}
+    dataclasses.exec(text, namespace)  # type: ignore[attr-defined]  # from this module: as builtins.exec
+    assert namespace["annotated"].__annotations__ == {"value": "int", "return": "int"}
+    as_if = {"run": dataclasses.exec, "TEXT": text}  # type: ignore[attr-defined]  # code without them: the bundle's
+    builtins.exec(builtins.compile("run(TEXT, globals())", "<string>", "exec", dont_inherit=True), as_if)
+    bundled = list(_codes(compiled[("exec", text)]))
+    assert as_if["annotated"].__code__ in bundled and namespace["annotated"].__code__ not in bundled
+
+
+def test_without_namespaces_the_text_runs_in_the_callers(compiled: dict[tuple[str, str], Any]) -> None:
+    namespace = {"run": dataclasses.exec, "evaluate": collections.eval}  # type: ignore[attr-defined]
+    builtins.exec("run('seen = 1')\nsum_ = evaluate('seen + 1')", namespace)
+    assert (namespace["seen"], namespace["sum_"]) == (1, 2)
+
+
+def test_uninstalled_the_builtins_compile_again_and_the_same_code(compiled: dict[tuple[str, str], Any]) -> None:
+    assert {"exec", "eval", "compile"} <= {*vars(dataclasses), *vars(collections), *vars(typing)}
+    with_bundle = _declare()
+    import_bundle.uninstall()
+    assert "exec" not in vars(dataclasses) and "eval" not in vars(collections) and "compile" not in vars(typing)
+    counted = dict(import_bundle.compiled)
+    price_class, point_class, annotation = _declare()
+    assert import_bundle.compiled == counted and price_class(1).currency == "usd"
+    # What the builtins compiled is the code the bundle gave: equal, not the same objects
+    methods = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__")
+    pairs = [(inspect.unwrap(getattr(with_bundle[0], m)).__code__, inspect.unwrap(getattr(price_class, m)).__code__)
+             for m in methods]
+    pairs += [(with_bundle[1].__new__.__code__, point_class.__new__.__code__),
+              (with_bundle[2].__forward_code__, annotation.__forward_code__)]
+    for before, after in pairs:
+        assert before == after and before is not after
+
+
+def test_the_command_line_takes_the_texts_of_a_compiles_file(layer: tuple[Path, str]) -> None:
+    root, name = layer
+    listing = root.parent / "modules.txt"
+    listing.write_text(f"{name}\n")
+    texts = root.parent / "compiles.json"
+    texts.write_text(json.dumps({"note": "test", "texts": [["eval", "int | None"], ["exec", "x = 1\n"]]}))
+    out = root / "gateway-imports.bin"
+    assert import_bundle.main([str(out), str(listing), str(root), "--compiles", str(texts)]) == 0
+    assert import_bundle.install(str(out)) and import_bundle._installed is not None
+    assert set(import_bundle._installed.compiled) == {("eval", "int | None"), ("exec", "x = 1\n")}
+    assert import_bundle._installed.index[name][:2] == (f"{name}/__init__.py", True)

@@ -26,7 +26,9 @@ and calls :func:`done` once its app is built (BENCHMARKS.md, issue 15 third and 
   import aiohttp (``gateway.upstream_http`` does without it).
 - **The layer's modules read from one file (in a serving process whose environment names it:
   ``GATEWAY_IMPORT_BUNDLE``, the query functions').** ``gateway.import_bundle``: their bytecode from
-  the bundle the layer build wrote, instead of ~5 system calls per module, until :func:`done`.
+  the bundle the layer build wrote, instead of ~5 system calls per module, and the code of the texts
+  the import compiles while classes are created (dataclass methods, string annotations), until
+  :func:`done`.
 - **No scan for pydantic plugins (in a serving process, as above).** pydantic looks for plugins
   once per process, at the first model built, by reading the entry points of every installed
   distribution (~5-10 ms over the dev environment's ~110, about half of that over the layer's); none

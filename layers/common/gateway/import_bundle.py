@@ -20,6 +20,21 @@ tracebacks: the code's file names are the module file's, as the import system se
 bundle is imported as always. The bundle holds no module of the standard library (the runtime's,
 which the layer does not ship) nor of the function's own code.
 
+**The source the cold start compiles, compiled by the build too.** Besides modules, the import compiles
+Python source that the standard library generates while classes are created: ``dataclasses`` writes
+each method it makes (``__init__``, ``__repr__``, ``__eq__``, ...) as text and ``exec``-s it,
+``typing.ForwardRef`` compiles each annotation given as a string (pydantic-core's ``core_schema``
+alone declares hundreds), ``collections.namedtuple`` ``eval``-s its ``__new__``. Those compilations
+were ~15 % of the query function's import (py-spy, 20 cold imports: ``dataclasses._create_fn`` 34 of
+319 ms, ``ForwardRef`` 8). The texts are fixed by the class definitions, so ``infra.coldstart_modules``
+records the ones the query functions' cold start compiles (``layers/common/coldstart-compiles.json``),
+the build compiles them into the bundle, and while it is installed those three call sites (the
+module globals ``dataclasses.exec``, ``typing.compile`` and ``collections.eval``, which shadow the
+builtins for those modules only) take the code object of a text found in the bundle instead of
+compiling it: the same code, as ``compile`` makes it from the same text (a text the bundle does not
+have, say one written by another patch release's ``dataclasses``, is compiled as always).
+:data:`compiled` counts the texts answered from the bundle and those compiled as always.
+
 The bundle is written by the layer build and deployed with it, and never changes afterwards: like
 the layer's "unchecked-hash" ``.pyc`` files, its bytecode is not compared with the sources. A bundle
 written by another Python (another bytecode magic number), not readable, cut short or damaged is
@@ -28,15 +43,17 @@ ignored.
 and lets the file's bytes go (~4.5 MB); what is imported later is imported as always.
 
 Format: ``SIGNATURE``, the interpreter's ``importlib.util.MAGIC_NUMBER`` (4 bytes), the index's
-length (4 bytes, little-endian), the index (``marshal``: ``{name: (path, is_package, offset,
-length)}``, a relative path being relative to the bundle's directory: ``/opt/python`` in Lambda),
-then each module's code object (``marshal``; offsets from the end of the index).
+length and the compiled texts' length (4 bytes each, little-endian), the index (``marshal``:
+``{name: (path, is_package, offset, length)}``, a relative path being relative to the bundle's
+directory: ``/opt/python`` in Lambda), the compiled texts (``marshal``: ``{(mode, text): code}``),
+then each module's code object (``marshal``; offsets from the end of the compiled texts).
 
 This module imports nothing but the standard library.
 """
 
 from __future__ import annotations
 
+import builtins
 import marshal
 import os
 import sys
@@ -47,21 +64,25 @@ TYPE_CHECKING = False  # typing's own constant, without importing typing this ea
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
     from types import CodeType
+    from typing import Any
 
-SIGNATURE = b"MLPIMPB1"
+SIGNATURE = b"MLPIMPB2"
 ENVIRONMENT = "GATEWAY_IMPORT_BUNDLE"
-_HEAD = len(SIGNATURE) + len(MAGIC_NUMBER) + 4
+_HEAD = len(SIGNATURE) + len(MAGIC_NUMBER) + 8
+MODES = ("exec", "eval")  # the compile modes of the texts a bundle holds
 
 
 class _Finder:
     """On ``sys.meta_path``, first: the specs of the bundle's modules."""
 
     def __init__(self, data: bytes, base: str) -> None:
-        size = int.from_bytes(data[_HEAD - 4:_HEAD], "little")
-        head = memoryview(data)[_HEAD:_HEAD + size]
-        self.index: dict[str, tuple[str, bool, int, int]] = marshal.loads(head)  # noqa: S302  (a .pyc's format: ours)
+        size = int.from_bytes(data[_HEAD - 8:_HEAD - 4], "little")
+        texts = int.from_bytes(data[_HEAD - 4:_HEAD], "little")
+        view = memoryview(data)
+        self.index: dict[str, tuple[str, bool, int, int]] = marshal.loads(view[_HEAD:_HEAD + size])  # noqa: S302  (a .pyc's format: ours)
+        self.compiled: dict[tuple[str, str], CodeType] = marshal.loads(view[_HEAD + size:_HEAD + size + texts])  # noqa: S302
         self.data: bytes | None = data
-        self.start = _HEAD + size
+        self.start = _HEAD + size + texts
         self.base = base
 
     def find_spec(self, name: str, path: Sequence[str] | None = None, target: object = None) -> ModuleSpec | None:
@@ -120,27 +141,100 @@ def install(path: str | None = None) -> bool:
             data = file.read()
     except OSError:
         return False
-    if data[:len(SIGNATURE)] != SIGNATURE or data[len(SIGNATURE):_HEAD - 4] != MAGIC_NUMBER:
+    if data[:len(SIGNATURE)] != SIGNATURE or data[len(SIGNATURE):_HEAD - 8] != MAGIC_NUMBER:
         return False
     try:
         finder = _Finder(data, os.path.dirname(os.path.abspath(path)))
     except (EOFError, ValueError, TypeError):  # cut short or damaged: not a bundle to use
         return False
-    if not isinstance(finder.index, dict):
+    if not isinstance(finder.index, dict) or not isinstance(finder.compiled, dict):
         return False
     _installed = finder
     sys.meta_path.insert(0, _installed)  # type: ignore[arg-type]
+    if finder.compiled and not sys.flags.optimize:  # compiled as Python compiles without -O
+        _answer_compiles(finder.compiled)
     return True
 
 
 def uninstall() -> None:
     """The finder off ``sys.meta_path`` and the bundle's bytes let go; later imports as always."""
-    global _installed
+    global _installed, _texts
     finder, _installed = _installed, None
+    _texts = {}
+    for module_name, name, hook in _SITES:
+        module = sys.modules.get(module_name)
+        if module is not None and module.__dict__.get(name) is hook:
+            delattr(module, name)  # the builtin again
     if finder is not None:
-        finder.data, finder.index = None, {}
+        finder.data, finder.index, finder.compiled = None, {}, {}
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the texts the cold start compiles
+compiled = {"from_bundle": 0, "compiled": 0}  # texts of the three call sites since install()
+_texts: dict[tuple[str, str], CodeType] = {}
+_inherited = 0  # the compiler flags an exec, eval or compile of a text inherits from its caller (__future__'s)
+
+
+def _code(source: Any, mode: str) -> Any:
+    """The bundle's code of ``source`` (a text the caller's ``exec``, ``eval`` or ``compile`` would
+    compile in ``mode``), or ``source`` itself. Only for a caller without ``__future__`` features, as
+    the build compiled the texts (``exec`` and ``eval`` of a text, and ``compile`` unless told not to,
+    compile it with their caller's features: ``from __future__ import annotations`` changes the code)."""
+    if source.__class__ is str and _texts:
+        code = _texts.get((mode, source))
+        if code is not None and not sys._getframe(2).f_code.co_flags & _inherited:
+            compiled["from_bundle"] += 1
+            return code
+        compiled["compiled"] += 1
+    return source
+
+
+def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
+    """``dataclasses.exec`` while installed: its generated methods' texts."""
+    if globals is None:  # the caller's namespaces, as the builtin takes them
+        frame = sys._getframe(1)
+        globals, locals = frame.f_globals, frame.f_locals if locals is None else locals
+    builtins.exec(_code(source, "exec"), globals, locals)  # noqa: S102  (what dataclasses does)
+
+
+def _eval(source: Any, globals: Any = None, locals: Any = None, /) -> Any:
+    """``collections.eval`` while installed: a namedtuple's ``__new__``."""
+    if globals is None:  # the caller's namespaces, as the builtin takes them
+        frame = sys._getframe(1)
+        globals, locals = frame.f_globals, frame.f_locals if locals is None else locals
+    return builtins.eval(_code(source, "eval"), globals, locals)  # noqa: S307  (what namedtuple does)
+
+
+def _compile(source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
+             optimize: int = -1, **options: Any) -> Any:
+    """``typing.compile`` while installed: a ``ForwardRef``'s annotation text (``"<string>"``, ``"eval"``)."""
+    if filename == "<string>" and mode in MODES and not flags and not dont_inherit and optimize == -1 and not options:
+        code = _code(source, mode)
+        if code is not source:
+            return code
+    return builtins.compile(source, filename, mode, flags, dont_inherit, optimize, **options)
+
+
+_SITES = (("dataclasses", "exec", _exec), ("collections", "eval", _eval), ("typing", "compile", _compile))
+
+
+def _answer_compiles(texts: dict[tuple[str, str], CodeType]) -> None:
+    """The three call sites answered from ``texts`` (module globals shadowing the builtins there)."""
+    global _texts, _inherited
+    import __future__
+
+    import collections
+    import dataclasses
+    import typing
+
+    _inherited = 0
+    for feature in __future__.all_feature_names:
+        _inherited |= getattr(__future__, feature).compiler_flag
+    _texts = texts
+    for module, (_, name, hook) in zip((dataclasses, collections, typing), _SITES, strict=True):
+        setattr(module, name, hook)
 
 
 # --------------------------------------------------------------------------- writing one (the build)
@@ -158,11 +252,14 @@ def module_file(name: str, roots: Iterable[str]) -> tuple[str, bool] | None:
     return None
 
 
-def build(out: str, modules: Iterable[str], roots: Sequence[str], relative: bool = False) -> list[str]:
+def build(out: str, modules: Iterable[str], roots: Sequence[str], relative: bool = False,
+          texts: Iterable[tuple[str, str]] = ()) -> list[str]:
     """Write the bundle of ``modules`` (their sources under ``roots``, compiled as the import system
-    compiles them) to ``out``; with ``relative``, the path of each one under ``out``'s directory
-    relative to it (the layer's ``python/``, deployed elsewhere), the others' absolute. The names not
-    found under any root are returned (and left out: they import as always)."""
+    compiles them) and of ``texts`` (``(mode, source)``, compiled as ``exec``, ``eval`` and
+    ``compile`` compile a text for a caller without ``__future__`` features) to ``out``; with
+    ``relative``, the path of each module under ``out``'s directory relative to it (the layer's
+    ``python/``, deployed elsewhere), the others' absolute. The names not found under any root are
+    returned (and left out: they import as always)."""
     base = os.path.dirname(os.path.abspath(out))
     index: dict[str, tuple[str, bool, int, int]] = {}
     blob = bytearray()
@@ -182,8 +279,11 @@ def build(out: str, modules: Iterable[str], roots: Sequence[str], relative: bool
         index[name] = (path, package, len(blob), len(data))
         blob += data
     head = marshal.dumps(index)
+    sources = marshal.dumps({(mode, text): builtins.compile(text, "<string>", mode, dont_inherit=True, optimize=0)
+                             for mode, text in texts})
     with open(out + ".tmp", "wb") as file:  # whole or not at all: a process may be reading the last one
-        file.write(SIGNATURE + MAGIC_NUMBER + len(head).to_bytes(4, "little") + head + blob)
+        file.write(SIGNATURE + MAGIC_NUMBER + len(head).to_bytes(4, "little") + len(sources).to_bytes(4, "little")
+                   + head + sources + blob)
     os.replace(out + ".tmp", out)
     return missing
 
@@ -196,16 +296,32 @@ def listed(path: str) -> list[str]:
     return [name for name in names if name]
 
 
+def recorded(path: str) -> list[tuple[str, str]]:
+    """The texts of a compiles file (``layers/common/coldstart-compiles.json``: ``{"texts": [[mode,
+    source], ...]}``)."""
+    import json
+
+    with open(path, encoding="utf-8") as file:
+        texts = json.load(file)["texts"]
+    return [(mode, text) for mode, text in texts if mode in MODES]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.import_bundle OUT MODULES_FILE ROOT [ROOT ...]`` (layers/common/Makefile):
-    the bundle of the modules listed in MODULES_FILE (one per line; ``#`` comments) found under the
-    ROOTs, the paths under OUT's directory relative to it."""
+    """``python -m gateway.import_bundle OUT MODULES_FILE ROOT [ROOT ...] [--compiles FILE]``
+    (layers/common/Makefile): the bundle of the modules listed in MODULES_FILE (one per line; ``#``
+    comments) found under the ROOTs, the paths under OUT's directory relative to it, and of the texts
+    of the compiles FILE (``infra.coldstart_modules`` writes both files)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    texts: list[tuple[str, str]] = []
+    if "--compiles" in args[:-1]:
+        at = args.index("--compiles")
+        texts = recorded(args[at + 1])
+        del args[at:at + 2]
     if len(args) < 3:
         print(main.__doc__, file=sys.stderr)
         return 2
     out, listing, roots = args[0], args[1], args[2:]
-    missing = build(out, listed(listing), roots, relative=True)
+    missing = build(out, listed(listing), roots, relative=True, texts=texts)
     if missing:  # a module the layer does not have here: imported as always, so only reported
         print(f"import bundle: not in the layer, left out: {', '.join(missing)}", file=sys.stderr)
     return 0
