@@ -1,9 +1,12 @@
 """The layer modules the query functions' cold start imports: ``layers/common/coldstart-modules.txt``,
-the list the layer build writes into the import bundle (``gateway.import_bundle``).
+the list the layer build writes into the import bundle (``gateway.import_bundle``); and the texts that
+cold start compiles while its classes are created (``dataclasses``' methods, ``typing.ForwardRef``'s
+string annotations, ``collections.namedtuple``'s ``__new__``): ``layers/common/coldstart-compiles.json``,
+which the layer build compiles into the bundle too.
 
     .venv/bin/python -m infra.coldstart_modules           # print the list the functions import today
-    .venv/bin/python -m infra.coldstart_modules --write   # write it (after a change of imports or dependencies)
-    .venv/bin/python -m infra.coldstart_modules --check   # exit 1 if the file differs (tests/infrastructure)
+    .venv/bin/python -m infra.coldstart_modules --write   # write both files (after a change of imports or dependencies)
+    .venv/bin/python -m infra.coldstart_modules --check   # exit 1 if a file differs (tests/infrastructure)
 
 Each function is imported in a fresh interpreter as Lambda starts it, and the modules it has
 loaded from outside the standard library and the function's own directory when its app is built

@@ -24,7 +24,8 @@ tests/infrastructure/test_architecture.py):
   errors, the OpenAI error shape), ``coldstart`` (what a function's ``app.py`` imports first: import
   trims, the garbage collector paused until the app is built), ``records`` (``@frozen``: immutable
   value records declared without the dataclass methods nothing uses), then ``import_bundle`` (the
-  query functions' cold-start modules read from one file the layer build writes).
+  query functions' cold-start modules, and the texts their classes compile, read from one file the
+  layer build writes).
 """
 
 __version__ = "0.1.0"
