@@ -84,7 +84,7 @@ import dataclasses, collections, typing
 hooks_gone = not ({"exec", "eval", "compile"} & {*vars(dataclasses), *vars(collections), *vars(typing)})
 print(json.dumps([len(imported), from_files, from_bundle == sorted(imported), finders == [] and
                   import_bundle._installed is None and hooks_gone, sys.modules["gateway.chat.service"].__file__,
-                  import_bundle.compiled, status, b"choices" in answer]))
+                  import_bundle.compiles, status, b"choices" in answer]))
 """).replace("LISTING", repr(str(ROOT / "layers" / "common" / "coldstart-modules.txt")))
 
 

@@ -226,16 +226,16 @@ def compiled(layer: tuple[Path, str]) -> Iterator[dict[tuple[str, str], Any]]:
     out = root / "gateway-imports.bin"
     import_bundle.build(str(out), [name], [str(root)], texts=texts)
     assert import_bundle.install(str(out)) and import_bundle._installed is not None
-    before = dict(import_bundle.compiled)
+    before = dict(import_bundle.compiles)
     yield import_bundle._installed.compiled
-    import_bundle.compiled.update(before)
+    import_bundle.compiles.update(before)
 
 
 def test_the_texts_it_holds_are_answered_with_their_code_and_the_classes_work(
         compiled: dict[tuple[str, str], Any]) -> None:
-    counted = import_bundle.compiled["from_bundle"]
+    counted = import_bundle.compiles["from_bundle"]
     price_class, point_class, annotation = _declare()
-    assert import_bundle.compiled["from_bundle"] == counted + 8
+    assert import_bundle.compiles["from_bundle"] == counted + 8
     # The bundle's code objects, the ones compile makes from the same texts
     init = price_class.__init__.__code__  # type: ignore[misc]
     assert any(init is nested for code in compiled.values() for nested in _codes(code))
@@ -254,7 +254,7 @@ def test_the_texts_it_holds_are_answered_with_their_code_and_the_classes_work(
 
 
 def test_a_text_it_does_not_hold_is_compiled_as_always(compiled: dict[tuple[str, str], Any]) -> None:
-    counted = dict(import_bundle.compiled)
+    counted = dict(import_bundle.compiles)
 
     @dataclasses.dataclass
     class Other:
@@ -262,8 +262,8 @@ def test_a_text_it_does_not_hold_is_compiled_as_always(compiled: dict[tuple[str,
         right: list[int] = dataclasses.field(default_factory=list)
 
     assert Other(1) == Other(1, []) and repr(Other(2, [3])).endswith("Other(left=2, right=[3])")
-    assert import_bundle.compiled["compiled"] == counted["compiled"] + 3  # __init__, __repr__, __eq__
-    assert import_bundle.compiled["from_bundle"] == counted["from_bundle"]
+    assert import_bundle.compiles["compiled"] == counted["compiled"] + 3  # __init__, __repr__, __eq__
+    assert import_bundle.compiles["from_bundle"] == counted["from_bundle"]
 
 
 def test_a_caller_with_future_features_gets_the_text_compiled_with_them(
@@ -292,9 +292,9 @@ def test_uninstalled_the_builtins_compile_again_and_the_same_code(compiled: dict
     with_bundle = _declare()
     import_bundle.uninstall()
     assert "exec" not in vars(dataclasses) and "eval" not in vars(collections) and "compile" not in vars(typing)
-    counted = dict(import_bundle.compiled)
+    counted = dict(import_bundle.compiles)
     price_class, point_class, annotation = _declare()
-    assert import_bundle.compiled == counted and price_class(1).currency == "usd"
+    assert import_bundle.compiles == counted and price_class(1).currency == "usd"
     # What the builtins compiled is the code the bundle gave: equal, not the same objects
     methods = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__")
     pairs = [(inspect.unwrap(getattr(with_bundle[0], m)).__code__, inspect.unwrap(getattr(price_class, m)).__code__)

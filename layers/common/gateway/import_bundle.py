@@ -35,7 +35,7 @@ module globals ``dataclasses.exec``, ``typing.compile`` and ``collections.eval``
 builtins for those modules only) take the code object of a text found in the bundle instead of
 compiling it: the same code, as ``compile`` makes it from the same text (a text the bundle does not
 have, say one written by another patch release's ``dataclasses``, is compiled as always).
-:data:`compiled` counts the texts answered from the bundle and those compiled as always.
+:data:`compiles` counts the texts answered from the bundle and those compiled as always.
 
 The bundle is written by the layer build and deployed with it, and never changes afterwards: like
 the layer's "unchecked-hash" ``.pyc`` files, its bytecode is not compared with the sources. A bundle
@@ -174,7 +174,7 @@ def uninstall() -> None:
 
 
 # --------------------------------------------------------------------------- the texts the cold start compiles
-compiled = {"from_bundle": 0, "compiled": 0}  # texts of the three call sites since install()
+compiles = {"from_bundle": 0, "compiled": 0}  # texts of the three call sites since install()
 _texts: dict[tuple[str, str], CodeType] = {}
 _inherited = 0  # the compiler flags an exec, eval or compile of a text inherits from its caller (__future__'s)
 
@@ -187,9 +187,9 @@ def _code(source: Any, mode: str) -> Any:
     if source.__class__ is str and _texts:
         code = _texts.get((mode, source))
         if code is not None and not sys._getframe(2).f_code.co_flags & _inherited:
-            compiled["from_bundle"] += 1
+            compiles["from_bundle"] += 1
             return code
-        compiled["compiled"] += 1
+        compiles["compiled"] += 1
     return source
 
 
