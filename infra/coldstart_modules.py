@@ -42,7 +42,7 @@ def exec_(source, globals, locals=None, /):
     record("exec", source)
     return builtins.exec(source, globals, locals)
 def eval_(source, globals, locals=None, /):
-    record("eval", source)
+    record("eval", source.lstrip(" \\t") if source.__class__ is str else source)  # as import_bundle looks it up
     return builtins.eval(source, globals, locals)
 def compile_(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **options):
     if filename == "<string>" and not (flags or dont_inherit or options) and optimize == -1:

@@ -264,6 +264,9 @@ def test_a_text_it_does_not_hold_is_compiled_as_always(compiled: dict[tuple[str,
     assert Other(1) == Other(1, []) and repr(Other(2, [3])).endswith("Other(left=2, right=[3])")
     assert import_bundle.compiles["compiled"] == counted["compiled"] + 3  # __init__, __repr__, __eq__
     assert import_bundle.compiles["from_bundle"] == counted["from_bundle"]
+    # compiled with dataclasses' features (none), not the hook module's (``annotations``): the field types
+    assert Other.__init__.__annotations__ == {"left": "int", "right": "list[int]", "return": None}
+    assert collections.eval("  1 + 1\n", {}) == 2  # type: ignore[attr-defined]  # as eval(): leading blanks ignored
 
 
 def test_a_caller_with_future_features_gets_the_text_compiled_with_them(

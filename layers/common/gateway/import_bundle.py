@@ -176,47 +176,51 @@ def uninstall() -> None:
 # --------------------------------------------------------------------------- the texts the cold start compiles
 compiles = {"from_bundle": 0, "compiled": 0}  # texts of the three call sites since install()
 _texts: dict[tuple[str, str], CodeType] = {}
-_inherited = 0  # the compiler flags an exec, eval or compile of a text inherits from its caller (__future__'s)
+_inherited = 0  # the __future__ features' flags that exec, eval and compile take over from their caller
 
 
-def _code(source: Any, mode: str) -> Any:
-    """The bundle's code of ``source`` (a text the caller's ``exec``, ``eval`` or ``compile`` would
-    compile in ``mode``), or ``source`` itself. Only for a caller without ``__future__`` features, as
-    the build compiled the texts (``exec`` and ``eval`` of a text, and ``compile`` unless told not to,
-    compile it with their caller's features: ``from __future__ import annotations`` changes the code)."""
-    if source.__class__ is str and _texts:
+def _text_code(source: Any, filename: Any, mode: str, flags: int, optimize: int = -1, **options: Any) -> Any:
+    """The code ``compile(source, filename, mode, flags, dont_inherit=True, optimize, **options)``
+    gives: the bundle's for a text it holds, which the build compiled so (``"<string>"``, no flags,
+    no ``__future__`` features), else compiled here. ``flags`` holds the caller's features: ``exec``,
+    ``eval`` and ``compile`` (unless told not to) compile a text with them."""
+    if not flags and filename == "<string>" and optimize == -1 and not options and source.__class__ is str:
         code = _texts.get((mode, source))
-        if code is not None and not sys._getframe(2).f_code.co_flags & _inherited:
+        if code is not None:
             compiles["from_bundle"] += 1
             return code
-        compiles["compiled"] += 1
-    return source
+    compiles["compiled"] += 1
+    return builtins.compile(source, filename, mode, flags, True, optimize, **options)
 
 
 def _exec(source: Any, globals: Any = None, locals: Any = None, /) -> None:
-    """``dataclasses.exec`` while installed: its generated methods' texts."""
+    """``dataclasses.exec`` while installed (its generated methods' texts): the builtin's."""
+    caller = sys._getframe(1)
     if globals is None:  # the caller's namespaces, as the builtin takes them
-        frame = sys._getframe(1)
-        globals, locals = frame.f_globals, frame.f_locals if locals is None else locals
-    builtins.exec(_code(source, "exec"), globals, locals)  # noqa: S102  (what dataclasses does)
+        globals, locals = caller.f_globals, caller.f_locals if locals is None else locals
+    if isinstance(source, (str, bytes, bytearray)):
+        source = _text_code(source, "<string>", "exec", caller.f_code.co_flags & _inherited)
+    builtins.exec(source, globals, locals)  # noqa: S102  (what dataclasses does)
 
 
 def _eval(source: Any, globals: Any = None, locals: Any = None, /) -> Any:
-    """``collections.eval`` while installed: a namedtuple's ``__new__``."""
+    """``collections.eval`` while installed (a namedtuple's ``__new__``): the builtin's."""
+    caller = sys._getframe(1)
     if globals is None:  # the caller's namespaces, as the builtin takes them
-        frame = sys._getframe(1)
-        globals, locals = frame.f_globals, frame.f_locals if locals is None else locals
-    return builtins.eval(_code(source, "eval"), globals, locals)  # noqa: S307  (what namedtuple does)
+        globals, locals = caller.f_globals, caller.f_locals if locals is None else locals
+    if isinstance(source, str):  # eval() ignores a text's leading spaces and tabs
+        source = _text_code(source.lstrip(" \t"), "<string>", "eval", caller.f_code.co_flags & _inherited)
+    elif isinstance(source, (bytes, bytearray)):
+        source = _text_code(source.lstrip(b" \t"), "<string>", "eval", caller.f_code.co_flags & _inherited)
+    return builtins.eval(source, globals, locals)  # noqa: S307  (what namedtuple does)
 
 
 def _compile(source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit: bool = False,
              optimize: int = -1, **options: Any) -> Any:
-    """``typing.compile`` while installed: a ``ForwardRef``'s annotation text (``"<string>"``, ``"eval"``)."""
-    if filename == "<string>" and mode in MODES and not flags and not dont_inherit and optimize == -1 and not options:
-        code = _code(source, mode)
-        if code is not source:
-            return code
-    return builtins.compile(source, filename, mode, flags, dont_inherit, optimize, **options)
+    """``typing.compile`` while installed (a ``ForwardRef``'s annotation text): the builtin's."""
+    if not dont_inherit:
+        flags |= sys._getframe(1).f_code.co_flags & _inherited
+    return _text_code(source, filename, mode, flags, optimize, **options)
 
 
 _SITES = (("dataclasses", "exec", _exec), ("collections", "eval", _eval), ("typing", "compile", _compile))
@@ -232,8 +236,9 @@ def _answer_compiles(texts: dict[tuple[str, str], CodeType]) -> None:
     import typing
 
     _inherited = 0
-    for feature in __future__.all_feature_names:
-        _inherited |= getattr(__future__, feature).compiler_flag
+    for feature in __future__.all_feature_names:  # (nested_scopes' flag, CO_NESTED, is not one to take over)
+        if feature not in ("nested_scopes", "generators"):
+            _inherited |= getattr(__future__, feature).compiler_flag
     _texts = texts
     for module, (_, name, hook) in zip((dataclasses, collections, typing), _SITES, strict=True):
         setattr(module, name, hook)
