@@ -32,23 +32,10 @@ LISTING = ROOT / "layers" / "common" / "coldstart-modules.txt"
 COMPILES = ROOT / "layers" / "common" / "coldstart-compiles.json"
 
 _PROBE = """
-import builtins, collections, dataclasses, json, os, sys, typing
+import json, os, sys
 from importlib.machinery import SourceFileLoader
-texts = set()  # what the three call sites gateway.import_bundle answers compile, until done()
-def record(mode, source):
-    if texts is not None and source.__class__ is str:
-        texts.add((mode, source))
-def exec_(source, globals, locals=None, /):
-    record("exec", source)
-    return builtins.exec(source, globals, locals)
-def eval_(source, globals, locals=None, /):
-    record("eval", source.lstrip(" \\t") if source.__class__ is str else source)  # as import_bundle looks it up
-    return builtins.eval(source, globals, locals)
-def compile_(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **options):
-    if filename == "<string>" and not (flags or dont_inherit or options) and optimize == -1:
-        record(mode, source)
-    return builtins.compile(source, filename, mode, flags, dont_inherit, optimize, **options)
-dataclasses.exec, collections.eval, typing.compile = exec_, eval_, compile_
+from gateway import import_bundle
+texts = import_bundle.record()  # the texts the three call sites look up, until coldstart.done()
 from gateway import coldstart
 before = set(sys.modules)
 skip = (os.path.dirname(os.__file__) + os.sep, sys.argv[1] + os.sep)  # the standard library, the function
@@ -61,15 +48,11 @@ def done():
             continue
         if spec.origin and not spec.origin.startswith(skip):
             found.append(name)
-    global texts
-    compiled.extend(sorted(texts))
-    texts = None
     real_done()
 coldstart.done = done
-compiled = []
 import importlib
 importlib.import_module(sys.argv[2])
-print(json.dumps([sorted(found), compiled]))
+print(json.dumps([sorted(found), sorted(texts)]))
 """
 
 # As each function starts (the settings it reads at import; no database is reached: a port nothing listens on)

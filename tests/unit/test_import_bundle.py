@@ -171,28 +171,14 @@ def test_the_command_line_writes_paths_relative_to_the_bundle(layer: tuple[Path,
 
 
 # --------------------------------------------------------------------------- the texts the cold start compiles
-def _record_texts() -> list[tuple[str, str]]:
+def _record_texts() -> set[tuple[str, str]]:
     """The texts dataclasses, collections.namedtuple and typing.ForwardRef compile for the classes of
     ``_declare`` (recorded as infra.coldstart_modules records them)."""
-    texts: list[tuple[str, str]] = []
-
-    def exec_(source: Any, globals: Any, locals: Any = None, /) -> None:
-        texts.append(("exec", source))
-        builtins.exec(source, globals, locals)
-
-    def eval_(source: Any, globals: Any, locals: Any = None, /) -> Any:
-        texts.append(("eval", source))
-        return builtins.eval(source, globals, locals)
-
-    def compile_(source: Any, filename: Any, mode: str, *args: Any) -> Any:
-        texts.append((mode, source))
-        return builtins.compile(source, filename, mode, *args)
-
-    dataclasses.exec, collections.eval, typing.compile = exec_, eval_, compile_  # type: ignore[attr-defined]
+    texts = import_bundle.record()
     try:
         _declare()
     finally:
-        del dataclasses.exec, collections.eval, typing.compile  # type: ignore[attr-defined]
+        import_bundle.uninstall()
     return texts
 
 

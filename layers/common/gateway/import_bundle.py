@@ -160,9 +160,9 @@ def install(path: str | None = None) -> bool:
 
 def uninstall() -> None:
     """The finder off ``sys.meta_path`` and the bundle's bytes let go; later imports as always."""
-    global _installed, _texts
+    global _installed, _texts, _recording
     finder, _installed = _installed, None
-    _texts = {}
+    _texts, _recording = {}, None
     for module_name, name, hook in _SITES:
         module = sys.modules.get(module_name)
         if module is not None and module.__dict__.get(name) is hook:
@@ -177,6 +177,7 @@ def uninstall() -> None:
 compiles = {"from_bundle": 0, "compiled": 0}  # texts of the three call sites since install()
 _texts: dict[tuple[str, str], CodeType] = {}
 _inherited = 0  # the __future__ features' flags that exec, eval and compile take over from their caller
+_recording: set[tuple[str, str]] | None = None  # record(): the texts looked up, until uninstall()
 
 
 def _text_code(source: Any, filename: Any, mode: str, flags: int, optimize: int = -1, **options: Any) -> Any:
@@ -185,6 +186,8 @@ def _text_code(source: Any, filename: Any, mode: str, flags: int, optimize: int 
     no ``__future__`` features), else compiled here. ``flags`` holds the caller's features: ``exec``,
     ``eval`` and ``compile`` (unless told not to) compile a text with them."""
     if not flags and filename == "<string>" and optimize == -1 and not options and source.__class__ is str:
+        if _recording is not None:
+            _recording.add((mode, source))
         code = _texts.get((mode, source))
         if code is not None:
             compiles["from_bundle"] += 1
@@ -224,6 +227,16 @@ def _compile(source: Any, filename: Any, mode: str, flags: int = 0, dont_inherit
 
 
 _SITES = (("dataclasses", "exec", _exec), ("collections", "eval", _eval), ("typing", "compile", _compile))
+
+
+def record() -> set[tuple[str, str]]:
+    """The three call sites hooked without a bundle, recording every text they look up (``(mode,
+    source)``: what a bundle's texts are keyed by) into the set returned, until :func:`uninstall`
+    (``coldstart.done()``). ``infra.coldstart_modules`` records the query functions' cold start so."""
+    global _recording
+    _recording = set()
+    _answer_compiles({})
+    return _recording
 
 
 def _answer_compiles(texts: dict[tuple[str, str], CodeType]) -> None:
