@@ -18,7 +18,8 @@ Gateways (``--peers``, in this order by default):
   ours-all     every function of template.yaml in one process (the local stack's router)
   litellm      LiteLLM proxy (pip ``litellm[proxy]``, no database; a generated master key, which
                recent versions require)
-  portkey      Portkey gateway (npm ``@portkey-ai/gateway``, Node, NODE_ENV=production, no billing)
+  portkey      Portkey gateway (npm ``@portkey-ai/gateway``, Node, NODE_ENV=production, no billing;
+               ``@hono/node-server`` held at the last version it streams on, ``PORTKEY_NODE_SERVER``)
   naive        a straightforward FastAPI gateway with the same billing steps (bench/refgateways.py)
   bare         an aiohttp passthrough, no auth, no billing (bench/refgateways.py)
 
@@ -134,17 +135,30 @@ def install_litellm(peers_dir: Path, spec: str) -> tuple[Path, str]:
     return cli, version
 
 
+# Portkey's server on a newer @hono/node-server answers every stream with a 500 ("Something went
+# wrong"; its log: `TypeError: immutable` in ResponseService.updateHeaders, which appends headers to
+# a Response built from the upstream's fetch Response). Portkey-AI/gateway#1389 names versions after
+# 1.14.2; on Node 20, 1.14.2 fails too and 1.14.1 streams. Its own range (^1.3.3) admits 1.14.1.
+PORTKEY_NODE_SERVER = "1.14.1"
+
+
 def install_portkey(peers_dir: Path, spec: str) -> tuple[Path, str]:
-    """Portkey's gateway in its own npm folder; returns (its Node server script, version)."""
+    """Portkey's gateway in its own npm folder, with ``@hono/node-server`` held at
+    ``PORTKEY_NODE_SERVER`` (an npm override; a folder holding another version is installed again);
+    returns (its Node server script, version)."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         raise PeerUnavailable("node/npm not found on PATH")
     folder = peers_dir / "portkey"
     package = folder / "node_modules" / "@portkey-ai" / "gateway"
-    if not (package / "build" / "start-server.js").exists():
+    server = folder / "node_modules" / "@hono" / "node-server" / "package.json"
+    held = server.exists() and json.loads(server.read_text())["version"] == PORTKEY_NODE_SERVER
+    if not (package / "build" / "start-server.js").exists() or not held:
         print(f"installing {spec} into {folder} (npm) …", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "package.json").exists():
-            (folder / "package.json").write_text('{"name": "portkey-bench", "private": true}\n')
+        manifest = folder / "package.json"
+        pkg = json.loads(manifest.read_text()) if manifest.exists() else {"name": "portkey-bench", "private": True}
+        pkg["overrides"] = {"@hono/node-server": PORTKEY_NODE_SERVER}
+        manifest.write_text(json.dumps(pkg, indent=2) + "\n")
         _run(["npm", "install", "--no-audit", "--no-fund", spec], cwd=folder)
     version = json.loads((package / "package.json").read_text())["version"]
     return package / "build" / "start-server.js", version
