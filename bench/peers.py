@@ -337,9 +337,10 @@ def _paired(ours: list[float], other: list[float], name: str) -> str:
 
 def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[float]]) -> list[str]:
     """Which of issue 15's targets ours meets, and on which figures it leads each peer (a peer whose
-    figure failed is led; spawn to first answer, where both have runs: the median of the paired
-    differences, as the spawns of a run follow each other and the machine's speed drifts between
-    runs more than the medians differ)."""
+    figure failed is led, and the line names those figures: such a lead measured nothing; spawn to
+    first answer, where both have runs: the median of the paired differences, as the spawns of a
+    run follow each other and the machine's speed drifts between runs more than the medians
+    differ)."""
     if "ours" not in table:
         return []
     ours = table["ours"]
@@ -349,7 +350,7 @@ def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[flo
                for name, op, bound, m in met)]
     compared = [name for name in FIGURES if name not in NOT_COMPARED]
     for peer in (k for k in table if k != "ours" and k not in REFERENCES):
-        theirs, behind = table[peer], []
+        theirs, behind, unmeasured = table[peer], [], []
         paired = bool(spawns.get("ours") and spawns.get(peer))
         for name in compared:
             mine, other = ours[name], theirs[name]
@@ -360,7 +361,11 @@ def verdict(table: dict[str, dict[str, float | str]], spawns: dict[str, list[flo
                     mine > other if name in HIGHER_IS_BETTER else mine < other))
             if not leads:
                 behind.append(f"{name}: ours {_fmt(name, mine)}, {peer} {_fmt(name, other)}")
+            elif isinstance(other, str):
+                unmeasured.append(name)
         lines.append(f"Ours leads {peer} on {len(compared) - len(behind)} of {len(compared)} figures"
+                     + ("" if not unmeasured else f", {len(unmeasured)} of them because {peer} failed ("
+                        + ", ".join(unmeasured) + ")")
                      + ("" if not behind else "; behind on " + "; ".join(behind)))
         if paired:
             lines.append(_paired(spawns["ours"], spawns[peer], peer))
