@@ -167,6 +167,10 @@ class Settings(BaseSettings):
     buffered_deadline_s: float = Field(default=27.0, gt=0)  # ... behind API Gateway, which gives up at 30 s
     deadline_margin_s: float = Field(default=10.0, ge=0)  # kept before the Lambda timeout to settle
     settle_retry_s: float = Field(default=5.0, ge=0)  # transient database errors on settle are retried this long
+    # How long Google's countTokens for a Gemini embeddings batch may still take once every batch has
+    # answered (never past the deadline): it runs only the tokenizer and is asked at the same time as
+    # the batches, so it is normally back first; a slower one is dropped and the batch's bound billed.
+    embeddings_count_grace_s: float = Field(default=0.2, ge=0, le=5)
     # Carried holds (docs/money.md): a settle opens a standing hold for the next request of the same
     # key in this container, idle in the database at most carry_hold_s, used here only during the
     # first carry_hold_s - carry_margin_s (the margin covers the upstream mark that makes it "used"),

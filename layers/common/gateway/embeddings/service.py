@@ -14,7 +14,8 @@ only when that batch was answered and the count is plausible (at least a token p
 the batch's bound); else the batch's upper bound (what was held for it) marked estimated (and
 ``x-usage-estimated: true`` on the answer): Gemini's tokenizer makes a token of every digit, so an
 estimate could bill a quarter of what Google charges. A count that fails, is refused, is nonsense or
-is not there :data:`COUNT_GRACE_S` after the last batch answered is dropped (the bound is billed):
+is not there ``EMBEDDINGS_COUNT_GRACE_S`` (0.2 s) after the last batch answered is dropped (the
+bound is billed):
 it never fails the request nor holds it past the deadline.
 A call that reached the provider is billed even when it fails afterwards (timeout, cancellation,
 an answer we cannot use): at the bound; a partial Gemini failure bills the answered batches only.
@@ -52,10 +53,6 @@ from .schema import EmbeddingsRequest, estimate_input_tokens, hold_tokens, text_
 
 GEMINI = "gemini"
 ESTIMATED_HEADER = "x-usage-estimated"
-# How long the Gemini token counts may still take once every batch has answered (never past the
-# deadline): ``countTokens`` runs only the tokenizer and is asked at the same time as the batches,
-# so it is normally back first; a slower one is dropped and the bound billed.
-COUNT_GRACE_S = 0.2
 
 
 def _check_inputs(req: EmbeddingsRequest, model: ModelInfo) -> None:
@@ -183,12 +180,14 @@ async def _count_tokens(post: Callable[[str, dict[str, Any]], Awaitable[Any]], p
 
 async def _counts(counting: Sequence[asyncio.Future[int | None]], answers: list[Any], call: chat.Call
                   ) -> list[int | None]:
-    """The counts that are in once the batches answered: the stragglers get :data:`COUNT_GRACE_S`
-    (never past the deadline), none when every answered batch carries Google's own count."""
+    """The counts that are in once the batches answered: the stragglers get
+    ``EMBEDDINGS_COUNT_GRACE_S`` (never past the deadline), none when every answered batch carries
+    Google's own count."""
     pending = [f for f in counting if not f.done()]
     needed = any(not isinstance(a, BaseException) and translate.gemini_reported(a) is None for a in answers)
     if pending and needed:
-        await asyncio.wait(pending, timeout=max(0.0, min(COUNT_GRACE_S, call.remaining())))
+        grace = get_settings().embeddings_count_grace_s
+        await asyncio.wait(pending, timeout=max(0.0, min(grace, call.remaining())))
     return [f.result() if f.done() and not f.cancelled() else None for f in counting]
 
 
