@@ -15,8 +15,7 @@ the batch's bound); else the batch's upper bound (what was held for it) marked e
 ``x-usage-estimated: true`` on the answer): Gemini's tokenizer makes a token of every digit, so an
 estimate could bill a quarter of what Google charges. A count that fails, is refused, is nonsense or
 is not there ``EMBEDDINGS_COUNT_GRACE_S`` (0.2 s) after the last batch answered is dropped (the
-bound is billed):
-it never fails the request nor holds it past the deadline.
+bound is billed): it never fails the request nor holds it past the deadline.
 A call that reached the provider is billed even when it fails afterwards (timeout, cancellation,
 an answer we cannot use): at the bound; a partial Gemini failure bills the answered batches only.
 
